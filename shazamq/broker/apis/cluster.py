@@ -1,0 +1,86 @@
+"""Cluster-level queries: DescribeCluster and OffsetForLeaderEpoch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.describe_cluster_request import DescribeClusterRequest
+from shazamq.protocol.messages.describe_cluster_response import (
+    DescribeClusterBroker,
+    DescribeClusterResponse,
+)
+from shazamq.protocol.messages.offset_for_leader_epoch_request import (
+    OffsetForLeaderEpochRequest,
+)
+from shazamq.protocol.messages.offset_for_leader_epoch_response import (
+    EpochEndOffset,
+    OffsetForLeaderEpochResponse,
+    OffsetForLeaderTopicResult,
+)
+
+if TYPE_CHECKING:
+    from ..app import Broker
+    from ..server import RequestContext
+    from . import Dispatcher
+
+BROKERS_ENDPOINT = 1
+
+
+def register(d: Dispatcher, broker: Broker) -> None:
+    parts = broker.partitions
+
+    async def describe_cluster(
+        ctx: RequestContext, req: DescribeClusterRequest
+    ) -> DescribeClusterResponse:
+        if ctx.api_version >= 1 and req.endpoint_type != BROKERS_ENDPOINT:
+            return DescribeClusterResponse(
+                error_code=ErrorCode.UNSUPPORTED_ENDPOINT_TYPE,
+                error_message="only the brokers endpoint type (1) is served",
+                endpoint_type=req.endpoint_type,
+                cluster_id=broker.metadata.cluster_id,
+            )
+        host, port = broker.advertised
+        return DescribeClusterResponse(
+            error_code=0,
+            endpoint_type=BROKERS_ENDPOINT,
+            cluster_id=broker.metadata.cluster_id,
+            controller_id=broker.node_id,
+            brokers=[
+                DescribeClusterBroker(
+                    broker_id=broker.node_id,
+                    host=host,
+                    port=port,
+                    rack=broker.config.broker.rack,
+                )
+            ],
+        )
+
+    async def offset_for_leader_epoch(
+        ctx: RequestContext, req: OffsetForLeaderEpochRequest
+    ) -> OffsetForLeaderEpochResponse:
+        topics = []
+        for t in req.topics:
+            out = []
+            for rp in t.partitions:
+                res = EpochEndOffset(partition=rp.partition, error_code=0)
+                out.append(res)
+                p = parts.get(t.topic, rp.partition)
+                if p is None:
+                    res.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                current = rp.current_leader_epoch if ctx.api_version >= 2 else -1
+                if current >= 0 and current != p.leader_epoch:
+                    res.error_code = (
+                        ErrorCode.FENCED_LEADER_EPOCH
+                        if current < p.leader_epoch
+                        else ErrorCode.UNKNOWN_LEADER_EPOCH
+                    )
+                    continue
+                epoch, end = p.log.end_offset_for_epoch(rp.leader_epoch)
+                res.leader_epoch, res.end_offset = epoch, end
+            topics.append(OffsetForLeaderTopicResult(topic=t.topic, partitions=out))
+        return OffsetForLeaderEpochResponse(throttle_time_ms=0, topics=topics)
+
+    d.register(60, 0, 1, describe_cluster)
+    d.register(23, 0, 4, offset_for_leader_epoch)

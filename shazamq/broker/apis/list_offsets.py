@@ -1,0 +1,85 @@
+"""ListOffsets: earliest, latest, max-timestamp and by-timestamp offset lookups."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.list_offsets_request import ListOffsetsRequest
+from shazamq.protocol.messages.list_offsets_response import (
+    ListOffsetsPartitionResponse,
+    ListOffsetsResponse,
+    ListOffsetsTopicResponse,
+)
+
+if TYPE_CHECKING:
+    from ..app import Broker
+    from ..server import RequestContext
+    from . import Dispatcher
+
+KEY = 2
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3
+EARLIEST_LOCAL = -4
+LATEST_TIERED = -5
+READ_COMMITTED = 1
+
+
+def register(d: Dispatcher, broker: Broker) -> None:
+    parts = broker.partitions
+
+    async def handle(ctx: RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse:
+        version = ctx.api_version
+        committed = version >= 2 and req.isolation_level == READ_COMMITTED
+        topics = []
+        for t in req.topics:
+            out = []
+            for rp in t.partitions:
+                resp = ListOffsetsPartitionResponse(
+                    partition_index=rp.partition_index, error_code=0, timestamp=-1, offset=-1
+                )
+                out.append(resp)
+                p = parts.get(t.name, rp.partition_index)
+                if p is None:
+                    resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                epoch = rp.current_leader_epoch if version >= 4 else -1
+                if epoch >= 0 and epoch != p.leader_epoch:
+                    resp.error_code = (
+                        ErrorCode.FENCED_LEADER_EPOCH
+                        if epoch < p.leader_epoch
+                        else ErrorCode.UNKNOWN_LEADER_EPOCH
+                    )
+                    continue
+                plog = p.log
+                ts = rp.timestamp
+                resp.leader_epoch = p.leader_epoch
+                if ts == LATEST:
+                    resp.offset = plog.last_stable_offset if committed else plog.high_watermark
+                elif ts in (EARLIEST, EARLIEST_LOCAL):
+                    resp.offset = plog.log_start_offset
+                elif ts == LATEST_TIERED:
+                    resp.offset = -1  # nothing is tiered from this log
+                elif ts == MAX_TIMESTAMP:
+                    found = plog.max_timestamp_offset()
+                    if found is not None:
+                        resp.offset, resp.timestamp = found
+                elif ts < 0:
+                    resp.error_code = ErrorCode.INVALID_REQUEST
+                    continue
+                else:
+                    found = plog.offset_for_timestamp(ts)
+                    if found is not None:
+                        offset, stamp = found
+                        upper = plog.last_stable_offset if committed else plog.high_watermark
+                        if offset < upper:
+                            resp.offset, resp.timestamp = offset, stamp
+                if version == 0:
+                    resp.old_style_offsets = [resp.offset] if resp.offset >= 0 else []
+                if ts in (LATEST, EARLIEST, EARLIEST_LOCAL) and version >= 1:
+                    resp.timestamp = -1
+            topics.append(ListOffsetsTopicResponse(name=t.name, partitions=out))
+        return ListOffsetsResponse(throttle_time_ms=0, topics=topics)
+
+    d.register(KEY, 0, 10, handle)

@@ -1,0 +1,100 @@
+"""Metadata: brokers, cluster id, and the topics a client asks about (auto-creating)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from shazamq.protocol.errors import ErrorCode, KafkaError
+from shazamq.protocol.messages.metadata_request import MetadataRequest
+from shazamq.protocol.messages.metadata_response import (
+    MetadataResponse,
+    MetadataResponseBroker,
+    MetadataResponsePartition,
+    MetadataResponseTopic,
+)
+
+if TYPE_CHECKING:
+    from shazamq.broker.cluster.metadata import TopicInfo
+
+    from ..app import Broker
+    from ..server import RequestContext
+    from . import Dispatcher
+
+KEY = 3
+ZERO_UUID = uuid.UUID(int=0)
+
+
+def register(d: Dispatcher, broker: Broker) -> None:
+    parts = broker.partitions
+
+    def describe(topic: TopicInfo) -> MetadataResponseTopic:
+        node = broker.node_id
+        partitions = []
+        for i in range(topic.partitions):
+            p = parts.get(topic.name, i)
+            partitions.append(
+                MetadataResponsePartition(
+                    error_code=0,
+                    partition_index=i,
+                    leader_id=node,
+                    leader_epoch=p.leader_epoch if p is not None else 0,
+                    replica_nodes=[node],
+                    isr_nodes=[node],
+                    offline_replicas=[],
+                )
+            )
+        return MetadataResponseTopic(
+            error_code=0,
+            name=topic.name,
+            topic_id=topic.uuid,
+            is_internal=topic.internal,
+            partitions=partitions,
+        )
+
+    def missing(name: str | None, code: ErrorCode, topic_id: uuid.UUID = ZERO_UUID):
+        return MetadataResponseTopic(
+            error_code=int(code), name=name, topic_id=topic_id, partitions=[]
+        )
+
+    async def handle(ctx: RequestContext, req: MetadataRequest) -> MetadataResponse:
+        store = broker.metadata
+        topics: list[MetadataResponseTopic] = []
+        if req.topics is None or (ctx.api_version == 0 and not req.topics):
+            topics = [describe(t) for t in sorted(store.topics.values(), key=lambda t: t.name)]
+        else:
+            allow_auto = req.allow_auto_topic_creation if ctx.api_version >= 4 else True
+            for wanted in req.topics:
+                if wanted.name is None:
+                    info = store.by_id.get(wanted.topic_id)
+                    topics.append(
+                        describe(info)
+                        if info is not None
+                        else missing(None, ErrorCode.UNKNOWN_TOPIC_ID, wanted.topic_id)
+                    )
+                    continue
+                info = store.get(wanted.name)
+                if info is None and allow_auto and broker.config.broker.auto_create_topics:
+                    try:
+                        info = await parts.auto_create(wanted.name)
+                    except KafkaError as exc:
+                        topics.append(missing(wanted.name, exc.code))
+                        continue
+                if info is None:
+                    topics.append(missing(wanted.name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+                else:
+                    topics.append(describe(info))
+        host, port = broker.advertised
+        return MetadataResponse(
+            throttle_time_ms=0,
+            brokers=[
+                MetadataResponseBroker(
+                    node_id=broker.node_id, host=host, port=port, rack=broker.config.broker.rack
+                )
+            ],
+            cluster_id=store.cluster_id,
+            controller_id=broker.node_id,
+            topics=topics,
+        )
+
+    d.register(KEY, 0, 12, handle)

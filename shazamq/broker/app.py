@@ -1,0 +1,251 @@
+"""The composition root: builds a running broker from its parts and tears it down.
+
+Nothing else wires components together. The parts (metadata store, log manager,
+partitions, group and transaction coordinators, API handlers, listener, metrics) know
+only what they are handed here, so a new feature plugs in by being constructed and
+started in this one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from shazamq.config import BrokerConfig, ConfigError
+
+from . import apis
+from .apis import (
+    api_versions,
+    cluster,
+    configs,
+    fetch,
+    list_offsets,
+    metadata,
+    produce,
+    topics,
+)
+from .apis import groups as groups_api
+from .apis import txn as txn_api
+from .cluster.metadata import MetadataStore
+from .groups import GroupCoordinator
+from .log import LogManager
+from .metrics import BrokerMetrics, BrokerState
+from .partitions import PartitionManager, default_log_config
+from .server import KafkaServer
+from .txn import TransactionCoordinator
+
+log = logging.getLogger(__name__)
+
+_WILDCARD = {"", "0.0.0.0", "::"}
+
+
+def resolve_node_id(config: BrokerConfig, hostname: str | None = None) -> int:
+    """The broker id: configured, or the trailing ordinal of a StatefulSet pod's hostname."""
+    b = config.broker
+    if not b.node_id_from_hostname:
+        return b.node_id
+    hostname = hostname or socket.gethostname()
+    m = re.search(r"-(\d+)$", hostname.split(".")[0])
+    if m is None:
+        raise ConfigError(
+            f"broker.node_id_from_hostname is set but hostname {hostname!r} has no "
+            "trailing -<ordinal>"
+        )
+    return int(m.group(1))
+
+
+def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
+    tls = config.security.tls
+    if not tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    assert tls.cert_file and tls.key_file
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file:
+        ctx.load_verify_locations(tls.ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Broker:
+    """One running broker."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.node_id = resolve_node_id(config)
+        self.metrics = BrokerMetrics()
+        self.data_dir = Path(config.broker.data_dir)
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics_port: int | None = None
+        self.metadata: MetadataStore
+        self.logs: LogManager
+        self.partitions: PartitionManager
+        self.groups: GroupCoordinator
+        self.txn: TransactionCoordinator
+        self.dispatcher = apis.Dispatcher(self.metrics)
+        self.server: KafkaServer
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        b = self.config.broker
+        host = b.advertised_host or (b.host if b.host not in _WILDCARD else socket.gethostname())
+        return host, b.advertised_port or self.server.port
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"broker.data_dir {self.data_dir} is in use by another broker"
+            ) from None
+        self._lock_fd = fd
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        cfg = self.config
+        self._warn_unbuilt_features()
+        self._lock_data_dir()
+        self.metrics.state = BrokerState.RECOVERING
+        self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
+        loop = asyncio.get_running_loop()
+        self.logs = await loop.run_in_executor(
+            None, LogManager, self.data_dir, default_log_config(cfg)
+        )
+        self.partitions = PartitionManager(cfg, self.metadata, self.logs)
+        await loop.run_in_executor(None, self.partitions.load)
+        self.txn = TransactionCoordinator(self)
+        self.groups = GroupCoordinator(self)
+        for module in (
+            api_versions,
+            metadata,
+            produce,
+            fetch,
+            list_offsets,
+            topics,
+            configs,
+            cluster,
+            groups_api,
+            txn_api,
+        ):
+            module.register(self.dispatcher, self)
+        self.server = KafkaServer(
+            self.dispatcher,
+            self.metrics,
+            host=cfg.broker.host,
+            port=cfg.broker.port,
+            max_request_bytes=cfg.broker.socket_request_max_bytes,
+            ssl_context=_tls_context(cfg),
+        )
+        await self.txn.start()
+        await self.groups.start()
+        await self.server.start()
+        if cfg.metrics.enabled:
+            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+        self.metrics.add_probe(self._partition_probe)
+        self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="maintenance"))
+        self.metrics.state = BrokerState.RUNNING
+        log.info(
+            "broker %d of cluster %s listening on %s:%d (advertised %s:%d), %d partitions, "
+            "started in %.2fs",
+            self.node_id,
+            self.metadata.cluster_id,
+            cfg.broker.host,
+            self.server.port,
+            *self.advertised,
+            len(self.partitions.partitions),
+            time.monotonic() - started,
+        )
+
+    async def stop(self) -> None:
+        self.metrics.state = BrokerState.SHUTTING_DOWN
+        grace = self.config.broker.shutdown_timeout_ms / 1000
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        await self.server.stop(grace=min(grace, 2.0))
+        await self.groups.stop()
+        await self.txn.stop()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.logs.close)
+        self.metrics.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("broker %d stopped cleanly", self.node_id)
+
+    def _warn_unbuilt_features(self) -> None:
+        cfg = self.config
+        if cfg.security.sasl.enabled:
+            # Serving unauthenticated clients when authentication was asked for would be
+            # a silent security hole: refuse to start instead.
+            raise ConfigError(
+                "security.sasl.enabled = true, but this broker release has no SASL "
+                "authenticator; set it to false or front the broker with TLS client auth"
+            )
+        for enabled, what in (
+            (cfg.tiered_storage.enabled, "tiered_storage"),
+            (cfg.mirror.enabled, "mirror"),
+        ):
+            if enabled:
+                log.error(
+                    "%s.enabled = true, but this broker release does not run %s: the "
+                    "setting is validated and otherwise ignored",
+                    what,
+                    what,
+                )
+
+    # -- background work ---------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        """Retention, compaction and the flush policy, off the event loop."""
+        loop = asyncio.get_running_loop()
+        interval = min(self.config.storage.retention_check_interval_ms, 30_000) / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(None, self.logs.run_maintenance, int(time.time() * 1000))
+            except Exception:
+                log.exception("log maintenance failed")
+
+    # -- metrics -----------------------------------------------------------------------
+
+    def _partition_probe(self) -> Iterable[Metric]:
+        leo = GaugeMetricFamily(
+            "shazamq_log_end_offset", "Next offset to be written.", labels=["topic", "partition"]
+        )
+        start = GaugeMetricFamily(
+            "shazamq_log_start_offset", "First offset kept.", labels=["topic", "partition"]
+        )
+        size = GaugeMetricFamily(
+            "shazamq_log_size_bytes", "Bytes on disk.", labels=["topic", "partition"]
+        )
+        for (topic, index), p in list(self.partitions.partitions.items()):
+            labels = [topic, str(index)]
+            leo.add_metric(labels, p.log.log_end_offset)
+            start.add_metric(labels, p.log.log_start_offset)
+            size.add_metric(labels, p.log.size_bytes)
+        conns = GaugeMetricFamily("shazamq_connections", "Open client connections.")
+        conns.add_metric([], self.server.connection_count)
+        return [leo, start, size, conns]

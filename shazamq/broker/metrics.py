@@ -1,0 +1,142 @@
+"""Prometheus metrics of one broker, and the HTTP endpoint that serves them.
+
+Each broker gets its own registry (tests run several brokers in one process). Counters on
+the hot path are bumped once per partition per request, never per record. State that
+already lives elsewhere (log end offsets, sizes, connection count, group states) is read
+at scrape time by a collector instead of being mirrored into gauges on every change.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class BrokerState(enum.IntEnum):
+    """Broker lifecycle, exported as `shazamq_broker_state`."""
+
+    STARTING = 0
+    RECOVERING = 1
+    RUNNING = 2
+    SHUTTING_DOWN = 3
+
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class _LiveCollector(Collector):
+    """Calls the registered probes at scrape time."""
+
+    def __init__(self) -> None:
+        self.probes: list[Callable[[], Iterable[Metric]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for probe in list(self.probes):
+            yield from probe()
+
+
+class BrokerMetrics:
+    """The broker's metric families."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "shazamq_requests", "Requests handled, by API.", ["api"], registry=r
+        )
+        self.request_errors = Counter(
+            "shazamq_request_errors",
+            "Error codes returned, by API and Kafka error name (per partition where the "
+            "protocol reports per partition).",
+            ["api", "error"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "shazamq_request_latency_seconds",
+            "Time from a request's arrival to its response being queued, by API.",
+            ["api"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = Counter(
+            "shazamq_topic_bytes_in",
+            "Record batch bytes appended, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.messages_in = Counter(
+            "shazamq_topic_messages_in", "Records appended, by topic.", ["topic"], registry=r
+        )
+        self.bytes_out = Counter(
+            "shazamq_topic_bytes_out",
+            "Record batch bytes fetched, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.connections_total = Counter(
+            "shazamq_connections_accepted", "Client connections accepted.", registry=r
+        )
+        self.state = BrokerState.STARTING
+        self._live = _LiveCollector()
+        r.register(self._live)
+        self.add_probe(self._state_probe)
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+
+    # -- live probes -----------------------------------------------------------------
+
+    def add_probe(self, probe: Callable[[], Iterable[Metric]]) -> None:
+        """Register a function producing metric families at scrape time."""
+        self._live.probes.append(probe)
+
+    def _state_probe(self) -> Iterable[Metric]:
+        g = GaugeMetricFamily(
+            "shazamq_broker_state",
+            "Broker state: 0 starting, 1 recovering, 2 running, 3 shutting down.",
+        )
+        g.add_metric([], int(self.state))
+        yield g
+
+    # -- helpers for the hot path ----------------------------------------------------
+
+    def record_error(self, api: str, error_name: str) -> None:
+        self.request_errors.labels(api, error_name).inc()
+
+    # -- the endpoint ------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port.
+
+        prometheus-client's server renders in its own thread, so a slow scrape never
+        stalls the event loop.
+        """
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

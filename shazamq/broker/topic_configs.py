@@ -1,0 +1,182 @@
+"""Topic-level settings as Kafka names them: validation and description.
+
+The log owns the settings that change how it stores data (`LogConfig`, `CONFIG_DEFS`).
+A few more topic settings that clients routinely send (`min.insync.replicas`,
+`compression.type`, ...) belong to the broker; they are defined here so CreateTopics,
+AlterConfigs and DescribeConfigs see one table of everything a topic can be told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from shazamq.broker.log.errors import InvalidConfigError
+from shazamq.broker.log.log_config import CONFIG_DEFS, LogConfig
+
+# Kafka's ConfigSource values (DescribeConfigs).
+SOURCE_TOPIC = 1
+SOURCE_STATIC_BROKER = 4
+SOURCE_DEFAULT = 5
+
+# Kafka's ConfigType values (DescribeConfigs v3+).
+CONFIG_TYPES = {"boolean": 1, "string": 2, "int": 3, "short": 4, "long": 5, "double": 6, "list": 7}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTopicSetting:
+    """A topic setting the broker (not the log) interprets."""
+
+    name: str
+    type: str
+    default: str
+    doc: str
+    check: Callable[[str], str | None]  # returns a problem, or None when valid
+
+
+def _bool(value: str) -> str | None:
+    return None if value.lower() in ("true", "false") else "must be true or false"
+
+
+def _int_at_least(low: int) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        try:
+            n = int(value)
+        except ValueError:
+            return "must be an integer"
+        return None if n >= low else f"must be at least {low}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
+    s.name: s
+    for s in (
+        BrokerTopicSetting(
+            "min.insync.replicas",
+            "int",
+            "1",
+            "Replicas that must have a batch before an acks=all produce succeeds.",
+            _int_at_least(1),
+        ),
+        BrokerTopicSetting(
+            "compression.type",
+            "string",
+            "producer",
+            "Batches are stored as the producer compressed them ('producer'); the broker "
+            "never recompresses.",
+            _one_of("producer"),
+        ),
+        BrokerTopicSetting(
+            "unclean.leader.election.enable",
+            "boolean",
+            "false",
+            "Whether a replica outside the ISR may become leader (losing data).",
+            _bool,
+        ),
+        BrokerTopicSetting(
+            "message.downconversion.enable",
+            "boolean",
+            "true",
+            "Accepted for compatibility; record batches are always served as stored.",
+            _bool,
+        ),
+        BrokerTopicSetting(
+            "preallocate",
+            "boolean",
+            "false",
+            "Accepted for compatibility; segment files grow as they are written.",
+            _bool,
+        ),
+        BrokerTopicSetting(
+            "remote.storage.enable",
+            "boolean",
+            "false",
+            "Tiered storage for this topic; not available on this broker release.",
+            _one_of("false"),
+        ),
+    )
+}
+
+
+def known_names() -> list[str]:
+    return sorted({*CONFIG_DEFS, *BROKER_TOPIC_SETTINGS})
+
+
+def validate(defaults: LogConfig, overrides: Mapping[str, str]) -> LogConfig:
+    """Check every override; return the topic's LogConfig. Raises InvalidConfigError."""
+    log_overrides = {}
+    for key, value in overrides.items():
+        setting = BROKER_TOPIC_SETTINGS.get(key)
+        if setting is not None:
+            problem = setting.check(value)
+            if problem:
+                raise InvalidConfigError(key, problem)
+        elif key in CONFIG_DEFS:
+            log_overrides[key] = value
+        else:
+            raise InvalidConfigError(key, "unknown topic configuration")
+    return defaults.with_overrides(log_overrides)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEntry:
+    """One row of DescribeConfigs."""
+
+    name: str
+    value: str | None
+    read_only: bool
+    config_source: int
+    config_type: int
+    documentation: str
+    is_default: bool
+
+
+def describe(
+    kafka_defaults: LogConfig,
+    broker_defaults: LogConfig,
+    overrides: Mapping[str, str],
+    keys: list[str] | None = None,
+) -> list[ConfigEntry]:
+    """Every topic setting with its effective value and where that value comes from."""
+    effective = validate(broker_defaults, overrides).to_kafka()
+    broker_values = broker_defaults.to_kafka()
+    kafka_values = kafka_defaults.to_kafka()
+    entries = []
+    for name in known_names():
+        if keys is not None and name not in keys:
+            continue
+        if name in CONFIG_DEFS:
+            d = CONFIG_DEFS[name]
+            value = effective[name]
+            type_, doc = d.type, d.doc
+            if name in overrides:
+                source = SOURCE_TOPIC
+            elif broker_values[name] != kafka_values[name]:
+                source = SOURCE_STATIC_BROKER
+            else:
+                source = SOURCE_DEFAULT
+        else:
+            s = BROKER_TOPIC_SETTINGS[name]
+            value = overrides.get(name, s.default)
+            type_, doc = s.type, s.doc
+            source = SOURCE_TOPIC if name in overrides else SOURCE_DEFAULT
+        entries.append(
+            ConfigEntry(
+                name=name,
+                value=value,
+                read_only=False,
+                config_source=source,
+                config_type=CONFIG_TYPES.get(type_, 0),
+                documentation=doc,
+                is_default=source == SOURCE_DEFAULT,
+            )
+        )
+    return entries

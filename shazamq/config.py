@@ -1,0 +1,827 @@
+"""The one source of truth for Shazamq's configuration.
+
+Everything a broker can be told lives here as msgspec models: the broker loads its TOML
+file (and ``SHAZAMQ_*`` environment overrides) with them, the operator renders the
+broker's ConfigMap from them, and the ShazamqCluster CRD schema is generated from them.
+A setting described anywhere else is a bug.
+
+Names: TOML keys are snake_case (``[broker] data_dir``); the CRD uses the same models with
+camelCase keys (see ``shazamq.operator``). Validation happens once, at load: an unknown key
+or a bad value fails with one message naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "BrokerConfig",
+    "BrokerSection",
+    "ConfigError",
+    "GcsConfig",
+    "GroupsConfig",
+    "MetricsConfig",
+    "MirrorConfig",
+    "MirrorSource",
+    "ReplicationConfig",
+    "S3Config",
+    "SecurityConfig",
+    "StorageConfig",
+    "TieredStorageConfig",
+    "TransactionsConfig",
+    "dump_toml",
+    "load_config",
+]
+
+ENV_PREFIX = "SHAZAMQ_"
+ENV_SEPARATOR = "__"
+
+Port = Annotated[int, Meta(ge=1, le=65535, description="A TCP port.")]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+# Kafka uses -1 for "unlimited" on byte and time limits.
+LimitOrUnlimited = Annotated[int, Meta(ge=-1)]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+
+class _Section(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Base for every section: unknown keys are errors, never silently ignored."""
+
+
+class BrokerSection(_Section):
+    """Identity, listener and protocol limits of one broker."""
+
+    node_id: Annotated[int, Meta(ge=0, description="Broker id, unique in the cluster.")] = 0
+    node_id_from_hostname: Annotated[
+        bool,
+        Meta(description="Take node_id from the hostname's trailing ordinal (StatefulSet pods)."),
+    ] = False
+    host: Annotated[str, Meta(description="Address the Kafka listener binds.")] = "0.0.0.0"
+    port: Port = 9092
+    advertised_host: Annotated[
+        str | None,
+        Meta(description="Host clients are told to connect to; defaults to the hostname."),
+    ] = None
+    advertised_port: Port | None = None
+    data_dir: Annotated[str, Meta(description="Directory holding the partition logs.")] = "./data"
+    cluster_id: Annotated[
+        str | None, Meta(description="Cluster id; generated and stored on first start.")
+    ] = None
+    rack: str | None = None
+    auto_create_topics: Annotated[
+        bool, Meta(description="Create a topic when a client asks for an unknown one.")
+    ] = True
+    default_partitions: Annotated[int, Meta(ge=1, le=100_000)] = 1
+    message_max_bytes: Annotated[
+        int, Meta(ge=0, description="Largest record batch the broker accepts (message.max.bytes).")
+    ] = 1048588
+    socket_request_max_bytes: Annotated[
+        int, Meta(ge=1024, description="Largest request frame accepted (socket.request.max.bytes).")
+    ] = 104857600
+    delete_topic_enable: bool = True
+    shutdown_timeout_ms: Annotated[int, Meta(ge=0)] = 10_000
+
+
+class StorageConfig(_Section):
+    """Broker-wide defaults of the segment log; topics may override them."""
+
+    segment_bytes: Annotated[int, Meta(ge=14, description="Roll a segment at this size.")] = (
+        1073741824
+    )
+    segment_ms: Annotated[int, Meta(ge=1, description="Roll a segment after this age.")] = 604800000
+    retention_hours: Annotated[
+        int, Meta(ge=-1, description="Delete segments older than this; -1 keeps forever.")
+    ] = 168
+    retention_ms: (
+        Annotated[int, Meta(ge=-1, description="Overrides retention_hours when set.")] | None
+    ) = None
+    retention_bytes: Annotated[
+        int, Meta(ge=-1, description="Keep at most this many bytes per partition; -1: no limit.")
+    ] = -1
+    cleanup_policy: Literal["delete", "compact", "compact,delete", "delete,compact"] = "delete"
+    delete_retention_ms: Annotated[int, Meta(ge=0)] = 86400000
+    min_compaction_lag_ms: Annotated[int, Meta(ge=0)] = 0
+    index_interval_bytes: Annotated[int, Meta(ge=0)] = 4096
+    flush_messages: (
+        Annotated[int, Meta(ge=1, description="fsync after this many messages; unset: the OS.")]
+        | None
+    ) = None
+    flush_ms: (
+        Annotated[int, Meta(ge=0, description="fsync at least this often; unset: the OS.")] | None
+    ) = None
+    retention_check_interval_ms: Annotated[int, Meta(ge=100)] = 300000
+
+    def effective_retention_ms(self) -> int:
+        if self.retention_ms is not None:
+            return self.retention_ms
+        if self.retention_hours < 0:
+            return -1
+        return self.retention_hours * 3_600_000
+
+
+class MetricsConfig(_Section):
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: Port = 9090
+
+
+class GroupsConfig(_Section):
+    """The consumer group coordinator."""
+
+    initial_rebalance_delay_ms: Annotated[int, Meta(ge=0)] = 3000
+    min_session_timeout_ms: Annotated[int, Meta(ge=1)] = 6000
+    max_session_timeout_ms: Annotated[int, Meta(ge=1)] = 1800000
+    max_size: Annotated[int, Meta(ge=1)] = 2147483647
+    offsets_retention_minutes: Annotated[int, Meta(ge=1)] = 10080
+    offsets_topic_num_partitions: Annotated[int, Meta(ge=1, le=1000)] = 50
+    offsets_topic_segment_bytes: Annotated[int, Meta(ge=14)] = 104857600
+
+
+class TransactionsConfig(_Section):
+    """Producer ids, idempotence and the transaction coordinator."""
+
+    max_timeout_ms: Annotated[int, Meta(ge=1)] = 900000
+    transactional_id_expiration_ms: Annotated[int, Meta(ge=1)] = 604800000
+    producer_id_expiration_ms: Annotated[int, Meta(ge=1)] = 86400000
+    abort_timed_out_check_interval_ms: Annotated[int, Meta(ge=1)] = 10000
+    state_log_num_partitions: Annotated[int, Meta(ge=1, le=1000)] = 50
+
+
+class ReplicationConfig(_Section):
+    """Replication defaults for new topics."""
+
+    default_replication_factor: Annotated[int, Meta(ge=1, le=32767)] = 1
+    min_insync_replicas: Annotated[int, Meta(ge=1, le=32767)] = 1
+
+
+class S3Config(_Section):
+    """An S3 (or S3-compatible) bucket for the remote tier."""
+
+    bucket: Annotated[str, Meta(min_length=3, max_length=63)]
+    region: str = "us-east-1"
+    prefix: str = ""
+    endpoint: Annotated[
+        str | None, Meta(description="Custom endpoint URL, for S3-compatible stores.")
+    ] = None
+    access_key_id: Annotated[
+        str | None, Meta(description="Static credentials; default: the AWS credential chain.")
+    ] = None
+    secret_access_key: str | None = None
+
+
+class GcsConfig(_Section):
+    """A Google Cloud Storage bucket for the remote tier."""
+
+    bucket: Annotated[str, Meta(min_length=3, max_length=222)]
+    prefix: str = ""
+    endpoint: Annotated[str | None, Meta(description="Custom endpoint URL (emulators).")] = None
+    credentials_file: Annotated[
+        str | None, Meta(description="Service account JSON; default: application default.")
+    ] = None
+
+
+class TieredStorageConfig(_Section):
+    """Moving closed segments to object storage and reading them back."""
+
+    enabled: bool = False
+    provider: Literal["s3", "gcs"] = "s3"
+    hot_tier_retention_hours: (
+        Annotated[int, Meta(ge=0, description="Hours a segment stays local once uploaded.")] | None
+    ) = None
+    s3: S3Config | None = None
+    gcs: GcsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.provider == "s3" and self.s3 is None:
+            raise ValueError("provider 's3' needs a [tiered_storage.s3] section")
+        if self.enabled and self.provider == "gcs" and self.gcs is None:
+            raise ValueError("provider 'gcs' needs a [tiered_storage.gcs] section")
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class MirrorSource(_Section):
+    """One foreign Kafka cluster whose topics this broker mirrors."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    bootstrap_servers: Annotated[str, Meta(min_length=1)]
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_file: str | None = None
+    topic_whitelist: tuple[str, ...] = (".*",)
+    topic_blacklist: tuple[str, ...] = ()
+    consumer_group_id: str = "shazamq-mirror"
+    num_consumers: Annotated[int, Meta(ge=1, le=1024)] = 1
+    exactly_once: bool = True
+
+    def __post_init__(self) -> None:
+        for pattern in (*self.topic_whitelist, *self.topic_blacklist):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"topic pattern {pattern!r} is not a regular expression: {exc}"
+                ) from None
+        if self.security_protocol.startswith("SASL_") and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+
+
+class MirrorConfig(_Section):
+    """Mirroring topics in from existing Kafka clusters."""
+
+    enabled: bool = False
+    sources: list[MirrorSource] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"mirror source names must be unique, repeated: {', '.join(dupes)}")
+
+
+class TlsConfig(_Section):
+    """TLS on the Kafka listener."""
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: Annotated[str | None, Meta(description="CA bundle to verify client certificates.")] = (
+        None
+    )
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.cert_file and self.key_file):
+            raise ValueError("TLS needs cert_file and key_file")
+
+
+class SaslConfig(_Section):
+    """SASL authentication on the Kafka listener."""
+
+    enabled: bool = False
+    mechanisms: tuple[SaslMechanism, ...] = ("PLAIN",)
+    users_file: Annotated[
+        str | None, Meta(description='TOML file of [users] name = "password" entries.')
+    ] = None
+    users: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.users or self.users_file):
+            raise ValueError("SASL needs users or users_file")
+
+
+class SecurityConfig(_Section):
+    """Listener security."""
+
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    sasl: SaslConfig = msgspec.field(default_factory=SaslConfig)
+
+
+class BrokerConfig(_Section):
+    """The whole configuration file of one broker."""
+
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    groups: GroupsConfig = msgspec.field(default_factory=GroupsConfig)
+    transactions: TransactionsConfig = msgspec.field(default_factory=TransactionsConfig)
+    replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
+    tiered_storage: TieredStorageConfig = msgspec.field(default_factory=TieredStorageConfig)
+    mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        if self.replication.min_insync_replicas > self.replication.default_replication_factor:
+            raise ValueError(
+                "replication.min_insync_replicas cannot exceed default_replication_factor"
+            )
+        if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms:
+            raise ValueError("groups.min_session_timeout_ms exceeds max_session_timeout_ms")
+
+
+# -- loading -------------------------------------------------------------------------------
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]+)`(?: - at `\$(.*)`)?")
+_AT_PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$")
+
+
+def _dotted(path: str) -> str:
+    """`$.broker.port` / `$.mirror.sources[0]` -> `broker.port` / `mirror.sources[0]`."""
+    return path.lstrip(".")
+
+
+def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
+    text = str(exc)
+    m = _UNKNOWN_FIELD.match(text)
+    if m:
+        where = _dotted(m.group(2) or "")
+        key = f"{where}.{m.group(1)}" if where else m.group(1)
+        return ConfigError(f"{source}: unknown key '{key}'")
+    m = _AT_PATH.match(text)
+    assert m is not None
+    problem, where = m.group(1), _dotted(m.group(2) or "")
+    if where:
+        return ConfigError(f"{source}: invalid value for '{where}': {problem}")
+    return ConfigError(f"{source}: {problem}")
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        nxt_is_index = path[i + 1].isdigit()
+        if isinstance(node, list):
+            idx = int(part)
+            while len(node) <= idx:
+                node.append({})
+            node = node[idx]
+            continue
+        if part not in node or not isinstance(node[part], dict | list):
+            node[part] = [] if nxt_is_index else {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        while len(node) <= idx:
+            node.append({})
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; JSON lists/objects are accepted for list settings."""
+    stripped = raw.strip()
+    if stripped[:1] in "[{":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Overlay ``SHAZAMQ_SECTION__KEY=value`` variables onto a parsed TOML tree.
+
+    Returns the dotted keys that were set, so errors can say where a value came from.
+    """
+    applied = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or ENV_SEPARATOR not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
+        if any(not p for p in path):
+            raise ConfigError(f"environment variable {name}: empty key segment")
+        _set_path(tree, path, _env_value(raw))
+        applied.append(".".join(path))
+    return applied
+
+
+def parse_config(tree: dict[str, Any], source: str = "configuration") -> BrokerConfig:
+    """Validate an already-parsed tree (TOML + env) into a BrokerConfig."""
+    try:
+        return msgspec.convert(tree, BrokerConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> BrokerConfig:
+    """Load the broker configuration: embedded defaults, then the file, then the environment."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            tree = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if environ is None:
+        environ = os.environ
+    if apply_env(tree, environ):
+        source = f"{source} + {ENV_PREFIX}* environment"
+    return parse_config(tree, source)
+
+
+def _drop_empty(node: Any) -> Any:
+    if isinstance(node, dict):
+        pruned = {k: _drop_empty(v) for k, v in node.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+    if isinstance(node, list):
+        return [_drop_empty(v) for v in node]
+    return node
+
+
+def to_builtins(config: Struct) -> dict[str, Any]:
+    """The config as plain dicts, defaults and empty sections omitted, for TOML or JSON."""
+    out = _drop_empty(msgspec.to_builtins(config))
+    assert isinstance(out, dict)
+    return out
+
+
+def dump_toml(config: BrokerConfig) -> str:
+    """Render a BrokerConfig as the TOML the broker loads (the operator's ConfigMap)."""
+    import tomli_w
+
+    return tomli_w.dumps(to_builtins(config))
+
+
+# == The ShazamqCluster custom resource (operator) =========================================
+#
+# The spec and status of the `ShazamqCluster` CRD (shazamq.io/v1alpha1). The CRD's OpenAPI
+# schema is generated from these models (`python -m shazamq.operator.crd`), and the operator
+# validates every resource with them before rendering anything.
+#
+# Naming: Python fields are snake_case like the broker's; the CRD spells them in camelCase
+# (`rename="camel"`), so `hot_tier_retention_hours` is `hotTierRetentionHours` in YAML.
+#
+# One source of truth: where a spec field is a broker setting, the spec model is *derived*
+# from the broker model by `_derive()` (same name, type, bounds, enum and default, copied
+# from the broker struct's field) rather than declared again, and a derived struct is valid
+# only if the broker struct accepts its shared fields (its `__post_init__` builds one).
+# `broker_settings()` gives back those shared fields as the broker's snake_case dict; the
+# operator's explicit spec -> BrokerConfig mapping (`shazamq.operator.resources`) uses it.
+# Fields that only make sense in Kubernetes (Secret names, pod scheduling, the PVC
+# template) are declared here once, beside the derived ones.
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+SecretName = Annotated[
+    str,
+    Meta(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Name of a Secret in the cluster's namespace.",
+    ),
+]
+KubeObject = Annotated[
+    dict[str, Any],
+    Meta(
+        description="A Kubernetes object, passed through unchanged.",
+        extra_json_schema={"x-kubernetes-preserve-unknown-fields": True},
+    ),
+]
+StringMap = dict[str, str]
+PromDuration = Annotated[str, Meta(pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$")]
+
+
+class _Spec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, rename="camel"):
+    """Base of the custom resource's spec models: camelCase keys, unknown keys rejected."""
+
+
+class _Status(Struct, kw_only=True, rename="camel"):
+    """Base of the status models; every field is always written (a merge patch must reset)."""
+
+
+def _field_default(model: type[Struct], name: str) -> Any:
+    """The default of ``model.name``, so a spec field can share a broker field's default."""
+    info = {f.name: f for f in msgspec.structs.fields(model)}[name]
+    if info.default is not msgspec.NODEFAULT:
+        return info.default
+    if info.default_factory is not msgspec.NODEFAULT:
+        return info.default_factory()
+    raise TypeError(f"{model.__name__}.{name} has no default")
+
+
+def broker_settings(spec: Struct) -> dict[str, Any]:
+    """The broker settings a derived spec struct holds, as the broker model's snake_case dict.
+
+    Nested derived structs and lists of them are converted too; spec-only fields (such as
+    ``credentials_secret``) are left out.
+    """
+    shared: tuple[str, ...] = getattr(type(spec), "__shared_fields__", ())
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Struct) and hasattr(type(value), "__shared_fields__"):
+            return broker_settings(value)
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return value
+
+    return {name: convert(getattr(spec, name)) for name in shared}
+
+
+def _check_with_broker_model(self: Struct) -> None:
+    """`__post_init__` of derived structs: the broker model must accept the shared fields."""
+    model: type[Struct] = type(self).__broker_model__  # type: ignore[attr-defined]
+    try:
+        msgspec.convert(broker_settings(self), model)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    extra_check = getattr(type(self), "__extra_check__", None)
+    if extra_check is not None:
+        extra_check(self)
+
+
+def _derive(
+    model: type[Struct],
+    name: str,
+    doc: str,
+    *,
+    keep: tuple[str, ...],
+    types: Mapping[str, Any] | None = None,
+    extra: tuple[tuple[Any, ...], ...] = (),
+) -> type[_Spec]:
+    """A spec struct whose `keep` fields are copied (type, bounds, default) from `model`.
+
+    `types` replaces the type of nested struct fields by their derived spec counterparts
+    (the default is still the broker's); `extra` adds spec-only fields as
+    ``(name, type[, default])`` tuples.
+    """
+    infos = {f.name: f for f in msgspec.structs.fields(model)}
+    fields: list[tuple[Any, ...]] = []
+    for field_name in keep:
+        info = infos[field_name]
+        typ = (types or {}).get(field_name, info.type)
+        if info.default is not msgspec.NODEFAULT:
+            fields.append((field_name, typ, info.default))
+        elif info.default_factory is not msgspec.NODEFAULT:
+            fields.append((field_name, typ, msgspec.field(default_factory=info.default_factory)))
+        else:
+            fields.append((field_name, typ))
+    fields.extend(extra)
+    return msgspec.defstruct(
+        name,
+        fields,
+        bases=(_Spec,),
+        module=__name__,
+        kw_only=True,
+        namespace={
+            "__doc__": doc,
+            "__broker_model__": model,
+            "__shared_fields__": keep,
+            "__post_init__": _check_with_broker_model,
+        },
+    )
+
+
+def _default_volume_claim_template() -> dict[str, Any]:
+    return {
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "10Gi"}},
+        }
+    }
+
+
+StorageSpec = _derive(
+    StorageConfig,
+    "StorageSpec",
+    "Broker storage: the volume of each broker and the log's roll and retention settings.",
+    keep=("segment_bytes", "retention_hours", "retention_bytes"),
+    extra=(
+        (
+            "volume_claim_template",
+            Annotated[
+                KubeObject,
+                Meta(
+                    description="PersistentVolumeClaim template (metadata and spec) of each "
+                    "broker's data volume. Claims are kept when the cluster is deleted."
+                ),
+            ],
+            msgspec.field(default_factory=_default_volume_claim_template),
+        ),
+    ),
+)
+
+_CredentialsSecret = Annotated[
+    SecretName | None,
+    Meta(description="Secret holding the credentials (see the field's parent for its keys)."),
+]
+
+S3Spec = _derive(
+    S3Config,
+    "S3Spec",
+    "An S3 (or S3-compatible) bucket. The credentials Secret holds the keys "
+    "`access-key-id` and `secret-access-key`; without it the AWS credential chain is used.",
+    keep=("bucket", "region", "prefix", "endpoint"),
+    extra=(("credentials_secret", _CredentialsSecret, None),),
+)
+
+GcsSpec = _derive(
+    GcsConfig,
+    "GcsSpec",
+    "A Google Cloud Storage bucket. The credentials Secret holds a service account JSON "
+    "under the key `credentials.json`; without it the application default credentials are "
+    "used.",
+    keep=("bucket", "prefix", "endpoint"),
+    extra=(("credentials_secret", _CredentialsSecret, None),),
+)
+
+TieredStorageSpec = _derive(
+    TieredStorageConfig,
+    "TieredStorageSpec",
+    TieredStorageConfig.__doc__ or "",
+    keep=("enabled", "provider", "hot_tier_retention_hours", "s3", "gcs"),
+    types={"s3": S3Spec | None, "gcs": GcsSpec | None},
+)
+
+MirrorSourceSpec = _derive(
+    MirrorSource,
+    "MirrorSourceSpec",
+    "One foreign Kafka cluster whose topics the brokers mirror. The credentials Secret "
+    "holds the SASL `username` and `password`.",
+    keep=(
+        "name",
+        "bootstrap_servers",
+        "security_protocol",
+        "sasl_mechanism",
+        "topic_whitelist",
+        "topic_blacklist",
+        "consumer_group_id",
+        "num_consumers",
+        "exactly_once",
+    ),
+    extra=(("credentials_secret", _CredentialsSecret, None),),
+)
+
+MirrorSpec = _derive(
+    MirrorConfig,
+    "MirrorSpec",
+    MirrorConfig.__doc__ or "",
+    keep=("enabled", "sources"),
+    types={"sources": list[MirrorSourceSpec]},  # type: ignore[valid-type]
+)
+
+ReplicationSpec = _derive(
+    ReplicationConfig,
+    "ReplicationSpec",
+    ReplicationConfig.__doc__ or "",
+    keep=("default_replication_factor", "min_insync_replicas"),
+)
+
+
+class ServiceSpec(_Spec):
+    """The client Service, and the broker ports behind it."""
+
+    type: Annotated[
+        Literal["ClusterIP", "NodePort", "LoadBalancer"],
+        Meta(description="Type of the client Service."),
+    ] = "ClusterIP"
+    port: Annotated[
+        Port, Meta(description="Kafka port of the brokers and of the client Service.")
+    ] = _field_default(BrokerSection, "port")
+    metrics_port: Annotated[Port, Meta(description="Prometheus port of the brokers.")] = (
+        _field_default(MetricsConfig, "port")
+    )
+
+    def __post_init__(self) -> None:
+        if self.port == self.metrics_port:
+            raise ValueError("port and metricsPort must differ")
+
+
+class TlsSpec(_Spec):
+    """TLS on the brokers' Kafka listener."""
+
+    enabled: bool = _field_default(TlsConfig, "enabled")
+    secret_name: Annotated[
+        SecretName | None,
+        Meta(description="A kubernetes.io/tls Secret (keys tls.crt and tls.key)."),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.secret_name:
+            raise ValueError("TLS needs secretName")
+
+
+class AuthSpec(_Spec):
+    """SASL authentication on the brokers' Kafka listener."""
+
+    enabled: bool = _field_default(SaslConfig, "enabled")
+    mechanism: SaslMechanism = _field_default(SaslConfig, "mechanisms")[0]
+    secret_name: Annotated[
+        SecretName | None,
+        Meta(description='Secret whose key `users.toml` holds `[users]` name = "password".'),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.secret_name:
+            raise ValueError("authentication needs secretName")
+
+
+class SecuritySpec(_Spec):
+    """Listener security."""
+
+    tls: TlsSpec = msgspec.field(default_factory=TlsSpec)
+    auth: AuthSpec = msgspec.field(default_factory=AuthSpec)
+
+
+class ServiceMonitorSpec(_Spec):
+    """A Prometheus Operator ServiceMonitor scraping every broker."""
+
+    enabled: bool = False
+    interval: PromDuration = "30s"
+    scrape_timeout: PromDuration = "10s"
+
+
+class MonitoringSpec(_Spec):
+    """Prometheus integration."""
+
+    service_monitor: ServiceMonitorSpec = msgspec.field(default_factory=ServiceMonitorSpec)
+
+
+class ShazamqClusterSpec(_Spec):
+    """The desired state of a Shazamq cluster."""
+
+    replicas: Annotated[int, Meta(ge=0, le=1000, description="Number of brokers.")] = 3
+    version: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+            description="Shazamq version: the tag of the broker image.",
+        ),
+    ] = "0.1.0-rc1"
+    image: Annotated[
+        str,
+        Meta(
+            pattern=r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9._/-]+$",
+            description="Broker image repository, without a tag (the tag is `version`).",
+        ),
+    ] = "shazamq/shazamq"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    storage: StorageSpec = msgspec.field(default_factory=StorageSpec)  # type: ignore[valid-type]
+    tiered_storage: TieredStorageSpec = msgspec.field(  # type: ignore[valid-type]
+        default_factory=TieredStorageSpec
+    )
+    mirror: MirrorSpec = msgspec.field(default_factory=MirrorSpec)  # type: ignore[valid-type]
+    replication: ReplicationSpec = msgspec.field(  # type: ignore[valid-type]
+        default_factory=ReplicationSpec
+    )
+    resources: Annotated[
+        KubeObject, Meta(description="Compute resources (requests, limits) of each broker.")
+    ] = msgspec.field(default_factory=dict)
+    pod_annotations: Annotated[StringMap, Meta(description="Extra broker pod annotations.")] = (
+        msgspec.field(default_factory=dict)
+    )
+    pod_labels: Annotated[StringMap, Meta(description="Extra broker pod labels.")] = msgspec.field(
+        default_factory=dict
+    )
+    node_selector: StringMap = msgspec.field(default_factory=dict)
+    tolerations: list[KubeObject] = msgspec.field(default_factory=list)
+    affinity: Annotated[
+        KubeObject,
+        Meta(
+            description="Pod affinity. When empty, brokers prefer distinct nodes "
+            "(pod anti-affinity on kubernetes.io/hostname)."
+        ),
+    ] = msgspec.field(default_factory=dict)
+    service: ServiceSpec = msgspec.field(default_factory=ServiceSpec)
+    security: SecuritySpec = msgspec.field(default_factory=SecuritySpec)
+    monitoring: MonitoringSpec = msgspec.field(default_factory=MonitoringSpec)
+
+
+ClusterPhase = Literal["Creating", "Running", "Updating", "Degraded", "Failed"]
+
+
+class ClusterCondition(_Status, kw_only=True):
+    """A Kubernetes-style condition (`Ready`, `Reconciled`)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Meta(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    message: str = ""
+    last_transition_time: Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+    observed_generation: int | None = None
+
+
+class BrokerStatus(_Status, kw_only=True):
+    """One broker: its id, pod and the address it advertises to clients."""
+
+    id: int
+    pod: str
+    address: str
+    ready: bool = False
+
+
+class ShazamqClusterStatus(_Status, kw_only=True):
+    """The observed state of a Shazamq cluster, written by the operator."""
+
+    phase: ClusterPhase | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    selector: Annotated[
+        str | None, Meta(description="Label selector of the broker pods (scale subresource).")
+    ] = None
+    observed_generation: int | None = None
+    conditions: list[ClusterCondition] = msgspec.field(default_factory=list)
+    brokers: list[BrokerStatus] = msgspec.field(default_factory=list)

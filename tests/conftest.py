@@ -1,0 +1,154 @@
+"""Shared fixtures: real broker processes that tests start, stop and kill.
+
+A broker under test is a real `python -m shazamq.broker` process on loopback with its own
+data directory and free ports, configured the way users configure it (environment
+overrides), so the tests exercise the same start-up, shutdown and recovery paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class BrokerProcess:
+    """A broker subprocess with a data dir that outlives restarts."""
+
+    def __init__(self, data_dir: Path, **settings: object) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-broker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHAZAMQ_")}
+        env.update(
+            SHAZAMQ_BROKER__HOST="127.0.0.1",
+            SHAZAMQ_BROKER__PORT=str(self.port),
+            SHAZAMQ_BROKER__ADVERTISED_HOST="127.0.0.1",
+            SHAZAMQ_BROKER__DATA_DIR=str(self.data_dir),
+            SHAZAMQ_METRICS__HOST="127.0.0.1",
+            SHAZAMQ_METRICS__PORT=str(self.metrics_port),
+            SHAZAMQ_GROUPS__INITIAL_REBALANCE_DELAY_MS="0",
+            SHAZAMQ_GROUPS__MIN_SESSION_TIMEOUT_MS="1000",
+            SHAZAMQ_GROUPS__OFFSETS_TOPIC_NUM_PARTITIONS="4",
+            SHAZAMQ_TRANSACTIONS__STATE_LOG_NUM_PARTITIONS="4",
+            SHAZAMQ_LOG_LEVEL="INFO",
+        )
+        for key, value in self.settings.items():
+            section, _, name = key.partition("__")
+            env[f"SHAZAMQ_{section.upper()}__{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start(self, timeout: float = 30.0) -> BrokerProcess:
+        assert self.proc is None or self.proc.poll() is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shazamq.broker"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+        log.close()
+        wait_for_port(self.port, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: the crash path."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> BrokerProcess:
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator:
+    """Start brokers on demand; all are stopped (or killed) at the end of the test."""
+    started: list[BrokerProcess] = []
+
+    def make(**settings: object) -> BrokerProcess:
+        b = BrokerProcess(tmp_path / f"broker-{len(started)}", **settings)
+        started.append(b)
+        return b.start()
+
+    yield make
+    for b in started:
+        try:
+            b.stop(timeout=15)
+        except Exception:
+            b.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One broker for the tests that only need a working broker and unique topic names."""
+    b = BrokerProcess(tmp_path_factory.mktemp("shared") / "data")
+    b.start()
+    yield b
+    try:
+        b.stop(timeout=15)
+    except Exception:
+        b.kill()
+
+
+@pytest.fixture
+def topic_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
