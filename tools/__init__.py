@@ -1,0 +1,1 @@
+"""Developer tools: code generators and helpers run from the repository root."""
