@@ -8,7 +8,7 @@ for bad requests.
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -17,6 +17,8 @@ from confluent_kafka.admin import (
     NewPartitions,
     NewTopic,
 )
+
+from shazamq.protocol.errors import ErrorCode
 
 
 @pytest.fixture
@@ -31,8 +33,14 @@ def error_code(exc_info) -> int:
 
 def test_create_describe_alter_delete(admin, topic_name):
     fs = admin.create_topics(
-        [NewTopic(topic_name, num_partitions=2, replication_factor=1,
-                  config={"retention.ms": "3600000", "cleanup.policy": "delete"})]
+        [
+            NewTopic(
+                topic_name,
+                num_partitions=2,
+                replication_factor=1,
+                config={"retention.ms": "3600000", "cleanup.policy": "delete"},
+            )
+        ]
     )
     fs[topic_name].result(15)
     meta = admin.list_topics(topic_name, timeout=10)
@@ -47,9 +55,11 @@ def test_create_describe_alter_delete(admin, topic_name):
 
     # Incremental: set one key, others untouched.
     res = ConfigResource(
-        ConfigResource.Type.TOPIC, topic_name,
-        incremental_configs=[ConfigEntry("max.message.bytes", "2000000",
-                                         incremental_operation=AlterConfigOpType.SET)],
+        ConfigResource.Type.TOPIC,
+        topic_name,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", "2000000", incremental_operation=AlterConfigOpType.SET)
+        ],
     )
     admin.incremental_alter_configs([res])[res].result(15)
     res = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
@@ -58,9 +68,11 @@ def test_create_describe_alter_delete(admin, topic_name):
     assert configs["retention.ms"].value == "3600000"
 
     # Legacy AlterConfigs replaces the whole set.
-    res = ConfigResource(ConfigResource.Type.TOPIC, topic_name,
-                         set_config={"retention.bytes": "1048576"})
-    admin.alter_configs([res])[res].result(15)
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC, topic_name, set_config={"retention.bytes": "1048576"}
+    )
+    with pytest.warns(DeprecationWarning):
+        admin.alter_configs([res])[res].result(15)
     res = ConfigResource(ConfigResource.Type.TOPIC, topic_name)
     configs = admin.describe_configs([res])[res].result(15)
     assert configs["retention.bytes"].value == "1048576"
@@ -79,36 +91,32 @@ def test_create_errors(admin, topic_name):
     admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(15)
     with pytest.raises(KafkaException) as e:
         admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(15)
-    assert error_code(e) == KafkaError.TOPIC_ALREADY_EXISTS
+    assert error_code(e) == ErrorCode.TOPIC_ALREADY_EXISTS
 
     bad = topic_name + "-bad-config"
     with pytest.raises(KafkaException) as e:
-        admin.create_topics([NewTopic(bad, 1, 1, config={"retention.ms": "soon"})])[
-            bad
-        ].result(15)
-    assert error_code(e) == KafkaError.INVALID_CONFIG
+        admin.create_topics([NewTopic(bad, 1, 1, config={"retention.ms": "soon"})])[bad].result(15)
+    assert error_code(e) == ErrorCode.INVALID_CONFIG
 
     with pytest.raises(KafkaException) as e:
-        admin.create_topics([NewTopic(bad, 1, 1, config={"no.such.setting": "1"})])[
-            bad
-        ].result(15)
-    assert error_code(e) == KafkaError.INVALID_CONFIG
+        admin.create_topics([NewTopic(bad, 1, 1, config={"no.such.setting": "1"})])[bad].result(15)
+    assert error_code(e) == ErrorCode.INVALID_CONFIG
 
     with pytest.raises(KafkaException) as e:
         admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"].result(15)
-    assert error_code(e) == KafkaError.INVALID_TOPIC_EXCEPTION
+    assert error_code(e) == ErrorCode.INVALID_TOPIC_EXCEPTION
 
     with pytest.raises(KafkaException) as e:
         admin.create_topics([NewTopic(bad, 1, 3)])[bad].result(15)
-    assert error_code(e) == KafkaError.INVALID_REPLICATION_FACTOR
+    assert error_code(e) == ErrorCode.INVALID_REPLICATION_FACTOR
 
     with pytest.raises(KafkaException) as e:
         admin.create_partitions([NewPartitions(topic_name, 1)])[topic_name].result(15)
-    assert error_code(e) == KafkaError.INVALID_PARTITIONS
+    assert error_code(e) == ErrorCode.INVALID_PARTITIONS
 
     with pytest.raises(KafkaException) as e:
         admin.delete_topics(["does-not-exist"])["does-not-exist"].result(15)
-    assert error_code(e) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert error_code(e) == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
 
 
 def test_validate_only_creates_nothing(admin, topic_name):
@@ -127,8 +135,13 @@ def test_delete_records_moves_log_start(admin, shared_broker, topic_name):
     assert deleted.low_watermark == 6
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": shared_broker.bootstrap, "group.id": "dr",
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": shared_broker.bootstrap,
+            "group.id": "dr",
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         assert c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10) == (6, 10)
         c.assign([TopicPartition(topic_name, 0, 6)])

@@ -145,8 +145,11 @@ def test_aiokafka_produce_consume(shared_broker, topic_name):
         finally:
             await producer.stop()
         consumer = aiokafka.AIOKafkaConsumer(
-            topic_name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None,
+            topic_name,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
         )
         await consumer.start()
         try:
@@ -170,11 +173,11 @@ def test_aiokafka_produce_consume(shared_broker, topic_name):
 def test_kafka_python_produce_consume(shared_broker, topic_name):
     kafka = pytest.importorskip("kafka")
     bootstrap = shared_broker.bootstrap
-    producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, compression_type="lz4",
-                                   enable_idempotence=True, acks="all")
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=bootstrap, compression_type="lz4", enable_idempotence=True, acks="all"
+    )
     futures = [
-        producer.send(topic_name, key=b"k%d" % i, value=b"v%d" % i,
-                      headers=[("n", b"%d" % i)])
+        producer.send(topic_name, key=b"k%d" % i, value=b"v%d" % i, headers=[("n", b"%d" % i)])
         for i in range(40)
     ]
     producer.flush(30)
@@ -182,8 +185,12 @@ def test_kafka_python_produce_consume(shared_broker, topic_name):
     producer.close()
     assert offsets == list(range(40))
     consumer = kafka.KafkaConsumer(
-        topic_name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=5000, group_id=None,
+        topic_name,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+        group_id=None,
     )
     got = []
     for m in consumer:

@@ -71,7 +71,7 @@ def assert_broker_healthy(b, topic: str) -> None:
     assert p.flush(10) == 0
     c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "h"})
     try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        _low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
         assert high >= 1
     finally:
         c.close()
@@ -88,11 +88,25 @@ def assert_broker_healthy(b, topic: str) -> None:
         frame(header(3, 99)),  # unsupported Metadata version
         frame(header(3, 1) + struct.pack(">i", 2**30)),  # array longer than the frame
         frame(header(3, 9)[:8] + b"\x00\x00\x01" + b"\xff" * 6),  # bad varint in v9
-        frame(header(0, 3) + b"\xff\xff" + b"\x00\x01\x00\x00\x03\xe8"
-              + struct.pack(">i", 1) + struct.pack(">h", 200)),  # string past the end
+        frame(
+            header(0, 3)
+            + b"\xff\xff"
+            + b"\x00\x01\x00\x00\x03\xe8"
+            + struct.pack(">i", 1)
+            + struct.pack(">h", 200)
+        ),  # string past the end
     ],
-    ids=["negative-size", "huge-size", "truncated", "short-header", "unknown-api",
-         "bad-version", "huge-array", "bad-varint", "string-overrun"],
+    ids=[
+        "negative-size",
+        "huge-size",
+        "truncated",
+        "short-header",
+        "unknown-api",
+        "bad-version",
+        "huge-array",
+        "bad-varint",
+        "string-overrun",
+    ],
 )
 def test_garbage_closes_only_that_connection(shared_broker, topic_name, payload):
     s = connect(shared_broker)
@@ -107,7 +121,8 @@ def test_garbage_closes_only_that_connection(shared_broker, topic_name, payload)
 def test_unsupported_api_versions_version_gets_error_response(shared_broker):
     s = connect(shared_broker)
     body = ApiVersionsRequest(client_software_name="x", client_software_version="1")
-    s.sendall(frame(header(18, 77, corr=42) + body.encode(3)[0:0]))
+    # Header v2 (ApiVersions v3+ is flexible): client id, then an empty tagged-field set.
+    s.sendall(frame(header(18, 77, corr=42) + b"\x00" + body.encode(3)))
     data = read_frame(s)
     corr, resp = framing.decode_response(18, 0, data)
     assert corr == 42
@@ -117,9 +132,15 @@ def test_unsupported_api_versions_version_gets_error_response(shared_broker):
 
 
 def produce_raw(b, topic: str, records: bytes) -> int:
-    req = ProduceRequest(acks=1, timeout_ms=5000, topic_data=[
-        TopicProduceData(name=topic, partition_data=[
-            PartitionProduceData(index=0, records=records)])])
+    req = ProduceRequest(
+        acks=1,
+        timeout_ms=5000,
+        topic_data=[
+            TopicProduceData(
+                name=topic, partition_data=[PartitionProduceData(index=0, records=records)]
+            )
+        ],
+    )
     s = connect(b)
     s.sendall(framing.encode_request(req, 8, 7, "raw"))
     data = read_frame(s)
@@ -129,9 +150,15 @@ def produce_raw(b, topic: str, records: bytes) -> int:
 
 
 def good_batch(n: int = 3, compression: int = 0) -> bytearray:
-    return bytearray(build_batch(
-        [Record(key=b"k", value=b"v%d" % i, headers=[], timestamp_delta=i, offset_delta=i)
-         for i in range(n)], compression=compression))
+    return bytearray(
+        build_batch(
+            [
+                Record(key=b"k", value=b"v%d" % i, headers=[], timestamp_delta=i, offset_delta=i)
+                for i in range(n)
+            ],
+            compression=compression,
+        )
+    )
 
 
 def test_bad_batches_rejected_with_error_codes(shared_broker, topic_name):
@@ -144,6 +171,7 @@ def test_bad_batches_rejected_with_error_codes(shared_broker, topic_name):
     wrong_count = good_batch()
     struct.pack_into(">i", wrong_count, 57, 5)  # records_count field, CRC now wrong too
     from shazamq.protocol.records import compute_crc
+
     struct.pack_into(">I", wrong_count, 17, compute_crc(wrong_count, 0, len(wrong_count)))
     assert produce_raw(b, topic_name, bytes(wrong_count)) in (CORRUPT_MESSAGE, INVALID_RECORD)
 
@@ -157,15 +185,24 @@ def test_bad_batches_rejected_with_error_codes(shared_broker, topic_name):
     # A gzip bomb: small on the wire, huge when inflated. Accepted or refused, the broker
     # must not inflate it on the produce path, and must stay healthy.
     bomb = build_batch(
-        [Record(key=None, value=b"\x00" * (50 * 1024 * 1024), headers=[],
-                timestamp_delta=0, offset_delta=0)], compression=1)
+        [
+            Record(
+                key=None,
+                value=b"\x00" * (50 * 1024 * 1024),
+                headers=[],
+                timestamp_delta=0,
+                offset_delta=0,
+            )
+        ],
+        compression=1,
+    )
     assert len(bomb) < 200_000
     assert produce_raw(b, topic_name, bomb) in (0, CORRUPT_MESSAGE, INVALID_RECORD)
     assert_broker_healthy(b, topic_name)
 
     c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "m"})
     try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10)
+        _low, high = c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10)
         # Only the healthy probes (and the bomb, if accepted) were appended.
         assert high in (2, 3)
     finally:

@@ -14,8 +14,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def read_partition(bootstrap: str, topic: str, partition: int, expected: int):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
+    )
     out = []
     try:
         c.assign([TopicPartition(topic, partition, 0)])
@@ -38,9 +39,9 @@ def read_partition(bootstrap: str, topic: str, partition: int, expected: int):
 
 def test_kill_9_during_produce_keeps_acknowledged(broker_factory, topic_name):
     b = broker_factory()
-    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [NewTopic(topic_name, 2, 1)]
-    )[topic_name].result(15)
+    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics([NewTopic(topic_name, 2, 1)])[
+        topic_name
+    ].result(15)
     acked: dict[int, list[bytes]] = {0: [], 1: []}
     lock = threading.Lock()
     stop = threading.Event()
@@ -51,13 +52,19 @@ def test_kill_9_during_produce_keeps_acknowledged(broker_factory, topic_name):
                 acked[msg.partition()].append(msg.value())
 
     def produce():
-        p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 2,
-                      "message.timeout.ms": 3000, "enable.idempotence": True})
+        p = Producer(
+            {
+                "bootstrap.servers": b.bootstrap,
+                "acks": "all",
+                "linger.ms": 2,
+                "message.timeout.ms": 3000,
+                "enable.idempotence": True,
+            }
+        )
         i = 0
         while not stop.is_set():
             try:
-                p.produce(topic_name, value=b"r%08d" % i, partition=i % 2,
-                          on_delivery=on_delivery)
+                p.produce(topic_name, value=b"r%08d" % i, partition=i % 2, on_delivery=on_delivery)
                 i += 1
             except BufferError:
                 p.poll(0.01)
@@ -95,8 +102,12 @@ def test_kill_9_during_produce_keeps_acknowledged(broker_factory, topic_name):
     end = len(read_partition(b.bootstrap, topic_name, 0, len(snapshot[0])))
     p = Producer({"bootstrap.servers": b.bootstrap})
     offsets = []
-    p.produce(topic_name, value=b"after", partition=0,
-              on_delivery=lambda err, msg: offsets.append(msg.offset()))
+    p.produce(
+        topic_name,
+        value=b"after",
+        partition=0,
+        on_delivery=lambda err, msg: offsets.append(msg.offset()),
+    )
     p.flush(10)
     assert offsets == [end]
 

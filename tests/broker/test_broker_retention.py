@@ -29,8 +29,14 @@ def watermarks(bootstrap, topic, partition=0):
 
 
 def read_all(bootstrap, topic, partition=0):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "r",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "r",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     out = []
     try:
         low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -67,7 +73,7 @@ def test_time_retention_deletes_old_segments(broker_factory, topic_name):
     produce(b.bootstrap, topic_name, [(None, b"x")])
     # The old records' segments expire; the log start offset moves past them.
     wait_until(lambda: watermarks(b.bootstrap, topic_name)[0] >= 5)
-    low, high = watermarks(b.bootstrap, topic_name)
+    _low, high = watermarks(b.bootstrap, topic_name)
     assert high == 6
     part_dir = b.data_dir / f"{topic_name}-0"
     assert len(list(part_dir.glob("*.log"))) >= 1
@@ -76,8 +82,7 @@ def test_time_retention_deletes_old_segments(broker_factory, topic_name):
 def test_size_retention(broker_factory, topic_name):
     b = broker_factory(storage__retention_check_interval_ms=200)
     AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [NewTopic(topic_name, 1, 1,
-                  config={"segment.bytes": "2000", "retention.bytes": "4000"})]
+        [NewTopic(topic_name, 1, 1, config={"segment.bytes": "2000", "retention.bytes": "4000"})]
     )[topic_name].result(15)
     produce(b.bootstrap, topic_name, [(None, b"v" * 500) for _ in range(40)])
     wait_until(lambda: watermarks(b.bootstrap, topic_name)[0] > 0)
@@ -91,10 +96,19 @@ def test_size_retention(broker_factory, topic_name):
 def test_compaction_keeps_latest_per_key(broker_factory, topic_name):
     b = broker_factory(storage__retention_check_interval_ms=200)
     AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [NewTopic(topic_name, 1, 1, config={
-            "cleanup.policy": "compact", "segment.ms": "100",
-            "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "0",
-        })]
+        [
+            NewTopic(
+                topic_name,
+                1,
+                1,
+                config={
+                    "cleanup.policy": "compact",
+                    "segment.ms": "100",
+                    "min.cleanable.dirty.ratio": "0.01",
+                    "delete.retention.ms": "0",
+                },
+            )
+        ]
     )[topic_name].result(15)
     items = []
     for round_ in range(4):
@@ -112,8 +126,13 @@ def test_compaction_keeps_latest_per_key(broker_factory, topic_name):
 
     msgs = wait_until(compacted, timeout=40)
     latest = {m.key(): m.value() for m in msgs}
-    assert latest == {b"k0": b"v0-3", b"k1": b"v1-3", b"k2": b"v2-3", b"k3": b"v3-3",
-                      b"k9": b"last"}
+    assert latest == {
+        b"k0": b"v0-3",
+        b"k1": b"v1-3",
+        b"k2": b"v2-3",
+        b"k3": b"v3-3",
+        b"k9": b"last",
+    }
     # Offsets are the original ones.
     by_key = {m.key(): m.offset() for m in msgs}
     assert by_key[b"k0"] == 15 and by_key[b"k9"] == 21

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shazamq.protocol import framing
-from shazamq.protocol.errors import DecodeError, ErrorCode
+from shazamq.protocol.errors import DecodeError, ErrorCode, UnsupportedVersionError
 from shazamq.protocol.messages import API_KEYS
 
 from ..server import CloseConnection, RequestContext
@@ -59,6 +59,30 @@ def _error_names(obj: Any, out: list[int], depth: int = 0) -> None:
         if isinstance(value, list) and value and hasattr(value[0], "__slots__"):
             for item in value:
                 _error_names(item, out, depth + 1)
+
+
+def strip_absent_fields(obj: Any, version: int) -> None:
+    """Reset every field the given version lacks to its default, recursively.
+
+    Handlers fill responses with everything they know; an old client's version may lack
+    some fields (Metadata v0 has no controller id). The encoder refuses to drop a
+    non-default value silently, so the dispatcher does it, deliberately, for responses.
+    """
+    cls = type(obj)
+    fields = getattr(cls, "FIELDS", ())
+    default = None
+    for f in fields:
+        if not f.present_in(version):
+            if default is None:
+                default = cls()
+            setattr(obj, f.name, getattr(default, f.name))
+        elif f.struct is not None:
+            value = getattr(obj, f.name)
+            if isinstance(value, list):
+                for item in value:
+                    strip_absent_fields(item, version)
+            elif value is not None:
+                strip_absent_fields(value, version)
 
 
 class Dispatcher:
@@ -115,4 +139,13 @@ class Dispatcher:
             except ValueError:
                 err = str(code)
             metrics.record_error(name, err)
-        return framing.encode_response(ctx.api_key, ctx.api_version, ctx.correlation_id, response)
+        try:
+            return framing.encode_response(
+                ctx.api_key, ctx.api_version, ctx.correlation_id, response
+            )
+        except UnsupportedVersionError:
+            # Rare path (old versions only): drop what the version cannot carry, retry.
+            strip_absent_fields(response, ctx.api_version)
+            return framing.encode_response(
+                ctx.api_key, ctx.api_version, ctx.correlation_id, response
+            )

@@ -43,7 +43,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             high_watermark=p.log.high_watermark if p is not None else -1,
             last_stable_offset=p.log.last_stable_offset if p is not None else -1,
             log_start_offset=p.log.log_start_offset if p is not None else -1,
-            records=None,
+            records=b"",
         )
 
     def read(
@@ -92,7 +92,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 hosted.append(p)
                 lso = plog.last_stable_offset
                 upper = lso if committed else hw
-                records = None
+                records = b""
                 aborted = None
                 if offset < upper:
                     # Kafka's rule: the response's first batch is returned whole even when
