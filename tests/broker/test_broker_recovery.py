@@ -10,7 +10,7 @@ import threading
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_helpers import make_topic
 
 
 def read_partition(bootstrap: str, topic: str, partition: int, expected: int):
@@ -39,9 +39,7 @@ def read_partition(bootstrap: str, topic: str, partition: int, expected: int):
 
 def test_kill_9_during_produce_keeps_acknowledged(broker_factory, topic_name):
     b = broker_factory()
-    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics([NewTopic(topic_name, 2, 1)])[
-        topic_name
-    ].result(15)
+    make_topic(b.bootstrap, topic_name, 2)
     acked: dict[int, list[bytes]] = {0: [], 1: []}
     lock = threading.Lock()
     stop = threading.Event()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_helpers import make_topic
 
 
 def produce(bootstrap, topic, items, partition=0):
@@ -65,9 +65,7 @@ def wait_until(predicate, timeout=30.0):
 
 def test_time_retention_deletes_old_segments(broker_factory, topic_name):
     b = broker_factory(storage__retention_check_interval_ms=200)
-    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [NewTopic(topic_name, 1, 1, config={"segment.ms": "100", "retention.ms": "1500"})]
-    )[topic_name].result(15)
+    make_topic(b.bootstrap, topic_name, 1, {"segment.ms": "100", "retention.ms": "1500"})
     produce(b.bootstrap, topic_name, [(None, b"old-%d" % i) for i in range(5)])
     time.sleep(0.3)
     produce(b.bootstrap, topic_name, [(None, b"x")])
@@ -81,9 +79,7 @@ def test_time_retention_deletes_old_segments(broker_factory, topic_name):
 
 def test_size_retention(broker_factory, topic_name):
     b = broker_factory(storage__retention_check_interval_ms=200)
-    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [NewTopic(topic_name, 1, 1, config={"segment.bytes": "2000", "retention.bytes": "4000"})]
-    )[topic_name].result(15)
+    make_topic(b.bootstrap, topic_name, 1, {"segment.bytes": "2000", "retention.bytes": "4000"})
     produce(b.bootstrap, topic_name, [(None, b"v" * 500) for _ in range(40)])
     wait_until(lambda: watermarks(b.bootstrap, topic_name)[0] > 0)
     low, high = watermarks(b.bootstrap, topic_name)
@@ -95,21 +91,17 @@ def test_size_retention(broker_factory, topic_name):
 
 def test_compaction_keeps_latest_per_key(broker_factory, topic_name):
     b = broker_factory(storage__retention_check_interval_ms=200)
-    AdminClient({"bootstrap.servers": b.bootstrap}).create_topics(
-        [
-            NewTopic(
-                topic_name,
-                1,
-                1,
-                config={
-                    "cleanup.policy": "compact",
-                    "segment.ms": "100",
-                    "min.cleanable.dirty.ratio": "0.01",
-                    "delete.retention.ms": "0",
-                },
-            )
-        ]
-    )[topic_name].result(15)
+    make_topic(
+        b.bootstrap,
+        topic_name,
+        1,
+        {
+            "cleanup.policy": "compact",
+            "segment.ms": "100",
+            "min.cleanable.dirty.ratio": "0.01",
+            "delete.retention.ms": "0",
+        },
+    )
     items = []
     for round_ in range(4):
         for k in range(5):
