@@ -15,3 +15,36 @@ def make_topic(
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])
     futures[name].result(15)
+
+
+class RawClient:
+    """A minimal Kafka client over a plain socket, for byte-exact protocol tests."""
+
+    def __init__(self, port: int, client_id: str = "raw-test") -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.client_id = client_id
+        self.correlation = 0
+
+    def request(self, req, version: int):
+        from shazamq.protocol import framing
+
+        self.correlation += 1
+        self.sock.sendall(framing.encode_request(req, version, self.correlation, self.client_id))
+        size = int.from_bytes(self._recv(4), "big")
+        corr, resp = framing.decode_response(req.API_KEY, version, self._recv(size))
+        assert corr == self.correlation
+        return resp
+
+    def _recv(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("connection closed by the broker")
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
