@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shazamq ./shazamq
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator,tiered]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 1000 --home-dir /var/lib/shazamq shazamq \

@@ -1,0 +1,541 @@
+"""What should exist for a ShazamqCluster: pure functions from the resource to Kubernetes objects.
+
+Kept apart from "make it so" (`handlers`) in the manner of Strimzi's model classes:
+`ClusterModel.from_resource(body)` validates the resource once, with the models of
+`shazamq.config`, and raises `ModelError` naming the offending field
+(``spec.replicas: Expected int >= 0``). Each ``generate_*()`` method then returns one plain
+dict, with no I/O, ready to be server-side applied; ``None`` means "must not exist".
+
+Spec -> broker configuration: `broker_config()` is the one explicit mapping from the
+camelCase spec to the broker's `BrokerConfig`. Fields shared with the broker come from
+`shazamq.config.broker_settings()` (the spec structs are derived from the broker structs,
+so names, bounds and defaults cannot drift); Kubernetes-only settings are translated here:
+Secrets become environment variables (``valueFrom.secretKeyRef`` feeding the broker's
+``SHAZAMQ_SECTION__KEY`` overrides) or mounted files whose paths go into the TOML. The
+result is validated by the broker's own model and rendered with `shazamq.config.dump_toml`,
+so the ConfigMap is exactly what `python -m shazamq.broker --config` loads.
+
+Pod identity: the broker id is the pod's ordinal (``[broker] node_id_from_hostname``) and
+the advertised host the pod's stable DNS name under the headless Service
+(``$(POD_NAME).<name>-headless.<namespace>.svc``).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from shazamq.config import (
+    BrokerConfig,
+    ConfigError,
+    ShazamqClusterSpec,
+    broker_settings,
+    dump_toml,
+    parse_config,
+)
+from shazamq.operator.crd import API_VERSION, KIND
+
+__all__ = [
+    "CONFIG_FILE",
+    "DATA_DIR",
+    "MANAGED_BY",
+    "Child",
+    "ClusterModel",
+    "ModelError",
+]
+
+MANAGED_BY = "shazamq-operator"
+CLUSTER_LABEL = "shazamq.io/cluster"
+SERVICE_LABEL = "shazamq.io/service"
+CHECKSUM_ANNOTATION = "shazamq.io/config-checksum"
+
+CONFIG_KEY = "shazamq.toml"
+CONFIG_DIR = "/etc/shazamq/config"
+CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
+DATA_MOUNT = "/data"
+DATA_DIR = "/data/shazamq"  # also the image's SHAZAMQ_BROKER__DATA_DIR
+TLS_DIR = "/etc/shazamq/tls"
+AUTH_DIR = "/etc/shazamq/auth"
+GCS_DIR = "/etc/shazamq/gcs"
+BROKER_UID = 1000  # the `shazamq` user of the image
+
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# A StatefulSet's pods carry a `controller-revision-hash` label of name + 11 characters.
+MAX_NAME_LENGTH = 52
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+
+
+class ModelError(ValueError):
+    """The resource cannot be rendered; `field` names where (``spec.replicas``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _spec_error(exc: msgspec.ValidationError) -> ModelError:
+    """msgspec's ``Expected `int` >= 0 - at `$.replicas``` -> ``spec.replicas: ...``."""
+    m = _AT.match(str(exc))
+    assert m is not None
+    problem, path = m.group("problem"), m.group("path") or ""
+    where = "spec" + path
+    unknown = _UNKNOWN.match(problem)
+    if unknown:
+        return ModelError(f"{where}.{unknown.group('field')}", "unknown field")
+    return ModelError(where, problem.replace("`", ""))
+
+
+@dataclass(frozen=True)
+class Child:
+    """One object the cluster owns: where it lives, and what it should be (None: absent)."""
+
+    api_version: str
+    kind: str
+    name: str
+    desired: dict[str, Any] | None
+
+
+def _cluster_id(uid: str) -> str:
+    """A Kafka-style cluster id (22 characters of URL-safe base64) from the resource's uid."""
+    try:
+        raw = uuid.UUID(uid).bytes
+    except ValueError:
+        raw = hashlib.sha256(uid.encode()).digest()[:16]
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    """A validated ShazamqCluster, and the objects it implies."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None
+    spec: Any  # ShazamqClusterSpec (its nested structs are derived at import time)
+    config: BrokerConfig
+
+    # -- validation ---------------------------------------------------------------------
+
+    @classmethod
+    def from_resource(cls, body: Mapping[str, Any]) -> ClusterModel:
+        """Validate a ShazamqCluster (as the API returns it); raise ModelError if it is bad."""
+        meta = body.get("metadata") or {}
+        name = meta.get("name") or ""
+        if not _DNS_1035.match(name) or len(name) > MAX_NAME_LENGTH:
+            raise ModelError(
+                "metadata.name",
+                f"{name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters",
+            )
+        namespace = meta.get("namespace")
+        if not namespace:
+            raise ModelError("metadata.namespace", "missing")
+        uid = meta.get("uid")
+        if not uid:
+            raise ModelError("metadata.uid", "missing")
+        try:
+            spec = msgspec.convert(body.get("spec") or {}, ShazamqClusterSpec)
+        except msgspec.ValidationError as exc:
+            raise _spec_error(exc) from None
+        clash = sorted(set(spec.pod_labels) & set(_selector_labels(name)))
+        if clash:
+            raise ModelError("spec.podLabels", f"cannot override the selector labels {clash}")
+        config = _broker_config(spec, name=name, namespace=namespace, uid=uid)
+        return cls(
+            name=name,
+            namespace=namespace,
+            uid=uid,
+            generation=meta.get("generation"),
+            spec=spec,
+            config=config,
+        )
+
+    # -- names and labels ---------------------------------------------------------------
+
+    @property
+    def headless_service_name(self) -> str:
+        return f"{self.name}-headless"
+
+    @property
+    def client_service_name(self) -> str:
+        return self.name
+
+    @property
+    def config_map_name(self) -> str:
+        return f"{self.name}-config"
+
+    @property
+    def statefulset_name(self) -> str:
+        return self.name
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return _selector_labels(self.name)
+
+    @property
+    def selector(self) -> str:
+        """The pods' label selector as a string (``status.selector``, for `kubectl scale`)."""
+        return ",".join(f"{k}={v}" for k, v in self.selector_labels.items())
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            **self.selector_labels,
+            "app.kubernetes.io/component": "broker",
+            "app.kubernetes.io/part-of": "shazamq",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/version": self.spec.version,
+            CLUSTER_LABEL: self.name,
+        }
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def _metadata(self, name: str, **extra_labels: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {**self.labels, **extra_labels},
+            "ownerReferences": [self.owner_reference()],
+        }
+
+    def advertised_host(self, ordinal: int | str = "$(POD_NAME)") -> str:
+        pod = ordinal if isinstance(ordinal, str) else f"{self.name}-{ordinal}"
+        return f"{pod}.{self.headless_service_name}.{self.namespace}.svc"
+
+    def brokers(self) -> list[dict[str, Any]]:
+        """Id, pod and advertised address of every broker (for the status)."""
+        port = self.spec.service.port
+        return [
+            {"id": i, "pod": f"{self.name}-{i}", "address": f"{self.advertised_host(i)}:{port}"}
+            for i in range(self.spec.replicas)
+        ]
+
+    # -- the broker configuration ---------------------------------------------------------
+
+    def config_toml(self) -> str:
+        return dump_toml(self.config)
+
+    def config_checksum(self) -> str:
+        return hashlib.sha256(self.config_toml().encode()).hexdigest()
+
+    # -- generated objects --------------------------------------------------------------
+
+    def generate_config_map(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self._metadata(self.config_map_name),
+            "data": {CONFIG_KEY: self.config_toml()},
+        }
+
+    def _ports(self) -> list[dict[str, Any]]:
+        svc = self.spec.service
+        return [
+            {"name": "kafka", "port": svc.port, "targetPort": "kafka", "protocol": "TCP"},
+            {
+                "name": "metrics",
+                "port": svc.metrics_port,
+                "targetPort": "metrics",
+                "protocol": "TCP",
+            },
+        ]
+
+    def generate_headless_service(self) -> dict[str, Any]:
+        """Stable per-pod DNS names; published before readiness so brokers find each other."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self._metadata(self.headless_service_name, **{SERVICE_LABEL: "headless"}),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": self.selector_labels,
+                "ports": self._ports(),
+            },
+        }
+
+    def generate_client_service(self) -> dict[str, Any]:
+        """The bootstrap address clients are given (``<name>.<namespace>.svc:<port>``)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self._metadata(self.client_service_name, **{SERVICE_LABEL: "client"}),
+            "spec": {
+                "type": self.spec.service.type,
+                "selector": self.selector_labels,
+                "ports": self._ports(),
+            },
+        }
+
+    def _env(self) -> list[dict[str, Any]]:
+        spec = self.spec
+        env: list[dict[str, Any]] = [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "SHAZAMQ_BROKER__ADVERTISED_HOST", "value": self.advertised_host()},
+        ]
+        s3 = spec.tiered_storage.s3
+        if s3 is not None and s3.credentials_secret:
+            prefix = "SHAZAMQ_TIERED_STORAGE__S3__"
+            env.append(
+                _secret_env(f"{prefix}ACCESS_KEY_ID", s3.credentials_secret, "access-key-id")
+            )
+            env.append(
+                _secret_env(
+                    f"{prefix}SECRET_ACCESS_KEY", s3.credentials_secret, "secret-access-key"
+                )
+            )
+        for i, source in enumerate(spec.mirror.sources):
+            if source.credentials_secret:
+                prefix = f"SHAZAMQ_MIRROR__SOURCES__{i}__"
+                env.append(
+                    _secret_env(f"{prefix}SASL_USERNAME", source.credentials_secret, "username")
+                )
+                env.append(
+                    _secret_env(f"{prefix}SASL_PASSWORD", source.credentials_secret, "password")
+                )
+        return env
+
+    def _secret_volumes(self) -> list[tuple[str, str, str]]:
+        """(volume name, Secret name, mount path) of every Secret mounted as files."""
+        spec = self.spec
+        mounts = []
+        if spec.security.tls.enabled:
+            mounts.append(("tls", spec.security.tls.secret_name, TLS_DIR))
+        if spec.security.auth.enabled:
+            mounts.append(("auth", spec.security.auth.secret_name, AUTH_DIR))
+        gcs = spec.tiered_storage.gcs
+        if gcs is not None and gcs.credentials_secret:
+            mounts.append(("gcs-credentials", gcs.credentials_secret, GCS_DIR))
+        return mounts
+
+    def _affinity(self) -> dict[str, Any]:
+        if self.spec.affinity:
+            return copy.deepcopy(self.spec.affinity)
+        return {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": self.selector_labels},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        }
+
+    def _volume_claim_template(self) -> dict[str, Any]:
+        template = copy.deepcopy(self.spec.storage.volume_claim_template)
+        meta = template.get("metadata") or {}
+        meta["name"] = "data"
+        meta["labels"] = {**(meta.get("labels") or {}), **self.selector_labels}
+        return {"metadata": meta, "spec": template.get("spec") or {}}
+
+    def generate_statefulset(self) -> dict[str, Any]:
+        spec = self.spec
+        tcp_kafka = {"tcpSocket": {"port": "kafka"}}
+        container: dict[str, Any] = {
+            "name": "broker",
+            "image": f"{spec.image}:{spec.version}",
+            "imagePullPolicy": spec.image_pull_policy,
+            "command": ["python", "-m", "shazamq.broker"],
+            "args": ["--config", CONFIG_FILE],
+            "ports": [
+                {"name": "kafka", "containerPort": spec.service.port, "protocol": "TCP"},
+                {"name": "metrics", "containerPort": spec.service.metrics_port, "protocol": "TCP"},
+            ],
+            "env": self._env(),
+            "volumeMounts": [
+                {"name": "data", "mountPath": DATA_MOUNT},
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                *(
+                    {"name": vol, "mountPath": path, "readOnly": True}
+                    for vol, _, path in self._secret_volumes()
+                ),
+            ],
+            "startupProbe": {**tcp_kafka, "periodSeconds": 10, "failureThreshold": 180},
+            "readinessProbe": {**tcp_kafka, "periodSeconds": 5, "failureThreshold": 3},
+            "livenessProbe": {
+                **tcp_kafka,
+                "periodSeconds": 15,
+                "timeoutSeconds": 5,
+                "failureThreshold": 4,
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
+        if spec.resources:
+            container["resources"] = copy.deepcopy(spec.resources)
+        pod_spec: dict[str, Any] = {
+            "terminationGracePeriodSeconds": 60,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": BROKER_UID,
+                "runAsGroup": BROKER_UID,
+                "fsGroup": BROKER_UID,
+            },
+            "affinity": self._affinity(),
+            "containers": [container],
+            "volumes": [
+                {"name": "config", "configMap": {"name": self.config_map_name}},
+                *(
+                    {"name": vol, "secret": {"secretName": secret}}
+                    for vol, secret, _ in self._secret_volumes()
+                ),
+            ],
+        }
+        if spec.node_selector:
+            pod_spec["nodeSelector"] = dict(spec.node_selector)
+        if spec.tolerations:
+            pod_spec["tolerations"] = copy.deepcopy(spec.tolerations)
+        pod_labels = {"app": "shazamq", **spec.pod_labels, **self.labels}
+        pod_annotations = {**spec.pod_annotations, CHECKSUM_ANNOTATION: self.config_checksum()}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": self._metadata(self.statefulset_name),
+            "spec": {
+                "replicas": spec.replicas,
+                "serviceName": self.headless_service_name,
+                "selector": {"matchLabels": self.selector_labels},
+                "podManagementPolicy": "Parallel",
+                "updateStrategy": {"type": "RollingUpdate"},
+                "persistentVolumeClaimRetentionPolicy": {
+                    "whenDeleted": "Retain",
+                    "whenScaled": "Retain",
+                },
+                "template": {
+                    "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                    "spec": pod_spec,
+                },
+                "volumeClaimTemplates": [self._volume_claim_template()],
+            },
+        }
+
+    def generate_pod_disruption_budget(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": self._metadata(self.name),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": self.selector_labels}},
+        }
+
+    def generate_service_monitor(self) -> dict[str, Any] | None:
+        """A Prometheus Operator ServiceMonitor over the headless Service (every pod), or None."""
+        monitor = self.spec.monitoring.service_monitor
+        if not monitor.enabled:
+            return None
+        return {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": self._metadata(self.name),
+            "spec": {
+                "selector": {"matchLabels": {**self.selector_labels, SERVICE_LABEL: "headless"}},
+                "namespaceSelector": {"matchNames": [self.namespace]},
+                "endpoints": [
+                    {
+                        "port": "metrics",
+                        "path": "/metrics",
+                        "interval": monitor.interval,
+                        "scrapeTimeout": monitor.scrape_timeout,
+                    }
+                ],
+            },
+        }
+
+    def children(self) -> list[Child]:
+        """Every owned object in the order they are applied (config first, pods last-but-two)."""
+        return [
+            Child("v1", "ConfigMap", self.config_map_name, self.generate_config_map()),
+            Child("v1", "Service", self.headless_service_name, self.generate_headless_service()),
+            Child("v1", "Service", self.client_service_name, self.generate_client_service()),
+            Child("apps/v1", "StatefulSet", self.statefulset_name, self.generate_statefulset()),
+            Child(
+                "policy/v1", "PodDisruptionBudget", self.name, self.generate_pod_disruption_budget()
+            ),
+            Child(
+                "monitoring.coreos.com/v1",
+                "ServiceMonitor",
+                self.name,
+                self.generate_service_monitor(),
+            ),
+        ]
+
+    def child(self, kind: str, name: str) -> Child | None:
+        """The owned object of this kind and name, if the cluster owns one by that name."""
+        for c in self.children():
+            if c.kind == kind and c.name == name:
+                return c
+        return None
+
+
+def _selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "shazamq", "app.kubernetes.io/instance": name}
+
+
+def _broker_config(spec: Any, *, name: str, namespace: str, uid: str) -> BrokerConfig:
+    """The explicit spec -> BrokerConfig mapping (see the module docstring)."""
+    tiered = broker_settings(spec.tiered_storage)
+    gcs = spec.tiered_storage.gcs
+    if gcs is not None and gcs.credentials_secret:
+        tiered["gcs"]["credentials_file"] = f"{GCS_DIR}/credentials.json"
+    security: dict[str, Any] = {}
+    if spec.security.tls.enabled:
+        security["tls"] = {
+            "enabled": True,
+            "cert_file": f"{TLS_DIR}/tls.crt",
+            "key_file": f"{TLS_DIR}/tls.key",
+        }
+    if spec.security.auth.enabled:
+        security["sasl"] = {
+            "enabled": True,
+            "mechanisms": [spec.security.auth.mechanism],
+            "users_file": f"{AUTH_DIR}/users.toml",
+        }
+    tree: dict[str, Any] = {
+        "broker": {
+            "node_id_from_hostname": True,
+            "port": spec.service.port,
+            "data_dir": DATA_DIR,
+            "cluster_id": _cluster_id(uid),
+        },
+        "metrics": {"enabled": True, "port": spec.service.metrics_port},
+        "storage": broker_settings(spec.storage),
+        "replication": broker_settings(spec.replication),
+        "tiered_storage": tiered,
+        "mirror": broker_settings(spec.mirror),
+        "security": security,
+    }
+    try:
+        return parse_config(tree, source="spec")
+    except ConfigError as exc:
+        raise ModelError("spec", str(exc).removeprefix("spec: ")) from None

@@ -1,0 +1,183 @@
+"""Helpers of the operator tests: the README's clusters and the manifest checks.
+
+- ``readme_clusters``: the clusters of the operator's README (the Quick Start's
+  ``my-cluster``, the basic ``simple-cluster`` and ``examples/production-cluster.yaml``),
+  as the API server would return them (namespace and uid filled in).
+- ``validate_manifest()``: kubernetes-validate in strict mode against the oldest and the
+  newest Kubernetes version the installed kubernetes-validate knows (the support floor is
+  1.24; kubernetes-validate 1.37 ships schemas from 1.25 on, so 1.24 itself is used only
+  when the installed version has it). ServiceMonitor is a CRD kind it does not know: its
+  shape is checked by `check_service_monitor()` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+from kubernetes_validate import utils as kv_utils
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+CHART = ROOT / "helm" / "shazamq-operator"
+
+QUICK_START = """
+apiVersion: shazamq.io/v1alpha1
+kind: ShazamqCluster
+metadata:
+  name: my-cluster
+  namespace: messaging
+spec:
+  replicas: 3
+  version: "0.1.0-rc1"
+  storage:
+    volumeClaimTemplate:
+      spec:
+        accessModes:
+          - ReadWriteOnce
+        resources:
+          requests:
+            storage: 100Gi
+"""
+
+BASIC = """
+apiVersion: shazamq.io/v1alpha1
+kind: ShazamqCluster
+metadata:
+  name: simple-cluster
+spec:
+  replicas: 3
+  version: "0.1.0-rc1"
+"""
+
+
+def _versions() -> list[str]:
+    known = kubernetes_validate.utils.all_versions()
+    floor = [v for v in known if kv_utils.major_minor(v) == "1.24"]
+    return sorted({floor[0] if floor else known[0], known[-1]})
+
+
+K8S_VERSIONS = _versions()
+
+
+def as_stored(doc: dict[str, Any], namespace: str = "messaging") -> dict[str, Any]:
+    """A resource as the API returns it: with a namespace, a uid and a generation."""
+    body = copy.deepcopy(doc)
+    meta = body.setdefault("metadata", {})
+    meta.setdefault("namespace", namespace)
+    meta.setdefault("uid", str(uuid.uuid5(uuid.NAMESPACE_DNS, meta["name"])))
+    meta.setdefault("generation", 1)
+    return body
+
+
+def load_yaml(text: str) -> dict[str, Any]:
+    return yaml.safe_load(text)
+
+
+def quick_start() -> dict[str, Any]:
+    return as_stored(load_yaml(QUICK_START))
+
+
+def basic() -> dict[str, Any]:
+    return as_stored(load_yaml(BASIC))
+
+
+def production() -> dict[str, Any]:
+    return as_stored(load_yaml((EXAMPLES / "production-cluster.yaml").read_text()))
+
+
+def simple_example() -> dict[str, Any]:
+    return as_stored(load_yaml((EXAMPLES / "simple-cluster.yaml").read_text()))
+
+
+README_CLUSTERS = {
+    "quick-start": quick_start,
+    "basic": basic,
+    "simple-example": simple_example,
+    "production": production,
+}
+
+
+def check_service_monitor(obj: dict[str, Any]) -> None:
+    """Our own check of the ServiceMonitor kind (monitoring.coreos.com/v1), which
+    kubernetes-validate does not know: the fields Prometheus Operator requires and the
+    ones we set, with their types."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    assert obj["kind"] == "ServiceMonitor"
+    assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
+    assert obj["metadata"]["name"]
+    spec = obj["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    assert isinstance(spec["selector"]["matchLabels"], dict) and spec["selector"]["matchLabels"]
+    assert all(isinstance(v, str) for v in spec["selector"]["matchLabels"].values())
+    assert isinstance(spec["namespaceSelector"]["matchNames"], list)
+    assert spec["endpoints"], "a ServiceMonitor needs at least one endpoint"
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert isinstance(endpoint["port"], str)
+        for key in ("interval", "scrapeTimeout"):
+            if key in endpoint:
+                assert isinstance(endpoint[key], str)
+
+
+def validate_manifest(obj: dict[str, Any]) -> None:
+    """Strict kubernetes-validate on every version of K8S_VERSIONS (see the module doc)."""
+    if obj.get("kind") == "ServiceMonitor":
+        check_service_monitor(obj)
+        return
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            name = obj.get("metadata", {}).get("name")
+            raise AssertionError(
+                f"{obj.get('kind')} {name} invalid for Kubernetes {version} at {where}: "
+                f"{exc.message}"
+            ) from None
+
+
+# -- the Kubernetes emulator --------------------------------------------------------------------
+
+CLUSTERS = "shazamq.io/v1alpha1/shazamqclusters"
+MONITORS = "monitoring.coreos.com/v1/servicemonitors"
+
+
+def write_kubeconfig(path: Path, server: str) -> None:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "kmock", "user": {"token": "test-token"}}],
+            }
+        )
+    )
+
+
+def prepare_emulator(emulator: Any, tmp_path: Path) -> Path:
+    """Serve the built-in kinds, ShazamqClusters and ServiceMonitors; return a kubeconfig."""
+    import kmock
+
+    emulator.resources.load_bundled()
+    emulator.resources[CLUSTERS] = kmock.ResourceInfo(
+        kind="ShazamqCluster",
+        singular="shazamqcluster",
+        namespaced=True,
+        shortnames=["sqc"],
+        verbs=["get", "list", "watch", "create", "update", "patch", "delete"],
+        subresources=["status", "scale"],
+    )
+    emulator.resources[MONITORS] = kmock.ResourceInfo(
+        kind="ServiceMonitor", namespaced=True, verbs=["get", "list", "create", "patch", "delete"]
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, str(emulator.url).rstrip("/"))
+    return kubeconfig

@@ -1,0 +1,551 @@
+"""The operator running against kmock's Kubernetes emulator.
+
+The real operator (Kopf with our handlers, our API client, our login through a kubeconfig)
+runs in-process against `kmock.KubernetesEmulator`, which keeps objects in memory and
+streams watch events. The emulator has no controllers: the tests play the StatefulSet
+controller when they set a StatefulSet's status.
+
+Covers: creating the README's clusters yields every child object with the right fields
+and owner references, and a status (phase, conditions, brokers, selector); the README's
+`kubectl patch --type=json` on replicas and on version updates the StatefulSet; a deleted
+or altered child comes back; the StatefulSet's status drives the cluster's phase and
+readiness; a bad spec becomes a condition and a Warning event (and a fix recovers); an
+object the API rejects is reported the same way; once the cluster is deleted its children
+are left to the garbage collector; look-alike objects of others are left alone;
+ServiceMonitor on and off; events are posted; the operator's /metrics counts
+reconciliations and clusters by phase; `WATCH_NAMESPACE` limits what is reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import kopf
+import pytest
+from operator_support import CLUSTERS, MONITORS, prepare_emulator, production, quick_start
+
+import shazamq.operator.handlers  # noqa: F401  (registers the handlers)
+from shazamq.operator.__main__ import parse_options
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
+
+STATEFULSETS = "apps/v1/statefulsets"
+SERVICES = "v1/services"
+CONFIGMAPS = "v1/configmaps"
+PDBS = "policy/v1/poddisruptionbudgets"
+EVENTS = "v1/events"
+NS = "messaging"
+
+
+class Cluster:
+    """The emulated API, as the tests use it (kubectl's verbs, and eventual assertions)."""
+
+    def __init__(self, emulator: kmock.KubernetesEmulator, memo: kopf.Memo) -> None:
+        self.k = emulator
+        self.memo = memo
+
+    async def create(self, body: dict[str, Any]) -> None:
+        ns = body["metadata"]["namespace"]
+        resp = await self.k.post(
+            f"/apis/shazamq.io/v1alpha1/namespaces/{ns}/shazamqclusters", json=body
+        )
+        assert resp.status < 300, await resp.text()
+
+    async def json_patch(self, name: str, ops: list[dict[str, Any]], ns: str = NS) -> None:
+        """`kubectl patch shazamqcluster NAME --type=json -p=OPS`."""
+        resp = await self.k.patch(
+            f"/apis/shazamq.io/v1alpha1/namespaces/{ns}/shazamqclusters/{name}",
+            json=ops,
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        assert resp.status < 300, await resp.text()
+
+    async def merge_patch(self, path: str, patch: dict[str, Any]) -> None:
+        resp = await self.k.patch(
+            path, json=patch, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        assert resp.status < 300, await resp.text()
+
+    async def delete(self, path: str) -> None:
+        resp = await self.k.delete(path)
+        assert resp.status < 300, await resp.text()
+
+    def get(self, resource: str, name: str, ns: str = NS) -> dict[str, Any] | None:
+        key = (kmock.resource(resource), ns, name)
+        if key not in self.k.objects or self.k.objects[key].deleted:
+            return None
+        return self.k.objects[key].raw
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        """Events posted with this reason (from the requests: the emulator stores only one
+        object per name, and events are created with `generateName`)."""
+        return [
+            r.data
+            for r in list(self.k)
+            if r.resource is not None
+            and r.resource.plural == "events"
+            and r.action == kmock.action.CREATE
+            and isinstance(r.data, dict)
+            and r.data.get("reason") == reason
+        ]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Retry `check` until it returns a truthy value without failing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            raise AssertionError(f"not yet: {check}")
+        except (AssertionError, KeyError, TypeError):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+class OperatorThread:
+    """The operator in a thread with its own event loop, as in production (`kopf.run`).
+
+    Kopf stops every task created in its loop after it started, so it cannot share the
+    test's loop with the emulator's server and the test itself.
+    """
+
+    def __init__(self, namespaces: tuple[str, ...], memo: kopf.Memo) -> None:
+        self.memo = memo
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.namespaces = namespaces
+        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
+
+    def _run(self) -> None:
+        settings = kopf.OperatorSettings()
+        settings.scanning.disabled = True  # the emulator has no CRD objects to scan
+        settings.watching.reconnect_backoff = 0.1
+        try:
+            asyncio.run(
+                kopf.operator(
+                    clusterwide=not self.namespaces,
+                    namespaces=self.namespaces,
+                    settings=settings,
+                    standalone=True,
+                    memo=self.memo,
+                    stop_flag=self.stop_flag,
+                    ready_flag=self.ready_flag,
+                )
+            )
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    async def start(self) -> None:
+        self.thread.start()
+        ready = await asyncio.to_thread(self.ready_flag.wait, 15)
+        assert ready and self.error is None, f"the operator did not start: {self.error!r}"
+
+    async def stop(self) -> None:
+        self.stop_flag.set()
+        await asyncio.to_thread(self.thread.join, 20)
+        assert not self.thread.is_alive(), "the operator did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+async def start_operator(
+    emulator: kmock.KubernetesEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str] | None = None,
+) -> OperatorThread:
+    monkeypatch.setenv("KUBECONFIG", str(prepare_emulator(emulator, tmp_path)))
+    options = parse_options([], {"METRICS_PORT": "0", **(environ or {})})
+    operator = OperatorThread(options.namespaces, kopf.Memo(metrics_port=0))
+    await operator.start()
+    return operator
+
+
+@pytest.fixture
+async def cluster(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Cluster]:
+    operator = await start_operator(kmock, tmp_path, monkeypatch)
+    try:
+        yield Cluster(kmock, operator.memo)
+    finally:
+        await operator.stop()
+
+
+def ready_sts_status(replicas: int, revision: str = "r1") -> dict[str, Any]:
+    return {
+        "replicas": replicas,
+        "readyReplicas": replicas,
+        "updatedReplicas": replicas,
+        "currentReplicas": replicas,
+        "currentRevision": revision,
+        "updateRevision": revision,
+    }
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in body["status"]["conditions"] if c["type"] == type_)
+
+
+# -- creation ---------------------------------------------------------------------------------
+
+
+async def test_quick_start_cluster_gets_every_child_and_a_status(cluster: Cluster) -> None:
+    body = quick_start()
+    uid = body["metadata"]["uid"]
+    await cluster.create(body)
+
+    sts = await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["serviceName"] == "my-cluster-headless"
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "shazamq/shazamq:0.1.0-rc1"
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+    children = {
+        (CONFIGMAPS, "my-cluster-config"),
+        (SERVICES, "my-cluster-headless"),
+        (SERVICES, "my-cluster"),
+        (STATEFULSETS, "my-cluster"),
+        (PDBS, "my-cluster"),
+    }
+    for resource, name in children:
+        obj = await eventually(lambda r=resource, n=name: cluster.get(r, n))
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "shazamq.io/v1alpha1",
+            "kind": "ShazamqCluster",
+            "name": "my-cluster",
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    assert (
+        "node_id_from_hostname = true"
+        in cluster.get(CONFIGMAPS, "my-cluster-config")["data"]["shazamq.toml"]
+    )
+    assert cluster.get(SERVICES, "my-cluster-headless")["spec"]["clusterIP"] == "None"
+    assert cluster.get(MONITORS, "my-cluster") is None
+
+    def created() -> dict:
+        status = cluster.get(CLUSTERS, "my-cluster")["status"]
+        assert status["phase"] == "Creating"
+        return status
+
+    status = await eventually(created)
+    assert status["selector"] == (
+        "app.kubernetes.io/name=shazamq,app.kubernetes.io/instance=my-cluster"
+    )
+    assert status["observedGeneration"] == 1
+    assert [b["pod"] for b in status["brokers"]] == ["my-cluster-0", "my-cluster-1", "my-cluster-2"]
+    assert condition(cluster.get(CLUSTERS, "my-cluster"), "Reconciled")["status"] == "True"
+    assert condition(cluster.get(CLUSTERS, "my-cluster"), "Ready")["status"] == "False"
+    await eventually(lambda: cluster.events("PhaseCreating"))
+
+
+async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: Cluster) -> None:
+    await cluster.create(production())
+    monitor = await eventually(lambda: cluster.get(MONITORS, "production-cluster"))
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    sts = await eventually(lambda: cluster.get(STATEFULSETS, "production-cluster"))
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SHAZAMQ_TIERED_STORAGE__S3__ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aws-credentials",
+        "key": "access-key-id",
+    }
+    cm = cluster.get(CONFIGMAPS, "production-cluster-config")
+    assert 'bucket = "shazamq-data"' in cm["data"]["shazamq.toml"]
+
+    # Turning monitoring off deletes the ServiceMonitor ("None means delete").
+    await cluster.json_patch(
+        "production-cluster",
+        [{"op": "replace", "path": "/spec/monitoring/serviceMonitor/enabled", "value": False}],
+    )
+    await eventually(lambda: cluster.get(MONITORS, "production-cluster") is None)
+
+
+# -- the README's operations ------------------------------------------------------------------
+
+
+async def test_scaling_and_upgrading_with_the_readme_s_json_patches(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+
+    # kubectl patch shazamqcluster my-cluster -n messaging --type='json'
+    #   -p='[{"op": "replace", "path": "/spec/replicas", "value": 5}]'
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 5}]
+    )
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5)
+    await eventually(lambda: len(cluster.get(CLUSTERS, "my-cluster")["status"]["brokers"]) == 5)
+
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 3}]
+    )
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+
+    # kubectl patch ... -p='[{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]'
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]
+    )
+
+    def upgraded() -> bool:
+        sts = cluster.get(STATEFULSETS, "my-cluster")
+        image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
+        return image == "shazamq/shazamq:0.2.0"
+
+    await eventually(upgraded)
+
+
+async def test_the_statefulset_status_drives_the_cluster_status(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    sts_status = "/apis/apps/v1/namespaces/messaging/statefulsets/my-cluster/status"
+
+    await cluster.merge_patch(sts_status, {"status": {**ready_sts_status(3), "readyReplicas": 1}})
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["readyReplicas"] == 1)
+    assert cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating"
+
+    await cluster.merge_patch(sts_status, {"status": ready_sts_status(3)})
+
+    def running() -> bool:
+        body = cluster.get(CLUSTERS, "my-cluster")
+        assert body["status"]["phase"] == "Running"
+        assert body["status"]["readyReplicas"] == 3
+        assert body["status"]["replicas"] == 3
+        assert condition(body, "Ready")["status"] == "True"
+        return condition(body, "Ready")["reason"] == "AllBrokersReady"
+
+    await eventually(running)
+
+    # One broker goes down: Degraded, and a Warning event.
+    await cluster.merge_patch(sts_status, {"status": {"readyReplicas": 2}})
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Degraded")
+    event = (await eventually(lambda: cluster.events("PhaseDegraded")))[0]
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["name"] == "my-cluster"
+
+    # A rolling upgrade in progress: Updating.
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]
+    )
+    await cluster.merge_patch(
+        sts_status, {"status": {"readyReplicas": 3, "updateRevision": "r2", "updatedReplicas": 1}}
+    )
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Updating")
+    await cluster.merge_patch(sts_status, {"status": ready_sts_status(3, revision="r2")})
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Running")
+
+
+# -- drift ---------------------------------------------------------------------------------
+
+
+async def test_deleted_children_come_back(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    for resource, path in [
+        (STATEFULSETS, "/apis/apps/v1/namespaces/messaging/statefulsets/my-cluster"),
+        (SERVICES, "/api/v1/namespaces/messaging/services/my-cluster-headless"),
+        (CONFIGMAPS, "/api/v1/namespaces/messaging/configmaps/my-cluster-config"),
+        (PDBS, "/apis/policy/v1/namespaces/messaging/poddisruptionbudgets/my-cluster"),
+    ]:
+        name = path.rsplit("/", 1)[-1]
+        await cluster.delete(path)
+        restored = await eventually(lambda r=resource, n=name: cluster.get(r, n))
+        assert restored["metadata"]["ownerReferences"][0]["name"] == "my-cluster"
+    await eventually(lambda: cluster.events("DriftRepaired"))
+
+
+async def test_changed_children_are_repaired(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    await cluster.merge_patch(
+        "/apis/apps/v1/namespaces/messaging/statefulsets/my-cluster", {"spec": {"replicas": 7}}
+    )
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    await cluster.merge_patch(
+        "/api/v1/namespaces/messaging/configmaps/my-cluster-config",
+        {"data": {"shazamq.toml": "[broker]\nport = 1\n"}},
+    )
+    await eventually(
+        lambda: (
+            "node_id_from_hostname"
+            in cluster.get(CONFIGMAPS, "my-cluster-config")["data"]["shazamq.toml"]
+        )
+    )
+    # Additions by others (e.g. defaults a real API server fills in) are not drift.
+    await cluster.merge_patch(
+        "/api/v1/namespaces/messaging/services/my-cluster",
+        {"spec": {"clusterIP": "10.0.0.10", "sessionAffinity": "None"}},
+    )
+    await asyncio.sleep(0.5)
+    assert cluster.get(SERVICES, "my-cluster")["spec"]["clusterIP"] == "10.0.0.10"
+
+
+async def test_deleting_the_cluster_leaves_its_children_to_the_garbage_collector(
+    cluster: Cluster,
+) -> None:
+    """Owner references make Kubernetes delete the children; the operator must not fight
+    that by recreating them (the emulator has no garbage collector: the test deletes)."""
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    assert not cluster.get(CLUSTERS, "my-cluster")["metadata"].get("finalizers")
+    await cluster.delete(
+        "/apis/shazamq.io/v1alpha1/namespaces/messaging/shazamqclusters/my-cluster"
+    )
+    await asyncio.sleep(0.3)
+    await cluster.delete("/apis/apps/v1/namespaces/messaging/statefulsets/my-cluster")
+    await cluster.delete("/api/v1/namespaces/messaging/configmaps/my-cluster-config")
+    await asyncio.sleep(0.5)
+    assert cluster.get(STATEFULSETS, "my-cluster") is None
+    assert cluster.get(CONFIGMAPS, "my-cluster-config") is None
+
+
+async def test_objects_that_are_not_ours_are_left_alone(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "my-cluster-config",
+            "namespace": "other",
+            "labels": {
+                "app.kubernetes.io/managed-by": "shazamq-operator",
+                "shazamq.io/cluster": "my-cluster",
+            },
+        },
+        "data": {"x": "y"},
+    }
+    resp = await cluster.k.post("/api/v1/namespaces/other/configmaps", json=foreign)
+    assert resp.status < 300
+    await asyncio.sleep(0.5)
+    assert cluster.get(CONFIGMAPS, "my-cluster-config", ns="other")["data"] == {"x": "y"}
+
+
+# -- bad specs ------------------------------------------------------------------------------
+
+
+async def test_a_bad_spec_is_a_condition_and_an_event_not_a_crash(cluster: Cluster) -> None:
+    body = quick_start()
+    body["spec"]["replicas"] = -1
+    await cluster.create(body)
+
+    def failed() -> dict:
+        status = cluster.get(CLUSTERS, "my-cluster")["status"]
+        assert status["phase"] == "Failed"
+        return status
+
+    status = await eventually(failed)
+    reconciled = next(c for c in status["conditions"] if c["type"] == "Reconciled")
+    assert reconciled["status"] == "False"
+    assert reconciled["reason"] == "InvalidSpec"
+    assert reconciled["message"].startswith("spec.replicas: Expected int >= 0")
+    event = (await eventually(lambda: cluster.events("InvalidSpec")))[0]
+    assert event["type"] == "Warning" and "spec.replicas" in event["message"]
+    assert cluster.get(STATEFULSETS, "my-cluster") is None
+
+    # Fixing the spec recovers.
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 1}]
+    )
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 1)
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating")
+    assert condition(cluster.get(CLUSTERS, "my-cluster"), "Reconciled")["status"] == "True"
+
+
+async def test_an_object_the_api_rejects_is_reported(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    message = "spec: Forbidden: updates to statefulset spec for fields other than ..."
+    (
+        cluster.k["patch /apis/apps/v1/namespaces/messaging/statefulsets/my-cluster"]
+        << 422
+        << {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Invalid",
+            "message": message,
+            "code": 422,
+        }
+    )
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]
+    )
+
+    def failed() -> dict:
+        body = cluster.get(CLUSTERS, "my-cluster")
+        assert body["status"]["phase"] == "Failed"
+        return condition(body, "Reconciled")
+
+    reconciled = await eventually(failed)
+    assert (reconciled["status"], reconciled["reason"]) == ("False", "ApplyFailed")
+    assert reconciled["message"] == message
+    event = (await eventually(lambda: cluster.events("ApplyFailed")))[0]
+    assert event["type"] == "Warning" and "422" in event["message"]
+
+
+# -- metrics and scope --------------------------------------------------------------------------
+
+
+async def test_operator_metrics(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    bad = quick_start()
+    bad["metadata"]["name"] = "bad-cluster"
+    bad["metadata"]["uid"] = "9a1d7e10-0000-4000-8000-00000000000b"
+    bad["spec"]["replicas"] = -5
+    await cluster.create(bad)
+    await eventually(lambda: cluster.get(CLUSTERS, "bad-cluster")["status"]["phase"] == "Failed")
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating")
+
+    port = cluster.memo.metrics_server.port
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['shazamq_operator_reconciliations_total{result="success"}'] >= 1
+    assert samples['shazamq_operator_reconciliations_total{result="invalid_spec"}'] >= 1
+    assert samples["shazamq_operator_reconcile_duration_seconds_count"] >= 2
+    assert samples['shazamq_operator_clusters{phase="Creating"}'] == 1
+    assert samples['shazamq_operator_clusters{phase="Failed"}'] == 1
+    assert samples['shazamq_operator_clusters{phase="Running"}'] == 0
+
+
+async def test_watch_namespace_limits_the_operator(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    operator = await start_operator(
+        kmock, tmp_path, monkeypatch, environ={"WATCH_NAMESPACE": "messaging"}
+    )
+    try:
+        api = Cluster(kmock, operator.memo)
+        elsewhere = quick_start()
+        elsewhere["metadata"].update(namespace="other", uid="1f0e2d3c-0000-4000-8000-000000000002")
+        await api.create(elsewhere)
+        await api.create(quick_start())
+        await eventually(lambda: api.get(STATEFULSETS, "my-cluster"))
+        await asyncio.sleep(0.5)
+        assert api.get(STATEFULSETS, "my-cluster", ns="other") is None
+    finally:
+        await operator.stop()

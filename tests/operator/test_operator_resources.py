@@ -1,0 +1,605 @@
+"""Rendering a ShazamqCluster into Kubernetes objects (`shazamq.operator.resources`).
+
+Covers: validation once, with errors naming the field; the broker TOML of the ConfigMap
+(loaded back with the broker's own loader, every spec field mapped, defaults left out);
+the headless and client Services; the StatefulSet (image, identity, advertised listener,
+probes, PVC template and retention, resources and scheduling, pod labels and annotations,
+config checksum, credentials from Secrets, TLS/auth/GCS mounts); the PodDisruptionBudget;
+the ServiceMonitor on and off; owner references on every object.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from operator_support import as_stored, basic, production, quick_start
+
+from shazamq.config import (
+    BrokerConfig,
+    StorageConfig,
+    apply_env,
+    load_config,
+    parse_config,
+)
+from shazamq.operator.resources import (
+    CHECKSUM_ANNOTATION,
+    CONFIG_FILE,
+    CONFIG_KEY,
+    DATA_DIR,
+    ClusterModel,
+    ModelError,
+)
+
+
+def model(body: dict[str, Any]) -> ClusterModel:
+    return ClusterModel.from_resource(body)
+
+
+def with_spec(**spec: Any) -> dict[str, Any]:
+    return as_stored(
+        {
+            "apiVersion": "shazamq.io/v1alpha1",
+            "kind": "ShazamqCluster",
+            "metadata": {"name": "c1"},
+            "spec": spec,
+        }
+    )
+
+
+def container(sts: dict[str, Any]) -> dict[str, Any]:
+    (only,) = sts["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(sts: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(sts)["env"]}
+
+
+def rendered_config(m: ClusterModel, tmp_path) -> BrokerConfig:
+    path = tmp_path / CONFIG_KEY
+    path.write_text(m.generate_config_map()["data"][CONFIG_KEY])
+    return load_config(path, environ={})
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"replicas": -1}, "spec.replicas", ">= 0"),
+        ({"replicas": "three"}, "spec.replicas", "int"),
+        ({"version": "bad tag!"}, "spec.version", "regex"),
+        ({"image": "shazamq/shazamq:1.0"}, "spec.image", "regex"),
+        ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "enum"),
+        ({"storage": {"segmentBytes": 1}}, "spec.storage.segmentBytes", ">= 14"),
+        ({"storage": {"retentionHours": -2}}, "spec.storage.retentionHours", ">= -1"),
+        ({"storage": {"sizeGb": 1}}, "spec.storage.sizeGb", "unknown field"),
+        ({"tieredStorage": {"enabled": True}}, "spec.tieredStorage", "s3"),
+        ({"tieredStorage": {"provider": "azure"}}, "spec.tieredStorage.provider", "enum"),
+        (
+            {"tieredStorage": {"enabled": True, "s3": {"bucket": "ab"}}},
+            "spec.tieredStorage.s3.bucket",
+            "length >= 3",
+        ),
+        (
+            {"tieredStorage": {"s3": {"bucket": "abc", "credentialsSecret": "Not_A_Name"}}},
+            "spec.tieredStorage.s3.credentialsSecret",
+            "regex",
+        ),
+        (
+            {
+                "mirror": {
+                    "sources": [{"name": "a", "bootstrapServers": "k:9092", "numConsumers": 0}]
+                }
+            },
+            "spec.mirror.sources[0].numConsumers",
+            ">= 1",
+        ),
+        (
+            {
+                "mirror": {
+                    "sources": [
+                        {"name": "a", "bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL"}
+                    ]
+                }
+            },
+            "spec.mirror.sources[0]",
+            "sasl_mechanism",
+        ),
+        (
+            {
+                "mirror": {
+                    "sources": [{"name": "a", "bootstrapServers": "k", "topicWhitelist": ["("]}]
+                }
+            },
+            "spec.mirror.sources[0]",
+            "regular expression",
+        ),
+        (
+            {
+                "mirror": {
+                    "sources": [
+                        {"name": "a", "bootstrapServers": "k"},
+                        {"name": "a", "bootstrapServers": "j"},
+                    ]
+                }
+            },
+            "spec.mirror",
+            "unique",
+        ),
+        ({"replication": {"minInsyncReplicas": 0}}, "spec.replication.minInsyncReplicas", ">= 1"),
+        (
+            {"replication": {"defaultReplicationFactor": 1, "minInsyncReplicas": 2}},
+            "spec",
+            "min_insync_replicas",
+        ),
+        ({"service": {"type": "Ingress"}}, "spec.service.type", "enum"),
+        ({"service": {"port": 70000}}, "spec.service.port", "<= 65535"),
+        ({"service": {"port": 9090}}, "spec.service", "differ"),
+        ({"security": {"tls": {"enabled": True}}}, "spec.security.tls", "secretName"),
+        ({"security": {"auth": {"enabled": True}}}, "spec.security.auth", "secretName"),
+        ({"security": {"auth": {"mechanism": "GSSAPI"}}}, "spec.security.auth.mechanism", "enum"),
+        (
+            {"monitoring": {"serviceMonitor": {"interval": "often"}}},
+            "spec.monitoring.serviceMonitor.interval",
+            "regex",
+        ),
+        ({"podLabels": {"app.kubernetes.io/instance": "x"}}, "spec.podLabels", "selector"),
+        ({"nodeSelector": {"disk": 1}}, "spec.nodeSelector[...]", "str"),
+        ({"tolerations": {"key": "x"}}, "spec.tolerations", "array"),
+        ({"unknown": 1}, "spec.unknown", "unknown field"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(spec: dict, field: str, words: str) -> None:
+    with pytest.raises(ModelError) as info:
+        model(with_spec(**spec))
+    assert info.value.field == field, str(info.value)
+    assert str(info.value).startswith(f"{field}: ")
+    assert words in str(info.value)
+
+
+def test_the_brief_s_example_message() -> None:
+    with pytest.raises(ModelError, match=r"^spec\.replicas: Expected int >= 0"):
+        model(with_spec(replicas=-1))
+
+
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ({"name": "Bad_Name"}, "metadata.name"),
+        ({"name": "a" * 53}, "metadata.name"),
+        ({"name": "9lives"}, "metadata.name"),
+        ({"name": "ok", "namespace": ""}, "metadata.namespace"),
+        ({"name": "ok", "uid": ""}, "metadata.uid"),
+    ],
+)
+def test_bad_metadata_is_rejected(meta: dict, field: str) -> None:
+    body = as_stored({"metadata": dict(meta), "spec": {}})
+    body["metadata"].update(meta)
+    with pytest.raises(ModelError) as info:
+        model(body)
+    assert info.value.field == field
+
+
+def test_a_missing_spec_means_every_default() -> None:
+    body = as_stored({"metadata": {"name": "c1"}})
+    m = model(body)
+    assert m.spec.replicas == 3
+    assert m.generate_statefulset()["spec"]["replicas"] == 3
+
+
+# -- the broker configuration ------------------------------------------------------------------
+
+
+def test_config_map_holds_toml_the_broker_loads(readme_cluster: dict, tmp_path) -> None:
+    m = model(readme_cluster)
+    cm = m.generate_config_map()
+    assert cm["metadata"]["name"] == f"{m.name}-config"
+    assert set(cm["data"]) == {CONFIG_KEY}
+    config = rendered_config(m, tmp_path)
+    assert config == m.config
+    assert config.broker.node_id_from_hostname is True
+    assert config.broker.data_dir == DATA_DIR
+    assert config.broker.port == m.spec.service.port
+    assert config.metrics.port == m.spec.service.metrics_port
+
+
+def test_defaults_are_left_out_of_the_toml() -> None:
+    toml = model(basic()).config_toml()
+    assert "[storage]" not in toml
+    assert "[tiered_storage]" not in toml
+    assert "[mirror]" not in toml
+    assert "[security" not in toml
+    assert "node_id_from_hostname = true" in toml
+
+
+def test_every_production_field_reaches_the_broker(tmp_path) -> None:
+    m = model(production())
+    config = rendered_config(m, tmp_path)
+    assert config.storage.segment_bytes == 1073741824
+    assert config.storage.retention_hours == 168
+    assert config.storage.retention_bytes == -1
+    assert config.replication.default_replication_factor == 3
+    assert config.replication.min_insync_replicas == 2
+    tiered = config.tiered_storage
+    assert (tiered.enabled, tiered.provider, tiered.hot_tier_retention_hours) == (True, "s3", 24)
+    assert tiered.s3 is not None
+    assert (tiered.s3.bucket, tiered.s3.region, tiered.s3.prefix) == (
+        "shazamq-data",
+        "us-east-1",
+        "prod/shazamq",
+    )
+    assert tiered.s3.access_key_id is None  # from the Secret, through the environment
+    assert config.mirror.enabled
+    (source,) = config.mirror.sources
+    assert source.name == "kafka-prod"
+    assert source.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert source.security_protocol == "SASL_SSL"
+    assert source.sasl_mechanism == "SCRAM-SHA-512"
+    assert source.topic_whitelist == ("orders.*", "events.*")
+    assert source.topic_blacklist == ()
+    assert source.consumer_group_id == "shazamq-mirror"
+    assert source.num_consumers == 8
+    assert source.exactly_once is True
+    tls = config.security.tls
+    assert (tls.enabled, tls.cert_file, tls.key_file) == (
+        True,
+        "/etc/shazamq/tls/tls.crt",
+        "/etc/shazamq/tls/tls.key",
+    )
+    sasl = config.security.sasl
+    assert sasl.enabled and sasl.mechanisms == ("SCRAM-SHA-512",)
+    assert sasl.users_file == "/etc/shazamq/auth/users.toml"
+
+
+def test_gcs_tiered_storage_uses_the_mounted_credentials_file(tmp_path) -> None:
+    m = model(
+        with_spec(
+            tieredStorage={
+                "enabled": True,
+                "provider": "gcs",
+                "gcs": {
+                    "bucket": "shazamq-gcs",
+                    "prefix": "p",
+                    "endpoint": "http://gcs:4443",
+                    "credentialsSecret": "gcp-sa",
+                },
+            }
+        )
+    )
+    gcs = rendered_config(m, tmp_path).tiered_storage.gcs
+    assert gcs is not None
+    assert (gcs.bucket, gcs.prefix, gcs.endpoint) == ("shazamq-gcs", "p", "http://gcs:4443")
+    assert gcs.credentials_file == "/etc/shazamq/gcs/credentials.json"
+    sts = m.generate_statefulset()
+    mounts = {v["name"]: v["mountPath"] for v in container(sts)["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["gcs-credentials"] == "/etc/shazamq/gcs"
+    assert volumes["gcs-credentials"]["secret"]["secretName"] == "gcp-sa"
+
+
+def test_the_pod_environment_completes_the_configuration(tmp_path) -> None:
+    """The ConfigMap plus the pod's env, as the broker reads them, give the full config."""
+    m = model(production())
+    env = {}
+    for item in container(m.generate_statefulset())["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"].replace("$(POD_NAME)", "production-cluster-1")
+        elif "secretKeyRef" in item["valueFrom"]:
+            env[item["name"]] = f"<{item['valueFrom']['secretKeyRef']['key']}>"
+    path = tmp_path / CONFIG_KEY
+    path.write_text(m.config_toml())
+    config = load_config(path, environ=env)
+    assert config.broker.advertised_host == (
+        "production-cluster-1.production-cluster-headless.messaging.svc"
+    )
+    assert config.tiered_storage.s3 is not None
+    assert config.tiered_storage.s3.access_key_id == "<access-key-id>"
+    assert config.tiered_storage.s3.secret_access_key == "<secret-access-key>"
+    assert config.mirror.sources[0].sasl_username == "<username>"
+    assert config.mirror.sources[0].sasl_password == "<password>"
+
+
+def test_shared_settings_keep_the_broker_s_bounds_and_defaults() -> None:
+    """The spec's storage fields are the broker's: same default, same minimum."""
+    toml_tree = {"storage": {"segment_bytes": 14}}
+    assert parse_config(toml_tree).storage.segment_bytes == 14
+    assert model(with_spec(storage={"segmentBytes": 14})).config.storage.segment_bytes == 14
+    assert model(basic()).config.storage == StorageConfig()
+
+
+def test_cluster_id_is_shared_by_every_broker_and_stable() -> None:
+    a, b = model(quick_start()), model(quick_start())
+    assert a.config.broker.cluster_id == b.config.broker.cluster_id
+    assert len(a.config.broker.cluster_id or "") == 22
+    other = quick_start()
+    other["metadata"]["uid"] = "7b0f8a4e-0000-4000-8000-000000000001"
+    assert model(other).config.broker.cluster_id != a.config.broker.cluster_id
+
+
+# -- Services --------------------------------------------------------------------------------
+
+
+def test_headless_service_publishes_not_ready_pods() -> None:
+    m = model(quick_start())
+    svc = m.generate_headless_service()
+    assert svc["metadata"]["name"] == "my-cluster-headless"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == m.selector_labels
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"kafka": 9092, "metrics": 9090}
+
+
+def test_client_service_type_and_ports_come_from_the_spec() -> None:
+    m = model(with_spec(service={"type": "LoadBalancer", "port": 19092, "metricsPort": 19090}))
+    svc = m.generate_client_service()
+    assert svc["metadata"]["name"] == "c1"
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "kafka": (19092, "kafka"),
+        "metrics": (19090, "metrics"),
+    }
+    ports = {p["name"]: p["containerPort"] for p in container(m.generate_statefulset())["ports"]}
+    assert ports == {"kafka": 19092, "metrics": 19090}
+    assert m.config.broker.port == 19092 and m.config.metrics.port == 19090
+
+
+def test_client_service_defaults_to_cluster_ip() -> None:
+    assert model(basic()).generate_client_service()["spec"]["type"] == "ClusterIP"
+
+
+# -- StatefulSet ----------------------------------------------------------------------------
+
+
+def test_statefulset_of_the_quick_start() -> None:
+    m = model(quick_start())
+    sts = m.generate_statefulset()
+    spec = sts["spec"]
+    assert sts["metadata"]["name"] == "my-cluster"
+    assert spec["replicas"] == 3
+    assert spec["serviceName"] == "my-cluster-headless"
+    assert spec["selector"]["matchLabels"] == m.selector_labels
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "100Gi"}},
+    }
+    c = container(sts)
+    assert c["image"] == "shazamq/shazamq:0.1.0-rc1"
+    assert c["command"] == ["python", "-m", "shazamq.broker"]
+    assert c["args"] == ["--config", CONFIG_FILE]
+    mounts = {v["name"]: v["mountPath"] for v in c["volumeMounts"]}
+    assert mounts["data"] == "/data" and DATA_DIR.startswith("/data/")
+    assert CONFIG_FILE.startswith(mounts["config"] + "/")
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "my-cluster-config"
+
+
+def test_broker_identity_and_advertised_listener() -> None:
+    m = model(quick_start())
+    env = env_of(m.generate_statefulset())
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["SHAZAMQ_BROKER__ADVERTISED_HOST"] == "$(POD_NAME).my-cluster-headless.messaging.svc"
+    names = [e["name"] for e in container(m.generate_statefulset())["env"]]
+    assert names.index("POD_NAME") < names.index("SHAZAMQ_BROKER__ADVERTISED_HOST")
+    assert m.config.broker.node_id_from_hostname
+    assert m.brokers()[2] == {
+        "id": 2,
+        "pod": "my-cluster-2",
+        "address": "my-cluster-2.my-cluster-headless.messaging.svc:9092",
+    }
+
+
+def test_probes_check_the_kafka_port() -> None:
+    c = container(model(basic()).generate_statefulset())
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["tcpSocket"] == {"port": "kafka"}
+
+
+def test_version_and_image_make_the_image_reference() -> None:
+    m = model(with_spec(version="0.2.0", image="registry.local:5000/team/shazamq"))
+    c = container(m.generate_statefulset())
+    assert c["image"] == "registry.local:5000/team/shazamq:0.2.0"
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert m.generate_statefulset()["metadata"]["labels"]["app.kubernetes.io/version"] == "0.2.0"
+
+
+def test_production_scheduling_resources_and_pod_metadata() -> None:
+    sts = model(production()).generate_statefulset()
+    pod = sts["spec"]["template"]
+    c = container(sts)
+    assert c["resources"] == {
+        "requests": {"cpu": "2000m", "memory": "4Gi"},
+        "limits": {"cpu": "8000m", "memory": "16Gi"},
+    }
+    assert pod["spec"]["nodeSelector"] == {"workload": "messaging", "disk": "nvme"}
+    assert pod["spec"]["tolerations"] == [
+        {"key": "messaging", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    ]
+    required = pod["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert required[0]["labelSelector"]["matchExpressions"][0] == {
+        "key": "app",
+        "operator": "In",
+        "values": ["shazamq"],
+    }
+    # The README's anti-affinity selects `app: shazamq`, which every broker pod carries.
+    assert pod["metadata"]["labels"]["app"] == "shazamq"
+    assert pod["metadata"]["labels"]["team"] == "messaging"
+    assert pod["metadata"]["annotations"]["example.com/team"] == "messaging"
+    assert CHECKSUM_ANNOTATION in pod["metadata"]["annotations"]
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
+
+
+def test_default_anti_affinity_spreads_brokers_over_nodes() -> None:
+    m = model(basic())
+    affinity = m.generate_statefulset()["spec"]["template"]["spec"]["affinity"]
+    (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == m.selector_labels
+    pod = m.generate_statefulset()["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "resources" not in container(m.generate_statefulset())
+
+
+def test_default_volume_claim_template() -> None:
+    (claim,) = model(basic()).generate_statefulset()["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_volume_claim_template_metadata_is_kept_and_named_data() -> None:
+    body = with_spec(
+        storage={
+            "volumeClaimTemplate": {
+                "metadata": {"name": "ignored", "annotations": {"a": "b"}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        }
+    )
+    (claim,) = model(body).generate_statefulset()["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["metadata"]["annotations"] == {"a": "b"}
+
+
+def test_a_config_change_changes_the_pod_template_checksum() -> None:
+    def checksum(body: dict) -> str:
+        sts = model(body).generate_statefulset()
+        return sts["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+
+    base = quick_start()
+    changed = copy.deepcopy(base)
+    changed["spec"]["storage"]["retentionHours"] = 24
+    scaled = copy.deepcopy(base)
+    scaled["spec"]["replicas"] = 5
+    assert checksum(base) == checksum(copy.deepcopy(base))
+    assert checksum(changed) != checksum(base)
+    assert checksum(scaled) == checksum(base)  # scaling does not roll the pods
+
+
+def test_credentials_come_from_the_named_secrets() -> None:
+    env = env_of(model(production()).generate_statefulset())
+    assert env["SHAZAMQ_TIERED_STORAGE__S3__ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "aws-credentials", "key": "access-key-id"}
+    }
+    assert env["SHAZAMQ_TIERED_STORAGE__S3__SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "aws-credentials", "key": "secret-access-key"}
+    }
+    assert env["SHAZAMQ_MIRROR__SOURCES__0__SASL_USERNAME"] == {
+        "secretKeyRef": {"name": "kafka-credentials", "key": "username"}
+    }
+    assert env["SHAZAMQ_MIRROR__SOURCES__0__SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "kafka-credentials", "key": "password"}
+    }
+
+
+def test_mirror_credentials_env_follows_the_source_index() -> None:
+    body = with_spec(
+        mirror={
+            "enabled": True,
+            "sources": [
+                {"name": "a", "bootstrapServers": "a:9092"},
+                {"name": "b", "bootstrapServers": "b:9092", "credentialsSecret": "b-creds"},
+            ],
+        }
+    )
+    m = model(body)
+    env = env_of(m.generate_statefulset())
+    assert "SHAZAMQ_MIRROR__SOURCES__0__SASL_USERNAME" not in env
+    assert env["SHAZAMQ_MIRROR__SOURCES__1__SASL_USERNAME"]["secretKeyRef"]["name"] == "b-creds"
+    tree = {"mirror": {"sources": [{"name": "a"}, {"name": "b"}]}}
+    apply_env(tree, {"SHAZAMQ_MIRROR__SOURCES__1__SASL_USERNAME": "u"})
+    assert tree["mirror"]["sources"][1]["sasl_username"] == "u"
+
+
+def test_tls_and_auth_secrets_are_mounted() -> None:
+    sts = model(production()).generate_statefulset()
+    mounts = {v["name"]: v for v in container(sts)["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["tls"]["mountPath"] == "/etc/shazamq/tls" and mounts["tls"]["readOnly"]
+    assert volumes["tls"]["secret"]["secretName"] == "shazamq-tls"
+    assert mounts["auth"]["mountPath"] == "/etc/shazamq/auth"
+    assert volumes["auth"]["secret"]["secretName"] == "shazamq-users"
+
+
+def test_no_secrets_no_secret_mounts_or_env() -> None:
+    sts = model(basic()).generate_statefulset()
+    assert [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]] == ["config"]
+    assert all("secretKeyRef" not in str(e) for e in container(sts)["env"])
+
+
+# -- PodDisruptionBudget, ServiceMonitor, ownership -----------------------------------------
+
+
+def test_pod_disruption_budget_allows_one_broker_down() -> None:
+    m = model(quick_start())
+    pdb = m.generate_pod_disruption_budget()
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": m.selector_labels}}
+
+
+def test_service_monitor_only_when_enabled() -> None:
+    assert model(basic()).generate_service_monitor() is None
+    m = model(production())
+    sm = m.generate_service_monitor()
+    assert sm is not None
+    assert sm["spec"]["selector"]["matchLabels"] == {
+        **m.selector_labels,
+        "shazamq.io/service": "headless",
+    }
+    assert m.generate_headless_service()["metadata"]["labels"]["shazamq.io/service"] == "headless"
+    assert sm["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+
+
+def test_every_child_is_owned_by_the_cluster(readme_cluster: dict) -> None:
+    m = model(readme_cluster)
+    uid = readme_cluster["metadata"]["uid"]
+    children = [c for c in m.children() if c.desired is not None]
+    assert {c.kind for c in children} >= {
+        "ConfigMap",
+        "Service",
+        "StatefulSet",
+        "PodDisruptionBudget",
+    }
+    for child in children:
+        meta = child.desired["metadata"]
+        assert (child.desired["apiVersion"], child.desired["kind"], meta["name"]) == (
+            child.api_version,
+            child.kind,
+            child.name,
+        )
+        assert meta["namespace"] == m.namespace
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "shazamq-operator"
+        assert meta["labels"]["shazamq.io/cluster"] == m.name
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "shazamq.io/v1alpha1",
+                "kind": "ShazamqCluster",
+                "name": m.name,
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_rendering_is_pure_and_repeatable() -> None:
+    body = production()
+    snapshot = copy.deepcopy(body)
+    first = [c.desired for c in model(body).children()]
+    second = [c.desired for c in model(body).children()]
+    assert first == second
+    assert body == snapshot
