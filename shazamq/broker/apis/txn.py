@@ -1,0 +1,288 @@
+"""Transaction APIs: producer ids, transactions, and the tooling that inspects them.
+
+Handlers translate request versions to the transaction coordinator
+(:mod:`shazamq.broker.txn`) and back. Registered ranges (what ApiVersions advertises):
+
+======================  ========  ======================================================
+API (key)               versions  notes
+======================  ========  ======================================================
+InitProducerId 22       0-4       v3 producer id/epoch for recovery, v4 PRODUCER_FENCED
+AddPartitionsToTxn 24   0-3       the client path; v4+ (broker-side verification,
+                                  KIP-890) is declined by not advertising it
+AddOffsetsToTxn 25      0-4
+EndTxn 26               0-4       v5 (epoch bump per transaction) not advertised
+TxnOffsetCommit 28      0-4       v3+ generation / member checks (KIP-447)
+DescribeProducers 61    0
+DescribeTransactions 65 0
+ListTransactions 66     0-1       v1 duration filter
+======================  ========  ======================================================
+
+Versions from before PRODUCER_FENCED existed get INVALID_PRODUCER_EPOCH instead, which
+is what those clients understand as "fenced".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.add_offsets_to_txn_request import AddOffsetsToTxnRequest
+from shazamq.protocol.messages.add_offsets_to_txn_response import AddOffsetsToTxnResponse
+from shazamq.protocol.messages.add_partitions_to_txn_request import AddPartitionsToTxnRequest
+from shazamq.protocol.messages.add_partitions_to_txn_response import (
+    AddPartitionsToTxnPartitionResult,
+    AddPartitionsToTxnResponse,
+    AddPartitionsToTxnTopicResult,
+)
+from shazamq.protocol.messages.describe_producers_request import DescribeProducersRequest
+from shazamq.protocol.messages.describe_producers_response import (
+    DescribeProducersResponse,
+    PartitionResponse,
+    ProducerState,
+    TopicResponse,
+)
+from shazamq.protocol.messages.describe_transactions_request import (
+    DescribeTransactionsRequest,
+)
+from shazamq.protocol.messages.describe_transactions_response import (
+    DescribeTransactionsResponse,
+    TopicData,
+)
+from shazamq.protocol.messages.describe_transactions_response import (
+    TransactionState as DescribedTransaction,
+)
+from shazamq.protocol.messages.end_txn_request import EndTxnRequest
+from shazamq.protocol.messages.end_txn_response import EndTxnResponse
+from shazamq.protocol.messages.init_producer_id_request import InitProducerIdRequest
+from shazamq.protocol.messages.init_producer_id_response import InitProducerIdResponse
+from shazamq.protocol.messages.list_transactions_request import ListTransactionsRequest
+from shazamq.protocol.messages.list_transactions_response import (
+    ListTransactionsResponse,
+)
+from shazamq.protocol.messages.list_transactions_response import (
+    TransactionState as ListedTransaction,
+)
+from shazamq.protocol.messages.txn_offset_commit_request import TxnOffsetCommitRequest
+from shazamq.protocol.messages.txn_offset_commit_response import (
+    TxnOffsetCommitResponse,
+    TxnOffsetCommitResponsePartition,
+    TxnOffsetCommitResponseTopic,
+)
+
+from ..groups.coordinator import OffsetCommit
+
+if TYPE_CHECKING:
+    from ..app import Broker
+    from ..server import RequestContext
+    from . import Dispatcher
+
+__all__ = ["register"]
+
+TopicPartition = tuple[str, int]
+
+
+def _fenced_for(version: int, first_with_fenced: int, code: int) -> int:
+    """PRODUCER_FENCED as the request version can express it."""
+    if code == ErrorCode.PRODUCER_FENCED and version < first_with_fenced:
+        return int(ErrorCode.INVALID_PRODUCER_EPOCH)
+    return code
+
+
+def register(d: Dispatcher, broker: Broker) -> None:
+    txn = broker.txn
+
+    async def init_producer_id(
+        ctx: RequestContext, req: InitProducerIdRequest
+    ) -> InitProducerIdResponse:
+        v = ctx.api_version
+        result = txn.init_producer_id(
+            req.transactional_id,
+            req.transaction_timeout_ms,
+            req.producer_id if v >= 3 else -1,
+            req.producer_epoch if v >= 3 else -1,
+        )
+        return InitProducerIdResponse(
+            error_code=_fenced_for(v, 4, result.error),
+            producer_id=result.producer_id,
+            producer_epoch=result.producer_epoch,
+        )
+
+    async def add_partitions(
+        ctx: RequestContext, req: AddPartitionsToTxnRequest
+    ) -> AddPartitionsToTxnResponse:
+        v = ctx.api_version
+        tps = [(t.name, i) for t in req.v3_and_below_topics for i in t.partitions]
+        results = txn.add_partitions(
+            req.v3_and_below_transactional_id,
+            req.v3_and_below_producer_id,
+            req.v3_and_below_producer_epoch,
+            tps,
+        )
+        by_topic: dict[str, list[AddPartitionsToTxnPartitionResult]] = {}
+        for (topic, index), code in results.items():
+            by_topic.setdefault(topic, []).append(
+                AddPartitionsToTxnPartitionResult(
+                    partition_index=index, partition_error_code=_fenced_for(v, 2, code)
+                )
+            )
+        return AddPartitionsToTxnResponse(
+            results_by_topic_v3_and_below=[
+                AddPartitionsToTxnTopicResult(name=name, results_by_partition=parts)
+                for name, parts in by_topic.items()
+            ]
+        )
+
+    async def add_offsets(
+        ctx: RequestContext, req: AddOffsetsToTxnRequest
+    ) -> AddOffsetsToTxnResponse:
+        code = txn.add_offsets(
+            req.transactional_id, req.producer_id, req.producer_epoch, req.group_id
+        )
+        return AddOffsetsToTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
+
+    async def end_txn(ctx: RequestContext, req: EndTxnRequest) -> EndTxnResponse:
+        code = txn.end_txn(req.transactional_id, req.producer_id, req.producer_epoch, req.committed)
+        return EndTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
+
+    async def txn_offset_commit(
+        ctx: RequestContext, req: TxnOffsetCommitRequest
+    ) -> TxnOffsetCommitResponse:
+        v = ctx.api_version
+        offsets: dict[TopicPartition, OffsetCommit] = {}
+        for t in req.topics:
+            for p in t.partitions:
+                offsets[(t.name, p.partition_index)] = OffsetCommit(
+                    offset=p.committed_offset,
+                    leader_epoch=p.committed_leader_epoch if v >= 2 else -1,
+                    metadata=p.committed_metadata,
+                )
+        results = broker.groups.txn_commit_offsets(
+            transactional_id=req.transactional_id,
+            group_id=req.group_id,
+            producer_id=req.producer_id,
+            producer_epoch=req.producer_epoch,
+            generation_id=req.generation_id if v >= 3 else -1,
+            member_id=req.member_id if v >= 3 else "",
+            group_instance_id=req.group_instance_id if v >= 3 else None,
+            offsets=offsets,
+        )
+        by_topic: dict[str, list[TxnOffsetCommitResponsePartition]] = {}
+        for (topic, index), code in results.items():
+            by_topic.setdefault(topic, []).append(
+                TxnOffsetCommitResponsePartition(partition_index=index, error_code=code)
+            )
+        return TxnOffsetCommitResponse(
+            topics=[
+                TxnOffsetCommitResponseTopic(name=name, partitions=parts)
+                for name, parts in by_topic.items()
+            ]
+        )
+
+    async def describe_producers(
+        ctx: RequestContext, req: DescribeProducersRequest
+    ) -> DescribeProducersResponse:
+        topics = []
+        for t in req.topics:
+            parts = []
+            for index in t.partition_indexes:
+                p = broker.partitions.get(t.name, index)
+                if p is None:
+                    parts.append(
+                        PartitionResponse(
+                            partition_index=index,
+                            error_code=int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                            error_message=f"{t.name}-{index} is not hosted here",
+                        )
+                    )
+                    continue
+                entries = list(p.log.producer_state.entries.values())
+                parts.append(
+                    PartitionResponse(
+                        partition_index=index,
+                        error_code=0,
+                        active_producers=[
+                            ProducerState(
+                                producer_id=e.producer_id,
+                                producer_epoch=e.epoch,
+                                last_sequence=e.last_seq,
+                                last_timestamp=e.last_timestamp,
+                                coordinator_epoch=e.coordinator_epoch,
+                                current_txn_start_offset=e.txn_first_offset,
+                            )
+                            for e in entries
+                        ],
+                    )
+                )
+            topics.append(TopicResponse(name=t.name, partitions=parts))
+        return DescribeProducersResponse(topics=topics)
+
+    async def describe_transactions(
+        ctx: RequestContext, req: DescribeTransactionsRequest
+    ) -> DescribeTransactionsResponse:
+        out = []
+        for txn_id in req.transactional_ids:
+            if not txn.loaded:
+                out.append(
+                    DescribedTransaction(
+                        error_code=int(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS),
+                        transactional_id=txn_id,
+                    )
+                )
+                continue
+            meta = txn.describe(txn_id)
+            if meta is None:
+                out.append(
+                    DescribedTransaction(
+                        error_code=int(ErrorCode.TRANSACTIONAL_ID_NOT_FOUND),
+                        transactional_id=txn_id,
+                    )
+                )
+                continue
+            by_topic: dict[str, list[int]] = {}
+            for topic, index in sorted(meta.partitions):
+                by_topic.setdefault(topic, []).append(index)
+            out.append(
+                DescribedTransaction(
+                    error_code=0,
+                    transactional_id=txn_id,
+                    transaction_state=meta.state.display_name,
+                    transaction_timeout_ms=meta.timeout_ms,
+                    transaction_start_time_ms=meta.start_ms,
+                    producer_id=meta.producer_id,
+                    producer_epoch=meta.producer_epoch,
+                    topics=[TopicData(topic=t, partitions=ids) for t, ids in by_topic.items()],
+                )
+            )
+        return DescribeTransactionsResponse(transaction_states=out)
+
+    async def list_transactions(
+        ctx: RequestContext, req: ListTransactionsRequest
+    ) -> ListTransactionsResponse:
+        if not txn.loaded:
+            return ListTransactionsResponse(error_code=int(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS))
+        found, unknown = txn.list_transactions(
+            req.state_filters,
+            req.producer_id_filters,
+            req.duration_filter if ctx.api_version >= 1 else -1,
+        )
+        return ListTransactionsResponse(
+            error_code=0,
+            unknown_state_filters=unknown,
+            transaction_states=[
+                ListedTransaction(
+                    transactional_id=m.transactional_id,
+                    producer_id=m.producer_id,
+                    transaction_state=m.state.display_name,
+                )
+                for m in found
+            ],
+        )
+
+    d.register(22, 0, 4, init_producer_id)
+    d.register(24, 0, 3, add_partitions)
+    d.register(25, 0, 4, add_offsets)
+    d.register(26, 0, 4, end_txn)
+    d.register(28, 0, 4, txn_offset_commit)
+    d.register(61, 0, 0, describe_producers)
+    d.register(65, 0, 0, describe_transactions)
+    d.register(66, 0, 1, list_transactions)

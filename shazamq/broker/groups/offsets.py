@@ -1,0 +1,396 @@
+"""Committed offsets: OffsetCommit, TxnOffsetCommit, OffsetFetch, OffsetDelete, retention.
+
+Every commit is appended to ``__consumer_offsets`` (one batch per request, so a request
+is all-or-nothing) before it is acknowledged and becomes visible. A transactional
+commit is written as a transactional batch of its producer and stays pending until the
+transaction coordinator writes the producer's marker into the same partition
+(:meth:`OffsetsMixin.complete_txn`): COMMIT applies it unless a later plain commit of the
+partition exists, ABORT drops it. Fetches with ``require_stable`` see UNSTABLE_OFFSET_COMMIT
+while a transaction holds an offset of the partition.
+
+Retention (``groups.offsets_retention_minutes``): offsets of Empty groups expire once the
+group has been empty that long (or, for groups that never used group management, since
+the commit); those of Stable consumer groups expire for topics no member subscribes to
+any more (KIP-496); an explicit retention (OffsetCommit v2-v4) is honoured. A group left
+with nothing is removed, tombstones and all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shazamq.broker.log import LogError
+from shazamq.protocol.errors import ErrorCode, KafkaError
+from shazamq.protocol.records import RecordError
+
+from .group import CONSUMER_PROTOCOL_TYPE, CommittedOffset, Group, GroupState
+from .offsets_store import append_error_code
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from shazamq.broker.app import Broker
+    from shazamq.config import GroupsConfig
+
+    from .offsets_store import OffsetsStore
+
+__all__ = ["FetchedOffset", "OffsetCommit", "OffsetsMixin"]
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+MAX_METADATA_BYTES = 4096
+OFFSETS_RETENTION_CHECK_INTERVAL_MS = 600_000
+
+_E = ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetCommit:
+    """One partition of an OffsetCommit / TxnOffsetCommit request."""
+
+    offset: int
+    leader_epoch: int = -1
+    metadata: str | None = ""
+    commit_timestamp: int = -1  # OffsetCommit v1 only; -1: now
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedOffset:
+    """One partition of an OffsetFetch answer."""
+
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str
+    error: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class OffsetsMixin:
+    """Committed offsets of every group; mixed into :class:`GroupCoordinator`."""
+
+    broker: Broker
+    config: GroupsConfig
+    store: OffsetsStore
+    groups: dict[str, Group]
+    loaded: bool
+    _persisted: set[str]
+    _txn_groups: dict[int, set[str]]
+    offset_commits: Counter
+    offsets_expired: Counter
+
+    def partition_for(self, group_id: str) -> int:
+        return self.store.partition_for(group_id)
+
+    # -- OffsetCommit -----------------------------------------------------------------
+
+    def commit_offsets(
+        self,
+        *,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None,
+        retention_ms: int,
+        offsets: Mapping[TopicPartition, OffsetCommit],
+    ) -> dict[TopicPartition, int]:
+        def all_(code: int) -> dict[TopicPartition, int]:
+            return dict.fromkeys(offsets, int(code))
+
+        if not self.loaded:
+            return all_(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        group = self.groups.get(group_id)
+        if group is None:
+            if generation_id >= 0:
+                return all_(_E.ILLEGAL_GENERATION)
+            # a group that only stores offsets (assign() users): created on first commit
+            group = Group(group_id)
+        if group.is_state(GroupState.DEAD):
+            return all_(_E.COORDINATOR_NOT_AVAILABLE)
+        if generation_id < 0 and group.is_state(GroupState.EMPTY):
+            return self._store_offsets(group, offsets, retention_ms)
+        if group.is_static_member_fenced(member_id, group_instance_id):
+            return all_(_E.FENCED_INSTANCE_ID)
+        if not group.has(member_id):
+            return all_(_E.UNKNOWN_MEMBER_ID)
+        if generation_id != group.generation_id:
+            return all_(_E.ILLEGAL_GENERATION)
+        if group.is_state(GroupState.COMPLETING_REBALANCE):
+            return all_(_E.REBALANCE_IN_PROGRESS)
+        # Stable, or PreparingRebalance (commits of revoked partitions are welcome)
+        group.get(member_id).last_heartbeat = time.monotonic()
+        return self._store_offsets(group, offsets, retention_ms)
+
+    def txn_commit_offsets(
+        self,
+        *,
+        transactional_id: str,
+        group_id: str,
+        producer_id: int,
+        producer_epoch: int,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None,
+        offsets: Mapping[TopicPartition, OffsetCommit],
+    ) -> dict[TopicPartition, int]:
+        def all_(code: int) -> dict[TopicPartition, int]:
+            return dict.fromkeys(offsets, int(code))
+
+        if not self.loaded:
+            return all_(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        error = self.broker.txn.verify_txn_offset_commit(
+            transactional_id, producer_id, producer_epoch, self.partition_for(group_id)
+        )
+        if error:
+            return all_(error)
+        group = self.groups.get(group_id) or Group(group_id)
+        if group.is_state(GroupState.DEAD):
+            return all_(_E.COORDINATOR_NOT_AVAILABLE)
+        if group.is_static_member_fenced(member_id, group_instance_id):
+            return all_(_E.FENCED_INSTANCE_ID)
+        if member_id and not group.has(member_id):
+            return all_(_E.UNKNOWN_MEMBER_ID)
+        if generation_id >= 0 and generation_id != group.generation_id:
+            return all_(_E.ILLEGAL_GENERATION)
+        return self._store_offsets(
+            group, offsets, -1, producer_id=producer_id, producer_epoch=producer_epoch
+        )
+
+    def _store_offsets(
+        self,
+        group: Group,
+        offsets: Mapping[TopicPartition, OffsetCommit],
+        retention_ms: int,
+        *,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+    ) -> dict[TopicPartition, int]:
+        now = _now_ms()
+        result: dict[TopicPartition, int] = {}
+        valid: dict[TopicPartition, CommittedOffset] = {}
+        parts = self.broker.partitions
+        for tp, c in offsets.items():
+            metadata = c.metadata or ""
+            if len(metadata.encode("utf-8", "surrogateescape")) > MAX_METADATA_BYTES:
+                result[tp] = int(_E.OFFSET_METADATA_TOO_LARGE)
+            elif parts.get(tp[0], tp[1]) is None:
+                result[tp] = int(_E.UNKNOWN_TOPIC_OR_PARTITION)
+            else:
+                ts = c.commit_timestamp if c.commit_timestamp >= 0 else now
+                valid[tp] = CommittedOffset(
+                    offset=c.offset,
+                    metadata=metadata,
+                    commit_timestamp=ts,
+                    leader_epoch=c.leader_epoch,
+                    expire_timestamp=ts + retention_ms if retention_ms >= 0 else -1,
+                )
+        if valid:
+            try:
+                self.store.write_offsets(
+                    group.group_id,
+                    valid,
+                    producer_id=producer_id,
+                    producer_epoch=producer_epoch,
+                )
+            except (LogError, RecordError, KafkaError) as exc:
+                code = append_error_code(exc)
+                log.warning("group %s: cannot store offsets: %s", group.group_id, exc)
+                for tp in valid:
+                    result[tp] = code
+                return result
+            if self.groups.get(group.group_id) is not group:
+                self.groups[group.group_id] = group
+            if producer_id >= 0:
+                group.pending_txn_offsets.setdefault(producer_id, {}).update(valid)
+                self._txn_groups.setdefault(producer_id, set()).add(group.group_id)
+            else:
+                group.offsets.update(valid)
+            self.offset_commits.inc(len(valid))
+            for tp in valid:
+                result[tp] = 0
+        return result
+
+    def complete_txn(self, partition: int, producer_id: int, commit: bool) -> None:
+        """The transaction coordinator wrote a marker for ``producer_id`` into partition
+        ``partition`` of ``__consumer_offsets``: apply or drop its pending offsets."""
+        if not self.loaded:
+            return  # loading replays the marker from the log
+        gids = self._txn_groups.get(producer_id)
+        if not gids:
+            return
+        for gid in [g for g in gids if self.partition_for(g) == partition]:
+            gids.discard(gid)
+            group = self.groups.get(gid)
+            if group is not None:
+                group.complete_txn_offsets(producer_id, commit)
+        if not gids:
+            del self._txn_groups[producer_id]
+
+    # -- OffsetFetch / OffsetDelete ---------------------------------------------------
+
+    def fetch_offsets(
+        self,
+        group_id: str,
+        partitions: Iterable[TopicPartition] | None,
+        *,
+        require_stable: bool = False,
+    ) -> tuple[int, list[FetchedOffset]]:
+        if not self.loaded:
+            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
+        group = self.groups.get(group_id)
+        if partitions is None:
+            if group is None:
+                return 0, []
+            wanted: set[TopicPartition] = set(group.offsets)
+            if require_stable:
+                for pending in group.pending_txn_offsets.values():
+                    wanted.update(pending)
+            tps: list[TopicPartition] = sorted(wanted)
+        else:
+            tps = list(partitions)
+        out = []
+        for topic, partition in tps:
+            if (
+                group is not None
+                and require_stable
+                and group.has_pending_txn_offsets((topic, partition))
+            ):
+                out.append(
+                    FetchedOffset(topic, partition, -1, -1, "", int(_E.UNSTABLE_OFFSET_COMMIT))
+                )
+                continue
+            c = group.offsets.get((topic, partition)) if group is not None else None
+            if c is None:
+                out.append(FetchedOffset(topic, partition, -1, -1, "", 0))
+            else:
+                out.append(FetchedOffset(topic, partition, c.offset, c.leader_epoch, c.metadata, 0))
+        return 0, out
+
+    def delete_offsets(
+        self, group_id: str, partitions: list[TopicPartition]
+    ) -> tuple[int, dict[TopicPartition, int]]:
+        if not self.loaded:
+            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), {}
+        group = self.groups.get(group_id)
+        if group is None or group.is_state(GroupState.DEAD):
+            return int(_E.GROUP_ID_NOT_FOUND), {}
+        subscribed: set[str] | None = set()
+        if group.protocol_type == CONSUMER_PROTOCOL_TYPE and not group.is_state(GroupState.EMPTY):
+            subscribed = group.subscribed_topics()
+        elif not group.is_state(GroupState.EMPTY):
+            return int(_E.NON_EMPTY_GROUP), {}
+        result: dict[TopicPartition, int] = {}
+        doomed: list[TopicPartition] = []
+        for tp in partitions:
+            if self.broker.partitions.get(tp[0], tp[1]) is None:
+                result[tp] = int(_E.UNKNOWN_TOPIC_OR_PARTITION)
+            elif subscribed is None or tp[0] in subscribed:
+                result[tp] = int(_E.GROUP_SUBSCRIBED_TO_TOPIC)
+            else:
+                result[tp] = 0
+                if tp in group.offsets:
+                    doomed.append(tp)
+        if doomed:
+            try:
+                self.store.delete_offsets(group_id, doomed)
+            except (LogError, RecordError, KafkaError) as exc:
+                code = append_error_code(exc)
+                return code, {}
+            for tp in doomed:
+                group.offsets.pop(tp, None)
+        return 0, result
+
+    def _remove_group(self, group: Group) -> None:
+        """Tombstone an Empty group's offsets and metadata, then forget it."""
+        self.store.delete_group(
+            group.group_id,
+            list(group.offsets),
+            metadata=group.group_id in self._persisted,
+        )
+        group.cancel_timers()
+        group.offsets.clear()
+        for pid in group.pending_txn_offsets:
+            gids = self._txn_groups.get(pid)
+            if gids is not None:
+                gids.discard(group.group_id)
+                if not gids:
+                    del self._txn_groups[pid]
+        group.pending_txn_offsets.clear()
+        group.transition(GroupState.DEAD)
+        self._persisted.discard(group.group_id)
+        if self.groups.get(group.group_id) is group:
+            del self.groups[group.group_id]
+        log.info("group %s removed", group.group_id)
+
+    # -- offset retention -------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        retention_ms = self.config.offsets_retention_minutes * 60_000
+        interval = min(OFFSETS_RETENTION_CHECK_INTERVAL_MS, retention_ms) / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.expire_offsets(_now_ms())
+            except Exception:
+                log.exception("offset expiry failed")
+
+    def expire_offsets(self, now_ms: int) -> int:
+        """Remove offsets past retention (and groups left with nothing); returns how many
+        offsets were removed."""
+        retention_ms = self.config.offsets_retention_minutes * 60_000
+        removed = 0
+        for group in list(self.groups.values()):
+            if group.is_state(GroupState.DEAD):
+                continue
+            if group.is_state(GroupState.EMPTY):
+                base_state = group.state_timestamp if group.protocol_type is not None else -1
+                subscribed: set[str] | None = None
+            elif group.protocol_type == CONSUMER_PROTOCOL_TYPE and group.is_state(
+                GroupState.STABLE
+            ):
+                subscribed = group.subscribed_topics()
+                if subscribed is None:
+                    continue
+                base_state = -1
+            else:
+                continue
+            expired = []
+            for tp, c in group.offsets.items():
+                if subscribed is not None and tp[0] in subscribed:
+                    continue
+                if group.has_pending_txn_offsets(tp):
+                    continue
+                if c.expire_timestamp >= 0:
+                    if now_ms >= c.expire_timestamp:
+                        expired.append(tp)
+                elif now_ms - max(c.commit_timestamp, base_state) >= retention_ms:
+                    expired.append(tp)
+            if expired:
+                try:
+                    self.store.delete_offsets(group.group_id, expired)
+                except (LogError, RecordError, KafkaError) as exc:
+                    log.warning("group %s: cannot expire offsets: %s", group.group_id, exc)
+                    continue
+                for tp in expired:
+                    del group.offsets[tp]
+                removed += len(expired)
+                log.info("expired %d offsets of group %s", len(expired), group.group_id)
+            if group.is_removable():
+                try:
+                    self._remove_group(group)
+                except (LogError, RecordError, KafkaError) as exc:
+                    log.warning("group %s: cannot remove: %s", group.group_id, exc)
+        if removed:
+            self.offsets_expired.inc(removed)
+        return removed
