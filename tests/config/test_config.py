@@ -142,8 +142,11 @@ def broker_configs(draw):
         "broker": {
             "node_id": draw(st.integers(0, 1000)),
             "port": draw(st.integers(1, 65535)),
-            "data_dir": draw(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
-                                     min_size=1, max_size=20)),
+            "data_dir": draw(
+                st.text(
+                    st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20
+                )
+            ),
             "auto_create_topics": draw(st.booleans()),
             "default_partitions": draw(st.integers(1, 1000)),
         },
@@ -157,8 +160,11 @@ def broker_configs(draw):
         "mirror": {
             "enabled": draw(st.booleans()),
             "sources": [
-                {"name": f"src{i}", "bootstrap_servers": "h:9092",
-                 "num_consumers": draw(st.integers(1, 64))}
+                {
+                    "name": f"src{i}",
+                    "bootstrap_servers": "h:9092",
+                    "num_consumers": draw(st.integers(1, 64)),
+                }
                 for i in range(draw(st.integers(0, 3)))
             ],
         },
@@ -184,7 +190,10 @@ def test_broker_refuses_bad_config_with_one_line(tmp_path):
     path = write(tmp_path, "[broker]\nprot = 1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "shazamq.broker", "--config", str(path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"shazamq: {path}: unknown key 'broker.prot'"
@@ -194,7 +203,10 @@ def test_check_config_prints_toml(tmp_path):
     path = write(tmp_path, ORIGINAL_OPERATOR_TOML)
     proc = subprocess.run(
         [sys.executable, "-m", "shazamq.broker", "--config", str(path), "--check-config"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert 'bucket = "shazamq-data"' in proc.stdout
