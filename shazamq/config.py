@@ -149,6 +149,14 @@ class GroupsConfig(_Section):
     offsets_retention_minutes: Annotated[int, Meta(ge=1)] = 10080
     offsets_topic_num_partitions: Annotated[int, Meta(ge=1, le=1000)] = 50
     offsets_topic_segment_bytes: Annotated[int, Meta(ge=14)] = 104857600
+    offsets_retention_check_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="How often committed offsets are checked for expiry "
+            "(offsets.retention.check.interval.ms).",
+        ),
+    ] = 600000
 
 
 class TransactionsConfig(_Section):
@@ -159,21 +167,36 @@ class TransactionsConfig(_Section):
     producer_id_expiration_ms: Annotated[int, Meta(ge=1)] = 86400000
     abort_timed_out_check_interval_ms: Annotated[int, Meta(ge=1)] = 10000
     state_log_num_partitions: Annotated[int, Meta(ge=1, le=1000)] = 50
+    state_log_segment_bytes: Annotated[
+        int,
+        Meta(
+            ge=14,
+            description="Segment size of the __transaction_state topic "
+            "(transaction.state.log.segment.bytes).",
+        ),
+    ] = 104857600
 
 
 class ReplicationConfig(_Section):
     """Replication defaults for new topics."""
 
-    default_replication_factor: Annotated[int, Meta(ge=1, le=32767)] = 1
-    min_insync_replicas: Annotated[int, Meta(ge=1, le=32767)] = 1
+    default_replication_factor: Annotated[
+        int, Meta(ge=1, le=32767, description="Replication factor of automatically created topics.")
+    ] = 1
+    min_insync_replicas: Annotated[
+        int,
+        Meta(
+            ge=1, le=32767, description="Replicas that must have a write for acks=all to succeed."
+        ),
+    ] = 1
 
 
 class S3Config(_Section):
     """An S3 (or S3-compatible) bucket for the remote tier."""
 
-    bucket: Annotated[str, Meta(min_length=3, max_length=63)]
-    region: str = "us-east-1"
-    prefix: str = ""
+    bucket: Annotated[str, Meta(min_length=3, max_length=63, description="Bucket name.")]
+    region: Annotated[str, Meta(description="AWS region of the bucket.")] = "us-east-1"
+    prefix: Annotated[str, Meta(description="Key prefix of every object written.")] = ""
     endpoint: Annotated[
         str | None, Meta(description="Custom endpoint URL, for S3-compatible stores.")
     ] = None
@@ -186,8 +209,8 @@ class S3Config(_Section):
 class GcsConfig(_Section):
     """A Google Cloud Storage bucket for the remote tier."""
 
-    bucket: Annotated[str, Meta(min_length=3, max_length=222)]
-    prefix: str = ""
+    bucket: Annotated[str, Meta(min_length=3, max_length=222, description="Bucket name.")]
+    prefix: Annotated[str, Meta(description="Object name prefix of every object written.")] = ""
     endpoint: Annotated[str | None, Meta(description="Custom endpoint URL (emulators).")] = None
     credentials_file: Annotated[
         str | None, Meta(description="Service account JSON; default: application default.")
@@ -197,8 +220,10 @@ class GcsConfig(_Section):
 class TieredStorageConfig(_Section):
     """Moving closed segments to object storage and reading them back."""
 
-    enabled: bool = False
-    provider: Literal["s3", "gcs"] = "s3"
+    enabled: Annotated[bool, Meta(description="Turn tiered storage on.")] = False
+    provider: Annotated[
+        Literal["s3", "gcs"], Meta(description="Object store: the s3 or the gcs section.")
+    ] = "s3"
     hot_tier_retention_hours: (
         Annotated[int, Meta(ge=0, description="Hours a segment stays local once uploaded.")] | None
     ) = None
@@ -219,18 +244,41 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 class MirrorSource(_Section):
     """One foreign Kafka cluster whose topics this broker mirrors."""
 
-    name: Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-    bootstrap_servers: Annotated[str, Meta(min_length=1)]
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism | None = None
+    name: Annotated[
+        str,
+        Meta(
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            max_length=63,
+            description="Unique name of the source (a DNS label).",
+        ),
+    ]
+    bootstrap_servers: Annotated[
+        str, Meta(min_length=1, description="Comma-separated host:port list of the source.")
+    ]
+    security_protocol: Annotated[
+        SecurityProtocol, Meta(description="How to connect to the source.")
+    ] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        SaslMechanism | None, Meta(description="SASL mechanism; required with SASL_*.")
+    ] = None
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_ca_file: str | None = None
-    topic_whitelist: tuple[str, ...] = (".*",)
-    topic_blacklist: tuple[str, ...] = ()
-    consumer_group_id: str = "shazamq-mirror"
-    num_consumers: Annotated[int, Meta(ge=1, le=1024)] = 1
-    exactly_once: bool = True
+    topic_whitelist: Annotated[
+        tuple[str, ...], Meta(description="Regular expressions of the topics to mirror.")
+    ] = (".*",)
+    topic_blacklist: Annotated[
+        tuple[str, ...], Meta(description="Regular expressions of topics never mirrored.")
+    ] = ()
+    consumer_group_id: Annotated[str, Meta(description="Consumer group used on the source.")] = (
+        "shazamq-mirror"
+    )
+    num_consumers: Annotated[
+        int, Meta(ge=1, le=1024, description="Consumers reading from the source.")
+    ] = 1
+    exactly_once: Annotated[
+        bool, Meta(description="Copy records transactionally, without duplicates.")
+    ] = True
 
     def __post_init__(self) -> None:
         for pattern in (*self.topic_whitelist, *self.topic_blacklist):
@@ -247,8 +295,10 @@ class MirrorSource(_Section):
 class MirrorConfig(_Section):
     """Mirroring topics in from existing Kafka clusters."""
 
-    enabled: bool = False
-    sources: list[MirrorSource] = msgspec.field(default_factory=list)
+    enabled: Annotated[bool, Meta(description="Turn mirroring on.")] = False
+    sources: Annotated[list[MirrorSource], Meta(description="The clusters to mirror from.")] = (
+        msgspec.field(default_factory=list)
+    )
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -660,7 +710,12 @@ MirrorSpec = _derive(
     "MirrorSpec",
     MirrorConfig.__doc__ or "",
     keep=("enabled", "sources"),
-    types={"sources": list[MirrorSourceSpec]},  # type: ignore[valid-type]
+    types={
+        "sources": Annotated[
+            list[MirrorSourceSpec],  # type: ignore[valid-type]
+            Meta(description="The clusters to mirror from."),
+        ]
+    },
 )
 
 ReplicationSpec = _derive(
@@ -693,7 +748,9 @@ class ServiceSpec(_Spec):
 class TlsSpec(_Spec):
     """TLS on the brokers' Kafka listener."""
 
-    enabled: bool = _field_default(TlsConfig, "enabled")
+    enabled: Annotated[bool, Meta(description="Serve the Kafka listener over TLS.")] = (
+        _field_default(TlsConfig, "enabled")
+    )
     secret_name: Annotated[
         SecretName | None,
         Meta(description="A kubernetes.io/tls Secret (keys tls.crt and tls.key)."),
@@ -707,8 +764,12 @@ class TlsSpec(_Spec):
 class AuthSpec(_Spec):
     """SASL authentication on the brokers' Kafka listener."""
 
-    enabled: bool = _field_default(SaslConfig, "enabled")
-    mechanism: SaslMechanism = _field_default(SaslConfig, "mechanisms")[0]
+    enabled: Annotated[
+        bool, Meta(description="Require SASL authentication on the Kafka listener.")
+    ] = _field_default(SaslConfig, "enabled")
+    mechanism: Annotated[SaslMechanism, Meta(description="The SASL mechanism clients use.")] = (
+        _field_default(SaslConfig, "mechanisms")[0]
+    )
     secret_name: Annotated[
         SecretName | None,
         Meta(description='Secret whose key `users.toml` holds `[users]` name = "password".'),
@@ -729,9 +790,9 @@ class SecuritySpec(_Spec):
 class ServiceMonitorSpec(_Spec):
     """A Prometheus Operator ServiceMonitor scraping every broker."""
 
-    enabled: bool = False
-    interval: PromDuration = "30s"
-    scrape_timeout: PromDuration = "10s"
+    enabled: Annotated[bool, Meta(description="Create the ServiceMonitor.")] = False
+    interval: Annotated[PromDuration, Meta(description="Scrape interval.")] = "30s"
+    scrape_timeout: Annotated[PromDuration, Meta(description="Scrape timeout.")] = "10s"
 
 
 class MonitoringSpec(_Spec):
@@ -758,7 +819,10 @@ class ShazamqClusterSpec(_Spec):
             description="Broker image repository, without a tag (the tag is `version`).",
         ),
     ] = "shazamq/shazamq"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: Annotated[
+        Literal["Always", "IfNotPresent", "Never"],
+        Meta(description="Pull policy of the broker image."),
+    ] = "IfNotPresent"
     storage: StorageSpec = msgspec.field(default_factory=StorageSpec)  # type: ignore[valid-type]
     tiered_storage: TieredStorageSpec = msgspec.field(  # type: ignore[valid-type]
         default_factory=TieredStorageSpec
@@ -776,8 +840,12 @@ class ShazamqClusterSpec(_Spec):
     pod_labels: Annotated[StringMap, Meta(description="Extra broker pod labels.")] = msgspec.field(
         default_factory=dict
     )
-    node_selector: StringMap = msgspec.field(default_factory=dict)
-    tolerations: list[KubeObject] = msgspec.field(default_factory=list)
+    node_selector: Annotated[
+        StringMap, Meta(description="Node labels the broker pods must run on.")
+    ] = msgspec.field(default_factory=dict)
+    tolerations: Annotated[
+        list[KubeObject], Meta(description="Tolerations of the broker pods.")
+    ] = msgspec.field(default_factory=list)
     affinity: Annotated[
         KubeObject,
         Meta(

@@ -36,13 +36,15 @@ from .apis import (
     topics,
 )
 from .apis import groups as groups_api
+from .apis import sasl as sasl_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore
 from .groups import GroupCoordinator
 from .log import LogManager
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config
-from .server import KafkaServer
+from .security import CredentialStore, build_credential_store
+from .server import KafkaServer, Session
 from .txn import TransactionCoordinator
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,20 @@ def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     assert tls.cert_file and tls.key_file
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"security.tls.cert_file ({tls.cert_file}) / key_file ({tls.key_file}): "
+            f"cannot be loaded: {exc}"
+        ) from None
     if tls.ca_file:
-        ctx.load_verify_locations(tls.ca_file)
+        try:
+            ctx.load_verify_locations(tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"security.tls.ca_file ({tls.ca_file}): cannot be loaded: {exc}"
+            ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -96,6 +109,8 @@ class Broker:
         self.txn: TransactionCoordinator
         self.dispatcher = apis.Dispatcher(self.metrics)
         self.server: KafkaServer
+        # SASL users (derived credentials only), when [security.sasl] is enabled
+        self.credentials: CredentialStore | None = None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -123,10 +138,20 @@ class Broker:
         started = time.monotonic()
         cfg = self.config
         self._warn_unbuilt_features()
+        loop = asyncio.get_running_loop()
+        # Security first, so a bad certificate or users file stops the broker at once.
+        ssl_context = _tls_context(cfg)
+        sasl = cfg.security.sasl
+        if sasl.enabled:
+            self.credentials = await loop.run_in_executor(None, build_credential_store, sasl)
+            log.info(
+                "SASL enabled (%s) for %d users",
+                ", ".join(self.credentials.mechanisms),
+                len(self.credentials),
+            )
         self._lock_data_dir()
         self.metrics.state = BrokerState.RECOVERING
         self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
-        loop = asyncio.get_running_loop()
         self.logs = await loop.run_in_executor(
             None, LogManager, self.data_dir, default_log_config(cfg)
         )
@@ -134,7 +159,7 @@ class Broker:
         await loop.run_in_executor(None, self.partitions.load)
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)
-        for module in (
+        modules = [
             api_versions,
             metadata,
             produce,
@@ -145,7 +170,10 @@ class Broker:
             cluster,
             groups_api,
             txn_api,
-        ):
+        ]
+        if sasl.enabled:
+            modules.append(sasl_api)
+        for module in modules:
             module.register(self.dispatcher, self)
         self.server = KafkaServer(
             self.dispatcher,
@@ -153,7 +181,8 @@ class Broker:
             host=cfg.broker.host,
             port=cfg.broker.port,
             max_request_bytes=cfg.broker.socket_request_max_bytes,
-            ssl_context=_tls_context(cfg),
+            ssl_context=ssl_context,
+            on_connect=self._on_connect if sasl.enabled else None,
         )
         await self.txn.start()
         await self.groups.start()
@@ -196,15 +225,12 @@ class Broker:
             self._lock_fd = None
         log.info("broker %d stopped cleanly", self.node_id)
 
+    async def _on_connect(self, session: Session) -> None:
+        """With SASL enabled, a connection starts unauthenticated."""
+        sasl_api.start_session(session)
+
     def _warn_unbuilt_features(self) -> None:
         cfg = self.config
-        if cfg.security.sasl.enabled:
-            # Serving unauthenticated clients when authentication was asked for would be
-            # a silent security hole: refuse to start instead.
-            raise ConfigError(
-                "security.sasl.enabled = true, but this broker release has no SASL "
-                "authenticator; set it to false or front the broker with TLS client auth"
-            )
         for enabled, what in (
             (cfg.tiered_storage.enabled, "tiered_storage"),
             (cfg.mirror.enabled, "mirror"),

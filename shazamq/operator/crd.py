@@ -13,7 +13,12 @@ The same CRD is written to two places (`python -m shazamq.operator.crd --write`)
 - ``helm/shazamq-operator/templates/crds/shazamqcluster.yaml``: the same YAML, which is
   also a Helm template. Its Helm directives (``crds.install``, ``crds.keep``) sit inside
   YAML comments (``# {{- if ... }}``), so the file stays valid plain YAML for
-  ``kubectl apply -f helm/shazamq-operator/templates/crds/`` while Helm evaluates them.
+  ``kubectl apply -f helm/shazamq-operator/templates/crds/``, while Helm evaluates them.
+
+``--write`` also refreshes the spec reference of the user guide: the table between the
+``BEGIN GENERATED`` and ``END GENERATED`` markers of ``docs/operator.md``, made from the
+same schema (field, type and bounds, default, description) by `spec_reference()`;
+``--docs`` prints it.
 
 ``--check`` exits non-zero when a committed file differs from what would be written; a test
 does the same.
@@ -43,6 +48,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_PATH = ROOT / "manifests" / "shazamqcluster-crd.yaml"
 HELM_PATH = ROOT / "helm" / "shazamq-operator" / "templates" / "crds" / "shazamqcluster.yaml"
+DOCS_PATH = ROOT / "docs" / "operator.md"
+DOCS_BEGIN = "<!-- BEGIN GENERATED: spec reference (python -m shazamq.operator.crd --write) -->"
+DOCS_END = "<!-- END GENERATED: spec reference -->"
 
 _HEADER = (
     "# Generated from shazamq/config.py by `python -m shazamq.operator.crd --write`; do not edit.\n"
@@ -280,9 +288,103 @@ def render_helm_template() -> str:
     )
 
 
+# -- the spec reference of docs/operator.md ------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _json(value: Any) -> str:
+    return "`" + _cell(msgspec.json.encode(value).decode()) + "`"
+
+
+def _type(node: dict[str, Any], required: bool) -> str:
+    t = node.get("type", "object")
+    if "enum" in node:
+        text = "one of " + ", ".join(f"`{v}`" for v in node["enum"])
+    elif t == "array":
+        item = node.get("items") or {}
+        text = "list of " + ("objects" if item.get("type", "object") == "object" else item["type"])
+    elif t == "object" and isinstance(node.get("additionalProperties"), dict):
+        text = "map of " + node["additionalProperties"].get("type", "object")
+    elif t == "object" and node.get("x-kubernetes-preserve-unknown-fields"):
+        text = "object (Kubernetes)"
+    else:
+        text = t
+    lo, hi = node.get("minimum"), node.get("maximum")
+    if lo is not None and hi is not None:
+        text += f", {lo}..{hi}"
+    elif lo is not None:
+        text += f", >= {lo}"
+    elif hi is not None:
+        text += f", <= {hi}"
+    lo, hi = node.get("minLength"), node.get("maxLength")
+    if lo is not None and hi is not None:
+        text += f", {lo}..{hi} characters"
+    elif hi is not None:
+        text += f", at most {hi} characters"
+    elif lo is not None:
+        text += f", at least {lo} character{'s' if lo > 1 else ''}"
+    if required:
+        text += ", **required**"
+    elif node.get("nullable"):
+        text += ", optional"
+    return text
+
+
+def _default_cell(node: dict[str, Any]) -> str:
+    if "default" not in node:
+        return ""
+    value = node["default"]
+    if node.get("type") == "object" and node.get("properties"):
+        return ""  # a section: its fields carry the defaults
+    return _json(value)
+
+
+def spec_reference() -> str:
+    """The Markdown table of every spec field, from the CRD's schema."""
+    rows = ["| Field | Type | Default | Description |", "| --- | --- | --- | --- |"]
+
+    def walk(node: dict[str, Any], path: str, required: bool) -> None:
+        rows.append(
+            f"| `{path}` | {_type(node, required)} | {_default_cell(node)} | "
+            f"{_cell(node.get('description', ''))} |"
+        )
+        children: dict[str, Any] = {}
+        needed: list[str] = []
+        if node.get("type") == "object":
+            children, needed = node.get("properties") or {}, node.get("required") or []
+        elif node.get("type") == "array":
+            item = node.get("items") or {}
+            children, needed = item.get("properties") or {}, item.get("required") or []
+            path += "[]"
+        for name, child in children.items():
+            walk(child, f"{path}.{name}", name in needed)
+
+    spec = model_schema(ShazamqClusterSpec)
+    for name, child in spec["properties"].items():
+        walk(child, name, name in (spec.get("required") or []))
+    return "\n".join(rows) + "\n"
+
+
+def render_docs(current: str) -> str:
+    """`current` (docs/operator.md) with the generated block replaced by `spec_reference()`."""
+    begin, end = current.find(DOCS_BEGIN), current.find(DOCS_END)
+    if begin < 0 or end < begin:
+        raise SchemaError(f"{DOCS_PATH.name} lacks the markers {DOCS_BEGIN!r} ... {DOCS_END!r}")
+    head = current[: begin + len(DOCS_BEGIN)]
+    return head + "\n\n" + spec_reference() + "\n" + current[end:]
+
+
 def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
-    return {MANIFEST_PATH: render_manifest(), HELM_PATH: render_helm_template()}
+    docs = DOCS_PATH.read_text("utf-8") if DOCS_PATH.exists() else f"{DOCS_BEGIN}\n{DOCS_END}\n"
+    return {
+        MANIFEST_PATH: render_manifest(),
+        HELM_PATH: render_helm_template(),
+        DOCS_PATH: render_docs(docs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="write the generated files")
     mode.add_argument("--check", action="store_true", help="fail if a file is out of date")
+    mode.add_argument("--docs", action="store_true", help="print the spec reference table")
     args = parser.parse_args(argv)
     if args.write:
         for path, text in outputs().items():
@@ -309,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"out of date: {p.relative_to(ROOT)} (run python -m shazamq.operator.crd --write)"
             )
         return 1 if stale else 0
+    if args.docs:
+        sys.stdout.write(spec_reference())
+        return 0
     sys.stdout.write(render_manifest())
     return 0
 

@@ -5,7 +5,8 @@ offsets reloaded after a restart, the reloaded member heartbeating on at its gen
 and expelled once it stops; offsets deleted by OffsetDelete, and groups deleted by
 DeleteGroups, staying deleted after a restart (their tombstones are replayed); the
 internal topic created compacted with the configured partition count, and a group placed
-in the partition Kafka would choose.
+in the partition Kafka would choose; the offset expiry check run at
+``offsets_retention_check_interval_ms``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start(data_dir: Path) -> Broker:
+async def start(data_dir: Path, **groups: int) -> Broker:
     config = BrokerConfig(
         broker=BrokerSection(host="127.0.0.1", port=_free_port(), data_dir=str(data_dir)),
         metrics=MetricsConfig(enabled=False),
         groups=GroupsConfig(
-            offsets_topic_num_partitions=3, initial_rebalance_delay_ms=0, min_session_timeout_ms=10
+            offsets_topic_num_partitions=3,
+            initial_rebalance_delay_ms=0,
+            min_session_timeout_ms=10,
+            **groups,
         ),
     )
     broker = Broker(config)
@@ -126,5 +130,16 @@ async def test_stable_group_and_offsets_survive_a_restart(tmp_path):
         assert [(f.topic, f.partition, f.offset) for f in fetched] == [("t", 0, 7)]
         assert broker.groups.groups["g"].state is GroupState.EMPTY
         assert "h" not in broker.groups.groups
+    finally:
+        await broker.stop()
+
+
+async def test_offset_expiry_runs_at_the_configured_interval(tmp_path, monkeypatch):
+    checks: list[int] = []
+    broker = await start(tmp_path, offsets_retention_check_interval_ms=50)
+    try:
+        monkeypatch.setattr(broker.groups, "expire_offsets", checks.append)
+        await asyncio.sleep(0.4)
+        assert len(checks) >= 3
     finally:
         await broker.stop()

@@ -5,7 +5,9 @@ last five); sequence gaps (45); old epochs (47); a new epoch restarting at 0; un
 producers; int32 wraparound; a duplicate mixed with new batches (46); transactions
 bounding the last stable offset; COMMIT/ABORT markers; the aborted-transaction index and
 its read_committed lookup; non-transactional writes inside a transaction (48); coordinator
-fencing (52); state kept across clean and unclean restarts; producer id expiry.
+fencing (52); coordinator appends checked for epochs but not sequences; the
+active-producers snapshot; state kept across clean and unclean restarts; producer id
+expiry.
 """
 
 from __future__ import annotations
@@ -139,6 +141,47 @@ def test_transaction_rules(open_log, mk_batch) -> None:
     log.append(idem(mk_batch, 1, 0, pid=1, epoch=1, transactional=True))
     with pytest.raises(InvalidProducerEpochError):
         log.append(idem(mk_batch, 1, 1, pid=1, epoch=0, transactional=True))
+
+
+def test_coordinator_data_batches_skip_sequence_checks(open_log, mk_batch) -> None:
+    log = open_log()
+    coordinator = AppendOrigin.COORDINATOR
+    # transactional offset commits: every batch at sequence 0, none taken for a retry
+    first = log.append(idem(mk_batch, 2, 0, pid=9, transactional=True), origin=coordinator)
+    second = log.append(idem(mk_batch, 1, 0, pid=9, transactional=True), origin=coordinator)
+    assert not second.duplicate and second.base_offset == first.last_offset + 1
+    log.append(idem(mk_batch, 1, 41, pid=9, transactional=True), origin=coordinator)
+    # the producer epoch and the transaction rules are still enforced
+    marker(log, True, 9, epoch=1)
+    with pytest.raises(InvalidProducerEpochError):
+        log.append(idem(mk_batch, 1, 0, pid=9, transactional=True), origin=coordinator)
+    log.append(idem(mk_batch, 1, 0, pid=9, epoch=1, transactional=True), origin=coordinator)
+    with pytest.raises(InvalidTxnStateError):
+        log.append(idem(mk_batch, 1, 0, pid=9, epoch=1), origin=coordinator)
+    # a client append is still checked for sequences and duplicates
+    log.append(idem(mk_batch, 1, 0, pid=10))
+    assert log.append(idem(mk_batch, 1, 0, pid=10)).duplicate
+    with pytest.raises(OutOfOrderSequenceError):
+        log.append(idem(mk_batch, 1, 5, pid=10))
+
+
+def test_active_producers_is_a_snapshot(open_log, mk_batch) -> None:
+    log = open_log()
+    assert log.active_producers() == []
+    log.append(idem(mk_batch, 3, 0, pid=12), now_ms=5_000)
+    t = log.append(idem(mk_batch, 1, 0, pid=11, epoch=2, transactional=True), now_ms=6_000)
+    log.append(
+        r.build_control_batch(False, 12, 0, 3, 0), now_ms=7_000, origin=AppendOrigin.COORDINATOR
+    )
+    snapshot = log.active_producers()
+    assert snapshot == [
+        (11, 2, 0, 6_000, -1, t.base_offset),
+        (12, 0, 2, 7_000, 3, -1),
+    ]
+    assert snapshot[0].current_txn_start_offset == t.base_offset
+    marker(log, True, 11, epoch=2)
+    assert snapshot[0].current_txn_start_offset == t.base_offset  # a copy, not a view
+    assert log.active_producers()[0].current_txn_start_offset == -1
 
 
 def test_state_survives_clean_and_unclean_restarts(open_log, mk_batch) -> None:

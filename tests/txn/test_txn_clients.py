@@ -8,7 +8,8 @@ timeout aborted by the coordinator, its producer fenced; exactly-once
 consume-transform-produce with ``send_offsets_to_transaction`` where the worker process
 is SIGKILLed mid-transaction and restarted, the output holding each input exactly once;
 a broker ``kill -9`` while a transaction is open, after which the transaction is
-resolved and read_committed consumers get past it; idempotent producers.
+resolved and read_committed consumers get past it; idempotent producers; DescribeTransactions,
+ListTransactions and DescribeProducers through an admin client.
 """
 
 from __future__ import annotations
@@ -225,3 +226,47 @@ def test_broker_kill_during_an_open_transaction(broker_factory):
         "in-flight",
     ]
     del open_, done, after
+
+
+def test_transaction_tooling_through_an_admin_client(shared_broker):
+    # confluent-kafka's AdminClient has no DescribeTransactions, ListTransactions or
+    # DescribeProducers; kafka-python's has them since 3.0
+    from kafka import TopicPartition as KafkaTopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    if not hasattr(KafkaAdminClient, "describe_transactions"):
+        pytest.skip("this kafka-python has no transaction tooling")
+    bootstrap = shared_broker.bootstrap
+    topic = f"tool-{uuid.uuid4().hex[:8]}"
+    txn_id = f"tool-{topic}"
+    create_topic(bootstrap, topic, 1)
+    p = txn_producer(bootstrap, txn_id, **{"transaction.timeout.ms": 45_000})
+    p.begin_transaction()
+    p.produce(topic, b"x")
+    p.produce(topic, b"y")
+    p.flush(15)
+    tp = KafkaTopicPartition(topic, 0)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tooling")
+    try:
+        desc = admin.describe_transactions([txn_id])[txn_id]
+        assert desc.state == "Ongoing" and desc.transaction_timeout_ms == 45_000
+        assert desc.topic_partitions == {tp} and desc.transaction_start_time_ms > 0
+        listed = [
+            t for ts in admin.list_transactions(state_filters=["Ongoing"]).values() for t in ts
+        ]
+        assert (txn_id, desc.producer_id) in [(t.transactional_id, t.producer_id) for t in listed]
+        (producer,) = admin.describe_producers([tp])[tp].active_producers
+        assert (producer.producer_id, producer.producer_epoch) == (
+            desc.producer_id,
+            desc.producer_epoch,
+        )
+        assert (producer.last_sequence, producer.current_transaction_start_offset) == (1, 0)
+        p.commit_transaction(15)
+        assert admin.describe_transactions([txn_id])[txn_id].state == "CompleteCommit"
+        by_broker = admin.list_transactions(state_filters=["Ongoing"])
+        assert txn_id not in [t.transactional_id for ts in by_broker.values() for t in ts]
+        (producer,) = admin.describe_producers([tp])[tp].active_producers
+        assert producer.current_transaction_start_offset == -1
+        assert producer.coordinator_epoch >= 0
+    finally:
+        admin.close()

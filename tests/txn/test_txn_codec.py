@@ -1,7 +1,9 @@
 """The ``__transaction_state`` record format, transaction state transitions, producer ids.
 
 Covers: round-trips of keys and values for hypothesis-generated transactions; decoding the
-flexible v1 value Kafka 3.x+ writes (compact encoding, tagged fields skipped);
+flexible v1 value Kafka 3.x+ writes (compact encoding, PreviousProducerId read, other
+tagged fields skipped); v0 written unless a previous producer id or last epoch must be
+kept, which go in v1 tagged fields;
 truncated, extended and garbage bytes raising :class:`TxnRecordError` and nothing else;
 the transitions :class:`TxnMetadata` allows and refuses; producer ids that never repeat,
 across allocator restarts too, and skip past ids found in the logs.
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from shazamq.broker.txn.metadata import IllegalTxnTransitionError, TxnMetadata
 from shazamq.broker.txn.producer_ids import ProducerIdAllocator
 from shazamq.broker.txn.state_log import (
+    LAST_PRODUCER_EPOCH_TAG,
     TxnLogValue,
     TxnRecordError,
     TxnState,
@@ -46,6 +49,8 @@ values = st.builds(
     partitions=partitions,
     last_update_ms=st.integers(-1, 2**62),
     start_ms=st.integers(-1, 2**62),
+    last_producer_id=st.integers(-1, 2**63 - 1),
+    last_producer_epoch=st.integers(-1, 2**15 - 1),
 )
 
 
@@ -68,10 +73,33 @@ def test_flexible_v1_value():
     out += struct.pack(">ii", 0, 4)
     out.append(0)  # partition entry tagged fields
     out += struct.pack(">qq", 1000, 900)
+    fields = bytes(out)
     p.write_tagged_fields(out, [(0, struct.pack(">q", 76)), (2, struct.pack(">h", 2))])
-    assert decode_txn_value(bytes(out)) == TxnLogValue(
-        77, 3, 60_000, TxnState.ONGOING, {"orders": (0, 4)}, 1000, 900
+    # PreviousProducerId (tag 0) is read, ClientTransactionVersion (tag 2) read past
+    value = TxnLogValue(
+        77, 3, 60_000, TxnState.ONGOING, {"orders": (0, 4)}, 1000, 900, last_producer_id=76
     )
+    assert decode_txn_value(bytes(out)) == value
+    # and written in the same layout
+    tags = bytearray()
+    p.write_tagged_fields(tags, [(0, struct.pack(">q", 76))])
+    assert encode_txn_value(value) == fields + bytes(tags)
+
+
+def test_last_epoch_is_kept_in_a_tag_and_v0_otherwise():
+    plain = TxnLogValue(5, 1, 1000, TxnState.ONGOING, {"a": (0, 1)}, 10, 5)
+    data = encode_txn_value(plain)
+    assert struct.unpack_from(">h", data)[0] == 0  # what Kafka writes
+    bumped = TxnLogValue(5, 2, 1000, TxnState.EMPTY, {}, 10, -1, last_producer_epoch=1)
+    data = encode_txn_value(bumped)
+    assert struct.unpack_from(">h", data)[0] == 1
+    # the tag section: one field, tag LAST_PRODUCER_EPOCH_TAG, two bytes, epoch 1
+    tags = bytearray()
+    p.write_tagged_fields(tags, [(LAST_PRODUCER_EPOCH_TAG, struct.pack(">h", 1))])
+    assert data.endswith(bytes(tags))
+    assert decode_txn_value(data) == bumped
+    rolled = TxnLogValue(8, 0, 1000, TxnState.EMPTY, {}, 10, -1, 5, 32766)
+    assert decode_txn_value(encode_txn_value(rolled)) == rolled
 
 
 def test_empty_partitions_are_written_as_null():
@@ -87,6 +115,10 @@ def test_every_truncation_and_extension_is_a_typed_error():
             encode_txn_value(
                 TxnLogValue(5, 1, 1000, TxnState.ONGOING, {"a": (0, 1), "b": (2,)}, 10, 5)
             ),
+        ),
+        (
+            decode_txn_value,
+            encode_txn_value(TxnLogValue(5, 1, 1000, TxnState.ONGOING, {"a": (0, 1)}, 10, 5, 4, 0)),
         ),
     ]
     for decode, sample in samples:
@@ -180,6 +212,8 @@ def test_metadata_log_value_round_trip():
         frozenset({("a", 1), ("a", 0), ("b", 3)}),
         start_ms=10,
         last_update_ms=20,
+        last_producer_id=8,
+        last_producer_epoch=3,
     )
     value = meta.to_log_value()
     assert value.partitions == {"a": (0, 1), "b": (3,)}

@@ -9,7 +9,10 @@ timeout passed while the broker was down aborted during start-up (producer fence
 aborted range recorded for read_committed fetches); an Ongoing transaction still within
 its timeout kept, so its producer can commit after the restart; producer ids not reused
 after a restart; epoch bumps, a retried InitProducerId answered without a second bump, a
-stale epoch fenced, and an exhausted epoch moving to a new producer id.
+stale epoch fenced, and an exhausted epoch moving to a new producer id; the epoch before
+the last bump kept in ``__transaction_state`` so a retry is still answered after a
+restart, and forgotten when a new instance or a timeout fences the producer; the state
+topic created with the configured segment size.
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start(data_dir: Path) -> Broker:
+async def start(data_dir: Path, **transactions: int) -> Broker:
     config = BrokerConfig(
         broker=BrokerSection(host="127.0.0.1", port=_free_port(), data_dir=str(data_dir)),
         metrics=MetricsConfig(enabled=False),
         groups=GroupsConfig(offsets_topic_num_partitions=2, initial_rebalance_delay_ms=0),
-        transactions=TransactionsConfig(state_log_num_partitions=2),
+        transactions=TransactionsConfig(state_log_num_partitions=2, **transactions),
     )
     broker = Broker(config)
     await broker.start()
@@ -172,5 +175,53 @@ async def test_epoch_bumps_retries_and_exhaustion(tmp_path):
         txn._store(meta.to(TxnState.EMPTY, producer_epoch=MAX_EPOCH - 1))
         rolled = txn.init_producer_id("t", 10_000)
         assert rolled.producer_id != first.producer_id and rolled.producer_epoch == 0
+    finally:
+        await broker.stop()
+
+
+async def test_init_producer_id_retries_are_recognised_across_restarts(tmp_path):
+    broker = await start(tmp_path, state_log_segment_bytes=65_536)
+    try:
+        info = broker.partitions.metadata.get("__transaction_state")
+        assert info is not None and info.configs["segment.bytes"] == "65536"
+        txn = broker.txn
+        first = txn.init_producer_id("t", 10_000)
+        pid = first.producer_id
+        bumped = txn.init_producer_id("t", 10_000, pid, first.producer_epoch)
+        assert bumped.producer_epoch == first.producer_epoch + 1
+    finally:
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        txn = broker.txn
+        # the answer to the bump was lost and the broker restarted: the retry is recognised
+        assert txn.init_producer_id("t", 10_000, pid, first.producer_epoch) == bumped
+        # a new instance's InitProducerId forgets the last epoch, so the one it fenced
+        # cannot take the new epoch over by "retrying", before or after a restart
+        new = txn.init_producer_id("t", 10_000)
+        assert new.producer_epoch == bumped.producer_epoch + 1
+        zombie = txn.init_producer_id("t", 10_000, pid, bumped.producer_epoch)
+        assert zombie.error == E.PRODUCER_FENCED
+        # an exhausted epoch moves to a new producer id; that bump too is retried safely
+        txn._store(txn.txns["t"].to(TxnState.EMPTY, producer_epoch=MAX_EPOCH - 1))
+        rolled = txn.init_producer_id("t", 10_000, pid, MAX_EPOCH - 1)
+        assert rolled.producer_id != pid and rolled.producer_epoch == 0
+    finally:
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        txn = broker.txn
+        assert txn.init_producer_id("t", 10_000, pid, bumped.producer_epoch).error == (
+            E.PRODUCER_FENCED
+        )
+        assert txn.init_producer_id("t", 10_000, pid, MAX_EPOCH - 1) == rolled
+        # a producer fenced by its transaction's timeout is not recognised either
+        r = await open_transaction(broker, "slow", timeout_ms=100)
+        txn.check_timeouts(int(time.time() * 1000) + 1_000)
+        assert txn.txns["slow"].state is TxnState.COMPLETE_ABORT
+        late = txn.init_producer_id("slow", 10_000, r.producer_id, r.producer_epoch)
+        assert late.error == E.PRODUCER_FENCED
     finally:
         await broker.stop()

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[RequestContext, Any], Awaitable[Any | None]]
 
 API_VERSIONS_KEY = 18
+# What a connection may send before SASL authentication completes: ApiVersions,
+# SaslHandshake, SaslAuthenticate.
+UNAUTHENTICATED_API_KEYS = frozenset({API_VERSIONS_KEY, 17, 36})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,16 @@ class Dispatcher:
         """(api key, min version, max version) for every registered API, sorted by key."""
         return sorted((a.key, a.min_version, a.max_version) for a in self.apis.values())
 
-    async def dispatch(self, ctx: RequestContext, view: memoryview, offset: int) -> bytes | None:
+    async def dispatch(
+        self, ctx: RequestContext, view: memoryview, offset: int
+    ) -> bytes | bytearray | list[Any] | None:
+        if not ctx.session.authenticated and ctx.api_key not in UNAUTHENTICATED_API_KEYS:
+            # Kafka: ILLEGAL_SASL_STATE, and the connection is closed without an answer.
+            spec = API_KEYS.get(ctx.api_key)
+            raise CloseConnection(
+                f"ILLEGAL_SASL_STATE: {spec.name if spec else ctx.api_key} request before "
+                "SASL authentication completed"
+            )
         api = self.apis.get(ctx.api_key)
         if api is None:
             raise CloseConnection(f"unsupported api key {ctx.api_key}")

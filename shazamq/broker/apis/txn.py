@@ -195,21 +195,20 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         )
                     )
                     continue
-                entries = list(p.log.producer_state.entries.values())
                 parts.append(
                     PartitionResponse(
                         partition_index=index,
                         error_code=0,
                         active_producers=[
                             ProducerState(
-                                producer_id=e.producer_id,
-                                producer_epoch=e.epoch,
-                                last_sequence=e.last_seq,
-                                last_timestamp=e.last_timestamp,
-                                coordinator_epoch=e.coordinator_epoch,
-                                current_txn_start_offset=e.txn_first_offset,
+                                producer_id=a.producer_id,
+                                producer_epoch=a.producer_epoch,
+                                last_sequence=a.last_sequence,
+                                last_timestamp=a.last_timestamp,
+                                coordinator_epoch=a.coordinator_epoch,
+                                current_txn_start_offset=a.current_txn_start_offset,
                             )
-                            for e in entries
+                            for a in p.log.active_producers()
                         ],
                     )
                 )

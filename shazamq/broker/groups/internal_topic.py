@@ -28,7 +28,6 @@ from shazamq.protocol.records import (
     build_batch,
     control_record_of,
     decode_batch,
-    increment_sequence,
     iter_batches,
 )
 
@@ -115,9 +114,9 @@ class InternalTopic:
         """
         p = self.partition(index)
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        sequence = -1
-        if producer_id >= 0:
-            sequence = _next_sequence(p, producer_id, producer_epoch)
+        # a producer's batch starts at sequence 0, as Kafka's coordinator writes it: the log
+        # checks a coordinator's append for the producer epoch only, never for sequences
+        sequence = 0 if producer_id >= 0 else -1
         batch = build_batch(
             [Record(offset_delta=i, key=k, value=v) for i, (k, v) in enumerate(records)],
             base_timestamp=now,
@@ -179,11 +178,3 @@ class InternalTopic:
                 )
             if not advanced:
                 break
-
-
-def _next_sequence(p: Partition, producer_id: int, epoch: int) -> int:
-    """The sequence the producer's next batch in this partition must carry."""
-    entry = p.log.producer_state.entries.get(producer_id)
-    if entry is None or entry.epoch != epoch or not entry.batches:
-        return 0
-    return increment_sequence(entry.last_seq, 1)

@@ -48,6 +48,9 @@ __all__ = ["MembershipMixin"]
 
 log = logging.getLogger(__name__)
 
+# How long a new member whose join has not completed is kept waiting for it. A constant
+# in Kafka's group coordinator too (5 minutes, no broker setting): no client or operator
+# tunes it, it only bounds how long an abandoned join keeps a member in the group.
 NEW_MEMBER_JOIN_TIMEOUT_MS = 300_000
 
 _E = ErrorCode

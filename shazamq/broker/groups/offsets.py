@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 
 MAX_METADATA_BYTES = 4096
-OFFSETS_RETENTION_CHECK_INTERVAL_MS = 600_000
 
 _E = ErrorCode
 
@@ -337,7 +336,7 @@ class OffsetsMixin:
 
     async def _expiry_loop(self) -> None:
         retention_ms = self.config.offsets_retention_minutes * 60_000
-        interval = min(OFFSETS_RETENTION_CHECK_INTERVAL_MS, retention_ms) / 1000
+        interval = min(self.config.offsets_retention_check_interval_ms, retention_ms) / 1000
         while True:
             await asyncio.sleep(interval)
             try:

@@ -40,12 +40,13 @@ from .index import AbortedTxn, OffsetIndex, TimeIndex, TransactionIndex
 from .log_config import CONFIG_DEFS, ConfigDef, LogConfig
 from .manager import LogManager, MaintenanceReport
 from .partition_log import AppendInfo, AppendOrigin, LeaderEpochCache, PartitionLog
-from .producer_state import ProducerStateManager
+from .producer_state import ActiveProducer, ProducerStateManager
 from .segment import LogSegment, ReadSlice
 
 __all__ = [
     "CONFIG_DEFS",
     "AbortedTxn",
+    "ActiveProducer",
     "AppendInfo",
     "AppendOrigin",
     "CleanerStats",

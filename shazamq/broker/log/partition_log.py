@@ -69,7 +69,7 @@ from .errors import (
 )
 from .index import AbortedTxn, IndexCorruptError
 from .log_config import INT64_MAX, LogConfig
-from .producer_state import ProducerStateManager, ProducerStateUpdate
+from .producer_state import ActiveProducer, ProducerStateManager, ProducerStateUpdate
 from .segment import (
     CLEANED_SUFFIX,
     DELETED_SUFFIX,
@@ -121,7 +121,9 @@ class AppendOrigin(enum.Enum):
     """Who is appending: clients are checked strictly, replication keeps offsets."""
 
     CLIENT = "client"
-    COORDINATOR = "coordinator"  # group/transaction coordinators: may write control batches
+    # group/transaction coordinators: may write control batches; their data batches are
+    # checked for the producer epoch but not for sequences (as in Kafka)
+    COORDINATOR = "coordinator"
     REPLICATION = "replication"  # follower fetch or mirroring: offsets come with the batches
 
 
@@ -618,6 +620,11 @@ class PartitionLog:
     def producer_state(self) -> ProducerStateManager:
         return self._producers
 
+    def active_producers(self) -> list[ActiveProducer]:
+        """A consistent copy of the producer states (for DescribeProducers)."""
+        with self.lock:
+            return self._producers.active_producers()
+
     @property
     def leader_epoch_cache(self) -> LeaderEpochCache:
         return self._epochs
@@ -678,7 +685,10 @@ class PartitionLog:
                     )
                 if h.producer_id >= 0:
                     if update is None:
-                        update = self._producers.begin(validate=not replication)
+                        update = self._producers.begin(
+                            validate=not replication,
+                            check_sequences=origin is AppendOrigin.CLIENT,
+                        )
                     control = None
                     if h.attributes & ATTR_CONTROL:
                         control = control_record_of(view[pos : pos + h.batch_length + LOG_OVERHEAD])

@@ -4,7 +4,9 @@ Idempotence: per producer id the log remembers the epoch and the last five batch
 (first/last sequence, first/last offset). A retried batch (same id, epoch and sequence
 range) is answered with its original offsets and not written again; a gap in the
 sequence is OUT_OF_ORDER_SEQUENCE_NUMBER (45); an older epoch is INVALID_PRODUCER_EPOCH
-(47); a bumped epoch must restart at sequence 0. Sequences wrap at int32 max.
+(47); a bumped epoch must restart at sequence 0. Sequences wrap at int32 max. As in
+Kafka, only client appends are checked for duplicates and sequences: a coordinator's
+append (a transactional offset commit) is checked for the producer epoch alone.
 
 Transactions: the first transactional batch of a producer opens a transaction at its
 offset, and the COMMIT/ABORT control batch closes it. The earliest open transaction
@@ -50,6 +52,7 @@ from .errors import (
 )
 
 __all__ = [
+    "ActiveProducer",
     "BatchMetadata",
     "CompletedTxn",
     "CorruptSnapshotError",
@@ -85,6 +88,17 @@ class BatchMetadata(NamedTuple):
     last_seq: int
     first_offset: int
     last_offset: int
+
+
+class ActiveProducer(NamedTuple):
+    """A read-only view of one producer's state (what DescribeProducers reports)."""
+
+    producer_id: int
+    producer_epoch: int
+    last_sequence: int  # -1: no data batch cached for the current epoch
+    last_timestamp: int
+    coordinator_epoch: int
+    current_txn_start_offset: int  # -1: no open transaction
 
 
 class CompletedTxn(NamedTuple):
@@ -148,13 +162,23 @@ def in_sequence(last_seq: int, next_seq: int) -> bool:
 
 
 class ProducerStateUpdate:
-    """Staged producer-state changes of one append, checked batch by batch."""
+    """Staged producer-state changes of one append, checked batch by batch.
 
-    __slots__ = ("_manager", "completed", "entries", "validate")
+    ``validate`` checks epochs, coordinator epochs and transaction state (off for replayed
+    and replicated batches); ``check_sequences`` adds duplicate detection and sequence
+    checks on data batches, which Kafka applies to client appends only: a coordinator's
+    transactional offset commit carries the producer's id and epoch but not a sequence
+    the producer chose.
+    """
 
-    def __init__(self, manager: ProducerStateManager, *, validate: bool) -> None:
+    __slots__ = ("_manager", "check_sequences", "completed", "entries", "validate")
+
+    def __init__(
+        self, manager: ProducerStateManager, *, validate: bool, check_sequences: bool = True
+    ) -> None:
         self._manager = manager
         self.validate = validate
+        self.check_sequences = validate and check_sequences
         self.entries: dict[int, ProducerEntry] = {}
         self.completed: list[CompletedTxn] = []
 
@@ -193,7 +217,7 @@ class ProducerStateUpdate:
                         f"marker for producer {pid} from coordinator epoch "
                         f"{control.coordinator_epoch} < {entry.coordinator_epoch}"
                     )
-            else:
+            elif self.check_sequences:
                 first_seq = header.base_sequence
                 if epoch == entry.epoch:
                     dup = entry.find_duplicate(first_seq, header.last_sequence)
@@ -209,10 +233,10 @@ class ProducerStateUpdate:
                         f"producer {pid} new epoch {epoch} must start at sequence 0, "
                         f"not {first_seq}"
                     )
-                if not header.is_transactional and entry.txn_first_offset >= 0:
-                    raise InvalidTxnStateError(
-                        f"producer {pid} wrote a non-transactional batch inside a transaction"
-                    )
+            if control is None and not header.is_transactional and entry.txn_first_offset >= 0:
+                raise InvalidTxnStateError(
+                    f"producer {pid} wrote a non-transactional batch inside a transaction"
+                )
         entry.last_timestamp = timestamp
         if control is not None:
             entry.set_epoch(epoch)
@@ -250,8 +274,8 @@ class ProducerStateManager:
         self._first_unstable: int | None = None
 
     # ------------------------------------------------------------- transactions
-    def begin(self, *, validate: bool = True) -> ProducerStateUpdate:
-        return ProducerStateUpdate(self, validate=validate)
+    def begin(self, *, validate: bool = True, check_sequences: bool = True) -> ProducerStateUpdate:
+        return ProducerStateUpdate(self, validate=validate, check_sequences=check_sequences)
 
     def commit(self, update: ProducerStateUpdate) -> list[tuple[CompletedTxn, int]]:
         """Apply a staged update; return completed transactions with the last stable
@@ -282,6 +306,20 @@ class ProducerStateManager:
     @property
     def ongoing_transactions(self) -> dict[int, int]:
         return dict(self._ongoing)
+
+    def active_producers(self) -> list[ActiveProducer]:
+        """A copy of every producer's state, by producer id (callers hold the log's lock)."""
+        return [
+            ActiveProducer(
+                e.producer_id,
+                e.epoch,
+                e.last_seq,
+                e.last_timestamp,
+                e.coordinator_epoch,
+                e.txn_first_offset,
+            )
+            for _pid, e in sorted(self.entries.items())
+        ]
 
     def last_batch_offsets(self) -> dict[int, int]:
         """Producer id -> last offset of its newest batch (compaction keeps that batch)."""

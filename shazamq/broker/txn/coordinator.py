@@ -48,7 +48,7 @@ from shazamq.broker.log.errors import (
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError, build_control_batch
 
-from .metadata import TxnMetadata
+from .metadata import MAX_EPOCH, TxnMetadata
 from .producer_ids import ProducerIdAllocator, ProducerIdsExhaustedError
 from .state_log import (
     TxnRecordError,
@@ -67,7 +67,6 @@ __all__ = ["TRANSACTION_STATE_TOPIC", "TransactionCoordinator"]
 log = logging.getLogger(__name__)
 
 TRANSACTION_STATE_TOPIC = "__transaction_state"
-STATE_SEGMENT_BYTES = 104_857_600
 
 TopicPartition = tuple[str, int]
 
@@ -105,7 +104,10 @@ class TransactionCoordinator:
             broker.partitions,
             TRANSACTION_STATE_TOPIC,
             self.config.state_log_num_partitions,
-            {"cleanup.policy": "compact", "segment.bytes": str(STATE_SEGMENT_BYTES)},
+            {
+                "cleanup.policy": "compact",
+                "segment.bytes": str(self.config.state_log_segment_bytes),
+            },
         )
         self.txns: dict[str, TxnMetadata] = {}
         self.loaded = False
@@ -259,7 +261,9 @@ class TransactionCoordinator:
                     state=TxnState.EMPTY,
                     last_update_ms=now,
                 )
-            if expected_producer_id >= 0 and transactional_id in self.txns:
+            # a producer recovering its own id and epoch (KIP-360), not a new instance
+            recovering = expected_producer_id >= 0 and transactional_id in self.txns
+            if recovering:
                 if (
                     expected_producer_id == meta.producer_id
                     and expected_epoch == meta.producer_epoch
@@ -267,8 +271,15 @@ class TransactionCoordinator:
                     pass  # the producer recovers from an error: bump below
                 elif (
                     meta.completed
-                    and expected_producer_id in (meta.producer_id, meta.last_producer_id)
+                    and meta.last_producer_epoch >= 0
                     and expected_epoch == meta.last_producer_epoch
+                    and (
+                        expected_producer_id == meta.producer_id
+                        or (
+                            expected_producer_id == meta.last_producer_id
+                            and expected_epoch >= MAX_EPOCH - 1
+                        )
+                    )
                 ):
                     # a retry of the InitProducerId that already bumped: same answer
                     return InitProducerIdResult(0, meta.producer_id, meta.producer_epoch)
@@ -295,13 +306,16 @@ class TransactionCoordinator:
             else:
                 new_pid, new_epoch = meta.producer_id, meta.producer_epoch + 1
                 last_pid = meta.last_producer_id
+            # Kafka's rule: the epoch before this bump is remembered only for a producer
+            # recovering its own epoch; a new instance's bump forgets it, so the instance
+            # it fenced cannot take the new epoch over by "retrying"
             meta = self._store(
                 meta.to(
                     TxnState.EMPTY,
                     producer_id=new_pid,
                     producer_epoch=new_epoch,
                     last_producer_id=last_pid,
-                    last_producer_epoch=meta.producer_epoch,
+                    last_producer_epoch=expected_epoch if recovering else -1,
                     timeout_ms=timeout_ms,
                     partitions=frozenset(),
                     start_ms=-1,
@@ -424,7 +438,7 @@ class TransactionCoordinator:
                 meta.to(
                     TxnState.PREPARE_ABORT,
                     producer_epoch=meta.producer_epoch + 1,
-                    last_producer_epoch=meta.producer_epoch,
+                    last_producer_epoch=-1,  # the fenced epoch must not be recognised
                     last_update_ms=_now_ms(),
                 )
             )

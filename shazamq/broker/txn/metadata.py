@@ -63,7 +63,9 @@ class TxnMetadata:
     start_ms: int = -1
     last_update_ms: int = -1
     # the producer id before an epoch-exhaustion rollover, and the epoch before the last
-    # bump: a retried InitProducerId carrying them is answered, not fenced
+    # bump by a producer recovering its own id (-1 after a new producer's InitProducerId
+    # or a fence, as in Kafka): a retried InitProducerId carrying them is answered, not
+    # fenced. Both are stored in __transaction_state, so this holds across restarts.
     last_producer_id: int = -1
     last_producer_epoch: int = -1
 
@@ -100,6 +102,8 @@ class TxnMetadata:
             partitions={t: tuple(ids) for t, ids in parts.items()},
             last_update_ms=self.last_update_ms,
             start_ms=self.start_ms,
+            last_producer_id=self.last_producer_id,
+            last_producer_epoch=self.last_producer_epoch,
         )
 
     @classmethod
@@ -113,4 +117,6 @@ class TxnMetadata:
             partitions=frozenset((t, i) for t, ids in value.partitions.items() for i in ids),
             start_ms=value.start_ms,
             last_update_ms=value.last_update_ms,
+            last_producer_id=value.last_producer_id,
+            last_producer_epoch=value.last_producer_epoch,
         )

@@ -10,8 +10,14 @@ Key: ``version i16 (0), transactional_id string``.
 Value: ``version i16, producer_id i64, producer_epoch i16, transaction_timeout_ms i32,
 status i8, partitions nullable [topic string, partition_ids [i32]],
 last_update_timestamp_ms i64, start_timestamp_ms i64``. Version 1 is the same in the
-flexible encoding (compact strings and arrays, tagged fields: previous/next producer id
-and the client's transaction version, which this broker reads past). Written as v0.
+flexible encoding (compact strings and arrays) with top-level tagged fields: Kafka's tag 0
+PreviousProducerId (i64, the producer id before an epoch-exhaustion rollover), tag 1
+NextProducerId and tag 2 ClientTransactionVersion (read past), and this broker's own tag
+:data:`LAST_PRODUCER_EPOCH_TAG` (i16, the epoch before the last InitProducerId bump, so a
+retried InitProducerId is still recognised after a restart; Kafka keeps it in memory
+only, and its readers skip a tag they do not know). A value with neither a previous
+producer id nor a last epoch is written as v0, byte for byte what Kafka writes; one with
+either is written as v1.
 
 Status bytes: 0 Empty, 1 Ongoing, 2 PrepareCommit, 3 PrepareAbort, 4 CompleteCommit,
 5 CompleteAbort, 6 Dead, 7 PrepareEpochFence (never written). A null value is a
@@ -30,6 +36,7 @@ from shazamq.protocol import primitives as p
 from shazamq.protocol.errors import DecodeError
 
 __all__ = [
+    "LAST_PRODUCER_EPOCH_TAG",
     "TxnLogValue",
     "TxnRecordError",
     "TxnState",
@@ -41,6 +48,14 @@ __all__ = [
 
 KEY_VERSION = 0
 VALUE_VERSION = 0
+FLEXIBLE_VALUE_VERSION = 1
+
+PREVIOUS_PRODUCER_ID_TAG = 0
+#: A tag far above Kafka's (0-2), for the producer epoch before the last bump.
+LAST_PRODUCER_EPOCH_TAG = 10_000
+
+_I64 = struct.Struct(">q")
+_I16 = struct.Struct(">h")
 
 
 class TxnRecordError(DecodeError):
@@ -93,6 +108,8 @@ class TxnLogValue:
     partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     last_update_ms: int = -1
     start_ms: int = -1
+    last_producer_id: int = -1
+    last_producer_epoch: int = -1
 
 
 Reader = Callable[[Any, int], tuple[Any, int]]
@@ -135,25 +152,61 @@ def decode_txn_key(data: bytes | memoryview) -> str:
 
 
 def encode_txn_value(value: TxnLogValue) -> bytes:
+    """v0, or v1 when there is a previous producer id or a last epoch to keep."""
+    tags: list[tuple[int, bytes]] = []
+    if value.last_producer_id >= 0:
+        tags.append((PREVIOUS_PRODUCER_ID_TAG, _I64.pack(value.last_producer_id)))
+    if value.last_producer_epoch >= 0:
+        tags.append((LAST_PRODUCER_EPOCH_TAG, _I16.pack(value.last_producer_epoch)))
+    flexible = bool(tags)
     out = bytearray()
-    p.write_int16(out, VALUE_VERSION)
+    p.write_int16(out, FLEXIBLE_VALUE_VERSION if flexible else VALUE_VERSION)
     p.write_int64(out, value.producer_id)
     p.write_int16(out, value.producer_epoch)
     p.write_int32(out, value.timeout_ms)
     p.write_int8(out, int(value.state))
-    if not value.partitions:
+    parts = value.partitions
+    if flexible:
+        p.write_uvarint(out, len(parts) + 1 if parts else 0)  # compact nullable array
+        for topic in sorted(parts):
+            p.write_compact_string(out, topic)
+            ids = parts[topic]
+            p.write_compact_array_length(out, len(ids))
+            for i in ids:
+                p.write_int32(out, i)
+            p.write_uvarint(out, 0)  # no tagged fields in a partition entry
+    elif not parts:
         p.write_int32(out, -1)
     else:
-        p.write_int32(out, len(value.partitions))
-        for topic in sorted(value.partitions):
+        p.write_int32(out, len(parts))
+        for topic in sorted(parts):
             p.write_string(out, topic)
-            ids = value.partitions[topic]
+            ids = parts[topic]
             p.write_int32(out, len(ids))
             for i in ids:
                 p.write_int32(out, i)
     p.write_int64(out, value.last_update_ms)
     p.write_int64(out, value.start_ms)
+    if flexible:
+        p.write_tagged_fields(out, tags)
     return bytes(out)
+
+
+def _read_value_tags(buf: memoryview, o: int) -> tuple[int, int, int]:
+    """The top-level tagged fields of a v1 value: ``(last id, last epoch, offset after)``."""
+    last_producer_id = last_producer_epoch = -1
+    n, o = p.read_uvarint(buf, o)
+    tag = -1
+    for _ in range(n):
+        tag, start, end = p.read_tag_header(buf, o, tag)
+        if tag == PREVIOUS_PRODUCER_ID_TAG:
+            last_producer_id, at = p.read_int64(buf, start)
+            p.check_tag_end(at, end, tag)
+        elif tag == LAST_PRODUCER_EPOCH_TAG:
+            last_producer_epoch, at = p.read_int16(buf, start)
+            p.check_tag_end(at, end, tag)
+        o = end
+    return last_producer_id, last_producer_epoch, o
 
 
 def decode_txn_value(data: bytes | memoryview) -> TxnLogValue:
@@ -188,9 +241,12 @@ def decode_txn_value(data: bytes | memoryview) -> TxnLogValue:
             partitions[topic] = tuple(ids)
         last_update, o = p.read_int64(buf, o)
         start, o = p.read_int64(buf, o)
+        last_id = last_epoch = -1
         if flexible:
-            o = p.skip_tagged_fields(buf, o)
+            last_id, last_epoch, o = _read_value_tags(buf, o)
         _end("transaction log value", buf, o)
-        return TxnLogValue(producer_id, epoch, timeout, state, partitions, last_update, start)
+        return TxnLogValue(
+            producer_id, epoch, timeout, state, partitions, last_update, start, last_id, last_epoch
+        )
 
     return _guard("transaction log value", run, data)

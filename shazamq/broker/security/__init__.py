@@ -1,0 +1,86 @@
+"""Security of the Kafka listener: SASL authentication.
+
+`sasl` holds the mechanisms and the credential store, with no I/O. This module is the one
+place that reads credentials: `build_credential_store()` merges ``[security.sasl] users``
+with the users file and derives every user's SCRAM credentials, so the passwords are not
+kept once the broker has started.
+
+The users file is the format the operator mounts from the cluster's auth Secret (key
+``users.toml``)::
+
+    [users]
+    alice = "alice-secret"
+    "svc.orders" = "another-secret"
+
+Any other top-level key, a non-string password, a user defined both inline and in the file,
+an empty name or password: the broker does not start, and the error names
+``security.sasl.users_file`` (or ``security.sasl.users``).
+
+TLS needs nothing here: `shazamq.broker.app` builds the listener's `ssl.SSLContext`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from shazamq.config import ConfigError, SaslConfig
+
+from .sasl import MECHANISMS, CredentialStore
+
+__all__ = ["MECHANISMS", "CredentialStore", "build_credential_store", "load_users_file"]
+
+USERS_FILE_KEY = "security.sasl.users_file"
+USERS_KEY = "security.sasl.users"
+
+
+def load_users_file(path: str | Path) -> dict[str, str]:
+    """The ``[users]`` table of a users file; ConfigError naming the key if it is unusable."""
+    where = f"{USERS_FILE_KEY} ({path})"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot be read: {exc}") from None
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    unknown = sorted(k for k in tree if k != "users")
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; the file holds one [users] table of "
+            'name = "password" entries'
+        )
+    users = tree.get("users")
+    if not isinstance(users, dict):
+        raise ConfigError(f'{where}: missing the [users] table of name = "password" entries')
+    for name, password in users.items():
+        if not isinstance(password, str):
+            raise ConfigError(
+                f"{where}: users.{name} must be a string (the password), "
+                f"not {type(password).__name__}"
+            )
+    return dict(users)
+
+
+def build_credential_store(config: SaslConfig) -> CredentialStore:
+    """The credential store of an enabled ``[security.sasl]`` section (slow: derives keys)."""
+    users: dict[str, str] = dict(config.users)
+    key = USERS_KEY
+    if config.users_file:
+        from_file = load_users_file(config.users_file)
+        both = sorted(set(users) & set(from_file))
+        if both:
+            raise ConfigError(f"{USERS_FILE_KEY}: user {both[0]!r} is also defined in {USERS_KEY}")
+        users.update(from_file)
+        key = USERS_FILE_KEY if not config.users else f"{USERS_KEY} / {USERS_FILE_KEY}"
+    if not users:
+        raise ConfigError(f"{key}: SASL is enabled but no user is defined")
+    try:
+        store = CredentialStore.from_passwords(users, config.mechanisms)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    users.clear()
+    return store
