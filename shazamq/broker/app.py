@@ -43,6 +43,7 @@ from .groups import GroupCoordinator
 from .log import LogManager
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config
+from .process import raise_open_file_limit, tune_for_serving
 from .security import CredentialStore, build_credential_store
 from .server import KafkaServer, Session
 from .txn import TransactionCoordinator
@@ -150,6 +151,7 @@ class Broker:
                 len(self.credentials),
             )
         self._lock_data_dir()
+        raise_open_file_limit()
         self.metrics.state = BrokerState.RECOVERING
         self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
         self.logs = await loop.run_in_executor(
@@ -187,6 +189,7 @@ class Broker:
         await self.txn.start()
         await self.groups.start()
         await self.server.start()
+        tune_for_serving()
         if cfg.metrics.enabled:
             self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
         self.metrics.add_probe(self._partition_probe)

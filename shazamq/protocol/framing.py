@@ -33,7 +33,7 @@ from shazamq.protocol.messages import (
 from shazamq.protocol.messages.api_versions_response import ApiVersion, ApiVersionsResponse
 from shazamq.protocol.messages.request_header import RequestHeader
 from shazamq.protocol.messages.response_header import ResponseHeader
-from shazamq.protocol.primitives import Message
+from shazamq.protocol.primitives import GatherBuffer, Message
 
 __all__ = [
     "API_VERSIONS_KEY",
@@ -44,6 +44,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_response_header",
+    "encode_response_parts",
     "request_class",
     "response_class",
     "unsupported_version_response",
@@ -131,6 +132,24 @@ def encode_response(api_key: int, version: int, correlation_id: int, response: M
     response.encode_into(out, version)
     _I.pack_into(out, 0, len(out) - 4)
     return bytes(out)
+
+
+def encode_response_parts(
+    api_key: int, version: int, correlation_id: int, response: Message
+) -> bytearray | list[Any]:
+    """The response frame, with large record sets left as separate buffers.
+
+    Returns one buffer when nothing was left out of line, else a list of buffers to write
+    in order (``transport.writelines``): the record batches of a Fetch response are sent
+    as they were read, without being copied into the frame.
+    """
+    out = GatherBuffer(4)
+    encode_response_header(out, api_key, version, correlation_id)
+    response.encode_into(out, version)
+    _I.pack_into(out, 0, out.total_size - 4)
+    if not out.refs:
+        return out
+    return out.pieces()
 
 
 def encode_request(

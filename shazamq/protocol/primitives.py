@@ -43,11 +43,13 @@ from uuid import UUID
 from shazamq.protocol.errors import DecodeError, UnsupportedVersionError
 
 __all__ = [
+    "GATHER_MIN_BYTES",
     "MAX_VERSION",
     "MISSING",
     "ZERO_UUID",
     "ApiInfo",
     "FieldSpec",
+    "GatherBuffer",
     "Message",
     "Struct",
     "check_tag_end",
@@ -543,8 +545,73 @@ def write_compact_nullable_bytes(out: bytearray, b: Any) -> None:
     out += b
 
 
-write_records = write_nullable_bytes
-write_compact_records = write_compact_nullable_bytes
+#: RECORDS values at least this long are not copied into a ``GatherBuffer``.
+GATHER_MIN_BYTES = 16 * 1024
+
+
+class GatherBuffer(bytearray):
+    """An encode buffer that leaves large RECORDS values out of line.
+
+    Writing a RECORDS field into a ``GatherBuffer`` appends its length prefix as usual,
+    but a value of ``GATHER_MIN_BYTES`` or more is not copied: ``refs`` records
+    ``(position, value)`` and the value goes out as its own buffer (``pieces``), so a
+    Fetch response reaches the socket without its record batches being copied into it.
+    Every other writer sees an ordinary ``bytearray``.
+    """
+
+    __slots__ = ("refs",)
+
+    def __init__(self, initial: int | bytes = 0) -> None:
+        super().__init__(initial)
+        self.refs: list[tuple[int, Any]] = []
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of the whole encoding, out-of-line values included."""
+        return len(self) + sum(len(value) for _pos, value in self.refs)
+
+    def pieces(self) -> list[Any]:
+        """The encoding as a list of buffers to send in order (for ``writelines``)."""
+        if not self.refs:
+            return [self]
+        view = memoryview(self)
+        out: list[Any] = []
+        prev = 0
+        for pos, value in self.refs:
+            if pos > prev:
+                out.append(view[prev:pos])
+            out.append(value)
+            prev = pos
+        if prev < len(self):
+            out.append(view[prev:])
+        return out
+
+
+def write_records(out: bytearray, b: Any) -> None:
+    if b is None:
+        out += _NULL32
+        return
+    n = len(b)
+    out += _pack_i32(n)
+    if n >= GATHER_MIN_BYTES and out.__class__ is GatherBuffer:
+        out.refs.append((len(out), b))
+    else:
+        out += b
+
+
+def write_compact_records(out: bytearray, b: Any) -> None:
+    if b is None:
+        out.append(0)
+        return
+    n = len(b)
+    if n + 1 < 0x80:
+        out.append(n + 1)
+    else:
+        write_uvarint(out, n + 1)
+    if n >= GATHER_MIN_BYTES and out.__class__ is GatherBuffer:
+        out.refs.append((len(out), b))
+    else:
+        out += b
 
 
 # ---------------------------------------------------------------------------
@@ -786,6 +853,13 @@ def _not_a_version(cls: type, version: int) -> UnsupportedVersionError:
     )
 
 
+def _truncate(out: bytearray, start: int) -> None:
+    """Undo a failed encode: drop what it wrote (and the values it left out of line)."""
+    del out[start:]
+    if out.__class__ is GatherBuffer:
+        out.refs[:] = [ref for ref in out.refs if ref[0] <= start]  # type: ignore[attr-defined]
+
+
 class Message:
     """Base of every generated class: messages, headers, data types and nested structs.
 
@@ -835,10 +909,10 @@ class Message:
         try:
             cls._ENCODERS[version - lo](self, out)
         except UnsupportedVersionError as exc:
-            del out[start:]
+            _truncate(out, start)
             raise UnsupportedVersionError(f"{cls.__name__} v{version}: {exc}") from None
         except (struct.error, TypeError, AttributeError, ValueError, OverflowError) as exc:
-            del out[start:]
+            _truncate(out, start)
             raise ValueError(
                 f"cannot encode {cls.__name__} v{version}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -94,6 +94,7 @@ class Dispatcher:
     def __init__(self, metrics: BrokerMetrics) -> None:
         self.metrics = metrics
         self.apis: dict[int, Api] = {}
+        self._per_api_metrics: dict[str, tuple[Any, Any]] = {}
 
     def register(self, key: int, min_version: int, max_version: int, handler: Handler) -> None:
         spec = API_KEYS[key]
@@ -139,8 +140,14 @@ class Dispatcher:
         name = api.name
         response = await api.handler(ctx, request)
         metrics = self.metrics
-        metrics.requests.labels(name).inc()
-        metrics.request_latency.labels(name).observe(time.monotonic() - ctx.received_at)
+        children = self._per_api_metrics.get(name)
+        if children is None:  # label lookups take a lock: once per API, not per request
+            children = self._per_api_metrics[name] = (
+                metrics.requests.labels(name),
+                metrics.request_latency.labels(name),
+            )
+        children[0].inc()
+        children[1].observe(time.monotonic() - ctx.received_at)
         if response is None:
             return None
         codes: list[int] = []
@@ -152,12 +159,12 @@ class Dispatcher:
                 err = str(code)
             metrics.record_error(name, err)
         try:
-            return framing.encode_response(
+            return framing.encode_response_parts(
                 ctx.api_key, ctx.api_version, ctx.correlation_id, response
             )
         except UnsupportedVersionError:
             # Rare path (old versions only): drop what the version cannot carry, retry.
             strip_absent_fields(response, ctx.api_version)
-            return framing.encode_response(
+            return framing.encode_response_parts(
                 ctx.api_key, ctx.api_version, ctx.correlation_id, response
             )

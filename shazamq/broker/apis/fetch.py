@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchRequest
@@ -35,6 +35,7 @@ ZERO_UUID = uuid.UUID(int=0)
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
+    bytes_out: dict[str, Any] = {}  # topic -> its counter (label lookups show in profiles)
 
     def partition_error(index: int, code: int, p: Partition | None = None) -> PartitionData:
         return PartitionData(
@@ -126,7 +127,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
             if any(o.error_code for o in out):
                 failed = True
             if topic_bytes and name is not None:
-                metrics.bytes_out.labels(name).inc(topic_bytes)
+                counter = bytes_out.get(name)
+                if counter is None:
+                    counter = bytes_out[name] = metrics.bytes_out.labels(name)
+                counter.inc(topic_bytes)
             topics_out.append(
                 FetchableTopicResponse(topic=name or "", topic_id=ft.topic_id, partitions=out)
                 if version >= 13

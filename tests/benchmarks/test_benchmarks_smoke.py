@@ -1,0 +1,82 @@
+"""The benchmarks still run: a tiny load run end to end, and each hot-path suite once.
+
+Nothing here measures or asserts a speed (benchmarks are run on purpose, see
+docs/performance.md); these only keep the benchmark code from rotting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAZAMQ_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_load_benchmark_smoke(tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--scale",
+            "0.01",
+            "--no-latency",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # the JSON line on stdout is the same report
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["results"] == report["results"]
+    assert [r["load"] for r in report["results"]] == ["1KiB", "100B", "1KiB-zstd"]
+    for r in report["results"]:
+        assert r["records"] >= 1000
+        for phase in ("produce", "consume"):
+            assert r[phase]["records_per_s"] > 0
+            assert r[phase]["mb_per_s"] > 0
+        assert r["broker_rss_mb"] > 0
+    assert "produce rec/s" in proc.stdout  # the table
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pytest_benchmark") is None,
+    reason="pytest-benchmark is in the 'bench' extra",
+)
+def test_hot_path_suites_run_once():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks/",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-disable",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
