@@ -332,20 +332,27 @@ class TransactionCoordinator:
 
     # -- AddPartitionsToTxn / AddOffsetsToTxn -----------------------------------------
 
-    def _check_producer(self, transactional_id: str, producer_id: int, epoch: int) -> int:
-        """Error for a request of (producer_id, epoch) on this transactional id, or 0."""
+    def _owned_by(
+        self, transactional_id: str, producer_id: int, epoch: int
+    ) -> tuple[TxnMetadata | None, int]:
+        """The transaction's metadata if (producer_id, epoch) owns it, else the error."""
         if not transactional_id:
-            return int(_E.INVALID_REQUEST)
+            return None, int(_E.INVALID_REQUEST)
         if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+            return None, int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         meta = self.txns.get(transactional_id)
         if meta is None or meta.producer_id != producer_id:
-            return int(_E.INVALID_PRODUCER_ID_MAPPING)
+            return None, int(_E.INVALID_PRODUCER_ID_MAPPING)
         if meta.producer_epoch != epoch:
-            return int(_E.PRODUCER_FENCED)
-        if meta.in_prepare:
+            return None, int(_E.PRODUCER_FENCED)
+        return meta, 0
+
+    def _check_producer(self, transactional_id: str, producer_id: int, epoch: int) -> int:
+        """Error for a request of (producer_id, epoch) on this transactional id, or 0."""
+        meta, error = self._owned_by(transactional_id, producer_id, epoch)
+        if meta is not None and meta.in_prepare:
             return int(_E.CONCURRENT_TRANSACTIONS)
-        return 0
+        return error
 
     def add_partitions(
         self,
@@ -402,15 +409,9 @@ class TransactionCoordinator:
     # -- EndTxn -----------------------------------------------------------------------
 
     def end_txn(self, transactional_id: str, producer_id: int, epoch: int, commit: bool) -> int:
-        if not transactional_id:
-            return int(_E.INVALID_REQUEST)
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS)
-        meta = self.txns.get(transactional_id)
-        if meta is None or meta.producer_id != producer_id:
-            return int(_E.INVALID_PRODUCER_ID_MAPPING)
-        if meta.producer_epoch != epoch:
-            return int(_E.PRODUCER_FENCED)
+        meta, error = self._owned_by(transactional_id, producer_id, epoch)
+        if meta is None:
+            return error
         state = meta.state
         if state is TxnState.ONGOING:
             target = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
