@@ -89,6 +89,12 @@ class BrokerMetrics:
         self.messages_in = Counter(
             "shazamq_topic_messages_in", "Records appended, by topic.", ["topic"], registry=r
         )
+        self.messages_out = Counter(
+            "shazamq_topic_messages_out",
+            "Records served to fetches, by topic.",
+            ["topic"],
+            registry=r,
+        )
         self.bytes_out = Counter(
             "shazamq_topic_bytes_out",
             "Record batch bytes fetched, by topic.",

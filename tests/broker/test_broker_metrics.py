@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_helpers import RawClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.list_offsets_request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
 
 
 def scrape(port: int) -> dict[str, list]:
@@ -44,6 +51,7 @@ def test_metrics_follow_traffic(shared_broker, topic_name):
     assert value(m["shazamq_topic_messages_in"], topic=topic_name) == 25
     assert value(m["shazamq_topic_bytes_in"], topic=topic_name) > 2500
     assert value(m["shazamq_topic_bytes_out"], topic=topic_name) > 2500
+    assert value(m["shazamq_topic_messages_out"], topic=topic_name) >= 25
     assert value(m["shazamq_log_end_offset"], topic=topic_name, partition="0") == 25
     assert value(m["shazamq_log_size_bytes"], topic=topic_name, partition="0") > 2500
     assert value(m["shazamq_requests"], api="Produce") >= 1
@@ -55,12 +63,24 @@ def test_metrics_follow_traffic(shared_broker, topic_name):
 
 def test_error_metrics(shared_broker, topic_name):
     p = Producer({"bootstrap.servers": shared_broker.bootstrap})
-    p.produce(topic_name, value=b"x")  # auto-creates the topic
+    p.produce(topic_name, value=b"x")  # auto-creates the topic with one partition
     assert p.flush(10) == 0
-    c = Consumer({"bootstrap.servers": shared_broker.bootstrap, "group.id": "e"})
     # A ListOffsets for a partition that does not exist is answered per partition.
-    with contextlib.suppress(Exception):
-        c.get_watermark_offsets(TopicPartition(topic_name, 7), timeout=5)
+    c = RawClient(shared_broker.port)
+    req = ListOffsetsRequest(
+        replica_id=-1,
+        topics=[
+            ListOffsetsTopic(
+                name=topic_name,
+                partitions=[ListOffsetsPartition(partition_index=7, timestamp=-1)],
+            )
+        ],
+    )
+    part = c.request(req, 7).topics[0].partitions[0]
     c.close()
+    assert part.error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     m = scrape(shared_broker.metrics_port)
-    assert value(m["shazamq_request_errors"], error="UNKNOWN_TOPIC_OR_PARTITION") >= 1
+    errors = value(
+        m["shazamq_request_errors"], api="ListOffsets", error="UNKNOWN_TOPIC_OR_PARTITION"
+    )
+    assert errors >= 1

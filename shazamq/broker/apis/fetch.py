@@ -20,6 +20,7 @@ from shazamq.protocol.messages.fetch_response import (
     FetchResponse,
     PartitionData,
 )
+from shazamq.protocol.records import iter_batches
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -35,7 +36,32 @@ ZERO_UUID = uuid.UUID(int=0)
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
-    bytes_out: dict[str, Any] = {}  # topic -> its counter (label lookups show in profiles)
+    # topic -> its (bytes, messages) counters: label lookups show in profiles
+    out_counters: dict[str, tuple[Any, Any]] = {}
+
+    def count_out(topics: list[FetchableTopicResponse]) -> None:
+        """Bytes and records served, by topic, counted once on the final response.
+
+        Records are counted from batch headers (O(batches)); a long poll that read
+        several times before answering counts only what it answered with.
+        """
+        for t in topics:
+            nbytes = nrecords = 0
+            for pd in t.partitions:
+                data = pd.records
+                if data:
+                    nbytes += len(data)
+                    for _, header in iter_batches(data, allow_partial=True):
+                        nrecords += header.records_count
+            if nbytes and t.topic:
+                counters = out_counters.get(t.topic)
+                if counters is None:
+                    counters = out_counters[t.topic] = (
+                        metrics.bytes_out.labels(t.topic),
+                        metrics.messages_out.labels(t.topic),
+                    )
+                counters[0].inc(nbytes)
+                counters[1].inc(nrecords)
 
     def partition_error(index: int, code: int, p: Partition | None = None) -> PartitionData:
         return PartitionData(
@@ -69,7 +95,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 name = ft.topic
                 unknown = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             out = []
-            topic_bytes = 0
             for fp in ft.partitions:
                 p = parts.get(name, fp.partition) if name is not None else None
                 if p is None:
@@ -104,7 +129,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         if data:
                             records = data
                             total += len(data)
-                            topic_bytes += len(data)
                             if committed:
                                 aborted = [
                                     AbortedTransaction(producer_id=pid, first_offset=first)
@@ -126,11 +150,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 )
             if any(o.error_code for o in out):
                 failed = True
-            if topic_bytes and name is not None:
-                counter = bytes_out.get(name)
-                if counter is None:
-                    counter = bytes_out[name] = metrics.bytes_out.labels(name)
-                counter.inc(topic_bytes)
             topics_out.append(
                 FetchableTopicResponse(topic=name or "", topic_id=ft.topic_id, partitions=out)
                 if version >= 13
@@ -157,6 +176,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             if total < 0 or total >= min_bytes or remaining <= 0 or not hosted:
                 break
             await parts.wait_for_data(hosted, remaining)
+        count_out(topics)
         return FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
 
     d.register(KEY, 4, 17, handle)
