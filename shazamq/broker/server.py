@@ -68,6 +68,8 @@ class Session:
     client_software: str | None = None
     principal: str = "User:ANONYMOUS"
     authenticated: bool = True
+    # Set by a handler whose answer must be the connection's last (failed authentication).
+    close_after_response: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -400,5 +402,8 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.writelines(response)
             else:
                 transport.write(response)
+            if session.close_after_response:
+                # transport.close() still sends what is buffered, then closes.
+                raise CloseConnection("the last answer of this connection was sent")
             if self.writing_paused:
                 await self._drain()

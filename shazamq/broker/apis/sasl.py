@@ -14,7 +14,7 @@ does with ILLEGAL_SASL_STATE). A connection goes through:
   never re-authenticate. On failure the answer is SASL_AUTHENTICATION_FAILED (58) with a
   message, sent after a short delay (as Kafka's
   ``connection.failed.authentication.delay.ms``), and the connection fails.
-- A failed connection gets no further answer: its next SASL request closes it.
+- A failed connection is closed right after its failure answer is sent.
 - Once authenticated, SaslHandshake and SaslAuthenticate are answered with
   ILLEGAL_SASL_STATE (34), and the connection stays open.
 
@@ -199,6 +199,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             detail,
         )
         await asyncio.sleep(FAILED_AUTHENTICATION_DELAY_S)
+        ctx.session.close_after_response = True  # as Kafka: answer, then disconnect
         return SaslAuthenticateResponse(
             error_code=ErrorCode.SASL_AUTHENTICATION_FAILED, error_message=message
         )
