@@ -61,6 +61,17 @@ class Partition:
         self.leader_epoch = 0
         self.waiters: list[asyncio.Future[None]] = []
 
+    def epoch_error(self, current_leader_epoch: int) -> int:
+        """The error for a request made under another leader epoch (-1: unchecked), or 0.
+
+        Older epochs are fenced; newer ones are unknown to this broker (yet).
+        """
+        if current_leader_epoch < 0 or current_leader_epoch == self.leader_epoch:
+            return 0
+        if current_leader_epoch < self.leader_epoch:
+            return ErrorCode.FENCED_LEADER_EPOCH
+        return ErrorCode.UNKNOWN_LEADER_EPOCH
+
     def notify(self) -> None:
         """Wake every fetch waiting on this partition."""
         if self.waiters:
@@ -105,6 +116,13 @@ class PartitionManager:
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{index} is not hosted here"
             )
         return p
+
+    def require_topic(self, name: str) -> TopicInfo:
+        """The topic, or UNKNOWN_TOPIC_OR_PARTITION."""
+        topic = self.metadata.get(name)
+        if topic is None:
+            raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        return topic
 
     def topic_by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
         return self.metadata.by_id.get(topic_id)
@@ -177,9 +195,7 @@ class PartitionManager:
             raise KafkaError(
                 ErrorCode.TOPIC_DELETION_DISABLED, "topic deletion is disabled on this broker"
             )
-        topic = self.metadata.get(name)
-        if topic is None:
-            raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        topic = self.require_topic(name)
         if topic.internal:
             raise KafkaError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"{name} is an internal topic")
         await self.metadata.delete_topic(name)
@@ -192,15 +208,18 @@ class PartitionManager:
         log.info("deleted topic %s", name)
         return topic
 
-    async def add_partitions(self, name: str, total: int) -> TopicInfo:
-        topic = self.metadata.get(name)
-        if topic is None:
-            raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+    def validate_partition_increase(self, name: str, total: int) -> TopicInfo:
+        """The topic, if growing it to `total` partitions is allowed; else the Kafka error."""
+        topic = self.require_topic(name)
         if total <= topic.partitions:
             raise KafkaError(
                 ErrorCode.INVALID_PARTITIONS,
                 f"topic {name} has {topic.partitions} partitions; {total} would not add any",
             )
+        return topic
+
+    async def add_partitions(self, name: str, total: int) -> TopicInfo:
+        topic = self.validate_partition_increase(name, total)
         old = topic.partitions
         topic = await self.metadata.set_partitions(name, total)
         self._open_topic(topic, range(old, total))

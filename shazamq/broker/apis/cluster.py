@@ -70,12 +70,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     res.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                     continue
                 current = rp.current_leader_epoch if ctx.api_version >= 2 else -1
-                if current >= 0 and current != p.leader_epoch:
-                    res.error_code = (
-                        ErrorCode.FENCED_LEADER_EPOCH
-                        if current < p.leader_epoch
-                        else ErrorCode.UNKNOWN_LEADER_EPOCH
-                    )
+                res.error_code = p.epoch_error(current)
+                if res.error_code:
                     continue
                 epoch, end = p.log.end_offset_for_epoch(rp.leader_epoch)
                 res.leader_epoch, res.end_offset = epoch, end

@@ -142,12 +142,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             keys = list(res.configuration_keys) if res.configuration_keys is not None else None
             try:
                 if res.resource_type == TOPIC:
-                    info = broker.metadata.get(res.resource_name)
-                    if info is None:
-                        raise KafkaError(
-                            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                            f"no topic {res.resource_name!r}",
-                        )
+                    info = parts.require_topic(res.resource_name)
                     entries = describe_topic_configs(broker, info, keys, False, False)
                     out.configs = [
                         DescribeConfigsResourceResult(
@@ -212,8 +207,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         """Shared tail of both alter APIs: validate, then store unless validate_only."""
         if resource_type == TOPIC:
             assert new is not None
-            if broker.metadata.get(name) is None:
-                raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+            parts.require_topic(name)
             try:
                 topic_configs.validate(parts.defaults, new)
             except InvalidConfigError as exc:
@@ -274,12 +268,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 new: dict[str, str] | None = None
                 ops: list[tuple[str, str | None]] = []
                 if res.resource_type == TOPIC:
-                    info = broker.metadata.get(res.resource_name)
-                    if info is None:
-                        raise KafkaError(
-                            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                            f"no topic {res.resource_name!r}",
-                        )
+                    info = parts.require_topic(res.resource_name)
                     new = dict(info.configs)
                     current = {
                         e.name: e.value

@@ -100,13 +100,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if p is None:
                     out.append(partition_error(fp.partition, unknown))
                     continue
-                epoch = fp.current_leader_epoch if version >= 9 else -1
-                if epoch >= 0 and epoch != p.leader_epoch:
-                    code = (
-                        ErrorCode.FENCED_LEADER_EPOCH
-                        if epoch < p.leader_epoch
-                        else ErrorCode.UNKNOWN_LEADER_EPOCH
-                    )
+                code = p.epoch_error(fp.current_leader_epoch if version >= 9 else -1)
+                if code:
                     out.append(partition_error(fp.partition, code, p))
                     continue
                 plog = p.log

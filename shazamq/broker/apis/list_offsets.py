@@ -44,13 +44,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if p is None:
                     resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                     continue
-                epoch = rp.current_leader_epoch if version >= 4 else -1
-                if epoch >= 0 and epoch != p.leader_epoch:
-                    resp.error_code = (
-                        ErrorCode.FENCED_LEADER_EPOCH
-                        if epoch < p.leader_epoch
-                        else ErrorCode.UNKNOWN_LEADER_EPOCH
-                    )
+                resp.error_code = p.epoch_error(rp.current_leader_epoch if version >= 4 else -1)
+                if resp.error_code:
                     continue
                 plog = p.log
                 ts = rp.timestamp

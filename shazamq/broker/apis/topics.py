@@ -133,16 +133,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
         for t in req.topics:
             res = CreatePartitionsTopicResult(name=t.name, error_code=0)
             results.append(res)
-            info = broker.metadata.get(t.name)
             try:
-                if info is None:
-                    raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {t.name!r}")
-                if t.count <= info.partitions:
-                    raise KafkaError(
-                        ErrorCode.INVALID_PARTITIONS,
-                        f"topic {t.name} has {info.partitions} partitions; "
-                        f"{t.count} would not add any",
-                    )
+                info = parts.validate_partition_increase(t.name, t.count)
                 if t.assignments is not None and len(t.assignments) != t.count - info.partitions:
                     raise KafkaError(
                         ErrorCode.INVALID_REPLICA_ASSIGNMENT,
