@@ -9,7 +9,6 @@ started in this one place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -46,6 +45,7 @@ from .partitions import PartitionManager, default_log_config
 from .process import raise_open_file_limit, tune_for_serving
 from .security import CredentialStore, build_credential_store
 from .server import KafkaServer, Session
+from .tasks import cancel_all
 from .txn import TransactionCoordinator
 
 log = logging.getLogger(__name__)
@@ -211,12 +211,7 @@ class Broker:
     async def stop(self) -> None:
         self.metrics.state = BrokerState.SHUTTING_DOWN
         grace = self.config.broker.shutdown_timeout_ms / 1000
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         await self.server.stop(grace=min(grace, 2.0))
         await self.groups.stop()
         await self.txn.stop()

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shazamq.broker.tasks import cancel_all
 from shazamq.protocol import framing
 from shazamq.protocol.errors import DecodeError
 
@@ -138,11 +139,7 @@ class KafkaServer:
             self._server.close()
         if self._connections:
             _, pending = await asyncio.wait(set(self._connections), timeout=grace)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(list(pending))
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=grace)

@@ -14,7 +14,6 @@ appends made before the answer, so an acknowledged commit or assignment survives
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shazamq.broker.log import LogError
+from shazamq.broker.tasks import cancel_all
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
@@ -140,12 +140,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         for group in self.groups.values():
             group.cancel_timers()
             for member in group.members.values():

@@ -27,7 +27,6 @@ the broker was down are aborted during start-up, before any client is served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -45,6 +44,7 @@ from shazamq.broker.log.errors import (
     InvalidProducerEpochError,
     TransactionCoordinatorFencedError,
 )
+from shazamq.broker.tasks import cancel_all
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError, build_control_batch
 
@@ -152,12 +152,7 @@ class TransactionCoordinator:
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         self.loaded = False
 
     def _load_all(self) -> dict[str, TxnMetadata]:
