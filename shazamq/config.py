@@ -26,6 +26,7 @@ from msgspec import Meta, Struct
 __all__ = [
     "BrokerConfig",
     "BrokerSection",
+    "ClusterConfig",
     "ConfigError",
     "GcsConfig",
     "GroupsConfig",
@@ -189,6 +190,118 @@ class ReplicationConfig(_Section):
             ge=1, le=32767, description="Replicas that must have a write for acks=all to succeed."
         ),
     ] = 1
+    replica_lag_time_max_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="A follower that has not caught up for this long leaves the ISR "
+            "(replica.lag.time.max.ms).",
+        ),
+    ] = 30000
+    replica_fetch_max_bytes: Annotated[
+        int, Meta(ge=1024, description="Bytes a follower asks for per partition fetch.")
+    ] = 1048576
+    replica_fetch_wait_max_ms: Annotated[
+        int, Meta(ge=0, description="Longest a follower's fetch waits at the leader for data.")
+    ] = 500
+    reassignment_throttle_bytes_per_second: Annotated[
+        int,
+        Meta(
+            ge=-1,
+            description="Cap on bytes per second copied to replicas being added by a "
+            "reassignment; -1: no cap.",
+        ),
+    ] = -1
+    unclean_leader_election_enable: Annotated[
+        bool,
+        Meta(description="Elect an out-of-sync replica when no in-sync one is alive (loses data)."),
+    ] = False
+    auto_leader_rebalance_enable: Annotated[
+        bool, Meta(description="Move leadership back to preferred replicas periodically.")
+    ] = True
+    leader_imbalance_check_interval_ms: Annotated[int, Meta(ge=1000)] = 30000
+
+
+_VOTER = re.compile(r"^(?P<id>\d+)@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+):(?P<port>\d+)$")
+
+
+def parse_voter(entry: str) -> tuple[int, str, int]:
+    """``"1@host:9093"`` -> ``(1, "host", 9093)``; ValueError naming the entry otherwise."""
+    m = _VOTER.match(entry.strip())
+    if m is None:
+        raise ValueError(f"voter {entry!r} is not of the form ID@HOST:PORT")
+    port = int(m.group("port"))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"voter {entry!r}: port {port} is out of range")
+    return int(m.group("id")), m.group("host").strip("[]"), port
+
+
+class ClusterConfig(_Section):
+    """Membership of a multi-broker cluster; without voters the broker runs alone."""
+
+    voters: Annotated[
+        list[str],
+        Meta(
+            description="The metadata quorum as ID@HOST:PORT entries (controller.quorum.voters); "
+            "empty: a single broker."
+        ),
+    ] = msgspec.field(default_factory=list)
+    secret: Annotated[
+        str | None,
+        Meta(description="Shared secret that authenticates and encrypts quorum traffic."),
+    ] = None
+    secret_file: Annotated[
+        str | None, Meta(description="File holding the cluster secret (a mounted Secret).")
+    ] = None
+    quorum_host: Annotated[
+        str, Meta(description="Address the quorum listener binds (port: this voter's entry).")
+    ] = "0.0.0.0"
+    heartbeat_interval_ms: Annotated[
+        int, Meta(ge=10, description="How often a broker heartbeats to the controller.")
+    ] = 1000
+    session_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=100,
+            description="A broker silent for this long is fenced and loses its leaderships "
+            "(broker.session.timeout.ms).",
+        ),
+    ] = 9000
+    controlled_shutdown_timeout_ms: Annotated[
+        int, Meta(ge=0, description="Longest SIGTERM waits for leaderships to move away.")
+    ] = 15000
+
+    def __post_init__(self) -> None:
+        ids: list[int] = []
+        for entry in self.voters:
+            ids.append(parse_voter(entry)[0])
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"voter ids must be unique, repeated: {dupes}")
+        if self.voters and not (self.secret or self.secret_file):
+            raise ValueError("voters need secret or secret_file (quorum traffic is authenticated)")
+        if self.session_timeout_ms <= self.heartbeat_interval_ms:
+            raise ValueError("session_timeout_ms must exceed heartbeat_interval_ms")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.voters)
+
+    def voter_map(self) -> dict[int, tuple[str, int]]:
+        out = {}
+        for entry in self.voters:
+            node, host, port = parse_voter(entry)
+            out[node] = (host, port)
+        return out
+
+    def read_secret(self) -> str:
+        if self.secret:
+            return self.secret
+        assert self.secret_file
+        try:
+            return Path(self.secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cluster.secret_file ({self.secret_file}): {exc}") from None
 
 
 class S3Config(_Section):
@@ -353,6 +466,7 @@ class BrokerConfig(_Section):
     groups: GroupsConfig = msgspec.field(default_factory=GroupsConfig)
     transactions: TransactionsConfig = msgspec.field(default_factory=TransactionsConfig)
     replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     tiered_storage: TieredStorageConfig = msgspec.field(default_factory=TieredStorageConfig)
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
