@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -37,7 +38,9 @@ from .apis import (
 from .apis import groups as groups_api
 from .apis import sasl as sasl_api
 from .apis import txn as txn_api
-from .cluster.metadata import MetadataStore
+from .cluster.metadata import MetadataStore, TopicInfo
+from .cluster.node import ClusterNode
+from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
 from .log import LogManager
 from .metrics import BrokerMetrics, BrokerState
@@ -112,6 +115,8 @@ class Broker:
         self.server: KafkaServer
         # SASL users (derived credentials only), when [security.sasl] is enabled
         self.credentials: CredentialStore | None = None
+        # membership of a multi-broker cluster, when [cluster] voters are set
+        self.cluster: ClusterNode | None = None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -153,11 +158,22 @@ class Broker:
         self._lock_data_dir()
         raise_open_file_limit()
         self.metrics.state = BrokerState.RECOVERING
-        self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
+        clustered = cfg.cluster.enabled
         self.logs = await loop.run_in_executor(
-            None, LogManager, self.data_dir, default_log_config(cfg)
+            None,
+            functools.partial(
+                LogManager,
+                self.data_dir,
+                default_log_config(cfg),
+                # in a cluster the leader moves the high watermark as followers catch up
+                auto_high_watermark=not clustered,
+            ),
         )
-        self.partitions = PartitionManager(cfg, self.metadata, self.logs)
+        if clustered:
+            self._build_cluster()
+        else:
+            self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
+            self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)
@@ -186,9 +202,15 @@ class Broker:
             ssl_context=ssl_context,
             on_connect=self._on_connect if sasl.enabled else None,
         )
+        if self.cluster is not None:
+            # peers reach this broker's listener while it joins (replica fetches)
+            await self.server.start()
+            await self.cluster.start()
+            await self._await_membership()
         await self.txn.start()
         await self.groups.start()
-        await self.server.start()
+        if self.cluster is None:
+            await self.server.start()
         tune_for_serving()
         if cfg.metrics.enabled:
             self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
@@ -212,9 +234,15 @@ class Broker:
         self.metrics.state = BrokerState.SHUTTING_DOWN
         grace = self.config.broker.shutdown_timeout_ms / 1000
         await cancel_all(self._tasks)
+        if self.cluster is not None:
+            await self.cluster.controlled_shutdown(
+                min(self.config.cluster.controlled_shutdown_timeout_ms / 1000, grace)
+            )
         await self.server.stop(grace=min(grace, 2.0))
         await self.groups.stop()
         await self.txn.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.close)
         self.metrics.close()
@@ -222,6 +250,47 @@ class Broker:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("broker %d stopped cleanly", self.node_id)
+
+    def _build_cluster(self) -> None:
+        """Wire the cluster node, its metadata view and the partition manager together."""
+        cfg = self.config
+        self.partitions = PartitionManager(cfg, None, self.logs)  # type: ignore[arg-type]
+        node = ClusterNode(
+            cfg,
+            node_id=self.node_id,
+            data_dir=self.data_dir,
+            advertised=lambda: self.advertised,
+            partitions=self.partitions,
+        )
+        view = ClusterMetadataView(node, on_configs=self._topic_configs_changed)
+        self.metadata = view  # type: ignore[assignment]
+        self.partitions.metadata = view  # type: ignore[assignment]
+        self.partitions.cluster = node
+        self.cluster = node
+
+    def _topic_configs_changed(self, topic: TopicInfo) -> None:
+        try:
+            cfg = self.partitions.log_config(topic)
+        except Exception:
+            log.exception("topic %s: configs from the cluster do not apply", topic.name)
+            return
+        for i in range(topic.partitions):
+            p = self.partitions.get(topic.name, i)
+            if p is not None:
+                p.log.update_config(cfg)
+
+    async def _await_membership(self) -> None:
+        """Wait (bounded) until this broker is registered, so it starts as a member."""
+        assert self.cluster is not None
+        timeout = self.config.cluster.session_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(self.cluster.registered.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "not registered with the cluster after %.0fs (no quorum yet?); serving what "
+                "is known and retrying in the background",
+                timeout,
+            )
 
     async def _on_connect(self, session: Session) -> None:
         """With SASL enabled, a connection starts unauthenticated."""

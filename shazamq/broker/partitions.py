@@ -23,6 +23,8 @@ from shazamq.broker.log.errors import InvalidConfigError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 if TYPE_CHECKING:
+    from shazamq.broker.cluster.node import ClusterNode
+    from shazamq.broker.cluster.replica import ReplicaRole
     from shazamq.config import BrokerConfig
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def default_log_config(config: BrokerConfig) -> LogConfig:
 class Partition:
     """One hosted partition: its log plus the futures of fetches waiting for data."""
 
-    __slots__ = ("index", "leader_epoch", "log", "topic", "topic_info", "waiters")
+    __slots__ = ("index", "leader_epoch", "log", "replica", "topic", "topic_info", "waiters")
 
     def __init__(self, topic_info: TopicInfo, index: int, log_: PartitionLog) -> None:
         self.topic_info = topic_info
@@ -60,12 +62,21 @@ class Partition:
         self.log = log_
         self.leader_epoch = 0
         self.waiters: list[asyncio.Future[None]] = []
+        # the replication role in a cluster; None on a single broker
+        self.replica: ReplicaRole | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.replica is None or self.replica.is_leader
 
     def epoch_error(self, current_leader_epoch: int) -> int:
         """The error for a request made under another leader epoch (-1: unchecked), or 0.
 
-        Older epochs are fenced; newer ones are unknown to this broker (yet).
+        A follower answers NOT_LEADER_OR_FOLLOWER; older epochs are fenced; newer ones
+        are unknown to this broker (yet).
         """
+        if self.replica is not None and not self.replica.is_leader:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
         if current_leader_epoch < 0 or current_leader_epoch == self.leader_epoch:
             return 0
         if current_leader_epoch < self.leader_epoch:
@@ -90,13 +101,36 @@ class PartitionManager:
         self.logs = logs
         self.defaults = logs.default_config
         self.partitions: dict[tuple[str, int], Partition] = {}
+        # in a cluster: where replicas go and who leads; partitions are hosted as the
+        # cluster's metadata assigns them, not as topics are created here
+        self.cluster: ClusterNode | None = None
 
     # -- start-up ----------------------------------------------------------------------
 
     def load(self) -> None:
         """Open the log of every partition the metadata lists (creating missing dirs)."""
+        if self.cluster is not None:
+            return
         for topic in self.metadata.topics.values():
             self._open_topic(topic, range(topic.partitions))
+
+    def host_partition(self, name: str, index: int) -> Partition:
+        """Open (creating) the local log of a partition the cluster assigned here."""
+        topic = self.require_topic(name)
+        plog = self.logs.get_or_create(name, index, topic.uuid, self.log_config(topic))
+        p = self.partitions[(name, index)] = Partition(topic, index, plog)
+        return p
+
+    async def unhost_partition(self, name: str, index: int, *, delete: bool) -> None:
+        """Stop serving a partition the cluster moved away or deleted; drop its log."""
+        p = self.partitions.pop((name, index), None)
+        if p is None:
+            return
+        p.notify()
+        if delete:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.logs.delete_partition, name, index
+            )
 
     def _open_topic(self, topic: TopicInfo, indexes: Iterable[int]) -> None:
         cfg = self.log_config(topic)
@@ -148,7 +182,15 @@ class PartitionManager:
             raise KafkaError(
                 ErrorCode.INVALID_REPLICATION_FACTOR, "replication factor must be >= 1"
             )
-        if replication_factor > 1:
+        if self.cluster is not None:
+            live = len(self.cluster.state.live_brokers())
+            if replication_factor > live:
+                raise KafkaError(
+                    ErrorCode.INVALID_REPLICATION_FACTOR,
+                    f"replication factor {replication_factor} is larger than the {live} "
+                    "available brokers",
+                )
+        elif replication_factor > 1:
             raise KafkaError(
                 ErrorCode.INVALID_REPLICATION_FACTOR,
                 f"replication factor {replication_factor} is larger than the 1 available broker",
@@ -169,10 +211,25 @@ class PartitionManager:
         configs: dict[str, str] | None = None,
         *,
         internal: bool = False,
+        assignment: list[list[int]] | None = None,
     ) -> TopicInfo:
         configs = dict(configs or {})
         if not internal:
             self.validate_new_topic(name, partitions, replication_factor, configs)
+        if self.cluster is not None:
+            if assignment is None:
+                assignment = self.cluster.plan_assignment(partitions, replication_factor, seed=name)
+            else:
+                self.cluster.check_assignment(assignment)
+            state = await self.cluster.create_topic(name, assignment, configs, internal=internal)
+            log.info(
+                "created topic %s (%d partitions, RF %d, id %s)",
+                name,
+                len(assignment),
+                len(assignment[0]),
+                state.topic_id,
+            )
+            return self.require_topic(name)
         topic = await self.metadata.create_topic(
             name, partitions, replication_factor, configs, internal=internal
         )
@@ -188,7 +245,11 @@ class PartitionManager:
         existing = self.metadata.get(name)
         if existing is not None:
             return existing
-        return await self.create_topic(name, b.default_partitions, 1)
+        rf = 1
+        if self.cluster is not None:
+            live = len(self.cluster.state.live_brokers())
+            rf = min(self.config.replication.default_replication_factor, max(live, 1))
+        return await self.create_topic(name, b.default_partitions, rf)
 
     async def delete_topic(self, name: str) -> TopicInfo:
         if not self.config.broker.delete_topic_enable:
@@ -198,6 +259,10 @@ class PartitionManager:
         topic = self.require_topic(name)
         if topic.internal:
             raise KafkaError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"{name} is an internal topic")
+        if self.cluster is not None:
+            await self.cluster.delete_topic(name)
+            log.info("deleted topic %s", name)
+            return topic
         await self.metadata.delete_topic(name)
         loop = asyncio.get_running_loop()
         for i in range(topic.partitions):
@@ -218,15 +283,29 @@ class PartitionManager:
             )
         return topic
 
-    async def add_partitions(self, name: str, total: int) -> TopicInfo:
+    async def add_partitions(
+        self, name: str, total: int, assignment: list[list[int]] | None = None
+    ) -> TopicInfo:
         topic = self.validate_partition_increase(name, total)
         old = topic.partitions
+        if self.cluster is not None:
+            if assignment is None:
+                assignment = self.cluster.plan_assignment(
+                    total - old, topic.replication_factor, first_partition=old, seed=name
+                )
+            else:
+                self.cluster.check_assignment(assignment)
+            await self.cluster.add_partitions(name, assignment)
+            return self.require_topic(name)
         topic = await self.metadata.set_partitions(name, total)
         self._open_topic(topic, range(old, total))
         return topic
 
     async def set_topic_configs(self, name: str, configs: dict[str, str]) -> TopicInfo:
         cfg = self.validate_configs(configs)
+        if self.cluster is not None:
+            await self.cluster.set_configs(name, configs)
+            return self.require_topic(name)
         topic = await self.metadata.set_configs(name, configs)
         for i in range(topic.partitions):
             p = self.partitions.get((name, i))

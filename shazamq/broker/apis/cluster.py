@@ -40,20 +40,36 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 endpoint_type=req.endpoint_type,
                 cluster_id=broker.metadata.cluster_id,
             )
-        host, port = broker.advertised
-        return DescribeClusterResponse(
-            error_code=0,
-            endpoint_type=BROKERS_ENDPOINT,
-            cluster_id=broker.metadata.cluster_id,
-            controller_id=broker.node_id,
-            brokers=[
+        node = broker.cluster
+        if node is not None:
+            brokers = [
+                DescribeClusterBroker(
+                    broker_id=b.broker_id,
+                    host=b.host,
+                    port=b.port,
+                    rack=b.rack,
+                )
+                for b in sorted(node.state.brokers.values(), key=lambda b: b.broker_id)
+                if node.state.is_live(b.broker_id)
+            ]
+            controller = node.controller_id
+        else:
+            host, port = broker.advertised
+            brokers = [
                 DescribeClusterBroker(
                     broker_id=broker.node_id,
                     host=host,
                     port=port,
                     rack=broker.config.broker.rack,
                 )
-            ],
+            ]
+            controller = broker.node_id
+        return DescribeClusterResponse(
+            error_code=0,
+            endpoint_type=BROKERS_ENDPOINT,
+            cluster_id=broker.metadata.cluster_id,
+            controller_id=controller,
+            brokers=brokers,
         )
 
     async def offset_for_leader_epoch(

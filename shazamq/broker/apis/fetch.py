@@ -36,6 +36,7 @@ ZERO_UUID = uuid.UUID(int=0)
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
+    cluster = broker.cluster
     # topic -> its (bytes, messages) counters: label lookups show in profiles
     out_counters: dict[str, tuple[Any, Any]] = {}
 
@@ -82,6 +83,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
         fetch with an error returns at once, as Kafka's does).
         """
         committed = version >= 4 and req.isolation_level == READ_COMMITTED
+        replica_id = req.replica_state.replica_id if version >= 15 else req.replica_id
+        follower = replica_id >= 0 and cluster is not None
         budget = req.max_bytes if version >= 3 else 0x7FFFFFFF
         total = 0
         failed = False
@@ -112,7 +115,14 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 hosted.append(p)
                 lso = plog.last_stable_offset
-                upper = lso if committed else hw
+                if follower:
+                    # the fetch offset is the follower's log end: it has all below it
+                    assert cluster is not None
+                    cluster.follower_fetched(p, replica_id, offset)
+                    hw = plog.high_watermark
+                    upper = plog.log_end_offset
+                else:
+                    upper = lso if committed else hw
                 records = b""
                 aborted = None
                 if offset < upper:

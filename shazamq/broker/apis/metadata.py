@@ -27,8 +27,38 @@ ZERO_UUID = uuid.UUID(int=0)
 
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
+    cluster = broker.cluster
+
+    def describe_replicated(topic: TopicInfo) -> MetadataResponseTopic:
+        """A topic as the cluster's metadata has it: leaders, replicas, ISR, offline."""
+        assert cluster is not None
+        state = cluster.state
+        t = state.topics.get(topic.name)
+        partitions = []
+        for i, p in enumerate(t.partitions if t is not None else ()):
+            offline = [b for b in p.replicas if not state.is_live(b)]
+            partitions.append(
+                MetadataResponsePartition(
+                    error_code=ErrorCode.LEADER_NOT_AVAILABLE if p.leader < 0 else 0,
+                    partition_index=i,
+                    leader_id=p.leader,
+                    leader_epoch=p.leader_epoch,
+                    replica_nodes=list(p.replicas),
+                    isr_nodes=list(p.isr),
+                    offline_replicas=offline,
+                )
+            )
+        return MetadataResponseTopic(
+            error_code=0,
+            name=topic.name,
+            topic_id=topic.uuid,
+            is_internal=topic.internal,
+            partitions=partitions,
+        )
 
     def describe(topic: TopicInfo) -> MetadataResponseTopic:
+        if cluster is not None:
+            return describe_replicated(topic)
         node = broker.node_id
         partitions = []
         for i in range(topic.partitions):
@@ -84,16 +114,26 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     topics.append(missing(wanted.name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
                 else:
                     topics.append(describe(info))
-        host, port = broker.advertised
-        return MetadataResponse(
-            throttle_time_ms=0,
-            brokers=[
+        if cluster is not None:
+            brokers = [
+                MetadataResponseBroker(node_id=b.broker_id, host=b.host, port=b.port, rack=b.rack)
+                for b in sorted(cluster.state.brokers.values(), key=lambda b: b.broker_id)
+                if cluster.state.is_live(b.broker_id)
+            ]
+            controller = cluster.controller_id
+        else:
+            host, port = broker.advertised
+            brokers = [
                 MetadataResponseBroker(
                     node_id=broker.node_id, host=host, port=port, rack=broker.config.broker.rack
                 )
-            ],
+            ]
+            controller = broker.node_id
+        return MetadataResponse(
+            throttle_time_ms=0,
+            brokers=brokers,
             cluster_id=store.cluster_id,
-            controller_id=broker.node_id,
+            controller_id=controller,
             topics=topics,
         )
 

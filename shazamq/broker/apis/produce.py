@@ -6,6 +6,7 @@ into the batch header, one write to the active segment. No record is decoded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from shazamq.protocol.records import RecordError
 
 if TYPE_CHECKING:
     from ..app import Broker
+    from ..partitions import Partition
     from ..server import RequestContext
     from . import Dispatcher
 
@@ -30,6 +32,7 @@ KEY = 0
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
+    cluster = broker.cluster
     # topic -> (bytes in, messages in) counters: a label lookup takes a lock and hashes
     # the label tuple, once per topic per request is enough to show in a profile
     counters: dict[str, tuple[Any, Any]] = {}
@@ -57,6 +60,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
         now = int(time.time() * 1000)
         txn = broker.txn
         responses = []
+        # acks=all in a cluster: (response, partition, future of the high watermark)
+        replicated: list[tuple[PartitionProduceResponse, Partition, asyncio.Future[int]]] = []
         for topic in req.topic_data:
             name = topic.name
             out = []
@@ -74,6 +79,21 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if records is None or len(records) == 0:
                     out.append(error(pd.index, ErrorCode.INVALID_RECORD, "no record batch"))
                     continue
+                role = p.replica
+                if role is not None:
+                    if not role.is_leader:
+                        out.append(error(pd.index, ErrorCode.NOT_LEADER_OR_FOLLOWER))
+                        continue
+                    if acks == -1 and len(role.isr) < cluster_min_isr(p):
+                        out.append(
+                            error(
+                                pd.index,
+                                ErrorCode.NOT_ENOUGH_REPLICAS,
+                                f"{len(role.isr)} in-sync replicas, "
+                                f"min.insync.replicas is {cluster_min_isr(p)}",
+                            )
+                        )
+                        continue
                 try:
                     if req.transactional_id is not None:
                         txn.check_produce(req.transactional_id, p.topic, p.index, records)
@@ -88,22 +108,55 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     p.notify()
                     bytes_in += len(records)
                     msgs_in += info.last_offset - info.base_offset + 1
-                out.append(
-                    PartitionProduceResponse(
-                        index=pd.index,
-                        error_code=0,
-                        base_offset=info.base_offset,
-                        log_append_time_ms=info.log_append_time,
-                        log_start_offset=p.log.log_start_offset,
-                    )
+                resp = PartitionProduceResponse(
+                    index=pd.index,
+                    error_code=0,
+                    base_offset=info.base_offset,
+                    log_append_time_ms=info.log_append_time,
+                    log_start_offset=p.log.log_start_offset,
                 )
+                out.append(resp)
+                if role is not None:
+                    assert cluster is not None
+                    cluster.advance_high_watermark(p)
+                    if acks == -1:
+                        replicated.append((resp, p, role.wait_for_hw(info.last_offset + 1)))
             if bytes_in:
                 c_bytes, c_msgs = topic_counters(name)
                 c_bytes.inc(bytes_in)
                 c_msgs.inc(msgs_in)
             responses.append(TopicProduceResponse(name=name, partition_responses=out))
+        if replicated:
+            await wait_replicated(replicated, req.timeout_ms / 1000)
         if acks == 0:
             return None
         return ProduceResponse(responses=responses, throttle_time_ms=0)
+
+    def cluster_min_isr(p: Partition) -> int:
+        assert cluster is not None
+        return cluster.min_isr(p.topic_info.configs)
+
+    async def wait_replicated(
+        pending: list[tuple[PartitionProduceResponse, Partition, asyncio.Future[int]]],
+        timeout_s: float,
+    ) -> None:
+        """acks=all: answer each partition once its ISR has the records, or with the error."""
+        futures = [fut for _, _, fut in pending]
+        waiting = [f for f in futures if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(timeout_s, 0.001))
+        for resp, p, fut in pending:
+            if not fut.done():
+                fut.cancel()
+                resp.error_code = ErrorCode.REQUEST_TIMED_OUT
+                resp.error_message = "the in-sync replicas did not confirm in time"
+            elif fut.result():
+                resp.error_code = fut.result()
+            elif p.replica is not None and len(p.replica.isr) < cluster_min_isr(p):
+                resp.error_code = ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
+                resp.error_message = "written, but the ISR shrank below min.insync.replicas"
+            else:
+                continue
+            resp.base_offset = -1
 
     d.register(KEY, 3, 11, handle)

@@ -1,0 +1,275 @@
+"""A follower's fetcher: one task per leader broker, pulling every partition it leads for us.
+
+Kafka's replica fetcher thread, as an asyncio task. A partition joins with the leader
+epoch it follows under and first reconciles its log with the leader's
+(OffsetForLeaderEpoch: truncate to the end of our last epoch as the leader knows it), so a
+divergent tail written under an older leader never survives. Then ordinary Fetch requests
+carry our replica id; the leader long-polls them, treats the fetch offset as our log end,
+and answers with whole batches, which are appended with their offsets unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shazamq.broker.log import AppendOrigin
+from shazamq.broker.log.errors import LogError
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from shazamq.protocol.messages.offset_for_leader_epoch_request import (
+    OffsetForLeaderEpochRequest,
+    OffsetForLeaderPartition,
+    OffsetForLeaderTopic,
+)
+from shazamq.protocol.records import RecordError, iter_batches
+
+from .client import BrokerConnectionError, ClientPool
+
+if TYPE_CHECKING:
+    from shazamq.broker.partitions import Partition
+
+log = logging.getLogger(__name__)
+
+FETCH = 1
+FETCH_VERSION = 12  # names, replica id in the body, current leader epoch, log start
+OFFSET_FOR_LEADER_EPOCH = 23
+OFFSET_FOR_LEADER_EPOCH_VERSION = 3  # the first with a replica id
+RETRY_BACKOFF_S = 0.2
+_FENCED = frozenset(
+    {
+        ErrorCode.NOT_LEADER_OR_FOLLOWER,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    }
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    partition: Partition
+    leader_epoch: int
+    truncated: bool = False
+    # errors that only a newer metadata view can clear pause the partition until then
+    paused: bool = False
+
+
+class ReplicaFetcher:
+    """Fetches, for one follower broker, every partition one leader leads."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        leader_id: int,
+        pool: ClientPool,
+        max_bytes: int,
+        max_wait_ms: int,
+        on_fetched: Callable[[Partition], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.leader_id = leader_id
+        self._pool = pool
+        self._max_bytes = max_bytes
+        self._max_wait_ms = max_wait_ms
+        self._on_fetched = on_fetched
+        self._entries: dict[tuple[str, int], _Entry] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, p: Partition, leader_epoch: int) -> None:
+        """Follow `p` under `leader_epoch` (again): reconcile first, then fetch."""
+        self._entries[(p.topic, p.index)] = _Entry(p, leader_epoch)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"replica-fetcher-{self.leader_id}")
+
+    def remove(self, p: Partition) -> None:
+        self._entries.pop((p.topic, p.index), None)
+
+    def following(self, p: Partition) -> bool:
+        return (p.topic, p.index) in self._entries
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            active = [e for e in self._entries.values() if not e.paused]
+            if not active:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                client = await self._pool.get(self.leader_id)
+                pending = [e for e in active if not e.truncated]
+                if pending:
+                    await self._truncate(client, pending)
+                ready = [e for e in self._entries.values() if e.truncated and not e.paused]
+                if ready:
+                    await self._fetch(client, ready)
+            except BrokerConnectionError as exc:
+                log.debug("fetching from broker %d: %s", self.leader_id, exc)
+                self._pool.invalidate(self.leader_id)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica fetcher for leader %d failed; retrying", self.leader_id)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+
+    async def _truncate(self, client, entries: list[_Entry]) -> None:  # type: ignore[no-untyped-def]
+        """Cut each log back to where it agrees with the leader's (KIP-101)."""
+        by_topic: dict[str, list[OffsetForLeaderPartition]] = {}
+        for e in entries:
+            plog = e.partition.log
+            latest = plog.latest_epoch
+            by_topic.setdefault(e.partition.topic, []).append(
+                OffsetForLeaderPartition(
+                    partition=e.partition.index,
+                    current_leader_epoch=e.leader_epoch,
+                    leader_epoch=latest if latest >= 0 else 0,
+                )
+            )
+        req = OffsetForLeaderEpochRequest(
+            replica_id=self.node_id,
+            topics=[OffsetForLeaderTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+        )
+        resp = await client.request(
+            OFFSET_FOR_LEADER_EPOCH, OFFSET_FOR_LEADER_EPOCH_VERSION, req, timeout=10.0
+        )
+        for t in resp.topics:
+            for r in t.partitions:
+                e = self._entries.get((t.topic, r.partition))
+                if e is None or e.truncated:
+                    continue
+                plog = e.partition.log
+                if r.error_code in _FENCED:
+                    e.paused = True
+                    continue
+                if r.error_code:
+                    log.warning(
+                        "%s-%d: OffsetForLeaderEpoch from %d: error %d",
+                        t.topic,
+                        r.partition,
+                        self.leader_id,
+                        r.error_code,
+                    )
+                    continue
+                if plog.latest_epoch < 0:
+                    target = plog.log_end_offset  # nothing written under any epoch yet
+                elif r.end_offset < 0:
+                    # the leader knows no epoch at or below ours: keep only what is committed
+                    target = plog.high_watermark
+                elif r.leader_epoch == plog.latest_epoch:
+                    target = min(r.end_offset, plog.log_end_offset)
+                else:
+                    _, ours = plog.end_offset_for_epoch(r.leader_epoch)
+                    target = min(r.end_offset, ours if ours >= 0 else r.end_offset)
+                if target < plog.log_end_offset:
+                    log.info(
+                        "%s-%d: truncating from %d to %d to match leader %d (epoch %d)",
+                        t.topic,
+                        r.partition,
+                        plog.log_end_offset,
+                        target,
+                        self.leader_id,
+                        e.leader_epoch,
+                    )
+                    await asyncio.get_running_loop().run_in_executor(None, plog.truncate_to, target)
+                e.truncated = True
+
+    async def _fetch(self, client, entries: list[_Entry]) -> None:  # type: ignore[no-untyped-def]
+        by_topic: dict[str, list[FetchPartition]] = {}
+        for e in entries:
+            plog = e.partition.log
+            by_topic.setdefault(e.partition.topic, []).append(
+                FetchPartition(
+                    partition=e.partition.index,
+                    current_leader_epoch=e.leader_epoch,
+                    fetch_offset=plog.log_end_offset,
+                    log_start_offset=plog.log_start_offset,
+                    partition_max_bytes=self._max_bytes,
+                )
+            )
+        req = FetchRequest(
+            replica_id=self.node_id,
+            max_wait_ms=self._max_wait_ms,
+            min_bytes=1,
+            max_bytes=self._max_bytes * max(len(entries), 1),
+            isolation_level=0,
+            session_id=0,
+            session_epoch=-1,
+            topics=[FetchTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+        )
+        resp = await client.request(
+            FETCH, FETCH_VERSION, req, timeout=self._max_wait_ms / 1000 + 15.0
+        )
+        if resp.error_code:
+            raise BrokerConnectionError(f"fetch from {self.leader_id}: error {resp.error_code}")
+        for t in resp.responses:
+            for pd in t.partitions:
+                e = self._entries.get((t.topic, pd.partition_index))
+                if e is None or not e.truncated:
+                    continue
+                self._apply(e, pd)
+
+    def _apply(self, e: _Entry, pd) -> None:  # type: ignore[no-untyped-def]
+        p = e.partition
+        plog = p.log
+        code = pd.error_code
+        if code in _FENCED:
+            e.paused = True  # resumes when the controller's next view re-adds it
+            return
+        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
+            if plog.log_end_offset < pd.log_start_offset:
+                # the leader deleted what we would need next: start where it starts
+                plog.truncate_fully_and_start_at(pd.log_start_offset)
+            else:
+                e.truncated = False  # reconcile again
+            return
+        if code:
+            log.warning(
+                "%s-%d: fetch error %d from leader %d", p.topic, p.index, code, self.leader_id
+            )
+            return
+        data = pd.records
+        if data:
+            view = memoryview(data)
+            end = 0
+            for pos, header in iter_batches(view, allow_partial=True):
+                if header.base_offset < plog.log_end_offset:
+                    continue
+                end = pos + header.size
+            start = 0
+            for pos, header in iter_batches(view, allow_partial=True):
+                if header.base_offset >= plog.log_end_offset:
+                    start = pos
+                    break
+            if end > start:
+                try:
+                    plog.append(view[start:end], origin=AppendOrigin.REPLICATION)
+                except (LogError, RecordError) as exc:
+                    log.error("%s-%d: cannot append replicated batches: %s", p.topic, p.index, exc)
+                    e.truncated = False
+                    return
+        plog.high_watermark = min(pd.high_watermark, plog.log_end_offset)
+        if plog.log_start_offset < pd.log_start_offset <= plog.high_watermark:
+            # the leader's retention or DeleteRecords moved its log start: follow it
+            plog.delete_records_before(pd.log_start_offset)
+        if self._on_fetched is not None:
+            self._on_fetched(p)

@@ -1,0 +1,531 @@
+"""This broker's membership of a cluster: the metadata image, its roles, and the controller.
+
+`ClusterNode` owns the metadata quorum client, the broker's copy of the cluster state
+(built by applying the same committed records as every other node), the replica fetchers
+and the active controller's duties. Each committed record is applied on the event loop;
+the partitions it touched are reconciled at once: a partition this broker now leads
+starts tracking its followers, one it follows is reconciled with its leader and fetched,
+one it no longer hosts is stopped and removed.
+
+The active controller is the quorum's Raft leader. It fences brokers whose heartbeats
+stopped (their leaderships move to in-sync replicas), moves leadership back to preferred
+replicas, and sets the cluster id. Decisions are records applied deterministically by
+`state.ClusterState`; the controller only proposes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shazamq.broker.cluster.metadata import new_cluster_id
+from shazamq.protocol.errors import ErrorCode, KafkaError
+
+from . import records as r
+from .client import ClientPool
+from .fetcher import ReplicaFetcher
+from .placement import assign_replicas, validate_assignment
+from .quorum import MetadataQuorum, QuorumUnavailable
+from .replica import ReplicaRole
+from .state import ClusterState, PartitionInfo, TopicState
+
+if TYPE_CHECKING:
+    from shazamq.broker.partitions import Partition, PartitionManager
+    from shazamq.config import BrokerConfig
+
+log = logging.getLogger(__name__)
+
+PROPOSE_TIMEOUT_S = 8.0
+
+
+class ClusterNode:
+    """One broker's part in the cluster."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        node_id: int,
+        data_dir,
+        advertised: Callable[[], tuple[str, int]],
+        partitions: PartitionManager,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.incarnation = uuid.uuid4().hex
+        self._advertised = advertised
+        self.partitions = partitions
+        cc = config.cluster
+        self.voters = cc.voter_map()
+        rep = config.replication
+        self.min_isr_default = rep.min_insync_replicas
+        self.lag_max_s = rep.replica_lag_time_max_ms / 1000
+        self.state = ClusterState(unclean_default=rep.unclean_leader_election_enable)
+        self.quorum = MetadataQuorum(
+            node_id=node_id,
+            voters=self.voters,
+            bind_host=cc.quorum_host,
+            journal_dir=data_dir / "__cluster_metadata" / "quorum",
+            secret=cc.read_secret(),
+            machine=ClusterState(unclean_default=rep.unclean_leader_election_enable),
+            on_apply=self._on_apply,
+            on_restore=self._on_restore,
+            on_leadership=self._on_leadership,
+        )
+        self.pool = ClientPool(self._broker_address)
+        self.fetchers: dict[int, ReplicaFetcher] = {}
+        self.registered = asyncio.Event()
+        # controller bookkeeping: monotonic time each broker was last heard of
+        self._last_seen: dict[int, float] = {}
+        self._controller_since: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[object]] = set()
+        self._stopping = False
+        # listeners told about topic-level changes (the metadata adapter)
+        self.on_topics_changed: list[Callable[[set[str], list[TopicState]], None]] = []
+        self.on_partition_role: list[Callable[[Partition, bool], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.quorum.start()
+        self._tasks.append(asyncio.create_task(self._membership_loop(), name="cluster-member"))
+        self._tasks.append(asyncio.create_task(self._controller_loop(), name="cluster-controller"))
+        self._tasks.append(asyncio.create_task(self._isr_loop(), name="cluster-isr"))
+
+    async def controlled_shutdown(self, timeout_s: float) -> None:
+        """Move this broker's leaderships away before it stops (Kafka's controlled shutdown)."""
+        if not self.registered.is_set():
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            await self.propose(
+                r.ControlledShutdown(broker_id=self.node_id, incarnation=self.incarnation),
+                timeout=max(timeout_s, 0.5),
+            )
+        except KafkaError as exc:
+            log.warning("controlled shutdown not acknowledged: %s", exc.message)
+            return
+        while time.monotonic() < deadline and self.leader_count() > 0:
+            await asyncio.sleep(0.05)
+        led = self.leader_count()
+        if led:
+            log.warning("controlled shutdown: still leading %d partitions", led)
+        else:
+            log.info("controlled shutdown: leaderships moved away")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for task in list(self._background):
+            task.cancel()
+        for f in self.fetchers.values():
+            await f.stop()
+        self.fetchers.clear()
+        await self.pool.close()
+        await self.quorum.stop()
+
+    # -- queries -----------------------------------------------------------------------
+
+    @property
+    def controller_id(self) -> int:
+        leader = self.quorum.leader_id
+        return leader if leader is not None else -1
+
+    def leader_count(self) -> int:
+        return sum(
+            1 for t in self.state.topics.values() for p in t.partitions if p.leader == self.node_id
+        )
+
+    def _broker_address(self, node_id: int) -> tuple[str, int] | None:
+        b = self.state.brokers.get(node_id)
+        return (b.host, b.port) if b is not None else None
+
+    def min_isr(self, topic_configs: dict[str, str]) -> int:
+        value = topic_configs.get("min.insync.replicas")
+        return int(value) if value is not None else self.min_isr_default
+
+    # -- proposing ---------------------------------------------------------------------
+
+    async def propose(self, record: r.Record, timeout: float = PROPOSE_TIMEOUT_S) -> int:
+        """Commit a record; its result code. KafkaError when the quorum cannot be reached."""
+        try:
+            return await self.quorum.propose(r.encode(record), timeout=timeout)
+        except QuorumUnavailable as exc:
+            raise KafkaError(
+                ErrorCode.REQUEST_TIMED_OUT, f"metadata quorum unavailable: {exc}"
+            ) from None
+
+    def _propose_soon(self, record: r.Record) -> None:
+        async def go() -> None:
+            try:
+                code = await self.propose(record)
+                if code:
+                    log.debug("%s rejected: %d", type(record).__name__, code)
+            except KafkaError as exc:
+                log.debug("%s not committed: %s", type(record).__name__, exc.message)
+
+        task = asyncio.create_task(go())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- topic admin (called through the metadata adapter) -------------------------------
+
+    def plan_assignment(
+        self, partitions: int, replication_factor: int, first_partition: int = 0, seed: str = ""
+    ) -> list[list[int]]:
+        live = self.state.live_brokers()
+        start = random.Random(seed).randrange(max(len(live), 1)) if seed else 0
+        return assign_replicas(
+            live, partitions, replication_factor, start=start, first_partition=first_partition
+        )
+
+    def check_assignment(self, assignment: list[list[int]]) -> None:
+        validate_assignment(assignment, self.state.brokers)
+
+    async def create_topic(
+        self,
+        name: str,
+        assignment: list[list[int]],
+        configs: dict[str, str],
+        *,
+        internal: bool = False,
+    ) -> TopicState:
+        code = await self.propose(
+            r.CreateTopic(
+                name=name,
+                topic_id=uuid.uuid4().hex,
+                assignment=assignment,
+                configs=configs,
+                internal=internal,
+            )
+        )
+        if code:
+            raise KafkaError(code, f"creating topic {name!r} was rejected")
+        return self.state.topics[name]
+
+    async def delete_topic(self, name: str) -> TopicState:
+        t = self.state.topics.get(name)
+        if t is None:
+            raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        code = await self.propose(r.DeleteTopic(name=name, topic_id=t.topic_id))
+        if code:
+            raise KafkaError(code, f"deleting topic {name!r} was rejected")
+        return t
+
+    async def add_partitions(self, name: str, assignment: list[list[int]]) -> TopicState:
+        t = self.state.topics[name]
+        code = await self.propose(
+            r.CreatePartitions(name=name, topic_id=t.topic_id, assignment=assignment)
+        )
+        if code:
+            raise KafkaError(code, f"adding partitions to {name!r} was rejected")
+        return self.state.topics[name]
+
+    async def set_configs(self, name: str, configs: dict[str, str]) -> TopicState:
+        t = self.state.topics[name]
+        code = await self.propose(
+            r.SetTopicConfigs(name=name, topic_id=t.topic_id, configs=configs)
+        )
+        if code:
+            raise KafkaError(code, f"changing the configs of {name!r} was rejected")
+        return self.state.topics[name]
+
+    async def allocate_producer_ids(self, count: int) -> int:
+        """The first id of a fresh block of `count`, unique in the cluster."""
+        for _ in range(20):
+            start = self.state.next_producer_id
+            code = await self.propose(
+                r.AllocateProducerIds(broker_id=self.node_id, start=start, count=count)
+            )
+            if code == 0:
+                return start
+            await asyncio.sleep(0.01)
+        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not allocate producer ids")
+
+    async def elect_preferred(self, partitions: list[tuple[str, int]]) -> None:
+        await self.propose(r.ElectLeaders(partitions=partitions))
+
+    # -- applying the log ----------------------------------------------------------------
+
+    def _on_apply(self, data: bytes) -> None:
+        self.state.apply(data)
+        try:
+            rec = r.decode(data)
+        except Exception:
+            rec = None
+        if isinstance(rec, r.BrokerHeartbeat | r.RegisterBroker):
+            self._last_seen[rec.broker_id] = time.monotonic()
+            if (
+                isinstance(rec, r.RegisterBroker)
+                and rec.broker_id == self.node_id
+                and rec.incarnation == self.incarnation
+            ):
+                self.registered.set()
+        self._react()
+
+    def _on_restore(self, data: bytes) -> None:
+        self.state.restore(data)
+        now = time.monotonic()
+        for b in self.state.brokers:
+            self._last_seen.setdefault(b, now)
+        self._react()
+
+    def _on_leadership(self, leader: bool) -> None:
+        if leader:
+            now = time.monotonic()
+            # a new controller gives every broker a full session before fencing it
+            self._last_seen = dict.fromkeys(self.state.brokers, now)
+            self._controller_since = now
+            log.info("broker %d is the active controller", self.node_id)
+        else:
+            self._controller_since = None
+
+    def _react(self) -> None:
+        changes = self.state.take_changes()
+        if not changes:
+            return
+        if changes.topics or changes.deleted_topics:
+            for listener in self.on_topics_changed:
+                listener(changes.topics, changes.deleted_topics)
+        for t in changes.deleted_topics:
+            for i in range(len(t.partitions)):
+                self._stop_hosting(t.name, i, delete=True)
+        for topic_id, index in sorted(changes.partitions):
+            t = self.state.by_id.get(topic_id)
+            if t is None:
+                continue
+            self._reconcile(t, index, t.partitions[index])
+
+    def _reconcile(self, t: TopicState, index: int, info: PartitionInfo) -> None:
+        parts = self.partitions
+        if self.node_id not in info.replicas:
+            self._stop_hosting(t.name, index, delete=True)
+            return
+        p = parts.get(t.name, index)
+        now = time.monotonic()
+        if p is None:
+            p = parts.host_partition(t.name, index)
+        role = p.replica
+        if role is None:
+            role = p.replica = ReplicaRole(
+                broker_id=self.node_id,
+                topic_id=t.topic_id,
+                replicas=[],
+                isr=[],
+                leader=-2,
+                leader_epoch=-1,
+                partition_epoch=-1,
+            )
+        changed, epoch_changed = role.update(info, now)
+        p.leader_epoch = info.leader_epoch
+        if role.is_leader:
+            if changed or epoch_changed:
+                self._unfollow(p)
+                log.info(
+                    "%s-%d: leader at epoch %d, ISR %s", t.name, index, info.leader_epoch, info.isr
+                )
+                for listener in self.on_partition_role:
+                    listener(p, True)
+            self.advance_high_watermark(p)
+        else:
+            if changed or epoch_changed:
+                role.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                p.notify()
+                self._unfollow(p)
+                if info.leader >= 0:
+                    self._fetcher(info.leader).add(p, info.leader_epoch)
+                if changed:
+                    for listener in self.on_partition_role:
+                        listener(p, False)
+
+    def _stop_hosting(self, name: str, index: int, *, delete: bool) -> None:
+        p = self.partitions.get(name, index)
+        if p is None:
+            return
+        self._unfollow(p)
+        if p.replica is not None:
+            p.replica.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+            for listener in self.on_partition_role:
+                listener(p, False)
+        task = asyncio.create_task(self.partitions.unhost_partition(name, index, delete=delete))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _fetcher(self, leader: int) -> ReplicaFetcher:
+        f = self.fetchers.get(leader)
+        if f is None:
+            rep = self.config.replication
+            f = self.fetchers[leader] = ReplicaFetcher(
+                node_id=self.node_id,
+                leader_id=leader,
+                pool=self.pool,
+                max_bytes=rep.replica_fetch_max_bytes,
+                max_wait_ms=rep.replica_fetch_wait_max_ms,
+            )
+        return f
+
+    def _unfollow(self, p: Partition) -> None:
+        for f in self.fetchers.values():
+            f.remove(p)
+
+    # -- the leader's side of replication ------------------------------------------------
+
+    def advance_high_watermark(self, p: Partition) -> None:
+        """Move the high watermark to what every ISR member has; wake who waits on it."""
+        role = p.replica
+        assert role is not None
+        plog = p.log
+        hw = role.high_watermark(plog.log_end_offset)
+        if hw > plog.high_watermark:
+            plog.high_watermark = hw
+            role.release_waiters(plog.high_watermark)
+            p.notify()
+
+    def follower_fetched(self, p: Partition, follower: int, fetch_offset: int) -> None:
+        """A follower's fetch reached the leader: its position, the HW, maybe the ISR."""
+        role = p.replica
+        if role is None or not role.is_leader:
+            return
+        plog = p.log
+        role.record_fetch(follower, fetch_offset, plog.log_end_offset, time.monotonic())
+        self.advance_high_watermark(p)
+        if not role.isr_change_pending and follower not in role.isr:
+            add = role.isr_to_add(plog.high_watermark)
+            if add:
+                self._alter_isr(p, role.isr + add)
+
+    def _alter_isr(self, p: Partition, isr: list[int]) -> None:
+        role = p.replica
+        assert role is not None
+        role.isr_change_pending = True
+        log.info("%s-%d: proposing ISR %s (was %s)", p.topic, p.index, isr, role.isr)
+        self._propose_soon(
+            r.AlterPartition(
+                topic_id=role.topic_id,
+                partition=p.index,
+                leader_id=self.node_id,
+                leader_epoch=role.leader_epoch,
+                partition_epoch=role.partition_epoch,
+                isr=isr,
+            )
+        )
+
+        def clear() -> None:
+            role.isr_change_pending = False
+
+        asyncio.get_running_loop().call_later(PROPOSE_TIMEOUT_S, clear)
+
+    async def _isr_loop(self) -> None:
+        """Drop followers that stopped keeping up (replica.lag.time.max.ms)."""
+        interval = max(min(self.lag_max_s / 2, 5.0), 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for p in list(self.partitions.partitions.values()):
+                role = p.replica
+                if role is None or not role.is_leader or role.isr_change_pending:
+                    continue
+                drop = role.isr_to_drop(now, self.lag_max_s)
+                if drop:
+                    self._alter_isr(p, [b for b in role.isr if b not in drop])
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def _membership_loop(self) -> None:
+        """Register this incarnation, then heartbeat; re-register if the cluster forgot us."""
+        cc = self.config.cluster
+        interval = cc.heartbeat_interval_ms / 1000
+        while True:
+            try:
+                if self.state.cluster_id is None and self.quorum.leader_id is not None:
+                    configured = self.config.broker.cluster_id
+                    await self.propose(r.InitCluster(cluster_id=configured or new_cluster_id()))
+                if self.state.cluster_id is not None and self.config.broker.cluster_id not in (
+                    None,
+                    self.state.cluster_id,
+                ):
+                    log.error(
+                        "configured cluster_id %s differs from the cluster's %s; not joining",
+                        self.config.broker.cluster_id,
+                        self.state.cluster_id,
+                    )
+                    await asyncio.sleep(5.0)
+                    continue
+                if not self.registered.is_set():
+                    host, port = self._advertised()
+                    await self.propose(
+                        r.RegisterBroker(
+                            broker_id=self.node_id,
+                            incarnation=self.incarnation,
+                            host=host,
+                            port=port,
+                            rack=self.config.broker.rack,
+                        )
+                    )
+                    if self.registered.is_set():
+                        log.info("broker %d registered with the cluster", self.node_id)
+                else:
+                    code = await self.propose(
+                        r.BrokerHeartbeat(broker_id=self.node_id, incarnation=self.incarnation),
+                        timeout=max(interval * 3, 1.0),
+                    )
+                    if code == ErrorCode.STALE_BROKER_EPOCH and not self._stopping:
+                        self.registered.clear()
+                        continue
+            except KafkaError as exc:
+                log.debug("membership: %s", exc.message)
+            await asyncio.sleep(interval)
+
+    # -- the active controller -------------------------------------------------------------
+
+    async def _controller_loop(self) -> None:
+        cc = self.config.cluster
+        rep = self.config.replication
+        session_s = cc.session_timeout_ms / 1000
+        interval = cc.heartbeat_interval_ms / 1000
+        rebalance_s = rep.leader_imbalance_check_interval_ms / 1000
+        last_rebalance = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.quorum.is_leader or self._controller_since is None:
+                continue
+            now = time.monotonic()
+            for b in list(self.state.brokers.values()):
+                if b.fenced:
+                    continue
+                seen = self._last_seen.get(b.broker_id, self._controller_since)
+                if now - seen > session_s:
+                    log.warning(
+                        "fencing broker %d: no heartbeat for %.1fs", b.broker_id, now - seen
+                    )
+                    self._propose_soon(
+                        r.FenceBroker(broker_id=b.broker_id, incarnation=b.incarnation)
+                    )
+            if rep.auto_leader_rebalance_enable and now - last_rebalance >= rebalance_s:
+                last_rebalance = now
+                wanted = self.imbalanced_partitions()
+                if wanted:
+                    log.info("moving %d leaderships back to preferred replicas", len(wanted))
+                    self._propose_soon(r.ElectLeaders(partitions=wanted))
+
+    def imbalanced_partitions(self) -> list[tuple[str, int]]:
+        live = self.state.live_brokers()
+        out = []
+        for t in self.state.topics.values():
+            for i, p in enumerate(t.partitions):
+                preferred = p.replicas[0]
+                if p.leader != preferred and preferred in p.isr and preferred in live:
+                    out.append((t.topic_id, i))
+        return out

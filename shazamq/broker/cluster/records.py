@@ -1,0 +1,142 @@
+"""The records of the replicated metadata log: versioned msgspec structs, never pickles.
+
+Each record is a tagged struct (the tag names the record type, ``v`` its schema version),
+encoded with msgspec's MessagePack. A record states an intent with every input its
+outcome depends on (the proposer's chosen replica assignment, the epochs it saw, the
+broker incarnation), so applying it is deterministic on every node: the state machine in
+``state.py`` decides, the controller only proposes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class _Record(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    v: int = 1
+
+
+class InitCluster(_Record, tag="init_cluster"):
+    """The cluster id; the first one committed wins, later ones are rejected."""
+
+    cluster_id: str
+
+
+class RegisterBroker(_Record, tag="register_broker"):
+    """A broker (re)starting: a new incarnation replaces the old one and unfences it."""
+
+    broker_id: int
+    incarnation: str
+    host: str
+    port: int
+    rack: str | None = None
+
+
+class BrokerHeartbeat(_Record, tag="broker_heartbeat"):
+    """Proof of life of one incarnation; also unfences a fenced broker that is back."""
+
+    broker_id: int
+    incarnation: str
+
+
+class FenceBroker(_Record, tag="fence_broker"):
+    """The controller saw no heartbeat for the session timeout: leaderships move away."""
+
+    broker_id: int
+    incarnation: str
+
+
+class ControlledShutdown(_Record, tag="controlled_shutdown"):
+    """A broker stopping on purpose: its leaderships move first, then it leaves the ISRs."""
+
+    broker_id: int
+    incarnation: str
+
+
+class CreateTopic(_Record, tag="create_topic"):
+    name: str
+    topic_id: str  # 32 hex digits
+    assignment: list[list[int]]  # replicas of each partition, preferred leader first
+    configs: dict[str, str] = msgspec.field(default_factory=dict)
+    internal: bool = False
+
+
+class DeleteTopic(_Record, tag="delete_topic"):
+    name: str
+    topic_id: str
+
+
+class CreatePartitions(_Record, tag="create_partitions"):
+    name: str
+    topic_id: str
+    assignment: list[list[int]]  # replicas of each new partition, in order
+
+
+class SetTopicConfigs(_Record, tag="set_topic_configs"):
+    name: str
+    topic_id: str
+    configs: dict[str, str]
+
+
+class AlterPartition(_Record, tag="alter_partition"):
+    """The leader's ISR change, valid only at the epochs it was decided under."""
+
+    topic_id: str
+    partition: int
+    leader_id: int
+    leader_epoch: int
+    partition_epoch: int
+    isr: list[int]
+
+
+class ElectLeaders(_Record, tag="elect_leaders"):
+    """Move leadership to the preferred replica where it is in sync and alive."""
+
+    partitions: list[tuple[str, int]]  # (topic id, partition)
+    # unclean elections pick any live replica when none in sync is alive
+    unclean: bool = False
+
+
+class Reassign(_Record, tag="reassign"):
+    """Start (target set) or cancel (target None) moving a partition's replicas."""
+
+    topic_id: str
+    partition: int
+    target: list[int] | None
+
+
+class AllocateProducerIds(_Record, tag="allocate_producer_ids"):
+    """A block of producer ids for one broker; valid only if `start` is still the next free."""
+
+    broker_id: int
+    start: int
+    count: int
+
+
+Record = (
+    InitCluster
+    | RegisterBroker
+    | BrokerHeartbeat
+    | FenceBroker
+    | ControlledShutdown
+    | CreateTopic
+    | DeleteTopic
+    | CreatePartitions
+    | SetTopicConfigs
+    | AlterPartition
+    | ElectLeaders
+    | Reassign
+    | AllocateProducerIds
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def encode(record: Record) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes) -> Record:
+    """Raises msgspec.DecodeError / ValidationError for bytes that are not a record."""
+    return _decoder.decode(data)
