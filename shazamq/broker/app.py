@@ -33,6 +33,7 @@ from .apis import (
     list_offsets,
     metadata,
     produce,
+    replication,
     topics,
 )
 from .apis import groups as groups_api
@@ -186,6 +187,7 @@ class Broker:
             topics,
             configs,
             cluster,
+            replication,
             groups_api,
             txn_api,
         ]
@@ -215,6 +217,8 @@ class Broker:
         if cfg.metrics.enabled:
             self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
         self.metrics.add_probe(self._partition_probe)
+        if self.cluster is not None:
+            self.metrics.add_probe(self.cluster.probe)
         self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="maintenance"))
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
         self.metrics.state = BrokerState.RUNNING

@@ -18,6 +18,8 @@ from shazamq.protocol.messages.fetch_response import (
     AbortedTransaction,
     FetchableTopicResponse,
     FetchResponse,
+    LeaderIdAndEpoch,
+    NodeEndpoint,
     PartitionData,
 )
 from shazamq.protocol.records import iter_batches
@@ -74,8 +76,40 @@ def register(d: Dispatcher, broker: Broker) -> None:
             records=b"",
         )
 
+    def follower_epoch_error(p: Partition, current_epoch: int) -> int:
+        role = p.replica
+        if role is None or role.leader < 0 or cluster is None or role.broker_id not in role.isr:
+            return ErrorCode.NOT_LEADER_OR_FOLLOWER
+        if current_epoch < 0 or current_epoch == p.leader_epoch:
+            return 0
+        return (
+            ErrorCode.FENCED_LEADER_EPOCH
+            if current_epoch < p.leader_epoch
+            else ErrorCode.UNKNOWN_LEADER_EPOCH
+        )
+
+    def preferred_replica(p: Partition, rack: str) -> int:
+        """An in-sync live replica in the client's rack when the leader is not in it, or -1."""
+        assert cluster is not None and p.replica is not None
+        if broker.config.broker.rack == rack:
+            return -1
+        state = cluster.state
+        for b in p.replica.isr:
+            info = state.brokers.get(b)
+            if b != broker.node_id and info is not None and info.rack == rack and state.is_live(b):
+                return b
+        return -1
+
+    def redirect(index: int, hint: tuple[int, int], redirects: set[int]) -> PartitionData:
+        """NOT_LEADER_OR_FOLLOWER for a partition hosted elsewhere, naming its leader."""
+        pe = partition_error(index, ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        if hint[0] >= 0:
+            pe.current_leader = LeaderIdAndEpoch(leader_id=hint[0], leader_epoch=hint[1])
+            redirects.add(hint[0])
+        return pe
+
     def read(
-        req: FetchRequest, version: int, hosted: list[Partition]
+        req: FetchRequest, version: int, hosted: list[Partition], redirects: set[int]
     ) -> tuple[list[FetchableTopicResponse], int]:
         """Read every requested partition; `hosted` collects the ones to wait on.
 
@@ -85,6 +119,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
         committed = version >= 4 and req.isolation_level == READ_COMMITTED
         replica_id = req.replica_state.replica_id if version >= 15 else req.replica_id
         follower = replica_id >= 0 and cluster is not None
+        # consumers that know KIP-392 (v11+) may read followers and be sent to one
+        read_follower = cluster is not None and not follower and version >= 11
+        client_rack = req.rack_id if read_follower else ""
         budget = req.max_bytes if version >= 3 else 0x7FFFFFFF
         total = 0
         failed = False
@@ -101,11 +138,28 @@ def register(d: Dispatcher, broker: Broker) -> None:
             for fp in ft.partitions:
                 p = parts.get(name, fp.partition) if name is not None else None
                 if p is None:
+                    if name is not None and cluster is not None:
+                        hint = cluster.leader_hint(name, fp.partition)
+                        if hint is not None:
+                            out.append(redirect(fp.partition, hint, redirects))
+                            continue
                     out.append(partition_error(fp.partition, unknown))
                     continue
-                code = p.epoch_error(fp.current_leader_epoch if version >= 9 else -1)
+                current_epoch = fp.current_leader_epoch if version >= 9 else -1
+                code = p.epoch_error(current_epoch)
+                if code == ErrorCode.NOT_LEADER_OR_FOLLOWER and read_follower:
+                    # KIP-392: a consumer may read an in-sync follower up to its HW
+                    code = follower_epoch_error(p, current_epoch)
                 if code:
-                    out.append(partition_error(fp.partition, code, p))
+                    pe = partition_error(fp.partition, code, p)
+                    if cluster is not None and p.replica is not None:
+                        role = p.replica
+                        if role.leader >= 0:
+                            pe.current_leader = LeaderIdAndEpoch(
+                                leader_id=role.leader, leader_epoch=role.leader_epoch
+                            )
+                            redirects.add(role.leader)
+                    out.append(pe)
                     continue
                 plog = p.log
                 offset = fp.fetch_offset
@@ -123,6 +177,21 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     upper = plog.log_end_offset
                 else:
                     upper = lso if committed else hw
+                    if client_rack and p.replica is not None and p.replica.is_leader:
+                        preferred = preferred_replica(p, client_rack)
+                        if preferred >= 0:
+                            out.append(
+                                PartitionData(
+                                    partition_index=fp.partition,
+                                    error_code=0,
+                                    high_watermark=hw,
+                                    last_stable_offset=lso,
+                                    log_start_offset=plog.log_start_offset,
+                                    preferred_read_replica=preferred,
+                                    records=b"",
+                                )
+                            )
+                            continue
                 records = b""
                 aborted = None
                 if offset < upper:
@@ -174,14 +243,27 @@ def register(d: Dispatcher, broker: Broker) -> None:
             )
         deadline = ctx.received_at + max(req.max_wait_ms, 0) / 1000.0
         min_bytes = req.min_bytes
+        redirects: set[int] = set()
         while True:
             hosted: list[Partition] = []
-            topics, total = read(req, version, hosted)
+            topics, total = read(req, version, hosted, redirects)
             remaining = deadline - time.monotonic()
             if total < 0 or total >= min_bytes or remaining <= 0 or not hosted:
                 break
             await parts.wait_for_data(hosted, remaining)
         count_out(topics)
-        return FetchResponse(throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
+        endpoints = []
+        if redirects and cluster is not None:
+            for node in sorted(redirects):
+                ep = cluster.endpoint(node)
+                if ep is not None:
+                    endpoints.append(NodeEndpoint(node_id=node, host=ep[0], port=ep[1], rack=ep[2]))
+        return FetchResponse(
+            throttle_time_ms=0,
+            error_code=0,
+            session_id=0,
+            responses=topics,
+            node_endpoints=endpoints,
+        )
 
     d.register(KEY, 4, 17, handle)

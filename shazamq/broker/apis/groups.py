@@ -20,6 +20,12 @@ ListGroups 16       0-5       v4 state filter, v5 type filter
 DeleteGroups 42     0-2
 OffsetDelete 47     0
 ==================  ========  ====================================================
+
+FindCoordinator names this broker on a single broker (once its coordinators loaded).
+In a cluster it names the broker leading the key's partition of ``__consumer_offsets``
+or ``__transaction_state``, with the address that broker registered; the first lookup
+creates the topic, and until it exists with a leader for that partition the answer is
+COORDINATOR_NOT_AVAILABLE, which clients retry.
 """
 
 from __future__ import annotations
@@ -90,7 +96,6 @@ __all__ = ["register"]
 
 COORDINATOR_TYPE_GROUP = 0
 COORDINATOR_TYPE_TRANSACTION = 1
-TRANSACTION_STATE_TOPIC = "__transaction_state"
 # DescribeGroups authorized operations with no authorizer: READ, DELETE, DESCRIBE.
 _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 _NOT_REQUESTED = -(2**31)
@@ -113,52 +118,65 @@ def _by_topic(
     return out
 
 
+def _nowhere(code: int, message: str) -> tuple[int, str | None, int, str, int]:
+    return int(code), message, -1, "", -1
+
+
 def register(d: Dispatcher, broker: Broker) -> None:
     coordinator = broker.groups
 
     # -- FindCoordinator --------------------------------------------------------------
 
-    def locate(key: str, key_type: int) -> tuple[int, str | None]:
+    def locate(key: str, key_type: int) -> tuple[int, str | None, int, str, int]:
+        """(error, message, node id, host, port) of the coordinator of ``key``."""
         if key_type == COORDINATOR_TYPE_GROUP:
             ready = coordinator.loaded
+            topic = coordinator.store.topic
         elif key_type == COORDINATOR_TYPE_TRANSACTION:
             ready = broker.txn.loaded
+            topic = broker.txn.topic
             if not key:
-                return int(ErrorCode.INVALID_REQUEST), "a transactional id must not be empty"
+                return _nowhere(ErrorCode.INVALID_REQUEST, "a transactional id must not be empty")
         else:
-            return int(ErrorCode.INVALID_REQUEST), f"unknown coordinator key type {key_type}"
-        if not ready:
-            return int(ErrorCode.COORDINATOR_NOT_AVAILABLE), "the coordinator is loading"
-        return 0, None
+            return _nowhere(ErrorCode.INVALID_REQUEST, f"unknown coordinator key type {key_type}")
+        cluster = broker.cluster
+        if cluster is None:
+            if not ready:
+                return _nowhere(ErrorCode.COORDINATOR_NOT_AVAILABLE, "the coordinator is loading")
+            host, port = broker.advertised
+            return 0, None, broker.node_id, host, port
+        node = topic.coordinator_of(key)
+        if node < 0:
+            return _nowhere(
+                ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic.name} has no leader for this key yet"
+            )
+        b = cluster.state.brokers.get(node)
+        if b is None or b.fenced:
+            return _nowhere(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"broker {node} is not available")
+        return 0, None, node, b.host, b.port
 
     async def find_coordinator(
         ctx: RequestContext, req: FindCoordinatorRequest
     ) -> FindCoordinatorResponse:
-        host, port = broker.advertised
-        node = broker.node_id
         key_type = req.key_type if ctx.api_version >= 1 else COORDINATOR_TYPE_GROUP
         if ctx.api_version >= 4:
             coordinators = []
             for key in req.coordinator_keys:
-                code, message = locate(key, key_type)
+                code, message, node, host, port = locate(key, key_type)
                 coordinators.append(
                     Coordinator(
                         key=key,
-                        node_id=node if not code else -1,
-                        host=host if not code else "",
-                        port=port if not code else -1,
+                        node_id=node,
+                        host=host,
+                        port=port,
                         error_code=code,
                         error_message=message,
                     )
                 )
             return FindCoordinatorResponse(coordinators=coordinators)
-        code, message = locate(req.key, key_type)
+        code, message, node, host, port = locate(req.key, key_type)
         return FindCoordinatorResponse(
-            error_code=code,
-            error_message=message,
-            node_id=node if not code else -1,
-            host=host if not code else "",
-            port=port if not code else -1,
+            error_code=code, error_message=message, node_id=node, host=host, port=port
         )
 
     # -- JoinGroup / SyncGroup / Heartbeat / LeaveGroup -------------------------------
@@ -254,7 +272,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     metadata=p.committed_metadata,
                     commit_timestamp=p.commit_timestamp if v == 1 else -1,
                 )
-        results = coordinator.commit_offsets(
+        results = await coordinator.commit_offsets_async(
             group_id=req.group_id,
             generation_id=req.generation_id_or_member_epoch if v >= 1 else -1,
             member_id=req.member_id if v >= 1 else "",

@@ -14,6 +14,8 @@ from shazamq.broker.log.errors import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.produce_request import ProduceRequest
 from shazamq.protocol.messages.produce_response import (
+    LeaderIdAndEpoch,
+    NodeEndpoint,
     PartitionProduceResponse,
     ProduceResponse,
     TopicProduceResponse,
@@ -60,6 +62,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         now = int(time.time() * 1000)
         txn = broker.txn
         responses = []
+        redirects: set[int] = set()  # leaders named in NOT_LEADER answers (KIP-951)
         # acks=all in a cluster: (response, partition, future of the high watermark)
         replicated: list[tuple[PartitionProduceResponse, Partition, asyncio.Future[int]]] = []
         for topic in req.topic_data:
@@ -73,7 +76,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 p = parts.get(name, pd.index)
                 if p is None:
-                    out.append(error(pd.index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+                    if cluster is not None and cluster.leader_hint(name, pd.index) is not None:
+                        out.append(not_leader(pd.index, name, redirects))
+                    else:
+                        out.append(error(pd.index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
                     continue
                 records = pd.records
                 if records is None or len(records) == 0:
@@ -82,7 +88,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 role = p.replica
                 if role is not None:
                     if not role.is_leader:
-                        out.append(error(pd.index, ErrorCode.NOT_LEADER_OR_FOLLOWER))
+                        out.append(not_leader(pd.index, name, redirects))
                         continue
                     if acks == -1 and len(role.isr) < cluster_min_isr(p):
                         out.append(
@@ -118,9 +124,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 out.append(resp)
                 if role is not None:
                     assert cluster is not None
-                    cluster.advance_high_watermark(p)
                     if acks == -1:
+                        # the waiter goes first: advancing may release it at once (ISR of one)
                         replicated.append((resp, p, role.wait_for_hw(info.last_offset + 1)))
+                    cluster.advance_high_watermark(p)
+                    if acks == -1 and p.log.high_watermark > info.last_offset:
+                        role.release_waiters(p.log.high_watermark)
             if bytes_in:
                 c_bytes, c_msgs = topic_counters(name)
                 c_bytes.inc(bytes_in)
@@ -130,7 +139,24 @@ def register(d: Dispatcher, broker: Broker) -> None:
             await wait_replicated(replicated, req.timeout_ms / 1000)
         if acks == 0:
             return None
-        return ProduceResponse(responses=responses, throttle_time_ms=0)
+        endpoints = []
+        if redirects:
+            assert cluster is not None
+            for node in sorted(redirects):
+                ep = cluster.endpoint(node)
+                if ep is not None:
+                    endpoints.append(NodeEndpoint(node_id=node, host=ep[0], port=ep[1], rack=ep[2]))
+        return ProduceResponse(responses=responses, throttle_time_ms=0, node_endpoints=endpoints)
+
+    def not_leader(index: int, topic: str, redirects: set[int]) -> PartitionProduceResponse:
+        """NOT_LEADER_OR_FOLLOWER with the current leader, so the client goes straight there."""
+        resp = error(index, ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        assert cluster is not None
+        hint = cluster.leader_hint(topic, index)
+        if hint is not None and hint[0] >= 0:
+            resp.current_leader = LeaderIdAndEpoch(leader_id=hint[0], leader_epoch=hint[1])
+            redirects.add(hint[0])
+        return resp
 
     def cluster_min_isr(p: Partition) -> int:
         assert cluster is not None

@@ -11,6 +11,7 @@ AddPartitionsToTxn 24   0-3       the client path; v4+ (broker-side verification
                                   KIP-890) is declined by not advertising it
 AddOffsetsToTxn 25      0-4
 EndTxn 26               0-4       v5 (epoch bump per transaction) not advertised
+WriteTxnMarkers 27      0-1       in a cluster: from another broker's coordinator
 TxnOffsetCommit 28      0-4       v3+ generation / member checks (KIP-447)
 DescribeProducers 61    0
 DescribeTransactions 65 0
@@ -19,10 +20,16 @@ ListTransactions 66     0-1       v1 duration filter
 
 Versions from before PRODUCER_FENCED existed get INVALID_PRODUCER_EPOCH instead, which
 is what those clients understand as "fenced".
+
+WriteTxnMarkers is how a transaction coordinator ends a transaction in a partition led
+by another broker: this broker, as the partition's leader, appends the marker (checked
+against the producer's and the coordinator's epochs by the log) and answers each
+partition once its in-sync replicas have it, with Kafka's per-partition errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from shazamq.protocol.errors import ErrorCode
@@ -68,6 +75,13 @@ from shazamq.protocol.messages.txn_offset_commit_response import (
     TxnOffsetCommitResponsePartition,
     TxnOffsetCommitResponseTopic,
 )
+from shazamq.protocol.messages.write_txn_markers_request import WriteTxnMarkersRequest
+from shazamq.protocol.messages.write_txn_markers_response import (
+    WritableTxnMarkerPartitionResult,
+    WritableTxnMarkerResult,
+    WritableTxnMarkerTopicResult,
+    WriteTxnMarkersResponse,
+)
 
 from ..groups.coordinator import OffsetCommit
 
@@ -95,7 +109,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         ctx: RequestContext, req: InitProducerIdRequest
     ) -> InitProducerIdResponse:
         v = ctx.api_version
-        result = txn.init_producer_id(
+        result = await txn.init_producer_id_async(
             req.transactional_id,
             req.transaction_timeout_ms,
             req.producer_id if v >= 3 else -1,
@@ -112,7 +126,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     ) -> AddPartitionsToTxnResponse:
         v = ctx.api_version
         tps = [(t.name, i) for t in req.v3_and_below_topics for i in t.partitions]
-        results = txn.add_partitions(
+        results = await txn.add_partitions_async(
             req.v3_and_below_transactional_id,
             req.v3_and_below_producer_id,
             req.v3_and_below_producer_epoch,
@@ -135,13 +149,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
     async def add_offsets(
         ctx: RequestContext, req: AddOffsetsToTxnRequest
     ) -> AddOffsetsToTxnResponse:
-        code = txn.add_offsets(
+        code = await txn.add_offsets_async(
             req.transactional_id, req.producer_id, req.producer_epoch, req.group_id
         )
         return AddOffsetsToTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
 
     async def end_txn(ctx: RequestContext, req: EndTxnRequest) -> EndTxnResponse:
-        code = txn.end_txn(req.transactional_id, req.producer_id, req.producer_epoch, req.committed)
+        code = await txn.end_txn_async(
+            req.transactional_id, req.producer_id, req.producer_epoch, req.committed
+        )
         return EndTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
 
     async def txn_offset_commit(
@@ -156,7 +172,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     leader_epoch=p.committed_leader_epoch if v >= 2 else -1,
                     metadata=p.committed_metadata,
                 )
-        results = broker.groups.txn_commit_offsets(
+        results = await broker.groups.txn_commit_offsets_async(
             transactional_id=req.transactional_id,
             group_id=req.group_id,
             producer_id=req.producer_id,
@@ -195,6 +211,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         )
                     )
                     continue
+                if not p.is_leader:
+                    # a follower's producer state lags: only the leader answers
+                    parts.append(
+                        PartitionResponse(
+                            partition_index=index,
+                            error_code=int(ErrorCode.NOT_LEADER_OR_FOLLOWER),
+                            error_message=f"{t.name}-{index} is led by another broker",
+                        )
+                    )
+                    continue
                 parts.append(
                     PartitionResponse(
                         partition_index=index,
@@ -220,13 +246,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
     ) -> DescribeTransactionsResponse:
         out = []
         for txn_id in req.transactional_ids:
-            if not txn.loaded:
-                out.append(
-                    DescribedTransaction(
-                        error_code=int(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS),
-                        transactional_id=txn_id,
-                    )
-                )
+            error = txn.key_error(txn_id)
+            if error:
+                out.append(DescribedTransaction(error_code=error, transactional_id=txn_id))
                 continue
             meta = txn.describe(txn_id)
             if meta is None:
@@ -257,8 +279,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
     async def list_transactions(
         ctx: RequestContext, req: ListTransactionsRequest
     ) -> ListTransactionsResponse:
-        if not txn.loaded:
-            return ListTransactionsResponse(error_code=int(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS))
+        error = txn.listing_error()
+        if error:
+            return ListTransactionsResponse(error_code=error)
         found, unknown = txn.list_transactions(
             req.state_filters,
             req.producer_id_filters,
@@ -277,10 +300,58 @@ def register(d: Dispatcher, broker: Broker) -> None:
             ],
         )
 
+    async def write_txn_markers(
+        ctx: RequestContext, req: WriteTxnMarkersRequest
+    ) -> WriteTxnMarkersResponse:
+        # Started in request order, so markers for one partition are appended in order;
+        # the replication waits then overlap.
+        pending = [
+            (
+                marker,
+                topic.name,
+                index,
+                asyncio.ensure_future(
+                    txn.write_marker(
+                        topic.name,
+                        index,
+                        marker.producer_id,
+                        marker.producer_epoch,
+                        marker.transaction_result,
+                        marker.coordinator_epoch,
+                    )
+                ),
+            )
+            for marker in req.markers
+            for topic in marker.topics
+            for index in topic.partition_indexes
+        ]
+        if pending:
+            await asyncio.wait([fut for *_, fut in pending])
+        results: dict[int, dict[str, list[WritableTxnMarkerPartitionResult]]] = {}
+        for marker, name, index, fut in pending:
+            results.setdefault(id(marker), {}).setdefault(name, []).append(
+                WritableTxnMarkerPartitionResult(partition_index=index, error_code=fut.result())
+            )
+        return WriteTxnMarkersResponse(
+            markers=[
+                WritableTxnMarkerResult(
+                    producer_id=marker.producer_id,
+                    topics=[
+                        WritableTxnMarkerTopicResult(name=name, partitions=parts)
+                        for name, parts in results.get(id(marker), {}).items()
+                    ],
+                )
+                for marker in req.markers
+            ]
+        )
+
     d.register(22, 0, 4, init_producer_id)
     d.register(24, 0, 3, add_partitions)
     d.register(25, 0, 4, add_offsets)
     d.register(26, 0, 4, end_txn)
+    if broker.cluster is not None:
+        # only another broker's coordinator sends it; a single broker has none
+        d.register(27, 0, 1, write_txn_markers)
     d.register(28, 0, 4, txn_offset_commit)
     d.register(61, 0, 0, describe_producers)
     d.register(65, 0, 0, describe_transactions)

@@ -267,7 +267,10 @@ class ReplicaFetcher:
                     log.error("%s-%d: cannot append replicated batches: %s", p.topic, p.index, exc)
                     e.truncated = False
                     return
+        old_hw = plog.high_watermark
         plog.high_watermark = min(pd.high_watermark, plog.log_end_offset)
+        if plog.high_watermark > old_hw:
+            p.notify()  # consumers reading this follower (KIP-392)
         if plog.log_start_offset < pd.log_start_offset <= plog.high_watermark:
             # the leader's retention or DeleteRecords moved its log start: follow it
             plog.delete_records_before(pd.log_start_offset)

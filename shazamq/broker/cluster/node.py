@@ -21,8 +21,10 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.broker.cluster.metadata import new_cluster_id
 from shazamq.protocol.errors import ErrorCode, KafkaError
@@ -87,6 +89,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
         self._stopping = False
+        self.isr_shrinks = 0
+        self.isr_expands = 0
         # listeners told about topic-level changes (the metadata adapter)
         self.on_topics_changed: list[Callable[[set[str], list[TopicState]], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
@@ -148,6 +152,18 @@ class ClusterNode:
             1 for t in self.state.topics.values() for p in t.partitions if p.leader == self.node_id
         )
 
+    def leader_hint(self, topic: str, index: int) -> tuple[int, int] | None:
+        """(leader id, leader epoch) of a partition, for KIP-951 redirects; None if unknown."""
+        t = self.state.topics.get(topic)
+        if t is None or not 0 <= index < len(t.partitions):
+            return None
+        p = t.partitions[index]
+        return p.leader, p.leader_epoch
+
+    def endpoint(self, node_id: int) -> tuple[str, int, str | None] | None:
+        b = self.state.brokers.get(node_id)
+        return (b.host, b.port, b.rack) if b is not None else None
+
     def _broker_address(self, node_id: int) -> tuple[str, int] | None:
         b = self.state.brokers.get(node_id)
         return (b.host, b.port) if b is not None else None
@@ -155,6 +171,79 @@ class ClusterNode:
     def min_isr(self, topic_configs: dict[str, str]) -> int:
         value = topic_configs.get("min.insync.replicas")
         return int(value) if value is not None else self.min_isr_default
+
+    def probe(self) -> Iterable[Metric]:
+        """Replication health as Kafka's broker metrics report it, computed at scrape time."""
+        state = self.state
+        under = offline = under_min = led = 0
+        for t in state.topics.values():
+            min_isr = self.min_isr(t.configs)
+            for p in t.partitions:
+                if p.leader < 0:
+                    offline += 1
+                    continue
+                if p.leader != self.node_id:
+                    continue
+                led += 1
+                if len(p.isr) < len(p.replicas):
+                    under += 1
+                if len(p.isr) < min_isr:
+                    under_min += 1
+        gauges = [
+            (
+                "shazamq_under_replicated_partitions",
+                "Partitions led here whose ISR is smaller than their replica set.",
+                under,
+            ),
+            (
+                "shazamq_under_min_isr_partitions",
+                "Partitions led here whose ISR is below min.insync.replicas.",
+                under_min,
+            ),
+            ("shazamq_offline_partitions", "Partitions of the cluster with no leader.", offline),
+            ("shazamq_leader_partitions", "Partitions led by this broker.", led),
+            (
+                "shazamq_active_controller",
+                "1 on the active controller.",
+                1 if self.quorum.is_leader else 0,
+            ),
+            (
+                "shazamq_fenced_brokers",
+                "Brokers the controller has fenced.",
+                sum(1 for b in state.brokers.values() if b.fenced),
+            ),
+        ]
+        out: list[Metric] = []
+        for name, doc, value in gauges:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            out.append(g)
+        status = self.quorum.status()
+        lag = status.get("lag")
+        g = GaugeMetricFamily(
+            "shazamq_quorum_lag_records", "Committed metadata records not applied here yet."
+        )
+        g.add_metric([], lag if lag is not None else 0)
+        out.append(g)
+        commit = GaugeMetricFamily("shazamq_quorum_commit_index", "Raft commit index seen here.")
+        commit.add_metric([], status.get("commit_index") or 0)
+        out.append(commit)
+        for name, doc, value in (
+            (
+                "shazamq_isr_shrinks",
+                "ISR shrinks proposed by this broker as leader.",
+                self.isr_shrinks,
+            ),
+            (
+                "shazamq_isr_expands",
+                "ISR expansions proposed by this broker as leader.",
+                self.isr_expands,
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            out.append(c)
+        return out
 
     # -- proposing ---------------------------------------------------------------------
 
@@ -254,8 +343,60 @@ class ClusterNode:
             await asyncio.sleep(0.01)
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not allocate producer ids")
 
-    async def elect_preferred(self, partitions: list[tuple[str, int]]) -> None:
-        await self.propose(r.ElectLeaders(partitions=partitions))
+    async def elect_leaders(
+        self, wanted: list[tuple[str, int]], *, unclean: bool
+    ) -> dict[tuple[str, int], int]:
+        """ElectLeaders: (topic name, partition) -> 0 or Kafka's per-partition error."""
+        state = self.state
+        live = state.live_brokers()
+        results: dict[tuple[str, int], int] = {}
+        eligible: list[tuple[str, int]] = []
+        for name, index in wanted:
+            t = state.topics.get(name)
+            if t is None or not 0 <= index < len(t.partitions):
+                results[(name, index)] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            p = t.partitions[index]
+            if unclean:
+                if p.leader >= 0:
+                    results[(name, index)] = ErrorCode.ELECTION_NOT_NEEDED
+                elif not any(b in live for b in p.replicas):
+                    results[(name, index)] = ErrorCode.ELIGIBLE_LEADERS_NOT_AVAILABLE
+                else:
+                    eligible.append((t.topic_id, index))
+                    results[(name, index)] = 0
+                continue
+            preferred = p.replicas[0]
+            if p.leader == preferred:
+                results[(name, index)] = ErrorCode.ELECTION_NOT_NEEDED
+            elif preferred not in p.isr or preferred not in live:
+                results[(name, index)] = ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE
+            else:
+                eligible.append((t.topic_id, index))
+                results[(name, index)] = 0
+        if eligible:
+            await self.propose(r.ElectLeaders(partitions=eligible, unclean=unclean))
+            for name, index in list(results):
+                if results[(name, index)] != 0:
+                    continue
+                t = state.topics.get(name)
+                p = t.partitions[index] if t is not None else None
+                done = p is not None and (p.leader >= 0 if unclean else p.leader == p.replicas[0])
+                if not done:
+                    results[(name, index)] = ErrorCode.ELIGIBLE_LEADERS_NOT_AVAILABLE
+        return results
+
+    async def reassign(self, name: str, index: int, target: list[int] | None) -> int:
+        """Start (target) or cancel (None) a partition reassignment; 0 or the error."""
+        t = self.state.topics.get(name)
+        if t is None or not 0 <= index < len(t.partitions):
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        if target is not None:
+            try:
+                validate_assignment([target], self.state.brokers)
+            except KafkaError as exc:
+                return exc.code
+        return await self.propose(r.Reassign(topic_id=t.topic_id, partition=index, target=target))
 
     # -- applying the log ----------------------------------------------------------------
 
@@ -410,6 +551,10 @@ class ClusterNode:
         role = p.replica
         assert role is not None
         role.isr_change_pending = True
+        if len(isr) < len(role.isr):
+            self.isr_shrinks += 1
+        else:
+            self.isr_expands += 1
         log.info("%s-%d: proposing ISR %s (was %s)", p.topic, p.index, isr, role.isr)
         self._propose_soon(
             r.AlterPartition(

@@ -42,8 +42,10 @@ class PartitionInfo(msgspec.Struct, kw_only=True):
     leader: int
     leader_epoch: int = 0
     partition_epoch: int = 0
-    # an ongoing reassignment: the replicas it ends with (replicas holds old + new)
+    # an ongoing reassignment: the replicas it ends with (replicas holds old + new), and
+    # which of them it added
     target: list[int] | None = None
+    adding: list[int] = msgspec.field(default_factory=list)
 
 
 class TopicState(msgspec.Struct, kw_only=True):
@@ -373,16 +375,18 @@ class ClusterState:
             if p.target is None:
                 return ErrorCode.NO_REASSIGNMENT_IN_PROGRESS
             # cancel: drop the replicas that were being added
-            original = [b for b in p.replicas if b not in p.target or b in p.isr]
+            original = [b for b in p.replicas if b not in p.adding]
             p.target = None
+            p.adding = []
             self._set_replicas(t, rec.partition, original)
             return 0
         if any(b not in self.brokers for b in rec.target) or not rec.target:
             return ErrorCode.INVALID_REPLICA_ASSIGNMENT
         if len(set(rec.target)) != len(rec.target):
             return ErrorCode.INVALID_REPLICA_ASSIGNMENT
-        current = p.replicas if p.target is None else [b for b in p.replicas if b in p.isr]
+        current = p.replicas if p.target is None else [b for b in p.replicas if b not in p.adding]
         p.target = list(rec.target)
+        p.adding = [b for b in rec.target if b not in current]
         merged = list(rec.target) + [b for b in current if b not in rec.target]
         self._set_replicas(t, rec.partition, merged)
         self._maybe_complete_reassignment(t, rec.partition)
@@ -406,6 +410,7 @@ class ClusterState:
         if p.target is None or any(b not in p.isr for b in p.target):
             return
         target, p.target = p.target, None
+        p.adding = []
         self._set_replicas(t, index, target)
 
     def _on_AllocateProducerIds(self, rec: r.AllocateProducerIds) -> int:

@@ -1,14 +1,23 @@
 """The group coordinator: the front of consumer groups and their committed offsets.
 
-The broker hosts every partition, so it coordinates every group. The protocol lives in
-two mixins: :mod:`.membership` (JoinGroup, SyncGroup, Heartbeat, LeaveGroup and the
-timers that expel dead members) and :mod:`.offsets` (commits, fetches, deletion,
-retention, transactional offsets). This module adds what spans both: loading every group
-back from ``__consumer_offsets`` at start, stopping, the administrative APIs
-(ListGroups, DescribeGroups, DeleteGroups) and the metrics probe.
+The protocol lives in two mixins: :mod:`.membership` (JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup and the timers that expel dead members) and :mod:`.offsets` (commits, fetches,
+deletion, retention, transactional offsets). This module adds what spans both: which
+groups this broker coordinates and loading them from ``__consumer_offsets``, stopping,
+the administrative APIs (ListGroups, DescribeGroups, DeleteGroups) and the metrics probe.
 
-Everything runs on the event loop. Writes to ``__consumer_offsets`` are synchronous log
-appends made before the answer, so an acknowledged commit or assignment survives a crash.
+On a single broker every partition is hosted here, so every group is coordinated here:
+all of them are loaded at start, and ``loaded`` gates every request until then. In a
+cluster a group belongs to the broker that leads its ``__consumer_offsets`` partition,
+as in Kafka: a partition becoming led here is loaded (COORDINATOR_LOAD_IN_PROGRESS for
+its groups meanwhile), one that stops being led here is unloaded (its groups' parked
+requests answered NOT_COORDINATOR), and a request for a group of any other partition is
+answered NOT_COORDINATOR so the client looks the coordinator up again.
+
+Everything runs on the event loop. Writes to ``__consumer_offsets`` are log appends made
+before the answer, so an acknowledged commit or assignment survives a crash; in a
+cluster the answer (and the in-memory change) also waits until the in-sync replicas have
+the write, so it survives the loss of this broker too.
 """
 
 from __future__ import annotations
@@ -16,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
@@ -29,6 +38,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from .group import Group, GroupState, JoinResult, Member, SyncResult
+from .internal_topic import Appended, replicated
 from .membership import MembershipMixin
 from .offsets import FetchedOffset, OffsetCommit, OffsetsMixin
 from .offsets_codec import GroupMetadataValue
@@ -36,6 +46,8 @@ from .offsets_store import OFFSETS_TOPIC, LoadedPartition, OffsetsStore, append_
 
 if TYPE_CHECKING:
     from shazamq.broker.app import Broker
+    from shazamq.broker.cluster.node import ClusterNode
+    from shazamq.broker.partitions import Partition
 
 __all__ = [
     "FetchedOffset",
@@ -50,7 +62,26 @@ log = logging.getLogger(__name__)
 
 CLASSIC_GROUP_TYPE = "classic"
 
+# Kafka's offsets.commit.timeout.ms: how long a commit (or a group metadata write) waits
+# for the in-sync replicas before it is answered with an error.
+OFFSETS_COMMIT_TIMEOUT_MS = 5000
+
 _E = ErrorCode
+
+
+@dataclass(eq=False, slots=True)
+class _Ownership:
+    """A ``__consumer_offsets`` partition this broker leads (cluster mode).
+
+    The object's identity is the ownership: a write that waited for replication checks
+    that the partition's entry is still the same object before changing memory, so a
+    lost-and-regained leadership in between is noticed.
+    """
+
+    loaded: bool = False
+    task: asyncio.Task[None] | None = None
+    # (producer id, commit, marker offset) of transaction markers written while loading
+    deferred: list[tuple[int, bool, int | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +130,12 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         self._persisted: set[str] = set()  # groups with a metadata record in the log
         self._txn_groups: dict[int, set[str]] = {}  # producer id -> groups with pending offsets
         self._tasks: list[asyncio.Task[None]] = []
+        # cluster mode: the __consumer_offsets partitions led here, by index
+        self._owned: dict[int, _Ownership] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.commit_timeout_s = (
+            getattr(self.config, "offsets_commit_timeout_ms", OFFSETS_COMMIT_TIMEOUT_MS) / 1000
+        )
         r = broker.metrics.registry
         self.rebalances = Counter(
             "shazamq_group_rebalances", "Rebalances started, over all groups.", registry=r
@@ -115,9 +152,17 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             "shazamq_group_offsets_expired", "Committed offsets removed by retention.", registry=r
         )
 
+    @property
+    def cluster(self) -> ClusterNode | None:
+        return getattr(self.broker, "cluster", None)
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        cluster = self.cluster
+        if cluster is not None:
+            self._start_in_cluster(cluster)
+            return
         await self.store.ensure()
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -125,10 +170,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         for index, part in enumerate(loaded):
             self._install(index, part)
         self.loaded = True
-        for group in self.groups.values():
-            for member in group.members.values():
-                member.last_heartbeat = time.monotonic()
-                self._ensure_member_timer(group, member)
+        self._revive(self.groups.values())
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
         log.info(
@@ -139,8 +181,26 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             time.monotonic() - started,
         )
 
+    def _start_in_cluster(self, cluster: ClusterNode) -> None:
+        # The topic is created on the first FindCoordinator; until then nothing is led here.
+        cluster.on_partition_role.append(self._on_partition_role)
+        self.loaded = True
+        for p in list(self.broker.partitions.partitions.values()):
+            if p.topic == OFFSETS_TOPIC and p.replica is not None and p.replica.is_leader:
+                self._on_partition_role(p, True)
+        self.broker.metrics.add_probe(self._probe)
+        self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
+        log.info("group coordinator started; it loads the %s partitions led here", OFFSETS_TOPIC)
+
     async def stop(self) -> None:
+        cluster = self.cluster
+        if cluster is not None and self._on_partition_role in cluster.on_partition_role:
+            cluster.on_partition_role.remove(self._on_partition_role)
+        for own in self._owned.values():
+            if own.task is not None:
+                own.task.cancel()
         await cancel_all(self._tasks)
+        await cancel_all(list(self._background))
         for group in self.groups.values():
             group.cancel_timers()
             for member in group.members.values():
@@ -153,6 +213,132 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
 
     def _load_all(self) -> list[LoadedPartition]:
         return [self.store.load_partition(i) for i in range(self.store.partition_count)]
+
+    def _revive(self, groups: Iterable[Group]) -> None:
+        """Loaded members get a full session from now, not from their last heartbeat."""
+        for group in groups:
+            for member in group.members.values():
+                member.last_heartbeat = time.monotonic()
+                self._ensure_member_timer(group, member)
+
+    # -- which groups are coordinated here --------------------------------------------
+
+    def _key_status(self, group_id: str) -> int:
+        """0 if this broker serves ``group_id`` now; else COORDINATOR_LOAD_IN_PROGRESS or
+        NOT_COORDINATOR (Kafka's check before every group request)."""
+        if self.cluster is None:
+            return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        own = self._owned.get(self.partition_for(group_id))
+        if own is None or not self.loaded:
+            return int(_E.NOT_COORDINATOR)
+        return 0 if own.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+
+    def _ownership(self, group_id: str) -> _Ownership | None:
+        return self._owned.get(self.partition_for(group_id))
+
+    def _still_serving(self, group: Group, own: _Ownership | None) -> bool:
+        """After a wait: the group is still this coordinator's (same partition leadership,
+        same group object)."""
+        if self.cluster is not None and self._ownership(group.group_id) is not own:
+            return False
+        return self.groups.get(group.group_id) is group
+
+    def _on_partition_role(self, p: Partition, leader: bool) -> None:
+        if p.topic != OFFSETS_TOPIC:
+            return
+        if leader:
+            if p.index not in self._owned:
+                own = self._owned[p.index] = _Ownership()
+                own.task = asyncio.get_running_loop().create_task(
+                    self._load_partition(p.index, own), name=f"load {OFFSETS_TOPIC}-{p.index}"
+                )
+        else:
+            self._unload_partition(p.index)
+
+    async def _load_partition(self, index: int, own: _Ownership) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            part = await loop.run_in_executor(None, self.store.load_partition, index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # stays unowned: the next leadership change of the partition tries again
+            log.error("%s-%d: cannot load: %s", OFFSETS_TOPIC, index, exc)
+            if self._owned.get(index) is own:
+                del self._owned[index]
+            return
+        if self._owned.get(index) is not own:
+            return  # leadership moved on while the partition was read
+        self._install(index, part)
+        own.loaded = True
+        own.task = None
+        for producer_id, commit, marker_offset in own.deferred:
+            self._complete_txn_now(index, producer_id, commit, marker_offset)
+        own.deferred.clear()
+        groups = [g for gid, g in self.groups.items() if self.partition_for(gid) == index]
+        self._revive(groups)
+        log.info(
+            "%s-%d: now coordinating %d groups (loaded in %.2fs)",
+            OFFSETS_TOPIC,
+            index,
+            len(groups),
+            time.monotonic() - started,
+        )
+
+    def _unload_partition(self, index: int) -> None:
+        own = self._owned.pop(index, None)
+        if own is None:
+            return
+        if own.task is not None:
+            own.task.cancel()
+        doomed = [gid for gid in self.groups if self.partition_for(gid) == index]
+        for gid in doomed:
+            self._unload_group(self.groups.pop(gid))
+            self._persisted.discard(gid)
+        for pid in list(self._txn_groups):
+            gids = self._txn_groups[pid]
+            gids.difference_update(doomed)
+            if not gids:
+                del self._txn_groups[pid]
+        log.info("%s-%d: no longer led here; %d groups unloaded", OFFSETS_TOPIC, index, len(doomed))
+
+    @staticmethod
+    def _unload_group(group: Group) -> None:
+        """Another broker coordinates the group now: answer its parked requests so the
+        members find it, and stop its clocks."""
+        if not group.is_state(GroupState.DEAD):
+            group.transition(GroupState.DEAD)
+        group.cancel_timers()
+        group.pending_members.clear()
+        for member in group.members.values():
+            if member.timer is not None:
+                member.timer.cancel()
+                member.timer = None
+            member.complete_join(JoinResult(int(_E.NOT_COORDINATOR), member.member_id))
+            member.complete_sync(SyncResult(int(_E.NOT_COORDINATOR)))
+
+    # -- replicated writes ------------------------------------------------------------
+
+    async def _replication(self, appended: Appended | None) -> int:
+        """0 once the write is on the in-sync replicas (at once on a single broker)."""
+        if appended is None:
+            return 0
+        return await replicated(self.cluster, appended, self.commit_timeout_s)
+
+    def _when_replicated(self, appended: Appended | None, then: Callable[[int], None]) -> None:
+        """Call ``then`` with the replication result: now on a single broker, from a task
+        once the in-sync replicas answered in a cluster."""
+        if appended is None or self.cluster is None or appended.partition.replica is None:
+            then(0)
+            return
+
+        async def wait() -> None:
+            then(await self._replication(appended))
+
+        task = asyncio.get_running_loop().create_task(wait())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _install(self, index: int, part: LoadedPartition) -> None:
         for gid, value in part.groups.items():
@@ -221,12 +407,19 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
     def list_groups(
         self, states: Iterable[str] | None = None, types: Iterable[str] | None = None
     ) -> tuple[int, list[GroupListing]]:
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
+        code = 0
+        if self.cluster is None:
+            if not self.loaded:
+                return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
+        elif not self.loaded:
+            return int(_E.COORDINATOR_NOT_AVAILABLE), []
+        elif any(not own.loaded for own in self._owned.values()):
+            # Kafka lists what it has and flags that some partitions are still loading
+            code = int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         state_filter = {s.lower() for s in states} if states else None
         type_filter = {t.lower() for t in types} if types else None
         if type_filter is not None and CLASSIC_GROUP_TYPE not in type_filter:
-            return 0, []
+            return code, []
         out = []
         for group in list(self.groups.values()):
             if group.is_state(GroupState.DEAD):
@@ -238,11 +431,12 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
                     group.group_id, group.protocol_type or "", group.state.value, CLASSIC_GROUP_TYPE
                 )
             )
-        return 0, out
+        return code, out
 
     def describe_group(self, group_id: str) -> GroupDescription:
-        if not self.loaded:
-            return GroupDescription(group_id, int(_E.COORDINATOR_LOAD_IN_PROGRESS), "", "", "", ())
+        status = self._key_status(group_id)
+        if status:
+            return GroupDescription(group_id, status, "", "", "", ())
         group = self.groups.get(group_id)
         if group is None:
             return GroupDescription(group_id, 0, GroupState.DEAD.value, "", "", ())
@@ -283,8 +477,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
     def delete_groups(self, group_ids: Iterable[str]) -> dict[str, int]:
         out: dict[str, int] = {}
         for gid in group_ids:
-            if not self.loaded:
-                out[gid] = int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+            status = self._key_status(gid)
+            if status:
+                out[gid] = status
                 continue
             group = self.groups.get(gid)
             if group is None or group.is_state(GroupState.DEAD):

@@ -396,10 +396,22 @@ class Group:
             return bool(self.pending_txn_offsets)
         return any(tp in offsets for offsets in self.pending_txn_offsets.values())
 
-    def complete_txn_offsets(self, producer_id: int, commit: bool) -> int:
+    def complete_txn_offsets(
+        self, producer_id: int, commit: bool, *, before: int | None = None
+    ) -> int:
         """Apply (commit) or drop (abort) a producer's pending offsets; returns how many
-        were applied. A regular commit written after the transactional one wins."""
+        were applied. A regular commit written after the transactional one wins.
+
+        ``before``: the marker's offset. Only offsets written before it belong to the
+        transaction it ends; later ones (a marker seen again after a load that already
+        replayed it) stay pending.
+        """
         pending = self.pending_txn_offsets.pop(producer_id, None)
+        if pending and before is not None:
+            later = {tp: c for tp, c in pending.items() if c.record_offset >= before}
+            if later:
+                self.pending_txn_offsets[producer_id] = later
+                pending = {tp: c for tp, c in pending.items() if c.record_offset < before}
         if not pending or not commit:
             return 0
         applied = 0

@@ -2,19 +2,30 @@
 
 ``__consumer_offsets`` and ``__transaction_state`` are ordinary partitions of the segment
 log, so their records get the same durability, recovery and compaction as any topic.
-This module is the narrow door both coordinators use: create the topic at start (or
-adopt the partition count it already has), pick a key's partition the way Kafka does,
-append a batch of key/value records (optionally as a transactional batch of a producer,
-for TxnOffsetCommit), and scan a partition from its start for the load at start-up.
+This module is the narrow door both coordinators use: create the topic (or adopt the
+partition count it already has), pick a key's partition the way Kafka does, append a
+batch of key/value records (optionally as a transactional batch of a producer, for
+TxnOffsetCommit), and scan a partition from its start to load it.
+
+On a single broker the topic is created at start with one replica and every append is
+final once it returns. In a cluster the topic is created on first need (FindCoordinator)
+with up to three replicas, a partition's records are written only by its leader, and a
+write counts once the in-sync replicas have it: :func:`replicated` waits for the high
+watermark to pass it, as Kafka's coordinators append with ``acks=all``.
+
+The coordinators keep one implementation for both modes: their write paths are
+coroutines that never suspend on a single broker, where :func:`run_now` drives them to
+completion synchronously for the callers that are not coroutines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shazamq.broker.log import AppendOrigin
 from shazamq.protocol.errors import ErrorCode, KafkaError
@@ -34,13 +45,91 @@ from shazamq.protocol.records import (
 from .partitioning import coordinator_partition
 
 if TYPE_CHECKING:
+    from shazamq.broker.cluster.node import ClusterNode
     from shazamq.broker.partitions import Partition, PartitionManager
 
-__all__ = ["InternalTopic", "ScannedBatch"]
+__all__ = [
+    "Appended",
+    "InternalTopic",
+    "ScannedBatch",
+    "partition_exists",
+    "replicated",
+    "run_now",
+]
 
 log = logging.getLogger(__name__)
 
 _SCAN_CHUNK = 1 << 20
+# Kafka's offsets.topic.replication.factor and transaction.state.log.replication.factor
+# default; a smaller cluster gets as many replicas as it has live brokers.
+INTERNAL_REPLICATION_FACTOR = 3
+
+T = TypeVar("T")
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that completes without suspending (a single broker's
+    write path). A coroutine that does suspend is a caller bug: it is closed, so nothing
+    after its first suspension runs, and RuntimeError is raised."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(f"{coro!r} waited for something; await it instead")
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an append landed: the partition and the offsets of its records."""
+
+    partition: Partition
+    base_offset: int
+    next_offset: int  # one past the last record
+
+
+async def replicated(cluster: ClusterNode | None, appended: Appended, timeout_s: float) -> int:
+    """0 once the in-sync replicas hold ``appended``; else the error the wait ended with.
+
+    REQUEST_TIMED_OUT after ``timeout_s``; NOT_LEADER_OR_FOLLOWER when leadership moved
+    (the replica fails its waiters); NOT_ENOUGH_REPLICAS_AFTER_APPEND when the records are
+    in, but the ISR shrank below ``min.insync.replicas``. A single broker's append needs
+    no wait and returns 0 without suspending.
+    """
+    if cluster is None:
+        return 0
+    p = appended.partition
+    role = p.replica
+    if role is None:
+        return 0
+    target = appended.next_offset
+    if p.log.high_watermark < target:
+        # registered before the high watermark is moved, so that a move all the way (an
+        # ISR of this broker alone) resolves it rather than leaving it for the next append
+        fut = role.wait_for_hw(target)
+        cluster.advance_high_watermark(p)
+        if not fut.done():
+            try:
+                await asyncio.wait_for(fut, max(timeout_s, 0.001))
+            except TimeoutError:
+                return int(ErrorCode.REQUEST_TIMED_OUT)
+        code = fut.result()
+        if code:
+            return int(code)
+    if len(role.isr) < cluster.min_isr(p.topic_info.configs):
+        return int(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND)
+    return 0
+
+
+def partition_exists(
+    partitions: PartitionManager, cluster: ClusterNode | None, topic: str, index: int
+) -> bool:
+    """Whether the partition exists: hosted here on a single broker; in a cluster, known
+    to the cluster's metadata wherever its replicas are (as Kafka's metadata cache)."""
+    if cluster is None:
+        return partitions.get(topic, index) is not None
+    t = cluster.state.topics.get(topic)
+    return t is not None and 0 <= index < len(t.partitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +155,60 @@ class InternalTopic:
         self.name = name
         self._wanted = num_partitions
         self._configs = configs
-        self.count = num_partitions
+        self._count = num_partitions
+        self._creating: asyncio.Task[None] | None = None
+
+    @property
+    def cluster(self) -> ClusterNode | None:
+        return getattr(self._partitions, "cluster", None)
+
+    @property
+    def count(self) -> int:
+        """The topic's partition count; the configured one until it exists (Kafka places
+        keys by the configured count then too, e.g. for AddOffsetsToTxn)."""
+        if self.cluster is not None:
+            info = self._partitions.metadata.get(self.name)
+            if info is not None:
+                return info.partitions
+        return self._count
 
     async def ensure(self) -> None:
-        """Create the topic if it does not exist; adopt its partition count if it does."""
+        """Create the topic if it does not exist; adopt its partition count if it does.
+
+        In a cluster the topic gets min(3, live brokers) replicas, and a creation that
+        loses the race to another broker's (TOPIC_ALREADY_EXISTS) adopts the winner's.
+        Raises KafkaError when it cannot be created (COORDINATOR_NOT_AVAILABLE: no live
+        broker yet).
+        """
         info = self._partitions.metadata.get(self.name)
-        if info is None:
+        cluster = self.cluster
+        if info is None and cluster is not None:
+            live = len(cluster.state.live_brokers())
+            if live < 1:
+                raise KafkaError(
+                    ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                    f"no live broker to place {self.name} on yet",
+                )
+            try:
+                info = await self._partitions.create_topic(
+                    self.name,
+                    self._wanted,
+                    min(INTERNAL_REPLICATION_FACTOR, live),
+                    dict(self._configs),
+                    internal=True,
+                )
+            except KafkaError as exc:
+                if exc.code != ErrorCode.TOPIC_ALREADY_EXISTS:
+                    raise
+                info = self._partitions.metadata.get(self.name)
+                if info is None:
+                    raise
+                log.info("%s was created by another broker: adopting it", self.name)
+        elif info is None:
             info = await self._partitions.create_topic(
                 self.name, self._wanted, 1, dict(self._configs), internal=True
             )
-        elif info.partitions != self._wanted:
+        if info.partitions != self._wanted:
             log.warning(
                 "%s has %d partitions, not the configured %d: keeping %d (keys are placed "
                 "by the partition count the topic was created with)",
@@ -84,7 +217,34 @@ class InternalTopic:
                 self._wanted,
                 info.partitions,
             )
-        self.count = info.partitions
+        self._count = info.partitions
+
+    def create_soon(self) -> None:
+        """Start creating the topic in the background, once at a time (cluster mode)."""
+        if self._creating is not None and not self._creating.done():
+            return
+        self._creating = asyncio.get_running_loop().create_task(
+            self._create(), name=f"create {self.name}"
+        )
+
+    async def _create(self) -> None:
+        try:
+            await self.ensure()
+        except KafkaError as exc:
+            log.info("cannot create %s yet: %s", self.name, exc)
+        except Exception:
+            log.exception("creating %s failed", self.name)
+
+    def coordinator_of(self, key: str) -> int:
+        """The broker leading ``key``'s partition, or -1 (no topic yet: its creation is
+        started; or no leader). Cluster mode only."""
+        cluster = self.cluster
+        assert cluster is not None
+        t = cluster.state.topics.get(self.name)
+        if t is None or not t.partitions:
+            self.create_soon()
+            return -1
+        return t.partitions[coordinator_partition(key, len(t.partitions))].leader
 
     def partition_for(self, key: str) -> int:
         return coordinator_partition(key, self.count)
@@ -106,13 +266,29 @@ class InternalTopic:
         producer_epoch: int = NO_PRODUCER_EPOCH,
         transactional: bool = False,
         now_ms: int | None = None,
-    ) -> int:
-        """Append ``(key, value)`` records as one batch; returns the first record's offset.
+    ) -> Appended:
+        """Append ``(key, value)`` records as one batch; returns where they landed.
 
         Raises the log's ``LogError`` / ``RecordError`` (both carry ``error_code``) or
-        ``KafkaError`` when the partition is missing.
+        ``KafkaError``: the partition is missing, or, in a cluster, led elsewhere
+        (NOT_LEADER_OR_FOLLOWER) or short of in-sync replicas (NOT_ENOUGH_REPLICAS, the
+        check ``acks=all`` makes before writing).
         """
         p = self.partition(index)
+        cluster = self.cluster
+        role = p.replica if cluster is not None else None
+        if role is not None and cluster is not None:
+            if not role.is_leader:
+                raise KafkaError(
+                    ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self.name}-{index} is led elsewhere"
+                )
+            min_isr = cluster.min_isr(p.topic_info.configs)
+            if len(role.isr) < min_isr:
+                raise KafkaError(
+                    ErrorCode.NOT_ENOUGH_REPLICAS,
+                    f"{self.name}-{index} has {len(role.isr)} in-sync replicas, "
+                    f"min.insync.replicas is {min_isr}",
+                )
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         # a producer's batch starts at sequence 0, as Kafka's coordinator writes it: the log
         # checks a coordinator's append for the producer epoch only, never for sequences
@@ -132,7 +308,7 @@ class InternalTopic:
             origin=AppendOrigin.COORDINATOR,
         )
         p.notify()
-        return info.base_offset
+        return Appended(p, info.base_offset, info.last_offset + 1)
 
     def scan(self, index: int) -> Iterator[ScannedBatch]:
         """Every batch of partition ``index`` from the log start to the log end, decoded.

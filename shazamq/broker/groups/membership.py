@@ -18,6 +18,12 @@ Timers (``loop.call_later``):
   a new member parked in JoinGroup only for five minutes.
 * pending member timer: a member id handed out with MEMBER_ID_REQUIRED that is not used
   within the session timeout is forgotten.
+
+In a cluster a group metadata write counts once the in-sync replicas have it. What it
+makes visible waits until then: the leader's assignment is handed out, and a static
+member's new id confirmed, only after replication; a failure is handled as a failed
+append is (members sent back to join, the static member's old id restored), provided
+the group is still where the write left it.
 """
 
 from __future__ import annotations
@@ -35,13 +41,17 @@ from shazamq.protocol.records import RecordError
 
 from .group import Group, GroupState, JoinResult, Member, SyncResult
 from .offsets_codec import GroupMetadataValue, MemberRecord
-from .offsets_store import append_error_code
+from .offsets_store import append_error_code, group_replication_error
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prometheus_client import Counter
 
     from shazamq.config import GroupsConfig
 
+    from .coordinator import _Ownership
+    from .internal_topic import Appended
     from .offsets_store import OffsetsStore
 
 __all__ = ["MembershipMixin"]
@@ -66,6 +76,16 @@ class MembershipMixin:
     _persisted: set[str]
     rebalances: Counter
     member_expirations: Counter
+
+    if TYPE_CHECKING:
+
+        def _key_status(self, group_id: str) -> int: ...
+        def _ownership(self, group_id: str) -> _Ownership | None: ...
+        def _still_serving(self, group: Group, own: _Ownership | None) -> bool: ...
+        async def _replication(self, appended: Appended | None) -> int: ...
+        def _when_replicated(
+            self, appended: Appended | None, then: Callable[[int], None]
+        ) -> None: ...
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
@@ -106,8 +126,9 @@ class MembershipMixin:
     ) -> JoinResult:
         if not group_id:
             return self._join_error(member_id, _E.INVALID_GROUP_ID)
-        if not self.loaded:
-            return self._join_error(member_id, _E.COORDINATOR_LOAD_IN_PROGRESS)
+        status = self._key_status(group_id)
+        if status:
+            return self._join_error(member_id, status)
         cfg = self.config
         if not cfg.min_session_timeout_ms <= session_timeout_ms <= cfg.max_session_timeout_ms:
             return self._join_error(member_id, _E.INVALID_SESSION_TIMEOUT)
@@ -307,15 +328,10 @@ class MembershipMixin:
         if group.is_state(GroupState.STABLE):
             if group.protocol_name == group.select_protocol():
                 # same protocol: no rebalance, just remember the new member id
-                try:
-                    self._store_group(group, None)
-                except (LogError, RecordError, KafkaError) as exc:
-                    log.warning(
-                        "group %s: cannot persist static member %s: %s; reverting",
-                        group.group_id,
-                        a.instance_id,
-                        exc,
-                    )
+                own = self._ownership(group.group_id)
+
+                def revert(code: int) -> None:
+                    assert a.instance_id is not None
                     member.join_future = None
                     (
                         member.protocols,
@@ -325,7 +341,19 @@ class MembershipMixin:
                         member.client_host,
                     ) = saved
                     group.replace_static_member(a.instance_id, new_id, old_id)
-                    fut.set_result(self._join_error("", append_error_code(exc)))
+                    if not fut.done():
+                        fut.set_result(self._join_error("", code))
+
+                try:
+                    appended = self._store_group(group, None)
+                except (LogError, RecordError, KafkaError) as exc:
+                    log.warning(
+                        "group %s: cannot persist static member %s: %s; reverting",
+                        group.group_id,
+                        a.instance_id,
+                        exc,
+                    )
+                    revert(append_error_code(exc))
                     return
                 if a.supports_skip_assignment:
                     is_leader = group.is_leader(new_id)
@@ -350,7 +378,27 @@ class MembershipMixin:
                         group.protocol_name,
                         current_leader or "",
                     )
-                member.complete_join(result)
+
+                def confirmed(code: int) -> None:
+                    if not code:
+                        member.complete_join(result)
+                        return
+                    if (
+                        self._still_serving(group, own)
+                        and group.static_member_id(a.instance_id) == new_id
+                        and group.members.get(new_id) is member
+                    ):
+                        log.warning(
+                            "group %s: static member %s not replicated (error %d); reverting",
+                            group.group_id,
+                            a.instance_id,
+                            code,
+                        )
+                        revert(group_replication_error(code))
+                    else:
+                        member.complete_join(JoinResult(group_replication_error(code), new_id))
+
+                self._when_replicated(appended, confirmed)
             else:
                 self._maybe_prepare_rebalance(
                     group, f"static member {a.instance_id} changed the selected protocol"
@@ -439,9 +487,20 @@ class MembershipMixin:
             log.info("group %s is empty at generation %d", group.group_id, group.generation_id)
             if group.protocol_type is not None:
                 try:
-                    self._store_group(group, None)
+                    appended = self._store_group(group, None)
                 except (LogError, RecordError, KafkaError) as exc:
                     log.warning("group %s: cannot persist empty metadata: %s", group.group_id, exc)
+                else:
+
+                    def check(code: int) -> None:
+                        if code:
+                            log.warning(
+                                "group %s: empty metadata not replicated (error %d)",
+                                group.group_id,
+                                code,
+                            )
+
+                    self._when_replicated(appended, check)
             return
         log.info(
             "group %s stabilised at generation %d with %d members, protocol %s, leader %s",
@@ -492,8 +551,11 @@ class MembershipMixin:
     ) -> SyncResult:
         if not group_id:
             return SyncResult(int(_E.INVALID_GROUP_ID))
-        if not self.loaded:
+        status = self._key_status(group_id)
+        if status == _E.COORDINATOR_LOAD_IN_PROGRESS:
             return SyncResult(int(_E.REBALANCE_IN_PROGRESS))
+        if status:
+            return SyncResult(status)
         group = self.groups.get(group_id)
         if group is None:
             return SyncResult(int(_E.UNKNOWN_MEMBER_ID))
@@ -527,15 +589,34 @@ class MembershipMixin:
             unknown = set(assignments) - set(group.members)
             if unknown:
                 log.debug("group %s: ignoring assignments to non-members %s", group_id, unknown)
+            own = self._ownership(group_id)
+            generation = group.generation_id
             try:
-                self._store_group(group, full)
+                appended = self._store_group(group, full)
             except (LogError, RecordError, KafkaError) as exc:
                 log.warning("group %s: cannot persist the assignment: %s", group_id, exc)
                 self._reset_and_propagate_assignment_error(group, append_error_code(exc))
                 self._maybe_prepare_rebalance(group, "failed to store the assignment")
+                return await fut
+            code = await self._replication(appended)
+            if (
+                not self._still_serving(group, own)
+                or generation != group.generation_id
+                or not group.is_state(GroupState.COMPLETING_REBALANCE)
+            ):
+                # the group moved on while the write replicated (a rebalance, an unload):
+                # whatever moved it answered the parked requests
+                pass
+            elif code:
+                log.warning(
+                    "group %s: the assignment was not replicated (error %d)", group_id, code
+                )
+                self._reset_and_propagate_assignment_error(group, group_replication_error(code))
+                self._maybe_prepare_rebalance(group, "failed to store the assignment")
             else:
                 for mid, assignment in full.items():
-                    group.members[mid].assignment = assignment
+                    if mid in group.members:
+                        group.members[mid].assignment = assignment
                 group.transition(GroupState.STABLE)
                 self._propagate_assignment(group, 0)
         return await fut
@@ -568,8 +649,11 @@ class MembershipMixin:
     ) -> int:
         if not group_id:
             return int(_E.INVALID_GROUP_ID)
-        if not self.loaded:
-            return 0
+        status = self._key_status(group_id)
+        if status == _E.COORDINATOR_LOAD_IN_PROGRESS:
+            return 0  # Kafka answers a heartbeat blindly while the group loads
+        if status:
+            return status
         group = self.groups.get(group_id)
         if group is None:
             return int(_E.UNKNOWN_MEMBER_ID)
@@ -596,8 +680,9 @@ class MembershipMixin:
         """Returns the top-level error and, per leaving member, its error."""
         if not group_id:
             return int(_E.INVALID_GROUP_ID), []
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
+        status = self._key_status(group_id)
+        if status:
+            return status, []
         group = self.groups.get(group_id)
         if group is None:
             return 0, [(m, i, int(_E.UNKNOWN_MEMBER_ID)) for m, i in members]
@@ -699,7 +784,7 @@ class MembershipMixin:
 
     # -- persistence of group metadata ------------------------------------------------
 
-    def _store_group(self, group: Group, assignment: Mapping[str, bytes] | None) -> None:
+    def _store_group(self, group: Group, assignment: Mapping[str, bytes] | None) -> Appended | None:
         protocol = group.protocol_name
         members = tuple(
             MemberRecord(
@@ -718,7 +803,7 @@ class MembershipMixin:
             )
             for m in group.members.values()
         )
-        self.store.write_group(
+        appended = self.store.write_group(
             group.group_id,
             GroupMetadataValue(
                 protocol_type=group.protocol_type or "",
@@ -730,6 +815,7 @@ class MembershipMixin:
             ),
         )
         self._persisted.add(group.group_id)
+        return appended
 
 
 @dataclass(frozen=True, slots=True)

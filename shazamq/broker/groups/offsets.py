@@ -13,6 +13,12 @@ group has been empty that long (or, for groups that never used group management,
 the commit); those of Stable consumer groups expire for topics no member subscribes to
 any more (KIP-496); an explicit retention (OffsetCommit v2-v4) is honoured. A group left
 with nothing is removed, tombstones and all.
+
+In a cluster a commit is answered, and becomes visible, once the in-sync replicas have
+its records (``offsets.commit.timeout.ms``; REQUEST_TIMED_OUT after it, and the commit is
+not applied). Tombstones (OffsetDelete, DeleteGroups, retention) are not waited for, as
+in Kafka: a lost one is written again by the next cleanup. The partitions a commit names
+must exist in the cluster, not on this broker.
 """
 
 from __future__ import annotations
@@ -22,21 +28,25 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.log import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from .group import CONSUMER_PROTOCOL_TYPE, CommittedOffset, Group, GroupState
-from .offsets_store import append_error_code
+from .internal_topic import partition_exists, run_now
+from .offsets_store import append_error_code, commit_replication_error
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from shazamq.broker.app import Broker
+    from shazamq.broker.cluster.node import ClusterNode
     from shazamq.config import GroupsConfig
 
+    from .coordinator import _Ownership
+    from .internal_topic import Appended
     from .offsets_store import OffsetsStore
 
 __all__ = ["FetchedOffset", "OffsetCommit", "OffsetsMixin"]
@@ -88,13 +98,33 @@ class OffsetsMixin:
     _txn_groups: dict[int, set[str]]
     offset_commits: Counter
     offsets_expired: Counter
+    _owned: dict[int, _Ownership]
+
+    if TYPE_CHECKING:
+
+        @property
+        def cluster(self) -> ClusterNode | None: ...
+        def _key_status(self, group_id: str) -> int: ...
+        def _ownership(self, group_id: str) -> _Ownership | None: ...
+        async def _replication(self, appended: Appended | None) -> int: ...
 
     def partition_for(self, group_id: str) -> int:
         return self.store.partition_for(group_id)
 
+    def _partition_exists(self, topic: str, index: int) -> bool:
+        return partition_exists(self.broker.partitions, self.cluster, topic, index)
+
     # -- OffsetCommit -----------------------------------------------------------------
 
-    def commit_offsets(
+    def commit_offsets(self, **request: Any) -> dict[TopicPartition, int]:
+        """:meth:`commit_offsets_async` on a single broker, where it never waits."""
+        return run_now(self.commit_offsets_async(**request))
+
+    def txn_commit_offsets(self, **request: Any) -> dict[TopicPartition, int]:
+        """:meth:`txn_commit_offsets_async` on a single broker, where it never waits."""
+        return run_now(self.txn_commit_offsets_async(**request))
+
+    async def commit_offsets_async(
         self,
         *,
         group_id: str,
@@ -107,8 +137,9 @@ class OffsetsMixin:
         def all_(code: int) -> dict[TopicPartition, int]:
             return dict.fromkeys(offsets, int(code))
 
-        if not self.loaded:
-            return all_(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        status = self._key_status(group_id)
+        if status:
+            return all_(status)
         group = self.groups.get(group_id)
         if group is None:
             if generation_id >= 0:
@@ -118,7 +149,7 @@ class OffsetsMixin:
         if group.is_state(GroupState.DEAD):
             return all_(_E.COORDINATOR_NOT_AVAILABLE)
         if generation_id < 0 and group.is_state(GroupState.EMPTY):
-            return self._store_offsets(group, offsets, retention_ms)
+            return await self._store_offsets(group, offsets, retention_ms)
         if group.is_static_member_fenced(member_id, group_instance_id):
             return all_(_E.FENCED_INSTANCE_ID)
         if not group.has(member_id):
@@ -129,9 +160,9 @@ class OffsetsMixin:
             return all_(_E.REBALANCE_IN_PROGRESS)
         # Stable, or PreparingRebalance (commits of revoked partitions are welcome)
         group.get(member_id).last_heartbeat = time.monotonic()
-        return self._store_offsets(group, offsets, retention_ms)
+        return await self._store_offsets(group, offsets, retention_ms)
 
-    def txn_commit_offsets(
+    async def txn_commit_offsets_async(
         self,
         *,
         transactional_id: str,
@@ -146,8 +177,9 @@ class OffsetsMixin:
         def all_(code: int) -> dict[TopicPartition, int]:
             return dict.fromkeys(offsets, int(code))
 
-        if not self.loaded:
-            return all_(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        status = self._key_status(group_id)
+        if status:
+            return all_(status)
         error = self.broker.txn.verify_txn_offset_commit(
             transactional_id, producer_id, producer_epoch, self.partition_for(group_id)
         )
@@ -162,11 +194,11 @@ class OffsetsMixin:
             return all_(_E.UNKNOWN_MEMBER_ID)
         if generation_id >= 0 and generation_id != group.generation_id:
             return all_(_E.ILLEGAL_GENERATION)
-        return self._store_offsets(
+        return await self._store_offsets(
             group, offsets, -1, producer_id=producer_id, producer_epoch=producer_epoch
         )
 
-    def _store_offsets(
+    async def _store_offsets(
         self,
         group: Group,
         offsets: Mapping[TopicPartition, OffsetCommit],
@@ -178,12 +210,11 @@ class OffsetsMixin:
         now = _now_ms()
         result: dict[TopicPartition, int] = {}
         valid: dict[TopicPartition, CommittedOffset] = {}
-        parts = self.broker.partitions
         for tp, c in offsets.items():
             metadata = c.metadata or ""
             if len(metadata.encode("utf-8", "surrogateescape")) > MAX_METADATA_BYTES:
                 result[tp] = int(_E.OFFSET_METADATA_TOO_LARGE)
-            elif parts.get(tp[0], tp[1]) is None:
+            elif not self._partition_exists(tp[0], tp[1]):
                 result[tp] = int(_E.UNKNOWN_TOPIC_OR_PARTITION)
             else:
                 ts = c.commit_timestamp if c.commit_timestamp >= 0 else now
@@ -195,44 +226,76 @@ class OffsetsMixin:
                     expire_timestamp=ts + retention_ms if retention_ms >= 0 else -1,
                 )
         if valid:
+            gid = group.group_id
+            own = self._ownership(gid)
             try:
-                self.store.write_offsets(
-                    group.group_id,
+                appended = self.store.write_offsets(
+                    gid,
                     valid,
                     producer_id=producer_id,
                     producer_epoch=producer_epoch,
                 )
             except (LogError, RecordError, KafkaError) as exc:
                 code = append_error_code(exc)
-                log.warning("group %s: cannot store offsets: %s", group.group_id, exc)
+                log.warning("group %s: cannot store offsets: %s", gid, exc)
                 for tp in valid:
                     result[tp] = code
                 return result
-            if self.groups.get(group.group_id) is not group:
-                self.groups[group.group_id] = group
+            code = await self._replication(appended)
+            if not code and self.cluster is not None and self._ownership(gid) is not own:
+                code = int(_E.NOT_LEADER_OR_FOLLOWER)  # unloaded while it replicated
+            if code:
+                code = commit_replication_error(code)
+                log.warning("group %s: offsets not replicated (error %d)", gid, code)
+                for tp in valid:
+                    result[tp] = code
+                return result
+            # another request may have created or removed the group during the wait
+            target = self.groups.get(gid)
+            if target is None or target.is_state(GroupState.DEAD):
+                target = group if not group.is_state(GroupState.DEAD) else Group(gid)
+                self.groups[gid] = target
             if producer_id >= 0:
-                group.pending_txn_offsets.setdefault(producer_id, {}).update(valid)
-                self._txn_groups.setdefault(producer_id, set()).add(group.group_id)
+                target.pending_txn_offsets.setdefault(producer_id, {}).update(valid)
+                self._txn_groups.setdefault(producer_id, set()).add(gid)
             else:
-                group.offsets.update(valid)
+                target.offsets.update(valid)
             self.offset_commits.inc(len(valid))
             for tp in valid:
                 result[tp] = 0
         return result
 
-    def complete_txn(self, partition: int, producer_id: int, commit: bool) -> None:
-        """The transaction coordinator wrote a marker for ``producer_id`` into partition
-        ``partition`` of ``__consumer_offsets``: apply or drop its pending offsets."""
-        if not self.loaded:
-            return  # loading replays the marker from the log
+    def complete_txn(
+        self, partition: int, producer_id: int, commit: bool, marker_offset: int | None = None
+    ) -> None:
+        """A marker for ``producer_id`` was written into partition ``partition`` of
+        ``__consumer_offsets`` (at ``marker_offset``): apply or drop its pending offsets."""
+        if self.cluster is None:
+            if not self.loaded:
+                return  # loading replays the marker from the log
+        else:
+            own = self._owned.get(partition)
+            if own is None:
+                return  # whoever loads the partition replays the marker
+            if not own.loaded:
+                # the load may have read the log before the marker: apply it afterwards
+                own.deferred.append((producer_id, commit, marker_offset))
+                return
+        self._complete_txn_now(partition, producer_id, commit, marker_offset)
+
+    def _complete_txn_now(
+        self, partition: int, producer_id: int, commit: bool, marker_offset: int | None
+    ) -> None:
         gids = self._txn_groups.get(producer_id)
         if not gids:
             return
         for gid in [g for g in gids if self.partition_for(g) == partition]:
-            gids.discard(gid)
             group = self.groups.get(gid)
             if group is not None:
-                group.complete_txn_offsets(producer_id, commit)
+                group.complete_txn_offsets(producer_id, commit, before=marker_offset)
+                if producer_id in group.pending_txn_offsets:
+                    continue  # a later transaction of the producer still holds offsets
+            gids.discard(gid)
         if not gids:
             del self._txn_groups[producer_id]
 
@@ -245,8 +308,9 @@ class OffsetsMixin:
         *,
         require_stable: bool = False,
     ) -> tuple[int, list[FetchedOffset]]:
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
+        status = self._key_status(group_id)
+        if status:
+            return status, []
         group = self.groups.get(group_id)
         if partitions is None:
             if group is None:
@@ -279,8 +343,9 @@ class OffsetsMixin:
     def delete_offsets(
         self, group_id: str, partitions: list[TopicPartition]
     ) -> tuple[int, dict[TopicPartition, int]]:
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS), {}
+        status = self._key_status(group_id)
+        if status:
+            return status, {}
         group = self.groups.get(group_id)
         if group is None or group.is_state(GroupState.DEAD):
             return int(_E.GROUP_ID_NOT_FOUND), {}
@@ -292,7 +357,7 @@ class OffsetsMixin:
         result: dict[TopicPartition, int] = {}
         doomed: list[TopicPartition] = []
         for tp in partitions:
-            if self.broker.partitions.get(tp[0], tp[1]) is None:
+            if not self._partition_exists(tp[0], tp[1]):
                 result[tp] = int(_E.UNKNOWN_TOPIC_OR_PARTITION)
             elif subscribed is None or tp[0] in subscribed:
                 result[tp] = int(_E.GROUP_SUBSCRIBED_TO_TOPIC)

@@ -22,7 +22,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import CONTROL_COMMIT
 
 from .group import CommittedOffset
-from .internal_topic import InternalTopic
+from .internal_topic import Appended, InternalTopic
 from .offsets_codec import (
     GroupMetadataKey,
     GroupMetadataValue,
@@ -42,7 +42,14 @@ if TYPE_CHECKING:
     from shazamq.broker.partitions import PartitionManager
     from shazamq.config import GroupsConfig
 
-__all__ = ["OFFSETS_TOPIC", "LoadedPartition", "OffsetsStore", "append_error_code"]
+__all__ = [
+    "OFFSETS_TOPIC",
+    "LoadedPartition",
+    "OffsetsStore",
+    "append_error_code",
+    "commit_replication_error",
+    "group_replication_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,30 @@ def append_error_code(exc: BaseException) -> int:
     return int(e.UNKNOWN_SERVER_ERROR)
 
 
+def commit_replication_error(code: int) -> int:
+    """What an offset commit answers when its records did not reach the in-sync replicas
+    (Kafka's mapping for offset commits: a timeout stays REQUEST_TIMED_OUT)."""
+    e = ErrorCode
+    if code in (e.NOT_ENOUGH_REPLICAS, e.NOT_ENOUGH_REPLICAS_AFTER_APPEND):
+        return int(e.COORDINATOR_NOT_AVAILABLE)
+    if code == e.NOT_LEADER_OR_FOLLOWER:
+        return int(e.NOT_COORDINATOR)
+    return int(code)
+
+
+def group_replication_error(code: int) -> int:
+    """What a group metadata write answers when it did not reach the in-sync replicas
+    (Kafka's mapping for group metadata: a timeout sends the members back to join)."""
+    e = ErrorCode
+    if code in (e.NOT_ENOUGH_REPLICAS, e.NOT_ENOUGH_REPLICAS_AFTER_APPEND):
+        return int(e.COORDINATOR_NOT_AVAILABLE)
+    if code == e.NOT_LEADER_OR_FOLLOWER:
+        return int(e.NOT_COORDINATOR)
+    if code == e.REQUEST_TIMED_OUT:
+        return int(e.REBALANCE_IN_PROGRESS)
+    return int(code)
+
+
 def committed_from(value: OffsetValue, record_offset: int) -> CommittedOffset:
     return CommittedOffset(
         offset=value.offset,
@@ -138,7 +169,7 @@ class OffsetsStore:
         *,
         producer_id: int = -1,
         producer_epoch: int = -1,
-    ) -> None:
+    ) -> Appended:
         """Append the commits as one batch and set each one's ``record_offset``."""
         records = [
             (
@@ -151,7 +182,7 @@ class OffsetsStore:
             )
             for (topic, partition), c in offsets.items()
         ]
-        base = self.topic.append(
+        appended = self.topic.append(
             self.partition_for(group_id),
             records,
             producer_id=producer_id,
@@ -159,7 +190,8 @@ class OffsetsStore:
             transactional=producer_id >= 0,
         )
         for i, committed in enumerate(offsets.values()):
-            committed.record_offset = base + i
+            committed.record_offset = appended.base_offset + i
+        return appended
 
     def delete_offsets(self, group_id: str, tps: list[TopicPartition]) -> None:
         if not tps:
@@ -169,8 +201,8 @@ class OffsetsStore:
             [(encode_offset_key(group_id, t, p), None) for t, p in tps],
         )
 
-    def write_group(self, group_id: str, value: GroupMetadataValue) -> None:
-        self.topic.append(
+    def write_group(self, group_id: str, value: GroupMetadataValue) -> Appended:
+        return self.topic.append(
             self.partition_for(group_id),
             [(encode_group_key(group_id), encode_group_value(value))],
         )

@@ -22,6 +22,21 @@ harmless) and is completed; an Ongoing one is left to its timeout, which the per
 check (``transactions.abort_timed_out_check_interval_ms``) enforces by fencing the
 producer and aborting, exactly as Kafka does. Transactions that already timed out while
 the broker was down are aborted during start-up, before any client is served.
+
+In a cluster, as in Kafka, a transactional id belongs to the broker leading its
+``__transaction_state`` partition: that partition is loaded (and recovered as above)
+when it becomes led here and dropped when it stops being led here, and requests for ids
+of any other partition are answered NOT_COORDINATOR. A state change counts once the
+in-sync replicas have it; while one is in flight, other requests for the same id are
+answered CONCURRENT_TRANSACTIONS (Kafka's pending state). EndTxn is answered once the
+Prepare state is replicated; the markers are then written in the background: directly
+into partitions led here, with WriteTxnMarkers to the leader of every other one,
+retried until written or the partition is gone, and only then is the transaction
+completed. Producer ids come in blocks the controller hands out, unique in the cluster.
+
+The implementation is one set of coroutines for both modes. On a single broker they
+never suspend, and the synchronous methods (``init_producer_id``, ``end_txn``, ...) run
+them to completion at once; the request handlers await the ``*_async`` forms.
 """
 
 from __future__ import annotations
@@ -30,14 +45,21 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shazamq.broker.groups.internal_topic import InternalTopic
+from shazamq.broker.cluster.client import ClientPool
+from shazamq.broker.groups.internal_topic import (
+    Appended,
+    InternalTopic,
+    partition_exists,
+    replicated,
+    run_now,
+)
 from shazamq.broker.groups.offsets_store import OFFSETS_TOPIC
 from shazamq.broker.log import AppendOrigin, LogError
 from shazamq.broker.log.errors import (
@@ -46,6 +68,11 @@ from shazamq.broker.log.errors import (
 )
 from shazamq.broker.tasks import cancel_all
 from shazamq.protocol.errors import ErrorCode, KafkaError
+from shazamq.protocol.messages.write_txn_markers_request import (
+    WritableTxnMarker,
+    WritableTxnMarkerTopic,
+    WriteTxnMarkersRequest,
+)
 from shazamq.protocol.records import RecordError, build_control_batch
 
 from .metadata import MAX_EPOCH, TxnMetadata
@@ -61,6 +88,9 @@ from .state_log import (
 
 if TYPE_CHECKING:
     from shazamq.broker.app import Broker
+    from shazamq.broker.cluster.node import ClusterNode
+    from shazamq.broker.log.partition_log import AppendInfo
+    from shazamq.broker.partitions import Partition
 
 __all__ = ["TRANSACTION_STATE_TOPIC", "TransactionCoordinator"]
 
@@ -75,6 +105,38 @@ _PID_EPOCH = struct.Struct(">qh")
 _BATCH_LENGTH = struct.Struct(">i")
 _POS_PRODUCER_ID = 43
 _MIN_BATCH = 61
+
+WRITE_TXN_MARKERS_KEY = 27
+# Kafka waits request.timeout.ms (30 s) for the in-sync replicas of a state write and of
+# the markers a WriteTxnMarkers appends.
+STATE_WRITE_TIMEOUT_S = 30.0
+MARKER_WRITE_TIMEOUT_S = 30.0
+# The leader answers a WriteTxnMarkers within its own wait; the margin covers the trip.
+_MARKER_REQUEST_TIMEOUT_S = MARKER_WRITE_TIMEOUT_S + 5.0
+# Producer ids taken from the controller at a time (KRaft's block size).
+PRODUCER_ID_BLOCK = 1000
+_MARKER_RETRY_FIRST_S = 0.05
+_MARKER_RETRY_MAX_S = 1.0
+
+# Marker outcomes that end the attempt at a partition. Success; the producer or the
+# coordinator moved on (a newer epoch wrote there, so nothing of this transaction is
+# open); and the refusals Kafka treats as bugs, which a retry cannot fix. Every other
+# error (leadership moving, replicas short or slow, the broker unreachable) is retried.
+_MARKER_FINAL = frozenset(
+    {
+        0,
+        int(_E.INVALID_PRODUCER_EPOCH),
+        int(_E.TRANSACTION_COORDINATOR_FENCED),
+        int(_E.UNSUPPORTED_FOR_MESSAGE_FORMAT),
+        int(_E.CORRUPT_MESSAGE),
+        int(_E.MESSAGE_TOO_LARGE),
+        int(_E.RECORD_LIST_TOO_LARGE),
+        int(_E.INVALID_REQUIRED_ACKS),
+    }
+)
+_MARKER_REFUSED = frozenset(
+    {int(_E.INVALID_PRODUCER_EPOCH), int(_E.TRANSACTION_COORDINATOR_FENCED)}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +154,30 @@ class _StoreFailed(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def state_write_error(code: int) -> int:
+    """What a failed ``__transaction_state`` write answers (Kafka's mapping: the client
+    retries, or looks the coordinator up again)."""
+    if code in (
+        _E.UNKNOWN_TOPIC_OR_PARTITION,
+        _E.NOT_ENOUGH_REPLICAS,
+        _E.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        _E.REQUEST_TIMED_OUT,
+    ):
+        return int(_E.COORDINATOR_NOT_AVAILABLE)
+    if code in (_E.NOT_LEADER_OR_FOLLOWER, _E.KAFKA_STORAGE_ERROR):
+        return int(_E.NOT_COORDINATOR)
+    return int(code)
+
+
+@dataclass(eq=False, slots=True)
+class _Ownership:
+    """A ``__transaction_state`` partition this broker leads (cluster mode); its identity
+    tells a write that waited whether the leadership it started under still holds."""
+
+    loaded: bool = False
+    task: asyncio.Task[None] | None = None
 
 
 class TransactionCoordinator:
@@ -113,6 +199,20 @@ class TransactionCoordinator:
         self.loaded = False
         self.producer_ids: ProducerIdAllocator | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # cluster mode: the __transaction_state partitions led here, by index
+        self._owned: dict[int, _Ownership] = {}
+        # ids with a request or a state change in flight: others get CONCURRENT_TRANSACTIONS
+        self._busy: set[str] = set()
+        # ids with background work (completing, aborting, expiring), one job per id
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        # cluster mode: the block of producer ids being handed out, and its refill
+        self._pid_next = 0
+        self._pid_end = 0
+        self._pid_fetch: asyncio.Task[None] | None = None
+        # cluster mode: connections for WriteTxnMarkers, apart from the replica fetchers'
+        # (a broker answers a connection's requests in order, so a marker waiting for its
+        # replication would hold up the very fetches that replicate it)
+        self.marker_pool: ClientPool | None = None
         r = broker.metrics.registry
         self.completed = Counter(
             "shazamq_transactions_completed",
@@ -131,9 +231,17 @@ class TransactionCoordinator:
             registry=r,
         )
 
+    @property
+    def cluster(self) -> ClusterNode | None:
+        return getattr(self.broker, "cluster", None)
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        cluster = self.cluster
+        if cluster is not None:
+            self._start_in_cluster(cluster)
+            return
         self.producer_ids = ProducerIdAllocator(self.broker.data_dir)
         await self.topic.ensure()
         loop = asyncio.get_running_loop()
@@ -142,7 +250,7 @@ class TransactionCoordinator:
         for meta in self.txns.values():
             self.producer_ids.ensure_above(meta.producer_id)
         self.loaded = True
-        self._recover(_now_ms())
+        run_now(self._recover(_now_ms(), list(self.txns.values())))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
         log.info(
@@ -151,53 +259,237 @@ class TransactionCoordinator:
             time.monotonic() - started,
         )
 
+    def _start_in_cluster(self, cluster: ClusterNode) -> None:
+        # The topic is created on the first FindCoordinator; until then nothing is led here.
+        cluster.on_partition_role.append(self._on_partition_role)
+        if self.marker_pool is None:
+            self.marker_pool = ClientPool(self._address_of, client_id="shazamq-txn-markers")
+        self.loaded = True
+        for p in list(self.broker.partitions.partitions.values()):
+            if p.topic == TRANSACTION_STATE_TOPIC and p.replica is not None and p.is_leader:
+                self._on_partition_role(p, True)
+        self.broker.metrics.add_probe(self._probe)
+        self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
+        log.info(
+            "transaction coordinator started; it loads the %s partitions led here",
+            TRANSACTION_STATE_TOPIC,
+        )
+
     async def stop(self) -> None:
+        cluster = self.cluster
+        if cluster is not None and self._on_partition_role in cluster.on_partition_role:
+            cluster.on_partition_role.remove(self._on_partition_role)
+        for own in self._owned.values():
+            if own.task is not None:
+                own.task.cancel()
         await cancel_all(self._tasks)
+        await cancel_all(list(self._jobs.values()))
+        self._jobs.clear()
+        if self._pid_fetch is not None:
+            await cancel_all([self._pid_fetch])
+        if self.marker_pool is not None:
+            await self.marker_pool.close()
+            self.marker_pool = None
         self.loaded = False
+
+    def _address_of(self, node_id: int) -> tuple[str, int] | None:
+        cluster = self.cluster
+        b = cluster.state.brokers.get(node_id) if cluster is not None else None
+        return (b.host, b.port) if b is not None else None
 
     def _load_all(self) -> dict[str, TxnMetadata]:
         txns: dict[str, TxnMetadata] = {}
         for index in range(self.topic.count):
-            for batch in self.topic.scan(index):
-                for record_offset, key, value in batch.records:
-                    if key is None:
-                        continue
-                    try:
-                        txn_id = decode_txn_key(key)
-                        if value is None:
-                            txns.pop(txn_id, None)
-                        else:
-                            txns[txn_id] = TxnMetadata.from_log_value(
-                                txn_id, decode_txn_value(value)
-                            )
-                    except TxnRecordError as exc:
-                        log.error(
-                            "%s-%d: skipping malformed record at offset %d: %s",
-                            TRANSACTION_STATE_TOPIC,
-                            index,
-                            record_offset,
-                            exc,
-                        )
+            txns.update(self._load_partition_records(index))
         return txns
 
-    def _recover(self, now_ms: int) -> None:
-        """Finish what a crash interrupted: complete prepared transactions, abort expired
-        ones."""
-        for meta in list(self.txns.values()):
+    def _load_partition_records(self, index: int) -> dict[str, TxnMetadata]:
+        """Replay partition ``index`` of the state topic; safe in an executor thread."""
+        txns: dict[str, TxnMetadata] = {}
+        for batch in self.topic.scan(index):
+            for record_offset, key, value in batch.records:
+                if key is None:
+                    continue
+                try:
+                    txn_id = decode_txn_key(key)
+                    if value is None:
+                        txns.pop(txn_id, None)
+                    else:
+                        txns[txn_id] = TxnMetadata.from_log_value(txn_id, decode_txn_value(value))
+                except TxnRecordError as exc:
+                    log.error(
+                        "%s-%d: skipping malformed record at offset %d: %s",
+                        TRANSACTION_STATE_TOPIC,
+                        index,
+                        record_offset,
+                        exc,
+                    )
+        return txns
+
+    async def _recover(self, now_ms: int, metas: Iterable[TxnMetadata]) -> None:
+        """Finish what a crash (or the previous coordinator) interrupted: complete
+        prepared transactions, abort expired ones."""
+        for meta in metas:
             if meta.in_prepare:
                 log.info(
-                    "completing %s of transactional id %s left by the previous run",
+                    "completing %s of transactional id %s left by the previous coordinator",
                     meta.state.display_name,
                     meta.transactional_id,
                 )
-                self._finish(meta)
+                await self._complete(meta)
             elif meta.state is TxnState.ONGOING and meta.start_ms + meta.timeout_ms < now_ms:
                 log.info(
-                    "aborting transaction of %s: it timed out while the broker was down",
+                    "aborting transaction of %s: it timed out while no coordinator ran it",
                     meta.transactional_id,
                 )
                 self.timed_out.inc()
-                self._fence_and_abort(meta)
+                await self._exclusively(meta.transactional_id, self._fence_and_abort, meta)
+
+    # -- which transactional ids are coordinated here ---------------------------------
+
+    def key_error(self, transactional_id: str) -> int:
+        """0 if this broker serves ``transactional_id`` now; else
+        COORDINATOR_LOAD_IN_PROGRESS or NOT_COORDINATOR."""
+        if self.cluster is None:
+            return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        own = self._owned.get(self.topic.partition_for(transactional_id))
+        if own is None or not self.loaded:
+            return int(_E.NOT_COORDINATOR)
+        return 0 if own.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+
+    def listing_error(self) -> int:
+        """The error of a request about every transaction (ListTransactions)."""
+        if self.cluster is None:
+            return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        if not self.loaded:
+            return int(_E.COORDINATOR_NOT_AVAILABLE)
+        if any(not own.loaded for own in self._owned.values()):
+            return int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        return 0
+
+    def _on_partition_role(self, p: Partition, leader: bool) -> None:
+        if p.topic != TRANSACTION_STATE_TOPIC:
+            return
+        if leader:
+            if p.index not in self._owned:
+                own = self._owned[p.index] = _Ownership()
+                own.task = asyncio.get_running_loop().create_task(
+                    self._load_partition(p.index, own),
+                    name=f"load {TRANSACTION_STATE_TOPIC}-{p.index}",
+                )
+        else:
+            self._unload_partition(p.index)
+
+    async def _load_partition(self, index: int, own: _Ownership) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(None, self._load_partition_records, index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # stays unowned: the next leadership change of the partition tries again
+            log.error("%s-%d: cannot load: %s", TRANSACTION_STATE_TOPIC, index, exc)
+            if self._owned.get(index) is own:
+                del self._owned[index]
+            return
+        if self._owned.get(index) is not own:
+            return  # leadership moved on while the partition was read
+        self.txns.update(loaded)
+        own.loaded = True
+        own.task = None
+        log.info(
+            "%s-%d: now coordinating %d transactional ids (loaded in %.2fs)",
+            TRANSACTION_STATE_TOPIC,
+            index,
+            len(loaded),
+            time.monotonic() - started,
+        )
+        await self._recover(_now_ms(), list(loaded.values()))
+
+    def _unload_partition(self, index: int) -> None:
+        own = self._owned.pop(index, None)
+        if own is None:
+            return
+        if own.task is not None:
+            own.task.cancel()
+        part = self.topic.partition_for
+        for txn_id in [t for t in self._jobs if part(t) == index]:
+            self._jobs.pop(txn_id).cancel()
+        doomed = [t for t in self.txns if part(t) == index]
+        for txn_id in doomed:
+            del self.txns[txn_id]
+        log.info(
+            "%s-%d: no longer led here; %d transactional ids unloaded",
+            TRANSACTION_STATE_TOPIC,
+            index,
+            len(doomed),
+        )
+
+    # -- background work per transactional id ------------------------------------------
+
+    def _running(self, txn_id: str) -> bool:
+        job = self._jobs.get(txn_id)
+        return job is not None and not job.done()
+
+    def _start_job(self, txn_id: str, work: Callable[[], Awaitable[object]]) -> None:
+        async def run() -> None:
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background work for transactional id %s failed", txn_id)
+            finally:
+                if self._jobs.get(txn_id) is task:
+                    del self._jobs[txn_id]
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"txn {txn_id}")
+        self._jobs[txn_id] = task
+
+    async def _complete(self, meta: TxnMetadata) -> bool:
+        """Finish a prepared transaction: at once on a single broker (False if some
+        partition refused its marker), in the background in a cluster (False: not yet)."""
+        if self.cluster is None:
+            return await self._finish(meta)
+        txn_id = meta.transactional_id
+        if not self._running(txn_id):
+
+            async def finish() -> None:
+                current = self.txns.get(txn_id)
+                if current is not None and current.in_prepare:
+                    await self._finish(current)
+
+            self._start_job(txn_id, finish)
+        return False
+
+    async def _exclusively(
+        self,
+        txn_id: str,
+        work: Callable[[TxnMetadata], Awaitable[object]],
+        meta: TxnMetadata,
+    ) -> None:
+        """Run the coordinator's own change of ``txn_id`` (a timeout's abort, an expiry)
+        holding the id against requests: inline on a single broker, as a job in a
+        cluster. Skipped if the id is busy; the periodic check comes back to it."""
+        if txn_id in self._busy or self._running(txn_id):
+            return
+        self._busy.add(txn_id)
+        if self.cluster is None:
+            try:
+                await work(meta)
+            finally:
+                self._busy.discard(txn_id)
+            return
+
+        async def run() -> None:
+            try:
+                if self.txns.get(txn_id) is meta:
+                    await work(meta)
+            finally:
+                self._busy.discard(txn_id)
+
+        self._start_job(txn_id, run)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -206,22 +498,59 @@ class TransactionCoordinator:
         return p.leader_epoch if p is not None else 0
 
     def _store(self, meta: TxnMetadata) -> TxnMetadata:
+        """:meth:`_write_state` on a single broker, where it never waits."""
+        return run_now(self._write_state(meta))
+
+    async def _write_state(self, meta: TxnMetadata) -> TxnMetadata:
         """Write ``meta`` to the state topic, then make it current. Raises _StoreFailed."""
+        txn_id = meta.transactional_id
+        index = self.topic.partition_for(txn_id)
+        own = self._owned.get(index)
         try:
-            self.topic.append(
-                self.topic.partition_for(meta.transactional_id),
-                [(encode_txn_key(meta.transactional_id), encode_txn_value(meta.to_log_value()))],
+            appended = self.topic.append(
+                index, [(encode_txn_key(txn_id), encode_txn_value(meta.to_log_value()))]
             )
         except (LogError, RecordError) as exc:
             raise _StoreFailed(int(_E.COORDINATOR_NOT_AVAILABLE), str(exc)) from exc
         except KafkaError as exc:
-            raise _StoreFailed(int(exc.code), str(exc)) from exc
-        self.txns[meta.transactional_id] = meta
+            raise _StoreFailed(state_write_error(int(exc.code)), str(exc)) from exc
+        await self._replicated(appended, index, own)
+        self.txns[txn_id] = meta
         return meta
 
-    def _allocate(self) -> int:
-        assert self.producer_ids is not None
-        return self.producer_ids.allocate()
+    async def _replicated(self, appended: Appended, index: int, own: _Ownership | None) -> None:
+        """Wait for the in-sync replicas of a state write; _StoreFailed if they did not
+        confirm, or the partition's leadership changed meanwhile."""
+        cluster = self.cluster
+        code = await replicated(cluster, appended, STATE_WRITE_TIMEOUT_S)
+        if not code and cluster is not None and self._owned.get(index) is not own:
+            code = int(_E.NOT_LEADER_OR_FOLLOWER)
+        if code:
+            raise _StoreFailed(
+                state_write_error(code), f"the in-sync replicas did not confirm (error {code})"
+            )
+
+    async def _allocate(self) -> int:
+        cluster = self.cluster
+        if cluster is None:
+            assert self.producer_ids is not None
+            return self.producer_ids.allocate()
+        while self._pid_next >= self._pid_end:
+            fetch = self._pid_fetch
+            if fetch is None or fetch.done():
+                fetch = self._pid_fetch = asyncio.get_running_loop().create_task(
+                    self._fetch_producer_ids(cluster), name="producer-id-block"
+                )
+                fetch.add_done_callback(_retrieve)
+            await asyncio.shield(fetch)
+        pid = self._pid_next
+        self._pid_next += 1
+        return pid
+
+    async def _fetch_producer_ids(self, cluster: ClusterNode) -> None:
+        start = await cluster.allocate_producer_ids(PRODUCER_ID_BLOCK)
+        self._pid_next, self._pid_end = start, start + PRODUCER_ID_BLOCK
+        log.info("producer ids %d-%d reserved", start, start + PRODUCER_ID_BLOCK - 1)
 
     # -- InitProducerId ---------------------------------------------------------------
 
@@ -232,25 +561,61 @@ class TransactionCoordinator:
         expected_producer_id: int = -1,
         expected_epoch: int = -1,
     ) -> InitProducerIdResult:
+        """:meth:`init_producer_id_async` on a single broker, where it never waits."""
+        return run_now(
+            self.init_producer_id_async(
+                transactional_id, timeout_ms, expected_producer_id, expected_epoch
+            )
+        )
+
+    async def init_producer_id_async(
+        self,
+        transactional_id: str | None,
+        timeout_ms: int,
+        expected_producer_id: int = -1,
+        expected_epoch: int = -1,
+    ) -> InitProducerIdResult:
         if transactional_id is None:
             try:
-                return InitProducerIdResult(0, self._allocate(), 0)
+                return InitProducerIdResult(0, await self._allocate(), 0)
             except (ProducerIdsExhaustedError, OSError) as exc:
                 log.error("cannot allocate a producer id: %s", exc)
                 return InitProducerIdResult(int(_E.UNKNOWN_SERVER_ERROR))
+            except KafkaError as exc:
+                # Kafka's answer while a new block is on its way: the client retries
+                log.warning("cannot allocate a producer id yet: %s", exc)
+                return InitProducerIdResult(int(_E.COORDINATOR_LOAD_IN_PROGRESS))
         if transactional_id == "":
             return InitProducerIdResult(int(_E.INVALID_REQUEST))
-        if not self.loaded:
-            return InitProducerIdResult(int(_E.COORDINATOR_LOAD_IN_PROGRESS))
+        error = self.key_error(transactional_id)
+        if error:
+            return InitProducerIdResult(error)
         if timeout_ms <= 0 or timeout_ms > self.config.max_timeout_ms:
             return InitProducerIdResult(int(_E.INVALID_TRANSACTION_TIMEOUT))
+        if transactional_id in self._busy:
+            return InitProducerIdResult(int(_E.CONCURRENT_TRANSACTIONS))
+        self._busy.add(transactional_id)
+        try:
+            return await self._init_producer_id(
+                transactional_id, timeout_ms, expected_producer_id, expected_epoch
+            )
+        finally:
+            self._busy.discard(transactional_id)
+
+    async def _init_producer_id(
+        self,
+        transactional_id: str,
+        timeout_ms: int,
+        expected_producer_id: int,
+        expected_epoch: int,
+    ) -> InitProducerIdResult:
         now = _now_ms()
         meta = self.txns.get(transactional_id)
         try:
             if meta is None:
                 meta = TxnMetadata(
                     transactional_id=transactional_id,
-                    producer_id=self._allocate(),
+                    producer_id=await self._allocate(),
                     producer_epoch=-1,
                     timeout_ms=timeout_ms,
                     state=TxnState.EMPTY,
@@ -281,7 +646,7 @@ class TransactionCoordinator:
                 else:
                     return InitProducerIdResult(int(_E.PRODUCER_FENCED))
             if meta.in_prepare:
-                if not self._finish(meta):
+                if not await self._complete(meta):
                     return InitProducerIdResult(int(_E.CONCURRENT_TRANSACTIONS))
                 meta = self.txns[transactional_id]
             if meta.state is TxnState.ONGOING:
@@ -292,11 +657,13 @@ class TransactionCoordinator:
                     meta.producer_epoch,
                 )
                 self.fenced.inc()
-                if not self._fence_and_abort(meta):
+                if not await self._fence_and_abort(meta):
+                    # in a cluster the abort completes in the background: the producer
+                    # retries, as Kafka's does
                     return InitProducerIdResult(int(_E.CONCURRENT_TRANSACTIONS))
                 meta = self.txns[transactional_id]
             if meta.epoch_exhausted:
-                new_pid, new_epoch = self._allocate(), 0
+                new_pid, new_epoch = await self._allocate(), 0
                 last_pid = meta.producer_id
             else:
                 new_pid, new_epoch = meta.producer_id, meta.producer_epoch + 1
@@ -304,7 +671,7 @@ class TransactionCoordinator:
             # Kafka's rule: the epoch before this bump is remembered only for a producer
             # recovering its own epoch; a new instance's bump forgets it, so the instance
             # it fenced cannot take the new epoch over by "retrying"
-            meta = self._store(
+            meta = await self._write_state(
                 meta.to(
                     TxnState.EMPTY,
                     producer_id=new_pid,
@@ -323,6 +690,9 @@ class TransactionCoordinator:
         except (ProducerIdsExhaustedError, OSError) as exc:
             log.error("cannot allocate a producer id: %s", exc)
             return InitProducerIdResult(int(_E.UNKNOWN_SERVER_ERROR))
+        except KafkaError as exc:
+            log.warning("cannot allocate a producer id yet: %s", exc)
+            return InitProducerIdResult(int(_E.COORDINATOR_LOAD_IN_PROGRESS))
         return InitProducerIdResult(0, meta.producer_id, meta.producer_epoch)
 
     # -- AddPartitionsToTxn / AddOffsetsToTxn -----------------------------------------
@@ -333,8 +703,9 @@ class TransactionCoordinator:
         """The transaction's metadata if (producer_id, epoch) owns it, else the error."""
         if not transactional_id:
             return None, int(_E.INVALID_REQUEST)
-        if not self.loaded:
-            return None, int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        error = self.key_error(transactional_id)
+        if error:
+            return None, error
         meta = self.txns.get(transactional_id)
         if meta is None or meta.producer_id != producer_id:
             return None, int(_E.INVALID_PRODUCER_ID_MAPPING)
@@ -356,12 +727,23 @@ class TransactionCoordinator:
         epoch: int,
         partitions: Iterable[TopicPartition],
     ) -> dict[TopicPartition, int]:
+        """:meth:`add_partitions_async` on a single broker, where it never waits."""
+        return run_now(self.add_partitions_async(transactional_id, producer_id, epoch, partitions))
+
+    async def add_partitions_async(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[TopicPartition],
+    ) -> dict[TopicPartition, int]:
         wanted = list(dict.fromkeys(partitions))
         error = self._check_producer(transactional_id, producer_id, epoch)
         if error:
             return dict.fromkeys(wanted, error)
         parts = self.broker.partitions
-        missing = {tp for tp in wanted if parts.get(tp[0], tp[1]) is None}
+        cluster = self.cluster
+        missing = {tp for tp in wanted if not partition_exists(parts, cluster, tp[0], tp[1])}
         if missing:
             return {
                 tp: int(
@@ -369,26 +751,35 @@ class TransactionCoordinator:
                 )
                 for tp in wanted
             }
-        error = self._add(transactional_id, wanted)
+        error = await self._add(transactional_id, wanted)
         return dict.fromkeys(wanted, error)
 
     def add_offsets(
+        self, transactional_id: str, producer_id: int, epoch: int, group_id: str
+    ) -> int:
+        """:meth:`add_offsets_async` on a single broker, where it never waits."""
+        return run_now(self.add_offsets_async(transactional_id, producer_id, epoch, group_id))
+
+    async def add_offsets_async(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
     ) -> int:
         error = self._check_producer(transactional_id, producer_id, epoch)
         if error:
             return error
         index = self.broker.groups.partition_for(group_id)
-        return self._add(transactional_id, [(OFFSETS_TOPIC, index)])
+        return await self._add(transactional_id, [(OFFSETS_TOPIC, index)])
 
-    def _add(self, transactional_id: str, partitions: list[TopicPartition]) -> int:
+    async def _add(self, transactional_id: str, partitions: list[TopicPartition]) -> int:
+        if transactional_id in self._busy:
+            return int(_E.CONCURRENT_TRANSACTIONS)
         meta = self.txns[transactional_id]
         new = frozenset(partitions)
         if meta.state is TxnState.ONGOING and new <= meta.partitions:
             return 0
         now = _now_ms()
+        self._busy.add(transactional_id)
         try:
-            self._store(
+            await self._write_state(
                 meta.to(
                     TxnState.ONGOING,
                     partitions=meta.partitions | new,
@@ -399,23 +790,36 @@ class TransactionCoordinator:
         except _StoreFailed as exc:
             log.warning("adding partitions to %s: %s", transactional_id, exc)
             return exc.code
+        finally:
+            self._busy.discard(transactional_id)
         return 0
 
     # -- EndTxn -----------------------------------------------------------------------
 
     def end_txn(self, transactional_id: str, producer_id: int, epoch: int, commit: bool) -> int:
+        """:meth:`end_txn_async` on a single broker, where it never waits."""
+        return run_now(self.end_txn_async(transactional_id, producer_id, epoch, commit))
+
+    async def end_txn_async(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> int:
         meta, error = self._owned_by(transactional_id, producer_id, epoch)
         if meta is None:
             return error
         state = meta.state
         if state is TxnState.ONGOING:
+            if transactional_id in self._busy:
+                return int(_E.CONCURRENT_TRANSACTIONS)
             target = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
+            self._busy.add(transactional_id)
             try:
-                prepared = self._store(meta.to(target, last_update_ms=_now_ms()))
+                prepared = await self._write_state(meta.to(target, last_update_ms=_now_ms()))
             except _StoreFailed as exc:
                 log.warning("ending transaction of %s: %s", transactional_id, exc)
                 return exc.code
-            self._finish(prepared)
+            finally:
+                self._busy.discard(transactional_id)
+            await self._complete(prepared)
             return 0
         if state is TxnState.COMPLETE_COMMIT:
             return 0 if commit else int(_E.INVALID_TXN_STATE)
@@ -427,10 +831,11 @@ class TransactionCoordinator:
             return int(_E.CONCURRENT_TRANSACTIONS) if not commit else int(_E.INVALID_TXN_STATE)
         return int(_E.INVALID_TXN_STATE)
 
-    def _fence_and_abort(self, meta: TxnMetadata) -> bool:
-        """Bump the epoch of an Ongoing transaction (fencing its producer) and abort it."""
+    async def _fence_and_abort(self, meta: TxnMetadata) -> bool:
+        """Bump the epoch of an Ongoing transaction (fencing its producer) and abort it.
+        True once aborted (a single broker); False if not (yet)."""
         try:
-            prepared = self._store(
+            prepared = await self._write_state(
                 meta.to(
                     TxnState.PREPARE_ABORT,
                     producer_epoch=meta.producer_epoch + 1,
@@ -441,16 +846,19 @@ class TransactionCoordinator:
         except _StoreFailed as exc:
             log.warning("aborting transaction of %s: %s", meta.transactional_id, exc)
             return False
-        return self._finish(prepared)
+        if self.cluster is not None and self._running(meta.transactional_id):
+            # called from this id's own job: finish within it
+            return await self._finish(prepared)
+        return await self._complete(prepared)
 
-    def _finish(self, meta: TxnMetadata) -> bool:
+    async def _finish(self, meta: TxnMetadata) -> bool:
         """Write the markers of a prepared transaction and complete it. False if some
         partition could not take its marker (the periodic check retries)."""
         commit = meta.state is TxnState.PREPARE_COMMIT
-        if not self._write_markers(meta, commit):
+        if not await self._write_markers(meta, commit):
             return False
         try:
-            self._store(
+            await self._write_state(
                 meta.to(
                     TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT,
                     partitions=frozenset(),
@@ -463,46 +871,211 @@ class TransactionCoordinator:
         self.completed.labels("commit" if commit else "abort").inc()
         return True
 
-    def _write_markers(self, meta: TxnMetadata, commit: bool) -> bool:
-        parts = self.broker.partitions
-        groups = self.broker.groups
+    async def _write_markers(self, meta: TxnMetadata, commit: bool) -> bool:
         coordinator_epoch = self._coordinator_epoch(meta.transactional_id)
+        cluster = self.cluster
+        if cluster is not None:
+            await self._write_markers_in_cluster(cluster, meta, commit, coordinator_epoch)
+            return True
+        parts = self.broker.partitions
         ok = True
-        now = _now_ms()
         for topic, index in sorted(meta.partitions):
-            p = parts.get(topic, index)
-            if p is None:
+            if parts.get(topic, index) is None:
                 log.info("%s-%d is gone: no marker for %s", topic, index, meta.transactional_id)
                 continue
-            batch = build_control_batch(
-                commit, meta.producer_id, meta.producer_epoch, coordinator_epoch, now
+            code = await self.write_marker(
+                topic, index, meta.producer_id, meta.producer_epoch, commit, coordinator_epoch
             )
-            try:
-                p.log.append(
-                    bytearray(batch),
-                    leader_epoch=p.leader_epoch,
-                    now_ms=now,
-                    origin=AppendOrigin.COORDINATOR,
-                )
-            except (InvalidProducerEpochError, TransactionCoordinatorFencedError) as exc:
-                # a newer epoch already wrote to this partition: nothing of ours is open
-                log.info(
-                    "marker for %s in %s-%d refused: %s", meta.transactional_id, topic, index, exc
-                )
-            except (LogError, RecordError) as exc:
-                log.warning(
-                    "cannot write the marker of %s to %s-%d: %s",
-                    meta.transactional_id,
-                    topic,
-                    index,
-                    exc,
-                )
+            if code and code not in _MARKER_REFUSED:
                 ok = False
-                continue
-            p.notify()
-            if topic == OFFSETS_TOPIC:
-                groups.complete_txn(index, meta.producer_id, commit)
         return ok
+
+    async def _write_markers_in_cluster(
+        self, cluster: ClusterNode, meta: TxnMetadata, commit: bool, coordinator_epoch: int
+    ) -> None:
+        """Every partition of the transaction gets its marker from its current leader:
+        this broker's own directly, the others' through WriteTxnMarkers. Rounds repeat
+        (leaders looked up again each time) until every partition has its marker or is
+        gone; the job is cancelled if this broker stops coordinating the id."""
+        pending = set(meta.partitions)
+        delay = _MARKER_RETRY_FIRST_S
+        while pending:
+            local: list[TopicPartition] = []
+            remote: dict[int, list[TopicPartition]] = {}
+            for tp in sorted(pending):
+                t = cluster.state.topics.get(tp[0])
+                if t is None or not 0 <= tp[1] < len(t.partitions):
+                    log.info("%s-%d is gone: no marker for %s", *tp, meta.transactional_id)
+                    pending.discard(tp)
+                    continue
+                leader = t.partitions[tp[1]].leader
+                if leader == cluster.node_id:
+                    local.append(tp)
+                elif leader >= 0:
+                    remote.setdefault(leader, []).append(tp)
+            writes: list[Awaitable[list[tuple[TopicPartition, int]]]] = [
+                self._local_markers(local, meta, commit, coordinator_epoch)
+            ]
+            writes.extend(
+                self._send_markers(cluster, node, tps, meta, commit, coordinator_epoch)
+                for node, tps in remote.items()
+            )
+            for results in await asyncio.gather(*writes):
+                for tp, code in results:
+                    if code in _MARKER_FINAL:
+                        if code and code not in _MARKER_REFUSED:
+                            log.error(
+                                "marker of %s in %s-%d refused for good: error %d",
+                                meta.transactional_id,
+                                *tp,
+                                code,
+                            )
+                        pending.discard(tp)
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MARKER_RETRY_MAX_S)
+
+    async def _local_markers(
+        self,
+        tps: list[TopicPartition],
+        meta: TxnMetadata,
+        commit: bool,
+        coordinator_epoch: int,
+    ) -> list[tuple[TopicPartition, int]]:
+        codes = await asyncio.gather(
+            *(
+                self.write_marker(
+                    topic, index, meta.producer_id, meta.producer_epoch, commit, coordinator_epoch
+                )
+                for topic, index in tps
+            )
+        )
+        return list(zip(tps, codes, strict=True))
+
+    async def _send_markers(
+        self,
+        cluster: ClusterNode,
+        node: int,
+        tps: list[TopicPartition],
+        meta: TxnMetadata,
+        commit: bool,
+        coordinator_epoch: int,
+    ) -> list[tuple[TopicPartition, int]]:
+        """WriteTxnMarkers for ``tps`` to their leader ``node``: each partition's error."""
+        by_topic: dict[str, list[int]] = {}
+        for topic, index in tps:
+            by_topic.setdefault(topic, []).append(index)
+        request = WriteTxnMarkersRequest(
+            markers=[
+                WritableTxnMarker(
+                    producer_id=meta.producer_id,
+                    producer_epoch=meta.producer_epoch,
+                    transaction_result=commit,
+                    topics=[
+                        WritableTxnMarkerTopic(name=t, partition_indexes=ids)
+                        for t, ids in by_topic.items()
+                    ],
+                    coordinator_epoch=coordinator_epoch,
+                )
+            ]
+        )
+        codes = dict.fromkeys(tps, int(_E.NETWORK_EXCEPTION))
+        pool = self.marker_pool
+        assert pool is not None
+        try:
+            client = await pool.get(node)
+            version = client.best_version(WRITE_TXN_MARKERS_KEY, 1)
+            response = await client.request(
+                WRITE_TXN_MARKERS_KEY, version, request, timeout=_MARKER_REQUEST_TIMEOUT_S
+            )
+        except Exception as exc:  # unreachable, broken connection, undecodable answer
+            log.info(
+                "markers of %s to broker %d not sent: %s; retrying",
+                meta.transactional_id,
+                node,
+                exc,
+            )
+            # a fresh connection next round: an unanswered request would delay what follows
+            pool.invalidate(node)
+            return list(codes.items())
+        for marker in response.markers:
+            if marker.producer_id != meta.producer_id:
+                continue
+            for t in marker.topics:
+                for part in t.partitions:
+                    if (t.name, part.partition_index) in codes:
+                        codes[(t.name, part.partition_index)] = part.error_code
+        for tp, code in codes.items():
+            if code not in _MARKER_FINAL:
+                log.debug("marker of %s in %s-%d: error %d", meta.transactional_id, *tp, code)
+        return list(codes.items())
+
+    async def write_marker(
+        self,
+        topic: str,
+        index: int,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
+    ) -> int:
+        """Append a COMMIT or ABORT marker to a partition led here; 0 once it is in (and,
+        in a cluster, on the in-sync replicas), else the error, as WriteTxnMarkers
+        answers per partition. A marker in ``__consumer_offsets`` completes the
+        transaction's offsets in the group coordinator."""
+        p = self.broker.partitions.get(topic, index)
+        if p is None:
+            return int(_E.UNKNOWN_TOPIC_OR_PARTITION)
+        cluster = self.cluster
+        role = p.replica if cluster is not None else None
+        if role is not None and cluster is not None:
+            if not role.is_leader:
+                return int(_E.NOT_LEADER_OR_FOLLOWER)
+            if len(role.isr) < cluster.min_isr(p.topic_info.configs):
+                return int(_E.NOT_ENOUGH_REPLICAS)
+        try:
+            info = self._append_marker(p, producer_id, producer_epoch, commit, coordinator_epoch)
+        except (InvalidProducerEpochError, TransactionCoordinatorFencedError) as exc:
+            # a newer epoch already wrote to this partition: nothing of ours is open
+            log.info("marker of producer %d in %s-%d refused: %s", producer_id, topic, index, exc)
+            p.notify()
+            self._marker_written(topic, index, producer_id, commit, None)
+            return int(exc.error_code)
+        except (LogError, RecordError) as exc:
+            log.warning(
+                "cannot write the marker of producer %d to %s-%d: %s",
+                producer_id,
+                topic,
+                index,
+                exc,
+            )
+            return int(exc.error_code)
+        p.notify()
+        appended = Appended(p, info.base_offset, info.last_offset + 1)
+        code = await replicated(cluster, appended, MARKER_WRITE_TIMEOUT_S)
+        if code:
+            return code
+        self._marker_written(topic, index, producer_id, commit, info.base_offset)
+        return 0
+
+    @staticmethod
+    def _append_marker(
+        p: Partition, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int
+    ) -> AppendInfo:
+        now = _now_ms()
+        batch = build_control_batch(commit, producer_id, producer_epoch, coordinator_epoch, now)
+        return p.log.append(
+            bytearray(batch),
+            leader_epoch=p.leader_epoch,
+            now_ms=now,
+            origin=AppendOrigin.COORDINATOR,
+        )
+
+    def _marker_written(
+        self, topic: str, index: int, producer_id: int, commit: bool, offset: int | None
+    ) -> None:
+        if topic == OFFSETS_TOPIC:
+            self.broker.groups.complete_txn(index, producer_id, commit, offset)
 
     # -- TxnOffsetCommit and Produce checks -------------------------------------------
 
@@ -512,8 +1085,11 @@ class TransactionCoordinator:
         """Error for a TxnOffsetCommit whose group partition is not in the transaction."""
         if not transactional_id:
             return int(_E.INVALID_REQUEST)
-        if not self.loaded:
-            return int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        error = self.key_error(transactional_id)
+        if error:
+            # coordinated by another broker (or loading): like Kafka before KIP-890, the
+            # group coordinator does not ask it; the log still fences stale epochs
+            return 0 if self.cluster is not None else error
         meta = self.txns.get(transactional_id)
         if meta is None or meta.producer_id != producer_id:
             return int(_E.INVALID_PRODUCER_ID_MAPPING)
@@ -533,9 +1109,13 @@ class TransactionCoordinator:
         Reads only the producer id and epoch of each batch header. Raises KafkaError:
         INVALID_PRODUCER_ID_MAPPING (unknown id), INVALID_PRODUCER_EPOCH (fenced or
         unknown epoch), INVALID_TXN_STATE (partition not added to an ongoing transaction).
+        In a cluster only ids coordinated here are checked: a partition leader does not
+        ask another broker's coordinator (Kafka's leaders check none before KIP-890).
         """
         meta = self.txns.get(transactional_id)
         if meta is None:
+            if self.cluster is not None and self.key_error(transactional_id):
+                return
             raise KafkaError(
                 _E.INVALID_PRODUCER_ID_MAPPING,
                 f"transactional id {transactional_id!r} has no producer id",
@@ -577,38 +1157,49 @@ class TransactionCoordinator:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.check_timeouts(_now_ms())
+                await self._check_timeouts(_now_ms())
             except Exception:
                 log.exception("transaction timeout check failed")
 
     def check_timeouts(self, now_ms: int) -> None:
-        """Abort timed-out transactions, retry unfinished ones, expire idle ids."""
+        """Abort timed-out transactions, retry unfinished ones, expire idle ids (on a
+        single broker at once; the loop awaits the same work in a cluster)."""
+        run_now(self._check_timeouts(now_ms))
+
+    async def _check_timeouts(self, now_ms: int) -> None:
         expiration = self.config.transactional_id_expiration_ms
         for meta in list(self.txns.values()):
+            txn_id = meta.transactional_id
+            if self.txns.get(txn_id) is not meta or txn_id in self._busy or self._running(txn_id):
+                continue
             if meta.state is TxnState.ONGOING and meta.start_ms + meta.timeout_ms < now_ms:
                 log.info(
                     "transaction of %s (producer %d epoch %d) timed out after %d ms; aborting",
-                    meta.transactional_id,
+                    txn_id,
                     meta.producer_id,
                     meta.producer_epoch,
                     meta.timeout_ms,
                 )
                 self.timed_out.inc()
-                self._fence_and_abort(meta)
+                await self._exclusively(txn_id, self._fence_and_abort, meta)
             elif meta.in_prepare:
-                self._finish(meta)
+                await self._complete(meta)
             elif meta.completed and now_ms - meta.last_update_ms >= expiration:
-                self._expire(meta)
+                await self._exclusively(txn_id, self._expire, meta)
 
-    def _expire(self, meta: TxnMetadata) -> None:
+    async def _expire(self, meta: TxnMetadata) -> None:
         txn_id = meta.transactional_id
+        index = self.topic.partition_for(txn_id)
+        own = self._owned.get(index)
         try:
             meta.to(TxnState.DEAD)
-            self.topic.append(self.topic.partition_for(txn_id), [(encode_txn_key(txn_id), None)])
-        except (LogError, RecordError, KafkaError) as exc:
+            appended = self.topic.append(index, [(encode_txn_key(txn_id), None)])
+            await self._replicated(appended, index, own)
+        except (LogError, RecordError, KafkaError, _StoreFailed) as exc:
             log.warning("cannot expire transactional id %s: %s", txn_id, exc)
             return
-        self.txns.pop(txn_id, None)
+        if self.txns.get(txn_id) is meta:
+            del self.txns[txn_id]
         log.info("transactional id %s expired", txn_id)
 
     # -- tooling ----------------------------------------------------------------------
@@ -654,3 +1245,9 @@ class TransactionCoordinator:
         for state, n in counts.items():
             g.add_metric([state], n)
         return [g]
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # every caller may have stopped waiting: keep asyncio from logging the failure
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,751 @@
+"""The metadata quorum: a Raft-replicated log of metadata records, built on pysyncobj.
+
+Every broker runs one `MetadataQuorum`. The brokers listed in `voters` elect a leader and
+replicate the log; any other broker is an *observer* (pysyncobj's read-only node): it
+receives and applies every committed record but never votes and never leads.
+
+Records are opaque `bytes` (our msgspec encodings). Each is replicated, with its proposal's
+token, as the arguments of a single `@replicated` method, applied once per node to the
+`machine` given to us, and then handed to the event loop through `on_apply`, in commit order.
+
+Threads. pysyncobj drives Raft from its own tick thread; the machine is applied there.
+Nothing of pysyncobj runs on the event loop: construction (PBKDF2 key derivation, journal
+load, bind) happens in an owner thread that stays alive until `stop()` (pysyncobj stops
+ticking as soon as the thread that built it exits, so that thread must not be a pool worker),
+and everything that crosses back into asyncio goes through `loop.call_soon_threadsafe`.
+Because those posts are FIFO and the apply of a record is posted before the completion of
+its proposal, `propose()` returns only after `on_apply` for that record has run.
+
+Observers propose through pysyncobj itself: a read-only node that knows the leader sends the
+command over its connection to the leader, which appends it and answers with the log index;
+the observer completes the proposal when it applies that index. (Verified by the tests.)
+
+Failures and retries. Every proposal carries a random token, and the replicated method
+skips a token it has already applied (returning the first result), so `propose()` can retry
+safely whatever pysyncobj reports - no leader, not the leader, discarded by a new leader, or
+a leader change that leaves the outcome unknown - until its timeout; a record is applied at
+most once per proposal. The tokens of the last `DEDUP_WINDOW` records are part of the
+replicated state (kept in log order, carried in snapshots), so every node skips the same
+duplicates. `propose()` raises `QuorumUnavailable` when the timeout passes (the record may
+still commit later, as any timed-out write), when the queue is full, or when stopped.
+
+Durability. pysyncobj 0.3.17 writes its journal through an mmap and never fsyncs it (it has
+no `flushJournal` option): that survives a crashed process but not a crashed machine. So the
+journal, its meta file (term, vote, commit index), the snapshot and their directory are
+fsynced before this node acknowledges entries or votes, and by the leader before it counts
+its own copy of a new entry (see `_RaftNode.sync_to_disk`).
+
+Snapshots. Log compaction writes `raft.snapshot` in our own format (magic, msgpack header
+with the two boundary log entries pysyncobj needs and the recent proposal tokens, then
+`machine.snapshot()` verbatim);
+loading one calls `machine.restore()` and posts `on_restore`. Nothing of ours is pickled.
+pysyncobj still pickles its own wire messages and log commands; with a secret set, every
+frame is Fernet-authenticated before it is unpickled, so only holders of the secret reach
+`pickle.loads`.
+
+Security. `secret` is pysyncobj's password: a peer with another secret fails the handshake
+and is disconnected, so it can neither join, vote, nor inject records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import pathlib
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.transport import TCPTransport
+
+from shazamq.protocol.errors import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+_pysyncobj_logger = logging.getLogger("pysyncobj")
+if _pysyncobj_logger.level == logging.NOTSET:  # leave an operator's explicit choice alone
+    _pysyncobj_logger.setLevel(logging.WARNING)
+
+JOURNAL_FILE = "raft.journal"
+SNAPSHOT_FILE = "raft.snapshot"
+
+# Timings for a LAN: heartbeats well inside the election timeout, a dead connection noticed
+# within a few seconds, and reconnects every second (pysyncobj's default of 5 s would make a
+# restarted voter wait that long before its peers dial it again).
+RAFT_MIN_TIMEOUT = 0.4
+RAFT_MAX_TIMEOUT = 1.4
+APPEND_ENTRIES_PERIOD = 0.1
+CONNECTION_TIMEOUT = 3.0
+CONNECTION_RETRY = 1.0
+# A leader that hears from no majority for this long steps down (default 30 s would leave an
+# isolated leader accepting proposals that can never commit for half a minute).
+LEADER_FALLBACK_TIMEOUT = 2.5
+# The metadata log is small: snapshot after a few thousand entries or every ten minutes.
+COMPACTION_MIN_ENTRIES = 4096
+COMPACTION_MIN_TIME = 600.0
+COMMANDS_QUEUE_SIZE = 4096
+# pysyncobj splits an entry at least this big into chunks with an off-by-overhead bug
+# (it compares chunk offsets with the command's length instead of the pickled entry's);
+# a generous batch size plus a record limit well below it keeps every entry whole.
+_BATCH_BYTES = 1 << 20
+MAX_RECORD_BYTES = _BATCH_BYTES // 2
+
+_RETRY_PAUSE = 0.05
+_ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
+
+# Tokens remembered for duplicate suppression: far more proposals than can be in flight
+# across one failover, and small enough to ride along in every snapshot.
+DEDUP_WINDOW = 4096
+
+# The token makes a repeated proposal harmless, so every failure whose outcome is "not
+# appended" or "unknown" is retried until the caller's timeout.
+_RETRYABLE = {
+    FAIL_REASON.MISSING_LEADER: "no leader elected",
+    FAIL_REASON.NOT_LEADER: "the node asked is no longer the leader",
+    FAIL_REASON.DISCARDED: "a new leader discarded the record before it committed",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before confirming the record",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the record's confirmation was overtaken by a snapshot",
+}
+_FATAL = {
+    FAIL_REASON.QUEUE_FULL: f"the proposal queue is full ({COMMANDS_QUEUE_SIZE} records waiting)",
+    FAIL_REASON.REQUEST_DENIED: "the leader denied the request",
+}
+
+
+class StateMachine(Protocol):
+    """Deterministic: the same records in the same order give the same state on every node."""
+
+    def apply(self, record: bytes) -> int: ...  # returns 0 or a Kafka error code
+    def snapshot(self) -> bytes: ...  # msgspec-encoded whole state
+    def restore(self, data: bytes) -> None: ...
+
+
+class QuorumUnavailable(Exception):
+    """The quorum cannot take a proposal now: no leader, timed out, or queue full."""
+
+
+# --- snapshot file ---------------------------------------------------------------------
+
+_SNAPSHOT_MAGIC = b"SHZQSNP1"
+_U32 = struct.Struct(">I")
+
+
+class _Entry(msgspec.Struct, array_like=True, frozen=True):
+    """A pysyncobj log entry; the snapshot must carry the last two applied ones."""
+
+    command: bytes
+    index: int
+    term: int
+
+    @classmethod
+    def of(cls, entry: Any) -> _Entry:
+        return cls(bytes(entry[0]), int(entry[1]), int(entry[2]))
+
+    def as_tuple(self) -> tuple[bytes, int, int]:
+        return (self.command, self.index, self.term)
+
+
+class _SnapshotHeader(msgspec.Struct, array_like=True, frozen=True):
+    last: _Entry
+    previous: _Entry
+    cluster: list[str]
+    recent: list[
+        tuple[bytes, int]
+    ]  # (token, result) of the last DEDUP_WINDOW records, oldest first
+    state_size: int
+    state_crc: int
+
+
+def encode_snapshot(
+    last: _Entry,
+    previous: _Entry,
+    cluster: list[str],
+    recent: list[tuple[bytes, int]],
+    state: bytes,
+) -> bytes:
+    header = msgspec.msgpack.encode(
+        _SnapshotHeader(last, previous, cluster, recent, len(state), zlib.crc32(state))
+    )
+    return b"".join((_SNAPSHOT_MAGIC, _U32.pack(len(header)), header, state))
+
+
+def decode_snapshot(blob: bytes) -> tuple[_SnapshotHeader, bytes]:
+    """Split a snapshot file into its header and the machine's state; ValueError if damaged."""
+    start = len(_SNAPSHOT_MAGIC) + _U32.size
+    if len(blob) < start or not blob.startswith(_SNAPSHOT_MAGIC):
+        raise ValueError("not a shazamq quorum snapshot")
+    (size,) = _U32.unpack_from(blob, len(_SNAPSHOT_MAGIC))
+    try:
+        header = msgspec.msgpack.decode(blob[start : start + size], type=_SnapshotHeader)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"snapshot header is damaged: {exc}") from None
+    state = blob[start + size :]
+    if len(state) != header.state_size or zlib.crc32(state) != header.state_crc:
+        raise ValueError("snapshot state is truncated or damaged")
+    return header, state
+
+
+# --- disk durability -------------------------------------------------------------------
+
+
+class _Disk:
+    """fsyncs pysyncobj's files, which it only ever writes through the page cache."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        self.journal = directory / JOURNAL_FILE
+        self.snapshot = directory / SNAPSHOT_FILE
+        # pysyncobj keeps term, vote and commit index beside the journal under this name.
+        self.files = (self.journal, directory / (JOURNAL_FILE + ".meta"), self.snapshot)
+        self.dirty = True
+        self._failing = False
+
+    def sync(self) -> None:
+        try:
+            for path in self.files:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            # Renames (meta file, snapshot) are durable only once the directory is.
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            if not self._failing:
+                logger.exception("cannot fsync the quorum journal in %s", self.directory)
+            self._failing = True
+            return
+        self._failing = False
+        self.dirty = False
+
+
+class _SyncingTransport(TCPTransport):
+    """pysyncobj's TCP transport with two fixes applied to the messages it carries.
+
+    Durability: the journal reaches the disk before this node acknowledges entries or votes.
+
+    Pipelining: pysyncobj's leader sets a follower's next index from every success ack, so
+    an ack for one append_entries that arrives while a later one is in flight moves it
+    back, and the next send repeats entries the follower has. pysyncobj's follower then
+    truncates its log after the repeated send's start - conflict or not - and appends the
+    same entries again, logging CRITICAL "truncating already-applied log entries". With
+    unbatched sends that happened to ~5% of proposals under load. So after such an ack the
+    leader is told the index it has already sent up to, as a follower's reset would tell
+    it. The next index only decides what the leader sends next; if it is ever wrong the
+    follower's reply resets it, as it always does.
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        # node -> (term, last log index sent to it on this connection); leader only
+        self._sent: dict[Any, tuple[int, int]] = {}
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        if not isinstance(message, dict):
+            super()._onMessageReceived(node, message)
+            return
+        raft = self._syncObj
+        kind = message.get("type")
+        # Entries, a snapshot chunk or a vote request are written to disk while this
+        # message is handled, and the acknowledgement is sent from inside that handling.
+        if kind == "request_vote" or (
+            kind == "append_entries"
+            and (
+                message.get("entries")
+                or "transmission" in message
+                or message.get("serialized") is not None
+            )
+        ):
+            raft.disk.dirty = True
+        super()._onMessageReceived(node, message)
+        if kind == "next_node_idx":
+            self._keep_next_index(node, message)
+
+    def _keep_next_index(self, node: Any, ack: dict[str, Any]) -> None:
+        sent = self._sent.get(node)
+        if sent is None:
+            return
+        raft = self._syncObj
+        term, last_sent = sent
+        if ack.get("reset") or not ack.get("success") or term != raft.raftCurrentTerm:
+            del self._sent[node]  # the follower corrected us or the term moved: start over
+            return
+        if not raft._isLeader() or ack["next_node_idx"] > last_sent:
+            return
+        super()._onMessageReceived(
+            node,
+            {
+                "type": "next_node_idx",
+                "next_node_idx": last_sent + 1,
+                "reset": True,
+                "success": False,
+            },
+        )
+
+    def send(self, node: Any, message: Any) -> bool:
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind in _ACK_MESSAGES:
+                self._syncObj.sync_to_disk()
+            elif kind == "append_entries":
+                entries = message.get("entries")
+                if "prevLogIdx" not in message or "transmission" in message:
+                    self._sent.pop(node, None)  # a snapshot or a chunked entry: no pipeline
+                elif entries:
+                    self._sent[node] = (int(message["term"]), int(entries[-1][1]))
+        sent = bool(super().send(node, message))
+        if not sent:
+            self._sent.pop(node, None)
+        return sent
+
+    def _onNodeDisconnected(self, node: Any) -> None:
+        self._sent.pop(node, None)  # whatever was in flight may be lost
+        super()._onNodeDisconnected(node)
+
+    def _onReadonlyNodeDisconnected(self, node: Any) -> None:
+        self._sent.pop(node, None)
+        super()._onReadonlyNodeDisconnected(node)
+
+
+class _RaftNode(SyncObj):
+    """pysyncobj's node with the one replicated method that carries our records."""
+
+    def __init__(
+        self,
+        *,
+        self_address: str | None,
+        partners: list[str],
+        conf: SyncObjConf,
+        apply: Callable[[bytes, bytes], int],
+        disk: _Disk,
+    ) -> None:
+        # Set before SyncObj.__init__: it starts the tick thread, which may apply journal
+        # records and send acknowledgements before the constructor returns.
+        self.apply_committed = apply
+        self.disk = disk
+        self.synced_shape: tuple[int, int] | None = None
+        super().__init__(self_address, partners, conf=conf, transportClass=_SyncingTransport)
+
+    @replicated
+    def apply_record(self, record: bytes, token: bytes) -> int:
+        return self.apply_committed(record, token)
+
+    def sync_to_disk(self) -> None:
+        """fsync if the log or the term moved since the last fsync (tick thread only).
+
+        The leader appends in one tick and counts its own copy towards a majority in the
+        next, and this runs at the end of every tick, so the leader's copy is durable
+        before it counts; followers get here from the transport before they acknowledge.
+        """
+        shape = (self._getRaftLogSize(), self.raftCurrentTerm)
+        if self.disk.dirty or shape != self.synced_shape:
+            self.disk.sync()
+            if not self.disk.dirty:
+                self.synced_shape = shape
+
+
+def _close_wakeup_pipe(raft: _RaftNode) -> None:
+    # pysyncobj's destroy() leaves open the pipe that wakes its tick thread (two fds per
+    # start). Its thread has exited and propose() refuses once stopping, so nothing writes
+    # to it any more. These are private names: do nothing if a release renames them.
+    notifier = getattr(raft, "_SyncObj__pipeNotifier", None)
+    for name in ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW"):
+        fd = getattr(notifier, name, None)
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# --- the quorum --------------------------------------------------------------------------
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _reject(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class MetadataQuorum:
+    """This broker's member of the metadata quorum (a voter or an observer)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        voters: dict[int, tuple[str, int]],
+        bind_host: str,
+        journal_dir: pathlib.Path,
+        secret: str,
+        machine: StateMachine,
+        on_apply: Callable[[bytes], None],
+        on_restore: Callable[[bytes], None],
+        on_leadership: Callable[[bool], None],
+    ) -> None:
+        if not voters:
+            raise ValueError("the metadata quorum needs at least one voter")
+        if not secret:
+            raise ValueError("the metadata quorum needs a non-empty secret")
+        self._node_id = node_id
+        self._voters = dict(voters)
+        self._addresses = {nid: f"{host}:{port}" for nid, (host, port) in self._voters.items()}
+        if len(set(self._addresses.values())) != len(self._addresses):
+            raise ValueError(f"two voters share an address: {self._voters}")
+        self._id_by_address = {address: nid for nid, address in self._addresses.items()}
+        self._bind_host = bind_host
+        self._journal_dir = pathlib.Path(journal_dir)
+        self._secret = secret
+        self._machine = machine
+        self._on_apply = on_apply
+        self._on_restore = on_restore
+        self._on_leadership = on_leadership
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner: threading.Thread | None = None
+        self._stop_requested = threading.Event()
+        self._stopped: asyncio.Future[None] | None = None
+        self._raft: _RaftNode | None = None
+        self._stopping = False
+        self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
+        # Replicated dedup state, touched only in pysyncobj's thread: token -> first result.
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._leading_seen = False  # tick thread's view
+        self._leading_told = False  # what on_leadership last said, on the loop
+        self._status: dict[str, int | None] = self._empty_status()
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Start pysyncobj in its own threads; returns once it is constructed and ticking."""
+        if self._owner is not None:
+            raise RuntimeError("the metadata quorum was already started")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        started: asyncio.Future[_RaftNode] = loop.create_future()
+        self._stopped = loop.create_future()
+        self._owner = threading.Thread(
+            target=self._own,
+            args=(started, self._stopped),
+            name=f"quorum-{self._node_id}",
+            daemon=True,
+        )
+        self._owner.start()
+        try:
+            self._raft = await started
+        except BaseException:
+            self._stop_requested.set()
+            raise
+        logger.info(
+            "metadata quorum started: node %d as %s of voters %s",
+            self._node_id,
+            "voter" if self.is_voter else "observer",
+            sorted(self._voters),
+        )
+
+    async def stop(self) -> None:
+        """Destroy pysyncobj; every callback it posted has run when this returns."""
+        if self._stopped is None:
+            return
+        self._stopping = True
+        self._stop_requested.set()
+        # The owner thread resolves this after the tick thread has exited, so every
+        # on_apply/on_restore/on_leadership posted before is already ahead of us.
+        await asyncio.shield(self._stopped)
+        self._raft = None
+        for future in list(self._pending):
+            _reject(future, QuorumUnavailable("the metadata quorum was stopped"))
+        self._pending.clear()
+        if self._leading_told:
+            self._tell_leadership(False)
+
+    def _own(self, started: asyncio.Future[_RaftNode], stopped: asyncio.Future[None]) -> None:
+        # Owner thread: pysyncobj's tick thread runs only while its constructing thread lives.
+        try:
+            try:
+                raft = self._build()
+            except BaseException as exc:
+                self._post(_reject, started, exc)
+                return
+            raft.addOnTickCallback(functools.partial(self._tick, raft))
+            self._post(_resolve, started, raft)
+            self._stop_requested.wait()
+            try:
+                raft.destroy_synchronous()
+                _close_wakeup_pipe(raft)
+            except Exception:
+                logger.exception("error while stopping the metadata quorum")
+        finally:
+            self._post(_resolve, stopped, None)
+
+    def _build(self) -> _RaftNode:
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        disk = _Disk(self._journal_dir)
+        self_address = self._addresses.get(self._node_id)
+        bind = None
+        if self_address is not None:
+            bind = f"{self._bind_host}:{self._voters[self._node_id][1]}"
+        conf = SyncObjConf(
+            password=self._secret,
+            bindAddress=bind,
+            journalFile=str(disk.journal),
+            fullDumpFile=str(disk.snapshot),
+            serializer=functools.partial(self._write_snapshot, disk),
+            deserializer=self._read_snapshot,
+            useFork=False,
+            dynamicMembershipChange=False,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
+            raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            appendEntriesPeriod=APPEND_ENTRIES_PERIOD,
+            connectionTimeout=CONNECTION_TIMEOUT,
+            connectionRetryTime=CONNECTION_RETRY,
+            leaderFallbackTimeout=LEADER_FALLBACK_TIMEOUT,
+            logCompactionMinEntries=COMPACTION_MIN_ENTRIES,
+            logCompactionMinTime=COMPACTION_MIN_TIME,
+            commandsQueueSize=COMMANDS_QUEUE_SIZE,
+            appendEntriesBatchSizeBytes=_BATCH_BYTES,
+            logCompactionBatchSize=_BATCH_BYTES,
+            # We wait for a leader ourselves (see propose), so nothing lingers in
+            # pysyncobj's queue after the caller has been told the quorum is unavailable.
+            commandsWaitLeader=False,
+            # Unbatched, a proposal wakes the tick thread through a pipe and the leader sends
+            # it at once: ~5 ms to commit on loopback instead of ~150 ms. The metadata log is
+            # low-volume, so per-entry sends cost nothing that matters.
+            appendEntriesUseBatch=False,
+        )
+        partners = [a for nid, a in self._addresses.items() if nid != self._node_id]
+        return _RaftNode(
+            self_address=self_address,
+            partners=partners,
+            conf=conf,
+            apply=self._apply_committed,
+            disk=disk,
+        )
+
+    # --- proposals ---
+
+    async def propose(self, record: bytes, timeout: float = 5.0) -> int:
+        """Replicate `record`; the machine's result once it is committed and applied here.
+
+        Retries internally (never applying the record twice) until `timeout`, then raises
+        QuorumUnavailable; the record may still commit after that.
+        """
+        record = bytes(record)
+        if len(record) > MAX_RECORD_BYTES:
+            raise ValueError(f"record of {len(record)} bytes exceeds {MAX_RECORD_BYTES}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        token = os.urandom(16)
+        reason = "no leader elected"
+        while True:
+            raft = self._raft
+            if raft is None or self._stopping:
+                raise QuorumUnavailable("the metadata quorum is not running")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise QuorumUnavailable(f"{reason}; gave up after {timeout:g}s")
+            if not self._leader_reachable(raft):
+                reason = self._no_leader_reason()
+                await asyncio.sleep(min(_RETRY_PAUSE, remaining))
+                continue
+            future: asyncio.Future[tuple[Any, int]] = loop.create_future()
+            self._pending.add(future)
+            try:
+                try:
+                    raft.apply_record(
+                        record, token, callback=functools.partial(self._settle, future)
+                    )
+                except BlockingIOError:
+                    # pysyncobj's wake-up pipe is full: its thread is far behind.
+                    raise QuorumUnavailable(_FATAL[FAIL_REASON.QUEUE_FULL]) from None
+                result, error = await asyncio.wait_for(future, remaining)
+            except TimeoutError:
+                raise QuorumUnavailable(
+                    f"record not committed within {timeout:g}s ({self._quorum_hint()}); "
+                    "it may still commit later"
+                ) from None
+            finally:
+                self._pending.discard(future)
+            if error == FAIL_REASON.SUCCESS:
+                return int(result)
+            if error in _RETRYABLE:
+                reason = _RETRYABLE[error]
+                await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
+                continue
+            raise QuorumUnavailable(_FATAL.get(error, f"pysyncobj failure reason {error}"))
+
+    def _settle(self, future: asyncio.Future[tuple[Any, int]], result: Any, error: int) -> None:
+        # Tick thread. Posted after the on_apply of the same record, so it runs after it.
+        self._post(_resolve, future, (result, error))
+
+    def _leader_reachable(self, raft: _RaftNode) -> bool:
+        leader = raft._getLeader()
+        if leader is None:
+            return False
+        # A follower cut off from everyone never starts an election and keeps naming its
+        # old leader; sending there would only wait out the timeout.
+        return bool(raft._isLeader() or raft.isNodeConnected(leader))
+
+    def _no_leader_reason(self) -> str:
+        leader = self.leader_id
+        if leader is None:
+            return f"no leader elected ({self._quorum_hint()})"
+        return f"leader {leader} is unreachable ({self._quorum_hint()})"
+
+    def _quorum_hint(self) -> str:
+        connected = self._status.get("voters_connected") or 0
+        return f"{connected} of {len(self._voters)} voters reachable"
+
+    # --- pysyncobj thread ---
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # A closed loop raises RuntimeError: nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _apply_committed(self, record: bytes, token: bytes) -> int:
+        seen = self._recent.get(token)
+        if seen is not None:
+            return seen  # a retried proposal whose first attempt committed after all
+        try:
+            code = int(self._machine.apply(record))
+        except Exception:
+            # Raising would make pysyncobj retry the same entry on the next tick forever.
+            logger.exception("the metadata state machine failed on a committed record")
+            code = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        self._recent[token] = code
+        if len(self._recent) > DEDUP_WINDOW:
+            self._recent.popitem(last=False)
+        self._post(self._on_apply, record)
+        return code
+
+    def _write_snapshot(self, disk: _Disk, path: str, data: Any) -> None:
+        last, previous, cluster = data
+        try:
+            blob = encode_snapshot(
+                _Entry.of(last),
+                _Entry.of(previous),
+                # An observer's own node is None in pysyncobj's cluster set.
+                sorted(str(node.id) for node in cluster if node is not None),
+                list(self._recent.items()),
+                self._machine.snapshot(),
+            )
+            with open(path, "wb") as file:
+                file.write(blob)
+                file.flush()
+                os.fsync(file.fileno())
+        except Exception:
+            logger.exception("cannot write the metadata snapshot %s", path)
+            raise
+        # pysyncobj renames the file into place after we return; fsync the directory soon.
+        disk.dirty = True
+        logger.info("metadata snapshot written at log index %d", _Entry.of(last).index)
+
+    def _read_snapshot(self, path: str) -> tuple[Any, ...]:
+        try:
+            header, state = decode_snapshot(pathlib.Path(path).read_bytes())
+            self._machine.restore(state)
+            self._recent = OrderedDict(header.recent)
+        except Exception:
+            logger.exception("cannot load the metadata snapshot %s", path)
+            raise
+        self._post(self._on_restore, state)
+        logger.info("metadata state restored from the snapshot at log index %d", header.last.index)
+        return (header.last.as_tuple(), header.previous.as_tuple(), list(header.cluster))
+
+    def _tick(self, raft: _RaftNode) -> None:
+        raft.sync_to_disk()
+        leading = bool(raft._isLeader())
+        if leading != self._leading_seen:
+            self._leading_seen = leading
+            self._post(self._tell_leadership, leading)
+        status = raft.getStatus()
+        leader = raft._getLeader()
+        leader_commit = status.get("leader_commit_idx")
+        applied = int(status["last_applied"])
+        connected = sum(1 for node in raft.otherNodes if raft.isNodeConnected(node))
+        self._status = {
+            "term": int(status["raft_term"]),
+            "commit_index": int(status["commit_idx"]),
+            "last_applied": applied,
+            "leader_id": None if leader is None else self._id_by_address.get(str(leader.id)),
+            "lag": None if leader_commit is None else max(0, int(leader_commit) - applied),
+            "voters_connected": connected + (1 if self.is_voter else 0),
+            "voters": len(self._voters),
+            "log_entries": int(status["log_len"]),
+        }
+
+    # --- event loop ---
+
+    def _tell_leadership(self, leading: bool) -> None:
+        if leading == self._leading_told:
+            return
+        self._leading_told = leading
+        logger.info(
+            "node %d %s the metadata leader", self._node_id, "is now" if leading else "is no longer"
+        )
+        self._on_leadership(leading)
+
+    # --- introspection ---
+
+    def request_snapshot(self) -> None:
+        """Ask pysyncobj to compact the log into a snapshot at its next tick."""
+        raft = self._raft
+        if raft is not None:
+            raft.forceLogCompaction()
+
+    @property
+    def is_voter(self) -> bool:
+        return self._node_id in self._voters
+
+    @property
+    def is_leader(self) -> bool:
+        raft = self._raft
+        return bool(raft is not None and not self._stopping and raft._isLeader())
+
+    @property
+    def leader_id(self) -> int | None:
+        """Node id of the current Raft leader, None if unknown."""
+        raft = self._raft
+        if raft is None or self._stopping:
+            return None
+        leader = raft._getLeader()
+        return None if leader is None else self._id_by_address.get(str(leader.id))
+
+    def status(self) -> dict[str, int | None]:
+        """Raft progress as of pysyncobj's last tick (lag: leader commit - last applied)."""
+        if self._raft is None:
+            return self._empty_status()
+        return dict(self._status)
+
+    def _empty_status(self) -> dict[str, int | None]:
+        return {
+            "term": None,
+            "commit_index": None,
+            "last_applied": None,
+            "leader_id": None,
+            "lag": None,
+            "voters_connected": 0,
+            "voters": len(self._voters),
+            "log_entries": None,
+        }
