@@ -5,9 +5,11 @@ Importing this module registers the handlers in Kopf's default registry;
 (pure), `status` decides what to report (pure), `kube` talks to the API; this module only
 sequences them.
 
-- create/update/resume of a ShazamqCluster -> `reconcile()`: validate, then apply every
-  owned object in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget,
-  ServiceMonitor, where "None" means delete), then write the status. A bad spec becomes a
+- create/update/resume of a ShazamqCluster -> `reconcile()`: validate, create the cluster
+  secret if it does not exist yet (a random value, never changed afterwards: a new value
+  would split the metadata quorum), then apply every owned object in order (ConfigMap,
+  Services, StatefulSet, PodDisruptionBudget, ServiceMonitor, where "None" means delete),
+  then write the status. A bad spec becomes a
   ``Reconciled=False`` condition, phase ``Failed`` and a Warning event, never a crash loop;
   an object the API rejects is reported the same way; only transient API errors are retried.
 - an event on an owned object (found by its ``app.kubernetes.io/managed-by`` label and the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -168,12 +171,25 @@ async def apply_children(
     api: Api, model: ClusterModel, owner: Mapping[str, Any], logger: logging.Logger
 ) -> dict[str, Any] | None:
     """Apply desired state, in order; returns the StatefulSet as the API stored it."""
+    await ensure_cluster_secret(api, model, logger)
     sts = None
     for child in model.children():
         stored = await apply_child(api, model, child, owner, logger)
         if child.kind == "StatefulSet":
             sts = stored
     return sts
+
+
+async def ensure_cluster_secret(api: Api, model: ClusterModel, logger: logging.Logger) -> None:
+    """Create the cluster secret with a random value unless it exists; never change it.
+
+    Not a `Child`: it is created, never applied, so neither a reconciliation nor drift repair
+    can rotate it (brokers with different secrets cannot talk to each other). A Secret of that
+    name made beforehand, by hand, is used as it is.
+    """
+    secret = model.generate_cluster_secret(secrets.token_urlsafe(32))
+    if await api.create(secret) is not None:
+        logger.info("Created Secret %s (the cluster secret)", model.cluster_secret_name)
 
 
 async def apply_child(

@@ -1,4 +1,5 @@
-"""A small async client for the Kubernetes API: get, list, server-side apply, delete, status.
+"""A small async client for the Kubernetes API: get, list, server-side apply, create-if-absent,
+delete, status.
 
 Why our own: Kopf watches and patches the resources it handles but ships no client for
 the objects an operator creates. The operator needs only a handful of verbs on a fixed set
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 # Kind -> (plural, namespaced) of every kind the operator touches.
 _RESOURCES: dict[str, tuple[str, bool]] = {
     "ConfigMap": ("configmaps", True),
+    "Secret": ("secrets", True),
     "Service": ("services", True),
     "Pod": ("pods", True),
     "StatefulSet": ("statefulsets", True),
@@ -195,6 +197,23 @@ class Api:
         return await self.request(
             "POST", collection, params={"fieldManager": FIELD_MANAGER}, body=obj
         )
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` unless an object of that name exists: None then, and it is untouched.
+
+        Needs only the ``create`` verb: an existing object answers 409 AlreadyExists, so the
+        caller never reads it (the operator's cluster secrets, which must never change).
+        """
+        meta = obj["metadata"]
+        collection = path_for(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        try:
+            return await self.request(
+                "POST", collection, params={"fieldManager": FIELD_MANAGER}, body=obj
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Delete the object; False if it did not exist (or its kind is not served)."""

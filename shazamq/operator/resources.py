@@ -18,6 +18,14 @@ so the ConfigMap is exactly what `python -m shazamq.broker --config` loads.
 Pod identity: the broker id is the pod's ordinal (``[broker] node_id_from_hostname``) and
 the advertised host the pod's stable DNS name under the headless Service
 (``$(POD_NAME).<name>-headless.<namespace>.svc``).
+
+One cluster: every pod gets the same ``[cluster]`` section. Its metadata quorum (``voters``)
+is the first min(3, replicas) pods by their stable names on the quorum port,
+``<i>@<name>-<i>.<name>-headless.<namespace>.svc:9093``; pods beyond the third join as
+observers. Quorum traffic is authenticated with the cluster secret, a Secret
+``<name>-cluster-secret`` mounted read-only at ``/etc/shazamq/cluster`` (``secret_file``).
+Its value is random, so it is not rendered here: `generate_cluster_secret()` takes it, and
+the handler creates the Secret once, when it does not exist, and never changes it.
 """
 
 from __future__ import annotations
@@ -44,9 +52,12 @@ from shazamq.config import (
 from shazamq.operator.crd import API_VERSION, KIND
 
 __all__ = [
+    "CLUSTER_SECRET_FILE",
+    "CLUSTER_SECRET_KEY",
     "CONFIG_FILE",
     "DATA_DIR",
     "MANAGED_BY",
+    "QUORUM_PORT",
     "Child",
     "ClusterModel",
     "ModelError",
@@ -65,6 +76,11 @@ DATA_DIR = "/data/shazamq"  # also the image's SHAZAMQ_BROKER__DATA_DIR
 TLS_DIR = "/etc/shazamq/tls"
 AUTH_DIR = "/etc/shazamq/auth"
 GCS_DIR = "/etc/shazamq/gcs"
+CLUSTER_SECRET_DIR = "/etc/shazamq/cluster"
+CLUSTER_SECRET_KEY = "secret"
+CLUSTER_SECRET_FILE = f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_KEY}"
+QUORUM_PORT = 9093  # the port of every voter's metadata quorum listener
+MAX_VOTERS = 3  # the first pods vote; the others are observers
 BROKER_UID = 1000  # the `shazamq` user of the image
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -154,6 +170,11 @@ class ClusterModel:
         clash = sorted(set(spec.pod_labels) & set(_selector_labels(name)))
         if clash:
             raise ModelError("spec.podLabels", f"cannot override the selector labels {clash}")
+        taken = sorted({spec.service.port, spec.service.metrics_port} & {QUORUM_PORT})
+        if taken:
+            raise ModelError(
+                "spec.service", f"port and metricsPort must differ from the quorum port {taken[0]}"
+            )
         config = _broker_config(spec, name=name, namespace=namespace, uid=uid)
         return cls(
             name=name,
@@ -181,6 +202,10 @@ class ClusterModel:
     @property
     def statefulset_name(self) -> str:
         return self.name
+
+    @property
+    def cluster_secret_name(self) -> str:
+        return cluster_secret_name(self.name)
 
     @property
     def selector_labels(self) -> dict[str, str]:
@@ -224,6 +249,10 @@ class ClusterModel:
         pod = ordinal if isinstance(ordinal, str) else f"{self.name}-{ordinal}"
         return f"{pod}.{self.headless_service_name}.{self.namespace}.svc"
 
+    def voters(self) -> list[str]:
+        """The metadata quorum: the first min(3, replicas) pods' stable quorum addresses."""
+        return _voters(self.name, self.namespace, self.spec.replicas)
+
     def brokers(self) -> list[dict[str, Any]]:
         """Id, pod and advertised address of every broker (for the status)."""
         port = self.spec.service.port
@@ -250,9 +279,9 @@ class ClusterModel:
             "data": {CONFIG_KEY: self.config_toml()},
         }
 
-    def _ports(self) -> list[dict[str, Any]]:
+    def _ports(self, *, quorum: bool = False) -> list[dict[str, Any]]:
         svc = self.spec.service
-        return [
+        ports = [
             {"name": "kafka", "port": svc.port, "targetPort": "kafka", "protocol": "TCP"},
             {
                 "name": "metrics",
@@ -261,9 +290,15 @@ class ClusterModel:
                 "protocol": "TCP",
             },
         ]
+        if quorum:  # peers only: the client Service does not expose it
+            ports.append(
+                {"name": "quorum", "port": QUORUM_PORT, "targetPort": "quorum", "protocol": "TCP"}
+            )
+        return ports
 
     def generate_headless_service(self) -> dict[str, Any]:
-        """Stable per-pod DNS names; published before readiness so brokers find each other."""
+        """Stable per-pod DNS names; published before readiness so brokers find each other
+        (the quorum forms before any broker is ready)."""
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -272,7 +307,7 @@ class ClusterModel:
                 "clusterIP": "None",
                 "publishNotReadyAddresses": True,
                 "selector": self.selector_labels,
-                "ports": self._ports(),
+                "ports": self._ports(quorum=True),
             },
         }
 
@@ -324,7 +359,7 @@ class ClusterModel:
     def _secret_volumes(self) -> list[tuple[str, str, str]]:
         """(volume name, Secret name, mount path) of every Secret mounted as files."""
         spec = self.spec
-        mounts = []
+        mounts = [("cluster-secret", self.cluster_secret_name, CLUSTER_SECRET_DIR)]
         if spec.security.tls.enabled:
             mounts.append(("tls", spec.security.tls.secret_name, TLS_DIR))
         if spec.security.auth.enabled:
@@ -370,6 +405,7 @@ class ClusterModel:
             "ports": [
                 {"name": "kafka", "containerPort": spec.service.port, "protocol": "TCP"},
                 {"name": "metrics", "containerPort": spec.service.metrics_port, "protocol": "TCP"},
+                {"name": "quorum", "containerPort": QUORUM_PORT, "protocol": "TCP"},
             ],
             "env": self._env(),
             "volumeMounts": [
@@ -441,6 +477,18 @@ class ClusterModel:
             },
         }
 
+    def generate_cluster_secret(self, value: str) -> dict[str, Any]:
+        """The cluster secret holding `value` (random, chosen by the caller: created once,
+        never applied again, since a new value would split the quorum)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self._metadata(self.cluster_secret_name),
+            "type": "Opaque",
+            "immutable": True,
+            "data": {CLUSTER_SECRET_KEY: base64.b64encode(value.encode()).decode()},
+        }
+
     def generate_pod_disruption_budget(self) -> dict[str, Any]:
         return {
             "apiVersion": "policy/v1",
@@ -498,6 +546,18 @@ class ClusterModel:
         return None
 
 
+def cluster_secret_name(name: str) -> str:
+    """The Secret holding the quorum secret of the cluster `name`."""
+    return f"{name}-cluster-secret"
+
+
+def _voters(name: str, namespace: str, replicas: int) -> list[str]:
+    return [
+        f"{i}@{name}-{i}.{name}-headless.{namespace}.svc:{QUORUM_PORT}"
+        for i in range(min(MAX_VOTERS, replicas))
+    ]
+
+
 def _selector_labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "shazamq", "app.kubernetes.io/instance": name}
 
@@ -535,6 +595,13 @@ def _broker_config(spec: Any, *, name: str, namespace: str, uid: str) -> BrokerC
         "mirror": broker_settings(spec.mirror),
         "security": security,
     }
+    voters = _voters(name, namespace, spec.replicas)
+    if voters:  # with no pods there is no quorum to describe
+        tree["cluster"] = {
+            "voters": voters,
+            "secret_file": CLUSTER_SECRET_FILE,
+            "quorum_host": "0.0.0.0",
+        }
     try:
         return parse_config(tree, source="spec")
     except ConfigError as exc:

@@ -364,3 +364,23 @@ def test_choose_leader() -> None:
     assert choose_leader([2, 0, 1], [0, 1], [0, 1, 2]) == 0
     assert choose_leader([2, 0, 1], [2], [0, 1]) == -1
     assert choose_leader([2, 0, 1], [2], [0, 1], unclean=True) == 0
+
+
+def test_a_superseded_controller_cannot_fence_or_move_leaders() -> None:
+    s = registered(3)
+    tid = create(s, "t", [[0, 1, 2]])
+    assert apply(s, r.ClaimController(node_id=0, epoch=1)) == 0
+    assert apply(s, r.ClaimController(node_id=1, epoch=1)) == ErrorCode.NOT_CONTROLLER
+    assert apply(s, r.ClaimController(node_id=1, epoch=2)) == 0
+    # broker 0 was paused as controller; its decisions arrive late, under epoch 1
+    stale = r.FenceBroker(broker_id=2, incarnation="i2", controller_epoch=1)
+    assert apply(s, stale) == ErrorCode.NOT_CONTROLLER
+    assert not s.brokers[2].fenced
+    assert apply(s, r.ElectLeaders(partitions=[(tid, 0)], controller_epoch=1)) == (
+        ErrorCode.NOT_CONTROLLER
+    )
+    assert apply(s, r.FenceBroker(broker_id=2, incarnation="i2", controller_epoch=2)) == 0
+    assert s.brokers[2].fenced
+    restored = ClusterState()
+    restored.restore(s.snapshot())
+    assert (restored.controller_id, restored.controller_epoch) == (1, 2)

@@ -135,6 +135,9 @@ def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
     assert {"shazamqclusters", "shazamqclusters/status", "statefulsets", "services"} <= resources
     assert {"configmaps", "poddisruptionbudgets", "servicemonitors", "events"} <= resources
     assert {"customresourcedefinitions", "clusterkopfpeerings", "kopfpeerings"} <= resources
+    # the cluster secrets: created once, never read (no get/list/watch on any Secret)
+    (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    assert secret_rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "shazamq-operator", "namespace": "shazamq-system"}
@@ -152,6 +155,7 @@ def test_readme_custom_values() -> None:
     assert container["resources"]["limits"]["cpu"] == "500m"
     (role,) = by_kind(objects, "Role")
     (binding,) = by_kind(objects, "RoleBinding")
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]} in role["rules"]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "messaging"
     assert binding["subjects"][0]["namespace"] == "shazamq-system"
     (cluster_role,) = by_kind(objects, "ClusterRole")

@@ -1,7 +1,8 @@
 """Every manifest we produce or ship passes kubernetes-validate in strict mode.
 
-Covers: every object rendered for the README's clusters and for variants that switch on
-each optional part (GCS, NodePort/LoadBalancer, auth without TLS, no brokers); the
+Covers: every object rendered for the README's clusters (the cluster secret included) and
+for variants that switch on each optional part (GCS, NodePort/LoadBalancer, auth without
+TLS, no brokers, one broker, voters and observers); the
 kubectl install `config/operator.yaml`; the examples are ShazamqClusters the operator
 accepts. Versions: see `operator_support.K8S_VERSIONS`. ServiceMonitor, a CRD kind
 kubernetes-validate does not know, gets `operator_support.check_service_monitor()`.
@@ -31,13 +32,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "load-balancer": {"service": {"type": "LoadBalancer"}},
     "auth-only": {"security": {"auth": {"enabled": True, "secretName": "users"}}},
     "stopped": {"replicas": 0},
+    "one-broker": {"replicas": 1},
+    "observers": {"replicas": 5},
     "pull-always": {"imagePullPolicy": "Always", "podAnnotations": {"a": "b"}},
 }
 
 
 def rendered(body: dict[str, Any]) -> list[dict[str, Any]]:
     model = ClusterModel.from_resource(body)
-    return [c.desired for c in model.children() if c.desired is not None]
+    children = [c.desired for c in model.children() if c.desired is not None]
+    return [*children, model.generate_cluster_secret("not-so-random")]
 
 
 def test_versions_cover_the_floor_and_the_newest() -> None:
@@ -47,7 +51,7 @@ def test_versions_cover_the_floor_and_the_newest() -> None:
 
 def test_every_rendered_object_of_the_readme_clusters_is_valid(readme_cluster: dict) -> None:
     objects = rendered(readme_cluster)
-    assert {o["kind"] for o in objects} >= {"ConfigMap", "Service", "StatefulSet"}
+    assert {o["kind"] for o in objects} >= {"ConfigMap", "Secret", "Service", "StatefulSet"}
     for obj in objects:
         validate_manifest(obj)
 

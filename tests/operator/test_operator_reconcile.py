@@ -6,7 +6,10 @@ streams watch events. The emulator has no controllers: the tests play the Statef
 controller when they set a StatefulSet's status.
 
 Covers: creating the README's clusters yields every child object with the right fields
-and owner references, and a status (phase, conditions, brokers, selector); the README's
+and owner references, and a status (phase, conditions, brokers, selector); the cluster
+secret is created once with a random value and an owner reference, and neither a later
+reconciliation nor drift repair changes it (one made beforehand is used as it is; a refused
+create is reported); the README's
 `kubectl patch --type=json` on replicas and on version updates the StatefulSet; a deleted
 or altered child comes back; the StatefulSet's status drives the cluster's phase and
 readiness; a bad spec becomes a condition and a Warning event (and a fix recovers); an
@@ -19,6 +22,7 @@ reconciliations and clusters by phase; `WATCH_NAMESPACE` limits what is reconcil
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +44,7 @@ STATEFULSETS = "apps/v1/statefulsets"
 SERVICES = "v1/services"
 CONFIGMAPS = "v1/configmaps"
 PDBS = "policy/v1/poddisruptionbudgets"
+SECRETS = "v1/secrets"
 EVENTS = "v1/events"
 NS = "messaging"
 
@@ -82,6 +87,20 @@ class Cluster:
         if key not in self.k.objects or self.k.objects[key].deleted:
             return None
         return self.k.objects[key].raw
+
+    def history(self, resource: str, name: str, ns: str = NS) -> list[Any]:
+        """Every version the emulator stored of an object (creations, patches, deletions)."""
+        return list(self.k.objects[kmock.resource(resource), ns, name].history)
+
+    def creates(self, plural: str) -> list[Any]:
+        """The create requests (POST) of this kind, answered or refused."""
+        return [
+            r
+            for r in list(self.k)
+            if r.resource is not None
+            and r.resource.plural == plural
+            and r.action == kmock.action.CREATE
+        ]
 
     def events(self, reason: str) -> list[dict[str, Any]]:
         """Events posted with this reason (from the requests: the emulator stores only one
@@ -277,6 +296,110 @@ async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: 
     await eventually(lambda: cluster.get(MONITORS, "production-cluster") is None)
 
 
+# -- one cluster: the quorum and its secret ----------------------------------------------------
+
+
+def secret_value(secret: dict[str, Any]) -> str:
+    return base64.b64decode(secret["data"]["secret"]).decode()
+
+
+async def test_the_cluster_secret_is_created_once_and_kept(cluster: Cluster) -> None:
+    body = quick_start()
+    await cluster.create(body)
+    secret = await eventually(lambda: cluster.get(SECRETS, "my-cluster-cluster-secret"))
+    assert secret["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "shazamq.io/v1alpha1",
+            "kind": "ShazamqCluster",
+            "name": "my-cluster",
+            "uid": body["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert secret["immutable"] is True
+    value = secret_value(secret)
+    assert len(value) >= 43  # secrets.token_urlsafe(32)
+
+    # The pods mount it, the ConfigMap names the file and the first three pods as voters.
+    sts = await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cluster-secret"]["secret"]["secretName"] == "my-cluster-cluster-secret"
+    toml = cluster.get(CONFIGMAPS, "my-cluster-config")["data"]["shazamq.toml"]
+    assert 'secret_file = "/etc/shazamq/cluster/secret"' in toml
+    for i in range(3):
+        assert f'"{i}@my-cluster-{i}.my-cluster-headless.messaging.svc:9093"' in toml
+    headless = cluster.get(SERVICES, "my-cluster-headless")["spec"]
+    assert {"name": "quorum", "port": 9093, "targetPort": "quorum", "protocol": "TCP"} in (
+        headless["ports"]
+    )
+
+    # A second reconciliation (scaling) and a drift repair try again and change nothing.
+    await cluster.json_patch(
+        "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 5}]
+    )
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5)
+    await eventually(lambda: len(cluster.creates("secrets")) >= 2)
+    await cluster.delete("/api/v1/namespaces/messaging/configmaps/my-cluster-config")
+    await eventually(lambda: cluster.get(CONFIGMAPS, "my-cluster-config"))
+    await asyncio.sleep(0.3)
+    assert secret_value(cluster.get(SECRETS, "my-cluster-cluster-secret")) == value
+    assert len(cluster.history(SECRETS, "my-cluster-cluster-secret")) == 1  # never written again
+
+
+async def test_a_cluster_secret_made_beforehand_is_used_as_it_is(cluster: Cluster) -> None:
+    own = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "my-cluster-cluster-secret", "namespace": NS},
+        "data": {"secret": base64.b64encode(b"chosen-by-the-admin").decode()},
+    }
+    resp = await cluster.k.post(f"/api/v1/namespaces/{NS}/secrets", json=own)
+    assert resp.status < 300, await resp.text()
+    await cluster.create(quick_start())
+    await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    await eventually(lambda: cluster.creates("secrets")[1:])  # the operator's attempt
+    stored = cluster.get(SECRETS, "my-cluster-cluster-secret")
+    assert secret_value(stored) == "chosen-by-the-admin"
+    assert "ownerReferences" not in stored["metadata"]
+    assert len(cluster.history(SECRETS, "my-cluster-cluster-secret")) == 1
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating")
+
+
+async def test_a_refused_cluster_secret_is_reported(cluster: Cluster) -> None:
+    """An operator upgraded without its new RBAC rule (create on Secrets)."""
+    message = 'secrets is forbidden: cannot create resource "secrets" in namespace "messaging"'
+    key = (kmock.resource(SECRETS), NS, "my-cluster-cluster-secret")
+
+    def forbidden() -> dict[str, Any]:
+        # The emulator stores what is posted before it answers; a refused create stores
+        # nothing, so every attempt (Kopf may reconcile twice) is refused alike.
+        cluster.k.objects[key].delete()
+        return {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Forbidden",
+            "message": message,
+            "code": 403,
+        }
+
+    cluster.k["post /api/v1/namespaces/messaging/secrets"] << 403 << forbidden
+    await cluster.create(quick_start())
+
+    def failed() -> dict:
+        body = cluster.get(CLUSTERS, "my-cluster")
+        assert body["status"]["phase"] == "Failed"
+        return condition(body, "Reconciled")
+
+    reconciled = await eventually(failed)
+    assert (reconciled["status"], reconciled["reason"]) == ("False", "ApplyFailed")
+    assert reconciled["message"] == message
+    await asyncio.sleep(0.3)
+    assert cluster.get(SECRETS, "my-cluster-cluster-secret") is None
+    assert cluster.get(STATEFULSETS, "my-cluster") is None  # no pods that cannot start
+
+
 # -- the README's operations ------------------------------------------------------------------
 
 
@@ -402,11 +525,14 @@ async def test_deleting_the_cluster_leaves_its_children_to_the_garbage_collector
     that by recreating them (the emulator has no garbage collector: the test deletes)."""
     await cluster.create(quick_start())
     await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    await eventually(lambda: (NS, "my-cluster") in cluster.memo.statuses)
     assert not cluster.get(CLUSTERS, "my-cluster")["metadata"].get("finalizers")
     await cluster.delete(
         "/apis/shazamq.io/v1alpha1/namespaces/messaging/shazamqclusters/my-cluster"
     )
-    await asyncio.sleep(0.3)
+    # Events queued before the deletion may still be handled (with the body they carried);
+    # the contract starts once the operator has seen the deletion itself.
+    await eventually(lambda: (NS, "my-cluster") not in cluster.memo.statuses)
     await cluster.delete("/apis/apps/v1/namespaces/messaging/statefulsets/my-cluster")
     await cluster.delete("/api/v1/namespaces/messaging/configmaps/my-cluster-config")
     await asyncio.sleep(0.5)

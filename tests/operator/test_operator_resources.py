@@ -4,17 +4,21 @@ Covers: validation once, with errors naming the field; the broker TOML of the Co
 (loaded back with the broker's own loader, every spec field mapped, defaults left out);
 the headless and client Services; the StatefulSet (image, identity, advertised listener,
 probes, PVC template and retention, resources and scheduling, pod labels and annotations,
-config checksum, credentials from Secrets, TLS/auth/GCS mounts); the PodDisruptionBudget;
-the ServiceMonitor on and off; owner references on every object.
+config checksum, credentials from Secrets, TLS/auth/GCS mounts); one cluster per resource
+(the voters of 0, 1, 3 and 5 brokers, observers beyond three, the quorum port on the pod and
+the headless Service only, the cluster secret mounted and named in the TOML, the Secret
+itself); the PodDisruptionBudget; the ServiceMonitor on and off; owner references on every
+object.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
 import pytest
-from operator_support import as_stored, basic, production, quick_start
+from operator_support import as_stored, basic, production, quick_start, validate_manifest
 
 from shazamq.config import (
     BrokerConfig,
@@ -22,12 +26,16 @@ from shazamq.config import (
     apply_env,
     load_config,
     parse_config,
+    parse_voter,
 )
 from shazamq.operator.resources import (
     CHECKSUM_ANNOTATION,
+    CLUSTER_SECRET_FILE,
+    CLUSTER_SECRET_KEY,
     CONFIG_FILE,
     CONFIG_KEY,
     DATA_DIR,
+    QUORUM_PORT,
     ClusterModel,
     ModelError,
 )
@@ -139,6 +147,8 @@ def rendered_config(m: ClusterModel, tmp_path) -> BrokerConfig:
         ({"service": {"type": "Ingress"}}, "spec.service.type", "enum"),
         ({"service": {"port": 70000}}, "spec.service.port", "<= 65535"),
         ({"service": {"port": 9090}}, "spec.service", "differ"),
+        ({"service": {"port": 9093}}, "spec.service", "quorum port 9093"),
+        ({"service": {"metricsPort": 9093}}, "spec.service", "quorum port 9093"),
         ({"security": {"tls": {"enabled": True}}}, "spec.security.tls", "secretName"),
         ({"security": {"auth": {"enabled": True}}}, "spec.security.auth", "secretName"),
         ({"security": {"auth": {"mechanism": "GSSAPI"}}}, "spec.security.auth.mechanism", "enum"),
@@ -330,7 +340,12 @@ def test_headless_service_publishes_not_ready_pods() -> None:
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == m.selector_labels
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"kafka": 9092, "metrics": 9090}
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert ports == {
+        "kafka": (9092, "kafka"),
+        "metrics": (9090, "metrics"),
+        "quorum": (9093, "quorum"),
+    }
 
 
 def test_client_service_type_and_ports_come_from_the_spec() -> None:
@@ -343,7 +358,7 @@ def test_client_service_type_and_ports_come_from_the_spec() -> None:
         "metrics": (19090, "metrics"),
     }
     ports = {p["name"]: p["containerPort"] for p in container(m.generate_statefulset())["ports"]}
-    assert ports == {"kafka": 19092, "metrics": 19090}
+    assert ports == {"kafka": 19092, "metrics": 19090, "quorum": QUORUM_PORT}
     assert m.config.broker.port == 19092 and m.config.metrics.port == 19090
 
 
@@ -533,10 +548,115 @@ def test_tls_and_auth_secrets_are_mounted() -> None:
     assert volumes["auth"]["secret"]["secretName"] == "shazamq-users"
 
 
-def test_no_secrets_no_secret_mounts_or_env() -> None:
+def test_no_secrets_named_only_the_cluster_secret_mounted_and_no_secret_env() -> None:
     sts = model(basic()).generate_statefulset()
-    assert [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]] == ["config"]
+    volumes = sts["spec"]["template"]["spec"]["volumes"]
+    assert [v["name"] for v in volumes] == ["config", "cluster-secret"]
     assert all("secretKeyRef" not in str(e) for e in container(sts)["env"])
+
+
+# -- one cluster ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replicas", "voter_ids"),
+    [(1, [0]), (2, [0, 1]), (3, [0, 1, 2]), (5, [0, 1, 2])],
+)
+def test_the_first_three_pods_are_the_voters(replicas: int, voter_ids: list[int], tmp_path) -> None:
+    body = quick_start()
+    body["spec"]["replicas"] = replicas
+    m = model(body)
+    config = rendered_config(m, tmp_path)  # the ConfigMap, as the broker loads it
+    cluster = config.cluster
+    assert cluster.enabled
+    assert (
+        cluster.voters
+        == m.voters()
+        == [f"{i}@my-cluster-{i}.my-cluster-headless.messaging.svc:9093" for i in voter_ids]
+    )
+    assert [parse_voter(v) for v in cluster.voters] == [
+        (i, m.advertised_host(i), QUORUM_PORT) for i in voter_ids
+    ]
+    assert cluster.quorum_host == "0.0.0.0"
+    assert (cluster.secret, cluster.secret_file) == (None, CLUSTER_SECRET_FILE)
+    # every pod gets the same ConfigMap; its id (the ordinal) says what it is
+    voters = cluster.voter_map()
+    observers = [b["id"] for b in m.brokers() if b["id"] not in voters]
+    assert sorted(voters) == voter_ids
+    assert observers == list(range(3, replicas))
+    for obj in [c.desired for c in m.children() if c.desired is not None]:
+        validate_manifest(obj)
+    validate_manifest(m.generate_cluster_secret("s3cr3t"))
+
+
+def test_no_brokers_no_quorum() -> None:
+    m = model(with_spec(replicas=0))
+    assert m.voters() == []
+    assert not m.config.cluster.enabled
+    assert "[cluster]" not in m.config_toml()
+
+
+def test_each_pod_s_identity_and_the_voters_agree(tmp_path) -> None:
+    """What pod my-cluster-1 loads (ConfigMap + env) names it as the voter with its own
+    advertised name: the quorum and the Kafka listener are the same host."""
+    m = model(quick_start())
+    env = {}
+    for item in container(m.generate_statefulset())["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"].replace("$(POD_NAME)", "my-cluster-1")
+    path = tmp_path / CONFIG_KEY
+    path.write_text(m.config_toml())
+    config = load_config(path, environ=env)
+    host, port = config.cluster.voter_map()[1]
+    assert (host, port) == (config.broker.advertised_host, QUORUM_PORT)
+
+
+def test_the_quorum_port_is_on_the_pod_and_the_headless_service_only() -> None:
+    m = model(quick_start())
+    ports = {p["name"]: p["containerPort"] for p in container(m.generate_statefulset())["ports"]}
+    assert ports["quorum"] == QUORUM_PORT
+    client = {p["name"] for p in m.generate_client_service()["spec"]["ports"]}
+    assert client == {"kafka", "metrics"}
+    headless = m.generate_headless_service()["spec"]
+    assert headless["publishNotReadyAddresses"] is True  # peers find each other unready
+    assert {p["name"] for p in headless["ports"]} == {"kafka", "metrics", "quorum"}
+
+
+def test_the_cluster_secret_is_mounted_read_only_where_the_toml_says() -> None:
+    m = model(quick_start())
+    sts = m.generate_statefulset()
+    mounts = {v["name"]: v for v in container(sts)["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    mount = mounts["cluster-secret"]
+    assert mount["readOnly"] is True
+    assert m.config.cluster.secret_file == f"{mount['mountPath']}/{CLUSTER_SECRET_KEY}"
+    assert volumes["cluster-secret"]["secret"]["secretName"] == "my-cluster-cluster-secret"
+    assert m.cluster_secret_name == "my-cluster-cluster-secret"
+
+
+def test_the_cluster_secret_object() -> None:
+    m = model(quick_start())
+    secret = m.generate_cluster_secret("a-random-value")
+    validate_manifest(secret)
+    meta = secret["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("my-cluster-cluster-secret", "messaging")
+    assert meta["ownerReferences"] == [m.owner_reference()]
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "shazamq-operator"
+    assert secret["type"] == "Opaque" and secret["immutable"] is True
+    assert base64.b64decode(secret["data"][CLUSTER_SECRET_KEY]) == b"a-random-value"
+    # not a child: it is created once by the handler, never applied
+    assert "Secret" not in {c.kind for c in m.children()}
+
+
+def test_scaling_within_the_voters_changes_the_quorum_beyond_does_not() -> None:
+    def checksum(replicas: int) -> str:
+        body = quick_start()
+        body["spec"]["replicas"] = replicas
+        sts = model(body).generate_statefulset()
+        return sts["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+
+    assert checksum(3) == checksum(4) == checksum(7)  # observers only: no roll
+    assert checksum(1) != checksum(2) != checksum(3)  # the voters change: every pod rolls
 
 
 # -- PodDisruptionBudget, ServiceMonitor, ownership -----------------------------------------

@@ -49,6 +49,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 RBAC rules on the watched namespaces: the ShazamqClusters, every kind the operator creates
 for them, the pods (broker readiness), events, and Kopf's namespaced peering objects.
+Secrets: create only. The operator creates each cluster's quorum secret once and, when it
+exists already (409), leaves it alone; it never reads, lists or changes a Secret.
 */}}
 {{- define "shazamq-operator.namespacedRules" -}}
 - apiGroups: ["shazamq.io"]
@@ -60,6 +62,9 @@ for them, the pods (broker readiness), events, and Kopf's namespaced peering obj
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]

@@ -52,7 +52,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 for b in sorted(node.state.brokers.values(), key=lambda b: b.broker_id)
                 if node.state.is_live(b.broker_id)
             ]
-            controller = node.controller_id
+            # as in KRaft: any broker forwards admin requests to the quorum, so clients are
+            # pointed at one that is up (this one) rather than at the quorum's leader
+            controller = broker.node_id
         else:
             host, port = broker.advertised
             brokers = [

@@ -120,7 +120,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 for b in sorted(cluster.state.brokers.values(), key=lambda b: b.broker_id)
                 if cluster.state.is_live(b.broker_id)
             ]
-            controller = cluster.controller_id
+            # as in KRaft: any broker forwards admin requests to the quorum, so clients are
+            # pointed at one that is up (this one) rather than at the quorum's leader
+            controller = broker.node_id
         else:
             host, port = broker.advertised
             brokers = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ FETCH_VERSION = 12  # names, replica id in the body, current leader epoch, log s
 OFFSET_FOR_LEADER_EPOCH = 23
 OFFSET_FOR_LEADER_EPOCH_VERSION = 3  # the first with a replica id
 RETRY_BACKOFF_S = 0.2
+PAUSE_S = 0.3
 _FENCED = frozenset(
     {
         ErrorCode.NOT_LEADER_OR_FOLLOWER,
@@ -55,8 +57,9 @@ class _Entry:
     partition: Partition
     leader_epoch: int
     truncated: bool = False
-    # errors that only a newer metadata view can clear pause the partition until then
-    paused: bool = False
+    # after an epoch or leadership error: the monotonic time to try again (the leader's or
+    # our metadata view is behind; one of them catches up within moments)
+    paused_until: float = 0.0
 
 
 class ReplicaFetcher:
@@ -107,19 +110,28 @@ class ReplicaFetcher:
 
     # -- the loop -----------------------------------------------------------------------
 
+    def _pause(self, e: _Entry) -> None:
+        e.paused_until = time.monotonic() + PAUSE_S
+        e.truncated = False  # reconcile again with whatever the leader then says
+
     async def _run(self) -> None:
         while True:
-            active = [e for e in self._entries.values() if not e.paused]
+            now = time.monotonic()
+            active = [e for e in self._entries.values() if e.paused_until <= now]
             if not active:
                 self._wake.clear()
-                await self._wake.wait()
+                pauses = [e.paused_until for e in self._entries.values()]
+                timeout = max(min(pauses) - now, 0.01) if pauses else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             try:
                 client = await self._pool.get(self.leader_id)
                 pending = [e for e in active if not e.truncated]
                 if pending:
                     await self._truncate(client, pending)
-                ready = [e for e in self._entries.values() if e.truncated and not e.paused]
+                now = time.monotonic()
+                ready = [e for e in self._entries.values() if e.truncated and e.paused_until <= now]
                 if ready:
                     await self._fetch(client, ready)
             except BrokerConnectionError as exc:
@@ -159,7 +171,7 @@ class ReplicaFetcher:
                     continue
                 plog = e.partition.log
                 if r.error_code in _FENCED:
-                    e.paused = True
+                    self._pause(e)
                     continue
                 if r.error_code:
                     log.warning(
@@ -169,6 +181,7 @@ class ReplicaFetcher:
                         self.leader_id,
                         r.error_code,
                     )
+                    self._pause(e)
                     continue
                 if plog.latest_epoch < 0:
                     target = plog.log_end_offset  # nothing written under any epoch yet
@@ -233,7 +246,7 @@ class ReplicaFetcher:
         plog = p.log
         code = pd.error_code
         if code in _FENCED:
-            e.paused = True  # resumes when the controller's next view re-adds it
+            self._pause(e)
             return
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             if plog.log_end_offset < pd.log_start_offset:

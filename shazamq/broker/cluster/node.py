@@ -144,8 +144,11 @@ class ClusterNode:
 
     @property
     def controller_id(self) -> int:
+        """The active controller as clients see it: the quorum leader that has claimed."""
         leader = self.quorum.leader_id
-        return leader if leader is not None else -1
+        if leader is not None and leader == self.state.controller_id:
+            return leader
+        return leader if leader is not None else self.state.controller_id
 
     def leader_count(self) -> int:
         return sum(
@@ -406,6 +409,19 @@ class ClusterNode:
             rec = r.decode(data)
         except Exception:
             rec = None
+        if isinstance(rec, r.ClaimController):
+            if self.state.controller_id == self.node_id and rec.node_id == self.node_id:
+                now = time.monotonic()
+                # a new controller gives every broker a full session before fencing it
+                self._last_seen = dict.fromkeys(self.state.brokers, now)
+                self._controller_since = now
+                log.info(
+                    "broker %d is the active controller (epoch %d)",
+                    self.node_id,
+                    self.state.controller_epoch,
+                )
+            elif self.state.controller_id != self.node_id:
+                self._controller_since = None
         if isinstance(rec, r.BrokerHeartbeat | r.RegisterBroker):
             self._last_seen[rec.broker_id] = time.monotonic()
             if (
@@ -424,14 +440,16 @@ class ClusterNode:
         self._react()
 
     def _on_leadership(self, leader: bool) -> None:
+        # the quorum's leader acts as controller only once its claim (the next controller
+        # epoch) has committed: decisions made under an older epoch are rejected
+        self._controller_since = None
         if leader:
-            now = time.monotonic()
-            # a new controller gives every broker a full session before fencing it
-            self._last_seen = dict.fromkeys(self.state.brokers, now)
-            self._controller_since = now
-            log.info("broker %d is the active controller", self.node_id)
-        else:
-            self._controller_since = None
+            self._claim_controller()
+
+    def _claim_controller(self) -> None:
+        self._propose_soon(
+            r.ClaimController(node_id=self.node_id, epoch=self.state.controller_epoch + 1)
+        )
 
     def _react(self) -> None:
         changes = self.state.take_changes()
@@ -594,9 +612,11 @@ class ClusterNode:
         interval = cc.heartbeat_interval_ms / 1000
         while True:
             try:
-                if self.state.cluster_id is None and self.quorum.leader_id is not None:
+                if self.state.cluster_id is None:
+                    # the first broker to get here names the cluster; the others adopt it
                     configured = self.config.broker.cluster_id
                     await self.propose(r.InitCluster(cluster_id=configured or new_cluster_id()))
+                    continue
                 if self.state.cluster_id is not None and self.config.broker.cluster_id not in (
                     None,
                     self.state.cluster_id,
@@ -641,12 +661,25 @@ class ClusterNode:
         session_s = cc.session_timeout_ms / 1000
         interval = cc.heartbeat_interval_ms / 1000
         rebalance_s = rep.leader_imbalance_check_interval_ms / 1000
-        last_rebalance = time.monotonic()
+        last_rebalance = last_tick = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            if not self.quorum.is_leader or self._controller_since is None:
-                continue
             now = time.monotonic()
+            stalled = now - last_tick > session_s / 2
+            last_tick = now
+            if not self.quorum.is_leader:
+                continue
+            if self.state.controller_id != self.node_id:
+                self._claim_controller()
+                continue
+            if self._controller_since is None:
+                continue
+            if stalled:
+                # this process was paused (or starved), not the others: their silence
+                # was ours, so everyone gets a fresh session rather than being fenced
+                self._last_seen = dict.fromkeys(self.state.brokers, now)
+                continue
+            epoch = self.state.controller_epoch
             for b in list(self.state.brokers.values()):
                 if b.fenced:
                     continue
@@ -656,14 +689,18 @@ class ClusterNode:
                         "fencing broker %d: no heartbeat for %.1fs", b.broker_id, now - seen
                     )
                     self._propose_soon(
-                        r.FenceBroker(broker_id=b.broker_id, incarnation=b.incarnation)
+                        r.FenceBroker(
+                            broker_id=b.broker_id,
+                            incarnation=b.incarnation,
+                            controller_epoch=epoch,
+                        )
                     )
             if rep.auto_leader_rebalance_enable and now - last_rebalance >= rebalance_s:
                 last_rebalance = now
                 wanted = self.imbalanced_partitions()
                 if wanted:
                     log.info("moving %d leaderships back to preferred replicas", len(wanted))
-                    self._propose_soon(r.ElectLeaders(partitions=wanted))
+                    self._propose_soon(r.ElectLeaders(partitions=wanted, controller_epoch=epoch))
 
     def imbalanced_partitions(self) -> list[tuple[str, int]]:
         live = self.state.live_brokers()

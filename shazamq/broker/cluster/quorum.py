@@ -37,11 +37,11 @@ its own copy of a new entry (see `_RaftNode.sync_to_disk`).
 
 Snapshots. Log compaction writes `raft.snapshot` in our own format (magic, msgpack header
 with the two boundary log entries pysyncobj needs and the recent proposal tokens, then
-`machine.snapshot()` verbatim);
-loading one calls `machine.restore()` and posts `on_restore`. Nothing of ours is pickled.
-pysyncobj still pickles its own wire messages and log commands; with a secret set, every
-frame is Fernet-authenticated before it is unpickled, so only holders of the secret reach
-`pickle.loads`.
+`machine.snapshot()` verbatim); loading one calls `machine.restore()` and posts `on_restore`.
+The leader sends that same file to a follower too far behind its log. Nothing of ours is
+pickled. pysyncobj still pickles its own wire messages and log commands; with a secret set,
+every frame is Fernet-authenticated before it is unpickled, so only holders of the secret
+reach `pickle.loads`.
 
 Security. `secret` is pysyncobj's password: a peer with another secret fails the handshake
 and is disconnected, so it can neither join, vote, nor inject records.
@@ -157,9 +157,8 @@ class _SnapshotHeader(msgspec.Struct, array_like=True, frozen=True):
     last: _Entry
     previous: _Entry
     cluster: list[str]
-    recent: list[
-        tuple[bytes, int]
-    ]  # (token, result) of the last DEDUP_WINDOW records, oldest first
+    # (token, result) of the last DEDUP_WINDOW records, oldest first
+    recent: list[tuple[bytes, int]]
     state_size: int
     state_crc: int
 
@@ -206,6 +205,9 @@ class _Disk:
         # pysyncobj keeps term, vote and commit index beside the journal under this name.
         self.files = (self.journal, directory / (JOURNAL_FILE + ".meta"), self.snapshot)
         self.dirty = True
+        # pysyncobj rewrites the journal in place one tick after a snapshot is written, and
+        # the log can come out the same length, so fsync on the ticks until then regardless.
+        self.resync_ticks = 0
         self._failing = False
 
     def sync(self) -> None:
@@ -345,17 +347,21 @@ class _RaftNode(SyncObj):
     def apply_record(self, record: bytes, token: bytes) -> int:
         return self.apply_committed(record, token)
 
-    def sync_to_disk(self) -> None:
+    def sync_to_disk(self, *, tick_end: bool = False) -> None:
         """fsync if the log or the term moved since the last fsync (tick thread only).
 
         The leader appends in one tick and counts its own copy towards a majority in the
         next, and this runs at the end of every tick, so the leader's copy is durable
         before it counts; followers get here from the transport before they acknowledge.
         """
+        disk = self.disk
+        settling = disk.resync_ticks > 0
+        if tick_end and settling:
+            disk.resync_ticks -= 1
         shape = (self._getRaftLogSize(), self.raftCurrentTerm)
-        if self.disk.dirty or shape != self.synced_shape:
-            self.disk.sync()
-            if not self.disk.dirty:
+        if disk.dirty or settling or shape != self.synced_shape:
+            disk.sync()
+            if not disk.dirty:
                 self.synced_shape = shape
 
 
@@ -560,7 +566,9 @@ class MetadataQuorum:
                 raise QuorumUnavailable("the metadata quorum is not running")
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise QuorumUnavailable(f"{reason}; gave up after {timeout:g}s")
+                raise QuorumUnavailable(
+                    f"{reason}; gave up after {timeout:g}s ({self._quorum_hint()})"
+                )
             if not self._leader_reachable(raft):
                 reason = self._no_leader_reason()
                 await asyncio.sleep(min(_RETRY_PAUSE, remaining))
@@ -605,9 +613,7 @@ class MetadataQuorum:
 
     def _no_leader_reason(self) -> str:
         leader = self.leader_id
-        if leader is None:
-            return f"no leader elected ({self._quorum_hint()})"
-        return f"leader {leader} is unreachable ({self._quorum_hint()})"
+        return "no leader elected" if leader is None else f"leader {leader} is unreachable"
 
     def _quorum_hint(self) -> str:
         connected = self._status.get("voters_connected") or 0
@@ -657,8 +663,10 @@ class MetadataQuorum:
         except Exception:
             logger.exception("cannot write the metadata snapshot %s", path)
             raise
-        # pysyncobj renames the file into place after we return; fsync the directory soon.
+        # pysyncobj renames the file into place after we return and truncates the journal
+        # on its next tick: fsync the directory and the journal after both.
         disk.dirty = True
+        disk.resync_ticks = 2
         logger.info("metadata snapshot written at log index %d", _Entry.of(last).index)
 
     def _read_snapshot(self, path: str) -> tuple[Any, ...]:
@@ -674,7 +682,7 @@ class MetadataQuorum:
         return (header.last.as_tuple(), header.previous.as_tuple(), list(header.cluster))
 
     def _tick(self, raft: _RaftNode) -> None:
-        raft.sync_to_disk()
+        raft.sync_to_disk(tick_end=True)
         leading = bool(raft._isLeader())
         if leading != self._leading_seen:
             self._leading_seen = leading

@@ -22,6 +22,18 @@ class InitCluster(_Record, tag="init_cluster"):
     cluster_id: str
 
 
+class ClaimController(_Record, tag="claim_controller"):
+    """A new Raft leader takes over as active controller under the next controller epoch.
+
+    Controller decisions (fencing, preferred-leader moves) carry the epoch they were made
+    under; once a newer controller has claimed, a paused or partitioned old one's decisions
+    are rejected even if they still reach the log.
+    """
+
+    node_id: int
+    epoch: int
+
+
 class RegisterBroker(_Record, tag="register_broker"):
     """A broker (re)starting: a new incarnation replaces the old one and unfences it."""
 
@@ -44,6 +56,7 @@ class FenceBroker(_Record, tag="fence_broker"):
 
     broker_id: int
     incarnation: str
+    controller_epoch: int = -1
 
 
 class ControlledShutdown(_Record, tag="controlled_shutdown"):
@@ -95,6 +108,8 @@ class ElectLeaders(_Record, tag="elect_leaders"):
     partitions: list[tuple[str, int]]  # (topic id, partition)
     # unclean elections pick any live replica when none in sync is alive
     unclean: bool = False
+    # set when the controller decides on its own (periodic rebalance); -1 for admin requests
+    controller_epoch: int = -1
 
 
 class Reassign(_Record, tag="reassign"):
@@ -115,6 +130,7 @@ class AllocateProducerIds(_Record, tag="allocate_producer_ids"):
 
 Record = (
     InitCluster
+    | ClaimController
     | RegisterBroker
     | BrokerHeartbeat
     | FenceBroker

@@ -62,6 +62,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     brokers: list[BrokerInfo] = msgspec.field(default_factory=list)
     topics: list[TopicState] = msgspec.field(default_factory=list)
     next_producer_id: int = 0
+    controller_id: int = -1
+    controller_epoch: int = 0
 
 
 class Changes(msgspec.Struct, kw_only=True):
@@ -94,6 +96,8 @@ class ClusterState:
         self.topics: dict[str, TopicState] = {}  # by name
         self.by_id: dict[str, TopicState] = {}  # by topic id (hex)
         self.next_producer_id = 0
+        self.controller_id = -1
+        self.controller_epoch = 0
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
 
@@ -130,6 +134,8 @@ class ClusterState:
                 brokers=sorted(self.brokers.values(), key=lambda b: b.broker_id),
                 topics=sorted(self.topics.values(), key=lambda t: t.name),
                 next_producer_id=self.next_producer_id,
+                controller_id=self.controller_id,
+                controller_epoch=self.controller_epoch,
             )
         )
 
@@ -143,6 +149,8 @@ class ClusterState:
         self.topics = {t.name: t for t in snap.topics}
         self.by_id = {t.topic_id: t for t in snap.topics}
         self.next_producer_id = snap.next_producer_id
+        self.controller_id = snap.controller_id
+        self.controller_epoch = snap.controller_epoch
         ch = self._changes
         ch.cluster_id = True
         ch.brokers.update(self.brokers)
@@ -171,6 +179,16 @@ class ClusterState:
         self._changes.cluster_id = True
         return 0
 
+    def _on_ClaimController(self, rec: r.ClaimController) -> int:
+        if rec.epoch != self.controller_epoch + 1:
+            return ErrorCode.NOT_CONTROLLER
+        self.controller_id = rec.node_id
+        self.controller_epoch = rec.epoch
+        return 0
+
+    def _stale_controller(self, epoch: int) -> bool:
+        return epoch >= 0 and epoch != self.controller_epoch
+
     def _on_RegisterBroker(self, rec: r.RegisterBroker) -> int:
         self.brokers[rec.broker_id] = BrokerInfo(
             broker_id=rec.broker_id,
@@ -194,6 +212,8 @@ class ClusterState:
         return 0
 
     def _on_FenceBroker(self, rec: r.FenceBroker) -> int:
+        if self._stale_controller(rec.controller_epoch):
+            return ErrorCode.NOT_CONTROLLER
         b = self.brokers.get(rec.broker_id)
         if b is None or b.incarnation != rec.incarnation:
             return ErrorCode.STALE_BROKER_EPOCH
@@ -343,6 +363,8 @@ class ClusterState:
         return 0
 
     def _on_ElectLeaders(self, rec: r.ElectLeaders) -> int:
+        if self._stale_controller(rec.controller_epoch):
+            return ErrorCode.NOT_CONTROLLER
         live = self.live_brokers()
         for topic_id, index in rec.partitions:
             t = self.by_id.get(topic_id)
