@@ -80,3 +80,31 @@ def test_hot_path_suites_run_once():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_replication_benchmark_smoke(tmp_path):
+    out = tmp_path / "replication.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.replication",
+            "--scale",
+            "0.005",
+            "--rate",
+            "500",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for rf in ("rf1", "rf3"):
+        assert report[rf]["throughput"]["records_per_s"] > 0
+        assert report[rf]["throughput"]["failures"] == 0
+        assert report[rf]["latency_ms"]["samples"] > 0

@@ -109,7 +109,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
         return pe
 
     def read(
-        req: FetchRequest, version: int, hosted: list[Partition], redirects: set[int]
+        req: FetchRequest,
+        version: int,
+        hosted: list[Partition],
+        redirects: set[int],
     ) -> tuple[list[FetchableTopicResponse], int]:
         """Read every requested partition; `hosted` collects the ones to wait on.
 
@@ -194,6 +197,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                             continue
                 records = b""
                 aborted = None
+                throttled = follower and p.replica is not None and replica_id in p.replica.adding
+                if throttled:
+                    assert cluster is not None
+                    if not cluster.throttle_allows():
+                        upper = offset  # nothing now; the fetch waits as for no data
                 if offset < upper:
                     # Kafka's rule: the response's first batch is returned whole even when
                     # it exceeds the limits, so a consumer can always make progress.
@@ -203,6 +211,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         if data:
                             records = data
                             total += len(data)
+                            if throttled:
+                                assert cluster is not None
+                                cluster.throttle_consume(len(data))
                             if committed:
                                 aborted = [
                                     AbortedTransaction(producer_id=pid, first_offset=first)

@@ -56,6 +56,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             seen.add(t.name)
             partitions = t.num_partitions
             rf = t.replication_factor
+            assignment: list[list[int]] | None = None
             if t.assignments:
                 if partitions != -1 or rf != -1:
                     res.error_code = ErrorCode.INVALID_REQUEST
@@ -63,11 +64,20 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 partitions = len(t.assignments)
                 rf = len(t.assignments[0].broker_ids)
-                bad = [b for a in t.assignments for b in a.broker_ids if b != broker.node_id]
+                known = (
+                    set(broker.cluster.state.brokers)
+                    if broker.cluster is not None
+                    else {broker.node_id}
+                )
+                bad = [b for a in t.assignments for b in a.broker_ids if b not in known]
                 if bad:
                     res.error_code = ErrorCode.INVALID_REPLICA_ASSIGNMENT
                     res.error_message = f"unknown broker ids {sorted(set(bad))}"
                     continue
+                assignment = [
+                    list(a.broker_ids)
+                    for a in sorted(t.assignments, key=lambda a: a.partition_index)
+                ]
             if partitions == -1:
                 partitions = broker.config.broker.default_partitions
             if rf == -1:
@@ -81,7 +91,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if req.validate_only:
                     info = None
                 else:
-                    info = await parts.create_topic(t.name, partitions, rf, configs)
+                    info = await parts.create_topic(
+                        t.name, partitions, rf, configs, assignment=assignment
+                    )
             except KafkaError as exc:
                 res.error_code = exc.code
                 res.error_message = exc.message
@@ -140,8 +152,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         ErrorCode.INVALID_REPLICA_ASSIGNMENT,
                         "one assignment is needed per new partition",
                     )
+                assignment = None
+                if t.assignments is not None and broker.cluster is not None:
+                    assignment = [list(a.broker_ids) for a in t.assignments]
+                    broker.cluster.check_assignment(assignment)
                 if not req.validate_only:
-                    await parts.add_partitions(t.name, t.count)
+                    await parts.add_partitions(t.name, t.count, assignment)
             except KafkaError as exc:
                 res.error_code = exc.code
                 res.error_message = exc.message
@@ -159,8 +175,13 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 )
                 out.append(res)
                 p = parts.get(t.name, rp.partition_index)
-                if p is None:
-                    res.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                if p is None or not p.is_leader:
+                    # in a cluster, only the leader moves the log start; followers follow
+                    res.error_code = (
+                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                        if p is None and broker.metadata.get(t.name) is None
+                        else ErrorCode.NOT_LEADER_OR_FOLLOWER
+                    )
                     continue
                 offset = rp.offset
                 if offset == -1:  # "up to the high watermark"

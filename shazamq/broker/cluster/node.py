@@ -91,6 +91,10 @@ class ClusterNode:
         self._stopping = False
         self.isr_shrinks = 0
         self.isr_expands = 0
+        # reassignment.throttle: bytes per second served to replicas being added
+        self._throttle_rate = rep.reassignment_throttle_bytes_per_second
+        self._throttle_tokens = float(max(self._throttle_rate, 0))
+        self._throttle_at = time.monotonic()
         # listeners told about topic-level changes (the metadata adapter)
         self.on_topics_changed: list[Callable[[set[str], list[TopicState]], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
@@ -564,6 +568,28 @@ class ClusterNode:
             add = role.isr_to_add(plog.high_watermark)
             if add:
                 self._alter_isr(p, role.isr + add)
+
+    def throttle_allows(self) -> bool:
+        """Whether replicas being added may be served now (reassignment throttle).
+
+        One token bucket for all reassignment traffic this leader serves, refilled at the
+        configured rate and holding at most one second of it. A read may overdraw it;
+        until the debt is repaid those partitions get no data (their fetch long-polls as
+        usual), so the average copy rate stays at the limit, as Kafka's throttle does.
+        """
+        rate = self._throttle_rate
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        self._throttle_tokens = min(
+            float(rate), self._throttle_tokens + (now - self._throttle_at) * rate
+        )
+        self._throttle_at = now
+        return self._throttle_tokens > 0
+
+    def throttle_consume(self, nbytes: int) -> None:
+        if self._throttle_rate > 0:
+            self._throttle_tokens -= nbytes
 
     def _alter_isr(self, p: Partition, isr: list[int]) -> None:
         role = p.replica

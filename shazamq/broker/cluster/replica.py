@@ -44,6 +44,8 @@ class ReplicaRole:
     waiters: list[tuple[int, asyncio.Future[int]]] = field(default_factory=list)
     # an AlterPartition we proposed and have not seen committed yet
     isr_change_pending: bool = False
+    # replicas a reassignment is adding: their catch-up is throttled
+    adding: list[int] = field(default_factory=list)
 
     @property
     def is_leader(self) -> bool:
@@ -58,6 +60,7 @@ class ReplicaRole:
         self.leader = info.leader
         self.leader_epoch = info.leader_epoch
         self.partition_epoch = info.partition_epoch
+        self.adding = list(info.adding)
         self.isr_change_pending = False
         if self.is_leader:
             for b in self.replicas:
