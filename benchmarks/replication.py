@@ -66,22 +66,30 @@ class ClusterUnderTest:
                 PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""),
             )
             self.procs.append(subprocess.Popen(BROKER_CMD, env=env, cwd=str(ROOT)))
-        for port, proc in zip(self.ports, self.procs, strict=True):
-            wait_listening(port, proc, 60)
-        self._wait_members(n)
+        try:
+            for port, proc in zip(self.ports, self.procs, strict=True):
+                wait_listening(port, proc, 60)
+            self._wait_members(n)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def _wait_members(self, n: int) -> None:
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
-            if len(md.brokers) == n:
-                return
+            try:
+                if len(admin.list_topics(timeout=5).brokers) == n:
+                    return
+            except KafkaException:
+                pass  # brokers still starting
             time.sleep(0.2)
         raise RuntimeError("the brokers did not form one cluster in 60 s")
 
@@ -206,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             for rf in (1, 3):
                 topic = f"bench-rf{rf}"
                 cluster.create_topic(topic, rf)
+                print(
+                    f"RF {rf}: {records} records, then {seconds:.0f} s at {args.rate:.0f}/s",
+                    file=sys.stderr,
+                )
                 report[f"rf{rf}"] = {
                     "throughput": run_throughput(cluster.bootstrap, topic, records),
                     "latency_ms": run_latency(cluster.bootstrap, topic, args.rate, seconds),
