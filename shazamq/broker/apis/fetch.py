@@ -262,7 +262,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
             if total < 0 or total >= min_bytes or remaining <= 0 or not hosted:
                 break
             await parts.wait_for_data(hosted, remaining)
-        count_out(topics)
+        replica_id = req.replica_state.replica_id if version >= 15 else req.replica_id
+        if replica_id < 0:  # replication traffic is not what consumers were served
+            count_out(topics)
         endpoints = []
         if redirects and cluster is not None:
             for node in sorted(redirects):
