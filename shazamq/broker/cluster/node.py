@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from shazamq.broker.cluster.metadata import new_cluster_id
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
+from . import hw_checkpoint
 from . import records as r
 from .client import ClientPool
 from .fetcher import ReplicaFetcher
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROPOSE_TIMEOUT_S = 8.0
+CHECKPOINT_INTERVAL_S = 5.0
 
 
 class ClusterNode:
@@ -81,6 +83,9 @@ class ClusterNode:
             on_leadership=self._on_leadership,
         )
         self.pool = ClientPool(self._broker_address)
+        self._data_dir = data_dir
+        # high watermarks of the last run, applied once as each replica is hosted again
+        self._restored_hw = hw_checkpoint.read(data_dir)
         self.fetchers: dict[int, ReplicaFetcher] = {}
         self.registered = asyncio.Event()
         # controller bookkeeping: monotonic time each broker was last heard of
@@ -106,6 +111,7 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(self._membership_loop(), name="cluster-member"))
         self._tasks.append(asyncio.create_task(self._controller_loop(), name="cluster-controller"))
         self._tasks.append(asyncio.create_task(self._isr_loop(), name="cluster-isr"))
+        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="cluster-hw"))
 
     async def controlled_shutdown(self, timeout_s: float) -> None:
         """Move this broker's leaderships away before it stops (Kafka's controlled shutdown)."""
@@ -141,6 +147,7 @@ class ClusterNode:
         for f in self.fetchers.values():
             await f.stop()
         self.fetchers.clear()
+        await self._write_checkpoint()
         await self.pool.close()
         await self.quorum.stop()
 
@@ -480,6 +487,9 @@ class ClusterNode:
         now = time.monotonic()
         if p is None:
             p = parts.host_partition(t.name, index)
+            hw = self._restored_hw.pop((t.name, index), None)
+            if hw is not None:
+                p.log.high_watermark = hw  # clamped to the log's own bounds
         role = p.replica
         if role is None:
             role = p.replica = ReplicaRole(
@@ -615,6 +625,20 @@ class ClusterNode:
             role.isr_change_pending = False
 
         asyncio.get_running_loop().call_later(PROPOSE_TIMEOUT_S, clear)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            try:
+                await self._write_checkpoint()
+            except OSError:
+                log.exception("writing the high-watermark checkpoint failed")
+
+    async def _write_checkpoint(self) -> None:
+        marks = {key: p.log.high_watermark for key, p in self.partitions.partitions.items()}
+        await asyncio.get_running_loop().run_in_executor(
+            None, hw_checkpoint.write, self._data_dir, marks
+        )
 
     async def _isr_loop(self) -> None:
         """Drop followers that stopped keeping up (replica.lag.time.max.ms)."""
