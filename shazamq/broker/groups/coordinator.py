@@ -43,11 +43,11 @@ from .membership import MembershipMixin
 from .offsets import FetchedOffset, OffsetCommit, OffsetsMixin
 from .offsets_codec import GroupMetadataValue
 from .offsets_store import OFFSETS_TOPIC, LoadedPartition, OffsetsStore, append_error_code
+from .ownership import OwnedPartitions, Ownership
 
 if TYPE_CHECKING:
     from shazamq.broker.app import Broker
     from shazamq.broker.cluster.node import ClusterNode
-    from shazamq.broker.partitions import Partition
 
 __all__ = [
     "FetchedOffset",
@@ -70,16 +70,9 @@ _E = ErrorCode
 
 
 @dataclass(eq=False, slots=True)
-class _Ownership:
-    """A ``__consumer_offsets`` partition this broker leads (cluster mode).
+class _Ownership(Ownership):
+    """A ``__consumer_offsets`` partition this broker leads (cluster mode)."""
 
-    The object's identity is the ownership: a write that waited for replication checks
-    that the partition's entry is still the same object before changing memory, so a
-    lost-and-regained leadership in between is noticed.
-    """
-
-    loaded: bool = False
-    task: asyncio.Task[None] | None = None
     # (producer id, commit, marker offset) of transaction markers written while loading
     deferred: list[tuple[int, bool, int | None]] = field(default_factory=list)
 
@@ -130,8 +123,18 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         self._persisted: set[str] = set()  # groups with a metadata record in the log
         self._txn_groups: dict[int, set[str]] = {}  # producer id -> groups with pending offsets
         self._tasks: list[asyncio.Task[None]] = []
-        # cluster mode: the __consumer_offsets partitions led here, by index
-        self._owned: dict[int, _Ownership] = {}
+        # cluster mode: the __consumer_offsets partitions led here
+        self._owned: OwnedPartitions[LoadedPartition, _Ownership] = OwnedPartitions(
+            OFFSETS_TOPIC,
+            self.partition_for,
+            new=_Ownership,
+            # looked up at each load, so a replaced loader (tests slow it down) is used
+            read=lambda index: self.store.load_partition(index),
+            install=self._install,
+            then=self._partition_loaded,
+            unload=self._unload_partition,
+            log=log,
+        )
         self._background: set[asyncio.Task[None]] = set()
         self.commit_timeout_s = (
             getattr(self.config, "offsets_commit_timeout_ms", OFFSETS_COMMIT_TIMEOUT_MS) / 1000
@@ -183,22 +186,14 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
 
     def _start_in_cluster(self, cluster: ClusterNode) -> None:
         # The topic is created on the first FindCoordinator; until then nothing is led here.
-        cluster.on_partition_role.append(self._on_partition_role)
         self.loaded = True
-        for p in list(self.broker.partitions.partitions.values()):
-            if p.topic == OFFSETS_TOPIC and p.replica is not None and p.replica.is_leader:
-                self._on_partition_role(p, True)
+        self._owned.attach(cluster, list(self.broker.partitions.partitions.values()))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
         log.info("group coordinator started; it loads the %s partitions led here", OFFSETS_TOPIC)
 
     async def stop(self) -> None:
-        cluster = self.cluster
-        if cluster is not None and self._on_partition_role in cluster.on_partition_role:
-            cluster.on_partition_role.remove(self._on_partition_role)
-        for own in self._owned.values():
-            if own.task is not None:
-                own.task.cancel()
+        self._owned.detach(self.cluster)
         await cancel_all(self._tasks)
         await cancel_all(list(self._background))
         for group in self.groups.values():
@@ -228,13 +223,10 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         NOT_COORDINATOR (Kafka's check before every group request)."""
         if self.cluster is None:
             return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
-        own = self._owned.get(self.partition_for(group_id))
-        if own is None or not self.loaded:
-            return int(_E.NOT_COORDINATOR)
-        return 0 if own.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        return self._owned.key_error(group_id, self.loaded)
 
     def _ownership(self, group_id: str) -> _Ownership | None:
-        return self._owned.get(self.partition_for(group_id))
+        return self._owned.of(group_id)
 
     def _still_serving(self, group: Group, own: _Ownership | None) -> bool:
         """After a wait: the group is still this coordinator's (same partition leadership,
@@ -243,36 +235,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             return False
         return self.groups.get(group.group_id) is group
 
-    def _on_partition_role(self, p: Partition, leader: bool) -> None:
-        if p.topic != OFFSETS_TOPIC:
-            return
-        if leader:
-            if p.index not in self._owned:
-                own = self._owned[p.index] = _Ownership()
-                own.task = asyncio.get_running_loop().create_task(
-                    self._load_partition(p.index, own), name=f"load {OFFSETS_TOPIC}-{p.index}"
-                )
-        else:
-            self._unload_partition(p.index)
-
-    async def _load_partition(self, index: int, own: _Ownership) -> None:
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            part = await loop.run_in_executor(None, self.store.load_partition, index)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # stays unowned: the next leadership change of the partition tries again
-            log.error("%s-%d: cannot load: %s", OFFSETS_TOPIC, index, exc)
-            if self._owned.get(index) is own:
-                del self._owned[index]
-            return
-        if self._owned.get(index) is not own:
-            return  # leadership moved on while the partition was read
-        self._install(index, part)
-        own.loaded = True
-        own.task = None
+    async def _partition_loaded(
+        self, index: int, own: _Ownership, part: LoadedPartition, started: float
+    ) -> None:
         for producer_id, commit, marker_offset in own.deferred:
             self._complete_txn_now(index, producer_id, commit, marker_offset)
         own.deferred.clear()
@@ -287,11 +252,6 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         )
 
     def _unload_partition(self, index: int) -> None:
-        own = self._owned.pop(index, None)
-        if own is None:
-            return
-        if own.task is not None:
-            own.task.cancel()
         doomed = [gid for gid in self.groups if self.partition_for(gid) == index]
         for gid in doomed:
             self._unload_group(self.groups.pop(gid))
@@ -413,7 +373,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
                 return int(_E.COORDINATOR_LOAD_IN_PROGRESS), []
         elif not self.loaded:
             return int(_E.COORDINATOR_NOT_AVAILABLE), []
-        elif any(not own.loaded for own in self._owned.values()):
+        elif self._owned.loading:
             # Kafka lists what it has and flags that some partitions are still loading
             code = int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         state_filter = {s.lower() for s in states} if states else None

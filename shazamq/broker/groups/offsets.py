@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
     from .coordinator import _Ownership
     from .internal_topic import Appended
-    from .offsets_store import OffsetsStore
+    from .offsets_store import LoadedPartition, OffsetsStore
+    from .ownership import OwnedPartitions
 
 __all__ = ["FetchedOffset", "OffsetCommit", "OffsetsMixin"]
 
@@ -98,7 +99,7 @@ class OffsetsMixin:
     _txn_groups: dict[int, set[str]]
     offset_commits: Counter
     offsets_expired: Counter
-    _owned: dict[int, _Ownership]
+    _owned: OwnedPartitions[LoadedPartition, _Ownership]
 
     if TYPE_CHECKING:
 

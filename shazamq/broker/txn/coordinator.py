@@ -61,6 +61,7 @@ from shazamq.broker.groups.internal_topic import (
     run_now,
 )
 from shazamq.broker.groups.offsets_store import OFFSETS_TOPIC
+from shazamq.broker.groups.ownership import OwnedPartitions, Ownership
 from shazamq.broker.log import AppendOrigin, LogError
 from shazamq.broker.log.errors import (
     InvalidProducerEpochError,
@@ -171,15 +172,6 @@ def state_write_error(code: int) -> int:
     return int(code)
 
 
-@dataclass(eq=False, slots=True)
-class _Ownership:
-    """A ``__transaction_state`` partition this broker leads (cluster mode); its identity
-    tells a write that waited whether the leadership it started under still holds."""
-
-    loaded: bool = False
-    task: asyncio.Task[None] | None = None
-
-
 class TransactionCoordinator:
     """Producer ids and every transactional id of the broker."""
 
@@ -199,8 +191,17 @@ class TransactionCoordinator:
         self.loaded = False
         self.producer_ids: ProducerIdAllocator | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # cluster mode: the __transaction_state partitions led here, by index
-        self._owned: dict[int, _Ownership] = {}
+        # cluster mode: the __transaction_state partitions led here
+        self._owned: OwnedPartitions[dict[str, TxnMetadata], Ownership] = OwnedPartitions(
+            TRANSACTION_STATE_TOPIC,
+            self.topic.partition_for,
+            new=Ownership,
+            read=self._load_partition_records,
+            install=lambda _index, loaded: self.txns.update(loaded),
+            then=self._partition_loaded,
+            unload=self._unload_partition,
+            log=log,
+        )
         # ids with a request or a state change in flight: others get CONCURRENT_TRANSACTIONS
         self._busy: set[str] = set()
         # ids with background work (completing, aborting, expiring), one job per id
@@ -261,13 +262,10 @@ class TransactionCoordinator:
 
     def _start_in_cluster(self, cluster: ClusterNode) -> None:
         # The topic is created on the first FindCoordinator; until then nothing is led here.
-        cluster.on_partition_role.append(self._on_partition_role)
         if self.marker_pool is None:
             self.marker_pool = ClientPool(self._address_of, client_id="shazamq-txn-markers")
         self.loaded = True
-        for p in list(self.broker.partitions.partitions.values()):
-            if p.topic == TRANSACTION_STATE_TOPIC and p.replica is not None and p.is_leader:
-                self._on_partition_role(p, True)
+        self._owned.attach(cluster, list(self.broker.partitions.partitions.values()))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
         log.info(
@@ -276,12 +274,7 @@ class TransactionCoordinator:
         )
 
     async def stop(self) -> None:
-        cluster = self.cluster
-        if cluster is not None and self._on_partition_role in cluster.on_partition_role:
-            cluster.on_partition_role.remove(self._on_partition_role)
-        for own in self._owned.values():
-            if own.task is not None:
-                own.task.cancel()
+        self._owned.detach(self.cluster)
         await cancel_all(self._tasks)
         await cancel_all(list(self._jobs.values()))
         self._jobs.clear()
@@ -352,10 +345,7 @@ class TransactionCoordinator:
         COORDINATOR_LOAD_IN_PROGRESS or NOT_COORDINATOR."""
         if self.cluster is None:
             return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
-        own = self._owned.get(self.topic.partition_for(transactional_id))
-        if own is None or not self.loaded:
-            return int(_E.NOT_COORDINATOR)
-        return 0 if own.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
+        return self._owned.key_error(transactional_id, self.loaded)
 
     def listing_error(self) -> int:
         """The error of a request about every transaction (ListTransactions)."""
@@ -363,41 +353,13 @@ class TransactionCoordinator:
             return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         if not self.loaded:
             return int(_E.COORDINATOR_NOT_AVAILABLE)
-        if any(not own.loaded for own in self._owned.values()):
+        if self._owned.loading:
             return int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         return 0
 
-    def _on_partition_role(self, p: Partition, leader: bool) -> None:
-        if p.topic != TRANSACTION_STATE_TOPIC:
-            return
-        if leader:
-            if p.index not in self._owned:
-                own = self._owned[p.index] = _Ownership()
-                own.task = asyncio.get_running_loop().create_task(
-                    self._load_partition(p.index, own),
-                    name=f"load {TRANSACTION_STATE_TOPIC}-{p.index}",
-                )
-        else:
-            self._unload_partition(p.index)
-
-    async def _load_partition(self, index: int, own: _Ownership) -> None:
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            loaded = await loop.run_in_executor(None, self._load_partition_records, index)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # stays unowned: the next leadership change of the partition tries again
-            log.error("%s-%d: cannot load: %s", TRANSACTION_STATE_TOPIC, index, exc)
-            if self._owned.get(index) is own:
-                del self._owned[index]
-            return
-        if self._owned.get(index) is not own:
-            return  # leadership moved on while the partition was read
-        self.txns.update(loaded)
-        own.loaded = True
-        own.task = None
+    async def _partition_loaded(
+        self, index: int, own: Ownership, loaded: dict[str, TxnMetadata], started: float
+    ) -> None:
         log.info(
             "%s-%d: now coordinating %d transactional ids (loaded in %.2fs)",
             TRANSACTION_STATE_TOPIC,
@@ -408,11 +370,6 @@ class TransactionCoordinator:
         await self._recover(_now_ms(), list(loaded.values()))
 
     def _unload_partition(self, index: int) -> None:
-        own = self._owned.pop(index, None)
-        if own is None:
-            return
-        if own.task is not None:
-            own.task.cancel()
         part = self.topic.partition_for
         for txn_id in [t for t in self._jobs if part(t) == index]:
             self._jobs.pop(txn_id).cancel()
@@ -518,7 +475,7 @@ class TransactionCoordinator:
         self.txns[txn_id] = meta
         return meta
 
-    async def _replicated(self, appended: Appended, index: int, own: _Ownership | None) -> None:
+    async def _replicated(self, appended: Appended, index: int, own: Ownership | None) -> None:
         """Wait for the in-sync replicas of a state write; _StoreFailed if they did not
         confirm, or the partition's leadership changed meanwhile."""
         cluster = self.cluster
