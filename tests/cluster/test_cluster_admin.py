@@ -28,9 +28,20 @@ from shazamq.protocol.messages.describe_log_dirs_request import (
     DescribeLogDirsRequest,
 )
 from shazamq.protocol.messages.elect_leaders_request import ElectLeadersRequest, TopicPartitions
+from shazamq.protocol.messages.list_offsets_request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
 from shazamq.protocol.messages.list_partition_reassignments_request import (
     ListPartitionReassignmentsRequest,
 )
+from shazamq.protocol.messages.produce_request import (
+    PartitionProduceData,
+    ProduceRequest,
+    TopicProduceData,
+)
+from shazamq.protocol.records import Record, build_batch
 
 from .conftest import ClusterFactory
 from .test_cluster_basic import FAST_CLUSTER, NETNS, deep_merge_configs, topic_state, wait_for
@@ -175,6 +186,46 @@ def test_reassignment_moves_a_partition_throttled_and_elections_restore_leaders(
         return [t.name for r in resp.results for t in r.topics]
 
     wait_for(lambda: "moving" not in hosted_on_0(), 20, "broker 0 to drop its old replica")
+
+    # a broker that no longer hosts the partition redirects to its leader (KIP-951)
+    b0 = cluster.broker(0)
+    offsets = request(
+        b0.address,
+        b0.port,
+        2,
+        7,
+        ListOffsetsRequest(
+            replica_id=-1,
+            topics=[
+                ListOffsetsTopic(
+                    name="moving",
+                    partitions=[ListOffsetsPartition(partition_index=0, timestamp=-1)],
+                )
+            ],
+        ),
+    )
+    assert offsets.topics[0].partitions[0].error_code == ErrorCode.NOT_LEADER_OR_FOLLOWER
+    batch = build_batch([Record(offset_delta=0, key=None, value=b"misdirected")])
+    produced = request(
+        b0.address,
+        b0.port,
+        0,
+        11,
+        ProduceRequest(
+            acks=-1,
+            timeout_ms=5000,
+            topic_data=[
+                TopicProduceData(
+                    name="moving", partition_data=[PartitionProduceData(index=0, records=batch)]
+                )
+            ],
+        ),
+    )
+    answer = produced.responses[0].partition_responses[0]
+    assert answer.error_code == ErrorCode.NOT_LEADER_OR_FOLLOWER
+    new_leader = topic_state(cluster.bootstrap, "moving")[0][0]
+    assert answer.current_leader.leader_id == new_leader
+    assert [e.node_id for e in produced.node_endpoints] == [new_leader]
 
     dirs = request(
         host,

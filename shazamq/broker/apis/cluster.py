@@ -85,7 +85,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 out.append(res)
                 p = parts.get(t.topic, rp.partition)
                 if p is None:
-                    res.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    res.error_code = (
+                        ErrorCode.NOT_LEADER_OR_FOLLOWER
+                        if broker.cluster is not None
+                        and broker.cluster.leader_hint(t.topic, rp.partition) is not None
+                        else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    )
                     continue
                 current = rp.current_leader_epoch if ctx.api_version >= 2 else -1
                 res.error_code = p.epoch_error(current)

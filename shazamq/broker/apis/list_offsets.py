@@ -42,7 +42,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 out.append(resp)
                 p = parts.get(t.name, rp.partition_index)
                 if p is None:
-                    resp.error_code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    resp.error_code = (
+                        ErrorCode.NOT_LEADER_OR_FOLLOWER
+                        if broker.cluster is not None
+                        and broker.cluster.leader_hint(t.name, rp.partition_index) is not None
+                        else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    )
                     continue
                 resp.error_code = p.epoch_error(rp.current_leader_epoch if version >= 4 else -1)
                 if resp.error_code:
