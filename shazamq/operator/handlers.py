@@ -5,20 +5,24 @@ Importing this module registers the handlers in Kopf's default registry;
 (pure), `status` decides what to report (pure), `kube` talks to the API; this module only
 sequences them.
 
-- create/update/resume of a ShazamqCluster -> `reconcile()`: validate, create the cluster
-  secret if it does not exist yet (a random value, never changed afterwards: a new value
-  would split the metadata quorum), then apply every owned object in order (ConfigMap,
-  Services, StatefulSet, PodDisruptionBudget, ServiceMonitor, where "None" means delete),
-  then write the status. A bad spec becomes a
-  ``Reconciled=False`` condition, phase ``Failed`` and a Warning event, never a crash loop;
-  an object the API rejects is reported the same way; only transient API errors are retried.
+- create/update/resume of a ShazamqCluster -> `reconcile()`: validate, freeze the metadata
+  quorum's voters if they are not frozen yet (`freeze_voters()`: the annotation
+  ``shazamq.io/quorum-voters``, written once, since the quorum cannot change its voters),
+  create the cluster secret if it does not exist yet (a random value, never changed
+  afterwards: a new value would split the metadata quorum), then apply every owned object
+  in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget, ServiceMonitor, where
+  "None" means delete), then write the status. A bad spec (scaling below a frozen voter
+  included) becomes a ``Reconciled=False`` condition, phase ``Failed`` and a Warning event,
+  never a crash loop, and leaves the objects as they are; an object the API rejects is
+  reported the same way; only transient API errors are retried.
 - an event on an owned object (found by its ``app.kubernetes.io/managed-by`` label and the
   owner's uid) -> `child_event()`: if the object was deleted or no longer contains what we
   rendered (drift), apply it again; a StatefulSet's changes also refresh the status.
   ConfigMaps, Services, StatefulSets and PodDisruptionBudgets are watched; a
   ServiceMonitor (a kind that may not be served) is restored at the next reconciliation.
 - The index ``clusters`` keeps the latest body of every ShazamqCluster, so an owned
-  object's event can find its owner without an API call.
+  object's event can find its owner without an API call. Until the index holds the frozen
+  voters, the ones the owner's handler wrote (``memo.voters``) stand in.
 
 Every reconciliation of one cluster holds that cluster's lock, so the owner's handlers and
 its children's events never apply concurrently.
@@ -41,10 +45,14 @@ from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
 from shazamq.operator.resources import (
     CLUSTER_LABEL,
+    CONFIG_KEY,
     MANAGED_BY,
+    VOTERS_ANNOTATION,
     Child,
     ClusterModel,
     ModelError,
+    format_voter_ids,
+    voter_ids_of_config,
 )
 from shazamq.operator.status import RECONCILE_OK, Outcome, cluster_status, invalid_status
 
@@ -87,6 +95,7 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.metrics = memo.get("metrics") or OperatorMetrics()
     memo.locks = {}
     memo.statuses = {}
+    memo.voters = {}  # (namespace, name) -> the VOTERS_ANNOTATION this operator wrote
     port = memo.get("metrics_port")
     memo.metrics_server = None
     if port is not None:
@@ -128,6 +137,7 @@ def cluster_event(
     if event.get("type") == "DELETED":
         memo.metrics.set_phase(namespace, name, None)
         memo.statuses.pop((namespace, name), None)
+        memo.voters.pop((namespace, name), None)
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
@@ -143,17 +153,22 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
     started = time.monotonic()
     async with _lock(memo, namespace, name):
         try:
+            model: ClusterModel | None = None
             try:
                 model = ClusterModel.from_resource(body)
+                if not model.voters_frozen:
+                    body = await freeze_voters(memo, model, body, logger)
+                    # Again, with the frozen voters: the running ones may refuse this spec.
+                    model = ClusterModel.from_resource(body)
+                sts = await apply_children(memo.api, model, body, logger)
             except ModelError as exc:
                 result = "invalid_spec"
                 await _report_invalid(body, memo, logger, exc)
                 return
-            try:
-                sts = await apply_children(memo.api, model, body, logger)
             except ApiError as exc:
                 if exc.retriable:
                     raise kopf.TemporaryError(str(exc), delay=15) from exc
+                assert model is not None  # the API is called only once the spec is valid
                 result = "apply_failed"
                 logger.warning("Could not apply the cluster's objects: %s", exc)
                 kopf.event(body, type="Warning", reason="ApplyFailed", message=str(exc))
@@ -165,6 +180,56 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
         finally:
             metrics.reconciliations.labels(result=result).inc()
             metrics.duration.observe(time.monotonic() - started)
+
+
+async def freeze_voters(
+    memo: kopf.Memo, model: ClusterModel, body: dict[str, Any], logger: logging.Logger
+) -> dict[str, Any]:
+    """Record the quorum's voters in VOTERS_ANNOTATION; returns `body` with it.
+
+    Written before any object is applied, so no pod ever runs with voters that are not
+    recorded. The voters are those of the running ConfigMap when there is one (a cluster
+    made by an operator that did not freeze them, or whose annotation was removed: its
+    brokers' quorum is what must not change, whatever the spec says now), else the model's
+    (the first min(3, replicas) pods). With no voters (``replicas: 0``, nothing ever ran)
+    nothing is frozen yet. A merge patch, so the rest of the resource is left alone.
+    """
+    api: Api = memo.api
+    ids = await running_voter_ids(api, model) or model.voter_ids
+    if not ids:
+        return body
+    value = format_voter_ids(ids)
+    patch = {"metadata": {"annotations": {VOTERS_ANNOTATION: value}}}
+    await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
+    memo.voters[model.namespace, model.name] = value
+    logger.info("Froze the metadata quorum's voters: %s=%s", VOTERS_ANNOTATION, value)
+    kopf.event(
+        body,
+        type="Normal",
+        reason="VotersFrozen",
+        message=f"The metadata quorum's voters are the pods of ordinals {value} "
+        f"(annotation {VOTERS_ANNOTATION}); scaling keeps them",
+    )
+    return _with_voters(body, value)
+
+
+async def running_voter_ids(api: Api, model: ClusterModel) -> tuple[int, ...] | None:
+    """The voters named by this cluster's ConfigMap, if it exists and is ours."""
+    cm = await api.get("v1", "ConfigMap", model.namespace, model.config_map_name)
+    if cm is None or not _owned_by(cm, model.uid):
+        return None
+    toml = (cm.get("data") or {}).get(CONFIG_KEY)
+    return voter_ids_of_config(toml) if isinstance(toml, str) else None
+
+
+def _with_voters(body: Mapping[str, Any], value: str | None) -> dict[str, Any]:
+    """A copy of `body` whose VOTERS_ANNOTATION is `value` unless it has one already."""
+    out = copy.deepcopy(dict(body))
+    if value is not None:
+        meta = out.setdefault("metadata", {})
+        annotations = meta["annotations"] = dict(meta.get("annotations") or {})
+        annotations.setdefault(VOTERS_ANNOTATION, value)
+    return out
 
 
 async def apply_children(
@@ -343,10 +408,17 @@ async def child_event(
         return
     deleted = event.get("type") == "DELETED"
     async with _lock(memo, namespace, owner_name):  # type: ignore[arg-type]
+        # The index may not have seen the annotation our handler just wrote.
+        owner = _with_voters(owner, memo.voters.get((namespace, owner_name)))
         try:
             model = ClusterModel.from_resource(owner)
         except ModelError:
             return  # reported by the owner's handler; nothing valid to restore
+        if model.voter_ids and not model.voters_frozen:
+            # The owner's handler freezes the voters (perhaps from the running ConfigMap)
+            # before it applies anything; rendering them from the spec here could change a
+            # running quorum's voters.
+            return
         child = model.child(param, name)
         if child is None or child.desired is None:
             return

@@ -1,5 +1,5 @@
 """A small async client for the Kubernetes API: get, list, server-side apply, create-if-absent,
-delete, status.
+merge patch, delete, status.
 
 Why our own: Kopf watches and patches the resources it handles but ships no client for
 the objects an operator creates. The operator needs only a handful of verbs on a fixed set
@@ -224,6 +224,18 @@ class Api:
                 return False
             raise
         return True
+
+    async def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the object itself: sets only the keys `patch` names (an annotation,
+        without taking the other fields' ownership as an apply would)."""
+        return await self.request(
+            "PATCH",
+            path_for(api_version, kind, namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]

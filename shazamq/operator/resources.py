@@ -20,12 +20,18 @@ the advertised host the pod's stable DNS name under the headless Service
 (``$(POD_NAME).<name>-headless.<namespace>.svc``).
 
 One cluster: every pod gets the same ``[cluster]`` section. Its metadata quorum (``voters``)
-is the first min(3, replicas) pods by their stable names on the quorum port,
-``<i>@<name>-<i>.<name>-headless.<namespace>.svc:9093``; pods beyond the third join as
-observers. Quorum traffic is authenticated with the cluster secret, a Secret
-``<name>-cluster-secret`` mounted read-only at ``/etc/shazamq/cluster`` (``secret_file``).
-Its value is random, so it is not rendered here: `generate_cluster_secret()` takes it, and
-the handler creates the Secret once, when it does not exist, and never changes it.
+names pods by their stable names on the quorum port,
+``<i>@<name>-<i>.<name>-headless.<namespace>.svc:9093``; the other pods join as observers.
+Which pods vote is frozen when the cluster is first reconciled, because the quorum (Raft with
+a fixed membership) cannot change its voters: the handler records the ordinals in the
+annotation ``shazamq.io/quorum-voters`` (``"0,1,2"``), and from then on the model takes them
+from there (`voter_ids_annotation`), so scaling up only adds observers and scaling below a
+voter is a `ModelError`. Without the annotation the voters are the first min(3, replicas)
+pods, what the handler then records. Quorum traffic is authenticated with the cluster
+secret, a Secret ``<name>-cluster-secret`` mounted read-only at ``/etc/shazamq/cluster``
+(``secret_file``). Its value is random, so it is not rendered here:
+`generate_cluster_secret()` takes it, and the handler creates the Secret once, when it does
+not exist, and never changes it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import base64
 import copy
 import hashlib
 import re
+import tomllib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +55,7 @@ from shazamq.config import (
     broker_settings,
     dump_toml,
     parse_config,
+    parse_voter,
 )
 from shazamq.operator.crd import API_VERSION, KIND
 
@@ -58,6 +66,7 @@ __all__ = [
     "DATA_DIR",
     "MANAGED_BY",
     "QUORUM_PORT",
+    "VOTERS_ANNOTATION",
     "Child",
     "ClusterModel",
     "ModelError",
@@ -67,6 +76,9 @@ MANAGED_BY = "shazamq-operator"
 CLUSTER_LABEL = "shazamq.io/cluster"
 SERVICE_LABEL = "shazamq.io/service"
 CHECKSUM_ANNOTATION = "shazamq.io/config-checksum"
+# The frozen voter ordinals of the metadata quorum, on the ShazamqCluster ("0,1,2").
+VOTERS_ANNOTATION = "shazamq.io/quorum-voters"
+VOTERS_FIELD = f'metadata.annotations["{VOTERS_ANNOTATION}"]'
 
 CONFIG_KEY = "shazamq.toml"
 CONFIG_DIR = "/etc/shazamq/config"
@@ -80,7 +92,7 @@ CLUSTER_SECRET_DIR = "/etc/shazamq/cluster"
 CLUSTER_SECRET_KEY = "secret"
 CLUSTER_SECRET_FILE = f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_KEY}"
 QUORUM_PORT = 9093  # the port of every voter's metadata quorum listener
-MAX_VOTERS = 3  # the first pods vote; the others are observers
+MAX_VOTERS = 3  # a new cluster's first pods vote; the others are observers
 BROKER_UID = 1000  # the `shazamq` user of the image
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -88,6 +100,7 @@ _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = 52
 _AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_ORDINAL = re.compile(r"^[0-9]+$")  # not str.isdigit(): int() of other digits is surprising
 
 
 class ModelError(ValueError):
@@ -144,6 +157,8 @@ class ClusterModel:
     generation: int | None
     spec: Any  # ShazamqClusterSpec (its nested structs are derived at import time)
     config: BrokerConfig
+    voter_ids: tuple[int, ...]  # the quorum's voters by pod ordinal, ascending
+    voters_frozen: bool  # whether `voter_ids` came from VOTERS_ANNOTATION
 
     # -- validation ---------------------------------------------------------------------
 
@@ -175,7 +190,14 @@ class ClusterModel:
             raise ModelError(
                 "spec.service", f"port and metricsPort must differ from the quorum port {taken[0]}"
             )
-        config = _broker_config(spec, name=name, namespace=namespace, uid=uid)
+        annotations = meta.get("annotations") or {}
+        voters_frozen = VOTERS_ANNOTATION in annotations
+        if voters_frozen:
+            voter_ids = parse_voter_ids(annotations[VOTERS_ANNOTATION])
+            _check_no_voter_removed(name, spec.replicas, voter_ids)
+        else:
+            voter_ids = default_voter_ids(spec.replicas)
+        config = _broker_config(spec, name=name, namespace=namespace, uid=uid, voters=voter_ids)
         return cls(
             name=name,
             namespace=namespace,
@@ -183,6 +205,8 @@ class ClusterModel:
             generation=meta.get("generation"),
             spec=spec,
             config=config,
+            voter_ids=voter_ids,
+            voters_frozen=voters_frozen,
         )
 
     # -- names and labels ---------------------------------------------------------------
@@ -250,8 +274,12 @@ class ClusterModel:
         return f"{pod}.{self.headless_service_name}.{self.namespace}.svc"
 
     def voters(self) -> list[str]:
-        """The metadata quorum: the first min(3, replicas) pods' stable quorum addresses."""
-        return _voters(self.name, self.namespace, self.spec.replicas)
+        """The metadata quorum: the voter pods' stable quorum addresses."""
+        return _voters(self.name, self.namespace, self.voter_ids)
+
+    def voter_ids_annotation(self) -> str:
+        """The value of VOTERS_ANNOTATION that freezes this model's voters (``"0,1,2"``)."""
+        return format_voter_ids(self.voter_ids)
 
     def brokers(self) -> list[dict[str, Any]]:
         """Id, pod and advertised address of every broker (for the status)."""
@@ -551,18 +579,69 @@ def cluster_secret_name(name: str) -> str:
     return f"{name}-cluster-secret"
 
 
-def _voters(name: str, namespace: str, replicas: int) -> list[str]:
-    return [
-        f"{i}@{name}-{i}.{name}-headless.{namespace}.svc:{QUORUM_PORT}"
-        for i in range(min(MAX_VOTERS, replicas))
-    ]
+def default_voter_ids(replicas: int) -> tuple[int, ...]:
+    """The voters of a cluster whose voters are not frozen yet: the first min(3, replicas)."""
+    return tuple(range(min(MAX_VOTERS, replicas)))
+
+
+def format_voter_ids(ids: tuple[int, ...]) -> str:
+    return ",".join(str(i) for i in ids)
+
+
+def parse_voter_ids(value: Any) -> tuple[int, ...]:
+    """VOTERS_ANNOTATION's value -> ascending ordinals; ModelError naming it if malformed.
+
+    Strict on purpose: a voter set read wrongly is a quorum without its log, so a value that
+    is not plainly distinct non-negative ordinals is reported rather than guessed at.
+    """
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else []
+    if not parts or not all(_ORDINAL.match(p) for p in parts):
+        raise ModelError(
+            VOTERS_FIELD,
+            f"{value!r} is not a comma-separated list of pod ordinals (such as '0,1,2')",
+        )
+    ids = [int(p) for p in parts]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ModelError(VOTERS_FIELD, f"{value!r} names pod ordinal {duplicates[0]} twice")
+    return tuple(sorted(ids))
+
+
+def voter_ids_of_config(toml_text: str) -> tuple[int, ...] | None:
+    """The voter ordinals a rendered ``shazamq.toml`` names; None if it names none or is not
+    one we rendered (the handler then falls back to `default_voter_ids`)."""
+    try:
+        voters = tomllib.loads(toml_text).get("cluster", {}).get("voters") or []
+        ids = tuple(sorted(parse_voter(v)[0] for v in voters))
+    except (tomllib.TOMLDecodeError, AttributeError, TypeError, ValueError):
+        return None
+    return ids if ids and len(set(ids)) == len(ids) else None
+
+
+def _check_no_voter_removed(name: str, replicas: int, voter_ids: tuple[int, ...]) -> None:
+    """Refuse a size that stops a frozen voter: the quorum cannot hand its vote to anyone
+    else, so the spec is wrong rather than the voter set."""
+    removed = [f"{name}-{i}" for i in voter_ids if i >= replicas]
+    if removed:
+        pods = f"pod {removed[0]}" if len(removed) == 1 else f"pods {', '.join(removed)}"
+        raise ModelError(
+            "spec.replicas",
+            f"scaling to {replicas} would remove quorum voter {pods}; "
+            "the metadata quorum cannot change its voters yet",
+        )
+
+
+def _voters(name: str, namespace: str, ids: tuple[int, ...]) -> list[str]:
+    return [f"{i}@{name}-{i}.{name}-headless.{namespace}.svc:{QUORUM_PORT}" for i in ids]
 
 
 def _selector_labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "shazamq", "app.kubernetes.io/instance": name}
 
 
-def _broker_config(spec: Any, *, name: str, namespace: str, uid: str) -> BrokerConfig:
+def _broker_config(
+    spec: Any, *, name: str, namespace: str, uid: str, voters: tuple[int, ...]
+) -> BrokerConfig:
     """The explicit spec -> BrokerConfig mapping (see the module docstring)."""
     tiered = broker_settings(spec.tiered_storage)
     gcs = spec.tiered_storage.gcs
@@ -595,10 +674,9 @@ def _broker_config(spec: Any, *, name: str, namespace: str, uid: str) -> BrokerC
         "mirror": broker_settings(spec.mirror),
         "security": security,
     }
-    voters = _voters(name, namespace, spec.replicas)
     if voters:  # with no pods there is no quorum to describe
         tree["cluster"] = {
-            "voters": voters,
+            "voters": _voters(name, namespace, voters),
             "secret_file": CLUSTER_SECRET_FILE,
             "quorum_host": "0.0.0.0",
         }

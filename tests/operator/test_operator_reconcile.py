@@ -9,7 +9,11 @@ Covers: creating the README's clusters yields every child object with the right 
 and owner references, and a status (phase, conditions, brokers, selector); the cluster
 secret is created once with a random value and an owner reference, and neither a later
 reconciliation nor drift repair changes it (one made beforehand is used as it is; a refused
-create is reported); the README's
+create is reported); the first reconciliation freezes the quorum's voters in the
+``shazamq.io/quorum-voters`` annotation (from the running ConfigMap for a cluster that has
+one), so scaling 1 -> 3 and 3 -> 5 only adds observers, 3 -> 2 is refused with a condition
+and an event and leaves the StatefulSet as it was, and a malformed annotation is reported;
+the README's
 `kubectl patch --type=json` on replicas and on version updates the StatefulSet; a deleted
 or altered child comes back; the StatefulSet's status drives the cluster's phase and
 readiness; a bad spec becomes a condition and a Warning event (and a fix recovers); an
@@ -37,6 +41,7 @@ from operator_support import CLUSTERS, MONITORS, prepare_emulator, production, q
 
 import shazamq.operator.handlers  # noqa: F401  (registers the handlers)
 from shazamq.operator.__main__ import parse_options
+from shazamq.operator.resources import VOTERS_ANNOTATION, ClusterModel, voter_ids_of_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 
@@ -398,6 +403,167 @@ async def test_a_refused_cluster_secret_is_reported(cluster: Cluster) -> None:
     await asyncio.sleep(0.3)
     assert cluster.get(SECRETS, "my-cluster-cluster-secret") is None
     assert cluster.get(STATEFULSETS, "my-cluster") is None  # no pods that cannot start
+
+
+# -- one cluster: the frozen voters ------------------------------------------------------------
+
+
+def voters_annotation(cluster: Cluster, name: str = "my-cluster") -> str | None:
+    return (cluster.get(CLUSTERS, name)["metadata"].get("annotations") or {}).get(VOTERS_ANNOTATION)
+
+
+def rendered_voters(cluster: Cluster, name: str = "my-cluster") -> tuple[int, ...] | None:
+    return voter_ids_of_config(cluster.get(CONFIGMAPS, f"{name}-config")["data"]["shazamq.toml"])
+
+
+async def scale(cluster: Cluster, replicas: int, name: str = "my-cluster") -> None:
+    await cluster.json_patch(name, [{"op": "replace", "path": "/spec/replicas", "value": replicas}])
+
+
+def sized(replicas: int) -> dict[str, Any]:
+    body = quick_start()
+    body["spec"]["replicas"] = replicas
+    return body
+
+
+async def test_the_first_reconciliation_freezes_the_voters(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: voters_annotation(cluster) == "0,1,2")
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    assert rendered_voters(cluster) == (0, 1, 2)
+    (event,) = await eventually(lambda: cluster.events("VotersFrozen"))
+    assert event["type"] == "Normal" and "0,1,2" in event["message"]
+
+    # The merge patch wrote the annotation only: the spec and Kopf's annotations are intact.
+    def handled() -> str:
+        return cluster.get(CLUSTERS, "my-cluster")["metadata"]["annotations"][
+            "shazamq.io/last-handled-configuration"
+        ]
+
+    # Kopf leaves it out of the spec it compares (its own prefix), so writing it is not an
+    # update to handle.
+    assert VOTERS_ANNOTATION not in await eventually(handled)
+    assert cluster.get(CLUSTERS, "my-cluster")["spec"] == quick_start()["spec"]
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating")
+
+
+async def test_scaling_1_to_3_keeps_the_single_voter(cluster: Cluster) -> None:
+    await cluster.create(sized(1))
+    await eventually(lambda: voters_annotation(cluster) == "0")
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 1)
+    checksum = "shazamq.io/config-checksum"
+    annotations = cluster.get(STATEFULSETS, "my-cluster")["spec"]["template"]["metadata"]
+    before = annotations["annotations"][checksum]
+
+    await scale(cluster, 3)
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    await eventually(lambda: len(cluster.get(CLUSTERS, "my-cluster")["status"]["brokers"]) == 3)
+    assert voters_annotation(cluster) == "0"
+    toml = cluster.get(CONFIGMAPS, "my-cluster-config")["data"]["shazamq.toml"]
+    assert rendered_voters(cluster) == (0,)  # pods 1 and 2 are observers
+    assert '"0@my-cluster-0.my-cluster-headless.messaging.svc:9093"' in toml
+    assert "1@my-cluster-1" not in toml and "2@my-cluster-2" not in toml
+    sts = cluster.get(STATEFULSETS, "my-cluster")
+    assert sts["spec"]["template"]["metadata"]["annotations"][checksum] == before  # no roll
+
+
+async def test_scaling_3_to_5_keeps_the_three_voters(cluster: Cluster) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: voters_annotation(cluster) == "0,1,2")
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    await scale(cluster, 5)
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5)
+    assert voters_annotation(cluster) == "0,1,2"
+    assert rendered_voters(cluster) == (0, 1, 2)
+
+
+async def test_scaling_below_a_voter_is_refused_and_the_statefulset_kept(
+    cluster: Cluster,
+) -> None:
+    await cluster.create(quick_start())
+    await eventually(lambda: voters_annotation(cluster) == "0,1,2")
+    await eventually(lambda: cluster.get(PDBS, "my-cluster"))
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] == "Creating")
+    await scale(cluster, 2)
+
+    def refused() -> dict:
+        body = cluster.get(CLUSTERS, "my-cluster")
+        assert body["status"]["phase"] == "Failed"
+        return condition(body, "Reconciled")
+
+    reconciled = await eventually(refused)
+    message = (
+        "spec.replicas: scaling to 2 would remove quorum voter pod my-cluster-2; "
+        "the metadata quorum cannot change its voters yet"
+    )
+    assert (reconciled["status"], reconciled["reason"]) == ("False", "InvalidSpec")
+    assert reconciled["message"] == message
+    events = await eventually(lambda: cluster.events("InvalidSpec"))
+    assert events[0]["type"] == "Warning" and events[0]["message"] == message
+    await asyncio.sleep(0.3)
+    assert cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3
+    assert rendered_voters(cluster) == (0, 1, 2)
+    assert voters_annotation(cluster) == "0,1,2"
+
+    await scale(cluster, 3)  # back to a size that keeps every voter: recovered
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"]["phase"] != "Failed")
+    assert condition(cluster.get(CLUSTERS, "my-cluster"), "Reconciled")["status"] == "True"
+
+
+async def test_a_malformed_voters_annotation_is_reported(cluster: Cluster) -> None:
+    body = quick_start()
+    body["metadata"]["annotations"] = {VOTERS_ANNOTATION: "0,1,x"}
+    await cluster.create(body)
+
+    def failed() -> dict:
+        body = cluster.get(CLUSTERS, "my-cluster")
+        assert body["status"]["phase"] == "Failed"
+        return condition(body, "Reconciled")
+
+    reconciled = await eventually(failed)
+    assert reconciled["reason"] == "InvalidSpec"
+    assert reconciled["message"] == (
+        'metadata.annotations["shazamq.io/quorum-voters"]: '
+        "'0,1,x' is not a comma-separated list of pod ordinals (such as '0,1,2')"
+    )
+    event = (await eventually(lambda: cluster.events("InvalidSpec")))[0]
+    assert "shazamq.io/quorum-voters" in event["message"]
+    await asyncio.sleep(0.3)
+    assert cluster.get(STATEFULSETS, "my-cluster") is None  # nothing rendered from a guess
+    assert voters_annotation(cluster) == "0,1,x"  # not overwritten: it is the admin's to fix
+
+
+async def test_an_existing_cluster_is_frozen_with_the_voters_it_runs(cluster: Cluster) -> None:
+    """A cluster from before the annotation, whose spec went 1 -> 3 since its ConfigMap was
+    rendered: its running quorum (pod 0 alone) is frozen, not the spec's first three."""
+    running = ClusterModel.from_resource(sized(1)).generate_config_map()
+    resp = await cluster.k.post(f"/api/v1/namespaces/{NS}/configmaps", json=running)
+    assert resp.status < 300, await resp.text()
+    await cluster.create(sized(3))
+    await eventually(lambda: voters_annotation(cluster) == "0")
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    assert rendered_voters(cluster) == (0,)
+
+
+async def test_an_existing_cluster_is_frozen_with_what_it_renders(cluster: Cluster) -> None:
+    """Without a ConfigMap of its own (a look-alike of someone else's is ignored)."""
+    foreign = ClusterModel.from_resource(sized(1)).generate_config_map()
+    foreign["metadata"]["ownerReferences"][0]["uid"] = "00000000-0000-4000-8000-000000000000"
+    resp = await cluster.k.post(f"/api/v1/namespaces/{NS}/configmaps", json=foreign)
+    assert resp.status < 300, await resp.text()
+    await cluster.create(sized(5))
+    await eventually(lambda: voters_annotation(cluster) == "0,1,2")
+
+
+async def test_no_pods_freeze_no_voters(cluster: Cluster) -> None:
+    await cluster.create(sized(0))
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    await eventually(lambda: cluster.get(CLUSTERS, "my-cluster")["status"])
+    assert voters_annotation(cluster) is None
+    await scale(cluster, 1)  # the first pod: frozen now
+    await eventually(lambda: voters_annotation(cluster) == "0")
+    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 1)
 
 
 # -- the README's operations ------------------------------------------------------------------

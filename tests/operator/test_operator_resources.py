@@ -7,8 +7,10 @@ probes, PVC template and retention, resources and scheduling, pod labels and ann
 config checksum, credentials from Secrets, TLS/auth/GCS mounts); one cluster per resource
 (the voters of 0, 1, 3 and 5 brokers, observers beyond three, the quorum port on the pod and
 the headless Service only, the cluster secret mounted and named in the TOML, the Secret
-itself); the PodDisruptionBudget; the ServiceMonitor on and off; owner references on every
-object.
+itself); voters frozen by the ``shazamq.io/quorum-voters`` annotation (scaling up adds
+observers only and does not roll the pods, scaling below a voter is refused naming the pod,
+a malformed annotation is refused naming the annotation, the voters of a rendered TOML); the
+PodDisruptionBudget; the ServiceMonitor on and off; owner references on every object.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from shazamq.operator.resources import (
     CONFIG_KEY,
     DATA_DIR,
     QUORUM_PORT,
+    VOTERS_ANNOTATION,
     ClusterModel,
     ModelError,
+    voter_ids_of_config,
 )
 
 
@@ -657,6 +661,101 @@ def test_scaling_within_the_voters_changes_the_quorum_beyond_does_not() -> None:
 
     assert checksum(3) == checksum(4) == checksum(7)  # observers only: no roll
     assert checksum(1) != checksum(2) != checksum(3)  # the voters change: every pod rolls
+
+
+# -- frozen voters ---------------------------------------------------------------------------
+
+VOTERS_FIELD = 'metadata.annotations["shazamq.io/quorum-voters"]'
+
+
+def frozen(replicas: int, voters: str) -> dict[str, Any]:
+    body = quick_start()
+    body["spec"]["replicas"] = replicas
+    body["metadata"]["annotations"] = {VOTERS_ANNOTATION: voters}
+    return body
+
+
+def test_without_the_annotation_the_voters_are_computed_and_not_frozen() -> None:
+    m = model(quick_start())
+    assert (m.voter_ids, m.voters_frozen) == ((0, 1, 2), False)
+    assert m.voter_ids_annotation() == "0,1,2"  # what the handler records
+    assert model(with_spec(replicas=0)).voter_ids == ()
+
+
+@pytest.mark.parametrize(
+    ("replicas", "voters", "voter_ids"),
+    [(3, "0", [0]), (1, "0", [0]), (5, "0,1,2", [0, 1, 2]), (4, " 2, 0 ,1", [0, 1, 2])],
+)
+def test_frozen_voters_stay_and_the_other_pods_observe(
+    replicas: int, voters: str, voter_ids: list[int], tmp_path
+) -> None:
+    m = model(frozen(replicas, voters))
+    assert (list(m.voter_ids), m.voters_frozen) == (voter_ids, True)
+    config = rendered_config(m, tmp_path)
+    assert sorted(config.cluster.voter_map()) == voter_ids
+    assert config.cluster.voters == [
+        f"{i}@my-cluster-{i}.my-cluster-headless.messaging.svc:9093" for i in voter_ids
+    ]
+    observers = [b["id"] for b in m.brokers() if b["id"] not in voter_ids]
+    assert observers == [i for i in range(replicas) if i not in voter_ids]
+    assert m.generate_statefulset()["spec"]["replicas"] == replicas
+
+
+def test_with_frozen_voters_scaling_up_does_not_roll_the_pods() -> None:
+    def checksum(replicas: int, voters: str) -> str:
+        sts = model(frozen(replicas, voters)).generate_statefulset()
+        return sts["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+
+    assert checksum(1, "0") == checksum(2, "0") == checksum(3, "0")  # 1 -> 3: observers only
+    assert checksum(3, "0,1,2") == checksum(5, "0,1,2")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "voters", "pods"),
+    [
+        (2, "0,1,2", "pod my-cluster-2"),
+        (1, "0,1,2", "pods my-cluster-1, my-cluster-2"),
+        (0, "0", "pod my-cluster-0"),
+        (4, "0,1,4", "pod my-cluster-4"),
+    ],
+)
+def test_scaling_below_a_frozen_voter_is_refused(replicas: int, voters: str, pods: str) -> None:
+    with pytest.raises(ModelError) as info:
+        model(frozen(replicas, voters))
+    assert info.value.field == "spec.replicas"
+    assert str(info.value) == (
+        f"spec.replicas: scaling to {replicas} would remove quorum voter {pods}; "
+        "the metadata quorum cannot change its voters yet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("", "is not a comma-separated list of pod ordinals"),
+        ("0,,2", "is not a comma-separated list of pod ordinals"),
+        ("0,1,x", "is not a comma-separated list of pod ordinals"),
+        ("-1", "is not a comma-separated list of pod ordinals"),
+        ("0;1", "is not a comma-separated list of pod ordinals"),
+        ("\uff11", "is not a comma-separated list of pod ordinals"),  # a fullwidth digit
+        (["0"], "is not a comma-separated list of pod ordinals"),
+        ("0,1,0", "names pod ordinal 0 twice"),
+    ],
+)
+def test_a_malformed_voters_annotation_is_refused_naming_it(value: Any, words: str) -> None:
+    with pytest.raises(ModelError) as info:
+        model(frozen(3, value))
+    assert info.value.field == VOTERS_FIELD
+    assert str(info.value).startswith(f"{VOTERS_FIELD}: {value!r} ")
+    assert words in info.value.problem
+
+
+def test_the_voters_of_a_rendered_config() -> None:
+    assert voter_ids_of_config(model(quick_start()).config_toml()) == (0, 1, 2)
+    assert voter_ids_of_config(model(frozen(5, "0")).config_toml()) == (0,)
+    assert voter_ids_of_config(model(with_spec(replicas=0)).config_toml()) is None
+    for foreign in ["not toml [", "cluster = 1", '[cluster]\nvoters = ["x"]', "[cluster]\n"]:
+        assert voter_ids_of_config(foreign) is None
 
 
 # -- PodDisruptionBudget, ServiceMonitor, ownership -----------------------------------------
