@@ -34,6 +34,7 @@ from .apis import (
     metadata,
     produce,
     replication,
+    scram,
     topics,
 )
 from .apis import groups as groups_api
@@ -190,6 +191,7 @@ class Broker:
             replication,
             groups_api,
             txn_api,
+            scram,
         ]
         if sasl.enabled:
             modules.append(sasl_api)

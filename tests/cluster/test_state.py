@@ -384,3 +384,62 @@ def test_a_superseded_controller_cannot_fence_or_move_leaders() -> None:
     restored = ClusterState()
     restored.restore(s.snapshot())
     assert (restored.controller_id, restored.controller_epoch) == (1, 2)
+
+
+def test_scram_credentials_upsert_delete_and_survive_a_snapshot() -> None:
+    s = ClusterState()
+    s.take_changes()
+
+    def upsert(user: str, mechanism: str, iterations: int = 8192, salt: bytes = b"salt") -> int:
+        return apply(
+            s,
+            r.UpsertScramCredential(
+                user=user,
+                mechanism=mechanism,
+                salt=salt,
+                iterations=iterations,
+                stored_key=b"k" * 32,
+                server_key=b"s" * 32,
+            ),
+        )
+
+    assert upsert("alice", "SCRAM-SHA-256") == 0
+    assert upsert("alice", "SCRAM-SHA-512", iterations=4096) == 0
+    assert upsert("bob", "SCRAM-SHA-512") == 0
+    assert s.take_changes().scram_users == {"alice", "bob"}
+    # what no broker could use is rejected the same way everywhere
+    assert upsert("carol", "SCRAM-SHA-1") == ErrorCode.UNSUPPORTED_SASL_MECHANISM
+    assert upsert("carol", "SCRAM-SHA-256", iterations=4095) == ErrorCode.UNACCEPTABLE_CREDENTIAL
+    assert upsert("carol", "SCRAM-SHA-256", iterations=16385) == ErrorCode.UNACCEPTABLE_CREDENTIAL
+    assert upsert("carol", "SCRAM-SHA-256", salt=b"") == ErrorCode.UNACCEPTABLE_CREDENTIAL
+    assert upsert("", "SCRAM-SHA-256") == ErrorCode.UNACCEPTABLE_CREDENTIAL
+    assert "carol" not in s.scram and not s.take_changes()
+
+    # an upsert replaces the credential of that mechanism only
+    assert upsert("alice", "SCRAM-SHA-256", iterations=16384) == 0
+    assert {m: e.iterations for m, e in s.scram["alice"].items()} == {
+        "SCRAM-SHA-256": 16384,
+        "SCRAM-SHA-512": 4096,
+    }
+    delete = r.DeleteScramCredential(user="alice", mechanism="SCRAM-SHA-512")
+    assert apply(s, delete) == 0
+    assert apply(s, delete) == ErrorCode.RESOURCE_NOT_FOUND
+    assert set(s.scram["alice"]) == {"SCRAM-SHA-256"}
+    assert apply(s, r.DeleteScramCredential(user="bob", mechanism="SCRAM-SHA-512")) == 0
+    assert "bob" not in s.scram  # no empty entry left behind
+    assert s.take_changes().scram_users == {"alice", "bob"}
+
+    restored = ClusterState()
+    restored.restore(s.snapshot())
+    assert restored.scram == s.scram
+    assert restored.snapshot() == s.snapshot()
+    assert restored.take_changes().scram_users == {"alice"}
+    # a restore tells listeners about users whose credentials went away too
+    restored.restore(ClusterState().snapshot())
+    assert restored.scram == {} and restored.take_changes().scram_users == {"alice"}
+
+    # a snapshot written before credentials were replicated still restores
+    old = msgspec.msgpack.encode({"version": 1, "cluster_id": "c", "brokers": [], "topics": []})
+    older = ClusterState()
+    older.restore(old)
+    assert older.cluster_id == "c" and older.scram == {}

@@ -4,6 +4,10 @@ On a single broker this is a small document kept atomically on disk
 (`<data_dir>/__cluster_metadata/`); the replicated metadata log of a multi-broker cluster
 will hold the same records. Everything else asks this store which topics exist and what
 their ids, partition counts and config overrides are.
+
+The document also holds the SCRAM credentials set through AlterUserScramCredentials
+(`ScramEntry`: salt, iterations, StoredKey and ServerKey, never a password), which the
+cluster's state machine keeps in the same shape.
 """
 
 from __future__ import annotations
@@ -38,9 +42,27 @@ class TopicInfo(msgspec.Struct, kw_only=True):
         return uuid.UUID(hex=self.topic_id)
 
 
+class ScramEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One user's credential for one SCRAM mechanism: what a server keeps (RFC 5802 s. 3)."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    def __repr__(self) -> str:  # keys stay out of logs and tracebacks
+        return f"ScramEntry(iterations={self.iterations})"
+
+
+# user -> mechanism name ("SCRAM-SHA-256", "SCRAM-SHA-512") -> credential
+ScramCredentials = dict[str, dict[str, ScramEntry]]
+
+
 class _Document(msgspec.Struct, kw_only=True):
     cluster_id: str
     topics: list[TopicInfo] = msgspec.field(default_factory=list)
+    # defaulted: documents written before credentials could be set still load
+    scram: ScramCredentials = msgspec.field(default_factory=dict)
 
 
 def validate_topic_name(name: str) -> None:
@@ -74,6 +96,7 @@ class MetadataStore:
         self._path = self.dir / "topics.json"
         self.topics: dict[str, TopicInfo] = {}
         self.by_id: dict[uuid.UUID, TopicInfo] = {}
+        self.scram: ScramCredentials = {}
         self._lock = asyncio.Lock()
         if self._path.exists():
             doc = msgspec.json.decode(self._path.read_bytes(), type=_Document)
@@ -85,6 +108,7 @@ class MetadataStore:
             self.cluster_id = doc.cluster_id
             for t in doc.topics:
                 self._index(t)
+            self.scram = doc.scram
         else:
             self.cluster_id = cluster_id or new_cluster_id()
             self._write()
@@ -95,7 +119,9 @@ class MetadataStore:
 
     def _write(self) -> None:
         doc = _Document(
-            cluster_id=self.cluster_id, topics=sorted(self.topics.values(), key=lambda t: t.name)
+            cluster_id=self.cluster_id,
+            topics=sorted(self.topics.values(), key=lambda t: t.name),
+            scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
         )
         tmp = self._path.with_suffix(".json.tmp")
         with open(tmp, "wb") as f:
@@ -165,3 +191,25 @@ class MetadataStore:
             topic.configs = dict(configs)
             await self._save()
             return topic
+
+    async def alter_scram(
+        self,
+        upserts: list[tuple[str, str, ScramEntry]],
+        deletions: list[tuple[str, str]],
+    ) -> None:
+        """Set and delete SCRAM credentials (user, mechanism), written once for them all.
+
+        The caller has validated the request (a deletion names an existing credential).
+        Inner dicts are replaced, never mutated, so a login reading them from a worker
+        thread sees the old or the new credential, not a half-changed one.
+        """
+        async with self._lock:
+            for user, mechanism in deletions:
+                remaining = {m: e for m, e in self.scram.get(user, {}).items() if m != mechanism}
+                if remaining:
+                    self.scram[user] = remaining
+                else:
+                    self.scram.pop(user, None)
+            for user, mechanism, entry in upserts:
+                self.scram[user] = {**self.scram.get(user, {}), mechanism: entry}
+            await self._save()

@@ -128,6 +128,28 @@ class AllocateProducerIds(_Record, tag="allocate_producer_ids"):
     count: int
 
 
+class UpsertScramCredential(_Record, tag="upsert_scram_credential"):
+    """A user's credential for one SCRAM mechanism, set by AlterUserScramCredentials.
+
+    Only what a server keeps: the proposing broker derived StoredKey and ServerKey from the
+    request's salted password, which never enters the log.
+    """
+
+    user: str
+    mechanism: str  # "SCRAM-SHA-256" or "SCRAM-SHA-512"
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+class DeleteScramCredential(_Record, tag="delete_scram_credential"):
+    """Remove a user's credential for one SCRAM mechanism (RESOURCE_NOT_FOUND if absent)."""
+
+    user: str
+    mechanism: str
+
+
 Record = (
     InitCluster
     | ClaimController
@@ -143,6 +165,8 @@ Record = (
     | ElectLeaders
     | Reassign
     | AllocateProducerIds
+    | UpsertScramCredential
+    | DeleteScramCredential
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -1,11 +1,13 @@
 """The cluster's metadata as a deterministic state machine over the records of `records.py`.
 
 Every node applies the same committed records in the same order and so holds the same
-state: brokers with their incarnations and fencing, topics with ids and configs, and for
+state: brokers with their incarnations and fencing, topics with ids and configs, for
 each partition its replicas, leader, leader epoch, partition epoch and ISR (KRaft's
-model). Applying never consults a clock or a random source; a record that is stale when
-it commits (an ISR change made under an old epoch, a producer-id block someone else took)
-is rejected with a Kafka error code and changes nothing.
+model), and the SCRAM credentials set through AlterUserScramCredentials (salt,
+iterations, StoredKey, ServerKey per user and mechanism). Applying never consults a
+clock or a random source; a record that is stale when it commits (an ISR change made
+under an old epoch, a producer-id block someone else took) is rejected with a Kafka error
+code and changes nothing.
 
 The instance also collects what each apply changed (`take_changes`), so the broker can
 react to just those partitions.
@@ -17,7 +19,9 @@ import msgspec
 
 from shazamq.protocol.errors import ErrorCode
 
+from ..security.sasl import MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_HASHES
 from . import records as r
+from .metadata import ScramCredentials, ScramEntry
 from .placement import choose_leader
 
 SNAPSHOT_VERSION = 1
@@ -64,6 +68,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     next_producer_id: int = 0
     controller_id: int = -1
     controller_epoch: int = 0
+    # defaulted: snapshots taken before credentials were replicated still restore
+    scram: ScramCredentials = msgspec.field(default_factory=dict)
 
 
 class Changes(msgspec.Struct, kw_only=True):
@@ -74,10 +80,16 @@ class Changes(msgspec.Struct, kw_only=True):
     topics: set[str] = msgspec.field(default_factory=set)  # topic ids created/changed
     brokers: set[int] = msgspec.field(default_factory=set)
     cluster_id: bool = False
+    scram_users: set[str] = msgspec.field(default_factory=set)  # credentials set or deleted
 
     def __bool__(self) -> bool:
         return bool(
-            self.partitions or self.deleted_topics or self.topics or self.brokers or self.cluster_id
+            self.partitions
+            or self.deleted_topics
+            or self.topics
+            or self.brokers
+            or self.cluster_id
+            or self.scram_users
         )
 
 
@@ -98,6 +110,9 @@ class ClusterState:
         self.next_producer_id = 0
         self.controller_id = -1
         self.controller_epoch = 0
+        # user -> mechanism -> credential; inner dicts are replaced, never mutated, because
+        # PLAIN logins read them from a worker thread
+        self.scram: ScramCredentials = {}
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
 
@@ -136,6 +151,7 @@ class ClusterState:
                 next_producer_id=self.next_producer_id,
                 controller_id=self.controller_id,
                 controller_epoch=self.controller_epoch,
+                scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
             )
         )
 
@@ -151,7 +167,10 @@ class ClusterState:
         self.next_producer_id = snap.next_producer_id
         self.controller_id = snap.controller_id
         self.controller_epoch = snap.controller_epoch
+        old_users = set(self.scram)
+        self.scram = snap.scram
         ch = self._changes
+        ch.scram_users.update(old_users | set(self.scram))
         ch.cluster_id = True
         ch.brokers.update(self.brokers)
         ch.deleted_topics.extend(t for t in old_topics if t.topic_id not in self.by_id)
@@ -439,4 +458,34 @@ class ClusterState:
         if rec.start != self.next_producer_id or rec.count < 1:
             return ErrorCode.INVALID_UPDATE_VERSION
         self.next_producer_id = rec.start + rec.count
+        return 0
+
+    def _on_UpsertScramCredential(self, rec: r.UpsertScramCredential) -> int:
+        # the proposer validated the request; checked again so that a record no broker
+        # could use is rejected identically everywhere
+        hash_name = SCRAM_HASHES.get(rec.mechanism)
+        if hash_name is None:
+            return ErrorCode.UNSUPPORTED_SASL_MECHANISM
+        if not rec.user or not rec.salt or not MIN_ITERATIONS <= rec.iterations <= MAX_ITERATIONS:
+            return ErrorCode.UNACCEPTABLE_CREDENTIAL
+        entry = ScramEntry(
+            salt=rec.salt,
+            iterations=rec.iterations,
+            stored_key=rec.stored_key,
+            server_key=rec.server_key,
+        )
+        self.scram[rec.user] = {**self.scram.get(rec.user, {}), rec.mechanism: entry}
+        self._changes.scram_users.add(rec.user)
+        return 0
+
+    def _on_DeleteScramCredential(self, rec: r.DeleteScramCredential) -> int:
+        current = self.scram.get(rec.user, {})
+        if rec.mechanism not in current:
+            return ErrorCode.RESOURCE_NOT_FOUND
+        remaining = {m: e for m, e in current.items() if m != rec.mechanism}
+        if remaining:
+            self.scram[rec.user] = remaining
+        else:
+            del self.scram[rec.user]
+        self._changes.scram_users.add(rec.user)
         return 0

@@ -16,6 +16,16 @@ Any other top-level key, a non-string password, a user defined both inline and i
 an empty name or password: the broker does not start, and the error names
 ``security.sasl.users_file`` (or ``security.sasl.users``).
 
+Configured users versus credentials set through the Kafka APIs (AlterUserScramCredentials,
+kept in the cluster metadata; see `shazamq.broker.apis.scram`), the chosen rule: the
+configured users are a bootstrap source. At each login the metadata is asked first, per
+user and mechanism, so an API-set credential overrides the configured password for that
+mechanism only; deleting it through the API makes the configured password good again, if
+the user has one. A configured user cannot be removed through the API (take it out of
+the configuration). PLAIN checks the password against the SHA-256 credential from
+whichever source wins. The users file is read at start-up; the metadata is read live, so
+API changes apply on every broker at once, without a restart.
+
 TLS needs nothing here: `shazamq.broker.app` builds the listener's `ssl.SSLContext`.
 """
 

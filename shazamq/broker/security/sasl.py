@@ -31,6 +31,13 @@ are derived. PLAIN is checked by deriving StoredKey from the offered password wi
 user's SHA-256 salt and comparing. Proofs and keys are compared with
 `hmac.compare_digest`.
 
+Two sources of credentials: the ones the store was built with (the configured users, a
+bootstrap source), and a lookup attached later with `CredentialStore.attach()` that reads
+the credentials set through AlterUserScramCredentials from the cluster metadata at the
+moment of each login. The lookup is asked first, per user and hash: an API-set credential
+overrides the configured one for that mechanism, and once it is deleted the configured
+one (if any) applies again. PLAIN uses the SHA-256 credential from whichever source wins.
+
 An unknown user is not revealed: SCRAM answers with a salt derived from the name and a
 key no password matches, so the exchange fails at the proof exactly as a wrong password
 does; PLAIN spends the same key derivation on a decoy. Error messages sent to the client
@@ -50,9 +57,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_ITERATIONS",
     "MECHANISMS",
     "MIN_ITERATIONS",
+    "SCRAM_MECHANISM_TYPES",
     "AuthenticationError",
+    "CredentialLookup",
     "CredentialStore",
     "PlainServer",
     "SaslServer",
@@ -64,6 +74,11 @@ MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 # RFC 7677 asks for at least 4096 iterations; Kafka's minimum for both SCRAM mechanisms.
 MIN_ITERATIONS = 4096
+# Kafka's maximum for credentials set through AlterUserScramCredentials: every login
+# costs the client that many HMACs, and the broker as many for PLAIN.
+MAX_ITERATIONS = 16384
+# The mechanism numbers of DescribeUserScramCredentials / AlterUserScramCredentials.
+SCRAM_MECHANISM_TYPES = {1: "SCRAM-SHA-256", 2: "SCRAM-SHA-512"}
 SALT_BYTES = 24
 NONCE_BYTES = 24
 # No SASL token of these mechanisms comes near this; anything longer is refused unparsed.
@@ -104,13 +119,20 @@ class ScramCredential:
         cls, hash_name: str, password: str | bytes, salt: bytes, iterations: int
     ) -> ScramCredential:
         salted = _salted_password(hash_name, password, salt, iterations)
-        client_key = hmac.digest(salted, b"Client Key", hash_name)
+        return cls.from_salted_password(hash_name, salted, salt, iterations)
+
+    @classmethod
+    def from_salted_password(
+        cls, hash_name: str, salted_password: bytes, salt: bytes, iterations: int
+    ) -> ScramCredential:
+        """The keys of a SaltedPassword (what AlterUserScramCredentials sends, not the password)."""
+        client_key = hmac.digest(salted_password, b"Client Key", hash_name)
         return cls(
             hash_name=hash_name,
             salt=salt,
             iterations=iterations,
             stored_key=hashlib.new(hash_name, client_key).digest(),
-            server_key=hmac.digest(salted, b"Server Key", hash_name),
+            server_key=hmac.digest(salted_password, b"Server Key", hash_name),
         )
 
     def matches(self, password: str | bytes) -> bool:
@@ -134,6 +156,10 @@ def _salted_password(hash_name: str, password: str | bytes, salt: bytes, iterati
     return hashlib.pbkdf2_hmac(hash_name, raw, salt, iterations)
 
 
+# (user, hash name) -> the credential kept elsewhere, or None to fall back to the store's own
+CredentialLookup = Callable[[str, str], "ScramCredential | None"]
+
+
 class CredentialStore:
     """The users a broker accepts, as SCRAM credentials, for the enabled mechanisms."""
 
@@ -154,6 +180,7 @@ class CredentialStore:
         # user -> hash name -> credential
         self._credentials = {user: dict(by_hash) for user, by_hash in credentials.items()}
         self._decoy_key = secrets.token_bytes(32)
+        self._lookup: CredentialLookup | None = None
 
     @classmethod
     def from_passwords(
@@ -187,7 +214,20 @@ class CredentialStore:
     def __len__(self) -> int:
         return len(self._credentials)
 
+    def attach(self, lookup: CredentialLookup) -> None:
+        """Consult `lookup` (the credentials kept in the cluster metadata) before our own."""
+        self._lookup = lookup
+
     def credential(self, user: str, hash_name: str) -> ScramCredential | None:
+        """The user's credential for a hash: the attached lookup's, else the configured one.
+
+        Called at each login (PLAIN's from a worker thread), so a credential set or deleted
+        through the Kafka APIs applies to the next login without a restart.
+        """
+        if self._lookup is not None:
+            found = self._lookup(user, hash_name)
+            if found is not None:
+                return found
         return self._credentials.get(user, {}).get(hash_name)
 
     def decoy(self, user: str, hash_name: str) -> ScramCredential:
