@@ -270,6 +270,13 @@ class ClusterConfig(_Section):
     controlled_shutdown_timeout_ms: Annotated[
         int, Meta(ge=0, description="Longest SIGTERM waits for leaderships to move away.")
     ] = 15000
+    quorum_tls: Annotated[
+        bool,
+        Meta(
+            description="Run quorum traffic over TLS with [security.tls]'s certificate and key; "
+            "peers must present certificates signed by its ca_file."
+        ),
+    ] = False
 
     def __post_init__(self) -> None:
         ids: list[int] = []
@@ -472,6 +479,12 @@ class BrokerConfig(_Section):
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
+        if self.cluster.quorum_tls and not (
+            self.security.tls.cert_file and self.security.tls.key_file and self.security.tls.ca_file
+        ):
+            raise ValueError(
+                "cluster.quorum_tls needs security.tls cert_file, key_file and ca_file"
+            )
         if self.replication.min_insync_replicas > self.replication.default_replication_factor:
             raise ValueError(
                 "replication.min_insync_replicas cannot exceed default_replication_factor"

@@ -151,7 +151,10 @@ class Broker:
         ssl_context = _tls_context(cfg)
         sasl = cfg.security.sasl
         if sasl.enabled:
-            self.credentials = await loop.run_in_executor(None, build_credential_store, sasl)
+            secret = cfg.cluster.read_secret() if cfg.cluster.enabled else None
+            self.credentials = await loop.run_in_executor(
+                None, build_credential_store, sasl, secret
+            )
             log.info(
                 "SASL enabled (%s) for %d users",
                 ", ".join(self.credentials.mechanisms),

@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -65,18 +66,23 @@ ExtraConfig = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
 API_VERSIONS_KEY = 18
 
 
-def api_versions(host: str, port: int, timeout: float = 2.0) -> int:
+def api_versions(
+    host: str, port: int, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> int:
     """Send ApiVersions v0 over a fresh connection; the response's error code.
 
     Raises OSError (``TimeoutError`` included) when the broker does not answer in `timeout`
-    seconds, ConnectionError when it closes the connection. Plaintext listeners only.
+    seconds, ConnectionError when it closes the connection. With `tls`, over TLS.
     """
     correlation_id = 0x5A5A
     client_id = b"shzq-harness"
     header = struct.pack(">hhih", API_VERSIONS_KEY, 0, correlation_id, len(client_id))
     request = header + client_id
     deadline = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+        if tls is not None:
+            sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
         sock.sendall(struct.pack(">i", len(request)) + request)
 
         def recv_exactly(n: int) -> bytes:
@@ -215,7 +221,7 @@ class BrokerProcess:
                     f"{self!r} exited with {code} before answering\n{self.log_tail()}"
                 )
             try:
-                error = api_versions(self.address, self.port, timeout=1.0)
+                error = api_versions(self.address, self.port, timeout=1.0, tls=self.tls_context())
             except OSError as exc:
                 last = exc
             else:
@@ -289,7 +295,18 @@ class BrokerProcess:
 
     # diagnosis
     def api_versions(self, timeout: float = 2.0) -> int:
-        return api_versions(self.address, self.port, timeout)
+        return api_versions(self.address, self.port, timeout, tls=self.tls_context())
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """For readiness checks against a TLS listener: its CA, and its own certificate
+        where the listener requires client certificates."""
+        tls = self.config.security.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.ca_file and tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        return ctx
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -5,10 +5,9 @@ admin user. A user created with AlterUserScramCredentials through broker 0 is de
 broker 2 and logs in on brokers 1 and 2 (and produces to a topic with a partition led by
 each broker); deleting it through broker 1 makes logins fail everywhere.
 
-Topics have replication factor 1: the brokers' own replica fetcher does not speak SASL, so
-followers could not fetch from a SASL listener (see the report of the change that added
-this test); replicating the credentials goes through the metadata quorum, which does not
-use the Kafka listener.
+Topics have replication factor 1 so that each broker leads one partition the user writes
+to; replication through SASL listeners is covered by test_cluster_secure.py. The
+credentials themselves travel through the metadata quorum, not the Kafka listener.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from shazamq.protocol.messages.describe_user_scram_credentials_response import (
 )
 
 from ..cluster.metadata import MetadataStore, ScramCredentials, ScramEntry
+from ..security import INTERNAL_USER
 from ..security.sasl import (
     MAX_ITERATIONS,
     MIN_ITERATIONS,
@@ -107,6 +108,9 @@ def credential_lookup(broker: Broker) -> CredentialLookup:
 def _check_user(name: str) -> _Result | None:
     if not name:
         return ErrorCode.UNACCEPTABLE_CREDENTIAL, "Username must not be empty"
+    if name == INTERNAL_USER:
+        # the brokers' own principal (its password is the cluster secret): not for the API
+        return ErrorCode.UNACCEPTABLE_CREDENTIAL, f"{INTERNAL_USER} is reserved for the brokers"
     return None
 
 

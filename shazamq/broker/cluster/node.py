@@ -19,19 +19,22 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.broker.cluster.metadata import new_cluster_id
+from shazamq.broker.security import INTERNAL_USER
+from shazamq.config import ConfigError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 from . import hw_checkpoint
 from . import records as r
-from .client import ClientPool
+from .client import ClientPool, SaslLogin
 from .fetcher import ReplicaFetcher
 from .placement import assign_replicas, validate_assignment
 from .quorum import MetadataQuorum, QuorumUnavailable
@@ -71,6 +74,17 @@ class ClusterNode:
         self.min_isr_default = rep.min_insync_replicas
         self.lag_max_s = rep.replica_lag_time_max_ms / 1000
         self.state = ClusterState(unclean_default=rep.unclean_leader_election_enable)
+        tls = config.security.tls
+        quorum_tls = None
+        if cc.quorum_tls:  # BrokerConfig has checked that all three files are set
+            assert tls.cert_file and tls.key_file and tls.ca_file
+            try:
+                quorum_tls = MetadataQuorum.tls_contexts(tls.cert_file, tls.key_file, tls.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"cluster.quorum_tls: security.tls cert_file ({tls.cert_file}), key_file "
+                    f"({tls.key_file}) or ca_file ({tls.ca_file}) cannot be loaded: {exc}"
+                ) from None
         self.quorum = MetadataQuorum(
             node_id=node_id,
             voters=self.voters,
@@ -81,8 +95,9 @@ class ClusterNode:
             on_apply=self._on_apply,
             on_restore=self._on_restore,
             on_leadership=self._on_leadership,
+            tls=quorum_tls,
         )
-        self.pool = ClientPool(self._broker_address)
+        self.pool = ClientPool(self._broker_address, **self.peer_client_options())
         self._data_dir = data_dir
         # high watermarks of the last run, applied once as each replica is hosted again
         self._restored_hw = hw_checkpoint.read(data_dir)
@@ -150,6 +165,30 @@ class ClusterNode:
         await self._write_checkpoint()
         await self.pool.close()
         await self.quorum.stop()
+
+    def peer_client_options(self) -> dict[str, Any]:
+        """How this broker connects to its peers' listeners: their TLS and SASL, if any.
+
+        With SASL on the listener, brokers authenticate as the internal principal whose
+        password is the cluster secret (SCRAM where enabled, so the secret never crosses
+        the wire); with TLS, they verify the peer against the listener's CA and present
+        the listener's own certificate where client certificates are required.
+        """
+        sec = self.config.security
+        options: dict[str, Any] = {}
+        if sec.sasl.enabled:
+            enabled = sec.sasl.mechanisms
+            mechanism = next(
+                (m for m in ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN") if m in enabled),
+                enabled[0],
+            )
+            options["sasl"] = SaslLogin(mechanism, INTERNAL_USER, self.config.cluster.read_secret())
+        if sec.tls.enabled:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=sec.tls.ca_file)
+            if sec.tls.ca_file and sec.tls.cert_file and sec.tls.key_file:
+                ctx.load_cert_chain(sec.tls.cert_file, sec.tls.key_file)
+            options["ssl_context"] = ctx
+        return options
 
     # -- queries -----------------------------------------------------------------------
 
@@ -411,6 +450,32 @@ class ClusterNode:
             except KafkaError as exc:
                 return exc.code
         return await self.propose(r.Reassign(topic_id=t.topic_id, partition=index, target=target))
+
+    async def upsert_scram(
+        self,
+        user: str,
+        mechanism: str,
+        *,
+        salt: bytes,
+        iterations: int,
+        stored_key: bytes,
+        server_key: bytes,
+    ) -> int:
+        """Set a user's SCRAM credential (derived keys only); 0 or the rejection's error."""
+        return await self.propose(
+            r.UpsertScramCredential(
+                user=user,
+                mechanism=mechanism,
+                salt=salt,
+                iterations=iterations,
+                stored_key=stored_key,
+                server_key=server_key,
+            )
+        )
+
+    async def delete_scram(self, user: str, mechanism: str) -> int:
+        """Delete a user's SCRAM credential; 0 or RESOURCE_NOT_FOUND."""
+        return await self.propose(r.DeleteScramCredential(user=user, mechanism=mechanism))
 
     # -- applying the log ----------------------------------------------------------------
 

@@ -44,26 +44,43 @@ every frame is Fernet-authenticated before it is unpickled, so only holders of t
 reach `pickle.loads`.
 
 Security. `secret` is pysyncobj's password: a peer with another secret fails the handshake
-and is disconnected, so it can neither join, vote, nor inject records.
+and is disconnected, so it can neither join, vote, nor inject records. With `tls` (a server
+and a client `ssl.SSLContext`, see `MetadataQuorum.tls_contexts`) every quorum connection,
+incoming and outgoing, voter or observer, is also TLS with certificates required and
+verified against the CA on both sides; host names are not checked, the CA decides who is a
+member. The secret layer runs inside TLS unchanged, so either one alone still keeps
+outsiders out. pysyncobj has no TLS: `_TlsTransport` swaps its connections and server for
+ours, which do the handshake, reads and writes non-blockingly in pysyncobj's own poller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import errno
 import functools
 import logging
 import os
 import pathlib
+import socket
+import ssl
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
+import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.monotonic import monotonic as _monotonic
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType, set_keepalive
+from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
 from shazamq.protocol.errors import ErrorCode
@@ -324,6 +341,545 @@ class _SyncingTransport(TCPTransport):
         super()._onReadonlyNodeDisconnected(node)
 
 
+# --- TLS -------------------------------------------------------------------------------
+
+# A TLS record carries at most 16 KiB of data: sending in chunks of that size keeps a retried
+# write (OpenSSL needs the same bytes again after "want write") small and easy to repeat.
+_TLS_CHUNK = 16 * 1024
+_FRAME = struct.Struct("i")  # pysyncobj's frame length prefix: native-endian int32
+# One warning per peer and this many seconds about failed handshakes: a misconfigured peer
+# retries every CONNECTION_RETRY seconds and would otherwise flood the log.
+_HANDSHAKE_LOG_INTERVAL = 60.0
+_handshake_logged: dict[str, float] = {}
+_handshake_log_lock = threading.Lock()
+
+
+def _log_handshake_failure(peer: str, exc: BaseException) -> None:
+    # Keyed by host: an incoming peer comes from a new ephemeral port every time.
+    host = peer.rsplit(":", 1)[0]
+    now = time.monotonic()
+    with _handshake_log_lock:
+        if now - _handshake_logged.get(host, -_HANDSHAKE_LOG_INTERVAL) < _HANDSHAKE_LOG_INTERVAL:
+            return
+        if len(_handshake_logged) >= 1024:  # many scanning hosts: forget, don't grow
+            _handshake_logged.clear()
+        _handshake_logged[host] = now
+    logger.warning("quorum TLS handshake with %s failed: %s", peer, exc)
+
+
+class _Phase(enum.Enum):
+    DISCONNECTED = 0
+    CONNECTING = 1  # TCP connect in progress (outgoing)
+    HANDSHAKE = 2  # TLS handshake in progress
+    CONNECTED = 3
+
+
+# What pysyncobj's transport sees: a connection is only CONNECTED once TLS is established.
+_PUBLIC_STATE = {
+    _Phase.DISCONNECTED: CONNECTION_STATE.DISCONNECTED,
+    _Phase.CONNECTING: CONNECTION_STATE.CONNECTING,
+    _Phase.HANDSHAKE: CONNECTION_STATE.CONNECTING,
+    _Phase.CONNECTED: CONNECTION_STATE.CONNECTED,
+}
+
+
+class _TlsConnection(TcpConnection):
+    """pysyncobj's connection, framing and secret layer over a mutually authenticated TLS link.
+
+    TcpConnection keeps its socket and buffers in name-mangled attributes that a subclass
+    cannot reach, so every method that touches them is reimplemented here; only the public
+    attributes the transport sets (encryptor and the random keys of the secret handshake)
+    are inherited. The frame format and the secret layer inside TLS are pysyncobj's own.
+
+    Everything runs in pysyncobj's tick thread, driven by its poller: the socket is
+    non-blocking and a TLS operation that needs the other direction ("want read" during a
+    write, "want write" during a read or the handshake) is retried on the next event, with
+    the poller asked for writability whenever TLS or our buffer is waiting for it.
+    """
+
+    def __init__(
+        self,
+        poller: Any,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        timeout: float,
+        send_buffer: int,
+        recv_buffer: int,
+        keepalive: tuple[int, int, int] | None,
+        accepted: socket.socket | None = None,
+        peer: str = "?",
+    ) -> None:
+        # No socket for the base class: it must not subscribe its own handler to the poller.
+        super().__init__(poller, timeout=timeout)
+        self._poller = poller
+        self._context = context
+        self._server_side = server_side
+        self._timeout = timeout
+        self._send_buffer = send_buffer
+        self._recv_buffer = recv_buffer
+        self._keepalive = keepalive
+        self._peer = peer
+        self._host: str | None = None  # the voter dialled (client side)
+        self._sock: socket.socket | None = None
+        self._fd: int | None = None
+        self._phase = _Phase.DISCONNECTED
+        self._read_buf = bytearray()
+        self._write_buf = bytearray()
+        self._retry_size = 0  # length of a write TLS asked us to repeat, 0 if none
+        self._want_write = False  # TLS needs the socket writable before it can go on
+        self._last_read = _monotonic()
+        self._on_message: Callable[[Any], None] | None = None
+        self._on_connected: Callable[[], None] | None = None
+        self._on_disconnected: Callable[[], None] | None = None
+        if accepted is not None:
+            self._set_keepalive(accepted)
+            self._start_tls(accepted)
+
+    # --- TcpConnection's interface ---
+
+    @property
+    def state(self) -> int:
+        return _PUBLIC_STATE[self._phase]
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    def setOnConnectedCallback(self, onConnected: Callable[[], None] | None) -> None:
+        self._on_connected = onConnected
+
+    def setOnMessageReceivedCallback(
+        self,
+        onMessageReceived: Callable[[Any], None] | None,
+    ) -> None:
+        self._on_message = onMessageReceived
+
+    def setOnDisconnectedCallback(self, onDisconnected: Callable[[], None] | None) -> None:
+        self._on_disconnected = onDisconnected
+
+    def getSendBufferSize(self) -> int:
+        return len(self._write_buf)
+
+    def connect(self, host: str | None, port: int) -> bool:
+        if host is None:
+            return False
+        self._close()
+        sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._recv_buffer)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._set_keepalive(sock)
+            sock.setblocking(False)
+            err = sock.connect_ex((host, port))
+        except OSError:
+            sock.close()
+            return False
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            return False
+        self._peer = f"{host}:{port}"
+        self._host = host
+        self._read_buf.clear()
+        self._write_buf.clear()
+        self._retry_size = 0
+        self._want_write = False
+        self._last_read = _monotonic()  # the handshake must finish within the timeout
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._phase = _Phase.CONNECTING
+        self._subscribe()
+        return True
+
+    def send(self, message: Any) -> None:
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
+        data = zlib.compress(pysyncobj_pickle.dumps(message), 3)
+        if self.encryptor:
+            data = self.encryptor.encrypt_at_time(data, int(_monotonic()))
+        self._write_buf += _FRAME.pack(len(data))
+        self._write_buf += data
+        if self._phase is not _Phase.CONNECTED:
+            return  # sent once the handshake is done; dropped by a reconnect, as pysyncobj's
+        if self._expired():
+            self.disconnect()
+            return
+        self._flush()
+        if self._phase is _Phase.CONNECTED:
+            self._subscribe()
+
+    def disconnect(self) -> None:
+        notify = self._on_disconnected is not None and self._phase is not _Phase.DISCONNECTED
+        self.sendRandKey = None
+        self.recvRandKey = None
+        self.recvLastTimestamp = 0
+        self._close()
+        if notify and self._on_disconnected is not None:
+            self._on_disconnected()
+
+    # --- for the transport ---
+
+    def expire_handshake(self) -> None:
+        """Drop a connection stuck before TLS is up (tick thread).
+
+        pysyncobj checks its timeout only when a socket has an event; a handshake with a
+        peer that never answers (a plaintext node waiting for a frame) has none, and the
+        transport does not redial while the connection claims to be connecting.
+        """
+        if self._phase in (_Phase.CONNECTING, _Phase.HANDSHAKE) and self._expired():
+            _log_handshake_failure(self._peer, TimeoutError("no TLS handshake within timeout"))
+            self.disconnect()
+
+    # --- internals ---
+
+    def _set_keepalive(self, sock: socket.socket) -> None:
+        if self._keepalive is not None:
+            set_keepalive(sock, *self._keepalive)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            self._poller.unsubscribe(self._fd)
+            self._fd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._read_buf.clear()
+        self._write_buf.clear()
+        self._retry_size = 0
+        self._want_write = False
+        self._phase = _Phase.DISCONNECTED
+
+    def _expired(self) -> bool:
+        return _monotonic() - self._last_read > self._timeout
+
+    def _subscribe(self) -> None:
+        if self._fd is None:
+            return
+        events = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
+        if (
+            self._want_write
+            or self._phase is _Phase.CONNECTING
+            or (self._phase is _Phase.CONNECTED and self._write_buf)
+        ):
+            events |= POLL_EVENT_TYPE.WRITE
+        self._poller.subscribe(self._fd, self._on_event, events)
+
+    def _start_tls(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            tls = self._context.wrap_socket(
+                sock,
+                server_side=self._server_side,
+                do_handshake_on_connect=False,
+                # Ignored by tls_contexts' client (no host name check); a context that does
+                # check gets the voter's address to match against the certificate.
+                server_hostname=None if self._server_side else self._host,
+            )
+        except (OSError, ValueError) as exc:
+            _log_handshake_failure(self._peer, exc)
+            sock.close()
+            self.disconnect()
+            return
+        self._sock = tls
+        self._fd = tls.fileno()
+        self._phase = _Phase.HANDSHAKE
+        self._last_read = _monotonic()
+        self._subscribe()
+
+    def _on_event(self, descr: int, event: int) -> None:
+        if descr != self._fd:
+            self._poller.unsubscribe(descr)
+            return
+        if event & POLL_EVENT_TYPE.ERROR or self._expired():
+            self.disconnect()
+            return
+        sock = self._sock
+        assert sock is not None
+        if self._phase is _Phase.CONNECTING:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.disconnect()
+                return
+            self._start_tls(sock)
+            if self._phase is not _Phase.HANDSHAKE:
+                return
+        if self._phase is _Phase.HANDSHAKE and not self._handshake():
+            if self._phase is not _Phase.DISCONNECTED:
+                self._subscribe()
+            return
+        if event & POLL_EVENT_TYPE.READ:
+            self._last_read = _monotonic()
+        # Both directions on every event: TLS may have been waiting on either one, and an
+        # attempt that cannot proceed costs one "want" exception.
+        self._flush()
+        if self._phase is not _Phase.CONNECTED:
+            return
+        self._read()
+        if self._phase is _Phase.CONNECTED:
+            self._subscribe()
+
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once TLS is up and the connection still open."""
+        sock = self._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want_write = False
+            return False
+        except ssl.SSLWantWriteError:
+            self._want_write = True
+            return False
+        except OSError as exc:  # ssl.SSLError included: bad certificate, not TLS, reset...
+            _log_handshake_failure(self._peer, exc)
+            self.disconnect()
+            return False
+        self._phase = _Phase.CONNECTED
+        self._want_write = False
+        self._last_read = _monotonic()
+        if not self._server_side and self._on_connected is not None:
+            # The transport starts pysyncobj's own (secret) handshake from here.
+            self._on_connected()
+        return self._phase is _Phase.CONNECTED
+
+    def _flush(self) -> None:
+        sock = self._sock
+        while self._write_buf and sock is not None:
+            size = self._retry_size or min(len(self._write_buf), _TLS_CHUNK)
+            try:
+                sent = sock.send(self._write_buf[:size])
+            except ssl.SSLWantWriteError:
+                self._retry_size, self._want_write = size, True
+                return
+            except ssl.SSLWantReadError:
+                self._retry_size, self._want_write = size, False
+                return
+            except BlockingIOError:
+                self._want_write = True
+                return
+            except OSError:
+                self.disconnect()
+                return
+            self._retry_size = 0
+            if sent <= 0:
+                self.disconnect()
+                return
+            del self._write_buf[:sent]
+        self._want_write = False
+
+    def _read(self) -> None:
+        sock = self._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        while True:
+            try:
+                # Decrypted bytes TLS already holds produce no poller event: take them all.
+                chunk = sock.recv(max(self._recv_buffer, sock.pending()))
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLWantWriteError:
+                self._want_write = True
+                break
+            except OSError:  # including a TLS alert or close_notify from the peer
+                self.disconnect()
+                return
+            if not chunk:
+                self.disconnect()
+                return
+            self._read_buf += chunk
+        while self._phase is _Phase.CONNECTED:
+            message = self._parse()
+            if message is _NO_MESSAGE:
+                return
+            if self._on_message is not None:
+                self._on_message(message)
+
+    def _parse(self) -> Any:
+        buf = self._read_buf
+        if len(buf) < _FRAME.size:
+            return _NO_MESSAGE
+        (size,) = _FRAME.unpack_from(buf)
+        if size < 0:
+            self.disconnect()
+            return _NO_MESSAGE
+        end = _FRAME.size + size
+        if len(buf) < end:
+            return _NO_MESSAGE
+        data = bytes(buf[_FRAME.size : end])
+        del buf[:end]
+        # pysyncobj's checks, verbatim in effect: a frame that fails any of them ends the link.
+        try:
+            if self.encryptor:
+                stamp = self.encryptor.extract_timestamp(data)
+                if stamp < self.recvLastTimestamp:
+                    raise ValueError("replayed frame")
+                self.recvLastTimestamp = stamp
+                data = self.encryptor.decrypt(data)
+            message = pysyncobj_pickle.loads(zlib.decompress(data))
+            if self.recvRandKey:
+                key, message = message
+                if key != self.recvRandKey:
+                    raise ValueError("frame of another session")
+        except Exception:
+            self.disconnect()
+            return _NO_MESSAGE
+        return message
+
+
+_NO_MESSAGE = object()
+
+
+class _TlsServer(TcpServer):
+    """pysyncobj's listening socket, handing out `_TlsConnection`s (server side)."""
+
+    def __init__(
+        self,
+        poller: Any,
+        host: str,
+        port: int,
+        on_new_connection: Callable[[TcpConnection], None],
+        *,
+        context: ssl.SSLContext,
+        send_buffer: int,
+        recv_buffer: int,
+        timeout: float,
+        keepalive: tuple[int, int, int] | None,
+    ) -> None:
+        super().__init__(poller, host, port, on_new_connection)
+        self._poller = poller
+        self._address = (host, int(port))
+        self._family = _getAddrType(host)
+        self._on_new = on_new_connection
+        self._context = context
+        self._send_buffer = send_buffer
+        self._recv_buffer = recv_buffer
+        self._timeout = timeout
+        self._keepalive = keepalive
+        self._sock: socket.socket | None = None
+        self._fd: int | None = None
+
+    def bind(self) -> None:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._recv_buffer)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind(self._address)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._poller.subscribe(self._fd, self._accept, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+
+    def unbind(self) -> None:
+        if self._fd is not None:
+            self._poller.unsubscribe(self._fd)
+            self._fd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _accept(self, descr: int, event: int) -> None:
+        if self._sock is None or not event & POLL_EVENT_TYPE.READ:
+            return
+        try:
+            sock, address = self._sock.accept()
+        except OSError:
+            # The client gave up before we accepted, or we are out of descriptors: keep
+            # listening (pysyncobj's server would close its socket for good here).
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._recv_buffer)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()
+            return
+        conn = _TlsConnection(
+            self._poller,
+            self._context,
+            server_side=True,
+            timeout=self._timeout,
+            send_buffer=self._send_buffer,
+            recv_buffer=self._recv_buffer,
+            keepalive=self._keepalive,
+            accepted=sock,
+            peer=f"{address[0]}:{address[1]}",
+        )
+        if conn.state != CONNECTION_STATE.DISCONNECTED:  # else TLS could not even start
+            self._on_new(conn)
+
+
+class _TlsTransport(_SyncingTransport):
+    """`_SyncingTransport` whose every connection, both directions, is TLS with client certs.
+
+    The contexts come from the node (`_RaftNode.tls`): pysyncobj builds the transport itself
+    and passes it nothing else.
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        # Set before TCPTransport.__init__, which creates the server and the outgoing
+        # connections through the overrides below.
+        self._tls_server, self._tls_client = syncObj.tls
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _createServer(self) -> None:
+        # TCPTransport._createServer, building a TLS server instead of a TcpServer.
+        conf = self._syncObj.conf
+        if conf.bindAddress is not None:
+            host, port = conf.bindAddress.rsplit(":", 1)
+        elif self._selfNode.address is not None:
+            host, port = self._selfNode.address.rsplit(":", 1)
+            host = "::" if ":" in host else "0.0.0.0"
+        else:
+            raise RuntimeError("Unable to determine bind address")
+        if host != "0.0.0.0":
+            host = globalDnsResolver().resolve(host)
+        self._server = _TlsServer(
+            self._syncObj._poller,
+            host,
+            int(port),
+            self._onNewIncomingConnection,
+            context=self._tls_server,
+            send_buffer=conf.sendBufferSize,
+            recv_buffer=conf.recvBufferSize,
+            timeout=conf.connectionTimeout,
+            keepalive=conf.tcp_keepalive,
+        )
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        plain = self._connections.get(node)
+        if plain is None or isinstance(plain, _TlsConnection):
+            return
+        # TCPTransport.addNode made a plain outgoing connection (not yet connected):
+        # replace it with a TLS one wired the same way.
+        conf = self._syncObj.conf
+        conn = _TlsConnection(
+            self._syncObj._poller,
+            self._tls_client,
+            server_side=False,
+            timeout=conf.connectionTimeout,
+            send_buffer=conf.sendBufferSize,
+            recv_buffer=conf.recvBufferSize,
+            keepalive=conf.tcp_keepalive,
+            peer=str(node.address),
+        )
+        conn.encryptor = self._syncObj.encryptor
+        conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+        self._connections[node] = conn
+
+    def _onTick(self) -> None:
+        super()._onTick()
+        for conn in [*self._connections.values(), *self._unknownConnections]:
+            if isinstance(conn, _TlsConnection):
+                conn.expire_handshake()
+
+
 class _RaftNode(SyncObj):
     """pysyncobj's node with the one replicated method that carries our records."""
 
@@ -335,13 +891,17 @@ class _RaftNode(SyncObj):
         conf: SyncObjConf,
         apply: Callable[[bytes, bytes], int],
         disk: _Disk,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None,
     ) -> None:
         # Set before SyncObj.__init__: it starts the tick thread, which may apply journal
-        # records and send acknowledgements before the constructor returns.
+        # records and send acknowledgements before the constructor returns, and it builds
+        # the transport, which takes the TLS contexts from here.
         self.apply_committed = apply
         self.disk = disk
+        self.tls = tls
         self.synced_shape: tuple[int, int] | None = None
-        super().__init__(self_address, partners, conf=conf, transportClass=_SyncingTransport)
+        transport = _SyncingTransport if tls is None else _TlsTransport
+        super().__init__(self_address, partners, conf=conf, transportClass=transport)
 
     @replicated
     def apply_record(self, record: bytes, token: bytes) -> int:
@@ -405,11 +965,20 @@ class MetadataQuorum:
         on_apply: Callable[[bytes], None],
         on_restore: Callable[[bytes], None],
         on_leadership: Callable[[bool], None],
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
+        """`tls`: (server, client) contexts to run every quorum connection over TLS (see
+        `tls_contexts`); None for plain TCP. The secret applies either way."""
         if not voters:
             raise ValueError("the metadata quorum needs at least one voter")
         if not secret:
             raise ValueError("the metadata quorum needs a non-empty secret")
+        if tls is not None:
+            server, client = tls
+            # Membership rests on the peer's certificate in both directions: refuse
+            # contexts that would let a peer without one through.
+            if server.verify_mode != ssl.CERT_REQUIRED or client.verify_mode != ssl.CERT_REQUIRED:
+                raise ValueError("quorum TLS contexts must both require peer certificates")
         self._node_id = node_id
         self._voters = dict(voters)
         self._addresses = {nid: f"{host}:{port}" for nid, (host, port) in self._voters.items()}
@@ -423,6 +992,7 @@ class MetadataQuorum:
         self._on_apply = on_apply
         self._on_restore = on_restore
         self._on_leadership = on_leadership
+        self._tls = tls
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: threading.Thread | None = None
@@ -436,6 +1006,23 @@ class MetadataQuorum:
         self._leading_seen = False  # tick thread's view
         self._leading_told = False  # what on_leadership last said, on the loop
         self._status: dict[str, int | None] = self._empty_status()
+
+    @staticmethod
+    def tls_contexts(
+        cert_file: str, key_file: str, ca_file: str
+    ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """(server, client) contexts for quorum TLS: both present `cert_file` and require a peer
+        certificate signed by `ca_file`. Host names are not checked: voters may be listed by IP,
+        and the CA alone decides who is a member."""
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert_file, key_file)
+        server.load_verify_locations(cafile=ca_file)
+        server.verify_mode = ssl.CERT_REQUIRED
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        client.load_cert_chain(cert_file, key_file)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_REQUIRED
+        return server, client
 
     # --- lifecycle ---
 
@@ -543,6 +1130,7 @@ class MetadataQuorum:
             conf=conf,
             apply=self._apply_committed,
             disk=disk,
+            tls=self._tls,
         )
 
     # --- proposals ---

@@ -38,7 +38,13 @@ from shazamq.config import ConfigError, SaslConfig
 
 from .sasl import MECHANISMS, CredentialStore
 
-__all__ = ["MECHANISMS", "CredentialStore", "build_credential_store", "load_users_file"]
+__all__ = [
+    "INTERNAL_USER",
+    "MECHANISMS",
+    "CredentialStore",
+    "build_credential_store",
+    "load_users_file",
+]
 
 USERS_FILE_KEY = "security.sasl.users_file"
 USERS_KEY = "security.sasl.users"
@@ -75,9 +81,21 @@ def load_users_file(path: str | Path) -> dict[str, str]:
     return dict(users)
 
 
-def build_credential_store(config: SaslConfig) -> CredentialStore:
-    """The credential store of an enabled ``[security.sasl]`` section (slow: derives keys)."""
+# The principal brokers authenticate as to each other's listeners; its password is the
+# cluster secret, so only brokers of the same cluster hold it.
+INTERNAL_USER = "__shazamq_broker"
+
+
+def build_credential_store(
+    config: SaslConfig, cluster_secret: str | None = None
+) -> CredentialStore:
+    """The credential store of an enabled ``[security.sasl]`` section (slow: derives keys).
+
+    In a cluster (`cluster_secret` given) it also holds the brokers' own principal.
+    """
     users: dict[str, str] = dict(config.users)
+    if INTERNAL_USER in users:
+        raise ConfigError(f"{USERS_KEY}: {INTERNAL_USER} is reserved for the brokers")
     key = USERS_KEY
     if config.users_file:
         from_file = load_users_file(config.users_file)
@@ -86,8 +104,12 @@ def build_credential_store(config: SaslConfig) -> CredentialStore:
             raise ConfigError(f"{USERS_FILE_KEY}: user {both[0]!r} is also defined in {USERS_KEY}")
         users.update(from_file)
         key = USERS_FILE_KEY if not config.users else f"{USERS_KEY} / {USERS_FILE_KEY}"
+    if INTERNAL_USER in users:
+        raise ConfigError(f"{key}: {INTERNAL_USER} is reserved for the brokers")
     if not users:
         raise ConfigError(f"{key}: SASL is enabled but no user is defined")
+    if cluster_secret is not None:
+        users[INTERNAL_USER] = cluster_secret
     try:
         store = CredentialStore.from_passwords(users, config.mechanisms)
     except ValueError as exc:

@@ -263,7 +263,11 @@ class TransactionCoordinator:
     def _start_in_cluster(self, cluster: ClusterNode) -> None:
         # The topic is created on the first FindCoordinator; until then nothing is led here.
         if self.marker_pool is None:
-            self.marker_pool = ClientPool(self._address_of, client_id="shazamq-txn-markers")
+            self.marker_pool = ClientPool(
+                self._address_of,
+                client_id="shazamq-txn-markers",
+                **cluster.peer_client_options(),
+            )
         self.loaded = True
         self._owned.attach(cluster, list(self.broker.partitions.partitions.values()))
         self.broker.metrics.add_probe(self._probe)
