@@ -50,7 +50,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
     while time.monotonic() < deadline:
         try:
             last = cond()
-        except KafkaException as exc:
+        except (KafkaException, KeyError) as exc:
+            # a broker mid-restart may fail a metadata request or answer without a partition
             last = exc
         else:
             if last:
@@ -273,8 +274,12 @@ class AckingProducer:
 
 
 def leader_of(cluster: Cluster, topic: str, partition: int) -> int:
-    state = wait_for(lambda: topic_state(cluster.bootstrap, topic), 10, "metadata")
-    return state[partition][0]
+    state = wait_for(
+        lambda: topic_state(cluster.bootstrap, topic).get(partition),
+        10,
+        f"metadata of {topic}-{partition}",
+    )
+    return state[0]
 
 
 def check_replicas(cluster: Cluster, topic: str, partitions: int, acked: Any) -> None:

@@ -146,6 +146,9 @@ class FakeCluster:
         self.blocks = 0
         self.created: list[tuple[str, list[list[int]], bool]] = []
 
+    def peer_client_options(self) -> dict[str, object]:
+        return {}  # plaintext peers, no SASL
+
     def min_isr(self, configs: dict[str, str]) -> int:
         return int(configs.get("min.insync.replicas", "1"))
 
