@@ -210,14 +210,14 @@ class Broker:
             on_connect=self._on_connect if sasl.enabled else None,
         )
         if self.cluster is not None:
-            # peers reach this broker's listener while it joins (replica fetches)
-            await self.server.start()
+            # Clients are served only once this broker has caught up with the metadata log
+            # (its registration, the newest record it waits for, has applied): a listener
+            # opened during the replay would answer Metadata from a half-built image.
             await self.cluster.start()
             await self._await_membership()
         await self.txn.start()
         await self.groups.start()
-        if self.cluster is None:
-            await self.server.start()
+        await self.server.start()
         tune_for_serving()
         if cfg.metrics.enabled:
             self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)

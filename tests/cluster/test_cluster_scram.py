@@ -12,7 +12,6 @@ credentials themselves travel through the metadata quorum, not the Kafka listene
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -29,7 +28,7 @@ from confluent_kafka.admin import (
 
 from . import netns as netns_mod
 from .conftest import BrokerProcess, ClusterFactory, deep_merge
-from .test_cluster_basic import FAST_CLUSTER
+from .test_cluster_basic import FAST_CLUSTER, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +58,6 @@ def conf(broker: BrokerProcess, user: str, password: str) -> dict[str, Any]:
         "sasl.password": password,
         "socket.timeout.ms": 5000,
     }
-
-
-def wait_for(cond, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-        except KafkaException as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def logs_in(broker: BrokerProcess, user: str, password: str) -> bool:
