@@ -767,10 +767,12 @@ class TransactionCoordinator:
         meta, error = self._owned_by(transactional_id, producer_id, epoch)
         if meta is None:
             return error
+        if transactional_id in self._busy:
+            # a state write (an AddPartitions, say) is still replicating: the state seen
+            # here is the one before it, so the client must retry, not be told it is wrong
+            return int(_E.CONCURRENT_TRANSACTIONS)
         state = meta.state
         if state is TxnState.ONGOING:
-            if transactional_id in self._busy:
-                return int(_E.CONCURRENT_TRANSACTIONS)
             target = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
             self._busy.add(transactional_id)
             try:
