@@ -290,4 +290,6 @@ def test_quorum_survives_a_minority_and_stalls_safely_without_a_majority(
 
     # every broker converges on the same topics (a metadata answer may lag a moment)
     seen = wait_for(converged, 30, "every broker to list the same topics")
-    assert "without-quorum" not in seen[0]
+    # "without-quorum" may or may not exist now: a request that timed out may still have
+    # been committed once the voters came back, as with Kafka
+    assert expected <= set(seen[0])
