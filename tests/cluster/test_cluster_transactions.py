@@ -92,11 +92,6 @@ def read_committed(bootstrap: str) -> list[bytes]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, issue 8 open: in a cluster, EndTxn intermittently answers "
-    "INVALID_TXN_STATE for a transaction in progress (about 1 run in 3)",
-)
 def test_transactions_commit_and_abort_across_brokers_through_a_leader_crash(
     cluster_factory: ClusterFactory,
 ) -> None:

@@ -91,6 +91,7 @@ class FakeClient:
     def __init__(self, answers: list[int]) -> None:
         self.answers = answers
         self.requests: list[WriteTxnMarkersRequest] = []
+        self.gate: asyncio.Event | None = None  # when set, answers wait for it
 
     def best_version(self, api_key: int, wanted_max: int) -> int:
         assert api_key == 27
@@ -99,6 +100,8 @@ class FakeClient:
     async def request(self, api_key: int, version: int, message: Any, *, timeout: float) -> Any:
         assert api_key == 27 and isinstance(message, WriteTxnMarkersRequest)
         self.requests.append(message)
+        if self.gate is not None:
+            await self.gate.wait()
         code = self.answers.pop(0) if self.answers else 0
         return WriteTxnMarkersResponse(
             markers=[
@@ -899,3 +902,60 @@ async def test_write_txn_markers_on_the_leader(cluster: Cluster) -> None:
     )
     resp = await h.call(27, 0, stale)
     assert resp.markers[0].topics[0].partitions[0].error_code == E.TRANSACTION_COORDINATOR_FENCED
+
+
+async def test_an_abort_racing_the_previous_commit_is_about_the_next_transaction(
+    cluster: Cluster,
+) -> None:
+    """librdkafka's abort right after its AddPartitions was turned away (the previous commit
+    still completing) ends the new, empty transaction: it is neither refused as in the
+    wrong state nor allowed to touch the committed one."""
+    t = cluster.txn
+    await cluster.start()
+    txn_id = led_by(NODE, INTERNAL_LEADERS, "tx")
+    init = await t.init_producer_id_async(txn_id, 60_000)
+    pid, epoch = init.producer_id, init.producer_epoch
+    data = [("data", 0), ("data", 1)]
+    assert await t.add_partitions_async(txn_id, pid, epoch, data) == dict.fromkeys(data, 0)
+    client = await cluster.leaders.get(OTHER)
+    client.gate = asyncio.Event()  # broker 2 holds the commit's marker
+
+    assert await t.end_txn_async(txn_id, pid, epoch, True) == 0
+    assert t.txns[txn_id].state is TxnState.PREPARE_COMMIT
+    busy = int(E.CONCURRENT_TRANSACTIONS)
+    # the next transaction's first partition, and its abort, while the markers are out
+    assert await t.add_partitions_async(txn_id, pid, epoch, data[:1]) == {data[0]: busy}
+    assert await t.end_txn_async(txn_id, pid, epoch, False) == busy
+    assert await t.end_txn_async(txn_id, pid, epoch, True) == busy
+
+    client.gate.set()
+    job = t._jobs.get(txn_id)
+    assert job is not None
+    await asyncio.wait_for(job, 5)
+    assert t.txns[txn_id].state is TxnState.COMPLETE_COMMIT
+    # the abort retried: the empty next transaction ends, the commit stays a commit
+    assert await t.end_txn_async(txn_id, pid, epoch, False) == 0
+    assert t.txns[txn_id].state is TxnState.COMPLETE_COMMIT
+    assert [m.transaction_result for r in client.requests for m in r.markers] == [True]
+    # once only: a second abort of the committed transaction is the client's error
+    assert await t.end_txn_async(txn_id, pid, epoch, False) == int(E.INVALID_TXN_STATE)
+    # and the producer goes on with a transaction of its own
+    assert await t.add_partitions_async(txn_id, pid, epoch, data[:1]) == {data[0]: 0}
+    assert t.txns[txn_id].state is TxnState.ONGOING
+
+
+async def test_an_abort_after_a_commit_without_a_new_transaction_is_refused(
+    cluster: Cluster,
+) -> None:
+    t = cluster.txn
+    await cluster.start()
+    txn_id = led_by(NODE, INTERNAL_LEADERS, "tx")
+    init = await t.init_producer_id_async(txn_id, 60_000)
+    pid, epoch = init.producer_id, init.producer_epoch
+    assert await t.add_partitions_async(txn_id, pid, epoch, [("data", 1)]) == {("data", 1): 0}
+    assert await t.end_txn_async(txn_id, pid, epoch, True) == 0
+    job = t._jobs.get(txn_id)
+    assert job is not None
+    await asyncio.wait_for(job, 5)
+    assert await t.end_txn_async(txn_id, pid, epoch, False) == int(E.INVALID_TXN_STATE)
+    assert await t.end_txn_async(txn_id, pid, epoch, True) == 0  # a retried commit

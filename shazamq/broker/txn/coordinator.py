@@ -206,6 +206,10 @@ class TransactionCoordinator:
         self._busy: set[str] = set()
         # ids with background work (completing, aborting, expiring), one job per id
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        # (producer id, epoch) per transactional id whose AddPartitions/AddOffsets was
+        # turned away while the previous transaction was completing: that producer has
+        # begun its next transaction, so an abort it sends is about that (still empty) one
+        self._next_begun: dict[str, tuple[int, int]] = {}
         # cluster mode: the block of producer ids being handed out, and its refill
         self._pid_next = 0
         self._pid_end = 0
@@ -380,6 +384,7 @@ class TransactionCoordinator:
         doomed = [t for t in self.txns if part(t) == index]
         for txn_id in doomed:
             del self.txns[txn_id]
+            self._next_begun.pop(txn_id, None)
         log.info(
             "%s-%d: no longer led here; %d transactional ids unloaded",
             TRANSACTION_STATE_TOPIC,
@@ -681,6 +686,14 @@ class TransactionCoordinator:
             return int(_E.CONCURRENT_TRANSACTIONS)
         return error
 
+    def _check_adding(self, transactional_id: str, producer_id: int, epoch: int) -> int:
+        """:meth:`_check_producer` for a request that adds to the producer's transaction:
+        one turned away while the previous transaction completes marks the next as begun."""
+        error = self._check_producer(transactional_id, producer_id, epoch)
+        if error == _E.CONCURRENT_TRANSACTIONS:
+            self._next_begun[transactional_id] = (producer_id, epoch)
+        return error
+
     def add_partitions(
         self,
         transactional_id: str,
@@ -699,7 +712,7 @@ class TransactionCoordinator:
         partitions: Iterable[TopicPartition],
     ) -> dict[TopicPartition, int]:
         wanted = list(dict.fromkeys(partitions))
-        error = self._check_producer(transactional_id, producer_id, epoch)
+        error = self._check_adding(transactional_id, producer_id, epoch)
         if error:
             return dict.fromkeys(wanted, error)
         parts = self.broker.partitions
@@ -724,7 +737,7 @@ class TransactionCoordinator:
     async def add_offsets_async(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
     ) -> int:
-        error = self._check_producer(transactional_id, producer_id, epoch)
+        error = self._check_adding(transactional_id, producer_id, epoch)
         if error:
             return error
         index = self.broker.groups.partition_for(group_id)
@@ -737,6 +750,7 @@ class TransactionCoordinator:
         new = frozenset(partitions)
         if meta.state is TxnState.ONGOING and new <= meta.partitions:
             return 0
+        self._next_begun.pop(transactional_id, None)
         now = _now_ms()
         self._busy.add(transactional_id)
         try:
@@ -772,6 +786,7 @@ class TransactionCoordinator:
             # here is the one before it, so the client must retry, not be told it is wrong
             return int(_E.CONCURRENT_TRANSACTIONS)
         state = meta.state
+        begun = self._next_begun.pop(transactional_id, None) == (producer_id, epoch)
         if state is TxnState.ONGOING:
             target = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
             self._busy.add(transactional_id)
@@ -784,14 +799,21 @@ class TransactionCoordinator:
                 self._busy.discard(transactional_id)
             await self._complete(prepared)
             return 0
+        if meta.in_prepare:
+            # the previous transaction's markers are still being written (Kafka's pending
+            # transition): whatever this asks, the answer is "not yet"
+            if begun:
+                self._next_begun[transactional_id] = (producer_id, epoch)
+            return int(_E.CONCURRENT_TRANSACTIONS)
         if state is TxnState.COMPLETE_COMMIT:
-            return 0 if commit else int(_E.INVALID_TXN_STATE)
+            if commit:
+                return 0
+            # librdkafka sends EndTxn(abort) once it has sent an AddPartitions, even when
+            # that was turned away because the previous commit was still completing: the
+            # producer then aborts its next transaction, which holds nothing here yet
+            return 0 if begun else int(_E.INVALID_TXN_STATE)
         if state is TxnState.COMPLETE_ABORT:
             return 0 if not commit else int(_E.INVALID_TXN_STATE)
-        if state is TxnState.PREPARE_COMMIT:
-            return int(_E.CONCURRENT_TRANSACTIONS) if commit else int(_E.INVALID_TXN_STATE)
-        if state is TxnState.PREPARE_ABORT:
-            return int(_E.CONCURRENT_TRANSACTIONS) if not commit else int(_E.INVALID_TXN_STATE)
         return int(_E.INVALID_TXN_STATE)
 
     async def _fence_and_abort(self, meta: TxnMetadata) -> bool:
