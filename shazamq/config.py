@@ -85,6 +85,24 @@ class BrokerSection(_Section):
         bool, Meta(description="Create a topic when a client asks for an unknown one.")
     ] = True
     default_partitions: Annotated[int, Meta(ge=1, le=100_000)] = 1
+    max_partitions_per_request: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Most partitions one CreateTopics or CreatePartitions request may "
+            "add, all its topics together; more is refused (INVALID_PARTITIONS) before "
+            "anything is created.",
+        ),
+    ] = 10_000
+    max_partitions: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Most partition replicas one broker may host, internal topics "
+            "included; a create that would pass it is refused (POLICY_VIOLATION). Each "
+            "hosted partition needs at least one open file.",
+        ),
+    ] = 50_000
     message_max_bytes: Annotated[
         int, Meta(ge=0, description="Largest record batch the broker accepts (message.max.bytes).")
     ] = 1048588

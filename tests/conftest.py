@@ -43,8 +43,9 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 class BrokerProcess:
     """A broker subprocess with a data dir that outlives restarts."""
 
-    def __init__(self, data_dir: Path, **settings: object) -> None:
+    def __init__(self, data_dir: Path, *, nofile: int | None = None, **settings: object) -> None:
         self.data_dir = data_dir
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the broker process
         self.port = free_port()
         self.metrics_port = free_port()
         self.settings = settings
@@ -88,10 +89,17 @@ class BrokerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
+            preexec_fn=self._limit_files if self.nofile is not None else None,
         )
         log.close()
         wait_for_port(self.port, timeout, self.proc)
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait: the clean shutdown path."""

@@ -44,10 +44,10 @@ from .cluster.metadata import MetadataStore, TopicInfo
 from .cluster.node import ClusterNode
 from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
-from .log import LogManager
+from .log import LogManager, count_partition_dirs
 from .metrics import BrokerMetrics, BrokerState
-from .partitions import PartitionManager, default_log_config
-from .process import raise_open_file_limit, tune_for_serving
+from .partitions import PartitionManager, default_log_config, expected_topic_id
+from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
 from .security import CredentialStore, build_credential_store
 from .server import KafkaServer, Session
 from .tasks import cancel_all
@@ -162,8 +162,11 @@ class Broker:
             )
         self._lock_data_dir()
         raise_open_file_limit()
+        check_open_file_limit(count_partition_dirs(str(self.data_dir)))
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
+        if not clustered:  # first: folders it does not know are quarantined, not opened
+            self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
         self.logs = await loop.run_in_executor(
             None,
             functools.partial(
@@ -172,12 +175,12 @@ class Broker:
                 default_log_config(cfg),
                 # in a cluster the leader moves the high watermark as followers catch up
                 auto_high_watermark=not clustered,
+                expected=None if clustered else functools.partial(expected_topic_id, self.metadata),
             ),
         )
         if clustered:
             self._build_cluster()
         else:
-            self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)
         self.txn = TransactionCoordinator(self)
@@ -215,6 +218,8 @@ class Broker:
             # opened during the replay would answer Metadata from a half-built image.
             await self.cluster.start()
             await self._await_membership()
+            if self.cluster.registered.is_set():  # the metadata image is complete
+                await loop.run_in_executor(None, self._quarantine_strays)
         await self.txn.start()
         await self.groups.start()
         await self.server.start()
@@ -301,6 +306,12 @@ class Broker:
                 timeout,
             )
 
+    def _quarantine_strays(self) -> None:
+        """Quarantine (``-stray``) the logs of topics the cluster deleted, or created
+        again under another id, while this broker was away."""
+        for topic, index in self.partitions.strays():
+            self.logs.quarantine(topic, index)
+
     async def _on_connect(self, session: Session) -> None:
         """With SASL enabled, a connection starts unauthenticated."""
         sasl_api.start_session(session)
@@ -366,4 +377,9 @@ class Broker:
             size.add_metric(labels, p.log.size_bytes)
         conns = GaugeMetricFamily("shazamq_connections", "Open client connections.")
         conns.add_metric([], self.server.connection_count)
-        return [leo, start, size, conns]
+        offline = GaugeMetricFamily(
+            "shazamq_offline_partitions",
+            "Partitions hosted here whose log cannot be opened (see the broker log).",
+        )
+        offline.add_metric([], len(self.partitions.offline))
+        return [leo, start, size, conns, offline]

@@ -5,6 +5,13 @@ bytes on disk). Every API that touches records goes through it: produce appends,
 reads and long-polls, admin creates and deletes. Fetch long-polls wait on a per-partition
 list of futures that an append resolves, so a waiting consumer wakes the moment data
 lands instead of sleeping and re-checking.
+
+A partition whose log cannot be opened is offline (:attr:`PartitionManager.offline`):
+it is listed without a leader, its requests get KAFKA_STORAGE_ERROR, the others serve.
+Creating partitions is bounded (`broker.max_partitions_per_request`,
+`broker.max_partitions`) before anything is created, and the logs are opened off the
+event loop. Deleting detaches the logs at once, so a topic created again under the same
+name never meets the old files.
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from shazamq.broker import topic_configs
 from shazamq.broker.cluster.metadata import MetadataStore, TopicInfo, validate_topic_name
 from shazamq.broker.log import LogConfig, LogManager, PartitionLog
-from shazamq.broker.log.errors import InvalidConfigError
+from shazamq.broker.log.errors import InvalidConfigError, KafkaStorageError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 if TYPE_CHECKING:
@@ -48,6 +55,15 @@ def default_log_config(config: BrokerConfig) -> LogConfig:
         flush_messages=s.flush_messages if s.flush_messages is not None else 2**63 - 1,
         flush_ms=s.flush_ms if s.flush_ms is not None else 2**63 - 1,
     )
+
+
+def expected_topic_id(metadata: MetadataStore, name: str, index: int) -> uuid.UUID | None:
+    """The topic id a single broker's metadata has for a partition folder found on disk
+    (None: the folder is a stray, quarantined at start)."""
+    topic = metadata.get(name)
+    if topic is None or index >= topic.partitions:
+        return None
+    return topic.uuid
 
 
 class Partition:
@@ -101,6 +117,8 @@ class PartitionManager:
         self.logs = logs
         self.defaults = logs.default_config
         self.partitions: dict[tuple[str, int], Partition] = {}
+        # partitions whose log could not be opened -> why (logged, in metrics)
+        self.offline: dict[tuple[str, int], str] = {}
         # in a cluster: where replicas go and who leads; partitions are hosted as the
         # cluster's metadata assigns them, not as topics are created here
         self.cluster: ClusterNode | None = None
@@ -108,35 +126,100 @@ class PartitionManager:
     # -- start-up ----------------------------------------------------------------------
 
     def load(self) -> None:
-        """Open the log of every partition the metadata lists (creating missing dirs)."""
+        """Open the log of every partition the metadata lists (creating missing dirs).
+
+        Blocking (an executor thread at start). A partition that cannot be opened goes
+        offline; the broker serves the rest.
+        """
         if self.cluster is not None:
             return
         for topic in self.metadata.topics.values():
             self._open_topic(topic, range(topic.partitions))
+        self.logs.sync_new_dirs()
 
-    def host_partition(self, name: str, index: int) -> Partition:
-        """Open (creating) the local log of a partition the cluster assigned here."""
+    def strays(self) -> list[tuple[str, int]]:
+        """Open logs not hosted whose topic the metadata does not know (or knows under
+        another id): to be quarantined once the metadata is complete."""
+        out = []
+        for plog in self.logs.logs():
+            key = (plog.topic, plog.partition)
+            if key in self.partitions:
+                continue
+            topic = self.metadata.get(plog.topic)
+            if topic is None or (plog.topic_id is not None and plog.topic_id != topic.uuid):
+                out.append(key)
+        return out
+
+    def host_partition(self, name: str, index: int) -> Partition | None:
+        """Open (creating) the local log of a partition the cluster assigned here; None
+        (and the partition offline) when it cannot be opened."""
         topic = self.require_topic(name)
-        plog = self.logs.get_or_create(name, index, topic.uuid, self.log_config(topic))
-        p = self.partitions[(name, index)] = Partition(topic, index, plog)
-        return p
+        self._open_topic(topic, (index,))
+        return self.partitions.get((name, index))
+
+    def stop_hosting(
+        self, name: str, index: int, *, delete: bool
+    ) -> Coroutine[Any, Any, None] | None:
+        """Stop serving a partition now (no I/O); with ``delete`` its log is detached at
+        once and the returned coroutine renames its folder off the loop."""
+        self.offline.pop((name, index), None)
+        p = self.partitions.pop((name, index), None)
+        if p is not None:
+            p.notify()
+        if delete and self.logs.detach(name, index):
+            return self._delete_detached()
+        return None
 
     async def unhost_partition(self, name: str, index: int, *, delete: bool) -> None:
         """Stop serving a partition the cluster moved away or deleted; drop its log."""
-        p = self.partitions.pop((name, index), None)
-        if p is None:
-            return
-        p.notify()
-        if delete:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.logs.delete_partition, name, index
-            )
+        pending = self.stop_hosting(name, index, delete=delete)
+        if pending is not None:
+            await pending
+
+    async def _delete_detached(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.logs.delete_detached)
 
     def _open_topic(self, topic: TopicInfo, indexes: Iterable[int]) -> None:
+        for i, plog, exc in self._open_logs(topic, indexes):
+            self._install(topic, i, plog, exc)
+
+    def _open_logs(
+        self, topic: TopicInfo, indexes: Iterable[int]
+    ) -> list[tuple[int, PartitionLog | None, Exception | None]]:
+        """Open (creating) the logs; thread-safe, so it may run in an executor."""
         cfg = self.log_config(topic)
+        out: list[tuple[int, PartitionLog | None, Exception | None]] = []
         for i in indexes:
-            plog = self.logs.get_or_create(topic.name, i, topic.uuid, cfg)
-            self.partitions[(topic.name, i)] = Partition(topic, i, plog)
+            try:
+                out.append((i, self.logs.get_or_create(topic.name, i, topic.uuid, cfg), None))
+            except (KafkaStorageError, OSError) as exc:
+                out.append((i, None, exc))
+        return out
+
+    def _install(
+        self, topic: TopicInfo, i: int, plog: PartitionLog | None, exc: Exception | None
+    ) -> None:
+        key = (topic.name, i)
+        if plog is None:
+            if key not in self.offline:
+                log.error("partition %s-%d is offline: %s", topic.name, i, exc)
+            self.offline[key] = str(exc)
+            return
+        self.offline.pop(key, None)
+        self.partitions[key] = Partition(topic, i, plog)
+
+    async def _open_topic_off_loop(self, topic: TopicInfo, indexes: range) -> None:
+        """Create/open the logs in an executor thread and make their folders durable;
+        the partitions are published here, on the event loop."""
+
+        def work() -> list[tuple[int, PartitionLog | None, Exception | None]]:
+            opened = self._open_logs(topic, indexes)
+            self.logs.sync_new_dirs()
+            return opened
+
+        loop = asyncio.get_running_loop()
+        for i, plog, exc in await loop.run_in_executor(None, work):
+            self._install(topic, i, plog, exc)
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -145,6 +228,10 @@ class PartitionManager:
 
     def require(self, topic: str, index: int) -> Partition:
         p = self.partitions.get((topic, index))
+        if p is None and (topic, index) in self.offline:
+            raise KafkaError(
+                ErrorCode.KAFKA_STORAGE_ERROR, f"{topic}-{index} is offline on this broker"
+            )
         if p is None:
             raise KafkaError(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{index} is not hosted here"
@@ -167,7 +254,13 @@ class PartitionManager:
     # -- admin -------------------------------------------------------------------------
 
     def validate_new_topic(
-        self, name: str, partitions: int, replication_factor: int, configs: dict[str, str]
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int,
+        configs: dict[str, str],
+        *,
+        already_in_request: int = 0,
     ) -> None:
         validate_topic_name(name)
         if name in INTERNAL_TOPICS:
@@ -176,8 +269,9 @@ class PartitionManager:
             raise KafkaError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         if partitions < 1:
             raise KafkaError(ErrorCode.INVALID_PARTITIONS, "number of partitions must be >= 1")
-        if partitions > 100_000:
-            raise KafkaError(ErrorCode.INVALID_PARTITIONS, "at most 100000 partitions")
+        self.check_partition_limits(
+            partitions, max(replication_factor, 1), already_in_request=already_in_request
+        )
         if replication_factor < 1:
             raise KafkaError(
                 ErrorCode.INVALID_REPLICATION_FACTOR, "replication factor must be >= 1"
@@ -196,6 +290,40 @@ class PartitionManager:
                 f"replication factor {replication_factor} is larger than the 1 available broker",
             )
         self.validate_configs(configs)
+
+    def check_partition_limits(
+        self, new: int, replication_factor: int = 1, *, already_in_request: int = 0
+    ) -> None:
+        """Refuse adding ``new`` partitions beyond `broker.max_partitions_per_request`
+        (INVALID_PARTITIONS) or, counting what this broker hosts, `broker.max_partitions`
+        (POLICY_VIOLATION). Cheap, and called before anything is planned or created."""
+        b = self.config.broker
+        if new + already_in_request > b.max_partitions_per_request:
+            raise KafkaError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"{new} new partitions (with {already_in_request} earlier in this request) "
+                f"exceed broker.max_partitions_per_request = {b.max_partitions_per_request}",
+            )
+        if self.cluster is not None:
+            state = self.cluster.state
+            live = max(len(state.live_brokers()), 1)
+            hosted: dict[int, int] = {}
+            for t in state.topics.values():
+                for p in t.partitions:
+                    for r in p.replicas:
+                        hosted[r] = hosted.get(r, 0) + 1
+            # placement spreads replicas evenly: the busiest broker gets its share
+            busiest = max(hosted.values(), default=0)
+            added = -(-new * min(replication_factor, live) // live)
+        else:
+            busiest = sum(t.partitions for t in self.metadata.topics.values())
+            added = new
+        if busiest + added > b.max_partitions:
+            raise KafkaError(
+                ErrorCode.POLICY_VIOLATION,
+                f"{new} new partitions would make {busiest + added} on a broker, more than "
+                f"broker.max_partitions = {b.max_partitions}",
+            )
 
     def validate_configs(self, configs: dict[str, str]) -> LogConfig:
         try:
@@ -233,7 +361,7 @@ class PartitionManager:
         topic = await self.metadata.create_topic(
             name, partitions, replication_factor, configs, internal=internal
         )
-        self._open_topic(topic, range(partitions))
+        await self._open_topic_off_loop(topic, range(partitions))
         log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.uuid)
         return topic
 
@@ -264,16 +392,19 @@ class PartitionManager:
             log.info("deleted topic %s", name)
             return topic
         await self.metadata.delete_topic(name)
-        loop = asyncio.get_running_loop()
+        # No await from here until every partition is detached: a CreateTopics of the
+        # same name (waiting on the metadata lock) never meets these partitions or logs.
+        deleting = False
         for i in range(topic.partitions):
-            p = self.partitions.pop((name, i), None)
-            if p is not None:
-                p.notify()
-            await loop.run_in_executor(None, self.logs.delete_partition, name, i)
+            deleting = self.stop_hosting(name, i, delete=True) is not None or deleting
+        if deleting:  # rename the folders away and fsync the data directory, off the loop
+            await self._delete_detached()
         log.info("deleted topic %s", name)
         return topic
 
-    def validate_partition_increase(self, name: str, total: int) -> TopicInfo:
+    def validate_partition_increase(
+        self, name: str, total: int, *, already_in_request: int = 0
+    ) -> TopicInfo:
         """The topic, if growing it to `total` partitions is allowed; else the Kafka error."""
         topic = self.require_topic(name)
         if total <= topic.partitions:
@@ -281,6 +412,11 @@ class PartitionManager:
                 ErrorCode.INVALID_PARTITIONS,
                 f"topic {name} has {topic.partitions} partitions; {total} would not add any",
             )
+        self.check_partition_limits(
+            total - topic.partitions,
+            topic.replication_factor,
+            already_in_request=already_in_request,
+        )
         return topic
 
     async def add_partitions(
@@ -298,7 +434,7 @@ class PartitionManager:
             await self.cluster.add_partitions(name, assignment)
             return self.require_topic(name)
         topic = await self.metadata.set_partitions(name, total)
-        self._open_topic(topic, range(old, total))
+        await self._open_topic_off_loop(topic, range(old, total))
         return topic
 
     async def set_topic_configs(self, name: str, configs: dict[str, str]) -> TopicInfo:

@@ -16,6 +16,9 @@ import resource
 
 log = logging.getLogger(__name__)
 
+# open files kept for connections, internal topics and the process itself
+_HEADROOM = 1024
+
 
 def raise_open_file_limit() -> None:
     """Lift the soft RLIMIT_NOFILE to the hard limit.
@@ -30,6 +33,40 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
+def check_open_file_limit(partitions: int) -> bool:
+    """Say clearly, before the logs open, when the open-file limit is too low for the
+    partitions on disk. Each partition keeps its active segment's log open (its two
+    indexes too while it is written), and connections need files as well. Returns
+    whether the limit looks sufficient; the broker starts either way, and partitions
+    that cannot be opened go offline while the others serve."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return True
+    needed = partitions + _HEADROOM
+    comfortable = 3 * partitions + _HEADROOM
+    if soft < needed:
+        log.error(
+            "the open-file limit (RLIMIT_NOFILE) is %d, too low for the %d partitions on "
+            "disk: at least %d are needed (%d to write to all of them), or partitions "
+            "will go offline and connections be refused; raise it (ulimit -n, "
+            "LimitNOFILE=, the container's nofile limit)",
+            soft,
+            partitions,
+            needed,
+            comfortable,
+        )
+        return False
+    if soft < comfortable:
+        log.warning(
+            "the open-file limit (RLIMIT_NOFILE) is %d for %d partitions on disk; writing "
+            "to all of them at once needs about %d",
+            soft,
+            partitions,
+            comfortable,
+        )
+    return True
 
 
 def tune_for_serving() -> None:

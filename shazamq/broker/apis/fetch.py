@@ -146,7 +146,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         if hint is not None:
                             out.append(redirect(fp.partition, hint, redirects))
                             continue
-                    out.append(partition_error(fp.partition, unknown))
+                    down = (name, fp.partition) in parts.offline
+                    out.append(
+                        partition_error(
+                            fp.partition, ErrorCode.KAFKA_STORAGE_ERROR if down else unknown
+                        )
+                    )
                     continue
                 current_epoch = fp.current_leader_epoch if version >= 9 else -1
                 code = p.epoch_error(current_epoch)

@@ -63,15 +63,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
         partitions = []
         for i in range(topic.partitions):
             p = parts.get(topic.name, i)
+            down = p is None and (topic.name, i) in parts.offline  # its log cannot be opened
             partitions.append(
                 MetadataResponsePartition(
-                    error_code=0,
+                    error_code=ErrorCode.LEADER_NOT_AVAILABLE if down else 0,
                     partition_index=i,
-                    leader_id=node,
+                    leader_id=-1 if down else node,
                     leader_epoch=p.leader_epoch if p is not None else 0,
                     replica_nodes=[node],
-                    isr_nodes=[node],
-                    offline_replicas=[],
+                    isr_nodes=[] if down else [node],
+                    offline_replicas=[node] if down else [],
                 )
             )
         return MetadataResponseTopic(

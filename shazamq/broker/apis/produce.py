@@ -78,6 +78,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if p is None:
                     if cluster is not None and cluster.leader_hint(name, pd.index) is not None:
                         out.append(not_leader(pd.index, name, redirects))
+                    elif (name, pd.index) in parts.offline:
+                        out.append(error(pd.index, ErrorCode.KAFKA_STORAGE_ERROR))
                     else:
                         out.append(error(pd.index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
                     continue

@@ -46,6 +46,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         results = []
         seen: set[str] = set()
         names = [t.name for t in req.topics]
+        requested = 0  # partitions accepted so far in this request (the per-request limit)
         for t in req.topics:
             res = CreatableTopicResult(name=t.name, error_code=0)
             results.append(res)
@@ -87,7 +88,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if c.value is not None:
                     configs[c.name] = c.value
             try:
-                parts.validate_new_topic(t.name, partitions, rf, configs)
+                parts.validate_new_topic(
+                    t.name, partitions, rf, configs, already_in_request=requested
+                )
+                requested += partitions
                 if req.validate_only:
                     info = None
                 else:
@@ -142,11 +146,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
         ctx: RequestContext, req: CreatePartitionsRequest
     ) -> CreatePartitionsResponse:
         results = []
+        requested = 0  # partitions added so far in this request (the per-request limit)
         for t in req.topics:
             res = CreatePartitionsTopicResult(name=t.name, error_code=0)
             results.append(res)
             try:
-                info = parts.validate_partition_increase(t.name, t.count)
+                info = parts.validate_partition_increase(
+                    t.name, t.count, already_in_request=requested
+                )
+                requested += t.count - info.partitions
                 if t.assignments is not None and len(t.assignments) != t.count - info.partitions:
                     raise KafkaError(
                         ErrorCode.INVALID_REPLICA_ASSIGNMENT,

@@ -9,9 +9,10 @@ start, so consumers and ListOffsets do not see the high watermark fall back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from shazamq.broker.log.partition_log import write_file_atomically
 
 FILE_NAME = "replication-offset-checkpoint"
 VERSION = 0
@@ -39,13 +40,8 @@ def read(data_dir: Path) -> dict[tuple[str, int], int]:
 
 
 def write(data_dir: Path, marks: Mapping[tuple[str, int], int]) -> None:
-    """Replace the checkpoint with `marks` (write, fsync, rename)."""
-    path = data_dir / FILE_NAME
-    tmp = path.with_name(FILE_NAME + ".tmp")
+    """Replace the checkpoint with `marks`: write a temporary file, fsync it, rename it,
+    fsync the directory (blocking: the caller runs it in an executor)."""
     body = [str(VERSION), str(len(marks))]
     body += [f"{t} {p} {o}" for (t, p), o in sorted(marks.items())]
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(body) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file_atomically(str(data_dir / FILE_NAME), ("\n".join(body) + "\n").encode())

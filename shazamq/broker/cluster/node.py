@@ -552,6 +552,8 @@ class ClusterNode:
         now = time.monotonic()
         if p is None:
             p = parts.host_partition(t.name, index)
+            if p is None:  # its log cannot be opened: offline here, logged
+                return
             hw = self._restored_hw.pop((t.name, index), None)
             if hw is not None:
                 p.log.high_watermark = hw  # clamped to the log's own bounds
@@ -591,13 +593,19 @@ class ClusterNode:
     def _stop_hosting(self, name: str, index: int, *, delete: bool) -> None:
         p = self.partitions.get(name, index)
         if p is None:
+            self.partitions.offline.pop((name, index), None)
             return
         self._unfollow(p)
         if p.replica is not None:
             p.replica.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
             for listener in self.on_partition_role:
                 listener(p, False)
-        task = asyncio.create_task(self.partitions.unhost_partition(name, index, delete=delete))
+        # unhosted (and its log detached) now, so a record applied next, such as the
+        # topic created again, never meets this partition; the folder rename runs later
+        pending = self.partitions.stop_hosting(name, index, delete=delete)
+        if pending is None:
+            return
+        task = asyncio.create_task(pending)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

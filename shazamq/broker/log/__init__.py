@@ -38,7 +38,7 @@ from .errors import (
 )
 from .index import AbortedTxn, OffsetIndex, TimeIndex, TransactionIndex
 from .log_config import CONFIG_DEFS, ConfigDef, LogConfig
-from .manager import LogManager, MaintenanceReport
+from .manager import LogManager, MaintenanceReport, count_partition_dirs
 from .partition_log import AppendInfo, AppendOrigin, LeaderEpochCache, PartitionLog
 from .producer_state import ActiveProducer, ProducerStateManager
 from .segment import LogSegment, ReadSlice
@@ -75,4 +75,5 @@ __all__ = [
     "TransactionCoordinatorFencedError",
     "TransactionIndex",
     "UnexpectedAppendOffsetError",
+    "count_partition_dirs",
 ]

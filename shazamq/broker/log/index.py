@@ -8,7 +8,9 @@ entry whose key is at or below the target. They are loaded lazily, on first use,
 opening a thousand partitions does not read a thousand index files.
 
 New entries are buffered and written in batches (at least every 4 KiB of entries, and on
-``flush``/``close``): an index entry costs no extra system call on the append path. The
+``flush``/``close``): an index entry costs no extra system call on the append path. A
+descriptor is held only while a segment's index is being written (opened by the first
+write, released by ``close``), so sealed segments and idle partitions hold none. The
 log only advances its recovery point after a flush, so an unflushed index tail is never
 trusted after a crash.
 
@@ -83,8 +85,8 @@ class _SparseIndex:
         # Called (instead of raising) when a lazy load finds the file unusable; the
         # segment rebuilds its indexes from the log.
         self.on_corrupt: Callable[[], None] | None = None
-        if new:
-            self._fd = os.open(path, _OPEN_APPEND | os.O_TRUNC, 0o644)
+        if new:  # created empty now; a descriptor is opened when entries are written
+            os.close(os.open(path, _OPEN_APPEND | os.O_TRUNC, 0o644))
             self._unsynced = True
 
     # ------------------------------------------------------------------ loading
@@ -209,9 +211,10 @@ class _SparseIndex:
         self._keys = array(self.KEY_TYPE)
         self._values = array(self.VALUE_TYPE)
         self._loaded = True
-        if self._fd < 0:
-            self._fd = os.open(self.path, _OPEN_APPEND, 0o644)
-        os.ftruncate(self._fd, 0)
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+        else:
+            os.close(os.open(self.path, _OPEN_APPEND | os.O_TRUNC, 0o644))
         self._unsynced = True
 
     def rename(self, path: str) -> None:

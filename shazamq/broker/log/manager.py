@@ -6,6 +6,19 @@ partition logs, and runs periodic maintenance: retention, compaction, the flush 
 (``flush.messages``/``flush.ms`` and the flush that follows a segment roll), producer id
 expiry and the delayed removal of ``*.deleted`` files.
 
+Folder names and what they mean at start:
+
+* ``<topic>-<partition>``: a partition log, opened. With an ``expected`` callback (the
+  single broker's metadata), a folder whose topic is unknown, whose index is beyond the
+  topic's partitions or whose ``partition.metadata`` names another topic id is not
+  opened: it is renamed ``<topic>-<partition>.<topic id>-stray`` and kept for the
+  operator, never served. A log that cannot be opened goes offline (:attr:`offline`);
+  the others load.
+* ``<topic>-<partition>.<topic id>-delete``: a deleted partition. Deleting renames the
+  folder at once and fsyncs the data directory, so a topic created again under the same
+  name starts in a new folder, even after a crash; the files are removed by the next
+  maintenance pass, or at the next start.
+
 Threading: the broker calls :meth:`LogManager.get_or_create`, :meth:`LogManager.get` and
 :meth:`LogManager.delete_partition` from the event loop, and
 :meth:`LogManager.run_maintenance` / :meth:`LogManager.flush_all` from one executor
@@ -13,10 +26,15 @@ thread. The partition table is guarded by a lock; each partition's own lock guar
 segment list (see :mod:`.partition_log`). Overlapping maintenance calls are skipped, not
 queued. A partition being deleted is closed for appends at once and its files are removed
 by the next maintenance pass, so the maintenance thread never loses a file under it.
+:meth:`LogManager.detach` (event loop, no I/O) and :meth:`LogManager.delete_detached`
+(executor) split a deletion so that the name is free at once and the renames and the
+directory fsync happen off the loop; a :meth:`LogManager.get_or_create` of a detached
+name renames the old folder first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,15 +48,51 @@ from dataclasses import dataclass, field
 from shazamq.protocol.records import DEFAULT_MAX_UNCOMPRESSED
 
 from .cleaner import LogCleaner
+from .errors import InconsistentTopicIdError, KafkaStorageError
 from .log_config import LogConfig
-from .partition_log import CLEAN_SHUTDOWN_FILE, PartitionLog, parse_partition_dir
+from .partition_log import (
+    CLEAN_SHUTDOWN_FILE,
+    PartitionLog,
+    _as_uuid,
+    fsync_dir,
+    parse_partition_dir,
+    read_topic_id,
+)
 
-__all__ = ["LogManager", "MaintenanceReport"]
+__all__ = [
+    "DELETE_SUFFIX",
+    "STRAY_SUFFIX",
+    "LogManager",
+    "MaintenanceReport",
+    "count_partition_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
-_DELETE_SUFFIX = "-delete"
+DELETE_SUFFIX = "-delete"
+STRAY_SUFFIX = "-stray"
 _IO_THREADS = 8
+
+# (topic, partition) -> the topic id the metadata has for it, or None when it has none
+ExpectedTopicId = Callable[[str, int], uuid.UUID | None]
+
+
+def count_partition_dirs(data_dir: str) -> int:
+    """How many ``<topic>-<partition>`` folders ``data_dir`` holds (0 if it is missing)."""
+    try:
+        with os.scandir(data_dir) as it:
+            return sum(1 for e in it if e.is_dir() and parse_partition_dir(e.name) is not None)
+    except FileNotFoundError:
+        return 0
+
+
+def _free_name(path: str, topic_id: uuid.UUID | None, suffix: str) -> str:
+    """``<path>.<topic id>-delete`` (or ``-stray``), made unique if it exists already."""
+    tag = topic_id.hex if topic_id is not None else "unknown"
+    target = f"{path}.{tag}{suffix}"
+    if os.path.lexists(target):
+        target = f"{path}.{tag}.{uuid.uuid4().hex[:8]}{suffix}"
+    return target
 
 
 @dataclass(slots=True)
@@ -66,6 +120,7 @@ class LogManager:
         producer_id_expiration_ms: int = 86_400_000,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
         auto_high_watermark: bool = True,
+        expected: ExpectedTopicId | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.default_config = default_config
@@ -77,6 +132,13 @@ class LogManager:
         self._maintenance_lock = threading.Lock()
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._doomed: list[PartitionLog] = []
+        # detached (deleted) but their folder not renamed yet
+        self._detached: dict[tuple[str, int], PartitionLog] = {}
+        # partitions whose log could not be opened -> why; they stay offline until restart
+        self.offline: dict[tuple[str, int], str] = {}
+        # partition folders created since the last sync_new_dirs()
+        self._new_dirs: list[str] = []
+        self._expected = expected
         self.cleaner = LogCleaner(max_uncompressed=max_uncompressed)
         self._closed = False
         os.makedirs(data_dir, exist_ok=True)
@@ -85,27 +147,70 @@ class LogManager:
     # ------------------------------------------------------------------ loading
     def _load_all(self) -> None:
         found: list[tuple[str, str, int]] = []
+        moved = False
         for entry in sorted(os.scandir(self.data_dir), key=lambda e: e.name):
             if not entry.is_dir():
                 continue
-            if entry.name.endswith(_DELETE_SUFFIX):
+            if entry.name.endswith(DELETE_SUFFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
+                moved = True
                 continue
             parsed = parse_partition_dir(entry.name)
-            if parsed is not None:
-                found.append((entry.path, *parsed))
+            if parsed is None:
+                continue
+            if self._expected is not None and self._is_stray(entry.path, *parsed):
+                moved = True
+                continue
+            found.append((entry.path, *parsed))
+        if moved:
+            fsync_dir(self.data_dir)
         # Cleanly closed partitions load fastest in this thread (pure Python, no fsync);
         # the ones needing recovery go to a few threads (their fsyncs release the GIL).
         clean = [f for f in found if os.path.exists(os.path.join(f[0], CLEAN_SHUTDOWN_FILE))]
         clean_paths = {f[0] for f in clean}
         dirty = [f for f in found if f[0] not in clean_paths]
         for path, topic, partition in clean:
-            self._logs[(topic, partition)] = self._open(path, topic, partition, None)
+            self._load_one(path, topic, partition)
         if dirty:
             with ThreadPoolExecutor(max_workers=min(_IO_THREADS, len(dirty))) as pool:
-                opened = pool.map(lambda f: self._open(f[0], f[1], f[2], None), dirty)
-                for (_path, topic, partition), log in zip(dirty, opened, strict=True):
-                    self._logs[(topic, partition)] = log
+                list(pool.map(lambda f: self._load_one(*f), dirty))
+        if self.offline:
+            logger.error(
+                "%d partitions could not be opened and are offline: %s",
+                len(self.offline),
+                ", ".join(f"{t}-{p}" for t, p in sorted(self.offline)[:20]),
+            )
+
+    def _load_one(self, path: str, topic: str, partition: int) -> None:
+        """Open one partition at start; a failure takes only that partition offline."""
+        try:
+            log = self._open(path, topic, partition, None)
+        except Exception as exc:
+            logger.error("partition %s-%d (%s) cannot be opened: %s", topic, partition, path, exc)
+            with self._lock:
+                self.offline[(topic, partition)] = f"{type(exc).__name__}: {exc}"
+            return
+        with self._lock:
+            self._logs[(topic, partition)] = log
+
+    def _is_stray(self, path: str, topic: str, partition: int) -> bool:
+        """Quarantine (rename ``-stray``) a folder the metadata does not know."""
+        assert self._expected is not None
+        want = self._expected(topic, partition)
+        have = read_topic_id(path)
+        if want is not None and (have is None or have == want):
+            return False
+        target = _free_name(path, have, STRAY_SUFFIX)
+        os.replace(path, target)
+        logger.warning(
+            "%s is not a partition the metadata knows (topic id on disk %s, expected %s): "
+            "quarantined as %s, not served",
+            path,
+            have,
+            want,
+            target,
+        )
+        return True
 
     def _open(
         self,
@@ -153,26 +258,120 @@ class LogManager:
         config: LogConfig | None = None,
     ) -> PartitionLog:
         """The partition's log, created empty if absent. ``config`` (if given) becomes
-        the topic's config."""
+        the topic's config.
+
+        A log on disk that belongs to another topic id (a topic deleted and created again
+        while this broker was away) is quarantined and a new, empty log takes its place.
+        Raises :class:`KafkaStorageError` for a partition that is offline.
+        """
         if config is not None:
             self.update_topic_config(topic, config)
+        key = (topic, partition)
+        want = _as_uuid(topic_id)
         with self._lock:
-            log = self._logs.get((topic, partition))
+            if key in self.offline:
+                raise KafkaStorageError(
+                    f"partition {topic}-{partition} is offline: {self.offline[key]}"
+                )
+            log = self._logs.get(key)
+            if log is not None and want is not None and log.topic_id not in (None, want):
+                self._logs.pop(key)
+                self._quarantine_open(log)
+                log = None
             if log is None:
+                detached = self._detached.pop(key, None)
+                if detached is not None:  # deleted a moment ago: free the name first
+                    self._rename_away(detached)
+                    self._doomed.append(detached)
                 path = os.path.join(self.data_dir, f"{topic}-{partition}")
-                log = self._open(path, topic, partition, topic_id, config)
-                self._logs[(topic, partition)] = log
+                if not os.path.isdir(path):
+                    self._new_dirs.append(path)
+                try:
+                    log = self._open(path, topic, partition, topic_id, config)
+                except InconsistentTopicIdError as exc:
+                    logger.warning("%s", exc)
+                    target = _free_name(path, read_topic_id(path), STRAY_SUFFIX)
+                    os.replace(path, target)
+                    logger.warning("quarantined %s as %s, not served", path, target)
+                    log = self._open(path, topic, partition, topic_id, config)
+                self._logs[key] = log
             return log
 
-    def delete_partition(self, topic: str, partition: int) -> bool:
-        """Forget the partition now; its directory is renamed ``*-delete`` and removed by
-        the next maintenance pass."""
+    def sync_new_dirs(self) -> int:
+        """fsync the partition folders created since the last call and the data
+        directory, so they survive a crash (blocking: an executor thread). Runs with every
+        :meth:`flush_due`; creators that answer a client call it before answering."""
+        with self._lock:
+            new, self._new_dirs = self._new_dirs, []
+        if not new:
+            return 0
+        for path in new:
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(path)
+        fsync_dir(self.data_dir)
+        return len(new)
+
+    def _quarantine_open(self, log: PartitionLog) -> None:
+        """Close an open log that belongs to another topic id and rename it ``-stray``."""
+        log.close()
+        target = _free_name(log.directory, log.topic_id, STRAY_SUFFIX)
+        os.replace(log.directory, target)
+        logger.warning(
+            "%s holds topic id %s, not the current one: quarantined as %s, not served",
+            log.directory,
+            log.topic_id,
+            target,
+        )
+
+    def quarantine(self, topic: str, partition: int) -> bool:
+        """Close the open log of a partition the metadata does not know and rename it
+        ``-stray`` (blocking: call from an executor)."""
         with self._lock:
             log = self._logs.pop((topic, partition), None)
             if log is None:
                 return False
-            self._doomed.append(log)
+            self._quarantine_open(log)
+        fsync_dir(self.data_dir)
+        return True
+
+    def detach(self, topic: str, partition: int) -> bool:
+        """Forget a deleted partition now (no I/O, callable on the event loop): appends
+        are refused from here on; :meth:`delete_detached` renames its folder."""
+        with self._lock:
+            log = self._logs.pop((topic, partition), None)
+            if log is None:
+                return False
+            self._detached[(topic, partition)] = log
         log.stop()
+        return True
+
+    def delete_detached(self) -> int:
+        """Rename every detached partition's folder ``<topic>-<partition>.<id>-delete`` and
+        fsync the data directory, so no restart can bring it back (blocking). Their files
+        go with the next maintenance pass. Returns how many were renamed."""
+        with self._lock:
+            detached, self._detached = self._detached, {}
+            for log in detached.values():
+                self._rename_away(log)
+                self._doomed.append(log)
+        if detached:
+            fsync_dir(self.data_dir)
+        return len(detached)
+
+    def _rename_away(self, log: PartitionLog) -> None:
+        """Rename a deleted partition's folder out of its name (caller holds the lock)."""
+        target = _free_name(log.directory, log.topic_id, DELETE_SUFFIX)
+        try:
+            os.replace(log.directory, target)
+        except FileNotFoundError:
+            return
+        log.directory = target
+
+    def delete_partition(self, topic: str, partition: int) -> bool:
+        """Delete a partition (blocking): :meth:`detach` then :meth:`delete_detached`."""
+        if not self.detach(topic, partition):
+            return False
+        self.delete_detached()
         return True
 
     def __iter__(self) -> Iterator[PartitionLog]:
@@ -221,6 +420,7 @@ class LogManager:
         """
         if now_ms is None:
             now_ms = time.time_ns() // 1_000_000
+        self.sync_new_dirs()
         flushed = 0
         for log in self.logs():
             if not log.closed and log.maybe_flush(now_ms):
@@ -241,12 +441,6 @@ class LogManager:
             doomed, self._doomed = self._doomed, []
         for log in doomed:
             self.cleaner.forget(log)
-            target = f"{log.directory}.{uuid.uuid4().hex}{_DELETE_SUFFIX}"
-            try:
-                os.replace(log.directory, target)
-                log.directory = target
-            except OSError:
-                pass
             log.delete()
             report.files_removed += 1
 
@@ -278,4 +472,5 @@ class LogManager:
         self._closed = True
         with self._maintenance_lock:  # let a running maintenance pass finish first
             self._each(PartitionLog.close, "closing")
+            self.delete_detached()
             self._destroy_doomed(MaintenanceReport())

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from shazamq.protocol.records import (
@@ -87,7 +87,10 @@ __all__ = [
     "AppendOrigin",
     "LeaderEpochCache",
     "PartitionLog",
+    "fsync_dir",
     "parse_partition_dir",
+    "read_topic_id",
+    "write_file_atomically",
 ]
 
 RECOVERY_POINT_FILE = "recovery-point-offset-checkpoint"
@@ -143,9 +146,19 @@ class AppendInfo(NamedTuple):
 # ------------------------------------------------------------------ small files
 
 
-def _write_file(path: str, data: bytes, *, sync: bool) -> None:
+def write_file_atomically(
+    path: str, data: bytes, *, sync: bool = True, sync_dir: bool | None = None
+) -> None:
+    """Replace ``path`` with ``data``: write ``<path>.tmp``, fsync it, rename it over
+    ``path``, fsync the directory. A crash at any point leaves the old or the new content
+    whole, never a mix or an empty file; once this returns, the new content is durable.
+
+    With ``sync=False`` the two fsyncs are left to the caller's next flush (the
+    replacement is still atomic against a process crash); see ``PartitionLog.flush``.
+    ``sync_dir=False`` leaves only the directory fsync to the caller.
+    """
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         written = 0
         while written < len(data):
@@ -155,6 +168,11 @@ def _write_file(path: str, data: bytes, *, sync: bool) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if sync if sync_dir is None else sync_dir:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+_write_file = write_file_atomically
 
 
 def _read_text(path: str) -> str | None:
@@ -165,12 +183,41 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_dir(path: str) -> None:
+    """fsync a directory: makes the creations, renames and deletions in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_dir
+
+
+def _fsync_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_topic_id(directory: str) -> uuid.UUID | None:
+    """The topic id in a partition folder's ``partition.metadata``, if it has one."""
+    text = _read_text(os.path.join(directory, PARTITION_METADATA_FILE))
+    if not text:
+        return None
+    for line in text.split("\n"):
+        key, _, value = line.partition(":")
+        if key.strip() == "topic_id" and value.strip():
+            raw = value.strip()
+            with contextlib.suppress(ValueError):
+                return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    return None
 
 
 def _offset_checkpoint_text(topic: str, partition: int, offset: int) -> bytes:
@@ -197,6 +244,10 @@ class LeaderEpochCache:
     def __init__(self, path: str) -> None:
         self.path = path
         self.entries: list[tuple[int, int]] = self._load()
+        # replaced without fsync since the last sync(): the owner's flush syncs it
+        self.unsynced = False
+        # called before every write: the owner removes its clean-shutdown marker first
+        self.before_write: Callable[[], None] | None = None
 
     def _load(self) -> list[tuple[int, int]]:
         text = _read_text(self.path)
@@ -212,8 +263,17 @@ class LeaderEpochCache:
         return entries
 
     def write(self, *, sync: bool = False) -> None:
+        if self.before_write is not None:
+            self.before_write()
         body = "".join(f"{e} {o}\n" for e, o in self.entries)
         _write_file(self.path, f"0\n{len(self.entries)}\n{body}".encode(), sync=sync)
+        self.unsynced = not sync
+
+    def sync(self) -> None:
+        """fsync a checkpoint replaced without it (the caller fsyncs the directory)."""
+        if self.unsynced:
+            self.unsynced = False
+            _fsync_file(self.path)
 
     @property
     def latest_epoch(self) -> int:
@@ -306,6 +366,9 @@ class PartitionLog:
         self._recovery_point = 0
         self._producers = ProducerStateManager(directory, expiration_ms=producer_id_expiration_ms)
         self._epochs = LeaderEpochCache(os.path.join(directory, LEADER_EPOCH_FILE))
+        self._epochs.before_write = self._mark_dirty
+        # checkpoint files replaced without fsync, synced by the next flush
+        self._unsynced_files: set[str] = set()
         self._deleted: list[tuple[int, LogSegment]] = []
         self._marker_present = False
         self._closed = False
@@ -447,11 +510,11 @@ class PartitionLog:
         self._publish(segments)
         self._leo = segments[-1].next_offset
         self._log_start = min(max(log_start, bases[0]), self._leo)
+        self._marker_present = CLEAN_SHUTDOWN_FILE in names
         self._epochs.truncate_from_end(self._leo)
         self._epochs.truncate_from_start(self._log_start)
         self._load_producer_state(self._leo if clean else (recover_from or 0), recover_from)
         self._hw = self._leo if self._auto_hw else self._log_start
-        self._marker_present = CLEAN_SHUTDOWN_FILE in names
         self.had_clean_shutdown = clean
         if not clean:
             self._mark_dirty()
@@ -460,10 +523,13 @@ class PartitionLog:
                     seg.seal()
                 seg.write_pending_indexes()
                 seg.flush()
+                # descriptors only for the active segment's log: the rest reopen on use
+                seg.release_files(keep_log=seg is segments[-1])
             self._producers.take_snapshot(self._leo, sync=True)
             self._epochs.write(sync=True)
             self._write_recovery_point(self._leo)
-            self._write_log_start()
+            self._write_log_start(sync=True, sync_dir=False)
+            _fsync_dir(d)
         self._recovery_point = self._leo
         self._jitter = self._new_jitter()
 
@@ -473,17 +539,7 @@ class PartitionLog:
 
     def _load_topic_id(self, topic_id: uuid.UUID | None) -> None:
         path = os.path.join(self.directory, PARTITION_METADATA_FILE)
-        stored = None
-        text = _read_text(path)
-        if text:
-            for line in text.split("\n"):
-                key, _, value = line.partition(":")
-                if key.strip() == "topic_id" and value.strip():
-                    raw = value.strip()
-                    with contextlib.suppress(ValueError):
-                        stored = uuid.UUID(
-                            bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-                        )
+        stored = read_topic_id(self.directory)
         if stored is not None and topic_id is not None and stored != topic_id:
             raise InconsistentTopicIdError(
                 f"{self.directory} holds topic id {stored}, not {topic_id}"
@@ -492,6 +548,7 @@ class PartitionLog:
         if stored is None and topic_id is not None:
             encoded = base64.urlsafe_b64encode(topic_id.bytes).rstrip(b"=").decode()
             _write_file(path, f"version: 0\ntopic_id: {encoded}\n".encode(), sync=False)
+            self._unsynced_files.add(path)
 
     def _complete_swaps(self, names: set[str]) -> None:
         """Finish a compaction interrupted after its ``.swap`` files were complete."""
@@ -955,14 +1012,29 @@ class PartitionLog:
             _fsync_dir(self.directory)
             self._marker_present = False
 
-    def _write_recovery_point(self, offset: int) -> None:
+    def _write_recovery_point(self, offset: int, *, sync_dir: bool = True) -> None:
         path = os.path.join(self.directory, RECOVERY_POINT_FILE)
-        _write_file(path, _offset_checkpoint_text(self.topic, self.partition, offset), sync=True)
+        text = _offset_checkpoint_text(self.topic, self.partition, offset)
+        _write_file(path, text, sync=True, sync_dir=sync_dir)
 
-    def _write_log_start(self) -> None:
+    def _write_log_start(self, *, sync: bool = False, sync_dir: bool | None = None) -> None:
+        """Replace the log-start checkpoint; without ``sync`` the next flush syncs it
+        (before the recovery point moves past it)."""
         path = os.path.join(self.directory, LOG_START_FILE)
         text = _offset_checkpoint_text(self.topic, self.partition, self._log_start)
-        _write_file(path, text, sync=False)
+        _write_file(path, text, sync=sync, sync_dir=sync_dir)
+        if sync:
+            self._unsynced_files.discard(path)
+        else:
+            self._unsynced_files.add(path)
+
+    def _sync_checkpoints(self) -> None:
+        """fsync the checkpoints replaced without fsync (the caller fsyncs the directory)."""
+        with self.lock:
+            paths, self._unsynced_files = self._unsynced_files, set()
+        for path in paths:
+            _fsync_file(path)
+        self._epochs.sync()
 
     def flush(self, up_to: int | None = None, *, now_ms: int | None = None) -> None:
         """fsync everything below ``up_to`` (default: the log end) and advance the
@@ -995,16 +1067,22 @@ class PartitionLog:
                 s.sync()
             for o in snapshots:
                 self._producers.sync_snapshot(o)
+            self._sync_checkpoints()
             _fsync_dir(self.directory)
+            moved = False
             with self.lock:
                 if target > self._recovery_point:
                     self._recovery_point = target
-                    self._write_recovery_point(target)
+                    # the file is fsynced under the lock; its directory entry below
+                    self._write_recovery_point(target, sync_dir=False)
+                    moved = True
                 if target >= leo:
                     self._unflushed_messages = max(0, self._unflushed_messages - messages)
                 self._last_flush_ms = _now_ms() if now_ms is None else now_ms
                 if self._pending_flush_offset is not None and self._pending_flush_offset <= target:
                     self._pending_flush_offset = None
+            if moved:
+                _fsync_dir(self.directory)
 
     def flush_due(self, now_ms: int) -> bool:
         """Whether ``flush.messages`` or ``flush.ms`` asks for a flush now."""
@@ -1163,6 +1241,7 @@ class PartitionLog:
     def write_cleaner_checkpoint(self, offset: int) -> None:
         path = os.path.join(self.directory, CLEANER_CHECKPOINT_FILE)
         _write_file(path, _offset_checkpoint_text(self.topic, self.partition, offset), sync=False)
+        self._unsynced_files.add(path)
 
     # ============================================================== truncation
     def truncate_to(self, offset: int, *, now_ms: int | None = None) -> None:
@@ -1226,14 +1305,16 @@ class PartitionLog:
                     seg.flush()
                 self._producers.take_snapshot(self._leo, sync=True)
                 self._epochs.write(sync=True)
-                self._write_recovery_point(self._leo)
-                self._write_log_start()
+                self._write_recovery_point(self._leo, sync_dir=False)
+                self._write_log_start(sync=True, sync_dir=False)
+                self._sync_checkpoints()
+                # every checkpoint is durable (data and name) before the marker trusts it
+                _fsync_dir(self.directory)
                 _write_file(
                     os.path.join(self.directory, CLEAN_SHUTDOWN_FILE),
                     f"log_end_offset: {self._leo}\n".encode(),
                     sync=True,
                 )
-                _fsync_dir(self.directory)
                 self._marker_present = True
             for seg in self._segments:
                 seg.close()

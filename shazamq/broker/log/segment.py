@@ -650,6 +650,16 @@ class LogSegment:
             os.close(self._fd)
             self._fd = -1
 
+    def release_files(self, *, keep_log: bool = False) -> None:
+        """Write buffered index entries and close the descriptors (the log's too unless
+        ``keep_log``); each reopens on its next use. Only while nothing else uses the
+        segment (opening a log, before it is published)."""
+        self.offset_index.close()
+        self.time_index.close()
+        if not keep_log and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def change_suffix(self, suffix: str) -> None:
         """Rename all files of the segment to carry ``suffix`` (open descriptors survive)."""
         if suffix == self.suffix:
