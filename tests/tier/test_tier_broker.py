@@ -269,3 +269,32 @@ def test_kill_during_uploads_leaves_no_half_object(broker_factory, bucket: Bucke
             assert key.rsplit(".", 1)[0] in referenced, key
     got = consume_all(b.bootstrap, topic, 300)
     assert [v for _, v in got] == values
+
+
+def test_bucket_outage_keeps_local_data_and_catches_up(broker_factory, fault_proxy) -> None:
+    """500s and throttling from the bucket: produce and consume go on, nothing leaves
+    the disk that the bucket lacks, and uploads catch up once it answers again."""
+    bucket = Bucket(fault_proxy.endpoint)
+    bucket.create()
+    b = broker_factory(**bucket.settings())
+    topic = "outage"
+    make_topic(b.bootstrap, topic, 1, TOPIC_CONFIG)
+    fault_proxy.mode = "500"
+    values = produce(b.bootstrap, topic, 150)
+    fault_proxy.mode = "slowdown"
+    values += produce(b.bootstrap, topic, 50, start=150)
+    time.sleep(2)
+    assert local_segments(b.data_dir, topic)[0] == 0  # nothing deleted: not in the bucket
+    got = consume_all(b.bootstrap, topic, 200)
+    assert [v for _, v in got] == values
+    fault_proxy.mode = "ok"
+    m = wait_for(
+        lambda: (m := bucket.manifest(topic)) and m.end_offset == 200 and m,
+        timeout=90,
+        what="catch-up",
+    )
+    assert m.segments[0].base_offset == 0
+    wait_for(lambda: local_segments(b.data_dir, topic)[0] > 0, what="local deletion after")
+    got = consume_all(b.bootstrap, topic, 200)
+    assert [v for _, v in got] == values
+    assert fault_proxy.faults > 0
