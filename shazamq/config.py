@@ -365,6 +365,27 @@ class TieredStorageConfig(_Section):
     hot_tier_retention_hours: (
         Annotated[int, Meta(ge=0, description="Hours a segment stays local once uploaded.")] | None
     ) = None
+    max_upload_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1000,
+            description="A segment holding data this long is rolled and uploaded: the most "
+            "the bucket lags behind the log (the recovery point objective).",
+        ),
+    ] = 300_000
+    upload_concurrency: Annotated[
+        int, Meta(ge=1, le=64, description="Segments uploaded at once, over all partitions.")
+    ] = 4
+    upload_bytes_per_second: Annotated[
+        int, Meta(ge=0, description="Upload bandwidth cap in bytes per second; 0: none.")
+    ] = 0
+    read_cache_bytes: Annotated[
+        int, Meta(ge=0, description="On-disk cache of remote chunks read by fetches.")
+    ] = 268_435_456
+    read_chunk_bytes: Annotated[
+        int,
+        Meta(ge=65_536, le=268_435_456, description="Size of one ranged read of a remote segment."),
+    ] = 4_194_304
     s3: S3Config | None = None
     gcs: GcsConfig | None = None
 

@@ -51,6 +51,9 @@ from .process import check_open_file_limit, raise_open_file_limit, tune_for_serv
 from .security import CredentialStore, build_credential_store
 from .server import KafkaServer, Session
 from .tasks import cancel_all
+from .tier.manager import TierManager, open_store
+from .tier.metrics import TierMetrics
+from .tier.restore import restore_if_empty
 from .txn import TransactionCoordinator
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,8 @@ class Broker:
         self.credentials: CredentialStore | None = None
         # membership of a multi-broker cluster, when [cluster] voters are set
         self.cluster: ClusterNode | None = None
+        # tiered storage, when [tiered_storage] is enabled
+        self.tier: TierManager | None = None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -165,6 +170,12 @@ class Broker:
         check_open_file_limit(count_partition_dirs(str(self.data_dir)))
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
+        tier_store = None
+        if cfg.tiered_storage.enabled:
+            tier_metrics = TierMetrics(self.metrics.registry)
+            tier_store = await open_store(cfg.tiered_storage, tier_metrics)
+            if not clustered:  # a cluster restores through its metadata log (not yet)
+                await restore_if_empty(tier_store, self.data_dir, cfg.broker.cluster_id)
         if not clustered:  # first: folders it does not know are quarantined, not opened
             self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
         self.logs = await loop.run_in_executor(
@@ -183,6 +194,15 @@ class Broker:
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)
+        if tier_store is not None:
+            self.tier = TierManager(
+                cfg.tiered_storage,
+                self.partitions,
+                tier_metrics,
+                self.metrics,
+                self.data_dir,
+                self.metadata.cluster_id,
+            )
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)
         modules = [
@@ -222,6 +242,8 @@ class Broker:
                 await loop.run_in_executor(None, self._quarantine_strays)
         await self.txn.start()
         await self.groups.start()
+        if self.tier is not None:
+            await self.tier.start(tier_store)
         await self.server.start()
         tune_for_serving()
         if cfg.metrics.enabled:
@@ -255,6 +277,8 @@ class Broker:
         await self.server.stop(grace=min(grace, 2.0))
         await self.groups.stop()
         await self.txn.stop()
+        if self.tier is not None:  # the tail goes to the bucket before the logs close
+            await self.tier.stop(grace)
         if self.cluster is not None:
             await self.cluster.stop()
         loop = asyncio.get_running_loop()
@@ -318,10 +342,7 @@ class Broker:
 
     def _warn_unbuilt_features(self) -> None:
         cfg = self.config
-        for enabled, what in (
-            (cfg.tiered_storage.enabled, "tiered_storage"),
-            (cfg.mirror.enabled, "mirror"),
-        ):
+        for enabled, what in ((cfg.mirror.enabled, "mirror"),):
             if enabled:
                 log.error(
                     "%s.enabled = true, but this broker release does not run %s: the "

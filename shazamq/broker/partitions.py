@@ -42,7 +42,9 @@ INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 def default_log_config(config: BrokerConfig) -> LogConfig:
     """The broker's `[storage]` section as the log's topic-level defaults."""
     s = config.storage
+    hot_hours = config.tiered_storage.hot_tier_retention_hours
     return LogConfig(
+        local_retention_ms=-2 if hot_hours is None else hot_hours * 3_600_000,
         segment_bytes=s.segment_bytes,
         segment_ms=s.segment_ms,
         retention_ms=s.effective_retention_ms(),

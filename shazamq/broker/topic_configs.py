@@ -99,8 +99,9 @@ BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
             "remote.storage.enable",
             "boolean",
             "false",
-            "Tiered storage for this topic; not available on this broker release.",
-            _one_of("false"),
+            "Tiered storage for this topic (needs [tiered_storage] enabled on the broker, "
+            "where topics without this setting are tiered).",
+            _bool,
         ),
     )
 }

@@ -8,9 +8,11 @@ carries its whole partition list.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchRequest
@@ -28,9 +30,25 @@ if TYPE_CHECKING:
     from ..app import Broker
     from ..partitions import Partition
     from ..server import RequestContext
+    from ..tier.manifest import PartitionManifest
     from . import Dispatcher
 
 KEY = 1
+tier_log = logging.getLogger(__name__)
+
+
+class RemoteRead(NamedTuple):
+    """A partition read below the local log start, answered from the bucket."""
+
+    data: PartitionData
+    partition: Partition
+    manifest: PartitionManifest
+    offset: int
+    limit: int
+    upper: int
+    committed: bool
+
+
 READ_COMMITTED = 1
 ZERO_UUID = uuid.UUID(int=0)
 
@@ -39,6 +57,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
     cluster = broker.cluster
+    tier = broker.tier  # tiered storage, or None: then nothing below costs a thing
     # topic -> its (bytes, messages) counters: label lookups show in profiles
     out_counters: dict[str, tuple[Any, Any]] = {}
 
@@ -113,8 +132,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
         version: int,
         hosted: list[Partition],
         redirects: set[int],
+        remote: list[RemoteRead],
     ) -> tuple[list[FetchableTopicResponse], int]:
-        """Read every requested partition; `hosted` collects the ones to wait on.
+        """Read every requested partition; `hosted` collects the ones to wait on and
+        `remote` the reads below the local log start that the bucket answers.
 
         Returns the topics and the bytes read, or -1 bytes when a partition failed (a
         fetch with an error returns at once, as Kafka's does).
@@ -173,7 +194,23 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 offset = fp.fetch_offset
                 hw = plog.high_watermark
                 if offset < plog.log_start_offset or offset > plog.log_end_offset:
-                    out.append(partition_error(fp.partition, ErrorCode.OFFSET_OUT_OF_RANGE, p))
+                    manifest = None
+                    if tier is not None and not follower:
+                        manifest = tier.remote_covers(p, offset)
+                    if manifest is None:
+                        pe = partition_error(fp.partition, ErrorCode.OFFSET_OUT_OF_RANGE, p)
+                        if tier is not None:
+                            pe.log_start_offset = tier.log_start(p)
+                        out.append(pe)
+                        continue
+                    pd = partition_error(fp.partition, 0, p)
+                    pd.log_start_offset = tier.log_start(p)  # type: ignore[union-attr]
+                    pd.preferred_read_replica = -1
+                    upper = plog.last_stable_offset if committed else hw
+                    limit = max(min(fp.partition_max_bytes, budget - total), 1)
+                    remote.append(RemoteRead(pd, p, manifest, offset, limit, upper, committed))
+                    total += limit
+                    out.append(pd)
                     continue
                 hosted.append(p)
                 lso = plog.last_stable_offset
@@ -247,6 +284,34 @@ def register(d: Dispatcher, broker: Broker) -> None:
             )
         return topics_out, (-1 if failed else total)
 
+    async def read_remote(reads: list[RemoteRead]) -> None:
+        """Fill the partitions read from the bucket (only these fetches wait for it)."""
+        assert tier is not None
+
+        async def one(r: RemoteRead) -> None:
+            try:
+                data, aborted = await tier.read(
+                    r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed
+                )
+            except Exception as exc:
+                r.data.error_code = ErrorCode.KAFKA_STORAGE_ERROR
+                tier_log.warning(
+                    "remote read of %s-%d at %d failed: %s",
+                    r.partition.topic,
+                    r.partition.index,
+                    r.offset,
+                    exc,
+                )
+                return
+            r.data.records = data
+            if r.committed:
+                r.data.aborted_transactions = [
+                    AbortedTransaction(producer_id=pid, first_offset=first)
+                    for pid, first in aborted
+                ]
+
+        await asyncio.gather(*(one(r) for r in reads))
+
     async def handle(ctx: RequestContext, req: FetchRequest) -> FetchResponse:
         version = ctx.api_version
         if version >= 7 and (req.session_id != 0 or req.session_epoch > 0):
@@ -262,7 +327,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
         redirects: set[int] = set()
         while True:
             hosted: list[Partition] = []
-            topics, total = read(req, version, hosted, redirects)
+            remote: list[RemoteRead] = []
+            topics, total = read(req, version, hosted, redirects, remote)
+            if remote:  # the bucket has data for these: answer once it is read
+                await read_remote(remote)
+                break
             remaining = deadline - time.monotonic()
             if total < 0 or total >= min_bytes or remaining <= 0 or not hosted:
                 break

@@ -28,6 +28,7 @@ READ_COMMITTED = 1
 
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
+    tier = broker.tier
 
     async def handle(ctx: RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse:
         version = ctx.api_version
@@ -57,10 +58,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 resp.leader_epoch = p.leader_epoch
                 if ts == LATEST:
                     resp.offset = plog.last_stable_offset if committed else plog.high_watermark
+                elif ts == EARLIEST and tier is not None:
+                    resp.offset = tier.log_start(p)
                 elif ts in (EARLIEST, EARLIEST_LOCAL):
                     resp.offset = plog.log_start_offset
                 elif ts == LATEST_TIERED:
-                    resp.offset = -1  # nothing is tiered from this log
+                    resp.offset = tier.last_tiered_offset(p) if tier is not None else -1
                 elif ts == MAX_TIMESTAMP:
                     found = plog.max_timestamp_offset()
                     if found is not None:
@@ -69,7 +72,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     resp.error_code = ErrorCode.INVALID_REQUEST
                     continue
                 else:
-                    found = plog.offset_for_timestamp(ts)
+                    found = None
+                    if tier is not None:
+                        found = await tier.offset_for_timestamp(p, ts)
+                    if found is None:
+                        found = plog.offset_for_timestamp(ts)
                     if found is not None:
                         offset, stamp = found
                         upper = plog.last_stable_offset if committed else plog.high_watermark

@@ -199,6 +199,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 p.log.delete_records_before(offset)
                 res.low_watermark = p.log.log_start_offset
+                if broker.tier is not None:  # the bucket's part of the log goes too
+                    await broker.tier.delete_records(p, offset)
+                    res.low_watermark = broker.tier.log_start(p)
             topics.append(DeleteRecordsTopicResult(name=t.name, partitions=out))
         return DeleteRecordsResponse(throttle_time_ms=0, topics=topics)
 

@@ -138,6 +138,12 @@ class MetadataStore:
     async def _save(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._write)
 
+    def adopt(self, topics: list[TopicInfo]) -> None:
+        """Take over topics as they are (a broker restored from its bucket)."""
+        for t in topics:
+            self._index(t)
+        self._write()
+
     # -- queries -------------------------------------------------------------------------
 
     def get(self, name: str) -> TopicInfo | None:

@@ -93,6 +93,20 @@ CONFIG_DEFS: dict[str, ConfigDef] = {
             minimum=-1,
         ),
         _d(
+            "local.retention.ms",
+            "long",
+            "With tiered storage: how long a segment stays on local disk once it is in the "
+            "bucket; -2 means retention.ms.",
+            minimum=-2,
+        ),
+        _d(
+            "local.retention.bytes",
+            "long",
+            "With tiered storage: local bytes kept once segments are in the bucket; -2 means "
+            "retention.bytes.",
+            minimum=-2,
+        ),
+        _d(
             "retention.bytes",
             "long",
             "Delete the oldest closed segments while the partition is larger than this; -1 "
@@ -196,6 +210,8 @@ class LogConfig:
     segment_index_bytes: int = 10485760
     retention_ms: int = 604800000
     retention_bytes: int = -1
+    local_retention_ms: int = -2
+    local_retention_bytes: int = -2
     cleanup_policy: tuple[str, ...] = (CLEANUP_DELETE,)
     delete_retention_ms: int = 86400000
     min_compaction_lag_ms: int = 0

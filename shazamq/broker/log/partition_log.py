@@ -377,6 +377,9 @@ class PartitionLog:
         self._pending_flush_offset: int | None = None
         self._jitter = 0
         self.had_clean_shutdown = False
+        # Tiered storage sets this to the offset below which every segment is durably in
+        # the bucket; retention then keeps local.retention.* and never deletes above it.
+        self.remote_log_end: int | None = None
 
     # ================================================================== opening
     @classmethod
@@ -1143,18 +1146,27 @@ class PartitionLog:
         last = len(segs) - 1
         hw = self._hw
         n = self._count_below_start()
+        retention_ms, retention_bytes = cfg.retention_ms, cfg.retention_bytes
+        remote_end = self.remote_log_end
+        if remote_end is not None:
+            # tiered: only what the bucket holds may go, after the local retention
+            hw = min(hw, remote_end)
+            if cfg.local_retention_ms != -2:
+                retention_ms = cfg.local_retention_ms
+            if cfg.local_retention_bytes != -2:
+                retention_bytes = cfg.local_retention_bytes
         if cfg.delete:
-            if cfg.retention_ms >= 0:
+            if retention_ms >= 0:
                 k = 0
                 while (
                     k < last
                     and segs[k + 1].base_offset <= hw
-                    and now_ms - segs[k].largest_timestamp > cfg.retention_ms
+                    and now_ms - segs[k].largest_timestamp > retention_ms
                 ):
                     k += 1
                 n = max(n, k)
-            if cfg.retention_bytes >= 0:
-                diff = sum(s.size for s in segs) - cfg.retention_bytes
+            if retention_bytes >= 0:
+                diff = sum(s.size for s in segs) - retention_bytes
                 k = 0
                 while k < last and segs[k + 1].base_offset <= hw and diff - segs[k].size >= 0:
                     diff -= segs[k].size

@@ -1,0 +1,329 @@
+"""The tier as the broker sees it: built and started by ``app.py``, nothing else.
+
+:class:`TierManager` opens the store, writes the cluster metadata to the bucket, runs one
+:class:`~.uploader.PartitionUploader` per tiered partition this broker leads (a
+supervisor adds and removes them as partitions and leadership come and go), serves reads
+below the local log start through :class:`~.reader.RemoteReader`, and uploads the tail
+at a clean shutdown. The broker keeps serving everything local while the bucket is away;
+the condition is logged once per change and shown in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from shazamq.config import TieredStorageConfig
+from shazamq.protocol.records import iter_batches
+
+from .manifest import (
+    CLUSTER_KEY,
+    ClusterMetadata,
+    PartitionManifest,
+    RemoteTopic,
+    encode_cluster,
+    partition_prefix,
+)
+from .metrics import TierMetrics
+from .reader import RemoteReader
+from .store import ObjectStore, StoreError, StoreErrorKind
+from .uploader import PartitionUploader
+
+if TYPE_CHECKING:
+    from shazamq.broker.metrics import BrokerMetrics
+    from shazamq.broker.partitions import Partition, PartitionManager
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_SECONDS = 1.0
+CACHE_DIR = ".tier-cache"
+
+
+def tiered(p: Partition) -> bool:
+    """Topics are tiered unless they say remote.storage.enable=false."""
+    return p.topic_info.configs.get("remote.storage.enable", "true").lower() != "false"
+
+
+async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -> ObjectStore:
+    """The configured store, opened."""
+
+    def on_error(kind: StoreErrorKind) -> None:
+        if metrics is not None:
+            metrics.errors.labels(kind.value).inc()
+
+    store: ObjectStore
+    if config.provider == "s3":
+        from .s3 import S3Store
+
+        if config.s3 is None:
+            raise ValueError("tiered_storage.provider is s3 but [tiered_storage.s3] is missing")
+        s3 = S3Store(config.s3, on_error=on_error)
+        await s3.open()
+        store = s3
+    else:
+        from .gcs import GcsStore
+
+        if config.gcs is None:
+            raise ValueError("tiered_storage.provider is gcs but [tiered_storage.gcs] is missing")
+        gcs = GcsStore(config.gcs, on_error=on_error)
+        await gcs.open()
+        store = gcs
+    return store
+
+
+class TokenBucket:
+    """Bytes per second over all uploads; 0 means unlimited."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._allowance = float(rate)
+        self._at = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self._allowance = min(self.rate, self._allowance + (now - self._at) * self.rate)
+            self._at = now
+            self._allowance -= n
+            if self._allowance < 0:
+                await asyncio.sleep(-self._allowance / self.rate)
+
+
+class TierManager:
+    def __init__(
+        self,
+        config: TieredStorageConfig,
+        partitions: PartitionManager,
+        tier_metrics: TierMetrics,
+        metrics: BrokerMetrics,
+        data_dir: Path,
+        cluster_id: str,
+    ) -> None:
+        self.config = config
+        self.partitions = partitions
+        self.cluster_id = cluster_id
+        self.data_dir = data_dir
+        self.metrics = tier_metrics
+        self.store: ObjectStore
+        self.reader: RemoteReader
+        self.uploaders: dict[tuple[str, int], PartitionUploader] = {}
+        # the manifest of every tiered partition hosted here (readers use it)
+        self.manifests: dict[tuple[str, int], PartitionManifest] = {}
+        self.upload_slots = asyncio.Semaphore(config.upload_concurrency)
+        self.bandwidth = TokenBucket(config.upload_bytes_per_second)
+        self._task: asyncio.Task[None] | None = None
+        self._metadata_written: bytes | None = None
+        self._failing: set[PartitionUploader] = set()
+        self._broker_metrics = metrics
+
+    async def start(self, store: ObjectStore | None = None) -> None:
+        self.store = store if store is not None else await open_store(self.config, self.metrics)
+        self.reader = RemoteReader(
+            self.store,
+            self.data_dir / CACHE_DIR,
+            cache_bytes=self.config.read_cache_bytes,
+            chunk_bytes=self.config.read_chunk_bytes,
+            metrics=self.metrics,
+        )
+        await self.reader.open()
+        await self._supervise_once()
+        self._task = asyncio.create_task(self._supervise(), name="tier-supervisor")
+        self._broker_metrics.add_probe(self.probe)
+        log.info(
+            "tiered storage on (%s), %d partitions tiered, max upload interval %.0fs",
+            self.config.provider,
+            len(self.uploaders),
+            self.config.max_upload_interval_ms / 1000,
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        """Upload every tail within ``grace_s``, then stop everything."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        deadline = time.monotonic() + grace_s
+        await asyncio.gather(
+            *(u.stop(upload_tail_by=deadline) for u in list(self.uploaders.values())),
+            return_exceptions=True,
+        )
+        self.uploaders.clear()
+        await self.reader.close()
+        await self.store.close()
+
+    # -- which partitions are uploaded here ------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            try:
+                await self._supervise_once()
+            except StoreError as exc:
+                log.debug("tier supervisor: %s", exc)
+            except Exception:
+                log.exception("tier supervisor failed")
+
+    async def _supervise_once(self) -> None:
+        """Start uploaders for tiered partitions led here; stop the others."""
+        wanted = {
+            key: p
+            for key, p in list(self.partitions.partitions.items())
+            if p.is_leader and tiered(p)
+        }
+        for key in [k for k in self.uploaders if k not in wanted]:
+            u = self.uploaders.pop(key)
+            self._failing.discard(u)
+            await u.stop()
+            self.manifests.pop(key, None)
+            u.log.remote_log_end = None
+        for key, p in wanted.items():
+            u = self.uploaders.get(key)
+            if u is not None and u.partition is p:
+                continue
+            if u is not None:
+                await u.stop()
+            u = PartitionUploader(self, p)
+            try:
+                await u.start()
+            except StoreError as exc:
+                self.report_failure(u, exc)
+                continue
+            self.uploaders[key] = u
+        await self.write_cluster_metadata()
+
+    async def write_cluster_metadata(self) -> None:
+        """The topics, ids and configs, so a new broker can come back from the bucket."""
+        topics = [
+            RemoteTopic(
+                name=t.name,
+                topic_id=t.topic_id,
+                partitions=t.partitions,
+                configs=dict(t.configs),
+                internal=t.internal,
+            )
+            for t in sorted(self.partitions.metadata.topics.values(), key=lambda t: t.name)
+        ]
+        doc = ClusterMetadata(cluster_id=self.cluster_id, topics=topics)
+        data = encode_cluster(doc)
+        if data == self._metadata_written:
+            return
+        await self.store.put(CLUSTER_KEY, data)
+        self._metadata_written = data
+
+    # -- reads -----------------------------------------------------------------------
+
+    def manifest(self, p: Partition) -> PartitionManifest | None:
+        return self.manifests.get((p.topic, p.index))
+
+    def log_start(self, p: Partition) -> int:
+        """The first offset of the whole log, the bucket included."""
+        m = self.manifests.get((p.topic, p.index))
+        local = p.log.log_start_offset
+        if m is None or not m.segments:
+            return local
+        return min(m.log_start_offset, local)
+
+    def remote_covers(self, p: Partition, offset: int) -> PartitionManifest | None:
+        m = self.manifests.get((p.topic, p.index))
+        if m is None or not m.segments:
+            return None
+        if m.log_start_offset <= offset < m.end_offset:
+            return m
+        return None
+
+    def last_tiered_offset(self, p: Partition) -> int:
+        """ListOffsets -5 (KIP-1005): the last offset in the bucket, or -1."""
+        m = self.manifests.get((p.topic, p.index))
+        return m.end_offset - 1 if m is not None and m.segments else -1
+
+    async def read(
+        self,
+        p: Partition,
+        m: PartitionManifest,
+        offset: int,
+        max_bytes: int,
+        upper: int,
+        committed: bool,
+    ) -> tuple[bytes, list[tuple[int, int]]]:
+        """Fetch below the local log: batches from the bucket, and for read_committed the
+        aborted transactions among them."""
+        seg = m.find(offset)
+        if seg is None:
+            return b"", []
+        prefix = partition_prefix(m.topic, m.topic_id, m.partition)
+        data = await self.reader.read(prefix, seg, offset, max_bytes, upper)
+        if not committed or not data:
+            return data, []
+        end = offset
+        for _pos, header in iter_batches(data):
+            end = header.base_offset + header.last_offset_delta + 1
+        found, complete = await self.reader.aborted_transactions(prefix, m, offset, end)
+        aborted = [(t.producer_id, t.first_offset) for t in found]
+        if not complete:
+            aborted.extend(p.log.aborted_transactions(max(offset, p.log.log_start_offset), end))
+        return data, aborted
+
+    async def offset_for_timestamp(self, p: Partition, timestamp: int) -> tuple[int, int] | None:
+        """ListOffsets by time over the bucket; None when the answer is local (or absent)."""
+        m = self.manifests.get((p.topic, p.index))
+        if m is None or not m.segments or max(s.max_timestamp for s in m.segments) < timestamp:
+            return None
+        if p.log.log_start_offset <= m.log_start_offset:
+            return None  # everything remote is on disk too
+        prefix = partition_prefix(m.topic, m.topic_id, m.partition)
+        return await self.reader.offset_for_timestamp(prefix, m, timestamp, p.log.max_uncompressed)
+
+    async def delete_records(self, p: Partition, offset: int) -> None:
+        u = self.uploaders.get((p.topic, p.index))
+        if u is not None:
+            await u.delete_records(offset)
+
+    # -- conditions ------------------------------------------------------------------
+
+    def report_failure(self, u: PartitionUploader, exc: StoreError) -> None:
+        if not self._failing:
+            log.warning("the bucket is not answering (%s): uploads wait, reads stay local", exc)
+        self._failing.add(u)
+
+    def report_ok(self, u: PartitionUploader) -> None:
+        self._failing.discard(u)
+        if not self._failing:
+            log.info("the bucket answers again: uploads caught up")
+
+    def probe(self) -> Iterable[Metric]:
+        lag_offsets = GaugeMetricFamily(
+            "shazamq_tier_upload_lag_offsets",
+            "Offsets below the high watermark not yet in the bucket.",
+            labels=["topic", "partition"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "shazamq_tier_upload_lag_seconds",
+            "Seconds since the bucket last had everything, while it lacks something.",
+            labels=["topic", "partition"],
+        )
+        remote_bytes = GaugeMetricFamily(
+            "shazamq_tier_remote_size_bytes",
+            "Bytes of the partition in the bucket.",
+            labels=["topic", "partition"],
+        )
+        for (topic, index), u in list(self.uploaders.items()):
+            offsets, seconds = u.lag()
+            labels = [topic, str(index)]
+            lag_offsets.add_metric(labels, offsets)
+            lag_seconds.add_metric(labels, seconds)
+            remote_bytes.add_metric(labels, u.manifest.size_bytes)
+        reachable = GaugeMetricFamily(
+            "shazamq_tier_bucket_reachable", "1 while uploads succeed, 0 while they fail."
+        )
+        reachable.add_metric([], 0 if self._failing else 1)
+        return [lag_offsets, lag_seconds, remote_bytes, reachable]

@@ -1,0 +1,185 @@
+"""A new broker from the bucket: topics, ids, configs, log starts and group offsets.
+
+Runs before the logs open, when ``[tiered_storage]`` is on. With an empty data directory
+and cluster metadata in the bucket, it writes the topics (same names, ids and configs)
+and, for every partition, an empty local log that starts where the bucket ends, with the
+producer state and leader epochs of the last remote segment: older offsets are then read
+from the bucket like any tiered data. The internal topics (``__consumer_offsets``,
+``__transaction_state``) are downloaded whole, because their coordinators replay them
+from disk: consumer groups resume at their committed offsets.
+
+A data directory that holds another cluster's data is refused with a clear error rather
+than mixing two histories; one of the same cluster is simply a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import msgspec
+
+from shazamq.broker.cluster.metadata import METADATA_DIR, MetadataStore, TopicInfo
+from shazamq.broker.log.producer_state import snapshot_file_name
+from shazamq.broker.log.segment import INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, TXN_INDEX_EXT
+from shazamq.config import ConfigError
+
+from .manifest import (
+    CLUSTER_KEY,
+    PartitionManifest,
+    decode_cluster,
+    decode_manifest,
+    manifest_key,
+    partition_prefix,
+    segment_key,
+)
+from .store import ObjectStore, StoreError, StoreErrorKind
+
+__all__ = ["RestoreError", "restore_if_empty"]
+
+log = logging.getLogger(__name__)
+
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
+_EXTS = {"log": LOG_EXT, "index": INDEX_EXT, "timeindex": TIME_INDEX_EXT, "txnindex": TXN_INDEX_EXT}
+
+
+class RestoreError(ConfigError):
+    """The data directory and the bucket cannot be brought together."""
+
+
+class _LocalCluster(msgspec.Struct):
+    cluster_id: str
+
+
+async def _get_or_none(store: ObjectStore, key: str) -> bytes | None:
+    try:
+        return await store.get(key)
+    except StoreError as exc:
+        if exc.kind is StoreErrorKind.NOT_FOUND:
+            return None
+        raise
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def restore_if_empty(
+    store: ObjectStore, data_dir: Path, configured_cluster_id: str | None = None
+) -> int:
+    """Restore from the bucket into an empty ``data_dir``; returns partitions restored."""
+    raw = await _get_or_none(store, CLUSTER_KEY)
+    if raw is None:
+        return 0
+    meta = decode_cluster(raw)
+    local_doc = data_dir / METADATA_DIR / "topics.json"
+    loop = asyncio.get_running_loop()
+    if local_doc.exists():
+        try:
+            local = msgspec.json.decode(local_doc.read_bytes(), type=_LocalCluster)
+        except msgspec.DecodeError as exc:
+            raise RestoreError(f"{local_doc} cannot be read: {exc}") from None
+        if local.cluster_id != meta.cluster_id:
+            raise RestoreError(
+                f"broker.data_dir {data_dir} holds cluster {local.cluster_id} but the bucket "
+                f"holds cluster {meta.cluster_id}: refusing to mix two histories (use an "
+                "empty data directory to restore, or another bucket prefix)"
+            )
+        return 0  # a restart of the same cluster
+    if configured_cluster_id is not None and configured_cluster_id != meta.cluster_id:
+        raise RestoreError(
+            f"broker.cluster_id is {configured_cluster_id} but the bucket holds cluster "
+            f"{meta.cluster_id}: refusing to restore another cluster's data"
+        )
+    leftovers = [n for n in os.listdir(data_dir) if (data_dir / n).is_dir() and "-" in n]
+    if leftovers:
+        raise RestoreError(
+            f"broker.data_dir {data_dir} has partition directories ({leftovers[0]}, ...) but "
+            "no cluster metadata: refusing to restore over them"
+        )
+    restored = 0
+    for t in meta.topics:
+        for i in range(t.partitions):
+            raw_m = await _get_or_none(store, manifest_key(t.name, t.topic_id, i))
+            if raw_m is None:
+                continue
+            m = decode_manifest(raw_m, where=manifest_key(t.name, t.topic_id, i))
+            pdir = data_dir / f"{t.name}-{i}"
+            files = await _partition_files(store, m, download_all=t.name in INTERNAL_TOPICS)
+            await loop.run_in_executor(None, _lay_out, pdir, m, files)
+            restored += 1
+    topics = [
+        TopicInfo(
+            name=t.name,
+            topic_id=t.topic_id,
+            partitions=t.partitions,
+            configs=dict(t.configs),
+            internal=t.internal,
+        )
+        for t in meta.topics
+    ]
+
+    def adopt() -> None:
+        MetadataStore(data_dir, meta.cluster_id).adopt(topics)
+
+    await loop.run_in_executor(None, adopt)
+    log.info(
+        "restored cluster %s from the bucket: %d topics, %d partitions",
+        meta.cluster_id,
+        len(topics),
+        restored,
+    )
+    return restored
+
+
+async def _partition_files(
+    store: ObjectStore, m: PartitionManifest, *, download_all: bool
+) -> dict[str, bytes]:
+    """File name -> bytes of what the new local log starts from."""
+    prefix = partition_prefix(m.topic, m.topic_id, m.partition)
+    out: dict[str, bytes] = {}
+    if not m.segments:
+        return out
+    last = m.segments[-1]
+    if last.has_snapshot:
+        data = await _get_or_none(
+            store, segment_key(prefix, last.base_offset, last.upload_id, "snapshot")
+        )
+        if data:
+            out[snapshot_file_name(last.next_offset)] = data
+    if download_all:
+        for s in m.segments:
+            for ext, suffix in _EXTS.items():
+                if ext == "txnindex" and not s.has_txn_index:
+                    continue
+                data = await store.get(segment_key(prefix, s.base_offset, s.upload_id, ext))
+                out[f"{s.base_offset:020d}{suffix}"] = data
+    return out
+
+
+def _lay_out(pdir: Path, m: PartitionManifest, files: dict[str, bytes]) -> None:
+    pdir.mkdir(parents=True, exist_ok=True)
+    end = m.end_offset
+    local_start = m.log_start_offset if any(n.endswith(LOG_EXT) for n in files) else end
+    for name, data in files.items():
+        _write(pdir / name, data)
+    if any(n.endswith(LOG_EXT) for n in files):
+        _write(pdir / f"{end:020d}{LOG_EXT}", b"")  # the active segment starts at the end
+    topic_partition = f"{m.topic} {m.partition}"
+    _write(
+        pdir / "log-start-offset-checkpoint", f"0\n1\n{topic_partition} {local_start}\n".encode()
+    )
+    epochs: list[tuple[int, int]] = []
+    for s in m.segments:
+        for e, o in s.epochs:
+            if not epochs or e > epochs[-1][0]:
+                epochs.append((e, o))
+    body = "".join(f"{e} {o}\n" for e, o in epochs)
+    _write(pdir / "leader-epoch-checkpoint", f"0\n{len(epochs)}\n{body}".encode())

@@ -1,0 +1,176 @@
+"""The object store the remote tier writes to: a small async interface.
+
+Two implementations live beside it (:mod:`.s3`, :mod:`.gcs`); everything else in the tier
+sees only :class:`ObjectStore`. Errors are classified once, here: an operation that fails
+with a transient error (5xx, throttling, timeouts, dropped connections) is retried with
+capped exponential backoff and full jitter; anything else (not found, access denied, a
+missing bucket) raises at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+__all__ = [
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "ObjectStore",
+    "RetryPolicy",
+    "StoreError",
+    "StoreErrorKind",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreErrorKind(enum.Enum):
+    """Why a store operation failed; also the label of the error metric."""
+
+    NOT_FOUND = "not_found"
+    THROTTLED = "throttled"
+    SERVER = "server"  # 5xx
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    INTEGRITY = "integrity"  # the store kept something other than what was sent
+    CLIENT = "client"  # 4xx other than throttling: permissions, missing bucket, bad request
+
+    @property
+    def transient(self) -> bool:
+        return self in _TRANSIENT
+
+
+_TRANSIENT = {
+    StoreErrorKind.THROTTLED,
+    StoreErrorKind.SERVER,
+    StoreErrorKind.TIMEOUT,
+    StoreErrorKind.CONNECTION,
+    StoreErrorKind.INTEGRITY,
+}
+
+
+class StoreError(Exception):
+    """An object store operation failed; ``kind`` says how."""
+
+    def __init__(self, kind: StoreErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ObjectNotFoundError(StoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(StoreErrorKind.NOT_FOUND, f"object {key!r} does not exist")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str  # without the store's prefix
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 8
+    base_delay: float = 0.1
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+class ObjectStore(abc.ABC):
+    """Keys are relative to the configured prefix; implementations add it.
+
+    Subclasses implement the ``_``-methods, each one attempt that raises
+    :class:`StoreError`; the public methods retry transient failures.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        retry: RetryPolicy | None = None,
+        on_error: Callable[[StoreErrorKind], None] | None = None,
+    ) -> None:
+        prefix = prefix.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.retry = retry or RetryPolicy()
+        self._on_error = on_error
+
+    def full_key(self, key: str) -> str:
+        return self.prefix + key
+
+    # -- the interface ---------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``; returns once the store has verified it (MD5/CRC)."""
+        await self._retrying(f"put {key}", lambda: self._put(key, data))
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object (to its end when ``end`` is None)."""
+        if start < 0 or (end is not None and end <= start):
+            raise ValueError(f"bad byte range [{start}, {end}) of {key}")
+        return await self._retrying(f"get {key}", lambda: self._get(key, start, end))
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size of the object, or None when it does not exist."""
+        try:
+            return await self._retrying(f"head {key}", lambda: self._head(key))
+        except ObjectNotFoundError:
+            return None
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key."""
+        found = await self._retrying(f"list {prefix}", lambda: self._list(prefix))
+        return sorted(found, key=lambda o: o.key)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        with contextlib.suppress(ObjectNotFoundError):
+            await self._retrying(f"delete {key}", lambda: self._delete(key))
+
+    async def close(self) -> None:
+        return None
+
+    # -- for implementations ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _put(self, key: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def _get(self, key: str, start: int, end: int | None) -> bytes: ...
+
+    @abc.abstractmethod
+    async def _head(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    async def _list(self, prefix: str) -> list[ObjectInfo]: ...
+
+    @abc.abstractmethod
+    async def _delete(self, key: str) -> None: ...
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        policy = self.retry
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except StoreError as exc:
+                if exc.kind is not StoreErrorKind.NOT_FOUND and self._on_error is not None:
+                    self._on_error(exc.kind)
+                attempt += 1
+                if not exc.kind.transient or attempt >= policy.attempts:
+                    raise
+                delay = policy.delay(attempt)
+                log.debug("%s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
+                await asyncio.sleep(delay)

@@ -1,0 +1,369 @@
+"""The uploader of one partition: closed segments to the bucket, then the manifest.
+
+One :class:`PartitionUploader` runs for each tiered partition this broker leads (on a
+single broker: all of them); the manager starts and stops them as leadership moves. Each
+round it
+
+1. rolls the active segment when it has held data for ``max_upload_interval_ms``, so the
+   bucket is never further behind than that (the recovery point objective);
+2. uploads the closed segments past the manifest's end, oldest first, one at a time per
+   partition and ``upload_concurrency`` at a time over the broker: the files are read in
+   an executor, each object is stored under a fresh upload id and verified by the store
+   (MD5), and only then is the manifest that names them written;
+3. applies total retention (``retention.ms`` / ``retention.bytes`` over the bucket and the
+   disk together): the manifest drops the oldest segments first, their objects go after.
+
+The log is told how far the bucket reaches (``PartitionLog.remote_log_end``), so local
+retention never deletes a segment that is not durable remotely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import crc32c
+
+from shazamq.broker.log.producer_state import snapshot_file_name
+from shazamq.broker.log.segment import INDEX_EXT, TIME_INDEX_EXT, TXN_INDEX_EXT, LogSegment
+
+from .manifest import (
+    FILE_EXTS,
+    PartitionManifest,
+    RemoteSegment,
+    decode_manifest,
+    encode_manifest,
+    manifest_key,
+    partition_prefix,
+    segment_key,
+)
+from .store import StoreError, StoreErrorKind
+
+if TYPE_CHECKING:
+    from shazamq.broker.log import PartitionLog
+    from shazamq.broker.partitions import Partition
+
+    from .manager import TierManager
+
+log = logging.getLogger(__name__)
+
+ROUND_SECONDS = 1.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def epoch_slice(entries: list[tuple[int, int]], base: int, end: int) -> list[tuple[int, int]]:
+    """The leader epochs (epoch, start offset) that wrote into ``[base, end)``."""
+    out: list[tuple[int, int]] = []
+    for i, (epoch, start) in enumerate(entries):
+        nxt = entries[i + 1][1] if i + 1 < len(entries) else None
+        if start >= end or (nxt is not None and nxt <= base):
+            continue
+        out.append((epoch, max(start, base)))
+    return out
+
+
+def read_segment_files(plog: PartitionLog, seg: LogSegment) -> dict[str, bytes] | None:
+    """The files of a closed segment (executor thread); None if it left the log."""
+    with plog.lock:
+        if seg not in plog.segments:
+            return None
+        seg.write_pending_indexes()
+        size = seg.size
+    files: dict[str, bytes] = {"log": seg.read_bytes(0, size)}
+    stem = os.path.join(plog.directory, f"{seg.base_offset:020d}")
+    for ext, name in (("index", INDEX_EXT), ("timeindex", TIME_INDEX_EXT)):
+        with open(stem + name, "rb") as f:
+            files[ext] = f.read()
+    try:
+        with open(stem + TXN_INDEX_EXT, "rb") as f:
+            txn = f.read()
+        if txn:
+            files["txnindex"] = txn
+    except FileNotFoundError:
+        pass
+    try:
+        with open(os.path.join(plog.directory, snapshot_file_name(seg.next_offset)), "rb") as f:
+            files["snapshot"] = f.read()
+    except FileNotFoundError:
+        pass
+    return files
+
+
+class PartitionUploader:
+    def __init__(self, tier: TierManager, partition: Partition) -> None:
+        self.tier = tier
+        self.partition = partition
+        self.log = partition.log
+        info = partition.topic_info
+        self.prefix = partition_prefix(info.name, info.topic_id, partition.index)
+        self.manifest_key = manifest_key(info.name, info.topic_id, partition.index)
+        self.manifest = PartitionManifest(
+            topic=info.name, topic_id=info.topic_id, partition=partition.index
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        # (base offset of the active segment, monotonic time it was first seen with data)
+        self._active_since: tuple[int, float] | None = None
+        self.last_upload_ms = _now_ms()
+        self.failing = False
+
+    def __repr__(self) -> str:
+        return f"uploader({self.partition.topic}-{self.partition.index})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the manifest (a new leader continues from it) and remove orphans."""
+        await self.load_manifest()
+        self._task = asyncio.create_task(self._run(), name=f"tier-upload-{self.prefix}")
+
+    async def load_manifest(self) -> None:
+        store = self.tier.store
+        try:
+            data = await store.get(self.manifest_key)
+        except StoreError as exc:
+            if exc.kind is not StoreErrorKind.NOT_FOUND:
+                raise
+            data = None
+        if data is not None:
+            self.manifest = decode_manifest(data, where=self.manifest_key)
+        # nothing may leave the disk before the bucket has it
+        m = self.manifest
+        self.log.remote_log_end = m.end_offset if m.generation else 0
+        self.tier.manifests[(self.partition.topic, self.partition.index)] = self.manifest
+        await self._delete_orphans()
+
+    async def stop(self, *, upload_tail_by: float | None = None) -> None:
+        """Stop; with a deadline (monotonic), first roll and upload what the bucket lacks."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if upload_tail_by is None:
+            return
+        remaining = upload_tail_by - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._upload_tail(), remaining)
+        except TimeoutError:
+            log.warning("%r: the tail was not uploaded before the shutdown deadline", self)
+        except StoreError as exc:
+            log.warning("%r: the tail was not uploaded: %s", self, exc)
+
+    async def _upload_tail(self) -> None:
+        if self.log.active_segment.size:
+            self.log.roll()
+        await self.upload_ready()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the rounds --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = ROUND_SECONDS
+        while True:
+            try:
+                self._maybe_roll()
+                await self.upload_ready()
+                await self.apply_retention()
+                if self.failing:
+                    self.failing = False
+                    self.tier.report_ok(self)
+                backoff = ROUND_SECONDS
+            except StoreError as exc:
+                if not self.failing:
+                    self.failing = True
+                self.tier.report_failure(self, exc)
+                backoff = min(backoff * 2, 30.0)
+            except Exception:
+                log.exception("%r: upload round failed", self)
+                backoff = min(backoff * 2, 30.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+
+    def _maybe_roll(self) -> None:
+        active = self.log.active_segment
+        if not active.size:
+            self._active_since = None
+            return
+        now = time.monotonic()
+        if self._active_since is None or self._active_since[0] != active.base_offset:
+            self._active_since = (active.base_offset, now)
+            return
+        if (now - self._active_since[1]) * 1000 >= self.tier.config.max_upload_interval_ms:
+            self.log.roll()
+            self._active_since = None
+
+    def pending(self) -> list[LogSegment]:
+        """Closed segments the bucket lacks, oldest first (never the active one)."""
+        plog = self.log
+        m = self.manifest
+        end = m.end_offset if m.generation else -1
+        hw = plog.high_watermark
+        segs = plog.segments[:-1]
+        return [s for s in segs if s.size and s.next_offset > end and s.next_offset <= hw]
+
+    async def upload_ready(self) -> None:
+        for seg in self.pending():
+            await self.upload(seg)
+
+    async def upload(self, seg: LogSegment) -> None:
+        tier = self.tier
+        loop = asyncio.get_running_loop()
+        async with tier.upload_slots:
+            files = await loop.run_in_executor(None, read_segment_files, self.log, seg)
+            if files is None:
+                return
+            total = sum(len(b) for b in files.values())
+            await tier.bandwidth.take(total)
+            upload_id = uuid.uuid4().hex
+            data = files["log"]
+            keys = {ext: segment_key(self.prefix, seg.base_offset, upload_id, ext) for ext in files}
+            try:
+                await asyncio.gather(*(tier.store.put(keys[ext], b) for ext, b in files.items()))
+            except BaseException:
+                # nothing references these objects; remove what made it (best effort)
+                for key in keys.values():
+                    try:
+                        await tier.store.delete(key)
+                    except (StoreError, asyncio.CancelledError):
+                        break
+                raise
+            crc = await loop.run_in_executor(None, crc32c.crc32c, data)
+            entries = list(self.log.leader_epoch_cache.entries)
+            remote = RemoteSegment(
+                upload_id=upload_id,
+                base_offset=seg.base_offset,
+                last_offset=seg.next_offset - 1,
+                base_timestamp=seg.first_batch_timestamp,
+                max_timestamp=seg.max_timestamp,
+                offset_of_max_timestamp=seg.offset_of_max_timestamp,
+                size=len(data),
+                crc32c=crc,
+                epochs=epoch_slice(entries, seg.base_offset, seg.next_offset),
+                has_txn_index="txnindex" in files,
+                has_snapshot="snapshot" in files,
+                uploaded_ms=_now_ms(),
+            )
+            old = self.manifest
+            new = PartitionManifest(
+                topic=old.topic,
+                topic_id=old.topic_id,
+                partition=old.partition,
+                log_start_offset=(
+                    old.log_start_offset
+                    if old.segments
+                    else max(seg.base_offset, old.log_start_offset, self.log.log_start_offset)
+                ),
+                segments=[*old.segments, remote],
+                generation=old.generation + 1,
+            )
+            await self._write_manifest(new)
+        self.last_upload_ms = _now_ms()
+        tier.metrics.bytes_uploaded.inc(total)
+        tier.metrics.segments_uploaded.inc()
+        log.debug("%r: segment %d..%d in the bucket", self, seg.base_offset, seg.next_offset - 1)
+
+    async def _write_manifest(self, new: PartitionManifest) -> None:
+        await self.tier.store.put(self.manifest_key, encode_manifest(new))
+        self.manifest = new
+        self.tier.manifests[(self.partition.topic, self.partition.index)] = new
+        self.log.remote_log_end = new.end_offset
+
+    # -- total retention ---------------------------------------------------------------
+
+    async def apply_retention(self, now_ms: int | None = None) -> int:
+        """Drop remote segments past retention.ms / retention.bytes; returns how many."""
+        m = self.manifest
+        cfg = self.log.config
+        if not m.segments or not cfg.delete:
+            return 0
+        now_ms = _now_ms() if now_ms is None else now_ms
+        segs = m.segments
+        n = 0
+        if cfg.retention_ms >= 0:
+            while n < len(segs) and now_ms - segs[n].max_timestamp > cfg.retention_ms:
+                n += 1
+        if cfg.retention_bytes >= 0:
+            end = m.end_offset
+            local = sum(s.size for s in self.log.segments if s.base_offset >= end)
+            total = m.size_bytes + local
+            k = 0
+            while k < len(segs) and total - segs[k].size >= cfg.retention_bytes:
+                total -= segs[k].size
+                k += 1
+            n = max(n, k)
+        return await self.drop_before(n)
+
+    async def delete_records(self, offset: int) -> None:
+        """DeleteRecords below the local log: move the remote log start up to ``offset``."""
+        m = self.manifest
+        if offset <= m.log_start_offset:
+            return
+        n = 0
+        while n < len(m.segments) and m.segments[n].next_offset <= offset:
+            n += 1
+        await self.drop_before(n, log_start=offset)
+
+    async def drop_before(self, n: int, *, log_start: int | None = None) -> int:
+        """Write a manifest without the first ``n`` segments (and a log start moved up
+        to ``log_start``), then delete their objects: nothing named is ever missing."""
+        m = self.manifest
+        if n <= 0 and log_start is None:
+            return 0
+        doomed, kept = m.segments[:n], m.segments[n:]
+        start = kept[0].base_offset if kept else m.end_offset
+        if log_start is not None:
+            start = max(start, log_start)
+        new = PartitionManifest(
+            topic=m.topic,
+            topic_id=m.topic_id,
+            partition=m.partition,
+            log_start_offset=max(start, m.log_start_offset),
+            segments=kept,
+            generation=m.generation + 1,
+        )
+        await self._write_manifest(new)
+        for s in doomed:
+            for ext in FILE_EXTS:
+                key = segment_key(self.prefix, s.base_offset, s.upload_id, ext)
+                await self.tier.store.delete(key)
+            self.tier.metrics.bytes_deleted.inc(s.size)
+        return len(doomed)
+
+    async def _delete_orphans(self) -> None:
+        """Remove objects under this partition that no manifest names (crashed uploads)."""
+        store = self.tier.store
+        referenced = {
+            segment_key(self.prefix, s.base_offset, s.upload_id, "") for s in self.manifest.segments
+        }
+        for obj in await store.list(self.prefix):
+            if obj.key == self.manifest_key:
+                continue
+            stem = obj.key[: obj.key.rfind(".") + 1]
+            if stem not in referenced:
+                log.info("%r: deleting orphan object %s", self, obj.key)
+                await store.delete(obj.key)
+
+    # -- lag ---------------------------------------------------------------------------
+
+    def lag(self) -> tuple[int, float]:
+        """(offsets the bucket lacks below the high watermark, seconds since it had all)."""
+        hw = self.log.high_watermark
+        m = self.manifest
+        end = m.end_offset if m.generation else self.log.log_start_offset
+        behind = max(0, hw - end)
+        seconds = 0.0 if behind == 0 else (_now_ms() - self.last_upload_ms) / 1000
+        return behind, seconds

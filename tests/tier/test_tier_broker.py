@@ -1,0 +1,300 @@
+"""A tiered broker, observed through real clients and the bucket itself.
+
+Produce past many small segments; the segments go to the bucket with a manifest, leave
+the disk, and consumers still read everything from offset 0, byte for byte. A kill -9
+mid-upload leaves no referenced half-object; SIGTERM uploads the tail; a fresh broker on
+an empty disk with the same bucket serves all of it and the group resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_helpers import make_topic
+
+from shazamq.broker.tier.manifest import (
+    CLUSTER_KEY,
+    PartitionManifest,
+    decode_cluster,
+    decode_manifest,
+)
+from shazamq.broker.tier.s3 import S3Store
+from shazamq.config import S3Config
+
+from .conftest import unique_bucket
+
+TOPIC_CONFIG = {"segment.bytes": "4000", "local.retention.ms": "0"}
+T0 = int(time.time() * 1000) - 60_000  # record timestamps: T0 + offset
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+class Bucket:
+    def __init__(self, endpoint: str) -> None:
+        self.config = S3Config(bucket=unique_bucket(), endpoint=endpoint, prefix="prod/shazamq")
+
+    async def _with(self, fn):  # type: ignore[no-untyped-def]
+        store = S3Store(self.config)
+        await store.open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    def create(self) -> None:
+        _run(self._with(lambda s: s.ensure_bucket()))
+
+    def objects(self) -> dict[str, int]:
+        async def go(s: S3Store) -> dict[str, int]:
+            return {o.key: o.size for o in await s.list()}
+
+        return _run(self._with(go))
+
+    def get(self, key: str) -> bytes:
+        return _run(self._with(lambda s: s.get(key)))
+
+    def manifest(self, topic: str, partition: int = 0) -> PartitionManifest | None:
+        for key in self.objects():
+            if key.startswith(f"topics/{topic}-") and key.endswith(f"/{partition}/manifest.json"):
+                return decode_manifest(self.get(key))
+        return None
+
+    def settings(self, **extra: object) -> dict[str, object]:
+        return {
+            "tiered_storage__enabled": True,
+            "tiered_storage__provider": "s3",
+            "tiered_storage__s3__bucket": self.config.bucket,
+            "tiered_storage__s3__endpoint": self.config.endpoint,
+            "tiered_storage__s3__prefix": self.config.prefix,
+            "tiered_storage__max_upload_interval_ms": 1000,
+            "storage__retention_check_interval_ms": 300,
+            **extra,
+        }
+
+
+@pytest.fixture
+def bucket(seaweed_endpoint: str) -> Bucket:
+    b = Bucket(seaweed_endpoint)
+    b.create()
+    return b
+
+
+def produce(bootstrap: str, topic: str, n: int, start: int = 0) -> list[bytes]:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    values = []
+    for i in range(start, start + n):
+        v = f"value-{i:06d}-".encode() + bytes([i % 251]) * 300
+        values.append(v)
+        p.produce(topic, key=f"k{i}".encode(), value=v, partition=0, timestamp=T0 + i)
+        if i % 10 == 9:
+            p.flush(10)
+    assert p.flush(10) == 0
+    return values
+
+
+def consume_all(
+    bootstrap: str, topic: str, expect: int, group: str | None = None, start: int | None = 0
+) -> list[tuple[int, bytes]]:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group or f"g-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        if start is None:
+            c.subscribe([topic])
+        else:
+            c.assign([TopicPartition(topic, 0, start)])
+        got: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + 60
+        while len(got) < expect and time.monotonic() < deadline:
+            msg = c.poll(1.0)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            got.append((msg.offset(), msg.value()))
+        if group is not None and got:
+            c.commit(asynchronous=False)
+        return got
+    finally:
+        c.close()
+
+
+def local_segments(data_dir: Path, topic: str) -> list[int]:
+    return sorted(int(p.name[:20]) for p in (data_dir / f"{topic}-0").glob("*.log"))
+
+
+def wait_for(pred, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_upload_local_deletion_remote_reads_and_restore(
+    broker_factory, bucket: Bucket, tmp_path: Path
+) -> None:
+    b = broker_factory(**bucket.settings())
+    topic = "orders"
+    make_topic(b.bootstrap, topic, 1, TOPIC_CONFIG)
+    values = produce(b.bootstrap, topic, 200)
+
+    # the segments reach the bucket with a manifest, and leave the disk
+    m = wait_for(
+        lambda: (m := bucket.manifest(topic)) and len(m.segments) >= 10 and m,
+        what="segments in the bucket",
+    )
+    assert m.log_start_offset == 0 and m.segments[0].base_offset == 0
+    keys = bucket.objects()
+    for s in m.segments:
+        stem = f"topics/{topic}-{m.topic_id}/0/{s.base_offset:020d}-{s.upload_id}"
+        assert keys[stem + ".log"] == s.size
+        assert stem + ".index" in keys and stem + ".timeindex" in keys
+    wait_for(lambda: local_segments(b.data_dir, topic)[0] > 0, what="local deletion")
+    first_local = local_segments(b.data_dir, topic)[0]
+    assert first_local <= m.end_offset  # nothing left the disk that the bucket lacks
+
+    # consumers read from 0 transparently: the same bytes at the same offsets
+    got = consume_all(b.bootstrap, topic, 200)
+    assert [o for o, _ in got] == list(range(200))
+    assert [v for _, v in got] == values
+
+    # ListOffsets: earliest is the bucket's start, by time finds remote records
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "lo"})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        assert (low, high) == (0, 200)
+        found = c.offsets_for_times([TopicPartition(topic, 0, T0 + 7)], 10)
+        assert found[0].offset == 7
+    finally:
+        c.close()
+
+    # a group commits; SIGTERM uploads the tail (the bucket then has every offset)
+    consume_all(b.bootstrap, topic, 120, group="resume-me", start=None)
+    more = produce(b.bootstrap, topic, 5, start=200)
+    assert b.stop() == 0
+    final = bucket.manifest(topic)
+    assert final is not None and final.end_offset == 205
+    meta = decode_cluster(bucket.get(CLUSTER_KEY))
+    assert topic in {t.name for t in meta.topics}
+
+    # restore: a new broker, empty disk, same bucket
+    fresh = broker_factory(**bucket.settings())
+    assert not local_segments(fresh.data_dir, topic) or local_segments(fresh.data_dir, topic) == [
+        205
+    ]
+    got = consume_all(fresh.bootstrap, topic, 205)
+    assert [o for o, _ in got] == list(range(205))
+    assert [v for _, v in got] == values + more
+    c = Consumer({"bootstrap.servers": fresh.bootstrap, "group.id": "resume-me"})
+    try:
+        committed = c.committed([TopicPartition(topic, 0)], timeout=15)
+        assert committed[0].offset == 120
+    finally:
+        c.close()
+    # and new records continue the offsets
+    produce(fresh.bootstrap, topic, 3, start=205)
+    got = consume_all(fresh.bootstrap, topic, 3, start=205)
+    assert [o for o, _ in got] == [205, 206, 207]
+
+
+def test_restore_refuses_another_clusters_data(
+    broker_factory, bucket: Bucket, tmp_path: Path
+) -> None:
+    b = broker_factory(**bucket.settings())
+    make_topic(b.bootstrap, "x", 1)
+    wait_for(lambda: CLUSTER_KEY in bucket.objects(), what="cluster metadata")
+    b.stop()
+    other = broker_factory()  # a plain broker: another cluster's data dir
+    other.stop()
+    from tests.conftest import BrokerProcess
+
+    clash = BrokerProcess(other.data_dir, **bucket.settings())
+    with pytest.raises(RuntimeError):
+        clash.start(timeout=20)
+    assert "refusing to mix two histories" in clash.log_text()
+
+
+def test_kill_during_uploads_leaves_no_half_object(broker_factory, bucket: Bucket) -> None:
+    import crc32c
+
+    # a slow upload budget keeps uploads in flight when the broker is killed
+    b = broker_factory(**bucket.settings(tiered_storage__upload_bytes_per_second=20_000))
+    topic = "crashy"
+    make_topic(b.bootstrap, topic, 1, TOPIC_CONFIG)
+    values = produce(b.bootstrap, topic, 300)
+    wait_for(lambda: (m := bucket.manifest(topic)) and len(m.segments) >= 2, what="uploads")
+    b.kill()
+    before = bucket.manifest(topic)
+    assert before is not None
+
+    def check_referenced(m: PartitionManifest) -> None:
+        objects = bucket.objects()
+        prev_end = m.segments[0].base_offset
+        for s in m.segments:
+            stem = f"topics/{topic}-{m.topic_id}/0/{s.base_offset:020d}-{s.upload_id}"
+            assert s.base_offset == prev_end  # no gap
+            prev_end = s.next_offset
+            assert objects[stem + ".log"] == s.size
+            assert crc32c.crc32c(bucket.get(stem + ".log")) == s.crc32c
+
+    check_referenced(before)
+    b.start()  # restart on the same disk: uploads resume from the manifest
+    after = wait_for(
+        lambda: (m := bucket.manifest(topic)) and m.end_offset == 300 and m,
+        timeout=90,
+        what="uploads to resume",
+    )
+    check_referenced(after)
+    assert after.segments[: len(before.segments)] == before.segments  # nothing re-uploaded
+    # orphans of the killed upload are gone: every segment object is referenced
+    referenced = {
+        f"topics/{topic}-{after.topic_id}/0/{s.base_offset:020d}-{s.upload_id}"
+        for s in after.segments
+    }
+    for key in bucket.objects():
+        if key.startswith(f"topics/{topic}-") and not key.endswith("manifest.json"):
+            assert key.rsplit(".", 1)[0] in referenced, key
+    got = consume_all(b.bootstrap, topic, 300)
+    assert [v for _, v in got] == values
+
+
+def test_bucket_outage_keeps_local_data_and_catches_up(broker_factory, fault_proxy) -> None:
+    """500s and throttling from the bucket: produce and consume go on, nothing leaves
+    the disk that the bucket lacks, and uploads catch up once it answers again."""
+    bucket = Bucket(fault_proxy.endpoint)
+    bucket.create()
+    b = broker_factory(**bucket.settings())
+    topic = "outage"
+    make_topic(b.bootstrap, topic, 1, TOPIC_CONFIG)
+    fault_proxy.mode = "500"
+    values = produce(b.bootstrap, topic, 150)
+    fault_proxy.mode = "slowdown"
+    values += produce(b.bootstrap, topic, 50, start=150)
+    time.sleep(2)
+    assert local_segments(b.data_dir, topic)[0] == 0  # nothing deleted: not in the bucket
+    got = consume_all(b.bootstrap, topic, 200)
+    assert [v for _, v in got] == values
+    fault_proxy.mode = "ok"
+    m = wait_for(
+        lambda: (m := bucket.manifest(topic)) and m.end_offset == 200 and m,
+        timeout=90,
+        what="catch-up",
+    )
+    assert m.segments[0].base_offset == 0
+    wait_for(lambda: local_segments(b.data_dir, topic)[0] > 0, what="local deletion after")
+    got = consume_all(b.bootstrap, topic, 200)
+    assert [v for _, v in got] == values
+    assert fault_proxy.faults > 0
