@@ -74,6 +74,9 @@ class Copy:
     # after the source's log start passed our end: fetch from here (> local end) until
     # the first batch lands
     fetch_from: int | None = None
+    # a new copy starting at the source's log start: where the local log should start
+    # once the batch holding that offset landed (it may start mid-batch)
+    start_at: int | None = None
     out_of_range: bool = False
     paused_until: float = 0.0
     problem: str = ""  # the last problem logged (each new one is logged once)
@@ -275,10 +278,11 @@ class FetchSession:
                     plog.append(chunk, origin=AppendOrigin.REPLICATION)
                     c.stats.bytes_copied += len(chunk)
                     c.stats.batches_copied += batches
-                    if c.fetch_from is not None:
-                        if plog.log_start_offset < c.fetch_from <= plog.high_watermark:
-                            plog.delete_records_before(c.fetch_from)
-                        c.fetch_from = None
+                    c.fetch_from = None
+                    if c.start_at is not None:
+                        if plog.log_start_offset < c.start_at <= plog.high_watermark:
+                            plog.delete_records_before(c.start_at)
+                        c.start_at = None
                     p.notify()
             except (LogError, RecordError) as exc:
                 self._problem(c, f"cannot append copied batches: {exc}")
@@ -311,6 +315,7 @@ class FetchSession:
             if end == plog.log_start_offset:
                 log.info("%s: the copy starts at the source's log start %d", name, earliest)
                 await loop.run_in_executor(None, plog.truncate_fully_and_start_at, earliest)
+                c.start_at = earliest
             else:
                 c.stats.jumps += 1
                 log.error(
@@ -324,7 +329,7 @@ class FetchSession:
                     earliest - 1,
                     earliest,
                 )
-                c.fetch_from = earliest
+                c.fetch_from = earliest  # what the copy has is kept
         elif end > latest:
             c.stats.truncations += 1
             log.error(

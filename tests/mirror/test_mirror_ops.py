@@ -18,9 +18,15 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def produce(
-    conf: dict, topic: str, partitions: int, n: int, size: int = 100, tag: str = ""
+    conf: dict,
+    topic: str,
+    partitions: int,
+    n: int,
+    size: int = 100,
+    tag: str = "",
+    batch_size: int = 1_000_000,
 ) -> None:
-    p = Producer({**conf, "linger.ms": 2, "enable.idempotence": True})
+    p = Producer({**conf, "linger.ms": 2, "enable.idempotence": True, "batch.size": batch_size})
     for i in range(n):
         p.produce(topic, value=f"{tag}{i}:".encode().ljust(size, b"x"), partition=i % partitions)
         if i % 1000 == 0:
@@ -42,19 +48,26 @@ def test_kill_9_mid_copy_resumes_without_duplicates_or_holes(broker_factory) -> 
     source = broker_factory()
     conf = {"bootstrap.servers": source.bootstrap}
     make_topic(source.bootstrap, "load", 3)
-    produce(conf, "load", 3, 30_000, size=200)
-    # small fetches, so the copy is surely caught in the middle
+    # thousands of small batches and one batch per fetch: the copy takes a while
+    produce(conf, "load", 3, 30_000, size=200, batch_size=1000)
+    source_end = sum(
+        metric(source.metrics_port, "shazamq_log_end_offset", topic="load", partition=str(p)) or 0
+        for p in range(3)
+    )
     mirror = broker_factory(
-        **mirror_settings(bootstrap_servers=source.bootstrap, fetch_max_bytes=8192)
+        **mirror_settings(bootstrap_servers=source.bootstrap, fetch_max_bytes=1024)
     )
     # the source keeps taking writes while the mirror copies
-    writer = threading.Thread(target=produce, args=(conf, "load", 3, 5_000, 200, "w"))
+    writer = threading.Thread(target=produce, args=(conf, "load", 3, 5_000, 200, "w", 1000))
     writer.start()
 
     def partly_copied() -> bool:
-        copied = [len(batches(mirror.port, "load", p)) for p in range(3)]
-        at_source = [len(batches(source.port, "load", p)) for p in range(3)]
-        return 0 < sum(copied) < sum(at_source)
+        copied = sum(
+            metric(mirror.metrics_port, "shazamq_log_end_offset", topic="load", partition=str(p))
+            or 0
+            for p in range(3)
+        )
+        return 0 < copied < source_end
 
     wait_until(partly_copied, what="copy under way")
     mirror.kill()  # mid-copy
@@ -245,3 +258,44 @@ def test_source_outage_and_return(broker_factory) -> None:
         partition="0",
     )
     assert copied is not None and copied > 0
+
+
+def test_source_log_start_passing_the_copy_is_a_recorded_jump(broker_factory) -> None:
+    """Records deleted at the source before they were copied: a logged, counted jump."""
+    source = broker_factory()
+    conf = {"bootstrap.servers": source.bootstrap}
+    make_topic(source.bootstrap, "retained", 1)
+    produce(conf, "retained", 1, 50)
+    mirror = broker_factory(**mirror_settings(bootstrap_servers=source.bootstrap))
+    wait_until(lambda: same_copy(source.port, mirror.port, "retained", 1), 60, "first copy")
+    mirror.stop()
+    produce(conf, "retained", 1, 50, tag="b")
+    produce(conf, "retained", 1, 50, tag="c")
+    # the source deletes below offset 120 (inside the third 50) before the mirror is back
+    admin = AdminClient(conf)
+    tp = TopicPartition("retained", 0, 120)
+    admin.delete_records([tp])[tp].result(15)
+    mirror.start()
+
+    def jumped() -> bool:
+        src = [b for b in batches(source.port, "retained", 0)]
+        dst = [b for b in batches(mirror.port, "retained", 0)]
+        return bool(src) and dst[-len(src) :] == src
+
+    wait_until(jumped, 60, "copy continued from the source's log start")
+    dst = batches(mirror.port, "retained", 0)
+    bases = [b for b, _ in dst]
+    assert bases[0] == 0 and bases[-1] >= 100  # the batch holding the source's log start
+    # the copy kept what it had and has nothing the source no longer had to give
+    assert not any(50 <= b < 100 for b in bases)
+    assert (
+        metric(
+            mirror.metrics_port,
+            "shazamq_mirror_offset_jumps_total",
+            source="src",
+            topic="retained",
+            partition="0",
+        )
+        == 1
+    )
+    assert "were deleted at the source before they were copied" in mirror.log_text()
