@@ -422,21 +422,80 @@ class MirrorSource(_Section):
     ] = None
     sasl_username: str | None = None
     sasl_password: str | None = None
-    ssl_ca_file: str | None = None
+    sasl_password_file: Annotated[
+        str | None,
+        Meta(description="File holding the SASL password (a mounted Secret), instead of it."),
+    ] = None
+    ssl_ca_file: Annotated[
+        str | None, Meta(description="CA bundle verifying the source's certificates.")
+    ] = None
+    ssl_cert_file: Annotated[
+        str | None, Meta(description="Client certificate (PEM) presented to the source.")
+    ] = None
+    ssl_key_file: Annotated[str | None, Meta(description="Key of ssl_cert_file (PEM).")] = None
     topic_whitelist: Annotated[
-        tuple[str, ...], Meta(description="Regular expressions of the topics to mirror.")
+        tuple[str, ...],
+        Meta(description="Regular expressions of the topics to mirror (whole-name match)."),
     ] = (".*",)
     topic_blacklist: Annotated[
         tuple[str, ...], Meta(description="Regular expressions of topics never mirrored.")
     ] = ()
+    topic_prefix: Annotated[
+        str,
+        Meta(
+            pattern=r"^[a-zA-Z0-9._-]*$",
+            max_length=100,
+            description="Prefix of the local names of this source's topics.",
+        ),
+    ] = ""
+    promoted_topics: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Local mirrored topics to promote: mirroring of them stops and they "
+            "become writable (the failover step of a migration)."
+        ),
+    ] = ()
+    sync_group_offsets: Annotated[
+        bool, Meta(description="Copy the source groups' committed offsets on mirrored topics.")
+    ] = True
+    group_whitelist: Annotated[
+        tuple[str, ...], Meta(description="Regular expressions of the groups whose offsets sync.")
+    ] = (".*",)
+    group_blacklist: Annotated[
+        tuple[str, ...], Meta(description="Regular expressions of groups never synced.")
+    ] = ()
+    sync_group_offsets_interval_ms: Annotated[
+        int, Meta(ge=100, description="How often committed group offsets are synced.")
+    ] = 10_000
+    metadata_refresh_interval_ms: Annotated[
+        int,
+        Meta(ge=100, description="How often the source is asked for new topics and partitions."),
+    ] = 30_000
+    fetch_max_bytes: Annotated[
+        int, Meta(ge=1024, description="Most bytes fetched per partition per request.")
+    ] = 1_048_576
+    fetch_max_wait_ms: Annotated[
+        int, Meta(ge=0, le=60_000, description="How long the source may hold a fetch open.")
+    ] = 500
+    retry_backoff_ms: Annotated[
+        int, Meta(ge=1, description="First wait before reconnecting to a source that is down.")
+    ] = 500
+    retry_backoff_max_ms: Annotated[
+        int, Meta(ge=1, description="Longest wait between reconnection attempts.")
+    ] = 30_000
     consumer_group_id: Annotated[str, Meta(description="Consumer group used on the source.")] = (
         "shazamq-mirror"
     )
     num_consumers: Annotated[
-        int, Meta(ge=1, le=1024, description="Consumers reading from the source.")
+        int,
+        Meta(ge=1, le=1024, description="Fetch sessions sharing the source's partitions."),
     ] = 1
     exactly_once: Annotated[
-        bool, Meta(description="Copy records transactionally, without duplicates.")
+        bool,
+        Meta(
+            description="Copy without duplicates or holes. The verbatim copy is exactly once "
+            "by construction (its position is the local log end), so false is refused."
+        ),
     ] = True
 
     def __post_init__(self) -> None:
@@ -447,8 +506,38 @@ class MirrorSource(_Section):
                 raise ValueError(
                     f"topic pattern {pattern!r} is not a regular expression: {exc}"
                 ) from None
+        for pattern in (*self.group_whitelist, *self.group_blacklist):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"group pattern {pattern!r} is not a regular expression: {exc}"
+                ) from None
         if self.security_protocol.startswith("SASL_") and self.sasl_mechanism is None:
             raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set sasl_password or sasl_password_file, not both")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+        if not self.exactly_once:
+            raise ValueError(
+                "exactly_once = false is not offered: the verbatim copy is exactly once"
+            )
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ValueError("retry_backoff_max_ms is below retry_backoff_ms")
+
+    def read_sasl_password(self) -> str | None:
+        """The SASL password, from the setting or its file (trailing newline dropped)."""
+        if self.sasl_password_file is None:
+            return self.sasl_password
+        try:
+            text = Path(self.sasl_password_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"mirror source {self.name}: sasl_password_file "
+                f"{self.sasl_password_file}: {exc.strerror or exc}"
+            ) from None
+        return text.rstrip("\r\n")
 
 
 class MirrorConfig(_Section):
@@ -864,9 +953,16 @@ MirrorSourceSpec = _derive(
         "sasl_mechanism",
         "topic_whitelist",
         "topic_blacklist",
+        "topic_prefix",
+        "promoted_topics",
         "consumer_group_id",
         "num_consumers",
         "exactly_once",
+        "sync_group_offsets",
+        "group_whitelist",
+        "group_blacklist",
+        "sync_group_offsets_interval_ms",
+        "metadata_refresh_interval_ms",
     ),
     extra=(("credentials_secret", _CredentialsSecret, None),),
 )

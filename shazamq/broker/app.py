@@ -23,6 +23,8 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shazamq.config import BrokerConfig, ConfigError
+from shazamq.mirror.local import LocalBroker
+from shazamq.mirror.service import MirrorService
 
 from . import apis
 from .apis import (
@@ -124,6 +126,8 @@ class Broker:
         self.cluster: ClusterNode | None = None
         # tiered storage, when [tiered_storage] is enabled
         self.tier: TierManager | None = None
+        # mirroring from foreign Kafka clusters, when [mirror] is enabled
+        self.mirror: MirrorService | None = None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -251,6 +255,14 @@ class Broker:
         self.metrics.add_probe(self._partition_probe)
         if self.cluster is not None:
             self.metrics.add_probe(self.cluster.probe)
+        if cfg.mirror.enabled and self.cluster is None:
+            self.mirror = MirrorService(
+                cfg.mirror,
+                LocalBroker(self.partitions, self.groups, lambda: self.metadata.cluster_id),
+                client_id=f"shazamq-mirror-{self.node_id}",
+            )
+            await self.mirror.start()
+            self.metrics.add_probe(self.mirror.probe)
         self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="maintenance"))
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
         self.metrics.state = BrokerState.RUNNING
@@ -270,6 +282,8 @@ class Broker:
         self.metrics.state = BrokerState.SHUTTING_DOWN
         grace = self.config.broker.shutdown_timeout_ms / 1000
         await cancel_all(self._tasks)
+        if self.mirror is not None:
+            await self.mirror.stop()
         if self.cluster is not None:
             await self.cluster.controlled_shutdown(
                 min(self.config.cluster.controlled_shutdown_timeout_ms / 1000, grace)
@@ -342,13 +356,14 @@ class Broker:
 
     def _warn_unbuilt_features(self) -> None:
         cfg = self.config
-        for enabled, what in ((cfg.mirror.enabled, "mirror"),):
+        for enabled, what in ((cfg.mirror.enabled and cfg.cluster.enabled, "mirror"),):
             if enabled:
                 log.error(
-                    "%s.enabled = true, but this broker release does not run %s: the "
+                    "%s.enabled = true, but this broker release does not run %s%s: the "
                     "setting is validated and otherwise ignored",
                     what,
                     what,
+                    " in a multi-broker cluster (a single broker does)" if what == "mirror" else "",
                 )
 
     # -- background work ---------------------------------------------------------------

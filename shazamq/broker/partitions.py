@@ -342,11 +342,17 @@ class PartitionManager:
         *,
         internal: bool = False,
         assignment: list[list[int]] | None = None,
+        topic_id: uuid.UUID | None = None,
     ) -> TopicInfo:
+        """Create a topic; ``topic_id`` keeps a given id (a mirror keeps its source's)."""
         configs = dict(configs or {})
         if not internal:
             self.validate_new_topic(name, partitions, replication_factor, configs)
         if self.cluster is not None:
+            if topic_id is not None:
+                raise KafkaError(
+                    ErrorCode.INVALID_REQUEST, "a given topic id needs a single broker"
+                )
             if assignment is None:
                 assignment = self.cluster.plan_assignment(partitions, replication_factor, seed=name)
             else:
@@ -361,7 +367,7 @@ class PartitionManager:
             )
             return self.require_topic(name)
         topic = await self.metadata.create_topic(
-            name, partitions, replication_factor, configs, internal=internal
+            name, partitions, replication_factor, configs, internal=internal, topic_id=topic_id
         )
         await self._open_topic_off_loop(topic, range(partitions))
         log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.uuid)

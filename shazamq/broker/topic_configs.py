@@ -49,6 +49,43 @@ def _int_at_least(low: int) -> Callable[[str], str | None]:
     return check
 
 
+def _nonempty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+# Set on a topic the broker mirrors from a foreign cluster (``shazamq.mirror``), naming
+# its origin; producers may not write while it is set. Clients cannot set or change it;
+# deleting it (IncrementalAlterConfigs DELETE) promotes the topic.
+MIRROR_SOURCE = "shazamq.mirror.source"
+
+
+def mirror_read_only_message(topic: str, mark: str) -> str:
+    """The error producers get for a mirrored topic."""
+    return (
+        f"topic {topic} is a read-only mirror of {mark}; promote it (delete its "
+        f"{MIRROR_SOURCE} setting) to write to it"
+    )
+
+
+def check_client_change(
+    name: str, old: Mapping[str, str], new: Mapping[str, str], *, replace: bool
+) -> dict[str, str]:
+    """The configs to store after a client's change of ``old`` into ``new``.
+
+    A client may delete the mirror marker (promotion) but never set or change it; a whole
+    replacement (AlterConfigs, which names every setting) keeps it. Raises
+    InvalidConfigError.
+    """
+    before, after = old.get(MIRROR_SOURCE), new.get(MIRROR_SOURCE)
+    if after is not None and after != before:
+        raise InvalidConfigError(
+            MIRROR_SOURCE, f"is set by mirroring only, not by clients (topic {name})"
+        )
+    if replace and before is not None and after is None:
+        return {**new, MIRROR_SOURCE: before}
+    return dict(new)
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -102,6 +139,14 @@ BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
             "Tiered storage for this topic (needs [tiered_storage] enabled on the broker, "
             "where topics without this setting are tiered).",
             _bool,
+        ),
+        BrokerTopicSetting(
+            MIRROR_SOURCE,
+            "string",
+            "",
+            "Set on a mirrored topic by the broker: <source>:<topic>@<source cluster id>. "
+            "Producers may not write while it is set; deleting it promotes the topic.",
+            _nonempty,
         ),
     )
 }

@@ -203,12 +203,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
         new: dict[str, str] | None,
         validate_only: bool,
         logger_ops: list[tuple[str, str | None]],
+        *,
+        replace: bool = False,
     ) -> None:
         """Shared tail of both alter APIs: validate, then store unless validate_only."""
         if resource_type == TOPIC:
             assert new is not None
-            parts.require_topic(name)
+            info = parts.require_topic(name)
             try:
+                new = topic_configs.check_client_change(name, info.configs, new, replace=replace)
                 topic_configs.validate(parts.defaults, new)
             except InvalidConfigError as exc:
                 raise KafkaError(ErrorCode.INVALID_CONFIG, exc.message) from None
@@ -249,6 +252,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     new,
                     req.validate_only,
                     [(c.name, c.value) for c in res.configs],
+                    replace=True,
                 )
             except KafkaError as exc:
                 out.error_code = exc.code

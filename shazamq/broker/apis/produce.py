@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.log.errors import LogError
+from shazamq.broker.topic_configs import MIRROR_SOURCE, mirror_read_only_message
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.produce_request import ProduceRequest
 from shazamq.protocol.messages.produce_response import (
@@ -82,6 +83,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         out.append(error(pd.index, ErrorCode.KAFKA_STORAGE_ERROR))
                     else:
                         out.append(error(pd.index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+                    continue
+                mark = p.topic_info.configs.get(MIRROR_SOURCE)
+                if mark is not None:
+                    out.append(
+                        error(
+                            pd.index,
+                            ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+                            mirror_read_only_message(name, mark),
+                        )
+                    )
                     continue
                 records = pd.records
                 if records is None or len(records) == 0:

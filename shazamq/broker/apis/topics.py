@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from shazamq.broker import topic_configs
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.create_partitions_request import CreatePartitionsRequest
 from shazamq.protocol.messages.create_partitions_response import (
@@ -88,6 +89,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if c.value is not None:
                     configs[c.name] = c.value
             try:
+                if topic_configs.MIRROR_SOURCE in configs:
+                    raise KafkaError(
+                        ErrorCode.INVALID_CONFIG,
+                        f"{topic_configs.MIRROR_SOURCE} is set by mirroring only",
+                    )
                 parts.validate_new_topic(
                     t.name, partitions, rf, configs, already_in_request=requested
                 )

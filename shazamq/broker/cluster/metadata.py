@@ -159,13 +159,18 @@ class MetadataStore:
         configs: dict[str, str] | None = None,
         *,
         internal: bool = False,
+        topic_id: uuid.UUID | None = None,
     ) -> TopicInfo:
         async with self._lock:
             if name in self.topics:
                 raise KafkaError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+            if topic_id is not None and topic_id in self.by_id:
+                raise KafkaError(
+                    ErrorCode.TOPIC_ALREADY_EXISTS, f"topic id {topic_id} is already in use"
+                )
             topic = TopicInfo(
                 name=name,
-                topic_id=uuid.uuid4().hex,
+                topic_id=(topic_id or uuid.uuid4()).hex,
                 partitions=partitions,
                 replication_factor=replication_factor,
                 configs=dict(configs or {}),

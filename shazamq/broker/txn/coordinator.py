@@ -68,6 +68,7 @@ from shazamq.broker.log.errors import (
     TransactionCoordinatorFencedError,
 )
 from shazamq.broker.tasks import cancel_all
+from shazamq.broker.topic_configs import MIRROR_SOURCE
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.write_txn_markers_request import (
     WritableTxnMarker,
@@ -91,7 +92,7 @@ if TYPE_CHECKING:
     from shazamq.broker.app import Broker
     from shazamq.broker.cluster.node import ClusterNode
     from shazamq.broker.log.partition_log import AppendInfo
-    from shazamq.broker.partitions import Partition
+    from shazamq.broker.partitions import Partition, PartitionManager
 
 __all__ = ["TRANSACTION_STATE_TOPIC", "TransactionCoordinator"]
 
@@ -138,6 +139,12 @@ _MARKER_FINAL = frozenset(
 _MARKER_REFUSED = frozenset(
     {int(_E.INVALID_PRODUCER_EPOCH), int(_E.TRANSACTION_COORDINATOR_FENCED)}
 )
+
+
+def is_mirrored(parts: PartitionManager, topic: str) -> bool:
+    """Whether ``topic`` is a read-only mirror (local transactions may not touch it)."""
+    info = parts.metadata.get(topic)
+    return info is not None and MIRROR_SOURCE in info.configs
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,6 +729,15 @@ class TransactionCoordinator:
             return {
                 tp: int(
                     _E.UNKNOWN_TOPIC_OR_PARTITION if tp in missing else _E.OPERATION_NOT_ATTEMPTED
+                )
+                for tp in wanted
+            }
+        mirrored = {tp for tp in wanted if is_mirrored(parts, tp[0])}
+        if mirrored:
+            # a marker written here would sit in the middle of the source's offsets
+            return {
+                tp: int(
+                    _E.TOPIC_AUTHORIZATION_FAILED if tp in mirrored else _E.OPERATION_NOT_ATTEMPTED
                 )
                 for tp in wanted
             }

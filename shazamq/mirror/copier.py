@@ -1,0 +1,350 @@
+"""A fetch session: the partitions one source broker leads, copied verbatim at their offsets.
+
+Like a follower's fetcher, against a foreign cluster and as a consumer would fetch
+(replica id -1, read_uncommitted, so aborted batches and transaction markers come too):
+each answered batch is appended with its offsets, bytes, producer ids and sequences
+unchanged (``AppendOrigin.REPLICATION``), so gaps left by compaction or aborted
+transactions stay gaps and local offsets equal the source's.
+
+The position of a partition is its local log end, nothing else: the data is the
+checkpoint, so a restart (or ``kill -9``; recovery cuts a torn tail) resumes without
+duplicates or holes. The check that the topic is still a mirror and the append happen
+with no ``await`` between them, so a promotion cannot interleave with a copied append.
+
+A position outside the source's log (OFFSET_OUT_OF_RANGE) is resolved with ListOffsets:
+below the source's log start, the copy continues from there and the jump is counted and
+logged (the offsets in between were deleted at the source before they were copied);
+above the source's log end (an unclean election upstream lost records), the local tail is
+cut to the source's end, counted and logged, so later offsets keep matching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shazamq.broker.cluster.client import BrokerConnectionError, ClientPool
+from shazamq.broker.log import AppendOrigin
+from shazamq.broker.log.errors import LogError
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from shazamq.protocol.records import RecordError, iter_batches
+
+from .source import EARLIEST, LATEST, SourceCluster, SourceError
+from .stats import PartitionStats
+
+if TYPE_CHECKING:
+    from shazamq.broker.partitions import Partition
+
+__all__ = ["Copy", "FetchSession"]
+
+log = logging.getLogger(__name__)
+
+FETCH = 1
+FETCH_VERSION = 12  # topic names, current leader epoch, log start offset in answers
+PAUSE_S = 1.0
+_STALE = frozenset(
+    {
+        ErrorCode.NOT_LEADER_OR_FOLLOWER,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode.UNKNOWN_TOPIC_ID,
+        ErrorCode.LEADER_NOT_AVAILABLE,
+    }
+)
+
+
+@dataclass(slots=True)
+class Copy:
+    """One mirrored partition."""
+
+    source_topic: str
+    index: int
+    partition: Partition  # the local partition
+    mark: str  # the topic's mirror marker; a different one means the topic changed
+    stats: PartitionStats
+    leader_id: int = -1
+    leader_epoch: int = -1
+    # after the source's log start passed our end: fetch from here (> local end) until
+    # the first batch lands
+    fetch_from: int | None = None
+    # a new copy starting at the source's log start: where the local log should start
+    # once the batch holding that offset landed (it may start mid-batch)
+    start_at: int | None = None
+    out_of_range: bool = False
+    paused_until: float = 0.0
+    problem: str = ""  # the last problem logged (each new one is logged once)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.partition.topic, self.index)
+
+
+class FetchSession:
+    """Copies every partition of a set that one source broker leads (a task)."""
+
+    def __init__(
+        self,
+        *,
+        source: SourceCluster,
+        leader_id: int,
+        pool: ClientPool,
+        max_bytes: int,
+        max_wait_ms: int,
+        backoff_ms: int,
+        backoff_max_ms: int,
+        still_mirror: Callable[[Copy], bool],
+        on_stale: Callable[[], None],
+    ) -> None:
+        self.source = source
+        self.leader_id = leader_id
+        self._pool = pool
+        self._max_bytes = max_bytes
+        self._max_wait_ms = max_wait_ms
+        self._backoff = backoff_ms / 1000
+        self._backoff_max = backoff_max_ms / 1000
+        self._still_mirror = still_mirror
+        self._on_stale = on_stale
+        self.copies: dict[tuple[str, int], Copy] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+
+    def __len__(self) -> int:
+        return len(self.copies)
+
+    def add(self, c: Copy) -> None:
+        self.copies[c.key] = c
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(
+                self._run(), name=f"mirror-{self.source.name}-{self.leader_id}"
+            )
+
+    def remove(self, key: tuple[str, int]) -> Copy | None:
+        return self.copies.pop(key, None)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while self.copies:
+            now = time.monotonic()
+            active = [c for c in self.copies.values() if c.paused_until <= now]
+            if not active:
+                self._wake.clear()
+                wait = min(c.paused_until for c in self.copies.values()) - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                continue
+            try:
+                for c in [c for c in active if c.out_of_range]:
+                    await self._resolve_out_of_range(c)
+                ready = [c for c in active if not c.out_of_range and c.key in self.copies]
+                if ready:
+                    await self._fetch(ready)
+                self._failures = 0
+            except (BrokerConnectionError, SourceError) as exc:
+                self._failures += 1
+                delay = min(self._backoff * 2 ** min(self._failures - 1, 16), self._backoff_max)
+                log.warning(
+                    "mirror %s: fetching from broker %d: %s; retrying in %.1fs",
+                    self.source.name,
+                    self.leader_id,
+                    exc,
+                    delay,
+                )
+                self._pool.invalidate(self.leader_id)
+                for c in active:
+                    c.stats.errors += 1
+                self._on_stale()
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "mirror %s: fetch session %d failed", self.source.name, self.leader_id
+                )
+                await asyncio.sleep(self._backoff)
+
+    def _position(self, c: Copy) -> int:
+        end = c.partition.log.log_end_offset
+        if c.fetch_from is not None and c.fetch_from > end:
+            return c.fetch_from
+        return end
+
+    async def _fetch(self, copies: list[Copy]) -> None:
+        client = await self._pool.get(self.leader_id)
+        version = client.best_version(FETCH, FETCH_VERSION)
+        by_topic: dict[str, list[FetchPartition]] = {}
+        for c in copies:
+            by_topic.setdefault(c.source_topic, []).append(
+                FetchPartition(
+                    partition=c.index,
+                    current_leader_epoch=c.leader_epoch,
+                    fetch_offset=self._position(c),
+                    log_start_offset=-1,
+                    partition_max_bytes=self._max_bytes,
+                )
+            )
+        req = FetchRequest(
+            replica_id=-1,
+            max_wait_ms=self._max_wait_ms,
+            min_bytes=1,
+            max_bytes=max(self._max_bytes * len(copies), self._max_bytes),
+            isolation_level=0,
+            session_id=0,
+            session_epoch=-1,
+            topics=[FetchTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+        )
+        resp = await client.request(FETCH, version, req, timeout=self._max_wait_ms / 1000 + 30.0)
+        if resp.error_code:
+            raise SourceError(f"Fetch error {resp.error_code}")
+        now = time.time()
+        index = {(c.source_topic, c.index): c for c in copies}
+        for t in resp.responses:
+            for pd in t.partitions:
+                c = index.get((t.topic, pd.partition_index))
+                if c is not None and c.key in self.copies:
+                    self._apply(c, pd, now)
+
+    def _problem(self, c: Copy, text: str, *, error: bool = True) -> None:
+        if error:
+            c.stats.errors += 1
+        if text != c.problem:
+            c.problem = text
+            log.warning("mirror %s: %s-%d: %s", self.source.name, c.partition.topic, c.index, text)
+        c.paused_until = time.monotonic() + PAUSE_S
+
+    def _apply(self, c: Copy, pd: Any, now: float) -> None:
+        """Append one partition's answer (no await in here: see the module doc)."""
+        if not self._still_mirror(c):
+            self.copies.pop(c.key, None)
+            return
+        code = pd.error_code
+        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
+            c.out_of_range = True
+            return
+        if code in _STALE:
+            self._problem(c, f"source answered error {code}; refreshing metadata", error=False)
+            self._on_stale()
+            return
+        if code:
+            self._problem(c, f"source answered error {code}")
+            return
+        p = c.partition
+        plog = p.log
+        data = pd.records
+        if data:
+            view = memoryview(data)
+            end = plog.log_end_offset
+            start = stop = -1
+            batches = 0
+            try:
+                for pos, h in iter_batches(view, allow_partial=True):
+                    last = h.base_offset + h.last_offset_delta
+                    if last < end:
+                        continue
+                    if h.base_offset < end:
+                        if plog.log_end_offset != plog.log_start_offset or start >= 0:
+                            self._problem(
+                                c,
+                                f"source batch {h.base_offset}-{last} straddles the local end "
+                                f"{end}; the source's batches differ from the copy's",
+                            )
+                            return
+                        # an empty log positioned inside a batch (the source's log start
+                        # is mid-batch): start the log at the batch instead
+                        plog.truncate_fully_and_start_at(h.base_offset)
+                        end = h.base_offset
+                    if start < 0:
+                        start = pos
+                    stop = pos + h.size
+                    batches += 1
+                if start >= 0:
+                    chunk = view[start:stop]
+                    plog.append(chunk, origin=AppendOrigin.REPLICATION)
+                    c.stats.bytes_copied += len(chunk)
+                    c.stats.batches_copied += batches
+                    c.fetch_from = None
+                    if c.start_at is not None:
+                        if plog.log_start_offset < c.start_at <= plog.high_watermark:
+                            plog.delete_records_before(c.start_at)
+                        c.start_at = None
+                    p.notify()
+            except (LogError, RecordError) as exc:
+                self._problem(c, f"cannot append copied batches: {exc}")
+                return
+        c.problem = ""
+        c.stats.observe(plog.log_end_offset, pd.high_watermark, now)
+
+    async def _resolve_out_of_range(self, c: Copy) -> None:
+        """Our position is outside the source's log: find out which way, act, and record."""
+        loop = asyncio.get_running_loop()
+        code, earliest = await self.source.list_offsets(
+            self.leader_id, c.source_topic, c.index, EARLIEST
+        )
+        code2, latest = await self.source.list_offsets(
+            self.leader_id, c.source_topic, c.index, LATEST
+        )
+        if code or code2:
+            self._problem(c, f"ListOffsets after OFFSET_OUT_OF_RANGE: error {code or code2}")
+            if {code, code2} & _STALE:
+                self._on_stale()
+            return
+        if not self._still_mirror(c):
+            self.copies.pop(c.key, None)
+            return
+        c.out_of_range = False
+        plog = c.partition.log
+        end = plog.log_end_offset
+        name = f"mirror {self.source.name}: {c.partition.topic}-{c.index}"
+        if end < earliest:
+            if end == plog.log_start_offset:
+                log.info("%s: the copy starts at the source's log start %d", name, earliest)
+                await loop.run_in_executor(None, plog.truncate_fully_and_start_at, earliest)
+                c.start_at = earliest
+            else:
+                c.stats.jumps += 1
+                log.error(
+                    "%s: the source's log now starts at %d, after the copy's end %d: offsets "
+                    "%d-%d were deleted at the source before they were copied; continuing "
+                    "from %d",
+                    name,
+                    earliest,
+                    end,
+                    end,
+                    earliest - 1,
+                    earliest,
+                )
+                c.fetch_from = earliest  # what the copy has is kept
+        elif end > latest:
+            c.stats.truncations += 1
+            log.error(
+                "%s: the source's log now ends at %d, before the copy's end %d (records lost "
+                "upstream, e.g. an unclean leader election); removing the copy's offsets "
+                "%d-%d so later offsets keep matching",
+                name,
+                latest,
+                end,
+                latest,
+                end - 1,
+            )
+            if self._still_mirror(c):
+                await loop.run_in_executor(None, plog.truncate_to, latest)
+                c.partition.notify()
+        else:
+            # in range after all (the leader moved meanwhile): fetch again shortly
+            c.paused_until = time.monotonic() + PAUSE_S
