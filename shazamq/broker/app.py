@@ -154,7 +154,6 @@ class Broker:
     async def start(self) -> None:
         started = time.monotonic()
         cfg = self.config
-        self._warn_unbuilt_features()
         loop = asyncio.get_running_loop()
         # Security first, so a bad certificate or users file stops the broker at once.
         ssl_context = _tls_context(cfg)
@@ -255,7 +254,7 @@ class Broker:
         self.metrics.add_probe(self._partition_probe)
         if self.cluster is not None:
             self.metrics.add_probe(self.cluster.probe)
-        if cfg.mirror.enabled and self.cluster is None:
+        if cfg.mirror.enabled:  # in a cluster: each broker copies what it leads
             self.mirror = MirrorService(
                 cfg.mirror,
                 LocalBroker(self.partitions, self.groups, lambda: self.metadata.cluster_id),
@@ -353,18 +352,6 @@ class Broker:
     async def _on_connect(self, session: Session) -> None:
         """With SASL enabled, a connection starts unauthenticated."""
         sasl_api.start_session(session)
-
-    def _warn_unbuilt_features(self) -> None:
-        cfg = self.config
-        for enabled, what in ((cfg.mirror.enabled and cfg.cluster.enabled, "mirror"),):
-            if enabled:
-                log.error(
-                    "%s.enabled = true, but this broker release does not run %s%s: the "
-                    "setting is validated and otherwise ignored",
-                    what,
-                    what,
-                    " in a multi-broker cluster (a single broker does)" if what == "mirror" else "",
-                )
 
     # -- background work ---------------------------------------------------------------
 

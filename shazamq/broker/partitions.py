@@ -349,15 +349,13 @@ class PartitionManager:
         if not internal:
             self.validate_new_topic(name, partitions, replication_factor, configs)
         if self.cluster is not None:
-            if topic_id is not None:
-                raise KafkaError(
-                    ErrorCode.INVALID_REQUEST, "a given topic id needs a single broker"
-                )
             if assignment is None:
                 assignment = self.cluster.plan_assignment(partitions, replication_factor, seed=name)
             else:
                 self.cluster.check_assignment(assignment)
-            state = await self.cluster.create_topic(name, assignment, configs, internal=internal)
+            state = await self.cluster.create_topic(
+                name, assignment, configs, internal=internal, topic_id=topic_id
+            )
             log.info(
                 "created topic %s (%d partitions, RF %d, id %s)",
                 name,

@@ -101,6 +101,7 @@ class FetchSession:
         backoff_max_ms: int,
         still_mirror: Callable[[Copy], bool],
         on_stale: Callable[[], None],
+        on_appended: Callable[[Partition], None] | None = None,
     ) -> None:
         self.source = source
         self.leader_id = leader_id
@@ -111,6 +112,7 @@ class FetchSession:
         self._backoff_max = backoff_max_ms / 1000
         self._still_mirror = still_mirror
         self._on_stale = on_stale
+        self._on_appended = on_appended
         self.copies: dict[tuple[str, int], Copy] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -279,6 +281,8 @@ class FetchSession:
                     c.stats.bytes_copied += len(chunk)
                     c.stats.batches_copied += batches
                     c.fetch_from = None
+                    if self._on_appended is not None:
+                        self._on_appended(p)
                     if c.start_at is not None:
                         if plog.log_start_offset < c.start_at <= plog.high_watermark:
                             plog.delete_records_before(c.start_at)

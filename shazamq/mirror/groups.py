@@ -6,6 +6,14 @@ commits as an admin would (no member, generation -1) with the metadata
 ``shazamq-mirror:<source>``, which is how it later recognises its own commits: an offset
 committed here by a client (any other metadata) is never overwritten, and neither is
 anything of a group that has members here.
+
+In a cluster each broker syncs the groups it coordinates (the leader of the group's
+``__consumer_offsets`` partition): that is where the group's state, its members and its
+committed offsets are, so the checks above and the commit are local, and a coordinator
+moving moves the sync with it. An offset is synced once the copy's high watermark has
+passed it (every in-sync replica has the data), as this broker's replica of the
+partition knows it; a partition with no replica on the coordinator's broker is not synced
+(not built: asking its leader).
 """
 
 from __future__ import annotations
@@ -53,7 +61,11 @@ class GroupOffsetSync:
             return 0
         total = 0
         for group_id in await self.source.list_groups():
-            if not self.selector.selects(group_id) or self.local.group_active(group_id):
+            if (
+                not self.selector.selects(group_id)
+                or not self.local.coordinates(group_id)
+                or self.local.group_active(group_id)
+            ):
                 continue
             offsets = await self.source.group_offsets(group_id)
             total += await self._sync_group(group_id, offsets, mirrored)
@@ -69,7 +81,7 @@ class GroupOffsetSync:
             if local_topic is None:
                 continue
             p = self.local.partition(local_topic, index)
-            if p is None or offset > p.log.log_end_offset:
+            if p is None or offset > self.local.copied_up_to(p):
                 continue  # not copied that far yet: a later round syncs it
             wanted[(local_topic, index)] = offset
         if not wanted:

@@ -2,6 +2,11 @@
 
 The composition root hands the mirror one ``LocalBroker`` built from the partition
 manager and the group coordinator; the mirror never reaches into them otherwise.
+
+In a cluster the same questions have cluster answers: topics are created through the
+controller (with the source's topic id, at the cluster's replication factor), topic
+administration is done by one broker (the active controller), a partition is copied only
+where it is led, and a copied append moves the leader's high watermark as a produce does.
 """
 
 from __future__ import annotations
@@ -41,6 +46,44 @@ class LocalBroker:
     def cluster_id(self) -> str:
         return self._cluster_id()
 
+    @property
+    def manages_topics(self) -> bool:
+        """Whether this broker creates, grows, configures and promotes mirrored topics:
+        a single broker always; in a cluster only the active controller, so the brokers
+        do not race each other's proposals."""
+        cluster = self._parts.cluster
+        return cluster is None or cluster.controller_id == cluster.node_id
+
+    def on_partition_role(self, listener: Callable[[Partition, bool], None]) -> None:
+        """Call ``listener(partition, leads_here)`` as leadership comes and goes (never on
+        a single broker, where every hosted partition is led here)."""
+        cluster = self._parts.cluster
+        if cluster is not None:
+            cluster.on_partition_role.append(listener)
+
+    def forget_partition_role(self, listener: Callable[[Partition, bool], None]) -> None:
+        cluster = self._parts.cluster
+        if cluster is not None and listener in cluster.on_partition_role:
+            cluster.on_partition_role.remove(listener)
+
+    @staticmethod
+    def leads(p: Partition) -> bool:
+        """Whether ``p`` is led here (and so is the one replica a mirror appends to)."""
+        return p.is_leader
+
+    def appended(self, p: Partition) -> None:
+        """After a copied append on the leader: the high watermark follows the in-sync
+        replicas (at once when the leader is the only one), as after a produce."""
+        cluster = self._parts.cluster
+        if cluster is not None and p.replica is not None and p.replica.is_leader:
+            cluster.advance_high_watermark(p)
+
+    @staticmethod
+    def copied_up_to(p: Partition) -> int:
+        """How far the copy of ``p`` is durable here: its log end on a single broker, its
+        high watermark (what every in-sync replica has) in a cluster."""
+        return p.log.log_end_offset if p.replica is None else p.log.high_watermark
+
     # -- topics ------------------------------------------------------------------------
 
     def topic(self, name: str) -> TopicInfo | None:
@@ -61,7 +104,14 @@ class LocalBroker:
     async def create_topic(
         self, name: str, partitions: int, configs: Mapping[str, str], topic_id: uuid.UUID | None
     ) -> TopicInfo:
-        return await self._parts.create_topic(name, partitions, 1, dict(configs), topic_id=topic_id)
+        rf = 1
+        cluster = self._parts.cluster
+        if cluster is not None:
+            live = len(cluster.state.live_brokers())
+            rf = min(self._parts.config.replication.default_replication_factor, max(live, 1))
+        return await self._parts.create_topic(
+            name, partitions, rf, dict(configs), topic_id=topic_id
+        )
 
     async def add_partitions(self, name: str, total: int) -> None:
         await self._parts.add_partitions(name, total)
@@ -73,6 +123,11 @@ class LocalBroker:
         return self._parts.get(name, index)
 
     # -- groups ------------------------------------------------------------------------
+
+    def coordinates(self, group_id: str) -> bool:
+        """Whether this broker is the group's coordinator now (always on a single broker;
+        in a cluster, the leader of the group's ``__consumer_offsets`` partition)."""
+        return self._groups.coordinates(group_id)
 
     def group_active(self, group_id: str) -> bool:
         """Whether the group has members here (its offsets are then its own)."""

@@ -10,6 +10,16 @@ and within a slot one session per source broker fetches the partitions that brok
 Group offsets sync on their own schedule. A source that is down is retried with
 exponential backoff; its state is in the metrics, and nothing of it touches the broker's
 own clients.
+
+In a cluster every broker runs the service. Topic administration (creating a mirrored
+topic through the controller with the source's topic id and the cluster's replication
+factor, growing it, copying its configs, promotion) is done by the active controller;
+each broker copies only the mirrored partitions it leads, starting and stopping as
+leadership moves (the node's partition-role listeners), and the followers replicate the
+copy with the ordinary replica fetcher. The position is still the local log end: a new
+leader's log is a prefix of the source's (every replica only ever held source batches at
+source offsets, and followers truncate to the leader's), so it resumes from its own end
+without duplicates or holes.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import logging
 import time
 import zlib
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
@@ -43,6 +54,9 @@ from .source import (
     source_ssl_context,
 )
 from .stats import PartitionStats, SourceStats, probe
+
+if TYPE_CHECKING:
+    from shazamq.broker.partitions import Partition
 
 __all__ = ["COPIED_CONFIGS", "MirrorService"]
 
@@ -105,6 +119,7 @@ class SourceMirror:
         )
 
     def start(self) -> None:
+        self.local.on_partition_role(self._on_partition_role)
         name = self.config.name
         self._tasks.append(asyncio.create_task(self._run(), name=f"mirror-{name}"))
         if self.config.sync_group_offsets:
@@ -113,6 +128,7 @@ class SourceMirror:
             )
 
     async def stop(self) -> None:
+        self.local.forget_partition_role(self._on_partition_role)
         await cancel_all(self._tasks)
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
         await self.source.close()
@@ -191,10 +207,21 @@ class SourceMirror:
     def _refresh_soon(self) -> None:
         self._stale.set()
 
+    def _on_partition_role(self, p: Partition, leads: bool) -> None:
+        """Leadership moved (cluster): a partition no longer led here stops being copied
+        at once; one now led here is picked up by a refresh right away."""
+        key = (p.topic, p.index)
+        if leads:
+            if self.local.mark_of(p.topic) is not None:
+                self._refresh_soon()
+        elif key in self.copies:
+            self._drop(key)
+
     # -- reconciling with the source -----------------------------------------------------
 
     async def _reconcile(self, md: SourceMetadata) -> None:
-        await self._promote()
+        if self.local.manages_topics:
+            await self._promote()
         candidates = [n for n in md.topics if self.selector.decide(n) is Decision.MIRROR]
         configs = await self.source.topic_configs(sorted(candidates))
         mirrored: dict[str, str] = {}
@@ -274,7 +301,10 @@ class SourceMirror:
         copied = self._copied_configs(local_name, src_configs)
         info = self.local.topic(local_name)
         count = len(st.partitions)
+        admin = self.local.manages_topics
         if info is None:
+            if not admin:
+                return None  # the active controller creates it; copied once it exists
             topic_id = st.topic_id
             if topic_id is not None and self.local.topic_id_in_use(topic_id):
                 self._note(
@@ -311,7 +341,7 @@ class SourceMirror:
                     "replaced source cluster has different offsets)",
                 )
                 return None
-            if count > info.partitions:
+            if count > info.partitions and admin:
                 await self.local.add_partitions(local_name, count)
                 log.info(
                     "mirror %s: %s grew from %d to %d partitions at the source",
@@ -320,13 +350,15 @@ class SourceMirror:
                     info.partitions,
                     count,
                 )
-            if any(info.configs.get(k) != v for k, v in copied.items()):
+            if admin and any(info.configs.get(k) != v for k, v in copied.items()):
                 await self.local.set_configs(local_name, {**info.configs, **copied})
         for index, sp in st.partitions.items():
             p = self.local.partition(local_name, index)
-            if p is None:
-                continue
             key = (local_name, index)
+            if p is None or not self.local.leads(p):
+                if key in self.copies:  # led elsewhere now: that broker copies it
+                    self._drop(key)
+                continue
             c = self.copies.get(key)
             if c is None or c.partition is not p or c.mark != mark:
                 if c is not None:
@@ -362,6 +394,7 @@ class SourceMirror:
                 backoff_max_ms=cfg.retry_backoff_max_ms,
                 still_mirror=self._still_mirror,
                 on_stale=self._refresh_soon,
+                on_appended=self.local.appended,
             )
         if session.copies.get(c.key) is not c:
             session.add(c)
@@ -377,6 +410,7 @@ class SourceMirror:
         return (
             self.local.mark_of(topic) == c.mark
             and self.local.partition(topic, c.index) is c.partition
+            and self.local.leads(c.partition)
         )
 
 

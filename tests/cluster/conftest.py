@@ -459,12 +459,16 @@ class ClusterFactory:
         extra_config: ExtraConfig = None,
         clustered: bool | None = None,
         timeout: float = START_TIMEOUT,
+        root_config: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> Cluster:
         """Start `n` brokers and wait until each answers ApiVersions.
 
         `clustered` (default: ``n > 1``) adds the ``[cluster]`` section; ``clustered=False``
         starts `n` independent single brokers. With ``netns=True`` the test is skipped when
-        network namespaces are unavailable.
+        network namespaces are unavailable. `root_config` gives settings naming services
+        of the test process (an S3 server, a source cluster), from the address at which
+        the brokers reach the root namespace (the lab's root address, or 127.0.0.1); they
+        are merged over `extra_config`.
         """
         if clustered is None:
             clustered = n > 1
@@ -482,6 +486,10 @@ class ClusterFactory:
             endpoints = loopback_endpoints(n)
             hosts = [None] * n
         secret = secrets.token_hex(16) if clustered else None
+        if root_config is not None:
+            extra_config = _with_root_config(
+                extra_config, root_config(lab.root_address if lab is not None else "127.0.0.1")
+            )
         configs = render_configs(
             endpoints, workdir, clustered=clustered, secret=secret, extra_config=extra_config
         )
@@ -510,6 +518,13 @@ class ClusterFactory:
                 cluster.stop_all()
         finally:
             self._labs.close()
+
+
+def _with_root_config(extra: ExtraConfig, root: Mapping[str, Any]) -> ExtraConfig:
+    if callable(extra):
+        base = extra
+        return lambda node_id: deep_merge(base(node_id), root)
+    return deep_merge(extra or {}, root)
 
 
 _FAILED = pytest.StashKey[bool]()

@@ -343,11 +343,13 @@ class ClusterNode:
         configs: dict[str, str],
         *,
         internal: bool = False,
+        topic_id: uuid.UUID | None = None,
     ) -> TopicState:
+        """Propose the topic; ``topic_id`` keeps a given id (a mirror keeps its source's)."""
         code = await self.propose(
             r.CreateTopic(
                 name=name,
-                topic_id=uuid.uuid4().hex,
+                topic_id=(topic_id or uuid.uuid4()).hex,
                 assignment=assignment,
                 configs=configs,
                 internal=internal,

@@ -225,6 +225,10 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             return 0 if self.loaded else int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         return self._owned.key_error(group_id, self.loaded)
 
+    def coordinates(self, group_id: str) -> bool:
+        """Whether requests for ``group_id`` are served here now."""
+        return self._key_status(group_id) == 0
+
     def _ownership(self, group_id: str) -> _Ownership | None:
         return self._owned.of(group_id)
 
