@@ -27,6 +27,7 @@ from shazamq.broker import topic_configs
 from shazamq.broker.cluster.metadata import MetadataStore, TopicInfo, validate_topic_name
 from shazamq.broker.log import LogConfig, LogManager, PartitionLog
 from shazamq.broker.log.errors import InvalidConfigError, KafkaStorageError
+from shazamq.broker.tier.manager import tiered
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 if TYPE_CHECKING:
@@ -208,7 +209,10 @@ class PartitionManager:
             self.offline[key] = str(exc)
             return
         self.offline.pop(key, None)
-        self.partitions[key] = Partition(topic, i, plog)
+        p = self.partitions[key] = Partition(topic, i, plog)
+        if self.config.tiered_storage.enabled and tiered(p):
+            # nothing leaves the disk until the tier says what the bucket holds
+            plog.remote_log_end = 0
 
     async def _open_topic_off_loop(self, topic: TopicInfo, indexes: range) -> None:
         """Create/open the logs in an executor thread and make their folders durable;

@@ -52,7 +52,13 @@ def _weed_binary() -> str:
 @pytest.fixture(scope="session")
 def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A SeaweedFS master+volume+filer+S3 on loopback; yields the S3 endpoint URL."""
-    data = tmp_path_factory.mktemp("seaweed")
+    with weed_server(tmp_path_factory.mktemp("seaweed")) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def weed_server(data: Path, bind: str = "127.0.0.1") -> Iterator[int]:
+    """SeaweedFS with its S3 gateway listening on ``bind``; yields the S3 port."""
     ports = {
         name: free_port()
         for name in (
@@ -71,7 +77,7 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "server",
         f"-dir={data}",
         "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip.bind={bind}",
         "-filer",
         "-s3",
         "-s3.port.iceberg=0",
@@ -84,7 +90,7 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=data)
     try:
         _wait_http(ports["s3.port"], proc)
-        yield f"http://127.0.0.1:{ports['s3.port']}"
+        yield ports["s3.port"]
     finally:
         proc.terminate()
         try:

@@ -199,7 +199,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         manifest = tier.remote_covers(p, offset)
                     if manifest is None:
                         pe = partition_error(fp.partition, ErrorCode.OFFSET_OUT_OF_RANGE, p)
-                        if tier is not None:
+                        if tier is not None and not follower:  # a follower starts locally
                             pe.log_start_offset = tier.log_start(p)
                         out.append(pe)
                         continue

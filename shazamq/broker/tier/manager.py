@@ -185,11 +185,14 @@ class TierManager:
             self._failing.discard(u)
             await u.stop()
             self.manifests.pop(key, None)
-            u.log.remote_log_end = None
+            still = self.partitions.partitions.get(key)
+            # a follower now: it deletes nothing on its own (see _hold_followers)
+            u.log.remote_log_end = 0 if still is u.partition and tiered(still) else None
+        self._hold_followers(wanted)
         for key, p in wanted.items():
             u = self.uploaders.get(key)
-            if u is not None and u.partition is p:
-                continue
+            if u is not None and u.partition is p and u.leader_epoch == p.leader_epoch:
+                continue  # (a new epoch gets a new uploader, which reads the manifest)
             if u is not None:
                 await u.stop()
             u = PartitionUploader(self, p)
@@ -200,6 +203,19 @@ class TierManager:
                 continue
             self.uploaders[key] = u
         await self.write_cluster_metadata()
+
+    def _hold_followers(self, led: dict[tuple[str, int], Partition]) -> None:
+        """Tiered partitions hosted but not led here delete nothing by their own retention.
+
+        A follower's local log only shrinks by following the leader's log start (the
+        replica fetcher does that), and the leader moves its log start only below what
+        its manifest holds; so no replica ever deletes what the bucket lacks, without
+        followers reading manifests. A follower that becomes leader reads the manifest
+        first (its uploader's start) and from then on applies ``local.retention.*``.
+        """
+        for key, p in list(self.partitions.partitions.items()):
+            if key not in led and p.log.remote_log_end is None and tiered(p):
+                p.log.remote_log_end = 0
 
     async def write_cluster_metadata(self) -> None:
         """The topics, ids and configs, so a new broker can come back from the bucket."""

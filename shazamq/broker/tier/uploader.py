@@ -15,6 +15,14 @@ round it
 
 The log is told how far the bucket reaches (``PartitionLog.remote_log_end``), so local
 retention never deletes a segment that is not durable remotely.
+
+In a cluster the uploader is the partition leader's, under the leader epoch it started
+with: before writing a manifest it checks that this broker still leads at that epoch, so
+a deposed leader stops (its fresh objects removed) instead of overwriting the manifest of
+the next one, which continues from the manifest it reads when it starts. Its segments may
+begin below the manifest's end (each replica rolls its own segments); such an upload
+overlaps the last remote segment, and reads take each offset from the first segment
+holding it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import crc32c
@@ -97,11 +106,16 @@ def read_segment_files(plog: PartitionLog, seg: LogSegment) -> dict[str, bytes] 
     return files
 
 
+class LeadershipLost(Exception):
+    """The partition is no longer led here at the epoch the uploader started under."""
+
+
 class PartitionUploader:
     def __init__(self, tier: TierManager, partition: Partition) -> None:
         self.tier = tier
         self.partition = partition
         self.log = partition.log
+        self.leader_epoch = partition.leader_epoch
         info = partition.topic_info
         self.prefix = partition_prefix(info.name, info.topic_id, partition.index)
         self.manifest_key = manifest_key(info.name, info.topic_id, partition.index)
@@ -159,8 +173,12 @@ class PartitionUploader:
             log.warning("%r: the tail was not uploaded before the shutdown deadline", self)
         except StoreError as exc:
             log.warning("%r: the tail was not uploaded: %s", self, exc)
+        except LeadershipLost:
+            pass  # leadership moved during the shutdown: the new leader uploads it
 
     async def _upload_tail(self) -> None:
+        if not self.leading():
+            return  # the new leader uploads it: the followers have the same records
         if self.log.active_segment.size:
             self.log.roll()
         await self.upload_ready()
@@ -181,6 +199,9 @@ class PartitionUploader:
                     self.failing = False
                     self.tier.report_ok(self)
                 backoff = ROUND_SECONDS
+            except LeadershipLost:
+                log.info("%r: no longer the leader; the next one continues", self)
+                return
             except StoreError as exc:
                 if not self.failing:
                     self.failing = True
@@ -235,12 +256,12 @@ class PartitionUploader:
                 await asyncio.gather(*(tier.store.put(keys[ext], b) for ext, b in files.items()))
             except BaseException:
                 # nothing references these objects; remove what made it (best effort)
-                for key in keys.values():
-                    try:
-                        await tier.store.delete(key)
-                    except (StoreError, asyncio.CancelledError):
-                        break
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._discard(keys.values())
                 raise
+            if not self.leading():
+                await self._discard(keys.values())
+                raise LeadershipLost
             crc = await loop.run_in_executor(None, crc32c.crc32c, data)
             entries = list(self.log.leader_epoch_cache.entries)
             remote = RemoteSegment(
@@ -276,7 +297,22 @@ class PartitionUploader:
         tier.metrics.segments_uploaded.inc()
         log.debug("%r: segment %d..%d in the bucket", self, seg.base_offset, seg.next_offset - 1)
 
+    def leading(self) -> bool:
+        """Whether this broker still leads the partition at the epoch it started under."""
+        p = self.partition
+        return p.is_leader and p.leader_epoch == self.leader_epoch
+
+    async def _discard(self, keys: Iterable[str]) -> None:
+        """Remove objects nothing references (best effort; orphans are swept later)."""
+        for key in keys:
+            try:
+                await self.tier.store.delete(key)
+            except StoreError:
+                break
+
     async def _write_manifest(self, new: PartitionManifest) -> None:
+        if not self.leading():
+            raise LeadershipLost
         await self.tier.store.put(self.manifest_key, encode_manifest(new))
         self.manifest = new
         self.tier.manifests[(self.partition.topic, self.partition.index)] = new
