@@ -104,6 +104,13 @@ class BrokerMetrics:
         self.connections_total = Counter(
             "shazamq_connections_accepted", "Client connections accepted.", registry=r
         )
+        self.connections_refused = Counter(
+            "shazamq_connections_refused",
+            "Connections closed at once because a cap was reached, by the cap "
+            "(max_connections, max_connections_per_ip).",
+            ["reason"],
+            registry=r,
+        )
         self.state = BrokerState.STARTING
         self._live = _LiveCollector()
         r.register(self._live)
