@@ -8,6 +8,7 @@ at scrape time by a collector instead of being mirrored into gauges on every cha
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -117,6 +118,12 @@ class BrokerMetrics:
         self.add_probe(self._state_probe)
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop a deleted topic's label children, so deleted topics do not pile up."""
+        for family in (self.bytes_in, self.messages_in, self.messages_out, self.bytes_out):
+            with contextlib.suppress(KeyError):
+                family.remove(topic)
 
     # -- live probes -----------------------------------------------------------------
 
