@@ -109,6 +109,39 @@ class BrokerSection(_Section):
     socket_request_max_bytes: Annotated[
         int, Meta(ge=1024, description="Largest request frame accepted (socket.request.max.bytes).")
     ] = 104857600
+    queued_max_request_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Memory all connections together may hold in requests being "
+            "received or processed and responses not yet sent (queued.max.request.bytes); "
+            "over it, connections stop reading until memory is released. 0: no bound.",
+        ),
+    ] = 268435456
+    connections_max_idle_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Close a connection with no traffic for this long "
+            "(connections.max.idle.ms); 0: never.",
+        ),
+    ] = 600_000
+    max_connections: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Most client connections at once (max.connections); a new one over "
+            "it is closed at once. 0: no cap.",
+        ),
+    ] = 10_000
+    max_connections_per_ip: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Most client connections from one address (max.connections.per.ip); "
+            "a new one over it is closed at once. 0: no cap.",
+        ),
+    ] = 2_000
     delete_topic_enable: bool = True
     shutdown_timeout_ms: Annotated[int, Meta(ge=0)] = 10_000
 
@@ -579,6 +612,31 @@ class SaslConfig(_Section):
         str | None, Meta(description='TOML file of [users] name = "password" entries.')
     ] = None
     users: dict[str, str] = msgspec.field(default_factory=dict)
+    max_receive_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024,
+            description="Largest frame a connection may send before it has authenticated "
+            "(sasl.server.max.receive.size); a larger one closes the connection.",
+        ),
+    ] = 524288
+    authentication_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Close a connection that has not authenticated this long after it "
+            "was accepted; 0: only connections_max_idle_ms applies.",
+        ),
+    ] = 30_000
+    hash_threads: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=64,
+            description="Threads computing SCRAM/PLAIN password hashes, apart from the ones "
+            "flushing and cleaning logs, so a login flood delays only logins.",
+        ),
+    ] = 2
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.users or self.users_file):

@@ -9,6 +9,7 @@ started in this one place.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
 import functools
 import logging
@@ -51,7 +52,7 @@ from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
 from .security import CredentialStore, build_credential_store
-from .server import KafkaServer, Session
+from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
 from .tier.metrics import TierMetrics
@@ -122,6 +123,8 @@ class Broker:
         self.server: KafkaServer
         # SASL users (derived credentials only), when [security.sasl] is enabled
         self.credentials: CredentialStore | None = None
+        # the threads that hash SASL passwords (security.sasl.hash_threads)
+        self.sasl_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # membership of a multi-broker cluster, when [cluster] voters are set
         self.cluster: ClusterNode | None = None
         # tiered storage, when [tiered_storage] is enabled
@@ -162,6 +165,9 @@ class Broker:
             secret = cfg.cluster.read_secret() if cfg.cluster.enabled else None
             self.credentials = await loop.run_in_executor(
                 None, build_credential_store, sasl, secret
+            )
+            self.sasl_pool = concurrent.futures.ThreadPoolExecutor(
+                sasl.hash_threads, thread_name_prefix="sasl-hash"
             )
             log.info(
                 "SASL enabled (%s) for %d users",
@@ -234,6 +240,15 @@ class Broker:
             max_request_bytes=cfg.broker.socket_request_max_bytes,
             ssl_context=ssl_context,
             on_connect=self._on_connect if sasl.enabled else None,
+            require_authentication=sasl.enabled,
+            limits=ConnectionLimits(
+                max_unauthenticated_bytes=sasl.max_receive_bytes,
+                idle_ms=cfg.broker.connections_max_idle_ms,
+                authentication_timeout_ms=sasl.authentication_timeout_ms if sasl.enabled else 0,
+                max_connections=cfg.broker.max_connections,
+                max_connections_per_ip=cfg.broker.max_connections_per_ip,
+                max_inflight_bytes=cfg.broker.queued_max_request_bytes,
+            ),
         )
         if self.cluster is not None:
             # Clients are served only once this broker has caught up with the metadata log
@@ -297,6 +312,8 @@ class Broker:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.close)
         self.metrics.close()
+        if self.sasl_pool is not None:
+            self.sasl_pool.shutdown(wait=False, cancel_futures=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -8,6 +8,7 @@ at scrape time by a collector instead of being mirrored into gauges on every cha
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -104,12 +105,25 @@ class BrokerMetrics:
         self.connections_total = Counter(
             "shazamq_connections_accepted", "Client connections accepted.", registry=r
         )
+        self.connections_refused = Counter(
+            "shazamq_connections_refused",
+            "Connections closed at once because a cap was reached, by the cap "
+            "(max_connections, max_connections_per_ip).",
+            ["reason"],
+            registry=r,
+        )
         self.state = BrokerState.STARTING
         self._live = _LiveCollector()
         r.register(self._live)
         self.add_probe(self._state_probe)
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop a deleted topic's label children, so deleted topics do not pile up."""
+        for family in (self.bytes_in, self.messages_in, self.messages_out, self.bytes_out):
+            with contextlib.suppress(KeyError):
+                family.remove(topic)
 
     # -- live probes -----------------------------------------------------------------
 

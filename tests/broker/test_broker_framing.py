@@ -38,6 +38,18 @@ class _Transport:
         self.reading = True
 
 
+def _server(max_request_bytes: int, **kw: object) -> server.KafkaServer:
+    metrics = SimpleNamespace(connections_refused=None)
+    return server.KafkaServer(
+        None,  # type: ignore[arg-type]
+        metrics,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+        max_request_bytes=max_request_bytes,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def test_frames_survive_any_split_of_the_stream():
     rng = random.Random(5)
     mib = 1024 * 1024
@@ -47,7 +59,7 @@ def test_frames_survive_any_split_of_the_stream():
     for _ in range(20):
         frames = [rng.randbytes(rng.choice(sizes)) for _ in range(rng.randint(1, 6))]
         stream = b"".join(struct.pack(">i", len(f)) + f for f in frames)
-        conn = server._Connection(SimpleNamespace(max_request_bytes=100 * 1024 * 1024))
+        conn = server._Connection(_server(100 * 1024 * 1024))
         conn.transport = _Transport()
         got = []
         pos = 0
@@ -64,17 +76,60 @@ def test_frames_survive_any_split_of_the_stream():
                 assert isinstance(frame, bytearray)  # writable: patched in place
                 got.append(bytes(frame))
         assert got == frames
-        assert conn.frame is None and conn.pieces is None and conn.start == conn.end == 0
+        assert conn.frame is None and not conn.pieces and conn.start == conn.end == 0
 
 
 def test_oversized_frame_stops_reading():
-    conn = server._Connection(SimpleNamespace(max_request_bytes=1000))
+    conn = server._Connection(_server(1000))
     conn.transport = _Transport()
     buf = conn.get_buffer(-1)
     buf[:4] = struct.pack(">i", 1001)
     conn.buffer_updated(4)
     assert conn.error is not None and not conn.transport.reading
     assert not conn.frames
+
+
+def test_a_size_prefix_alone_commits_no_memory():
+    conn = server._Connection(_server(100 * 1024 * 1024))
+    conn.transport = _Transport()
+    received = 0
+    stream = struct.pack(">i", 100 * 1024 * 1024) + b"x" * 3_000_000
+    while received < len(stream):
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), 4096, len(stream) - received)
+        buf[:n] = stream[received : received + n]
+        conn.buffer_updated(n)
+        received += n
+        # never more than twice what arrived (plus the first small piece) is allocated
+        assert conn.allocated <= 2 * received + 16 * 1024
+
+
+def test_before_authentication_frames_are_small():
+    limits = server.ConnectionLimits(max_unauthenticated_bytes=512 * 1024)
+    srv = _server(100 * 1024 * 1024, require_authentication=True, limits=limits)
+    conn = server._Connection(srv)
+    conn.transport = _Transport()
+    buf = conn.get_buffer(-1)
+    buf[:4] = struct.pack(">i", 512 * 1024 + 1)
+    conn.buffer_updated(4)
+    assert conn.error is not None and "sasl.server.max.receive.size" in conn.error
+    assert not conn.transport.reading and not conn.frames
+
+
+def test_over_the_memory_budget_a_connection_stops_reading_until_released():
+    limits = server.ConnectionLimits(max_inflight_bytes=1024 * 1024)
+    srv = _server(100 * 1024 * 1024, limits=limits)
+    first, second = server._Connection(srv), server._Connection(srv)
+    for conn in (first, second):
+        conn.transport = _Transport()
+        conn.transport.reading = True
+        buf = conn.get_buffer(-1)
+        buf[:4] = struct.pack(">i", 2 * 1024 * 1024)
+        conn.buffer_updated(4)
+    assert first.frame is not None and first.transport.reading  # reserved, receiving
+    assert second.frame is None and not second.transport.reading  # over budget: waits
+    srv.release(first, 2 * 1024 * 1024)
+    assert second.frame is not None and second.transport.reading
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:

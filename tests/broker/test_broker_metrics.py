@@ -84,3 +84,19 @@ def test_error_metrics(shared_broker, topic_name):
         m["shazamq_request_errors"], api="ListOffsets", error="UNKNOWN_TOPIC_OR_PARTITION"
     )
     assert errors >= 1
+
+
+def test_a_deleted_topics_metric_children_are_removed(shared_broker, topic_name):
+    from confluent_kafka.admin import AdminClient
+
+    p = Producer({"bootstrap.servers": shared_broker.bootstrap})
+    p.produce(topic_name, value=b"x" * 100, partition=0)
+    assert p.flush(10) == 0
+    m = scrape(shared_broker.metrics_port)
+    assert value(m["shazamq_topic_messages_in"], topic=topic_name) == 1
+    admin = AdminClient({"bootstrap.servers": shared_broker.bootstrap})
+    admin.delete_topics([topic_name])[topic_name].result(15)
+    m = scrape(shared_broker.metrics_port)
+    for family in ("shazamq_topic_messages_in", "shazamq_topic_bytes_in"):
+        assert not [s for s in m[family] if s.labels.get("topic") == topic_name]
+    assert not [s for s in m["shazamq_log_end_offset"] if s.labels.get("topic") == topic_name]

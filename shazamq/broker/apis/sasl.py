@@ -159,8 +159,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
         token = bytes(req.auth_bytes)
         try:
             if server.blocking:
+                # PLAIN's password hash runs in the SASL pool, never the default
+                # executor that flushes and cleans logs.
                 loop = asyncio.get_running_loop()
-                answer = await loop.run_in_executor(None, server.step, token)
+                answer = await loop.run_in_executor(broker.sasl_pool, server.step, token)
             else:
                 answer = server.step(token)
         except AuthenticationError as exc:

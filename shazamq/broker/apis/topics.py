@@ -143,6 +143,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             try:
                 info = await parts.delete_topic(name)
                 res.topic_id = info.uuid
+                broker.metrics.forget_topic(name)
             except KafkaError as exc:
                 res.error_code = exc.code
                 res.error_message = exc.message
