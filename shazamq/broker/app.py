@@ -28,7 +28,9 @@ from shazamq.mirror.service import MirrorService
 
 from . import apis
 from .apis import (
+    acls,
     api_versions,
+    authz,
     cluster,
     configs,
     fetch,
@@ -50,7 +52,8 @@ from .log import LogManager, count_partition_dirs
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
-from .security import CredentialStore, build_credential_store
+from .security import INTERNAL_USER, CredentialStore, build_credential_store
+from .security.acl import Authorizer
 from .server import KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
@@ -122,6 +125,8 @@ class Broker:
         self.server: KafkaServer
         # SASL users (derived credentials only), when [security.sasl] is enabled
         self.credentials: CredentialStore | None = None
+        # ACL decisions, when [security.authorization] is enabled
+        self.authorizer: Authorizer | None = None
         # membership of a multi-broker cluster, when [cluster] voters are set
         self.cluster: ClusterNode | None = None
         # tiered storage, when [tiered_storage] is enabled
@@ -222,11 +227,24 @@ class Broker:
             groups_api,
             txn_api,
             scram,
+            acls,
         ]
         if sasl.enabled:
             modules.append(sasl_api)
         for module in modules:
             module.register(self.dispatcher, self)
+        authorization = cfg.security.authorization
+        if authorization.enabled:
+            self.authorizer = Authorizer(
+                acls.stored_acls(self),
+                # the brokers' own principal (replica fetches, markers) may do anything
+                super_users=[*authorization.super_users, f"User:{INTERNAL_USER}"],
+                allow_everyone_if_no_acl_found=authorization.allow_everyone_if_no_acl_found,
+            )
+            if self.cluster is not None:
+                self.cluster.on_acls_changed.append(self.refresh_acls)
+            authz.install(self.dispatcher, self, self.authorizer)
+            log.info("authorization enabled with %d ACLs", len(self.authorizer.acls))
         self.server = KafkaServer(
             self.dispatcher,
             self.metrics,
@@ -302,6 +320,11 @@ class Broker:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("broker %d stopped cleanly", self.node_id)
+
+    def refresh_acls(self) -> None:
+        """Decide by the ACLs now in the metadata (after a change or a restored snapshot)."""
+        if self.authorizer is not None:
+            self.authorizer.replace(acls.stored_acls(self))
 
     def _build_cluster(self) -> None:
         """Wire the cluster node, its metadata view and the partition manager together."""
