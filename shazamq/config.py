@@ -643,11 +643,34 @@ class SaslConfig(_Section):
             raise ValueError("SASL needs users or users_file")
 
 
+class AuthorizationConfig(_Section):
+    """ACLs (Kafka's StandardAuthorizer): who may do what, managed with CreateAcls/DeleteAcls."""
+
+    enabled: Annotated[
+        bool, Meta(description="Enforce ACLs on every request (off: anyone may do anything).")
+    ] = False
+    super_users: Annotated[
+        list[str],
+        Meta(description='Principals allowed everything, ACLs or not, e.g. ["User:admin"].'),
+    ] = msgspec.field(default_factory=list)
+    allow_everyone_if_no_acl_found: Annotated[
+        bool,
+        Meta(description="Allow any principal on a resource that has no ACL at all."),
+    ] = False
+
+    def __post_init__(self) -> None:
+        for p in self.super_users:
+            kind, sep, name = p.partition(":")
+            if not (sep and kind and name):
+                raise ValueError(f"super user {p!r} is not of the form User:name")
+
+
 class SecurityConfig(_Section):
     """Listener security."""
 
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     sasl: SaslConfig = msgspec.field(default_factory=SaslConfig)
+    authorization: AuthorizationConfig = msgspec.field(default_factory=AuthorizationConfig)
 
 
 class BrokerConfig(_Section):

@@ -29,7 +29,9 @@ from shazamq.mirror.service import MirrorService
 
 from . import apis
 from .apis import (
+    acls,
     api_versions,
+    authz,
     cluster,
     configs,
     fetch,
@@ -51,7 +53,8 @@ from .log import LogManager, count_partition_dirs
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
-from .security import CredentialStore, build_credential_store
+from .security import INTERNAL_USER, CredentialStore, build_credential_store
+from .security.acl import Authorizer
 from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
@@ -125,6 +128,8 @@ class Broker:
         self.credentials: CredentialStore | None = None
         # the threads that hash SASL passwords (security.sasl.hash_threads)
         self.sasl_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # ACL decisions, when [security.authorization] is enabled
+        self.authorizer: Authorizer | None = None
         # membership of a multi-broker cluster, when [cluster] voters are set
         self.cluster: ClusterNode | None = None
         # tiered storage, when [tiered_storage] is enabled
@@ -227,11 +232,24 @@ class Broker:
             groups_api,
             txn_api,
             scram,
+            acls,
         ]
         if sasl.enabled:
             modules.append(sasl_api)
         for module in modules:
             module.register(self.dispatcher, self)
+        authorization = cfg.security.authorization
+        if authorization.enabled:
+            self.authorizer = Authorizer(
+                acls.stored_acls(self),
+                # the brokers' own principal (replica fetches, markers) may do anything
+                super_users=[*authorization.super_users, f"User:{INTERNAL_USER}"],
+                allow_everyone_if_no_acl_found=authorization.allow_everyone_if_no_acl_found,
+            )
+            if self.cluster is not None:
+                self.cluster.on_acls_changed.append(self.refresh_acls)
+            authz.install(self.dispatcher, self, self.authorizer)
+            log.info("authorization enabled with %d ACLs", len(self.authorizer.acls))
         self.server = KafkaServer(
             self.dispatcher,
             self.metrics,
@@ -318,6 +336,11 @@ class Broker:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("broker %d stopped cleanly", self.node_id)
+
+    def refresh_acls(self) -> None:
+        """Decide by the ACLs now in the metadata (after a change or a restored snapshot)."""
+        if self.authorizer is not None:
+            self.authorizer.replace(acls.stored_acls(self))
 
     def _build_cluster(self) -> None:
         """Wire the cluster node, its metadata view and the partition manager together."""

@@ -7,7 +7,7 @@ their ids, partition counts and config overrides are.
 
 The document also holds the SCRAM credentials set through AlterUserScramCredentials
 (`ScramEntry`: salt, iterations, StoredKey and ServerKey, never a password), which the
-cluster's state machine keeps in the same shape.
+cluster's state machine keeps in the same shape, and the ACLs (CreateAcls, DeleteAcls).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 import msgspec
 
 from shazamq.protocol.errors import ErrorCode, KafkaError
+
+from ..security.acl import AclBinding
 
 METADATA_DIR = "__cluster_metadata"
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
@@ -63,6 +65,8 @@ class _Document(msgspec.Struct, kw_only=True):
     topics: list[TopicInfo] = msgspec.field(default_factory=list)
     # defaulted: documents written before credentials could be set still load
     scram: ScramCredentials = msgspec.field(default_factory=dict)
+    # defaulted: documents written before ACLs existed still load
+    acls: list[AclBinding] = msgspec.field(default_factory=list)
 
 
 def validate_topic_name(name: str) -> None:
@@ -97,6 +101,7 @@ class MetadataStore:
         self.topics: dict[str, TopicInfo] = {}
         self.by_id: dict[uuid.UUID, TopicInfo] = {}
         self.scram: ScramCredentials = {}
+        self.acls: set[AclBinding] = set()
         self._lock = asyncio.Lock()
         if self._path.exists():
             doc = msgspec.json.decode(self._path.read_bytes(), type=_Document)
@@ -109,6 +114,7 @@ class MetadataStore:
             for t in doc.topics:
                 self._index(t)
             self.scram = doc.scram
+            self.acls = set(doc.acls)
         else:
             self.cluster_id = cluster_id or new_cluster_id()
             self._write()
@@ -122,6 +128,7 @@ class MetadataStore:
             cluster_id=self.cluster_id,
             topics=sorted(self.topics.values(), key=lambda t: t.name),
             scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
+            acls=sorted(self.acls),
         )
         tmp = self._path.with_suffix(".json.tmp")
         with open(tmp, "wb") as f:
@@ -223,4 +230,11 @@ class MetadataStore:
                     self.scram.pop(user, None)
             for user, mechanism, entry in upserts:
                 self.scram[user] = {**self.scram.get(user, {}), mechanism: entry}
+            await self._save()
+
+    async def alter_acls(self, add: list[AclBinding], remove: list[AclBinding]) -> None:
+        """Add and remove ACLs (validated by the caller), written once for them all."""
+        async with self._lock:
+            self.acls.difference_update(remove)
+            self.acls.update(add)
             await self._save()

@@ -25,10 +25,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.broker.cluster.metadata import new_cluster_id
 from shazamq.broker.security import INTERNAL_USER
+from shazamq.broker.security.acl import AclBinding
 from shazamq.config import ConfigError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
@@ -117,6 +119,8 @@ class ClusterNode:
         self._throttle_at = time.monotonic()
         # listeners told about topic-level changes (the metadata adapter)
         self.on_topics_changed: list[Callable[[set[str], list[TopicState]], None]] = []
+        # called on the event loop after ACLs were created, deleted or restored
+        self.on_acls_changed: list[Callable[[], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -479,6 +483,14 @@ class ClusterNode:
         """Delete a user's SCRAM credential; 0 or RESOURCE_NOT_FOUND."""
         return await self.propose(r.DeleteScramCredential(user=user, mechanism=mechanism))
 
+    async def create_acl(self, acl: AclBinding) -> int:
+        """Add an ACL on every broker; 0 or the rejection's error."""
+        return await self.propose(r.CreateAcl(**msgspec.structs.asdict(acl)))
+
+    async def delete_acl(self, acl: AclBinding) -> int:
+        """Remove an ACL on every broker; 0 or the rejection's error."""
+        return await self.propose(r.DeleteAcl(**msgspec.structs.asdict(acl)))
+
     # -- applying the log ----------------------------------------------------------------
 
     def _on_apply(self, data: bytes) -> None:
@@ -533,6 +545,9 @@ class ClusterNode:
         changes = self.state.take_changes()
         if not changes:
             return
+        if changes.acls:
+            for acl_listener in self.on_acls_changed:
+                acl_listener()
         if changes.topics or changes.deleted_topics:
             for listener in self.on_topics_changed:
                 listener(changes.topics, changes.deleted_topics)

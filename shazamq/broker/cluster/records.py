@@ -150,6 +150,30 @@ class DeleteScramCredential(_Record, tag="delete_scram_credential"):
     mechanism: str
 
 
+class CreateAcl(_Record, tag="create_acl"):
+    """Add one ACL (CreateAcls); adding an ACL that exists changes nothing."""
+
+    resource_type: int
+    resource_name: str
+    pattern_type: int
+    principal: str
+    host: str
+    operation: int
+    permission: int
+
+
+class DeleteAcl(_Record, tag="delete_acl"):
+    """Remove one ACL (DeleteAcls, which resolved its filters against the proposer's state)."""
+
+    resource_type: int
+    resource_name: str
+    pattern_type: int
+    principal: str
+    host: str
+    operation: int
+    permission: int
+
+
 Record = (
     InitCluster
     | ClaimController
@@ -167,6 +191,8 @@ Record = (
     | AllocateProducerIds
     | UpsertScramCredential
     | DeleteScramCredential
+    | CreateAcl
+    | DeleteAcl
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -3,8 +3,9 @@
 Every node applies the same committed records in the same order and so holds the same
 state: brokers with their incarnations and fencing, topics with ids and configs, for
 each partition its replicas, leader, leader epoch, partition epoch and ISR (KRaft's
-model), and the SCRAM credentials set through AlterUserScramCredentials (salt,
-iterations, StoredKey, ServerKey per user and mechanism). Applying never consults a
+model), the SCRAM credentials set through AlterUserScramCredentials (salt,
+iterations, StoredKey, ServerKey per user and mechanism) and the ACLs (CreateAcls,
+DeleteAcls). Applying never consults a
 clock or a random source; a record that is stale when it commits (an ISR change made
 under an old epoch, a producer-id block someone else took) is rejected with a Kafka error
 code and changes nothing.
@@ -19,6 +20,7 @@ import msgspec
 
 from shazamq.protocol.errors import ErrorCode
 
+from ..security.acl import AclBinding, validate
 from ..security.sasl import MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_HASHES
 from . import records as r
 from .metadata import ScramCredentials, ScramEntry
@@ -70,6 +72,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     controller_epoch: int = 0
     # defaulted: snapshots taken before credentials were replicated still restore
     scram: ScramCredentials = msgspec.field(default_factory=dict)
+    # defaulted: snapshots taken before ACLs were replicated still restore
+    acls: list[AclBinding] = msgspec.field(default_factory=list)
 
 
 class Changes(msgspec.Struct, kw_only=True):
@@ -81,6 +85,7 @@ class Changes(msgspec.Struct, kw_only=True):
     brokers: set[int] = msgspec.field(default_factory=set)
     cluster_id: bool = False
     scram_users: set[str] = msgspec.field(default_factory=set)  # credentials set or deleted
+    acls: bool = False  # an ACL was created or deleted
 
     def __bool__(self) -> bool:
         return bool(
@@ -90,6 +95,7 @@ class Changes(msgspec.Struct, kw_only=True):
             or self.brokers
             or self.cluster_id
             or self.scram_users
+            or self.acls
         )
 
 
@@ -113,6 +119,7 @@ class ClusterState:
         # user -> mechanism -> credential; inner dicts are replaced, never mutated, because
         # PLAIN logins read them from a worker thread
         self.scram: ScramCredentials = {}
+        self.acls: set[AclBinding] = set()
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
 
@@ -152,6 +159,7 @@ class ClusterState:
                 controller_id=self.controller_id,
                 controller_epoch=self.controller_epoch,
                 scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
+                acls=sorted(self.acls),
             )
         )
 
@@ -169,7 +177,9 @@ class ClusterState:
         self.controller_epoch = snap.controller_epoch
         old_users = set(self.scram)
         self.scram = snap.scram
+        self.acls = set(snap.acls)
         ch = self._changes
+        ch.acls = True
         ch.scram_users.update(old_users | set(self.scram))
         ch.cluster_id = True
         ch.brokers.update(self.brokers)
@@ -489,3 +499,31 @@ class ClusterState:
             del self.scram[rec.user]
         self._changes.scram_users.add(rec.user)
         return 0
+
+    def _on_CreateAcl(self, rec: r.CreateAcl) -> int:
+        acl = _binding(rec)
+        if validate(acl) is not None:  # checked by the proposer; rejected alike everywhere
+            return ErrorCode.INVALID_REQUEST
+        if acl not in self.acls:
+            self.acls.add(acl)
+            self._changes.acls = True
+        return 0
+
+    def _on_DeleteAcl(self, rec: r.DeleteAcl) -> int:
+        acl = _binding(rec)
+        if acl in self.acls:  # deleting what is gone already changes nothing, as in Kafka
+            self.acls.discard(acl)
+            self._changes.acls = True
+        return 0
+
+
+def _binding(rec: r.CreateAcl | r.DeleteAcl) -> AclBinding:
+    return AclBinding(
+        resource_type=rec.resource_type,
+        resource_name=rec.resource_name,
+        pattern_type=rec.pattern_type,
+        principal=rec.principal,
+        host=rec.host,
+        operation=rec.operation,
+        permission=rec.permission,
+    )

@@ -1,0 +1,357 @@
+"""ACLs on a real broker with SASL users, driven by real clients.
+
+One broker with ``[security.authorization]`` on, the super user ``admin`` and the users
+``alice`` and ``bob``. ACLs are created, listed and deleted with confluent-kafka's
+AdminClient; then each operation is tried as the principal it is (or is not) allowed to:
+produce (confluent-kafka, aiokafka), consume with a group (kafka-python), transactions, a
+forged replica fetch and Metadata hiding, with Kafka's error codes; prefixed ACLs; deny
+wins; a denied produce leaves the log untouched; super users pass everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
+from kafka_helpers import RawClient
+
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.describe_acls_request import DescribeAclsRequest
+from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from shazamq.protocol.messages.list_offsets_request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
+from shazamq.protocol.messages.sasl_authenticate_request import SaslAuthenticateRequest
+from shazamq.protocol.messages.sasl_handshake_request import SaslHandshakeRequest
+
+USERS = {"admin": "admin-pw", "alice": "alice-pw", "bob": "bob-pw"}
+ALLOW, DENY = AclPermissionType.ALLOW, AclPermissionType.DENY
+LITERAL, PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    from conftest import BrokerProcess
+
+    users = ", ".join(f'"{u}": "{p}"' for u, p in USERS.items())
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("authz"),
+        security__sasl__enabled=True,
+        security__sasl__mechanisms='["PLAIN", "SCRAM-SHA-512"]',
+        security__sasl__users=f"{{{users}}}",
+        security__authorization__enabled=True,
+        security__authorization__super_users='["User:admin"]',
+        broker__auto_create_topics=True,
+    ).start()
+    yield b
+    b.stop()
+
+
+def conf(broker, user: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": broker.bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": user,
+        "sasl.password": USERS[user],
+    }
+
+
+def admin(broker, user: str = "admin") -> AdminClient:
+    return AdminClient(conf(broker, user))
+
+
+def acl(rtype, name, principal, op, perm=ALLOW, pattern=LITERAL) -> AclBinding:
+    return AclBinding(rtype, name, pattern, principal, "*", op, perm)
+
+
+def create_acls(client: AdminClient, bindings: list[AclBinding]) -> None:
+    for f in client.create_acls(bindings).values():
+        f.result(15)
+
+
+def new_topic(broker, prefix: str = "t") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    client = admin(broker)
+    client.create_topics([NewTopic(name, 1, 1)])[name].result(15)
+    return name
+
+
+def produce(broker, user: str, topic: str, **extra: Any) -> KafkaError | None:
+    """Deliver one record as `user`; None or the delivery error."""
+    delivered: list[Any] = []
+    p = Producer({**conf(broker, user), "message.timeout.ms": 5000, **extra})
+    p.produce(topic, value=b"v", on_delivery=lambda err, _m: delivered.append(err))
+    p.flush(8)
+    assert len(delivered) == 1
+    return delivered[0]
+
+
+def raw_login(broker, user: str) -> RawClient:
+    client = RawClient(broker.port)
+    assert client.request(SaslHandshakeRequest(mechanism="PLAIN"), 1).error_code == 0
+    token = f"\0{user}\0{USERS[user]}".encode()
+    assert client.request(SaslAuthenticateRequest(auth_bytes=token), 2).error_code == 0
+    return client
+
+
+def end_offset(broker, topic: str) -> int:
+    client = raw_login(broker, "admin")
+    try:
+        resp = client.request(
+            ListOffsetsRequest(
+                replica_id=-1,
+                topics=[
+                    ListOffsetsTopic(
+                        name=topic,
+                        partitions=[ListOffsetsPartition(partition_index=0, timestamp=-1)],
+                    )
+                ],
+            ),
+            5,
+        )
+        return resp.topics[0].partitions[0].offset
+    finally:
+        client.close()
+
+
+def test_acl_admin_api_create_describe_delete(broker) -> None:
+    client = admin(broker)
+    topic = f"adm-{uuid.uuid4().hex[:6]}"
+    bindings = [
+        acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ),
+        acl(ResourceType.TOPIC, topic, "User:bob", AclOperation.WRITE, DENY),
+        acl(ResourceType.GROUP, topic, "User:alice", AclOperation.READ, pattern=PREFIXED),
+    ]
+    create_acls(client, bindings)
+    flt = AclBindingFilter(
+        ResourceType.ANY, topic, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+        AclPermissionType.ANY,
+    )  # fmt: skip
+    assert set(client.describe_acls(flt).result(15)) == set(bindings)
+    only_topic = AclBindingFilter(
+        ResourceType.TOPIC, topic, LITERAL, None, None, AclOperation.ANY, AclPermissionType.ANY
+    )
+    assert len(client.describe_acls(only_topic).result(15)) == 2
+    # an invalid ACL: operation not applicable to a group
+    bad = acl(ResourceType.GROUP, "g", "User:alice", AclOperation.WRITE)
+    with pytest.raises(KafkaException) as err:
+        client.create_acls([bad])[bad].result(15)
+    assert err.value.args[0].code() == KafkaError.INVALID_REQUEST
+    # a principal without ALTER on the cluster cannot create, describe or delete
+    bob = admin(broker, "bob")
+    # librdkafka reports DescribeAcls' top-level error as an empty answer: nothing leaks,
+    # and the wire carries CLUSTER_AUTHORIZATION_FAILED
+    assert bob.describe_acls(flt).result(15) == []
+    raw = raw_login(broker, "bob")
+    answer = raw.request(DescribeAclsRequest(resource_type_filter=1, pattern_type_filter=1), 3)
+    raw.close()
+    assert answer.error_code == ErrorCode.CLUSTER_AUTHORIZATION_FAILED and not answer.resources
+    b2 = acl(ResourceType.TOPIC, "x", "User:bob", AclOperation.ALL)
+    with pytest.raises(KafkaException) as err:
+        bob.create_acls([b2])[b2].result(15)
+    assert err.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    deleted = client.delete_acls([only_topic])[only_topic].result(15)
+    assert set(deleted) == set(bindings[:2])
+    assert client.describe_acls(flt).result(15) == [bindings[2]]
+    client.delete_acls([flt])[flt].result(15)
+
+
+def test_produce_allowed_denied_prefixed_and_deny_wins(broker) -> None:
+    client = admin(broker)
+    prefix = f"pay{uuid.uuid4().hex[:4]}"
+    ok, secret = new_topic(broker, prefix), new_topic(broker, prefix + "-secret")
+    create_acls(
+        client,
+        [
+            acl(ResourceType.TOPIC, prefix, "User:alice", AclOperation.WRITE, pattern=PREFIXED),
+            acl(ResourceType.TOPIC, secret, "User:alice", AclOperation.ALL, DENY),
+        ],
+    )
+    assert produce(broker, "alice", ok) is None
+    err = produce(broker, "alice", secret)
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    err = produce(broker, "bob", ok)
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    # the denied produces never reached the log
+    assert end_offset(broker, ok) == 1
+    assert end_offset(broker, secret) == 0
+    assert produce(broker, "admin", secret) is None  # super user
+
+
+def test_aiokafka_produce_denied(broker) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    topic = new_topic(broker, "aio")
+
+    async def run() -> None:
+        p = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_plain_username="bob",
+            sasl_plain_password=USERS["bob"],
+            request_timeout_ms=5000,
+        )
+        await p.start()
+        try:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await p.send_and_wait(topic, b"x")
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+    assert end_offset(broker, topic) == 0
+
+
+def test_metadata_hides_undescribable_topics_and_auto_create_needs_create(broker) -> None:
+    client = admin(broker)
+    seen, hidden = new_topic(broker, "seen"), new_topic(broker, "hidden")
+    create_acls(client, [acl(ResourceType.TOPIC, seen, "User:alice", AclOperation.DESCRIBE)])
+    topics = admin(broker, "alice").list_topics(timeout=10).topics
+    assert seen in topics and hidden not in topics
+    assert hidden in client.list_topics(timeout=10).topics
+    # named: TOPIC_AUTHORIZATION_FAILED
+    named = admin(broker, "alice").list_topics(topic=hidden, timeout=10).topics
+    assert named[hidden].error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    # auto-creation: DESCRIBE alone is not enough, CREATE on the topic is
+    fresh = f"auto-{uuid.uuid4().hex[:6]}"
+    create_acls(client, [acl(ResourceType.TOPIC, fresh, "User:alice", AclOperation.DESCRIBE)])
+    md = admin(broker, "alice").list_topics(topic=fresh, timeout=10).topics
+    assert md[fresh].error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert fresh not in client.list_topics(timeout=10).topics
+    create_acls(client, [acl(ResourceType.TOPIC, fresh, "User:alice", AclOperation.CREATE)])
+    md = admin(broker, "alice").list_topics(topic=fresh, timeout=10).topics
+    assert md[fresh].error is None or md[fresh].error.code() == KafkaError.LEADER_NOT_AVAILABLE
+    assert fresh in client.list_topics(timeout=10).topics
+
+
+def test_consume_needs_topic_read_and_group_read(broker) -> None:
+    from kafka import KafkaConsumer
+    from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+
+    topic = new_topic(broker, "cons")
+    assert produce(broker, "admin", topic) is None
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    def consumer() -> Any:
+        return KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_plain_username="alice",
+            sasl_plain_password=USERS["alice"],
+            group_id=group,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=8000,
+        )
+
+    create_acls(admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ)])
+    c = consumer()
+    with pytest.raises(GroupAuthorizationFailedError):
+        c.poll(timeout_ms=8000)
+        c.poll(timeout_ms=2000)
+    c.close()
+    create_acls(admin(broker), [acl(ResourceType.GROUP, group, "User:alice", AclOperation.READ)])
+    c = consumer()
+    records = [m.value for m in c]
+    c.commit()
+    c.close()
+    assert records == [b"v"]
+    # READ taken away by a DENY: the fetch answers TOPIC_AUTHORIZATION_FAILED
+    create_acls(
+        admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ, DENY)]
+    )
+    c = consumer()
+    with pytest.raises(TopicAuthorizationFailedError):
+        for _ in range(4):
+            c.poll(timeout_ms=2000)
+    c.close()
+
+
+def test_forged_replica_fetch_is_refused(broker) -> None:
+    topic = new_topic(broker, "forge")
+    assert produce(broker, "admin", topic) is None
+    create_acls(admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ)])
+    client = raw_login(broker, "alice")
+
+    def fetch(replica_id: int) -> Any:
+        return client.request(
+            FetchRequest(
+                replica_id=replica_id,
+                max_wait_ms=0,
+                min_bytes=1,
+                max_bytes=1 << 20,
+                topics=[
+                    FetchTopic(
+                        topic=topic,
+                        partitions=[
+                            FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=1 << 20)
+                        ],
+                    )
+                ],
+            ),
+            11,
+        )
+
+    try:
+        forged = fetch(1).responses[0].partitions[0]
+        assert forged.error_code == ErrorCode.TOPIC_AUTHORIZATION_FAILED
+        assert not forged.records
+        ok = fetch(-1).responses[0].partitions[0]
+        assert ok.error_code == 0 and ok.records
+    finally:
+        client.close()
+
+
+def test_transactional_id_write_needed(broker) -> None:
+    topic = new_topic(broker, "txn")
+    txn_id = f"tx-{uuid.uuid4().hex[:6]}"
+    create_acls(admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.WRITE)])
+    p = Producer({**conf(broker, "alice"), "transactional.id": txn_id})
+    with pytest.raises(KafkaException) as err:
+        p.init_transactions(10)
+    assert err.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    create_acls(
+        admin(broker),
+        [acl(ResourceType.TRANSACTIONAL_ID, txn_id, "User:alice", AclOperation.WRITE)],
+    )
+    p = Producer({**conf(broker, "alice"), "transactional.id": txn_id})
+    p.init_transactions(10)
+    p.begin_transaction()
+    p.produce(topic, value=b"t")
+    p.commit_transaction(10)
+    assert end_offset(broker, topic) == 2  # the record and the commit marker
+
+
+def test_create_and_delete_topics_need_their_acls(broker) -> None:
+    bob = admin(broker, "bob")
+    name = f"bobs-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(KafkaException) as err:
+        bob.create_topics([NewTopic(name, 1, 1)])[name].result(15)
+    assert err.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    create_acls(
+        admin(broker),
+        [acl(ResourceType.TOPIC, "bobs-", "User:bob", AclOperation.CREATE, pattern=PREFIXED)],
+    )
+    bob.create_topics([NewTopic(name, 1, 1)])[name].result(15)
+    with pytest.raises(KafkaException) as err:
+        bob.delete_topics([name])[name].result(15)
+    assert err.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
