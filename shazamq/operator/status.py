@@ -132,12 +132,14 @@ def cluster_status(
     previous: Mapping[str, Any] | None,
     outcome: Outcome | None,
     generation: int | None,
+    controller: int | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
 
     ``outcome=None`` means "no reconciliation ran now": the previous ``Reconciled``
-    condition (and its verdict on the phase) is kept.
+    condition (and its verdict on the phase) is kept. `controller` is the id of the active
+    controller, when known (its broker entry gets ``leader: true``).
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -198,7 +200,10 @@ def cluster_status(
         selector=selector,
         observed_generation=generation,
         conditions=[ready_cond, reconciled_cond],
-        brokers=[BrokerStatus(**b, ready=b["pod"] in ready_pods) for b in brokers],
+        brokers=[
+            BrokerStatus(**b, ready=b["pod"] in ready_pods, leader=b["id"] == controller)
+            for b in brokers
+        ],
     )
     return msgspec.to_builtins(status)
 
