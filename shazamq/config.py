@@ -1184,6 +1184,24 @@ class BrokerStatus(_Status, kw_only=True):
     ] = False
 
 
+class RollStatus(_Status, kw_only=True):
+    """A rolling restart in progress: the broker being rolled and what the roll waits for."""
+
+    revision: Annotated[
+        str | None, Meta(description="The StatefulSet revision the brokers are rolled to.")
+    ] = None
+    broker: Annotated[
+        str | None, Meta(description="The pod being restarted or waited for, if any.")
+    ] = None
+    waiting_for: Annotated[str, Meta(description="Why the roll is not restarting now.")] = ""
+    restarted: Annotated[
+        list[str], Meta(description="Pods restarted so far in this roll, in order.")
+    ] = msgspec.field(default_factory=list)
+    paused: Annotated[
+        bool, Meta(description="Paused by the annotation shazamq.io/pause-reconcile.")
+    ] = False
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1196,3 +1214,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     observed_generation: int | None = None
     conditions: list[ClusterCondition] = msgspec.field(default_factory=list)
     brokers: list[BrokerStatus] = msgspec.field(default_factory=list)
+    roll: RollStatus | None = None

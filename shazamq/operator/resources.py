@@ -501,7 +501,9 @@ class ClusterModel:
                 "serviceName": self.headless_service_name,
                 "selector": {"matchLabels": self.selector_labels},
                 "podManagementPolicy": "Parallel",
-                "updateStrategy": {"type": "RollingUpdate"},
+                # the operator restarts the brokers itself, one at a time, once the
+                # cluster's partitions allow it (see `shazamq.operator.roll`)
+                "updateStrategy": {"type": "OnDelete"},
                 "persistentVolumeClaimRetentionPolicy": {
                     "whenDeleted": "Retain",
                     "whenScaled": "Retain",
