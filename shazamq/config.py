@@ -1069,6 +1069,12 @@ ReplicationSpec = _derive(
 )
 
 
+class LocalObjectReference(_Spec):
+    """A reference to an object of the cluster's namespace, by name."""
+
+    name: Annotated[str, Meta(pattern=DNS_SUBDOMAIN, max_length=253, description="Its name.")]
+
+
 class ServiceSpec(_Spec):
     """The client Service, and the broker ports behind it."""
 
@@ -1082,6 +1088,10 @@ class ServiceSpec(_Spec):
     metrics_port: Annotated[Port, Meta(description="Prometheus port of the brokers.")] = (
         _field_default(MetricsConfig, "port")
     )
+    annotations: Annotated[
+        StringMap,
+        Meta(description="Annotations of the client Service (for example a load balancer's)."),
+    ] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.port == self.metrics_port:
@@ -1126,6 +1136,13 @@ class AuthSpec(_Spec):
 class SecuritySpec(_Spec):
     """Listener security."""
 
+    enabled: Annotated[
+        bool | None,
+        Meta(
+            description="Master switch of tls and auth: false turns both off whatever they "
+            "say; true or unset leaves each to its own enabled."
+        ),
+    ] = None
     tls: TlsSpec = msgspec.field(default_factory=TlsSpec)
     auth: AuthSpec = msgspec.field(default_factory=AuthSpec)
 
@@ -1141,6 +1158,13 @@ class ServiceMonitorSpec(_Spec):
 class MonitoringSpec(_Spec):
     """Prometheus integration."""
 
+    enabled: Annotated[
+        bool,
+        Meta(
+            description="Master switch of the monitoring objects below: false renders none "
+            "of them. The brokers serve /metrics either way (the operator reads it)."
+        ),
+    ] = True
     service_monitor: ServiceMonitorSpec = msgspec.field(default_factory=ServiceMonitorSpec)
 
 
@@ -1166,6 +1190,10 @@ class ShazamqClusterSpec(_Spec):
         Literal["Always", "IfNotPresent", "Never"],
         Meta(description="Pull policy of the broker image."),
     ] = "IfNotPresent"
+    image_pull_secrets: Annotated[
+        list[LocalObjectReference],
+        Meta(description="Secrets for pulling the broker image (the pods' imagePullSecrets)."),
+    ] = msgspec.field(default_factory=list)
     storage: StorageSpec = msgspec.field(default_factory=StorageSpec)  # type: ignore[valid-type]
     tiered_storage: TieredStorageSpec = msgspec.field(  # type: ignore[valid-type]
         default_factory=TieredStorageSpec
@@ -1199,6 +1227,16 @@ class ShazamqClusterSpec(_Spec):
     service: ServiceSpec = msgspec.field(default_factory=ServiceSpec)
     security: SecuritySpec = msgspec.field(default_factory=SecuritySpec)
     monitoring: MonitoringSpec = msgspec.field(default_factory=MonitoringSpec)
+    config: Annotated[
+        KubeObject,
+        Meta(
+            description="More broker settings, as the sections and keys of shazamq.toml "
+            "(`{broker: {default_partitions: 6}}`), checked by the broker's configuration "
+            "model. Settings the operator renders from other fields or from the pod's "
+            "identity (ports, data directory, node id, cluster, security, tiered storage, "
+            "mirror, storage and replication fields of the spec) are refused here."
+        ),
+    ] = msgspec.field(default_factory=dict)
 
 
 ClusterPhase = Literal["Creating", "Running", "Updating", "Degraded", "Failed"]
@@ -1216,12 +1254,33 @@ class ClusterCondition(_Status, kw_only=True):
 
 
 class BrokerStatus(_Status, kw_only=True):
-    """One broker: its id, pod and the address it advertises to clients."""
+    """One broker: its id, pod, the address it advertises to clients, and its roles."""
 
     id: int
     pod: str
     address: str
     ready: bool = False
+    leader: Annotated[
+        bool, Meta(description="Whether this broker is the active controller (quorum leader).")
+    ] = False
+
+
+class RollStatus(_Status, kw_only=True):
+    """A rolling restart in progress: the broker being rolled and what the roll waits for."""
+
+    revision: Annotated[
+        str | None, Meta(description="The StatefulSet revision the brokers are rolled to.")
+    ] = None
+    broker: Annotated[
+        str | None, Meta(description="The pod being restarted or waited for, if any.")
+    ] = None
+    waiting_for: Annotated[str, Meta(description="Why the roll is not restarting now.")] = ""
+    restarted: Annotated[
+        list[str], Meta(description="Pods restarted so far in this roll, in order.")
+    ] = msgspec.field(default_factory=list)
+    paused: Annotated[
+        bool, Meta(description="Paused by the annotation shazamq.io/pause-reconcile.")
+    ] = False
 
 
 class ShazamqClusterStatus(_Status, kw_only=True):
@@ -1236,3 +1295,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     observed_generation: int | None = None
     conditions: list[ClusterCondition] = msgspec.field(default_factory=list)
     brokers: list[BrokerStatus] = msgspec.field(default_factory=list)
+    roll: RollStatus | None = None

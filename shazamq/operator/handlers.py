@@ -20,6 +20,14 @@ sequences them.
   rendered (drift), apply it again; a StatefulSet's changes also refresh the status.
   ConfigMaps, Services, StatefulSets and PodDisruptionBudgets are watched; a
   ServiceMonitor (a kind that may not be served) is restored at the next reconciliation.
+- every few seconds, for every cluster seen (`cluster_event` keeps ``memo.bodies``),
+  `roll_loop()` runs `roll_step()`: the rolling restart. The StatefulSet's
+  update strategy is ``OnDelete``; the operator reads the cluster (`probe`), asks the pure
+  planner (`roll.plan`) for the next broker to restart or the reason to wait, records its
+  progress in the annotation ``shazamq.io/roll`` *before* deleting the pod (so an operator
+  restarted mid-roll keeps waiting for that broker and never restarts one twice), and
+  reports the roll in ``status.roll``. The annotation ``shazamq.io/pause-reconcile: "true"``
+  pauses it. The same tick reads the active controller for ``status.brokers[].leader``.
 - The index ``clusters`` keeps the latest body of every ShazamqCluster, so an owned
   object's event can find its owner without an API call. Until the index holds the frozen
   voters, the ones the owner's handler wrote (``memo.voters``) stand in.
@@ -31,6 +39,8 @@ its children's events never apply concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import copy
 import logging
 import secrets
@@ -43,6 +53,7 @@ import kopf
 from shazamq.operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
+from shazamq.operator.probe import ProbeError, read_cluster
 from shazamq.operator.resources import (
     CLUSTER_LABEL,
     CONFIG_KEY,
@@ -54,11 +65,22 @@ from shazamq.operator.resources import (
     format_voter_ids,
     voter_ids_of_config,
 )
-from shazamq.operator.status import RECONCILE_OK, Outcome, cluster_status, invalid_status
+from shazamq.operator.roll import Broker, ClusterView, RollProgress, plan
+from shazamq.operator.status import (
+    RECONCILE_OK,
+    Outcome,
+    cluster_status,
+    invalid_status,
+    pod_ready,
+)
 
 CLUSTERS = (GROUP, VERSION, PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 ANNOTATION_PREFIX = "shazamq.io"
+ROLL_ANNOTATION = "shazamq.io/roll"  # the roll's progress (`RollProgress`, JSON)
+PAUSE_ANNOTATION = "shazamq.io/pause-reconcile"  # "true" pauses the roll
+REVISION_LABEL = "controller-revision-hash"  # set on pods by the StatefulSet controller
+ROLL_INTERVAL = 3.0  # seconds between two roll steps of one cluster
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -96,6 +118,13 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.locks = {}
     memo.statuses = {}
     memo.voters = {}  # (namespace, name) -> the VOTERS_ANNOTATION this operator wrote
+    memo.rolls = {}  # (namespace, name) -> status.roll (camelCase dict) or None
+    memo.controllers = {}  # (namespace, name) -> the active controller's id, if known
+    memo.bodies = {}  # (namespace, name) -> the latest body of each ShazamqCluster
+    memo.contexts = {}  # "post" -> the context of Kopf's handlers (its event poster)
+    if memo.get("probe") is None:
+        memo.probe = probe_cluster
+    memo.roll_task = asyncio.create_task(roll_loop(memo), name="shazamq-roll")
     port = memo.get("metrics_port")
     memo.metrics_server = None
     if port is not None:
@@ -105,6 +134,11 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("roll_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if memo.get("metrics_server") is not None:
         await memo.metrics_server.stop()
     if memo.get("api") is not None:
@@ -133,11 +167,21 @@ async def reconcile_cluster(
 def cluster_event(
     event: Mapping[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Forget a deleted cluster (its phase in the metrics, its last status)."""
+    """Remember each cluster for the roll loop; forget a deleted one (its phase in the
+    metrics, its last status)."""
+    # Kopf's event poster lives in its handlers' context: the roll loop posts through it.
+    # (memo is copied per object: the shared dict carries it to the loop)
+    memo.contexts["post"] = contextvars.copy_context()
+    body = event.get("object")
+    if event.get("type") != "DELETED" and isinstance(body, Mapping):
+        memo.bodies[namespace, name] = copy.deepcopy(dict(body))
     if event.get("type") == "DELETED":
+        memo.bodies.pop((namespace, name), None)
         memo.metrics.set_phase(namespace, name, None)
         memo.statuses.pop((namespace, name), None)
         memo.voters.pop((namespace, name), None)
+        memo.rolls.pop((namespace, name), None)
+        memo.controllers.pop((namespace, name), None)
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
@@ -326,6 +370,8 @@ async def refresh_status(
         previous=previous,
         outcome=outcome,
         generation=model.generation,
+        controller=memo.controllers.get((model.namespace, model.name)),
+        roll=memo.rolls.get((model.namespace, model.name)),
     )
     await _write_status(memo, body, status, previous)
 
@@ -356,6 +402,156 @@ async def _write_status(
 
 def _without_kopf(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "kopf"}
+
+
+# -- rolling restarts -----------------------------------------------------------------------
+
+
+async def probe_cluster(
+    model: ClusterModel, live: list[tuple[int, str]], partitions: bool
+) -> ClusterView:
+    """The cluster's view of itself (`shazamq.operator.probe`); tests put their own in
+    ``memo.probe``."""
+    plaintext = not (model.config.security.tls.enabled or model.config.security.sasl.enabled)
+    return await read_cluster(
+        brokers=live,
+        metrics_port=model.spec.service.metrics_port,
+        kafka_port=model.spec.service.port,
+        plaintext=plaintext,
+        default_min_isr=model.spec.replication.min_insync_replicas,
+        partitions=partitions,
+    )
+
+
+async def roll_loop(memo: kopf.Memo) -> None:
+    """Every ROLL_INTERVAL, one roll step per known cluster. Our own task rather than a
+    Kopf timer, which would put a finalizer on every ShazamqCluster."""
+    logger = logging.getLogger("shazamq.operator.roll")
+    while True:
+        await asyncio.sleep(memo.get("roll_interval") or ROLL_INTERVAL)
+        for key, body in list(memo.bodies.items()):
+            try:
+                await roll_step(copy.deepcopy(body), memo, logger)
+            except ApiError as exc:
+                logger.warning("Roll step of %s/%s failed: %s", *key, exc)
+            except Exception:
+                logger.exception("Roll step of %s/%s failed", *key)
+
+
+def brokers_of(model: ClusterModel, pods: list[dict[str, Any]], revision: str) -> list[Broker]:
+    """Each broker pod's state for the planner: a pod is outdated when the StatefulSet
+    controller labelled it with another revision than the update revision."""
+    by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
+    out = []
+    for i in range(model.spec.replicas):
+        name = f"{model.name}-{i}"
+        pod = by_name.get(name)
+        meta = (pod or {}).get("metadata") or {}
+        exists = pod is not None and not meta.get("deletionTimestamp")
+        hash_ = (meta.get("labels") or {}).get(REVISION_LABEL)
+        out.append(
+            Broker(
+                id=i,
+                pod=name,
+                exists=exists,
+                ready=exists and pod_ready(pod or {}),
+                outdated=exists and hash_ is not None and hash_ != revision,
+            )
+        )
+    return out
+
+
+async def roll_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
+    """One step of the rolling restart (see the module docstring): restart a broker, or
+    record why not, and refresh the status."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        model = ClusterModel.from_resource(body)
+    except ModelError:
+        return  # reported by the owner's handler
+    key = (model.namespace, model.name)
+    api: Api = memo.api
+    async with _lock(memo, *key):
+        sts = await api.get("apps/v1", "StatefulSet", model.namespace, model.statefulset_name)
+        revision = ((sts or {}).get("status") or {}).get("updateRevision")
+        if sts is None or not revision:
+            return
+        pods = await api.list("v1", "Pod", model.namespace, selector=model.selector)
+        brokers = brokers_of(model, pods, revision)
+        annotations = meta.get("annotations") or {}
+        stored = annotations.get(ROLL_ANNOTATION)
+        progress = RollProgress.loads(stored).for_revision(revision)
+        rolling = any(b.outdated for b in brokers) or progress.in_flight is not None
+        live = [(b.id, model.advertised_host(b.id)) for b in brokers if b.exists and b.ready]
+        view: ClusterView | None = None
+        error: str | None = None
+        try:
+            view = await memo.probe(model, live, rolling)
+        except ProbeError as exc:
+            error = str(exc)
+        if view is not None:
+            memo.controllers[key] = view.controller
+        decision = plan(brokers, view, progress, error=error)
+        paused = annotations.get(PAUSE_ANNOTATION, "").lower() == "true"
+        roll: dict[str, Any] | None = None
+        if decision.action == "done":
+            progress = RollProgress()
+        elif paused:
+            roll = _roll_status(model, progress, None, "paused (shazamq.io/pause-reconcile)")
+            roll["paused"] = True
+        elif decision.action == "restart":
+            assert decision.broker is not None
+            pod = f"{model.name}-{decision.broker}"
+            progress = progress.with_restart(decision.broker)
+            # recorded before the pod goes: a restarted operator waits for it, once
+            await _save_progress(api, model, progress.dumps())
+            stored = progress.dumps()
+            await api.delete("v1", "Pod", model.namespace, pod)
+            logger.info("Restarted broker %s: %s", pod, decision.reason)
+            _post_event(
+                memo, body, "Normal", "BrokerRestarted", f"Restarted {pod} ({decision.reason})"
+            )
+            roll = _roll_status(model, progress, pod, f"{pod} is restarting")
+        else:
+            pod = None if decision.broker is None else f"{model.name}-{decision.broker}"
+            roll = _roll_status(model, progress, pod, decision.reason)
+            if memo.rolls.get(key, {}) and memo.rolls[key].get("waitingFor") != decision.reason:
+                logger.info("Roll waits: %s", decision.reason)
+        new = progress.dumps() if progress != RollProgress() else None
+        if new != stored:
+            await _save_progress(api, model, new)
+        memo.rolls[key] = roll
+        await refresh_status(memo, body, model, sts=sts)
+
+
+def _post_event(
+    memo: kopf.Memo, body: Mapping[str, Any], type_: str, reason: str, msg: str
+) -> None:
+    """`kopf.event` from the roll loop, run in the context of Kopf's handlers."""
+    context = memo.contexts.get("post")
+    if context is None:
+        logging.getLogger("shazamq.operator.roll").info("%s: %s", reason, msg)
+        return
+    context.run(kopf.event, body, type=type_, reason=reason, message=msg)
+
+
+def _roll_status(
+    model: ClusterModel, progress: RollProgress, pod: str | None, waiting_for: str
+) -> dict[str, Any]:
+    return {
+        "revision": progress.revision,
+        "broker": pod,
+        "waitingFor": waiting_for,
+        "restarted": [f"{model.name}-{i}" for i in progress.restarted],
+        "paused": False,
+    }
+
+
+async def _save_progress(api: Api, model: ClusterModel, value: str | None) -> None:
+    patch = {"metadata": {"annotations": {ROLL_ANNOTATION: value}}}
+    await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
 
 
 # -- owned objects --------------------------------------------------------------------------

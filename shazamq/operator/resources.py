@@ -344,7 +344,14 @@ class ClusterModel:
         return {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": self._metadata(self.client_service_name, **{SERVICE_LABEL: "client"}),
+            "metadata": {
+                **self._metadata(self.client_service_name, **{SERVICE_LABEL: "client"}),
+                **(
+                    {"annotations": dict(self.spec.service.annotations)}
+                    if self.spec.service.annotations
+                    else {}
+                ),
+            },
             "spec": {
                 "type": self.spec.service.type,
                 "selector": self.selector_labels,
@@ -388,9 +395,9 @@ class ClusterModel:
         """(volume name, Secret name, mount path) of every Secret mounted as files."""
         spec = self.spec
         mounts = [("cluster-secret", self.cluster_secret_name, CLUSTER_SECRET_DIR)]
-        if spec.security.tls.enabled:
+        if tls_enabled(spec):
             mounts.append(("tls", spec.security.tls.secret_name, TLS_DIR))
-        if spec.security.auth.enabled:
+        if auth_enabled(spec):
             mounts.append(("auth", spec.security.auth.secret_name, AUTH_DIR))
         gcs = spec.tiered_storage.gcs
         if gcs is not None and gcs.credentials_secret:
@@ -481,6 +488,8 @@ class ClusterModel:
             pod_spec["nodeSelector"] = dict(spec.node_selector)
         if spec.tolerations:
             pod_spec["tolerations"] = copy.deepcopy(spec.tolerations)
+        if spec.image_pull_secrets:
+            pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
         pod_labels = {"app": "shazamq", **spec.pod_labels, **self.labels}
         pod_annotations = {**spec.pod_annotations, CHECKSUM_ANNOTATION: self.config_checksum()}
         return {
@@ -492,7 +501,9 @@ class ClusterModel:
                 "serviceName": self.headless_service_name,
                 "selector": {"matchLabels": self.selector_labels},
                 "podManagementPolicy": "Parallel",
-                "updateStrategy": {"type": "RollingUpdate"},
+                # the operator restarts the brokers itself, one at a time, once the
+                # cluster's partitions allow it (see `shazamq.operator.roll`)
+                "updateStrategy": {"type": "OnDelete"},
                 "persistentVolumeClaimRetentionPolicy": {
                     "whenDeleted": "Retain",
                     "whenScaled": "Retain",
@@ -528,7 +539,7 @@ class ClusterModel:
     def generate_service_monitor(self) -> dict[str, Any] | None:
         """A Prometheus Operator ServiceMonitor over the headless Service (every pod), or None."""
         monitor = self.spec.monitoring.service_monitor
-        if not monitor.enabled:
+        if not (self.spec.monitoring.enabled and monitor.enabled):
             return None
         return {
             "apiVersion": "monitoring.coreos.com/v1",
@@ -648,13 +659,13 @@ def _broker_config(
     if gcs is not None and gcs.credentials_secret:
         tiered["gcs"]["credentials_file"] = f"{GCS_DIR}/credentials.json"
     security: dict[str, Any] = {}
-    if spec.security.tls.enabled:
+    if tls_enabled(spec):
         security["tls"] = {
             "enabled": True,
             "cert_file": f"{TLS_DIR}/tls.crt",
             "key_file": f"{TLS_DIR}/tls.key",
         }
-    if spec.security.auth.enabled:
+    if auth_enabled(spec):
         security["sasl"] = {
             "enabled": True,
             "mechanisms": [spec.security.auth.mechanism],
@@ -681,6 +692,78 @@ def _broker_config(
             "quorum_host": "0.0.0.0",
         }
     try:
-        return parse_config(tree, source="spec")
+        rendered = parse_config(tree, source="spec")
     except ConfigError as exc:
         raise ModelError("spec", str(exc).removeprefix("spec: ")) from None
+    if not spec.config:
+        return rendered
+    _check_extra_config(spec.config)
+    for section, values in spec.config.items():
+        tree.setdefault(section, {}).update(values)
+    try:
+        return parse_config(tree, source="spec.config")
+    except ConfigError as exc:
+        problem = str(exc).removeprefix("spec.config: ")
+        m = _CONFIG_KEY_ERROR.match(problem)
+        if m is None:
+            raise ModelError("spec.config", problem) from None
+        what = m.group("problem") or "unknown field"
+        raise ModelError(f"spec.config.{m.group('key')}", what) from None
+
+
+_CONFIG_KEY_ERROR = re.compile(
+    r"^(?:invalid value for|unknown key) '(?P<key>[^']+)'(?:: (?P<problem>.*))?$", re.DOTALL
+)
+
+
+# Broker settings `spec.config` may not set: the operator renders them from the pod's
+# identity or from other spec fields (named in the error, so the user knows where to go).
+_RENDERED_SECTIONS = {
+    "cluster": "the operator renders the metadata quorum",
+    "security": "use spec.security",
+    "tiered_storage": "use spec.tieredStorage",
+    "mirror": "use spec.mirror",
+}
+_RENDERED_KEYS = {
+    ("broker", "node_id"): "the broker id is the pod ordinal",
+    ("broker", "node_id_from_hostname"): "the broker id is the pod ordinal",
+    ("broker", "host"): "the operator renders the listener",
+    ("broker", "port"): "use spec.service.port",
+    ("broker", "advertised_host"): "the operator renders the pod's stable name",
+    ("broker", "advertised_port"): "use spec.service.port",
+    ("broker", "data_dir"): "the data directory is the pod's volume",
+    ("broker", "cluster_id"): "the operator derives it from the resource",
+    ("metrics", "enabled"): "the operator reads the brokers' metrics",
+    ("metrics", "port"): "use spec.service.metricsPort",
+    ("storage", "segment_bytes"): "use spec.storage.segmentBytes",
+    ("storage", "retention_hours"): "use spec.storage.retentionHours",
+    ("storage", "retention_bytes"): "use spec.storage.retentionBytes",
+    ("replication", "default_replication_factor"): (
+        "use spec.replication.defaultReplicationFactor"
+    ),
+    ("replication", "min_insync_replicas"): "use spec.replication.minInsyncReplicas",
+}
+
+
+def _check_extra_config(extra: Mapping[str, Any]) -> None:
+    """`spec.config` holds sections of settings and none the operator renders itself."""
+    for section, values in extra.items():
+        where = f"spec.config.{section}"
+        if section in _RENDERED_SECTIONS:
+            raise ModelError(where, f"cannot be set here: {_RENDERED_SECTIONS[section]}")
+        if not isinstance(values, Mapping):
+            raise ModelError(where, "must be a section (an object of settings)")
+        for key in values:
+            why = _RENDERED_KEYS.get((section, key))
+            if why is not None:
+                raise ModelError(f"{where}.{key}", f"cannot be set here: {why}")
+
+
+def tls_enabled(spec: Any) -> bool:
+    """TLS on the listener: `security.tls.enabled` unless `security.enabled` is false."""
+    return spec.security.enabled is not False and bool(spec.security.tls.enabled)
+
+
+def auth_enabled(spec: Any) -> bool:
+    """SASL on the listener: `security.auth.enabled` unless `security.enabled` is false."""
+    return spec.security.enabled is not False and bool(spec.security.auth.enabled)

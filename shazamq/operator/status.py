@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from shazamq.config import BrokerStatus, ClusterCondition, ShazamqClusterStatus
+from shazamq.config import BrokerStatus, ClusterCondition, RollStatus, ShazamqClusterStatus
 
 READY = "Ready"
 RECONCILED = "Reconciled"
@@ -132,12 +132,16 @@ def cluster_status(
     previous: Mapping[str, Any] | None,
     outcome: Outcome | None,
     generation: int | None,
+    controller: int | None = None,
+    roll: Mapping[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
 
     ``outcome=None`` means "no reconciliation ran now": the previous ``Reconciled``
-    condition (and its verdict on the phase) is kept.
+    condition (and its verdict on the phase) is kept. `controller` is the id of the active
+    controller, when known (its broker entry gets ``leader: true``); `roll` the rolling
+    restart in progress (`RollStatus` as a dict), if any.
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -198,7 +202,11 @@ def cluster_status(
         selector=selector,
         observed_generation=generation,
         conditions=[ready_cond, reconciled_cond],
-        brokers=[BrokerStatus(**b, ready=b["pod"] in ready_pods) for b in brokers],
+        brokers=[
+            BrokerStatus(**b, ready=b["pod"] in ready_pods, leader=b["id"] == controller)
+            for b in brokers
+        ],
+        roll=None if roll is None else msgspec.convert(roll, RollStatus),
     )
     return msgspec.to_builtins(status)
 

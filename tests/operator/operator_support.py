@@ -55,6 +55,111 @@ spec:
 """
 
 
+# A cluster written for the original operator's CRD (shazamq.io/v1alpha1): every field its
+# schema had, with the shapes it documented (security.enabled, monitoring.enabled,
+# imagePullSecrets, service.annotations, the free-form config section, ...).
+ORIGINAL = """
+apiVersion: shazamq.io/v1alpha1
+kind: ShazamqCluster
+metadata:
+  name: original-cluster
+  namespace: messaging
+spec:
+  replicas: 3
+  version: "0.1.0-rc1"
+  image: shazamq/shazamq
+  imagePullPolicy: IfNotPresent
+  imagePullSecrets:
+    - name: registry-credentials
+  storage:
+    volumeClaimTemplate:
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources:
+          requests:
+            storage: 100Gi
+        storageClassName: standard
+    segmentBytes: 1073741824
+    retentionHours: 168
+    retentionBytes: 107374182400
+  tieredStorage:
+    enabled: true
+    provider: s3
+    hotTierRetentionHours: 24
+    s3:
+      bucket: shazamq-data
+      region: us-east-1
+      endpoint: https://s3.example.com
+      prefix: prod/shazamq
+      credentialsSecret: aws-credentials
+  mirror:
+    enabled: true
+    sources:
+      - name: kafka-prod
+        bootstrapServers: "kafka-1:9092,kafka-2:9092"
+        securityProtocol: SASL_SSL
+        saslMechanism: SCRAM-SHA-512
+        credentialsSecret: kafka-credentials
+        topicWhitelist: ["orders.*"]
+        topicBlacklist: ["orders.internal.*"]
+        consumerGroupId: shazamq-mirror
+        numConsumers: 4
+        exactlyOnce: true
+  replication:
+    defaultReplicationFactor: 3
+    minInsyncReplicas: 2
+  resources:
+    requests: {cpu: "1000m", memory: "2Gi"}
+    limits: {cpu: "4000m", memory: "8Gi"}
+  podAnnotations:
+    example.com/team: messaging
+  podLabels:
+    team: messaging
+  nodeSelector:
+    workload: messaging
+  tolerations:
+    - key: messaging
+      operator: Equal
+      value: "true"
+      effect: NoSchedule
+      tolerationSeconds: 60
+  affinity:
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            labelSelector:
+              matchLabels: {app: shazamq}
+            topologyKey: kubernetes.io/hostname
+  service:
+    type: LoadBalancer
+    port: 9092
+    metricsPort: 9090
+    annotations:
+      service.beta.kubernetes.io/aws-load-balancer-internal: "true"
+  security:
+    enabled: true
+    tls:
+      enabled: true
+      secretName: shazamq-tls
+    auth:
+      enabled: true
+      mechanism: SCRAM-SHA-512
+      secretName: shazamq-users
+  monitoring:
+    enabled: true
+    serviceMonitor:
+      enabled: true
+      interval: 30s
+      scrapeTimeout: 10s
+  config:
+    broker:
+      default_partitions: 6
+    groups:
+      max_session_timeout_ms: 600000
+"""
+
+
 def _versions() -> list[str]:
     known = kubernetes_validate.utils.all_versions()
     floor = [v for v in known if kv_utils.major_minor(v) == "1.24"]
@@ -95,6 +200,10 @@ def production() -> dict[str, Any]:
     return as_stored(load_yaml((EXAMPLES / "production-cluster.yaml").read_text()))
 
 
+def original() -> dict[str, Any]:
+    return as_stored(load_yaml(ORIGINAL))
+
+
 def simple_example() -> dict[str, Any]:
     return as_stored(load_yaml((EXAMPLES / "simple-cluster.yaml").read_text()))
 
@@ -104,6 +213,7 @@ README_CLUSTERS = {
     "basic": basic,
     "simple-example": simple_example,
     "production": production,
+    "original-crd": original,
 }
 
 

@@ -28,6 +28,7 @@ PRESERVED = {
     ".spec.resources",
     ".spec.tolerations[]",
     ".spec.affinity",
+    ".spec.config",  # broker settings, checked by the operator with the broker's model
 }
 
 

@@ -37,7 +37,14 @@ import aiohttp
 import kmock
 import kopf
 import pytest
-from operator_support import CLUSTERS, MONITORS, prepare_emulator, production, quick_start
+from operator_support import (
+    CLUSTERS,
+    MONITORS,
+    original,
+    prepare_emulator,
+    production,
+    quick_start,
+)
 
 import shazamq.operator.handlers  # noqa: F401  (registers the handlers)
 from shazamq.operator.__main__ import parse_options
@@ -841,3 +848,22 @@ async def test_watch_namespace_limits_the_operator(
         assert api.get(STATEFULSETS, "my-cluster", ns="other") is None
     finally:
         await operator.stop()
+
+
+async def test_a_cluster_written_for_the_original_crd_applies_and_reconciles(
+    cluster: Cluster,
+) -> None:
+    """monitoring.enabled, security.enabled, imagePullSecrets, service.annotations, config:
+    the original operator's fields are accepted and rendered."""
+    await cluster.create(original())
+    sts = await eventually(lambda: cluster.get(STATEFULSETS, "original-cluster"))
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    svc = await eventually(lambda: cluster.get(SERVICES, "original-cluster"))
+    assert svc["metadata"]["annotations"]
+    assert await eventually(lambda: cluster.get(MONITORS, "original-cluster"))
+    body = await eventually(
+        lambda: (b := cluster.get(CLUSTERS, "original-cluster")) and b.get("status") and b
+    )
+    assert condition(body, "Reconciled")["status"] == "True"
+    assert body["status"]["phase"] != "Failed"

@@ -20,7 +20,14 @@ import copy
 from typing import Any
 
 import pytest
-from operator_support import as_stored, basic, production, quick_start, validate_manifest
+from operator_support import (
+    as_stored,
+    basic,
+    original,
+    production,
+    quick_start,
+    validate_manifest,
+)
 
 from shazamq.config import (
     BrokerConfig,
@@ -822,3 +829,70 @@ def test_rendering_is_pure_and_repeatable() -> None:
     second = [c.desired for c in model(body).children()]
     assert first == second
     assert body == snapshot
+
+
+# -- the original operator's fields -------------------------------------------------------------
+
+
+def test_every_field_of_the_original_crd_has_its_meaning() -> None:
+    model = ClusterModel.from_resource(original())
+    sts = model.generate_statefulset()
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    client = model.generate_client_service()
+    assert client["spec"]["type"] == "LoadBalancer"
+    assert client["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/aws-load-balancer-internal": "true"
+    }
+    assert "annotations" not in model.generate_headless_service()["metadata"]
+    config = model.config
+    assert config.security.tls.enabled and config.security.sasl.enabled
+    assert config.storage.retention_bytes == 107374182400
+    assert config.tiered_storage.s3 is not None
+    assert config.tiered_storage.s3.endpoint == "https://s3.example.com"
+    assert list(config.mirror.sources[0].topic_blacklist) == ["orders.internal.*"]
+    # spec.config: more broker settings, checked by the broker's model
+    assert config.broker.default_partitions == 6
+    assert config.groups.max_session_timeout_ms == 600000
+    assert model.generate_service_monitor() is not None
+    for obj in (sts, client, model.generate_config_map()):
+        validate_manifest(obj)
+
+
+def test_monitoring_enabled_false_renders_no_monitoring_objects() -> None:
+    body = original()
+    body["spec"]["monitoring"]["enabled"] = False
+    model = ClusterModel.from_resource(body)
+    assert model.generate_service_monitor() is None
+    assert model.config.metrics.enabled  # the brokers still serve /metrics
+
+
+def test_security_enabled_false_turns_tls_and_auth_off() -> None:
+    body = original()
+    body["spec"]["security"]["enabled"] = False
+    model = ClusterModel.from_resource(body)
+    assert not model.config.security.tls.enabled
+    assert not model.config.security.sasl.enabled
+    mounts = model.generate_statefulset()["spec"]["template"]["spec"]["volumes"]
+    assert {v["name"] for v in mounts} == {"config", "cluster-secret"}
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "words"),
+    [
+        ({"broker": {"default_partitions": 0}}, "spec.config.broker.default_partitions", ">= 1"),
+        ({"broker": {"nope": 1}}, "spec.config.broker.nope", "unknown"),
+        ({"broker": {"port": 1234}}, "spec.config.broker.port", "spec.service.port"),
+        ({"cluster": {"voters": []}}, "spec.config.cluster", "quorum"),
+        ({"security": {}}, "spec.config.security", "spec.security"),
+        ({"storage": {"segment_bytes": 100}}, "spec.config.storage.segment_bytes", "segmentBytes"),
+        ({"groups": 3}, "spec.config.groups", "section"),
+    ],
+)
+def test_spec_config_errors_name_the_setting(config: dict, field: str, words: str) -> None:
+    body = quick_start()
+    body["spec"]["config"] = config
+    with pytest.raises(ModelError) as info:
+        ClusterModel.from_resource(body)
+    assert info.value.field == field
+    assert words in info.value.problem

@@ -155,7 +155,13 @@ def test_brokers_are_ready_when_their_pods_are() -> None:
     ]
     status = status_of(pods=pods)
     assert [b["ready"] for b in status["brokers"]] == [True, False, False]
-    assert status["brokers"][0] == {"id": 0, "pod": "c-0", "address": "c-0.h:9092", "ready": True}
+    assert status["brokers"][0] == {
+        "id": 0,
+        "pod": "c-0",
+        "address": "c-0.h:9092",
+        "ready": True,
+        "leader": False,
+    }
 
 
 def test_scaled_to_zero_is_ready() -> None:
@@ -185,3 +191,9 @@ def test_invalid_spec_status(previous: str | None) -> None:
     else:
         assert conditions(status)["Ready"]["status"] == "Unknown"
     msgspec.convert(status, ShazamqClusterStatus)
+
+
+def test_leader_marks_the_active_controller() -> None:
+    status = status_of(controller=1)
+    assert [b["leader"] for b in status["brokers"]] == [False, True, False]
+    assert [b["leader"] for b in status_of()["brokers"]] == [False, False, False]

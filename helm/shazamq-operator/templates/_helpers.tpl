@@ -48,7 +48,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 RBAC rules on the watched namespaces: the ShazamqClusters, every kind the operator creates
-for them, the pods (broker readiness), events, and Kopf's namespaced peering objects.
+for them, the pods (broker readiness; deleted one at a time by the rolling restart), events,
+and Kopf's namespaced peering objects.
 Secrets: create only. The operator creates each cluster's quorum secret once and, when it
 exists already (409), leaves it alone; it never reads, lists or changes a Secret.
 */}}
@@ -76,7 +77,7 @@ exists already (409), leaves it alone; it never reads, lists or changes a Secret
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

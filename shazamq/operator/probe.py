@@ -1,0 +1,150 @@
+"""Reading a cluster's own view of itself, for the roll planner and the status.
+
+Two sources, both the brokers' public interfaces (never their internals):
+
+- each broker's Prometheus endpoint (``http://<pod address>:<metricsPort>/metrics``, plain
+  HTTP, no credentials): ``shazamq_active_controller`` names the active controller and
+  ``shazamq_under_replicated_partitions`` (counted by each partition's leader) sums to the
+  cluster's under-replicated partitions;
+- a Kafka admin client (confluent-kafka's AdminClient, run in a thread) against the
+  brokers' listener: every partition's replicas, ISR and leader (Metadata) and every
+  topic's ``min.insync.replicas`` (DescribeConfigs). The operator holds no client
+  credentials (it never reads Secrets), so with TLS or SASL on the listener only the
+  metrics are read and the planner applies its stricter metrics-only rule.
+
+`parse_metrics()` and `partitions_of()` are pure and tested on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import aiohttp
+
+from shazamq.operator.roll import ClusterView, Partition
+
+__all__ = ["ProbeError", "parse_metrics", "partitions_of", "read_cluster"]
+
+ADMIN_TIMEOUT = 10.0
+METRICS_TIMEOUT = 5.0
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(?P<value>\S+)")
+
+
+class ProbeError(Exception):
+    """The cluster could not be read; the message says what failed."""
+
+
+def parse_metrics(text: str, names: Iterable[str]) -> dict[str, float]:
+    """The unlabelled samples of `names` in a Prometheus text exposition (summed over labels)."""
+    wanted = set(names)
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None or m.group("name") not in wanted:
+            continue
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            continue
+        out[m.group("name")] = out.get(m.group("name"), 0.0) + value
+    return out
+
+
+def partitions_of(
+    topics: Mapping[str, Sequence[tuple[int, Sequence[int], Sequence[int], int]]],
+    min_isr: Mapping[str, int],
+    default_min_isr: int,
+) -> tuple[Partition, ...]:
+    """Partitions from ``topic -> [(index, replicas, isr, leader)]`` and the topics'
+    min.insync.replicas (a topic without one has the broker default)."""
+    return tuple(
+        Partition(
+            topic,
+            index,
+            tuple(replicas),
+            tuple(isr),
+            leader,
+            min_isr.get(topic, default_min_isr),
+        )
+        for topic, parts in sorted(topics.items())
+        for index, replicas, isr, leader in sorted(parts)
+    )
+
+
+async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url) as resp:
+        if resp.status != 200:
+            raise ProbeError(f"{url}: HTTP {resp.status}")
+        text = await resp.text()
+    return parse_metrics(text, ("shazamq_active_controller", "shazamq_under_replicated_partitions"))
+
+
+def _admin_read(
+    bootstrap: str, default_min_isr: int
+) -> tuple[Partition, ...]:  # pragma: no cover - runs in a thread, covered end to end
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+    try:
+        md = admin.list_topics(timeout=ADMIN_TIMEOUT)
+        topics = {
+            name: [(pid, p.replicas, p.isrs, p.leader) for pid, p in t.partitions.items()]
+            for name, t in md.topics.items()
+            if t.error is None
+        }
+        resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+        min_isr: dict[str, int] = {}
+        if resources:
+            futures = admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT)
+            for res, fut in futures.items():
+                entry = fut.result(timeout=ADMIN_TIMEOUT).get("min.insync.replicas")
+                if entry is not None and entry.value is not None:
+                    min_isr[res.name] = int(entry.value)
+    except KafkaException as exc:
+        raise ProbeError(f"admin client: {exc}") from None
+    return partitions_of(topics, min_isr, default_min_isr)
+
+
+async def read_cluster(
+    *,
+    brokers: Sequence[tuple[int, str]],
+    metrics_port: int,
+    kafka_port: int,
+    plaintext: bool,
+    default_min_isr: int,
+    partitions: bool = True,
+) -> ClusterView:
+    """The view of the cluster whose live brokers are ``(id, address host)``; raises
+    ProbeError when nothing useful could be read. ``partitions=False`` reads the metrics
+    only (the controller, for the status)."""
+    if not brokers:
+        raise ProbeError("no broker is running")
+    timeout = aiohttp.ClientTimeout(total=METRICS_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        results = await asyncio.gather(
+            *(_scrape(session, f"http://{host}:{metrics_port}/metrics") for _, host in brokers),
+            return_exceptions=True,
+        )
+    controller: int | None = None
+    under: int | None = 0
+    for (broker_id, _), result in zip(brokers, results, strict=True):
+        if isinstance(result, BaseException):
+            under = None  # one broker's count is missing: the total is unknown
+            if not isinstance(result, ProbeError | aiohttp.ClientError | TimeoutError):
+                raise result
+            continue
+        if result.get("shazamq_active_controller", 0.0) >= 1:
+            controller = broker_id
+        if under is not None:
+            under += int(result.get("shazamq_under_replicated_partitions", 0.0))
+    if not (plaintext and partitions):
+        return ClusterView(controller, None, under)
+    bootstrap = ",".join(f"{host}:{kafka_port}" for _, host in brokers)
+    loop = asyncio.get_running_loop()
+    partitions = await loop.run_in_executor(None, _admin_read, bootstrap, default_min_isr)
+    return ClusterView(controller, partitions, under)
