@@ -118,7 +118,18 @@ def test_receive_produce_buffered(benchmark, produce_wire):
     if not hasattr(server_mod, "_Connection"):
         pytest.skip("this revision's listener reads through a StreamReader")
     view = memoryview(produce_wire)
-    server = SimpleNamespace(max_request_bytes=100 * 1024 * 1024)
+    if hasattr(server_mod, "ConnectionLimits"):  # a listener with a memory budget
+        from shazamq.broker.metrics import BrokerMetrics
+
+        server = server_mod.KafkaServer(
+            None,  # type: ignore[arg-type]
+            BrokerMetrics(),
+            host="127.0.0.1",
+            port=0,
+            max_request_bytes=100 * 1024 * 1024,
+        )
+    else:
+        server = SimpleNamespace(max_request_bytes=100 * 1024 * 1024)
 
     def receive():
         conn = server_mod._Connection(server)  # type: ignore[arg-type]
