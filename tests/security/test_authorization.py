@@ -46,7 +46,7 @@ LITERAL, PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import BrokerProcess
+    from tests.conftest import BrokerProcess
 
     users = ", ".join(f'"{u}": "{p}"' for u, p in USERS.items())
     b = BrokerProcess(
