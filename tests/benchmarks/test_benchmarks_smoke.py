@@ -108,3 +108,30 @@ def test_replication_benchmark_smoke(tmp_path):
         assert report[rf]["throughput"]["records_per_s"] > 0
         assert report[rf]["throughput"]["failures"] == 0
         assert report[rf]["latency_ms"]["samples"] > 0
+
+
+def test_mirror_benchmark_smoke(tmp_path):
+    out = tmp_path / "mirror.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.mirror",
+            "--scale",
+            "0.005",
+            "--rate",
+            "500",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["backlog"]["records"] == 1000 and report["backlog"]["mb_per_s"] > 0
+    steady = report["steady_lag_ms"]
+    assert steady["read"] == steady["sent"] > 0  # every record came through the mirror
