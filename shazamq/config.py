@@ -1026,7 +1026,9 @@ MirrorSourceSpec = _derive(
     MirrorSource,
     "MirrorSourceSpec",
     "One foreign Kafka cluster whose topics the brokers mirror. The credentials Secret "
-    "holds the SASL `username` and `password`.",
+    "holds the SASL `username` and `password`; the CA Secret the source's CA certificate "
+    "(`ca.crt`); the client certificate Secret a `tls.crt` and `tls.key` for sources that "
+    "authenticate clients by certificate. Each is mounted as files into the brokers.",
     keep=(
         "name",
         "bootstrap_servers",
@@ -1045,7 +1047,28 @@ MirrorSourceSpec = _derive(
         "sync_group_offsets_interval_ms",
         "metadata_refresh_interval_ms",
     ),
-    extra=(("credentials_secret", _CredentialsSecret, None),),
+    extra=(
+        ("credentials_secret", _CredentialsSecret, None),
+        (
+            "ca_secret",
+            Annotated[
+                SecretName | None,
+                Meta(description="Secret with the source's CA certificate, key `ca.crt`."),
+            ],
+            None,
+        ),
+        (
+            "client_certificate_secret",
+            Annotated[
+                SecretName | None,
+                Meta(
+                    description="Secret with a client certificate for the source, keys "
+                    "`tls.crt` and `tls.key` (a kubernetes.io/tls Secret)."
+                ),
+            ],
+            None,
+        ),
+    ),
 )
 
 MirrorSpec = _derive(

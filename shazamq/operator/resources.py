@@ -89,6 +89,7 @@ TLS_DIR = "/etc/shazamq/tls"
 AUTH_DIR = "/etc/shazamq/auth"
 GCS_DIR = "/etc/shazamq/gcs"
 CLUSTER_SECRET_DIR = "/etc/shazamq/cluster"
+MIRROR_DIR = "/etc/shazamq/mirror"  # /<source index>/{credentials,ca,client}
 CLUSTER_SECRET_KEY = "secret"
 CLUSTER_SECRET_FILE = f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_KEY}"
 QUORUM_PORT = 9093  # the port of every voter's metadata quorum listener
@@ -381,13 +382,10 @@ class ClusterModel:
                 )
             )
         for i, source in enumerate(spec.mirror.sources):
-            if source.credentials_secret:
+            if source.credentials_secret:  # the password is a mounted file (_broker_config)
                 prefix = f"SHAZAMQ_MIRROR__SOURCES__{i}__"
                 env.append(
                     _secret_env(f"{prefix}SASL_USERNAME", source.credentials_secret, "username")
-                )
-                env.append(
-                    _secret_env(f"{prefix}SASL_PASSWORD", source.credentials_secret, "password")
                 )
         return env
 
@@ -402,6 +400,9 @@ class ClusterModel:
         gcs = spec.tiered_storage.gcs
         if gcs is not None and gcs.credentials_secret:
             mounts.append(("gcs-credentials", gcs.credentials_secret, GCS_DIR))
+        for i, source in enumerate(spec.mirror.sources):
+            for kind, secret in _mirror_secrets(source):
+                mounts.append((f"mirror-{i}-{kind}", secret, f"{MIRROR_DIR}/{i}/{kind}"))
         return mounts
 
     def _affinity(self) -> dict[str, Any]:
@@ -646,6 +647,33 @@ def _voters(name: str, namespace: str, ids: tuple[int, ...]) -> list[str]:
     return [f"{i}@{name}-{i}.{name}-headless.{namespace}.svc:{QUORUM_PORT}" for i in ids]
 
 
+def _mirror_secrets(source: Any) -> list[tuple[str, str]]:
+    """(kind, Secret name) of a mirror source's Secrets mounted as files."""
+    named = (
+        ("credentials", source.credentials_secret),
+        ("ca", source.ca_secret),
+        ("client", source.client_certificate_secret),
+    )
+    return [(kind, secret) for kind, secret in named if secret]
+
+
+def _mirror_settings(spec: Any) -> dict[str, Any]:
+    """spec.mirror as broker settings, with each source's mounted Secret files named."""
+    mirror = broker_settings(spec.mirror)
+    for i, (source, settings) in enumerate(
+        zip(spec.mirror.sources, mirror.get("sources", []), strict=True)
+    ):
+        base = f"{MIRROR_DIR}/{i}"
+        if source.credentials_secret:
+            settings["sasl_password_file"] = f"{base}/credentials/password"
+        if source.ca_secret:
+            settings["ssl_ca_file"] = f"{base}/ca/ca.crt"
+        if source.client_certificate_secret:
+            settings["ssl_cert_file"] = f"{base}/client/tls.crt"
+            settings["ssl_key_file"] = f"{base}/client/tls.key"
+    return mirror
+
+
 def _selector_labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "shazamq", "app.kubernetes.io/instance": name}
 
@@ -682,7 +710,7 @@ def _broker_config(
         "storage": broker_settings(spec.storage),
         "replication": broker_settings(spec.replication),
         "tiered_storage": tiered,
-        "mirror": broker_settings(spec.mirror),
+        "mirror": _mirror_settings(spec),
         "security": security,
     }
     if voters:  # with no pods there is no quorum to describe

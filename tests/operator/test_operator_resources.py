@@ -321,7 +321,10 @@ def test_the_pod_environment_completes_the_configuration(tmp_path) -> None:
     assert config.tiered_storage.s3.access_key_id == "<access-key-id>"
     assert config.tiered_storage.s3.secret_access_key == "<secret-access-key>"
     assert config.mirror.sources[0].sasl_username == "<username>"
-    assert config.mirror.sources[0].sasl_password == "<password>"
+    assert config.mirror.sources[0].sasl_password is None
+    assert config.mirror.sources[0].sasl_password_file == (
+        "/etc/shazamq/mirror/0/credentials/password"
+    )
 
 
 def test_shared_settings_keep_the_broker_s_bounds_and_defaults() -> None:
@@ -525,9 +528,8 @@ def test_credentials_come_from_the_named_secrets() -> None:
     assert env["SHAZAMQ_MIRROR__SOURCES__0__SASL_USERNAME"] == {
         "secretKeyRef": {"name": "kafka-credentials", "key": "username"}
     }
-    assert env["SHAZAMQ_MIRROR__SOURCES__0__SASL_PASSWORD"] == {
-        "secretKeyRef": {"name": "kafka-credentials", "key": "password"}
-    }
+    # the password is a file of the mounted Secret, never in the environment
+    assert "SHAZAMQ_MIRROR__SOURCES__0__SASL_PASSWORD" not in env
 
 
 def test_mirror_credentials_env_follows_the_source_index() -> None:
@@ -874,7 +876,8 @@ def test_security_enabled_false_turns_tls_and_auth_off() -> None:
     assert not model.config.security.tls.enabled
     assert not model.config.security.sasl.enabled
     mounts = model.generate_statefulset()["spec"]["template"]["spec"]["volumes"]
-    assert {v["name"] for v in mounts} == {"config", "cluster-secret"}
+    # the listener's Secrets go; a mirror source's own credentials are not listener security
+    assert {v["name"] for v in mounts} - {"mirror-0-credentials"} == {"config", "cluster-secret"}
 
 
 @pytest.mark.parametrize(
@@ -896,3 +899,46 @@ def test_spec_config_errors_name_the_setting(config: dict, field: str, words: st
         ClusterModel.from_resource(body)
     assert info.value.field == field
     assert words in info.value.problem
+
+
+def test_mirror_source_secrets_are_mounted_as_files(tmp_path) -> None:
+    """Each source's credentials, CA and client certificate Secrets are mounted under its
+    index, and the rendered configuration names the files in them."""
+    body = with_spec(
+        mirror={
+            "enabled": True,
+            "sources": [
+                {"name": "a", "bootstrapServers": "a:9092"},
+                {
+                    "name": "b",
+                    "bootstrapServers": "b:9093",
+                    "securityProtocol": "SASL_SSL",
+                    "saslMechanism": "SCRAM-SHA-512",
+                    "credentialsSecret": "b-creds",
+                    "caSecret": "b-ca",
+                    "clientCertificateSecret": "b-client",
+                },
+            ],
+        }
+    )
+    m = model(body)
+    sts = m.generate_statefulset()
+    mounts = {v["name"]: v for v in container(sts)["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    expected = {
+        "mirror-1-credentials": ("b-creds", "/etc/shazamq/mirror/1/credentials"),
+        "mirror-1-ca": ("b-ca", "/etc/shazamq/mirror/1/ca"),
+        "mirror-1-client": ("b-client", "/etc/shazamq/mirror/1/client"),
+    }
+    for name, (secret, path) in expected.items():
+        assert mounts[name]["mountPath"] == path and mounts[name]["readOnly"]
+        assert volumes[name]["secret"]["secretName"] == secret
+    assert not [n for n in mounts if n.startswith("mirror-0-")]
+    a, b = rendered_config(m, tmp_path).mirror.sources
+    assert (a.sasl_password_file, a.ssl_ca_file, a.ssl_cert_file) == (None, None, None)
+    assert b.sasl_password_file == "/etc/shazamq/mirror/1/credentials/password"
+    assert b.ssl_ca_file == "/etc/shazamq/mirror/1/ca/ca.crt"
+    assert (b.ssl_cert_file, b.ssl_key_file) == (
+        "/etc/shazamq/mirror/1/client/tls.crt",
+        "/etc/shazamq/mirror/1/client/tls.key",
+    )
