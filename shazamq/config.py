@@ -174,6 +174,15 @@ class StorageConfig(_Section):
         Annotated[int, Meta(ge=0, description="fsync at least this often; unset: the OS.")] | None
     ) = None
     retention_check_interval_ms: Annotated[int, Meta(ge=100)] = 300000
+    cleaner_dedupe_buffer_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024,
+            description="Memory the compaction key map of one cleaning may take "
+            "(log.cleaner.dedupe.buffer.size); a dirty section whose keys do not fit is "
+            "cleaned in several passes.",
+        ),
+    ] = 134217728
 
     def effective_retention_ms(self) -> int:
         if self.retention_ms is not None:
