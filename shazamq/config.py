@@ -84,6 +84,23 @@ class BrokerSection(_Section):
     auto_create_topics: Annotated[
         bool, Meta(description="Create a topic when a client asks for an unknown one.")
     ] = True
+    auto_create_topics_max_partitions: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Auto-creation refuses (POLICY_VIOLATION) a topic that would bring "
+            "the partitions of clients' topics on this broker (in a cluster: all it hosts) "
+            "over this count, so clients asking for "
+            "unknown names cannot grow the broker without bound; 0: only max_partitions.",
+        ),
+    ] = 0
+    auto_create_topics_pattern: Annotated[
+        str | None,
+        Meta(
+            description="Regular expression a name must match in full for the topic to be "
+            "auto-created; others are refused (POLICY_VIOLATION). Unset: any legal name."
+        ),
+    ] = None
     default_partitions: Annotated[int, Meta(ge=1, le=100_000)] = 1
     max_partitions_per_request: Annotated[
         int,
@@ -144,6 +161,13 @@ class BrokerSection(_Section):
     ] = 2_000
     delete_topic_enable: bool = True
     shutdown_timeout_ms: Annotated[int, Meta(ge=0)] = 10_000
+
+    def __post_init__(self) -> None:
+        if self.auto_create_topics_pattern is not None:
+            try:
+                re.compile(self.auto_create_topics_pattern)
+            except re.error as exc:
+                raise ValueError(f"auto_create_topics_pattern is not a regex: {exc}") from None
 
 
 class StorageConfig(_Section):
