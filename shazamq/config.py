@@ -84,6 +84,23 @@ class BrokerSection(_Section):
     auto_create_topics: Annotated[
         bool, Meta(description="Create a topic when a client asks for an unknown one.")
     ] = True
+    auto_create_topics_max_partitions: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Auto-creation refuses (POLICY_VIOLATION) a topic that would bring "
+            "the partitions of clients' topics on this broker (in a cluster: all it hosts) "
+            "over this count, so clients asking for "
+            "unknown names cannot grow the broker without bound; 0: only max_partitions.",
+        ),
+    ] = 0
+    auto_create_topics_pattern: Annotated[
+        str | None,
+        Meta(
+            description="Regular expression a name must match in full for the topic to be "
+            "auto-created; others are refused (POLICY_VIOLATION). Unset: any legal name."
+        ),
+    ] = None
     default_partitions: Annotated[int, Meta(ge=1, le=100_000)] = 1
     max_partitions_per_request: Annotated[
         int,
@@ -145,6 +162,13 @@ class BrokerSection(_Section):
     delete_topic_enable: bool = True
     shutdown_timeout_ms: Annotated[int, Meta(ge=0)] = 10_000
 
+    def __post_init__(self) -> None:
+        if self.auto_create_topics_pattern is not None:
+            try:
+                re.compile(self.auto_create_topics_pattern)
+            except re.error as exc:
+                raise ValueError(f"auto_create_topics_pattern is not a regex: {exc}") from None
+
 
 class StorageConfig(_Section):
     """Broker-wide defaults of the segment log; topics may override them."""
@@ -174,6 +198,15 @@ class StorageConfig(_Section):
         Annotated[int, Meta(ge=0, description="fsync at least this often; unset: the OS.")] | None
     ) = None
     retention_check_interval_ms: Annotated[int, Meta(ge=100)] = 300000
+    cleaner_dedupe_buffer_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024,
+            description="Memory the compaction key map of one cleaning may take "
+            "(log.cleaner.dedupe.buffer.size); a dirty section whose keys do not fit is "
+            "cleaned in several passes.",
+        ),
+    ] = 134217728
 
     def effective_retention_ms(self) -> int:
         if self.retention_ms is not None:

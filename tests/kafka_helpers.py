@@ -17,6 +17,21 @@ def make_topic(
     futures[name].result(15)
 
 
+def closed_by_peer(sock, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the broker to close ``sock``, reading and
+    discarding whatever it sends first. True on end of stream or a reset; a timeout is
+    not a close and fails the test (it never reads as one)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        raise AssertionError(f"the connection stayed open for {timeout} s") from None
+    except ConnectionError:  # reset, broken pipe, aborted
+        return True
+    return True
+
+
 class RawClient:
     """A minimal Kafka client over a plain socket, for byte-exact protocol tests."""
 
@@ -45,6 +60,17 @@ class RawClient:
                 raise ConnectionError("connection closed by the broker")
             buf += chunk
         return bytes(buf)
+
+    def request_closes(self, req, version: int) -> bool:
+        """Send ``req``: True when the broker closes the connection instead of answering,
+        False when it answers; a timeout fails the test rather than pass for a close."""
+        try:
+            self.request(req, version)
+        except TimeoutError:
+            raise AssertionError("no answer and no close before the timeout") from None
+        except ConnectionError:
+            return True
+        return False
 
     def close(self) -> None:
         self.sock.close()

@@ -200,6 +200,7 @@ class Broker:
                 default_log_config(cfg),
                 # in a cluster the leader moves the high watermark as followers catch up
                 auto_high_watermark=not clustered,
+                dedupe_buffer_bytes=cfg.storage.cleaner_dedupe_buffer_bytes,
                 expected=None if clustered else functools.partial(expected_topic_id, self.metadata),
             ),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Coroutine, Iterable
@@ -310,6 +311,16 @@ class PartitionManager:
                 f"{new} new partitions (with {already_in_request} earlier in this request) "
                 f"exceed broker.max_partitions_per_request = {b.max_partitions_per_request}",
             )
+        busiest, added = self._hosted_after(new, replication_factor)
+        if busiest + added > b.max_partitions:
+            raise KafkaError(
+                ErrorCode.POLICY_VIOLATION,
+                f"{new} new partitions would make {busiest + added} on a broker, more than "
+                f"broker.max_partitions = {b.max_partitions}",
+            )
+
+    def _hosted_after(self, new: int, replication_factor: int) -> tuple[int, int]:
+        """(partition replicas the busiest broker hosts, how many of ``new`` it gets)."""
         if self.cluster is not None:
             state = self.cluster.state
             live = max(len(state.live_brokers()), 1)
@@ -320,16 +331,8 @@ class PartitionManager:
                         hosted[r] = hosted.get(r, 0) + 1
             # placement spreads replicas evenly: the busiest broker gets its share
             busiest = max(hosted.values(), default=0)
-            added = -(-new * min(replication_factor, live) // live)
-        else:
-            busiest = sum(t.partitions for t in self.metadata.topics.values())
-            added = new
-        if busiest + added > b.max_partitions:
-            raise KafkaError(
-                ErrorCode.POLICY_VIOLATION,
-                f"{new} new partitions would make {busiest + added} on a broker, more than "
-                f"broker.max_partitions = {b.max_partitions}",
-            )
+            return busiest, -(-new * min(replication_factor, live) // live)
+        return sum(t.partitions for t in self.metadata.topics.values()), new
 
     def validate_configs(self, configs: dict[str, str]) -> LogConfig:
         try:
@@ -383,10 +386,29 @@ class PartitionManager:
         existing = self.metadata.get(name)
         if existing is not None:
             return existing
+        pattern = b.auto_create_topics_pattern
+        if pattern is not None and re.fullmatch(pattern, name) is None:
+            raise KafkaError(
+                ErrorCode.POLICY_VIOLATION,
+                f"{name!r} does not match broker.auto_create_topics_pattern; create it explicitly",
+            )
         rf = 1
         if self.cluster is not None:
             live = len(self.cluster.state.live_brokers())
             rf = min(self.config.replication.default_replication_factor, max(live, 1))
+        cap = b.auto_create_topics_max_partitions
+        if cap:
+            if self.cluster is None:  # clients' topics only: internal ones are bounded
+                busiest = sum(t.partitions for t in self.metadata.topics.values() if not t.internal)
+                added = b.default_partitions
+            else:
+                busiest, added = self._hosted_after(b.default_partitions, rf)
+            if busiest + added > cap:
+                raise KafkaError(
+                    ErrorCode.POLICY_VIOLATION,
+                    f"auto-creating {name!r} would make {busiest + added} partitions on a "
+                    f"broker, more than broker.auto_create_topics_max_partitions = {cap}",
+                )
         return await self.create_topic(name, b.default_partitions, rf)
 
     async def delete_topic(self, name: str) -> TopicInfo:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
+from kafka_helpers import closed_by_peer
 
 from shazamq.protocol import framing
 from shazamq.protocol.messages.api_versions_request import ApiVersionsRequest
@@ -48,15 +49,8 @@ def _api_versions_frame(corr: int = 1) -> bytes:
 
 
 def _is_closed(s: socket.socket, timeout: float) -> bool:
-    """True when the broker closed the socket; a timeout raises (it is not a close)."""
-    s.settimeout(timeout)
-    try:
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
+    """True when the broker closed the socket; a timeout fails (it is not a close)."""
+    return closed_by_peer(s, timeout)
 
 
 def _answered(s: socket.socket) -> bool:

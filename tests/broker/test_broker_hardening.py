@@ -261,3 +261,30 @@ def test_a_partition_that_cannot_be_opened_goes_offline(broker_factory, topic_na
     assert "shazamq_offline_partitions 1.0" in text
     assert f"{topic_name}-1" in b.log_text()
     assert seg.is_dir()  # left as found, for the operator
+
+
+def test_auto_creation_is_limited_by_name_and_partition_count(broker_factory):
+    from shazamq.protocol.messages.metadata_request import MetadataRequest, MetadataRequestTopic
+
+    b = broker_factory(
+        broker__auto_create_topics_pattern="auto-[a-z]+",
+        broker__auto_create_topics_max_partitions=3,
+        broker__default_partitions=2,
+    )
+    raw = RawClient(b.port)
+
+    def ask(name: str) -> int:
+        req = MetadataRequest(
+            topics=[MetadataRequestTopic(name=name)], allow_auto_topic_creation=True
+        )
+        (topic,) = raw.request(req, 9).topics
+        return topic.error_code
+
+    try:
+        assert ask("other") == ErrorCode.POLICY_VIOLATION  # the name policy
+        assert ask("auto-one") == ErrorCode.NONE  # 2 partitions of 3
+        assert ask("auto-two") == ErrorCode.POLICY_VIOLATION  # 4 would pass the cap
+        assert ask("auto-one") == ErrorCode.NONE  # existing topics are still served
+        make_topic(b.bootstrap, "explicit-topic", 1)  # explicit creation is not limited
+    finally:
+        raw.close()

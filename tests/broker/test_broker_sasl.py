@@ -245,11 +245,7 @@ def test_kafka_python_with_scram(sasl_broker) -> None:
 
 
 def _closed(client: RawClient, request: Any, version: int) -> bool:
-    try:
-        client.request(request, version)
-    except (ConnectionError, OSError):
-        return True
-    return False
+    return client.request_closes(request, version)
 
 
 def test_unauthenticated_metadata_closes_the_connection(sasl_broker) -> None:

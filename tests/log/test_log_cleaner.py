@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from shazamq.broker.log import AppendOrigin, LogCleaner, LogConfig, PartitionLog
+from shazamq.broker.log.cleaner import KEY_MAP_ENTRY_OVERHEAD
 from shazamq.protocol import records as r
 
 COMPACT = LogConfig(
@@ -194,3 +198,49 @@ def test_reads_started_before_a_swap_complete(open_log) -> None:
     assert pending.read() == expected  # descriptor still open until reaped
     log.reap_deleted(5_000)
     assert not any(n.endswith(".deleted") for n in os.listdir(log.directory))
+
+
+_records = st.lists(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"]),
+            st.one_of(st.none(), st.binary(min_size=0, max_size=40)),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=_records, budget_keys=st.integers(min_value=1, max_value=5), rounds=st.integers(1, 2)
+)
+def test_cleaning_in_passes_equals_one_pass(tmp_path_factory, batches, budget_keys, rounds) -> None:
+    """A dedupe buffer too small for the dirty section's keys cleans in several passes;
+    what remains is exactly what one pass with room for every key leaves."""
+    results = []
+    passes = []
+    for buffer in (1 << 30, budget_keys * (1 + KEY_MAP_ENTRY_OVERHEAD)):
+        d = str(tmp_path_factory.mktemp("passes") / "t-0")
+        log = PartitionLog.open(d, COMPACT, topic_id=None)
+        cleaner = LogCleaner(dedupe_buffer_bytes=buffer)
+        try:
+            for n in range(rounds):  # a second round dirties an already cleaned log
+                for i, batch in enumerate(batches):
+                    records = [
+                        r.Record(key=k, value=v, offset_delta=j) for j, (k, v) in enumerate(batch)
+                    ]
+                    log.append(r.build_batch(records, base_timestamp=1_000 + i), now_ms=1_000)
+                log.roll()
+                stats = cleaner.clean(log, now_ms=2_000 + n, force=True)
+                assert stats is not None and stats.aborted_swaps == 0
+                passes.append(stats.passes)
+            results.append(contents(log))
+        finally:
+            log.close()
+    assert results[0] == results[1]

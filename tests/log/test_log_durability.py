@@ -218,7 +218,7 @@ def test_unsynced_checkpoints_are_synced_before_the_recovery_point(
     log.append(mk_batch(1), leader_epoch=7)  # a new leader epoch: the same
     synced = _record_fsyncs(monkeypatch)
     log.flush()
-    rp = synced.index(os.path.join(d, RECOVERY_POINT_FILE + ".tmp"))
+    rp = synced.index(os.path.join(d, RECOVERY_POINT_FILE + ".flush.tmp"))
     before = synced[:rp]
     assert os.path.join(d, LOG_START_FILE) in before
     assert os.path.join(d, "leader-epoch-checkpoint") in before

@@ -37,7 +37,10 @@ def test_appends_and_reads_during_maintenance(tmp_path) -> None:
     worker.start()
     latest: dict[bytes, tuple[int, bytes]] = {}
     try:
-        for i in range(1500):
+        i = -1
+        # at least 1500 appends, and on until the maintenance thread compacted a few
+        # times (however the machine schedules the two threads)
+        while (i := i + 1) < 1500 or (compactions <= 3 and i < 100_000):
             key = b"k%d" % (i % 20)
             value = b"%d-" % i + b"v" * 30
             data = r.build_batch([r.Record(key=key, value=value)], base_timestamp=i)
@@ -68,9 +71,53 @@ def test_appends_and_reads_during_maintenance(tmp_path) -> None:
                 seen[rec.key] = (h.base_offset + rec.offset_delta, rec.value)
             offset = h.next_offset
     assert seen == latest
-    assert log.log_end_offset == 1500
+    assert log.log_end_offset == i
     assert log.recovery_point > 0
     mgr.close()
     again = LogManager(str(tmp_path), cfg)
-    assert again.get("busy", 0).log_end_offset == 1500
+    assert again.get("busy", 0).log_end_offset == i
     again.close()
+
+
+def test_append_never_waits_on_a_flush_fsync(tmp_path, monkeypatch) -> None:
+    """Each fsync of a flush is held until the loop thread has appended once more: an
+    append that needs a lock held across an fsync makes that fsync give up waiting."""
+    import queue
+
+    from shazamq.broker.log import partition_log
+
+    mgr = LogManager(str(tmp_path), LogConfig())
+    log = mgr.get_or_create("t", 0)
+    batch = r.build_batch([r.Record(key=b"k", value=b"v")])
+    log.append(batch)
+    log.roll()
+    log.append(batch)
+    real_fsync = partition_log.os.fsync
+    main = threading.get_ident()
+    entered: queue.Queue[int] = queue.Queue()
+    done: queue.Queue[bool] = queue.Queue()
+    answered: list[bool] = []
+
+    def held_fsync(fd: int) -> None:
+        if threading.get_ident() != main:
+            entered.put(fd)
+            try:
+                answered.append(done.get(timeout=5))
+            except queue.Empty:
+                answered.append(False)
+        real_fsync(fd)
+
+    monkeypatch.setattr(partition_log.os, "fsync", held_fsync)
+    worker = threading.Thread(target=log.flush)
+    worker.start()
+    while worker.is_alive() or not entered.empty():
+        try:
+            entered.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        log.append(batch)  # must not wait for the fsync in progress
+        done.put(True)
+    worker.join()
+    assert answered and all(answered)
+    assert log.recovery_point >= 2
+    mgr.close()

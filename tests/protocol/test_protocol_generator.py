@@ -1,8 +1,9 @@
 """The generator: parsing helpers, a synthetic definition exercising every feature, the CLI,
 and (when Kafka's definitions are available) that the committed files are up to date.
 
-Set SHAZAMQ_KAFKA_MESSAGES to the directory of Kafka's message *.json files to run the
-regeneration check; without it that test is skipped (CI machines carry no copy).
+The regeneration check reads Kafka's message *.json files from SHAZAMQ_KAFKA_MESSAGES or,
+when that is unset, from ``../shared/kafka-protocol/message`` beside the repository (where
+CI places them); with neither it is skipped.
 """
 
 from __future__ import annotations
@@ -184,12 +185,24 @@ def test_output_is_deterministic(synthetic):
     assert gen.render_all(messages) == files
 
 
+def _kafka_messages() -> Path | None:
+    configured = os.environ.get("SHAZAMQ_KAFKA_MESSAGES")
+    if configured:
+        return Path(configured)
+    beside = Path(__file__).resolve().parents[2].parent / "shared" / "kafka-protocol" / "message"
+    return beside if beside.is_dir() else None
+
+
+KAFKA_MESSAGES = _kafka_messages()
+
+
 @pytest.mark.skipif(
-    not os.environ.get("SHAZAMQ_KAFKA_MESSAGES"),
-    reason="SHAZAMQ_KAFKA_MESSAGES does not point at Kafka's message definitions",
+    KAFKA_MESSAGES is None,
+    reason="neither SHAZAMQ_KAFKA_MESSAGES nor ../shared/kafka-protocol/message is there",
 )
 def test_committed_files_match_the_definitions():
-    files = gen.render_all(Path(os.environ["SHAZAMQ_KAFKA_MESSAGES"]))
+    assert KAFKA_MESSAGES is not None
+    files = gen.render_all(KAFKA_MESSAGES)
     committed = {p.name for p in COMMITTED.glob("*.py")}
     assert committed == set(files), "generated file set differs: regenerate"
     stale = [name for name, text in files.items() if (COMMITTED / name).read_text() != text]

@@ -10,7 +10,12 @@ thread, while the log keeps serving appends and reads. One pass:
    least ``min.cleanable.dirty.ratio`` of the range, when its oldest batch is older than
    ``max.compaction.lag.ms``, or when a tombstone's delete horizon has come.
 3. A key -> latest offset map is built from the dirty segments (aborted transactional
-   data and control batches excluded).
+   data and control batches excluded), within a memory bound (Kafka's
+   ``log.cleaner.dedupe.buffer.size``, ``storage.cleaner_dedupe_buffer_bytes``): when the
+   dirty section's keys do not fit, the map stops after the last batch that fit, that
+   offset becomes the end of this pass (segments holding it are still cleaned against
+   the map) and the next pass starts there, so a large dirty section is cleaned in
+   several passes with the same result as one.
 4. Segments are rewritten in groups that fit ``segment.bytes``: a record survives if no
    later record has its key. Tombstones (null values) survive the first cleaning, which
    stamps their batch with a delete horizon (``now + delete.retention.ms``, kept in the
@@ -50,6 +55,10 @@ from .segment import CLEANED_SUFFIX, INT32_MAX, LogSegment
 __all__ = ["CleanerStats", "LogCleaner"]
 
 _WRITE_BUFFER = 1 << 20
+# what one key costs in the map besides its bytes: the bytes object's header, the dict
+# slot and the offset (an int), as CPython lays them out
+KEY_MAP_ENTRY_OVERHEAD = 120
+DEFAULT_DEDUPE_BUFFER_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -64,6 +73,7 @@ class CleanerStats:
     batches_removed: int = 0
     first_uncleanable: int = 0
     aborted_swaps: int = 0
+    passes: int = 0
 
 
 class _Writer:
@@ -101,8 +111,14 @@ class _Writer:
 class LogCleaner:
     """Compacts partition logs; stateless between passes apart from tombstone horizons."""
 
-    def __init__(self, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED) -> None:
+    def __init__(
+        self,
+        *,
+        max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+        dedupe_buffer_bytes: int = DEFAULT_DEDUPE_BUFFER_BYTES,
+    ) -> None:
         self.max_uncompressed = max_uncompressed
+        self.dedupe_buffer_bytes = dedupe_buffer_bytes
         self._next_horizon: dict[int, int] = {}  # id(log) -> earliest pending delete horizon
 
     # ------------------------------------------------------------- selection
@@ -163,19 +179,47 @@ class LogCleaner:
         cleanable, end = self._cleanable(log, now_ms)
         if not cleanable:
             return None
-        cfg = log.config
         stats = CleanerStats(first_uncleanable=end)
-        first_dirty = max(log.read_cleaner_checkpoint(), log.log_start_offset)
+        pending_horizons: list[int] = []
+        while True:
+            first_dirty = max(log.read_cleaner_checkpoint(), log.log_start_offset)
+            stats.passes += 1
+            done = self._pass(log, end, first_dirty, now_ms, stats, pending_horizons)
+            if done is None:  # a swap lost to a concurrent change: the next run retries
+                return stats
+            log.write_cleaner_checkpoint(done)
+            if done >= end:
+                break
+        if pending_horizons:
+            self._next_horizon[id(log)] = min(pending_horizons)
+        else:
+            self._next_horizon.pop(id(log), None)
+        return stats
+
+    def _pass(
+        self,
+        log: PartitionLog,
+        end: int,
+        first_dirty: int,
+        now_ms: int,
+        stats: CleanerStats,
+        pending_horizons: list[int],
+    ) -> int | None:
+        """One pass over ``[log start, end)`` with the key map of as much of the dirty
+        section as fits; returns where the map ended (the next pass's first dirty
+        offset), or None when a swap was refused."""
+        cfg = log.config
+        cleanable = [s for s in log.segments[:-1] if s.base_offset < end]
         with log.lock:
             last_batches = log.producer_state.last_batch_offsets()
         aborted = self._aborted_ranges(log.segments, end)
-        key_map = self._build_key_map(
-            [s for s in cleanable if s.next_offset > first_dirty], aborted, first_dirty
+        key_map, map_end = self._build_key_map(
+            [s for s in cleanable if s.next_offset > first_dirty], aborted, first_dirty, end
         )
         horizon = now_ms + cfg.delete_retention_ms
         txn_has_data: dict[int, bool] = {}
-        pending_horizons: list[int] = []
-        for group in self._groups(cleanable, cfg.segment_bytes):
+        to_clean = [s for s in cleanable if s.base_offset < map_end]
+        for group in self._groups(to_clean, cfg.segment_bytes):
             cleaned = LogSegment(
                 log.directory,
                 group[0].base_offset,
@@ -218,13 +262,8 @@ class LogCleaner:
             else:
                 cleaned.delete()
                 stats.aborted_swaps += 1
-                return stats
-        log.write_cleaner_checkpoint(end)
-        if pending_horizons:
-            self._next_horizon[id(log)] = min(pending_horizons)
-        else:
-            self._next_horizon.pop(id(log), None)
-        return stats
+                return None
+        return map_end
 
     def forget(self, log: PartitionLog) -> None:
         self._next_horizon.pop(id(log), None)
@@ -258,20 +297,34 @@ class LogCleaner:
         segments: list[LogSegment],
         aborted: dict[int, list[tuple[int, int]]],
         first_dirty: int,
-    ) -> dict[bytes, int]:
+        end: int,
+    ) -> tuple[dict[bytes, int], int]:
+        """key -> latest offset over the dirty batches from ``first_dirty``, whole
+        batches only, until the map's estimated size passes the dedupe buffer (at least
+        one batch is always taken). Returns the map and the offset after its last batch
+        (``end`` when every dirty batch fit)."""
         key_map: dict[bytes, int] = {}
+        budget = self.dedupe_buffer_bytes
+        used = 0
         for seg in segments:
             for _pos, header, batch in seg.iter_batch_bytes():
-                if header.is_control or header.last_offset < first_dirty:
+                if header.last_offset < first_dirty:
                     continue
-                if self._is_aborted(header, aborted):
+                if header.base_offset >= end:
+                    return key_map, end
+                if used > budget:
+                    return key_map, header.base_offset
+                if header.is_control or self._is_aborted(header, aborted):
                     continue
                 _h, records = decode_batch(batch, max_uncompressed=self.max_uncompressed)
                 base = header.base_offset
                 for record in records:
-                    if record.key is not None:
-                        key_map[record.key] = base + record.offset_delta
-        return key_map
+                    key = record.key
+                    if key is not None:
+                        if key not in key_map:
+                            used += len(key) + KEY_MAP_ENTRY_OVERHEAD
+                        key_map[key] = base + record.offset_delta
+        return key_map, end
 
     @staticmethod
     def _groups(segments: list[LogSegment], max_bytes: int) -> list[list[LogSegment]]:

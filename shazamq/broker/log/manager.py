@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from shazamq.protocol.records import DEFAULT_MAX_UNCOMPRESSED
 
-from .cleaner import LogCleaner
+from .cleaner import DEFAULT_DEDUPE_BUFFER_BYTES, LogCleaner
 from .errors import InconsistentTopicIdError, KafkaStorageError
 from .log_config import LogConfig
 from .partition_log import (
@@ -120,6 +120,7 @@ class LogManager:
         producer_id_expiration_ms: int = 86_400_000,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
         auto_high_watermark: bool = True,
+        dedupe_buffer_bytes: int = DEFAULT_DEDUPE_BUFFER_BYTES,
         expected: ExpectedTopicId | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -139,7 +140,9 @@ class LogManager:
         # partition folders created since the last sync_new_dirs()
         self._new_dirs: list[str] = []
         self._expected = expected
-        self.cleaner = LogCleaner(max_uncompressed=max_uncompressed)
+        self.cleaner = LogCleaner(
+            max_uncompressed=max_uncompressed, dedupe_buffer_bytes=dedupe_buffer_bytes
+        )
         self._closed = False
         os.makedirs(data_dir, exist_ok=True)
         self._load_all()

@@ -375,6 +375,8 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = _now_ms()
         self._pending_flush_offset: int | None = None
+        # truncations so far: a flush that saw another count does not move the recovery point
+        self._truncations = 0
         self._jitter = 0
         self.had_clean_shutdown = False
         # Tiered storage sets this to the offset below which every segment is durably in
@@ -1015,10 +1017,16 @@ class PartitionLog:
             _fsync_dir(self.directory)
             self._marker_present = False
 
-    def _write_recovery_point(self, offset: int, *, sync_dir: bool = True) -> None:
+    def _write_recovery_point(
+        self, offset: int, *, sync: bool = True, sync_dir: bool | None = None
+    ) -> None:
+        """Replace the recovery point; without ``sync`` (a truncation on the event loop,
+        which only ever lowers it) the next flush syncs the file and the directory."""
         path = os.path.join(self.directory, RECOVERY_POINT_FILE)
         text = _offset_checkpoint_text(self.topic, self.partition, offset)
-        _write_file(path, text, sync=True, sync_dir=sync_dir)
+        _write_file(path, text, sync=sync, sync_dir=sync_dir)
+        if not sync:
+            self._unsynced_files.add(path)
 
     def _write_log_start(self, *, sync: bool = False, sync_dir: bool | None = None) -> None:
         """Replace the log-start checkpoint; without ``sync`` the next flush syncs it
@@ -1046,12 +1054,14 @@ class PartitionLog:
             with self.lock:
                 if self._closed:
                     return
+                truncations = self._truncations
                 leo = self._leo
                 target = leo if up_to is None else min(up_to, leo)
                 pending = self._pending_flush_offset
                 if pending is not None and pending <= self._recovery_point:
                     self._pending_flush_offset = None
-                if target <= self._recovery_point:
+                checkpoints_only = target <= self._recovery_point
+                if checkpoints_only and not (self._unsynced_files or self._epochs.unsynced):
                     return
                 bases = self._bases
                 i = max(0, bisect_right(bases, self._recovery_point) - 1)
@@ -1066,19 +1076,35 @@ class PartitionLog:
                     o for o in self._producers.snapshot_offsets() if o > self._recovery_point
                 ]
                 messages = self._unflushed_messages
+            if checkpoints_only:  # e.g. the recovery point a truncation lowered
+                self._sync_checkpoints()
+                _fsync_dir(self.directory)
+                return
             for s in segs:
                 s.sync()
             for o in snapshots:
                 self._producers.sync_snapshot(o)
             self._sync_checkpoints()
             _fsync_dir(self.directory)
+            # the new recovery point is written and fsynced here, outside the lock an
+            # append takes; under it, only renamed into place (and only if no truncation
+            # ran meanwhile: then the data below ``target`` is not what was synced)
+            rp_path = os.path.join(self.directory, RECOVERY_POINT_FILE)
+            staged = rp_path + ".flush.tmp"
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, _offset_checkpoint_text(self.topic, self.partition, target))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             moved = False
             with self.lock:
-                if target > self._recovery_point:
+                if target > self._recovery_point and truncations == self._truncations:
+                    os.replace(staged, rp_path)
                     self._recovery_point = target
-                    # the file is fsynced under the lock; its directory entry below
-                    self._write_recovery_point(target, sync_dir=False)
                     moved = True
+                else:
+                    _remove(staged)
                 if target >= leo:
                     self._unflushed_messages = max(0, self._unflushed_messages - messages)
                 self._last_flush_ms = _now_ms() if now_ms is None else now_ms
@@ -1274,9 +1300,11 @@ class PartitionLog:
             self._publish(keep)
             self._leo = active.next_offset
             self._hw = min(self._hw, self._leo)
+            self._truncations += 1
             if self._recovery_point > self._leo:
                 self._recovery_point = self._leo
-                self._write_recovery_point(self._leo)
+                self._write_recovery_point(self._leo, sync=False)
+                self._pending_flush_offset = self._leo  # the next flush pass syncs it
             self._epochs.truncate_from_end(self._leo)
             for seg in keep:
                 seg.txn_index.truncate_to(self._leo)
@@ -1292,8 +1320,10 @@ class PartitionLog:
             self._retire(doomed, now_ms)
             self._publish([self._new_segment(offset)])
             self._leo = self._hw = self._log_start = offset
+            self._truncations += 1
             self._recovery_point = offset
-            self._write_recovery_point(offset)
+            self._write_recovery_point(offset, sync=False)
+            self._pending_flush_offset = offset  # the next flush pass syncs it
             self._write_log_start()
             self._epochs.clear()
             self._producers.reset()
