@@ -392,7 +392,8 @@ class ConsumerGroupsMixin:
                 return _fail(
                     _E.UNKNOWN_MEMBER_ID, f"Member {a.member_id} is not a member of group {gid}."
                 )
-            if member.instance_id is not None and a.instance_id != member.instance_id:
+            if a.instance_id is not None and a.instance_id != member.instance_id:
+                # (null: unchanged since the last heartbeat)
                 return _fail(_E.FENCED_INSTANCE_ID, f"Instance id {a.instance_id} is fenced.")
             owned_now = self._flat_names(a.owned) if a.owned is not None else None
             if a.member_epoch > member.member_epoch or (
