@@ -242,6 +242,22 @@ class GroupsConfig(_Section):
             "(offsets.retention.check.interval.ms).",
         ),
     ] = 600000
+    consumer_session_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Session timeout of consumer-protocol (KIP-848) group members "
+            "(group.consumer.session.timeout.ms).",
+        ),
+    ] = 45000
+    consumer_heartbeat_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Heartbeat interval told to consumer-protocol group members "
+            "(group.consumer.heartbeat.interval.ms).",
+        ),
+    ] = 5000
 
 
 class TransactionsConfig(_Section):

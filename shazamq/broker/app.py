@@ -42,6 +42,7 @@ from .apis import (
     scram,
     topics,
 )
+from .apis import consumer_groups as consumer_groups_api
 from .apis import groups as groups_api
 from .apis import sasl as sasl_api
 from .apis import txn as txn_api
@@ -231,6 +232,7 @@ class Broker:
             cluster,
             replication,
             groups_api,
+            consumer_groups_api,
             txn_api,
             scram,
             acls,

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shazamq.protocol.messages.api_versions_request import ApiVersionsRequest
-from shazamq.protocol.messages.api_versions_response import ApiVersion, ApiVersionsResponse
+from shazamq.protocol.messages.api_versions_response import (
+    ApiVersion,
+    ApiVersionsResponse,
+    FinalizedFeatureKey,
+    SupportedFeatureKey,
+)
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -14,9 +19,16 @@ if TYPE_CHECKING:
 
 KEY = 18
 
+# Features the broker finalizes (v3+): group.version 1 tells clients the consumer
+# rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled.
+FEATURES = {"group.version": 1}
+FEATURES_EPOCH = 1
+
 
 def register(d: Dispatcher, broker: Broker) -> None:
     async def handle(ctx: RequestContext, req: ApiVersionsRequest) -> ApiVersionsResponse:
+        registered = {k for k, _, _ in d.supported()}
+        features = FEATURES if 68 in registered else {}
         if ctx.api_version >= 3:
             ctx.session.client_software = (
                 f"{req.client_software_name}/{req.client_software_version}"
@@ -27,6 +39,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 ApiVersion(api_key=k, min_version=lo, max_version=hi) for k, lo, hi in d.supported()
             ],
             throttle_time_ms=0,
+            supported_features=[
+                SupportedFeatureKey(name=n, min_version=0, max_version=v)
+                for n, v in features.items()
+            ],
+            finalized_features_epoch=FEATURES_EPOCH if features else -1,
+            finalized_features=[
+                FinalizedFeatureKey(name=n, max_version_level=v, min_version_level=v)
+                for n, v in features.items()
+            ],
         )
 
     d.register(KEY, 0, 4, handle)

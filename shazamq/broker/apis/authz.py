@@ -60,6 +60,15 @@ from shazamq.protocol.messages.alter_user_scram_credentials_response import (
     AlterUserScramCredentialsResponse,
     AlterUserScramCredentialsResult,
 )
+from shazamq.protocol.messages.consumer_group_describe_response import (
+    ConsumerGroupDescribeResponse,
+)
+from shazamq.protocol.messages.consumer_group_describe_response import (
+    DescribedGroup as ConsumerGroupDescribeGroup,
+)
+from shazamq.protocol.messages.consumer_group_heartbeat_response import (
+    ConsumerGroupHeartbeatResponse,
+)
 from shazamq.protocol.messages.create_partitions_response import (
     CreatePartitionsResponse,
     CreatePartitionsTopicResult,
@@ -1077,3 +1086,27 @@ _GUARDS[51] = _cluster_guard(
         ]
     ),
 )
+
+
+_GUARDS[68] = _group_op_guard(
+    READ,
+    lambda req: ConsumerGroupHeartbeatResponse(
+        error_code=GROUP_DENIED, error_message="Group authorization failed."
+    ),
+)
+
+
+@_guard(69)
+def _consumer_group_describe(h: Handler, check: _Check, broker: Broker) -> Handler:
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        denied = [g for g in req.group_ids if not check(ctx, DESCRIBE, GROUP, g)]
+        if not denied:
+            return await h(ctx, req)
+        req.group_ids = [g for g in req.group_ids if g not in denied]
+        response = await h(ctx, req) if req.group_ids else ConsumerGroupDescribeResponse(groups=[])
+        response.groups.extend(
+            ConsumerGroupDescribeGroup(error_code=GROUP_DENIED, group_id=g) for g in denied
+        )
+        return response
+
+    return guarded

@@ -9,14 +9,15 @@ API (key)           versions  notes
 ==================  ========  ====================================================
 FindCoordinator 10  0-5       v4+ batched keys; key types 0 (group), 1 (transaction)
 OffsetCommit 8      0-9       v1 commit timestamps, v2-4 retention time
-OffsetFetch 9       0-9       v7 require_stable, v8+ several groups per request
+OffsetFetch 9       0-9       v7 require_stable, v8+ several groups per request,
+                              v9 member id and epoch of consumer groups
 JoinGroup 11        0-9       v4+ MEMBER_ID_REQUIRED round, v5+ static members,
                               v9 skip_assignment for a rejoining static leader
 Heartbeat 12        0-4
 LeaveGroup 13       0-5       v3+ batched (static) members
 SyncGroup 14        0-5       v5 protocol type/name checks
 DescribeGroups 15   0-5
-ListGroups 16       0-5       v4 state filter, v5 type filter
+ListGroups 16       0-5       v4 state filter, v5 type filter (classic, consumer)
 DeleteGroups 42     0-2
 OffsetDelete 47     0
 ==================  ========  ====================================================
@@ -183,6 +184,17 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def join_group(ctx: RequestContext, req: JoinGroupRequest) -> JoinGroupResponse:
         v = ctx.api_version
+        if coordinator.consumer_group_active(req.group_id):
+            # a consumer (KIP-848) group with members: classic members may not join it
+            return JoinGroupResponse(
+                error_code=ErrorCode.GROUP_ID_NOT_FOUND,
+                generation_id=-1,
+                protocol_type=None,
+                protocol_name=None if v >= 7 else "",
+                leader="",
+                member_id=req.member_id,
+                members=[],
+            )
         result = await coordinator.join_group(
             group_id=req.group_id,
             member_id=req.member_id,
@@ -312,7 +324,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     if g.topics is None
                     else [(t.name, i) for t in g.topics for i in t.partition_indexes]
                 )
-                code, fetched = fetch_one(g.group_id, tps, require_stable)
+                code = (
+                    coordinator.consumer_fetch_error(g.group_id, g.member_id, g.member_epoch)
+                    if v >= 9
+                    else 0
+                )
+                if code:
+                    fetched = []
+                else:
+                    code, fetched = fetch_one(g.group_id, tps, require_stable)
                 by_topic: dict[str, list[OffsetFetchResponsePartitions]] = {}
                 for f in fetched:
                     by_topic.setdefault(f.topic, []).append(

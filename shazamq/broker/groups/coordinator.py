@@ -37,6 +37,8 @@ from shazamq.broker.tasks import cancel_all
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
+from .consumer import ConsumerGroupsMixin
+from .consumer_group import ConsumerGroup
 from .group import Group, GroupState, JoinResult, Member, SyncResult
 from .internal_topic import Appended, replicated
 from .membership import MembershipMixin
@@ -61,6 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLASSIC_GROUP_TYPE = "classic"
+CONSUMER_GROUP_TYPE = "consumer"
 
 # Kafka's offsets.commit.timeout.ms: how long a commit (or a group metadata write) waits
 # for the in-sync replicas before it is answered with an error.
@@ -111,7 +114,7 @@ class GroupDescription:
     members: tuple[MemberDescription, ...]
 
 
-class GroupCoordinator(MembershipMixin, OffsetsMixin):
+class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin):
     """Every consumer group of the broker and their committed offsets."""
 
     def __init__(self, broker: Broker) -> None:
@@ -119,6 +122,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         self.config = broker.config.groups
         self.store = OffsetsStore(broker.partitions, self.config)
         self.groups: dict[str, Group] = {}
+        self.consumer_groups: dict[str, ConsumerGroup] = {}  # KIP-848 groups (consumer.py)
         self.loaded = False
         self._persisted: set[str] = set()  # groups with a metadata record in the log
         self._txn_groups: dict[int, set[str]] = {}  # producer id -> groups with pending offsets
@@ -174,6 +178,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             self._install(index, part)
         self.loaded = True
         self._revive(self.groups.values())
+        self._revive_consumer(self.consumer_groups.values())
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
         log.info(
@@ -204,6 +209,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
                     member.timer = None
                 member.complete_join(JoinResult(int(_E.NOT_COORDINATOR), member.member_id))
                 member.complete_sync(SyncResult(int(_E.NOT_COORDINATOR)))
+        self._drop_consumer_groups(list(self.consumer_groups))
         self.loaded = False
 
     def _load_all(self) -> list[LoadedPartition]:
@@ -247,6 +253,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         own.deferred.clear()
         groups = [g for gid, g in self.groups.items() if self.partition_for(gid) == index]
         self._revive(groups)
+        self._revive_consumer(
+            g for gid, g in self.consumer_groups.items() if self.partition_for(gid) == index
+        )
         log.info(
             "%s-%d: now coordinating %d groups (loaded in %.2fs)",
             OFFSETS_TOPIC,
@@ -260,6 +269,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         for gid in doomed:
             self._unload_group(self.groups.pop(gid))
             self._persisted.discard(gid)
+        self._drop_consumer_groups(
+            [gid for gid in self.consumer_groups if self.partition_for(gid) == index]
+        )
         for pid in list(self._txn_groups):
             gids = self._txn_groups[pid]
             gids.difference_update(doomed)
@@ -321,6 +333,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
                     group = self.groups[gid] = Group(gid)
                 group.pending_txn_offsets.setdefault(pid, {}).update(offsets)
                 self._txn_groups.setdefault(pid, set()).add(gid)
+        self._install_consumer(part)
         if part.skipped:
             log.warning(
                 "%s-%d: %d of %d records were not understood and skipped",
@@ -382,11 +395,16 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             code = int(_E.COORDINATOR_LOAD_IN_PROGRESS)
         state_filter = {s.lower() for s in states} if states else None
         type_filter = {t.lower() for t in types} if types else None
-        if type_filter is not None and CLASSIC_GROUP_TYPE not in type_filter:
-            return code, []
         out = []
+        if type_filter is None or CONSUMER_GROUP_TYPE in type_filter:
+            for cg in list(self.consumer_groups.values()):
+                if state_filter is not None and cg.state.lower() not in state_filter:
+                    continue
+                out.append(GroupListing(cg.group_id, "consumer", cg.state, CONSUMER_GROUP_TYPE))
+        if type_filter is not None and CLASSIC_GROUP_TYPE not in type_filter:
+            return code, out
         for group in list(self.groups.values()):
-            if group.is_state(GroupState.DEAD):
+            if group.is_state(GroupState.DEAD) or group.group_id in self.consumer_groups:
                 continue
             if state_filter is not None and group.state.value.lower() not in state_filter:
                 continue
@@ -401,6 +419,8 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
         status = self._key_status(group_id)
         if status:
             return GroupDescription(group_id, status, "", "", "", ())
+        if group_id in self.consumer_groups:
+            return GroupDescription(group_id, int(_E.GROUP_ID_NOT_FOUND), "", "", "", ())
         group = self.groups.get(group_id)
         if group is None:
             return GroupDescription(group_id, 0, GroupState.DEAD.value, "", "", ())
@@ -445,8 +465,14 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin):
             if status:
                 out[gid] = status
                 continue
+            consumer = self.delete_consumer_group(gid)
+            if consumer:
+                out[gid] = consumer
+                continue
             group = self.groups.get(gid)
-            if group is None or group.is_state(GroupState.DEAD):
+            if consumer == 0 and (group is None or group.is_state(GroupState.DEAD)):
+                out[gid] = 0
+            elif group is None or group.is_state(GroupState.DEAD):
                 out[gid] = int(_E.GROUP_ID_NOT_FOUND)
             elif not group.is_state(GroupState.EMPTY):
                 out[gid] = int(_E.NON_EMPTY_GROUP)

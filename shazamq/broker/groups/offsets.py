@@ -108,6 +108,10 @@ class OffsetsMixin:
         def _key_status(self, group_id: str) -> int: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         async def _replication(self, appended: Appended | None) -> int: ...
+        def consumer_commit_error(
+            self, group_id: str, member_id: str, member_epoch: int
+        ) -> int | None: ...
+        def consumer_group_active(self, group_id: str) -> bool: ...
 
     def partition_for(self, group_id: str) -> int:
         return self.store.partition_for(group_id)
@@ -141,6 +145,13 @@ class OffsetsMixin:
         status = self._key_status(group_id)
         if status:
             return all_(status)
+        consumer = self.consumer_commit_error(group_id, member_id, generation_id)
+        if consumer is not None:  # a KIP-848 group: member epochs instead of generations
+            if consumer:
+                return all_(consumer)
+            return await self._store_offsets(
+                self.groups.get(group_id) or Group(group_id), offsets, retention_ms
+            )
         group = self.groups.get(group_id)
         if group is None:
             if generation_id >= 0:
@@ -186,6 +197,17 @@ class OffsetsMixin:
         )
         if error:
             return all_(error)
+        consumer = self.consumer_commit_error(group_id, member_id, generation_id)
+        if consumer is not None:
+            if consumer:
+                return all_(consumer)
+            return await self._store_offsets(
+                self.groups.get(group_id) or Group(group_id),
+                offsets,
+                -1,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+            )
         group = self.groups.get(group_id) or Group(group_id)
         if group.is_state(GroupState.DEAD):
             return all_(_E.COORDINATOR_NOT_AVAILABLE)
@@ -418,6 +440,8 @@ class OffsetsMixin:
         for group in list(self.groups.values()):
             if group.is_state(GroupState.DEAD):
                 continue
+            if self.consumer_group_active(group.group_id):
+                continue  # offsets of a consumer group with members stay
             if group.is_state(GroupState.EMPTY):
                 base_state = group.state_timestamp if group.protocol_type is not None else -1
                 subscribed: set[str] | None = None

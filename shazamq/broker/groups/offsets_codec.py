@@ -7,8 +7,8 @@ Keys start with an int16 version that also names the record type:
 
 * 0 or 1: an offset commit, ``group string, topic string, partition int32``
 * 2: group metadata, ``group string``
-* anything else: a record type this broker does not interpret (the KIP-848 consumer
-  group records Kafka 3.7+ writes); loading skips those.
+* anything else: :class:`UnknownKey`; the KIP-848 consumer group records (3..9) are
+  decoded by :mod:`.consumer_records`, other types are skipped when loading.
 
 Offset commit values (int16 version first): v0/v2 ``offset i64, metadata string,
 commit_timestamp i64``; v1 adds ``expire_timestamp i64``; v3 ``offset, leader_epoch i32,

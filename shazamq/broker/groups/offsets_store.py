@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import CONTROL_COMMIT
 
+from . import consumer_records as cr
 from .group import CommittedOffset
 from .internal_topic import Appended, InternalTopic
 from .offsets_codec import (
@@ -29,6 +30,7 @@ from .offsets_codec import (
     GroupRecordError,
     OffsetKey,
     OffsetValue,
+    UnknownKey,
     decode_group_value,
     decode_key,
     decode_offset_value,
@@ -68,6 +70,8 @@ class LoadedPartition:
     pending: dict[int, dict[str, dict[TopicPartition, CommittedOffset]]] = field(
         default_factory=dict
     )
+    # consumer groups (KIP-848): group -> (record type, member id) -> last value
+    consumer: dict[str, dict[tuple[int, str | None], object]] = field(default_factory=dict)
     records: int = 0
     skipped: int = 0
 
@@ -263,6 +267,16 @@ class OffsetsStore:
                             out.groups.pop(decoded.group, None)
                         else:
                             out.groups[decoded.group] = decode_group_value(value)
+                    elif (
+                        isinstance(decoded, UnknownKey) and decoded.version in cr.CONSUMER_KEY_TYPES
+                    ):
+                        ckey = cr.decode_consumer_key(key)
+                        slot = (ckey.kind, ckey.member)
+                        recs = out.consumer.setdefault(ckey.group, {})
+                        if value is None:
+                            recs.pop(slot, None)
+                        else:
+                            recs[slot] = cr.decode_consumer_value(ckey.kind, value)
                     else:
                         out.skipped += 1
                 except GroupRecordError as exc:
