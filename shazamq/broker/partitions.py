@@ -362,9 +362,12 @@ class PartitionManager:
 
     def validate_configs(self, configs: dict[str, str]) -> LogConfig:
         try:
-            return topic_configs.validate(self.defaults, configs)
+            cfg = topic_configs.validate(self.defaults, configs)
         except InvalidConfigError as exc:
             raise KafkaError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+        for key in topic_configs.deprecated_in(configs):
+            log.info("topic setting %s=%s is deprecated and ignored", key, configs[key])
+        return cfg
 
     async def create_topic(
         self,

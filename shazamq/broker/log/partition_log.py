@@ -46,13 +46,18 @@ from typing import NamedTuple
 
 from shazamq.protocol.records import (
     ATTR_CONTROL,
+    COMPRESSION_MASK,
     DEFAULT_MAX_UNCOMPRESSED,
     LOG_OVERHEAD,
     TIMESTAMP_LOG_APPEND_TIME,
     BatchHeader,
+    InvalidRecordsError,
     RecordError,
+    batch_records_data,
+    check_records,
     control_record_of,
     decode_batch,
+    rebuild_batch,
     set_base_offset,
     set_log_append_time,
     set_partition_leader_epoch,
@@ -727,6 +732,8 @@ class PartitionLog:
             max_batch_bytes=cfg.max_message_bytes,
             from_client=origin is AppendOrigin.CLIENT,
         )
+        if origin is AppendOrigin.CLIENT:
+            data, batches = self._validate_records(data, batches)
         if now_ms is None:
             now_ms = _now_ms()
         log_append_time = cfg.log_append_time and not replication
@@ -831,6 +838,45 @@ class PartitionLog:
                 False,
                 self._log_start,
             )
+
+    def _validate_records(
+        self, data: bytes | bytearray | memoryview, batches: list[tuple[int, BatchHeader]]
+    ) -> tuple[bytes | bytearray | memoryview, list[tuple[int, BatchHeader]]]:
+        """A client's batches, record by record (Kafka's LogValidator): well-formed
+        records (CORRUPT_MESSAGE), keys on a compacted topic (INVALID_RECORD with the
+        refused records), and, when the topic's ``compression.type`` names a codec,
+        batches recompressed to it. Returns the payload to store and its batches."""
+        cfg = self._config
+        keys = cfg.compact
+        target = cfg.target_codec
+        limit = self.max_uncompressed
+        refused: list[tuple[int, str]] = []
+        index = 0
+        recompress = False
+        contents: list[bytes] = []
+        for pos, h in batches:
+            records = batch_records_data(data, pos, h, max_uncompressed=limit)
+            refused += check_records(
+                records, h.records_count, keys_required=keys, first_index=index
+            )
+            index += h.records_count
+            if target is not None:
+                contents.append(records)
+                recompress = recompress or (h.attributes & COMPRESSION_MASK) != target
+        if refused:
+            raise InvalidRecordsError(
+                f"{len(refused)} of {index} records refused: {refused[0][1]}", refused
+            )
+        if not recompress:
+            return data, batches
+        assert target is not None
+        out = bytearray()
+        for (pos, h), records in zip(batches, contents, strict=True):
+            if h.attributes & COMPRESSION_MASK == target:
+                out += memoryview(data)[pos : pos + h.size]
+            else:
+                out += rebuild_batch(data, pos, h, records, target)
+        return out, validate_batches(out, max_batch_bytes=cfg.max_message_bytes)
 
     # ============================================================ failures
     def fail(self, reason: str) -> None:
