@@ -27,6 +27,7 @@ Layout of a batch (big-endian)::
 from __future__ import annotations
 
 import io
+import os as _os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -463,8 +464,11 @@ def validate_batches(
     return batches
 
 
-def check_records(
-    data: bytes, count: int, *, keys_required: bool = False, first_index: int = 0
+def _check_records_py(
+    data: bytes | bytearray | memoryview,
+    count: int,
+    keys_required: bool = False,
+    first_index: int = 0,
 ) -> list[tuple[int, str]]:
     """Walk the (uncompressed) records of a batch the way Kafka's LogValidator does,
     without building them: exactly ``count`` records filling ``data``, each length and
@@ -478,6 +482,9 @@ def check_records(
     two-byte varints, no headers) are decoded inline, fields only the log ignores
     (timestamps) are skipped, not decoded, and nothing is allocated per record; reads
     past the end surface as IndexError and become CORRUPT_MESSAGE.
+
+    This is the reference and the fallback: :func:`check_records` is the same walk
+    compiled (``_recordwalk.c``) when the extension was built, this function otherwise.
     """
     end = len(data)
     if count > end // 7 + 1:  # a record takes at least 7 bytes
@@ -571,6 +578,17 @@ def check_records(
     if pos != end:
         raise CorruptRecordError(f"{end - pos} bytes left after the last of {count} records")
     return refused
+
+
+try:
+    if _os.environ.get("SHAZAMQ_PURE_PYTHON"):
+        raise ImportError("SHAZAMQ_PURE_PYTHON is set")
+    from shazamq.protocol._recordwalk import check_records as _check_records_c
+except ImportError:  # not built (no compiler at install time) or turned off
+    _check_records_c = None
+
+#: The record walk of produce validation: the C one when built, else the Python one.
+check_records = _check_records_c or _check_records_py
 
 
 def _skip_varint(d: bytes, p: int, i: int) -> int:
