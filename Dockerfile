@@ -3,8 +3,13 @@
 #   docker run shazamq/shazamq --config /etc/shazamq/config.toml
 #   docker run --entrypoint python shazamq/shazamq -m shazamq.operator
 FROM python:3.11-slim AS build
+# A C compiler for the optional extension (shazamq/protocol/_recordwalk.c, the record walk
+# of produce validation); the build falls back to pure Python without it. Only this stage
+# has it: the wheel it builds is installed in the image below.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY shazamq ./shazamq
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 

@@ -33,7 +33,15 @@ from shazamq.protocol.messages.produce_request import (
     ProduceRequest,
     TopicProduceData,
 )
-from shazamq.protocol.records import Record, build_batch, validate_batches
+from shazamq.protocol.records import (
+    Record,
+    _check_records_c,
+    _check_records_py,
+    batch_records_data,
+    build_batch,
+    iter_batches,
+    validate_batches,
+)
 
 RECORD = 1024
 PER_BATCH = 256  # 256 KiB batches
@@ -194,6 +202,34 @@ def test_encode_fetch_response_parts(benchmark, batches, fetch_response):
 def test_validate_batches(benchmark, batches):
     result = benchmark(validate_batches, batches, max_batch_bytes=2**31 - 1, from_client=True)
     assert len(result) == BATCHES
+
+
+def small_records_batch() -> bytes:
+    """One 256 KiB-ish batch of 100 B records (2,000 of them), as for the 100 B load."""
+    rng = random.Random(2)
+    records = [
+        Record(offset_delta=i, timestamp_delta=i // 50, key=None, value=rng.randbytes(100))
+        for i in range(2000)
+    ]
+    return build_batch(records)
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+@pytest.mark.parametrize("shape", ["1KiB", "100B"])
+def test_check_records(benchmark, batches, shape, impl):
+    """The record walk of produce validation (Kafka's LogValidator) on 1 MiB of records:
+    the compiled walk (``_recordwalk``, skipped when not built) and the Python one."""
+    if impl == "c" and _check_records_c is None:
+        pytest.skip("the C extension was not built")
+    check = _check_records_c if impl == "c" else _check_records_py
+    payload = batches if shape == "1KiB" else small_records_batch() * 4
+    found = [(pos, h, batch_records_data(payload, pos, h)) for pos, h in iter_batches(payload)]
+
+    def walk():
+        for _pos, h, data in found:
+            check(data, h.records_count)
+
+    benchmark(walk)
 
 
 # -------------------------------------------------------------------------------- log

@@ -126,6 +126,12 @@ class PartitionManager:
         # in a cluster: where replicas go and who leads; partitions are hosted as the
         # cluster's metadata assigns them, not as topics are created here
         self.cluster: ClusterNode | None = None
+        # a log whose storage fails at run time goes offline here (on the event loop)
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        logs.failure_listener = self._log_failed
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -227,6 +233,33 @@ class PartitionManager:
         loop = asyncio.get_running_loop()
         for i, plog, exc in await loop.run_in_executor(None, work):
             self._install(topic, i, plog, exc)
+
+    def _log_failed(self, plog: PartitionLog, reason: str) -> None:
+        """Called by the log manager from the thread that saw the failure."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.take_offline(plog, reason)
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self.take_offline(plog, reason)
+        else:
+            loop.call_soon_threadsafe(self.take_offline, plog, reason)
+
+    def take_offline(self, plog: PartitionLog, reason: str) -> None:
+        """The partition's storage failed: stop serving it (KAFKA_STORAGE_ERROR,
+        leaderless in Metadata, `shazamq_offline_partitions`) until the next start,
+        which recovers its log; the other partitions go on."""
+        key = (plog.topic, plog.partition)
+        p = self.partitions.get(key)
+        if p is None or p.log is not plog:
+            return
+        del self.partitions[key]
+        self.offline[key] = reason
+        p.notify()
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -336,9 +369,12 @@ class PartitionManager:
 
     def validate_configs(self, configs: dict[str, str]) -> LogConfig:
         try:
-            return topic_configs.validate(self.defaults, configs)
+            cfg = topic_configs.validate(self.defaults, configs)
         except InvalidConfigError as exc:
             raise KafkaError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+        for key in topic_configs.deprecated_in(configs):
+            log.info("topic setting %s=%s is deprecated and ignored", key, configs[key])
+        return cfg
 
     async def create_topic(
         self,

@@ -2,8 +2,9 @@
 
 The log owns the settings that change how it stores data (`LogConfig`, `CONFIG_DEFS`).
 A few more topic settings that clients routinely send (`min.insync.replicas`,
-`compression.type`, ...) belong to the broker; they are defined here so CreateTopics,
-AlterConfigs and DescribeConfigs see one table of everything a topic can be told.
+`unclean.leader.election.enable`, ...) belong to the broker; they are defined here so
+CreateTopics, AlterConfigs and DescribeConfigs see one table of everything a topic can be
+told. Deprecated settings Kafka still accepts are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -86,13 +87,6 @@ def check_client_change(
     return dict(new)
 
 
-def _one_of(*choices: str) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
 BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
     s.name: s
     for s in (
@@ -102,14 +96,6 @@ BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
             "1",
             "Replicas that must have a batch before an acks=all produce succeeds.",
             _int_at_least(1),
-        ),
-        BrokerTopicSetting(
-            "compression.type",
-            "string",
-            "producer",
-            "Batches are stored as the producer compressed them ('producer'); the broker "
-            "never recompresses.",
-            _one_of("producer"),
         ),
         BrokerTopicSetting(
             "unclean.leader.election.enable",
@@ -152,6 +138,21 @@ BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
 }
 
 
+# Settings Kafka 3.x/4.x still accepts on a topic though they no longer do anything:
+# accepted (CreateTopics, AlterConfigs) and ignored, with a log line; never described.
+DEPRECATED_TOPIC_SETTINGS = frozenset(
+    {
+        "message.format.version",
+        "message.timestamp.difference.max.ms",
+    }
+)
+
+
+def deprecated_in(overrides: Mapping[str, str]) -> list[str]:
+    """The deprecated (ignored) settings among ``overrides``."""
+    return sorted(k for k in overrides if k in DEPRECATED_TOPIC_SETTINGS)
+
+
 def known_names() -> list[str]:
     return sorted({*CONFIG_DEFS, *BROKER_TOPIC_SETTINGS})
 
@@ -161,6 +162,8 @@ def validate(defaults: LogConfig, overrides: Mapping[str, str]) -> LogConfig:
     log_overrides = {}
     for key, value in overrides.items():
         setting = BROKER_TOPIC_SETTINGS.get(key)
+        if key in DEPRECATED_TOPIC_SETTINGS and setting is None:
+            continue
         if setting is not None:
             problem = setting.check(value)
             if problem:

@@ -27,6 +27,7 @@ Layout of a batch (big-endian)::
 from __future__ import annotations
 
 import io
+import os as _os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -63,14 +64,17 @@ __all__ = [
     "CorruptRecordError",
     "DecompressionLimitError",
     "InvalidRecordError",
+    "InvalidRecordsError",
     "MessageTooLargeError",
     "PartialBatchError",
     "Record",
     "RecordError",
     "UnsupportedCompressionTypeError",
     "UnsupportedMessageFormatError",
+    "batch_records_data",
     "build_batch",
     "build_control_batch",
+    "check_records",
     "compress",
     "compute_crc",
     "control_record_of",
@@ -81,6 +85,7 @@ __all__ = [
     "iter_records",
     "parse_control_record",
     "parse_header",
+    "rebuild_batch",
     "set_base_offset",
     "set_log_append_time",
     "set_partition_leader_epoch",
@@ -199,6 +204,16 @@ class InvalidRecordError(RecordError):
     """A well-formed batch that breaks a rule: Kafka's INVALID_RECORD (87)."""
 
     error_code = _INVALID_RECORD
+
+
+class InvalidRecordsError(InvalidRecordError):
+    """Records a batch holds that the topic refuses (a null key on a compacted topic):
+    ``record_errors`` lists ``(index of the record in the payload, why)`` as KIP-467
+    reports them."""
+
+    def __init__(self, message: str, record_errors: list[tuple[int, str]]) -> None:
+        super().__init__(message)
+        self.record_errors = record_errors
 
 
 class MessageTooLargeError(RecordError):
@@ -447,6 +462,195 @@ def validate_batches(
     if not batches:
         raise InvalidRecordError("the payload holds no record batch")
     return batches
+
+
+def _check_records_py(
+    data: bytes | bytearray | memoryview,
+    count: int,
+    keys_required: bool = False,
+    first_index: int = 0,
+) -> list[tuple[int, str]]:
+    """Walk the (uncompressed) records of a batch the way Kafka's LogValidator does,
+    without building them: exactly ``count`` records filling ``data``, each length and
+    varint well-formed and inside its record, offset deltas 0, 1, 2, ...
+
+    Raises :class:`CorruptRecordError` for garbage. Returns the records a topic refuses
+    (``keys_required``: a compacted topic's records need keys) as ``(first_index + i,
+    message)``; empty when all are fine.
+
+    The produce hot path runs this for every record, so the common shapes (one- and
+    two-byte varints, no headers) are decoded inline, fields only the log ignores
+    (timestamps) are skipped, not decoded, and nothing is allocated per record; reads
+    past the end surface as IndexError and become CORRUPT_MESSAGE.
+
+    This is the reference and the fallback: :func:`check_records` is the same walk
+    compiled (``_recordwalk.c``) when the extension was built, this function otherwise.
+    """
+    end = len(data)
+    if count > end // 7 + 1:  # a record takes at least 7 bytes
+        raise CorruptRecordError(f"records count {count} cannot fit in {end} bytes")
+    refused: list[tuple[int, str]] = []
+    d = data
+    pos = 0
+    i = 0
+    try:
+        for i in range(count):
+            b = d[pos]
+            if b < 0x80:  # record length (zigzag; odd = negative)
+                length = b
+                pos += 1
+            elif d[pos + 1] < 0x80:
+                length = (b & 0x7F) | (d[pos + 1] << 7)
+                pos += 2
+            else:
+                length, pos = _read_varint(d, pos, end, 5)
+                length = (length << 1) if length >= 0 else 1
+            if length & 1:
+                raise CorruptRecordError(f"record {i} has a negative length")
+            length >>= 1
+            stop = pos + length
+            if length < 6 or stop > end:
+                raise CorruptRecordError(f"record {i} declares an impossible length {length}")
+            p = pos + 1  # attributes
+            if d[p] < 0x80:  # timestamp delta: skipped
+                p += 1
+            elif d[p + 1] < 0x80:
+                p += 2
+            else:
+                p = _skip_varint(d, p, i)
+            b = d[p]  # offset delta: must be i, zigzag 2i
+            if b < 0x80:
+                delta = b
+                p += 1
+            elif d[p + 1] < 0x80:
+                delta = (b & 0x7F) | (d[p + 1] << 7)
+                p += 2
+            else:
+                delta, p = _read_varint(d, p, stop, 5)
+                delta = delta << 1 if delta >= 0 else -1
+            if delta != i << 1:
+                raise CorruptRecordError(
+                    f"record {i} has offset delta {(delta >> 1) ^ -(delta & 1)}"
+                )
+            b = d[p]  # key
+            if b < 0x80:
+                p += 1
+                if b & 1:
+                    if b != 1:
+                        raise CorruptRecordError(f"record {i} has a key length {-(b + 1) >> 1}")
+                    if keys_required:
+                        refused.append(
+                            (first_index + i, "compacted topics require a key on every record")
+                        )
+                else:
+                    p += b >> 1
+            else:
+                n, p = _read_varint(d, p, stop, 5)
+                if n < 0:
+                    raise CorruptRecordError(f"record {i} has a key length {n}")
+                p += n
+            b = d[p]  # value
+            if b < 0x80:
+                p += 1
+                if b & 1:
+                    if b != 1:
+                        raise CorruptRecordError(f"record {i} has a value length {-(b + 1) >> 1}")
+                else:
+                    p += b >> 1
+            else:
+                n, p = _read_varint(d, p, stop, 5)
+                if n < 0:
+                    raise CorruptRecordError(f"record {i} has a value length {n}")
+                p += n
+            if p >= stop:
+                raise CorruptRecordError(f"record {i} ends before its header count")
+            if d[p] == 0:  # no headers: the usual case
+                p += 1
+            else:
+                p = _check_headers(d, p, stop, i)
+            if p != stop:
+                raise CorruptRecordError(
+                    f"record {i} declares {length} bytes but its fields take {p - pos}"
+                )
+            pos = stop
+    except IndexError:
+        raise CorruptRecordError(f"record {i} runs past the end of the batch") from None
+    if pos != end:
+        raise CorruptRecordError(f"{end - pos} bytes left after the last of {count} records")
+    return refused
+
+
+try:
+    if _os.environ.get("SHAZAMQ_PURE_PYTHON"):
+        raise ImportError("SHAZAMQ_PURE_PYTHON is set")
+    from shazamq.protocol._recordwalk import check_records as _check_records_c
+except ImportError:  # not built (no compiler at install time) or turned off
+    _check_records_c = None
+
+#: The record walk of produce validation: the C one when built, else the Python one.
+check_records = _check_records_c or _check_records_py
+
+
+def _skip_varint(d: bytes, p: int, i: int) -> int:
+    q = p
+    while d[p] >= 0x80:
+        p += 1
+    if p - q >= 10:
+        raise CorruptRecordError(f"record {i} has a timestamp varint of {p - q + 1} bytes")
+    return p + 1
+
+
+def _check_headers(d: bytes, p: int, stop: int, i: int) -> int:
+    nheaders, p = _read_varint(d, p, stop, 5)
+    if nheaders < 0 or nheaders > stop - p:
+        raise CorruptRecordError(f"record {i} declares {nheaders} headers")
+    for _h in range(nheaders):
+        n, p = _read_varint(d, p, stop, 5)
+        if n < 0 or p + n > stop:
+            raise CorruptRecordError(f"a header key of record {i} has length {n}")
+        p += n
+        n, p = _read_varint(d, p, stop, 5)
+        if n < -1 or p + max(n, 0) > stop:
+            raise CorruptRecordError(f"a header value of record {i} has length {n}")
+        p += max(n, 0)
+    return p
+
+
+def batch_records_data(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    header: BatchHeader,
+    *,
+    max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+) -> bytes:
+    """The uncompressed record bytes of the (validated) batch at ``pos``; decompression
+    is capped at ``max_uncompressed`` (CORRUPT_MESSAGE beyond)."""
+    size = header.batch_length + LOG_OVERHEAD
+    with memoryview(buf) as view:
+        raw = bytes(view[pos + HEADER_SIZE : pos + size])
+    codec = header.attributes & COMPRESSION_MASK
+    if codec == COMPRESSION_NONE:
+        if len(raw) > max_uncompressed:
+            raise _too_big(max_uncompressed)
+        return raw
+    return decompress(codec, raw, max_uncompressed)
+
+
+def rebuild_batch(
+    buf: bytes | bytearray | memoryview, pos: int, header: BatchHeader, data: bytes, codec: int
+) -> bytes:
+    """The batch at ``pos`` with its records (``data``, uncompressed) stored under
+    ``codec`` instead: same header fields, new length, attributes and CRC."""
+    payload = compress(codec, data)
+    out = bytearray(HEADER_SIZE + len(payload))
+    with memoryview(buf) as view:
+        out[:HEADER_SIZE] = view[pos : pos + HEADER_SIZE]
+    out[HEADER_SIZE:] = payload
+    _I32.pack_into(out, POS_LENGTH, len(out) - LOG_OVERHEAD)
+    attributes = (header.attributes & ~COMPRESSION_MASK) | codec
+    _I16.pack_into(out, POS_ATTRIBUTES, attributes)
+    _U32.pack_into(out, POS_CRC, compute_crc(out, 0, len(out)))
+    return bytes(out)
 
 
 # --------------------------------------------------------------------- in-place edits

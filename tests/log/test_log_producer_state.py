@@ -229,3 +229,23 @@ def test_producer_ids_expire(open_log, mk_batch) -> None:
     assert log.expire_producers(11_500) == 1
     assert set(log.producer_state.entries) == {2, 3}
     log.append(idem(mk_batch, 1, 17, pid=1), now_ms=11_600)  # forgotten: any sequence
+
+
+def test_producer_state_is_bounded(open_log, mk_batch) -> None:
+    """Past the cap the longest idle producers are forgotten (not those in a
+    transaction), so memory and the snapshot written at each roll stay bounded."""
+    log = open_log()
+    producers = log._producers
+    producers.max_producers = 50
+    log.append(mk_batch(1, producer_id=10_000, producer_epoch=0, base_sequence=0, ts=1))
+    log.append(
+        mk_batch(1, producer_id=10_001, producer_epoch=0, base_sequence=0, ts=1, transactional=True)
+    )
+    for pid in range(200):
+        log.append(mk_batch(1, producer_id=pid, producer_epoch=0, base_sequence=0, ts=2 + pid))
+        assert len(producers.entries) <= 50
+    assert 10_000 not in producers.entries  # idle the longest: forgotten
+    assert 10_001 in producers.entries  # its transaction is open: kept
+    assert 199 in producers.entries
+    path = producers.take_snapshot(log.log_end_offset)
+    assert os.path.getsize(path) < 50 * 200

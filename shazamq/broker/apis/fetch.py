@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from shazamq.broker.log.errors import LogError, OffsetOutOfRangeError
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchRequest
 from shazamq.protocol.messages.fetch_response import (
@@ -24,7 +25,7 @@ from shazamq.protocol.messages.fetch_response import (
     NodeEndpoint,
     PartitionData,
 )
-from shazamq.protocol.records import iter_batches
+from shazamq.protocol.records import RecordError, iter_batches
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -94,6 +95,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
             log_start_offset=p.log.log_start_offset if p is not None else -1,
             records=b"",
         )
+
+    def read_error(index: int, exc: LogError | RecordError, p: Partition) -> PartitionData:
+        pe = partition_error(index, exc.error_code, p)
+        if isinstance(exc, OffsetOutOfRangeError) and tier is not None:
+            pe.log_start_offset = tier.log_start(p)
+        return pe
 
     def follower_epoch_error(p: Partition, current_epoch: int) -> int:
         role = p.replica
@@ -245,22 +252,31 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     if not cluster.throttle_allows():
                         upper = offset  # nothing now; the fetch waits as for no data
                 if offset < upper:
-                    # Kafka's rule: the response's first batch is returned whole even when
-                    # it exceeds the limits, so a consumer can always make progress.
+                    # Kafka's rule: the first batch of the first partition with data is
+                    # returned whole even when it exceeds the limits, so a consumer can
+                    # always make progress; every other read stays within both limits.
                     limit = min(fp.partition_max_bytes, budget - total)
                     if limit > 0 or total == 0:
-                        data = plog.read(offset, max(limit, 1), upper_bound=upper)
+                        try:
+                            data = plog.read(
+                                offset, max(limit, 1), upper_bound=upper, min_one_batch=total == 0
+                            )
+                            if data and committed:
+                                aborted = [
+                                    AbortedTransaction(producer_id=pid, first_offset=first)
+                                    for pid, first in plog.aborted_transactions(offset, upper)
+                                ]
+                        except (LogError, RecordError) as exc:
+                            # a retention pass removed the offset meanwhile, a corrupt
+                            # batch, a failed disk (the partition is then offline)
+                            out.append(read_error(fp.partition, exc, p))
+                            continue
                         if data:
                             records = data
                             total += len(data)
                             if throttled:
                                 assert cluster is not None
                                 cluster.throttle_consume(len(data))
-                            if committed:
-                                aborted = [
-                                    AbortedTransaction(producer_id=pid, first_offset=first)
-                                    for pid, first in plog.aborted_transactions(offset, upper)
-                                ]
                 if committed and aborted is None:
                     aborted = []
                 out.append(

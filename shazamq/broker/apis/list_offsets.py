@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shazamq.broker.log.errors import LogError
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.list_offsets_request import ListOffsetsRequest
 from shazamq.protocol.messages.list_offsets_response import (
@@ -11,6 +12,7 @@ from shazamq.protocol.messages.list_offsets_response import (
     ListOffsetsResponse,
     ListOffsetsTopicResponse,
 )
+from shazamq.protocol.records import RecordError
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -47,6 +49,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         ErrorCode.NOT_LEADER_OR_FOLLOWER
                         if broker.cluster is not None
                         and broker.cluster.leader_hint(t.name, rp.partition_index) is not None
+                        else ErrorCode.KAFKA_STORAGE_ERROR
+                        if (t.name, rp.partition_index) in parts.offline
                         else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                     )
                     continue
@@ -56,32 +60,38 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 plog = p.log
                 ts = rp.timestamp
                 resp.leader_epoch = p.leader_epoch
-                if ts == LATEST:
-                    resp.offset = plog.last_stable_offset if committed else plog.high_watermark
-                elif ts == EARLIEST and tier is not None:
-                    resp.offset = tier.log_start(p)
-                elif ts in (EARLIEST, EARLIEST_LOCAL):
-                    resp.offset = plog.log_start_offset
-                elif ts == LATEST_TIERED:
-                    resp.offset = tier.last_tiered_offset(p) if tier is not None else -1
-                elif ts == MAX_TIMESTAMP:
-                    found = plog.max_timestamp_offset()
-                    if found is not None:
-                        resp.offset, resp.timestamp = found
-                elif ts < 0:
-                    resp.error_code = ErrorCode.INVALID_REQUEST
+                try:
+                    if ts == LATEST:
+                        resp.offset = plog.last_stable_offset if committed else plog.high_watermark
+                    elif ts == EARLIEST and tier is not None:
+                        resp.offset = tier.log_start(p)
+                    elif ts in (EARLIEST, EARLIEST_LOCAL):
+                        resp.offset = plog.log_start_offset
+                    elif ts == LATEST_TIERED:
+                        resp.offset = tier.last_tiered_offset(p) if tier is not None else -1
+                    elif ts == MAX_TIMESTAMP:
+                        found = plog.max_timestamp_offset()
+                        if found is not None:
+                            resp.offset, resp.timestamp = found
+                    elif ts < 0:
+                        resp.error_code = ErrorCode.INVALID_REQUEST
+                        continue
+                    else:
+                        found = None
+                        if tier is not None:
+                            found = await tier.offset_for_timestamp(p, ts)
+                        if found is None:
+                            found = plog.offset_for_timestamp(ts)
+                        if found is not None:
+                            offset, stamp = found
+                            upper = plog.last_stable_offset if committed else plog.high_watermark
+                            if offset < upper:
+                                resp.offset, resp.timestamp = offset, stamp
+                except (LogError, RecordError) as exc:
+                    # a failed disk (the partition goes offline), a corrupt batch
+                    resp.error_code = exc.error_code
+                    resp.offset = -1
                     continue
-                else:
-                    found = None
-                    if tier is not None:
-                        found = await tier.offset_for_timestamp(p, ts)
-                    if found is None:
-                        found = plog.offset_for_timestamp(ts)
-                    if found is not None:
-                        offset, stamp = found
-                        upper = plog.last_stable_offset if committed else plog.high_watermark
-                        if offset < upper:
-                            resp.offset, resp.timestamp = offset, stamp
                 if version == 0:
                     resp.old_style_offsets = [resp.offset] if resp.offset >= 0 else []
                 if ts in (LATEST, EARLIEST, EARLIEST_LOCAL) and version >= 1:

@@ -1,7 +1,10 @@
-"""Produce: validate each partition's record batches and append them as they arrived.
+"""Produce: validate each partition's record batches and append them.
 
-The hot path: per partition, one header check per batch (CRC-32C in C), offsets written
-into the batch header, one write to the active segment. No record is decoded.
+The hot path: per partition, one header check per batch (CRC-32C in C), one pass over
+the records (lengths and varints, keys on compacted topics; nothing is built), offsets
+written into the batch header, one write to the active segment. Batches are stored as
+they arrived unless the topic's `compression.type` names another codec. Refused records
+are reported one by one (KIP-467 `record_errors`).
 """
 
 from __future__ import annotations
@@ -11,17 +14,24 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.log.errors import LogError
+from shazamq.broker.partitions import INTERNAL_TOPICS
 from shazamq.broker.topic_configs import MIRROR_SOURCE, mirror_read_only_message
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.produce_request import ProduceRequest
 from shazamq.protocol.messages.produce_response import (
+    BatchIndexAndErrorMessage,
     LeaderIdAndEpoch,
     NodeEndpoint,
     PartitionProduceResponse,
     ProduceResponse,
     TopicProduceResponse,
 )
-from shazamq.protocol.records import RecordError
+from shazamq.protocol.records import (
+    ATTR_TRANSACTIONAL,
+    InvalidRecordsError,
+    RecordError,
+    iter_batches,
+)
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -58,6 +68,35 @@ def register(d: Dispatcher, broker: Broker) -> None:
             error_message=message,
         )
 
+    def refused(index: int, exc: RecordError | LogError) -> PartitionProduceResponse:
+        resp = error(index, exc.error_code, exc.message)
+        if isinstance(exc, InvalidRecordsError):  # KIP-467: which records, and why
+            resp.record_errors = [
+                BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=why)
+                for i, why in exc.record_errors
+            ]
+        return resp
+
+    def producer_error(transactional_id: str | None, records: Any) -> tuple[int, str] | None:
+        """Per batch header: transactional batches need a transactional id (Kafka:
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED) and producer ids must have been issued
+        (UNKNOWN_PRODUCER_ID). Malformed payloads are left to the log's checks."""
+        try:
+            for _pos, h in iter_batches(records):
+                if h.attributes & ATTR_TRANSACTIONAL and transactional_id is None:
+                    return (
+                        ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        "transactional batches need a transactional id",
+                    )
+                if h.producer_id >= 0 and not broker.txn.producer_id_issued(h.producer_id):
+                    return (
+                        ErrorCode.UNKNOWN_PRODUCER_ID,
+                        f"producer id {h.producer_id} was never issued by this cluster",
+                    )
+        except RecordError:
+            return None
+        return None
+
     async def handle(ctx: RequestContext, req: ProduceRequest) -> ProduceResponse | None:
         acks = req.acks
         now = int(time.time() * 1000)
@@ -74,6 +113,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
             for pd in topic.partition_data:
                 if acks not in (0, 1, -1):
                     out.append(error(pd.index, ErrorCode.INVALID_REQUIRED_ACKS))
+                    continue
+                if name in INTERNAL_TOPICS:  # only their coordinators write them
+                    out.append(
+                        error(
+                            pd.index,
+                            ErrorCode.INVALID_TOPIC_EXCEPTION,
+                            f"cannot append to internal topic {name}",
+                        )
+                    )
                     continue
                 p = parts.get(name, pd.index)
                 if p is None:
@@ -113,12 +161,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
                             )
                         )
                         continue
+                refusal = producer_error(req.transactional_id, records)
+                if refusal is not None:
+                    out.append(error(pd.index, *refusal))
+                    continue
                 try:
                     if req.transactional_id is not None:
                         txn.check_produce(req.transactional_id, p.topic, p.index, records)
                     info = p.log.append(records, leader_epoch=p.leader_epoch, now_ms=now)
                 except (RecordError, LogError) as exc:
-                    out.append(error(pd.index, exc.error_code, exc.message))
+                    out.append(refused(pd.index, exc))
                     continue
                 except KafkaError as exc:
                     out.append(error(pd.index, exc.code, exc.message))

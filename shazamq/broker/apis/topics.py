@@ -6,6 +6,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from shazamq.broker import topic_configs
+from shazamq.broker.log.errors import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.create_partitions_request import CreatePartitionsRequest
 from shazamq.protocol.messages.create_partitions_response import (
@@ -195,6 +196,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     res.error_code = (
                         ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                         if p is None and broker.metadata.get(t.name) is None
+                        else ErrorCode.KAFKA_STORAGE_ERROR
+                        if p is None and (t.name, rp.partition_index) in parts.offline
                         else ErrorCode.NOT_LEADER_OR_FOLLOWER
                     )
                     continue
@@ -204,7 +207,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if offset < 0 or offset > p.log.high_watermark:
                     res.error_code = ErrorCode.OFFSET_OUT_OF_RANGE
                     continue
-                p.log.delete_records_before(offset)
+                try:
+                    p.log.delete_records_before(offset)
+                except LogError as exc:  # the log closed or its disk failed (offline)
+                    res.error_code = exc.error_code
+                    continue
                 res.low_watermark = p.log.log_start_offset
                 if broker.tier is not None:  # the bucket's part of the log goes too
                     await broker.tier.delete_records(p, offset)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .errors import InvalidConfigError
 
-__all__ = ["CONFIG_DEFS", "ConfigDef", "LogConfig"]
+__all__ = ["COMPRESSION_TYPES", "CONFIG_DEFS", "ConfigDef", "LogConfig"]
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -29,6 +29,11 @@ CLEANUP_DELETE = "delete"
 CLEANUP_COMPACT = "compact"
 CREATE_TIME = "CreateTime"
 LOG_APPEND_TIME = "LogAppendTime"
+
+
+# compression.type: "producer" keeps each batch's codec; the others name the stored codec
+COMPRESSION_TYPES = ("producer", "uncompressed", "gzip", "snappy", "lz4", "zstd")
+COMPRESSION_CODECS = {"uncompressed": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
 
 class ConfigDef(NamedTuple):
@@ -190,6 +195,14 @@ CONFIG_DEFS: dict[str, ConfigDef] = {
             minimum=0,
         ),
         _d(
+            "compression.type",
+            "string",
+            "Codec batches are stored in: 'producer' keeps what the producer sent "
+            "(appended as-is); uncompressed, gzip, snappy, lz4 or zstd make the broker "
+            "recompress batches that arrive in another codec.",
+            choices=COMPRESSION_TYPES,
+        ),
+        _d(
             "file.delete.delay.ms",
             "long",
             "How long a deleted segment's files stay (renamed *.deleted) so in-flight reads "
@@ -225,6 +238,7 @@ class LogConfig:
     flush_messages: int = INT64_MAX
     flush_ms: int = INT64_MAX
     file_delete_delay_ms: int = 60000
+    compression_type: str = "producer"
 
     def __post_init__(self) -> None:
         for d in CONFIG_DEFS.values():
@@ -244,6 +258,11 @@ class LogConfig:
     @property
     def delete(self) -> bool:
         return CLEANUP_DELETE in self.cleanup_policy
+
+    @property
+    def target_codec(self) -> int | None:
+        """The codec id batches are recompressed to, or None ('producer': as sent)."""
+        return COMPRESSION_CODECS.get(self.compression_type)
 
     @property
     def log_append_time(self) -> bool:

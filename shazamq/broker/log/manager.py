@@ -137,6 +137,8 @@ class LogManager:
         self._detached: dict[tuple[str, int], PartitionLog] = {}
         # partitions whose log could not be opened -> why; they stay offline until restart
         self.offline: dict[tuple[str, int], str] = {}
+        # told (from the thread that saw it) when an open log's storage fails
+        self.failure_listener: Callable[[PartitionLog, str], None] | None = None
         # partition folders created since the last sync_new_dirs()
         self._new_dirs: list[str] = []
         self._expected = expected
@@ -223,7 +225,7 @@ class LogManager:
         topic_id: uuid.UUID | bytes | str | None,
         config: LogConfig | None = None,
     ) -> PartitionLog:
-        return PartitionLog.open(
+        log = PartitionLog.open(
             path,
             config or self.config_for(topic),
             topic=topic,
@@ -233,6 +235,18 @@ class LogManager:
             auto_high_watermark=self._auto_hw,
             max_uncompressed=self._max_uncompressed,
         )
+        log.on_failure = self._log_failed
+        return log
+
+    def _log_failed(self, log: PartitionLog, reason: str) -> None:
+        """A log's storage failed (any thread): offline until the next start."""
+        logger.error("partition %s-%d is offline: %s", log.topic, log.partition, reason)
+        with self._lock:
+            if self._logs.get((log.topic, log.partition)) is log:
+                self.offline[(log.topic, log.partition)] = reason
+        listener = self.failure_listener
+        if listener is not None:
+            listener(log, reason)
 
     # --------------------------------------------------------------- partitions
     def config_for(self, topic: str) -> LogConfig:

@@ -46,13 +46,18 @@ from typing import NamedTuple
 
 from shazamq.protocol.records import (
     ATTR_CONTROL,
+    COMPRESSION_MASK,
     DEFAULT_MAX_UNCOMPRESSED,
     LOG_OVERHEAD,
     TIMESTAMP_LOG_APPEND_TIME,
     BatchHeader,
+    InvalidRecordsError,
     RecordError,
+    batch_records_data,
+    check_records,
     control_record_of,
     decode_batch,
+    rebuild_batch,
     set_base_offset,
     set_log_append_time,
     set_partition_leader_epoch,
@@ -372,6 +377,11 @@ class PartitionLog:
         self._deleted: list[tuple[int, LogSegment]] = []
         self._marker_present = False
         self._closed = False
+        # why the log's storage failed (it then refuses appends and reads, is never
+        # marked clean and is recovered at the next start); None while healthy
+        self.failed: str | None = None
+        # told (from whichever thread saw the failure) when the log goes offline
+        self.on_failure: Callable[[PartitionLog, str], None] | None = None
         self._unflushed_messages = 0
         self._last_flush_ms = _now_ms()
         self._pending_flush_offset: int | None = None
@@ -724,6 +734,8 @@ class PartitionLog:
             max_batch_bytes=cfg.max_message_bytes,
             from_client=origin is AppendOrigin.CLIENT,
         )
+        if origin is AppendOrigin.CLIENT:
+            data, batches = self._validate_records(data, batches)
         if now_ms is None:
             now_ms = _now_ms()
         log_append_time = cfg.log_append_time and not replication
@@ -731,8 +743,8 @@ class PartitionLog:
             self._check_timestamps(batches, now_ms)
         view = memoryview(data)
         with self.lock:
-            if self._closed:
-                raise KafkaStorageError(f"log {self.directory} is closed")
+            if self._closed or self.failed is not None:
+                raise self._refusal()
             next_offset = self._leo
             first_offset = batches[0][1].base_offset if replication else next_offset
             update: ProducerStateUpdate | None = None
@@ -789,27 +801,37 @@ class PartitionLog:
                 if log_append_time:
                     max_ts, max_ts_offset = now_ms, first_offset
 
-            seg = self._maybe_roll(len(view), max_ts, now_ms, first_offset, last_offset)
-            self._mark_dirty()
+            seg: LogSegment | None = None
+            size_before = -1
             try:
+                seg = self._maybe_roll(len(view), max_ts, now_ms, first_offset, last_offset)
+                self._mark_dirty()
+                size_before = seg.size
+                # writes the data, then maybe index entries: a failure of either leaves
+                # the log failed (below), so its offsets are never handed out again
                 seg.append(buf, last_offset, max_ts, max_ts_offset)
-            except OSError as exc:
-                raise KafkaStorageError(f"cannot append to {seg.log_path}: {exc}") from exc
+            except (OSError, IndexCorruptError) as exc:
+                if seg is not None and size_before >= 0 and seg.size > size_before:
+                    self._cut_back(seg, size_before, first_offset)
+                raise self._storage_error("cannot append", exc) from exc
             self._leo = next_offset
             if self._auto_hw:
                 self._hw = next_offset
-            if update is not None:
-                for txn, lso in self._producers.commit(update):
-                    if txn.aborted:
-                        seg.append_aborted_txn(
-                            AbortedTxn(txn.producer_id, txn.first_offset, txn.last_offset, lso)
-                        )
-            if replication:
-                for _pos, h in batches:
-                    if h.partition_leader_epoch > self._epochs.latest_epoch:
-                        self._epochs.assign(h.partition_leader_epoch, h.base_offset)
-            elif leader_epoch > self._epochs.latest_epoch:
-                self._epochs.assign(leader_epoch, first_offset)
+            try:
+                if update is not None:
+                    for txn, lso in self._producers.commit(update):
+                        if txn.aborted:
+                            seg.append_aborted_txn(
+                                AbortedTxn(txn.producer_id, txn.first_offset, txn.last_offset, lso)
+                            )
+                if replication:
+                    for _pos, h in batches:
+                        if h.partition_leader_epoch > self._epochs.latest_epoch:
+                            self._epochs.assign(h.partition_leader_epoch, h.base_offset)
+                elif leader_epoch > self._epochs.latest_epoch:
+                    self._epochs.assign(leader_epoch, first_offset)
+            except OSError as exc:  # the data is in; its bookkeeping is not: offline
+                raise self._storage_error("cannot record the append", exc) from exc
             self._unflushed_messages += records
             return AppendInfo(
                 first_offset,
@@ -818,6 +840,82 @@ class PartitionLog:
                 False,
                 self._log_start,
             )
+
+    def _validate_records(
+        self, data: bytes | bytearray | memoryview, batches: list[tuple[int, BatchHeader]]
+    ) -> tuple[bytes | bytearray | memoryview, list[tuple[int, BatchHeader]]]:
+        """A client's batches, record by record (Kafka's LogValidator): well-formed
+        records (CORRUPT_MESSAGE), keys on a compacted topic (INVALID_RECORD with the
+        refused records), and, when the topic's ``compression.type`` names a codec,
+        batches recompressed to it. Returns the payload to store and its batches."""
+        cfg = self._config
+        keys = cfg.compact
+        target = cfg.target_codec
+        limit = self.max_uncompressed
+        refused: list[tuple[int, str]] = []
+        index = 0
+        recompress = False
+        contents: list[bytes] = []
+        for pos, h in batches:
+            records = batch_records_data(data, pos, h, max_uncompressed=limit)
+            refused += check_records(
+                records, h.records_count, keys_required=keys, first_index=index
+            )
+            index += h.records_count
+            if target is not None:
+                contents.append(records)
+                recompress = recompress or (h.attributes & COMPRESSION_MASK) != target
+        if refused:
+            raise InvalidRecordsError(
+                f"{len(refused)} of {index} records refused: {refused[0][1]}", refused
+            )
+        if not recompress:
+            return data, batches
+        assert target is not None
+        out = bytearray()
+        for (pos, h), records in zip(batches, contents, strict=True):
+            if h.attributes & COMPRESSION_MASK == target:
+                out += memoryview(data)[pos : pos + h.size]
+            else:
+                out += rebuild_batch(data, pos, h, records, target)
+        return out, validate_batches(out, max_batch_bytes=cfg.max_message_bytes)
+
+    # ============================================================ failures
+    def fail(self, reason: str) -> None:
+        """Take the log offline after a storage error (any thread).
+
+        From now on it refuses appends and reads with KAFKA_STORAGE_ERROR, it is never
+        marked clean (the next start recovers it from its data) and ``on_failure`` is
+        told once.
+        """
+        with self.lock:
+            if self.failed is not None:
+                return
+            self.failed = reason
+            with contextlib.suppress(OSError):
+                self._mark_dirty()
+        callback = self.on_failure
+        if callback is not None:
+            callback(self, reason)
+
+    def _storage_error(self, what: str, exc: BaseException) -> KafkaStorageError:
+        reason = f"{what}: {type(exc).__name__}: {exc}"
+        self.fail(reason)
+        return KafkaStorageError(f"{self.topic}-{self.partition} is offline: {reason}")
+
+    def _refusal(self) -> KafkaStorageError:
+        if self.failed is not None:
+            return KafkaStorageError(f"{self.topic}-{self.partition} is offline: {self.failed}")
+        return KafkaStorageError(f"log {self.directory} is closed")
+
+    def _cut_back(self, seg: LogSegment, size: int, first_offset: int) -> None:
+        """After a failed append, remove what reached the segment (best effort: the log
+        goes offline either way, and recovery at the next start cuts a torn tail)."""
+        with contextlib.suppress(Exception):
+            seg.truncate_to(first_offset)
+        with contextlib.suppress(Exception):
+            if seg.size > size:
+                os.ftruncate(seg.fileno(), size)
 
     def _check_timestamps(self, batches: list[tuple[int, BatchHeader]], now_ms: int) -> None:
         cfg = self._config
@@ -900,8 +998,8 @@ class PartitionLog:
         """
         segs, bases = self._view
         leo = self._leo
-        if self._closed:
-            raise KafkaStorageError(f"log {self.directory} is closed")
+        if self._closed or self.failed is not None:
+            raise self._refusal()
         if offset < self._log_start or offset > leo:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside [{self._log_start}, {leo}] of {self.directory}"
@@ -910,13 +1008,34 @@ class PartitionLog:
         if offset >= upper:
             return None
         i = max(0, bisect_right(bases, offset) - 1)
-        for seg in segs[i:]:
-            if seg.base_offset >= upper:
-                return None
-            found = seg.locate(offset, max_bytes, upper, min_one_batch=min_one_batch)
-            if found is not None:
-                return found if found.size else None
+        try:
+            for seg in segs[i:]:
+                if seg.base_offset >= upper:
+                    return None
+                found = seg.locate(offset, max_bytes, upper, min_one_batch=min_one_batch)
+                if found is not None:
+                    return found if found.size else None
+        except (OSError, IndexCorruptError, RecordError) as exc:
+            raise self._read_error(offset, exc) from exc
         return None
+
+    def _read_error(self, offset: int, exc: BaseException) -> Exception:
+        """What a read that failed under the log answers: a retention pass or
+        DeleteRecords that removed the segment meanwhile makes it OFFSET_OUT_OF_RANGE;
+        a record that fails its checks is CORRUPT_MESSAGE; anything else the disk says
+        takes the log offline (KAFKA_STORAGE_ERROR)."""
+        if offset < self._log_start or self._closed:
+            return (
+                OffsetOutOfRangeError(
+                    f"offset {offset} was removed by retention during the read "
+                    f"(log start {self._log_start})"
+                )
+                if not self._closed
+                else self._refusal()
+            )
+        if isinstance(exc, RecordError):
+            return exc
+        return self._storage_error(f"cannot read at offset {offset}", exc)
 
     def read(
         self,
@@ -931,7 +1050,10 @@ class PartitionLog:
         found = self.read_slice(offset, max_bytes, upper_bound, min_one_batch=min_one_batch)
         if found is None:
             return b""
-        return found.read()
+        try:
+            return found.read()
+        except (OSError, RecordError) as exc:
+            raise self._read_error(offset, exc) from exc
 
     def aborted_transactions(self, fetch_offset: int, upper_offset: int) -> list[tuple[int, int]]:
         """``[(producer_id, first_offset)]`` of aborted transactions overlapping
@@ -939,16 +1061,42 @@ class PartitionLog:
         segs, bases = self._view
         i = max(0, bisect_right(bases, fetch_offset) - 1)
         out: list[tuple[int, int]] = []
-        for seg in segs[i:]:
-            found, complete = seg.txn_index.collect(fetch_offset, upper_offset)
-            out.extend((t.producer_id, t.first_offset) for t in found)
-            if complete:
-                break
+        try:
+            for seg in segs[i:]:
+                found, complete = seg.txn_index.collect(fetch_offset, upper_offset)
+                out.extend((t.producer_id, t.first_offset) for t in found)
+                if complete:
+                    break
+        except (OSError, IndexCorruptError) as exc:
+            raise self._read_error(fetch_offset, exc) from exc
         return out
 
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """ListOffsets by time: ``(offset, timestamp)`` of the first record with a
         timestamp >= ``timestamp``, or None when there is none."""
+        return self._lookup(self._offset_for_timestamp, timestamp)
+
+    def _lookup(
+        self, find: Callable[[int], tuple[int, int] | None], arg: int
+    ) -> tuple[int, int] | None:
+        """Run a ListOffsets search over the segments; a retention pass that removes a
+        segment meanwhile makes it search again (once) from the new log start, a disk
+        error takes the log offline (KAFKA_STORAGE_ERROR)."""
+        if self._closed or self.failed is not None:
+            raise self._refusal()
+        for attempt in range(2):
+            start = self._log_start
+            try:
+                return find(arg)
+            except (OSError, IndexCorruptError, RecordError) as exc:
+                if attempt == 0 and self._log_start != start and not self._closed:
+                    continue
+                if isinstance(exc, RecordError):
+                    raise
+                raise self._storage_error("cannot search the log", exc) from exc
+        return None
+
+    def _offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         start = self._log_start
         for seg in self._segments:
             if seg.max_timestamp >= timestamp and seg.size:
@@ -987,6 +1135,9 @@ class PartitionLog:
 
     def max_timestamp_offset(self) -> tuple[int, int] | None:
         """ListOffsets -3: ``(offset, timestamp)`` of the record with the largest timestamp."""
+        return self._lookup(self._max_timestamp_offset, 0)
+
+    def _max_timestamp_offset(self, _unused: int) -> tuple[int, int] | None:
         best: LogSegment | None = None
         for seg in self._segments:
             if seg.size and (best is None or seg.max_timestamp > best.max_timestamp):
@@ -1049,7 +1200,17 @@ class PartitionLog:
 
     def flush(self, up_to: int | None = None, *, now_ms: int | None = None) -> None:
         """fsync everything below ``up_to`` (default: the log end) and advance the
-        recovery point. Meant for an executor thread; appends may continue meanwhile."""
+        recovery point. Meant for an executor thread; appends may continue meanwhile.
+        A failed fsync or write takes the log offline: after a failed fsync the kernel
+        may have dropped the dirty pages, so nothing written since may be trusted."""
+        if self.failed is not None:
+            return
+        try:
+            self._flush(up_to, now_ms)
+        except OSError as exc:
+            raise self._storage_error("cannot flush", exc) from exc
+
+    def _flush(self, up_to: int | None, now_ms: int | None) -> None:
         with self._io_lock:
             with self.lock:
                 if self._closed:
@@ -1144,15 +1305,20 @@ class PartitionLog:
         """DeleteRecords: move the log start offset up to ``offset`` and delete the
         segments wholly below it. Returns the new log start offset (the low watermark)."""
         with self.lock:
+            if self._closed or self.failed is not None:
+                raise self._refusal()
             if offset > self._hw or offset < 0:
                 raise OffsetOutOfRangeError(
                     f"cannot delete before {offset}: outside [0, high watermark {self._hw}]"
                 )
             if offset > self._log_start:
-                self._mark_dirty()
-                self._log_start = offset
-                self._write_log_start()
-                self._epochs.truncate_from_start(offset)
+                try:
+                    self._mark_dirty()
+                    self._log_start = offset
+                    self._write_log_start()
+                    self._epochs.truncate_from_start(offset)
+                except OSError as exc:
+                    raise self._storage_error("cannot move the log start", exc) from exc
             start = self._log_start
         self._delete_leading(self._count_below_start(), now_ms)
         return start
@@ -1339,6 +1505,12 @@ class PartitionLog:
             if self._closed:
                 return
             self._closed = True
+            if self.failed is not None:  # no marker: the next start recovers the log
+                for seg in (*self._segments, *(s for _t, s in self._deleted)):
+                    with contextlib.suppress(OSError):
+                        seg.close(discard_pending=True)
+                self._deleted = []
+                return
             if not self._marker_present:
                 active = self._segments[-1]
                 active.seal()

@@ -29,6 +29,7 @@ per batch: first sequence i32, last sequence i32, first offset i64, last offset 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import struct
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ _FILE_HEADER = struct.Struct(">4shI")
 _COUNT = struct.Struct(">i")
 _ENTRY = struct.Struct(">qhiqqb")
 _BATCH = struct.Struct(">iiqq")
+
+
+# producers a partition remembers at most (Kafka bounds them only by expiry): beyond it
+# the longest idle ones are forgotten, so memory and snapshot writes stay bounded
+MAX_PRODUCERS = 20_000
 
 
 def snapshot_file_name(offset: int) -> str:
@@ -266,9 +272,12 @@ class ProducerStateManager:
         directory: str,
         *,
         expiration_ms: int = 86_400_000,
+        max_producers: int = MAX_PRODUCERS,
     ) -> None:
         self.directory = directory
         self.expiration_ms = expiration_ms
+        # a bound on entries (and so on snapshot size and the time to write one)
+        self.max_producers = max_producers
         self.entries: dict[int, ProducerEntry] = {}
         self._ongoing: dict[int, int] = {}
         self._first_unstable: int | None = None
@@ -296,7 +305,21 @@ class ProducerStateManager:
             if entry.txn_first_offset < 0:
                 ongoing.pop(pid, None)
         self._first_unstable = min(ongoing.values()) if ongoing else None
+        if len(self.entries) > self.max_producers:
+            self._evict()
         return result
+
+    def _evict(self) -> int:
+        """Over ``max_producers``: forget the longest idle producers without an open
+        transaction, down to 90% of the cap (so eviction runs once per many new ids).
+        A forgotten producer is treated as an expired one: its next batch starts anew."""
+        target = self.max_producers - self.max_producers // 10
+        excess = len(self.entries) - target
+        idle = [e for e in self.entries.values() if e.txn_first_offset < 0]
+        doomed = heapq.nsmallest(excess, idle, key=lambda e: e.last_timestamp)
+        for e in doomed:
+            del self.entries[e.producer_id]
+        return len(doomed)
 
     @property
     def first_unstable_offset(self) -> int | None:

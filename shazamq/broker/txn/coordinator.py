@@ -1102,6 +1102,16 @@ class TransactionCoordinator:
             return int(_E.INVALID_TXN_STATE)
         return 0
 
+    def producer_id_issued(self, producer_id: int) -> bool:
+        """Whether InitProducerId ever handed out ``producer_id`` here (single broker:
+        below the durably reserved block; cluster: below the next block the quorum
+        would allocate). A produce under any other id is forged or from another
+        cluster and is refused."""
+        if self.cluster is not None:
+            return producer_id < self.cluster.state.next_producer_id
+        ids = self.producer_ids
+        return ids is None or producer_id < ids.next_id
+
     def check_produce(
         self, transactional_id: str, topic: str, partition: int, records: bytes | memoryview
     ) -> None:
