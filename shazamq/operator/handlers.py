@@ -10,8 +10,9 @@ sequences them.
   ``shazamq.io/quorum-voters``, written once, since the quorum cannot change its voters),
   create the cluster secret if it does not exist yet (a random value, never changed
   afterwards: a new value would split the metadata quorum), then apply every owned object
-  in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget, ServiceMonitor, where
-  "None" means delete), then write the status. A bad spec (scaling below a frozen voter
+  in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget, ServiceMonitor,
+  PrometheusRule, the Grafana dashboard's ConfigMap, where "None" means delete), then
+  write the status. A bad spec (scaling below a frozen voter
   included) becomes a ``Reconciled=False`` condition, phase ``Failed`` and a Warning event,
   never a crash loop, and leaves the objects as they are; an object the API rejects is
   reported the same way; only transient API errors are retried.
@@ -19,7 +20,8 @@ sequences them.
   owner's uid) -> `child_event()`: if the object was deleted or no longer contains what we
   rendered (drift), apply it again; a StatefulSet's changes also refresh the status.
   ConfigMaps, Services, StatefulSets and PodDisruptionBudgets are watched; a
-  ServiceMonitor (a kind that may not be served) is restored at the next reconciliation.
+  ServiceMonitor or PrometheusRule (kinds that may not be served) is restored at the next
+  reconciliation.
 - every few seconds, for every cluster seen (`cluster_event` keeps ``memo.bodies``),
   `roll_loop()` runs `roll_step()`: the rolling restart. The StatefulSet's
   update strategy is ``OnDelete``; the operator reads the cluster (`probe`), asks the pure
@@ -301,6 +303,13 @@ async def ensure_cluster_secret(api: Api, model: ClusterModel, logger: logging.L
         logger.info("Created Secret %s (the cluster secret)", model.cluster_secret_name)
 
 
+# Kinds of the Prometheus Operator, which may not be served, and the spec field asking for each.
+_PROMETHEUS_OPERATOR_KINDS = {
+    "ServiceMonitor": "monitoring.serviceMonitor",
+    "PrometheusRule": "monitoring.prometheusRule",
+}
+
+
 async def apply_child(
     api: Api,
     model: ClusterModel,
@@ -316,15 +325,16 @@ async def apply_child(
     try:
         return await api.apply(child.desired)
     except ApiError as exc:
-        if child.kind == "ServiceMonitor" and exc.status == 404:
-            # The Prometheus Operator's CRD is not installed: report it, keep the rest.
-            logger.warning("ServiceMonitor not applied: %s", exc)
+        field = _PROMETHEUS_OPERATOR_KINDS.get(child.kind)
+        if field is not None and exc.status == 404:
+            # The Prometheus Operator's CRDs are not installed: report it, keep the rest.
+            logger.warning("%s not applied: %s", child.kind, exc)
             kopf.event(
                 owner,
                 type="Warning",
-                reason="ServiceMonitorUnavailable",
-                message="monitoring.serviceMonitor is enabled but the ServiceMonitor kind "
-                "(monitoring.coreos.com/v1) is not served by this cluster",
+                reason=f"{child.kind}Unavailable",
+                message=f"{field} is enabled but the {child.kind} kind "
+                f"({child.api_version}) is not served by this cluster",
             )
             return None
         raise

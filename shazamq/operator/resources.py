@@ -58,6 +58,7 @@ from shazamq.config import (
     parse_voter,
 )
 from shazamq.operator.crd import API_VERSION, KIND
+from shazamq.operator.monitoring import alert_rules, dashboard_json
 
 __all__ = [
     "CLUSTER_SECRET_FILE",
@@ -76,6 +77,8 @@ MANAGED_BY = "shazamq-operator"
 CLUSTER_LABEL = "shazamq.io/cluster"
 SERVICE_LABEL = "shazamq.io/service"
 CHECKSUM_ANNOTATION = "shazamq.io/config-checksum"
+MONITORING_API = "monitoring.coreos.com/v1"
+DASHBOARD_FOLDER_ANNOTATION = "grafana_folder"
 # The frozen voter ordinals of the metadata quorum, on the ShazamqCluster ("0,1,2").
 VOTERS_ANNOTATION = "shazamq.io/quorum-voters"
 VOTERS_FIELD = f'metadata.annotations["{VOTERS_ANNOTATION}"]'
@@ -542,7 +545,7 @@ class ClusterModel:
         if not (self.spec.monitoring.enabled and monitor.enabled):
             return None
         return {
-            "apiVersion": "monitoring.coreos.com/v1",
+            "apiVersion": MONITORING_API,
             "kind": "ServiceMonitor",
             "metadata": self._metadata(self.name),
             "spec": {
@@ -559,6 +562,54 @@ class ClusterModel:
             },
         }
 
+    @property
+    def dashboard_config_map_name(self) -> str:
+        return f"{self.name}-grafana-dashboard"
+
+    def _monitoring_on(self, part: Any) -> bool:
+        return bool(self.spec.monitoring.enabled and part.enabled)
+
+    def generate_prometheus_rule(self) -> dict[str, Any] | None:
+        """A Prometheus Operator PrometheusRule alerting on the brokers' health, or None."""
+        rule = self.spec.monitoring.prometheus_rule
+        if not self._monitoring_on(rule):
+            return None
+        meta = self._metadata(self.name)
+        meta["labels"] = {**rule.labels, **meta["labels"]}
+        rules = alert_rules(
+            self.name,
+            self.namespace,
+            rule=rule,
+            replicas=self.spec.replicas,
+            tiered=bool(self.spec.tiered_storage.enabled),
+        )
+        return {
+            "apiVersion": MONITORING_API,
+            "kind": "PrometheusRule",
+            "metadata": meta,
+            "spec": {"groups": [{"name": f"shazamq.{self.namespace}.{self.name}", "rules": rules}]},
+        }
+
+    def generate_grafana_dashboard(self) -> dict[str, Any] | None:
+        """A ConfigMap holding the cluster's Grafana dashboard for Grafana's sidecar, or None."""
+        board = self.spec.monitoring.grafana_dashboard
+        if not self._monitoring_on(board):
+            return None
+        meta = self._metadata(self.dashboard_config_map_name)
+        meta["labels"] = {**board.labels, **meta["labels"]}
+        if board.folder:
+            meta["annotations"] = {DASHBOARD_FOLDER_ANNOTATION: board.folder}
+        uid = "shazamq-" + hashlib.sha256(self.uid.encode()).hexdigest()[:24]
+        text = dashboard_json(
+            self.name, self.namespace, uid=uid, tiered=bool(self.spec.tiered_storage.enabled)
+        )
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "data": {f"shazamq-{self.namespace}-{self.name}.json": text},
+        }
+
     def children(self) -> list[Child]:
         """Every owned object in the order they are applied (config first, pods last-but-two)."""
         return [
@@ -569,11 +620,13 @@ class ClusterModel:
             Child(
                 "policy/v1", "PodDisruptionBudget", self.name, self.generate_pod_disruption_budget()
             ),
+            Child(MONITORING_API, "ServiceMonitor", self.name, self.generate_service_monitor()),
+            Child(MONITORING_API, "PrometheusRule", self.name, self.generate_prometheus_rule()),
             Child(
-                "monitoring.coreos.com/v1",
-                "ServiceMonitor",
-                self.name,
-                self.generate_service_monitor(),
+                "v1",
+                "ConfigMap",
+                self.dashboard_config_map_name,
+                self.generate_grafana_dashboard(),
             ),
         ]
 

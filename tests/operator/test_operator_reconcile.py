@@ -40,6 +40,7 @@ import pytest
 from operator_support import (
     CLUSTERS,
     MONITORS,
+    RULES,
     original,
     prepare_emulator,
     production,
@@ -287,7 +288,7 @@ async def test_quick_start_cluster_gets_every_child_and_a_status(cluster: Cluste
     await eventually(lambda: cluster.events("PhaseCreating"))
 
 
-async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: Cluster) -> None:
+async def test_production_cluster_gets_its_monitoring_objects_and_secrets(cluster: Cluster) -> None:
     await cluster.create(production())
     monitor = await eventually(lambda: cluster.get(MONITORS, "production-cluster"))
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -300,12 +301,29 @@ async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: 
     cm = cluster.get(CONFIGMAPS, "production-cluster-config")
     assert 'bucket = "shazamq-data"' in cm["data"]["shazamq.toml"]
 
+    rule = await eventually(lambda: cluster.get(RULES, "production-cluster"))
+    assert rule["spec"]["groups"][0]["rules"]
+    dashboard = await eventually(
+        lambda: cluster.get(CONFIGMAPS, "production-cluster-grafana-dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
     # Turning monitoring off deletes the ServiceMonitor ("None means delete").
     await cluster.json_patch(
         "production-cluster",
         [{"op": "replace", "path": "/spec/monitoring/serviceMonitor/enabled", "value": False}],
     )
     await eventually(lambda: cluster.get(MONITORS, "production-cluster") is None)
+    assert cluster.get(RULES, "production-cluster") is not None
+    # ... and the master switch deletes the rule and the dashboard too.
+    await cluster.json_patch(
+        "production-cluster",
+        [{"op": "add", "path": "/spec/monitoring/enabled", "value": False}],
+    )
+    await eventually(lambda: cluster.get(RULES, "production-cluster") is None)
+    await eventually(
+        lambda: cluster.get(CONFIGMAPS, "production-cluster-grafana-dashboard") is None
+    )
 
 
 # -- one cluster: the quorum and its secret ----------------------------------------------------
