@@ -1335,6 +1335,17 @@ class RollStatus(_Status, kw_only=True):
     ] = False
 
 
+class ScalingStatus(_Status, kw_only=True):
+    """A scaling that moves data: partitions reassigned onto new brokers, or away from
+    departing ones before the StatefulSet shrinks."""
+
+    from_replicas: Annotated[int, Meta(description="Brokers before the scaling.")] = 0
+    to_replicas: Annotated[int, Meta(description="Brokers after it (spec.replicas).")] = 0
+    waiting_for: Annotated[str, Meta(description="What the scaling waits for now.")] = ""
+    moving: Annotated[int, Meta(description="Partitions whose reassignment is in progress.")] = 0
+    refused: Annotated[str | None, Meta(description="Why the scaling is refused, if it is.")] = None
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1348,3 +1359,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     conditions: list[ClusterCondition] = msgspec.field(default_factory=list)
     brokers: list[BrokerStatus] = msgspec.field(default_factory=list)
     roll: RollStatus | None = None
+    scaling: ScalingStatus | None = None

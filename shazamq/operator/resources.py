@@ -82,6 +82,10 @@ DASHBOARD_FOLDER_ANNOTATION = "grafana_folder"
 # The frozen voter ordinals of the metadata quorum, on the ShazamqCluster ("0,1,2").
 VOTERS_ANNOTATION = "shazamq.io/quorum-voters"
 VOTERS_FIELD = f'metadata.annotations["{VOTERS_ANNOTATION}"]'
+# A scaling that moves data, on the ShazamqCluster: "<from>-><to>" brokers ("5->3").
+SCALE_ANNOTATION = "shazamq.io/scale"
+SCALE_FIELD = f'metadata.annotations["{SCALE_ANNOTATION}"]'
+_SCALE = re.compile(r"^(?P<from>[0-9]+)->(?P<to>[0-9]+)$")
 
 CONFIG_KEY = "shazamq.toml"
 CONFIG_DIR = "/etc/shazamq/config"
@@ -162,6 +166,8 @@ class ClusterModel:
     config: BrokerConfig
     voter_ids: tuple[int, ...]  # the quorum's voters by pod ordinal, ascending
     voters_frozen: bool  # whether `voter_ids` came from VOTERS_ANNOTATION
+    # (from, to) brokers of a scaling that moves data (SCALE_ANNOTATION), if one is going on
+    scaling: tuple[int, int] | None = None
 
     # -- validation ---------------------------------------------------------------------
 
@@ -201,6 +207,9 @@ class ClusterModel:
         else:
             voter_ids = default_voter_ids(spec.replicas)
         config = _broker_config(spec, name=name, namespace=namespace, uid=uid, voters=voter_ids)
+        scaling = parse_scale(annotations.get(SCALE_ANNOTATION))
+        if scaling is not None and scaling[1] != spec.replicas:
+            scaling = (scaling[0], spec.replicas)  # the spec changed again: its size wins
         return cls(
             name=name,
             namespace=namespace,
@@ -210,7 +219,16 @@ class ClusterModel:
             config=config,
             voter_ids=voter_ids,
             voters_frozen=voters_frozen,
+            scaling=scaling,
         )
+
+    @property
+    def statefulset_replicas(self) -> int:
+        """The StatefulSet's size: `spec.replicas`, except while departing brokers are
+        drained (a scale-down keeps them until their partitions have moved away)."""
+        if self.scaling is not None and self.scaling[0] > self.spec.replicas:
+            return self.scaling[0]
+        return int(self.spec.replicas)
 
     # -- names and labels ---------------------------------------------------------------
 
@@ -500,7 +518,7 @@ class ClusterModel:
             "kind": "StatefulSet",
             "metadata": self._metadata(self.statefulset_name),
             "spec": {
-                "replicas": spec.replicas,
+                "replicas": self.statefulset_replicas,
                 "serviceName": self.headless_service_name,
                 "selector": {"matchLabels": self.selector_labels},
                 "podManagementPolicy": "Parallel",
@@ -636,6 +654,21 @@ class ClusterModel:
             if c.kind == kind and c.name == name:
                 return c
         return None
+
+
+def parse_scale(value: Any) -> tuple[int, int] | None:
+    """SCALE_ANNOTATION's value (``"5->3"``) -> (5, 3); None when absent; ModelError naming
+    the annotation when malformed."""
+    if value is None:
+        return None
+    m = _SCALE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ModelError(SCALE_FIELD, f"{value!r} is not '<from>-><to>' (such as '5->3')")
+    return int(m.group("from")), int(m.group("to"))
+
+
+def format_scale(from_: int, to: int) -> str:
+    return f"{from_}->{to}"
 
 
 def cluster_secret_name(name: str) -> str:

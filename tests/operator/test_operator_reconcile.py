@@ -606,10 +606,22 @@ async def test_scaling_and_upgrading_with_the_readme_s_json_patches(cluster: Clu
     await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5)
     await eventually(lambda: len(cluster.get(CLUSTERS, "my-cluster")["status"]["brokers"]) == 5)
 
+    # Scaling down drains the departing brokers first (test_operator_scale_flow): with no
+    # broker running here, the StatefulSet keeps its size and the status says why.
     await cluster.json_patch(
         "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 3}]
     )
-    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    annotations = lambda: cluster.get(CLUSTERS, "my-cluster")["metadata"]["annotations"]  # noqa: E731
+    await eventually(lambda: annotations()["shazamq.io/scale"] == "5->3")
+
+    def draining() -> dict:
+        scaling = cluster.get(CLUSTERS, "my-cluster")["status"]["scaling"]
+        assert scaling["fromReplicas"] == 5 and scaling["toReplicas"] == 3
+        return scaling
+
+    scaling = await eventually(draining)
+    assert "ready" in scaling["waitingFor"]
+    assert cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5
 
     # kubectl patch ... -p='[{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]'
     await cluster.json_patch(
