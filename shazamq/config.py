@@ -1227,6 +1227,56 @@ class ServiceMonitorSpec(_Spec):
     scrape_timeout: Annotated[PromDuration, Meta(description="Scrape timeout.")] = "10s"
 
 
+class PrometheusRuleSpec(_Spec):
+    """A Prometheus Operator PrometheusRule alerting on the brokers' metrics."""
+
+    enabled: Annotated[bool, Meta(description="Create the PrometheusRule.")] = False
+    labels: Annotated[
+        StringMap,
+        Meta(description="Extra labels of the PrometheusRule (for a Prometheus ruleSelector)."),
+    ] = msgspec.field(default_factory=dict)
+    consumer_lag_threshold: Annotated[
+        int,
+        Meta(ge=1, description="Records a consumer group may lag on a topic before it alerts."),
+    ] = 10000
+    disk_usage_threshold_percent: Annotated[
+        int,
+        Meta(ge=1, le=99, description="Used percentage of a broker volume that alerts."),
+    ] = 85
+    tiering_lag_threshold_seconds: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Seconds a partition may wait for its upload to the bucket before "
+            "it alerts (with tiered storage).",
+        ),
+    ] = 600
+
+
+def _grafana_sidecar_labels() -> dict[str, str]:
+    return {"grafana_dashboard": "1"}
+
+
+class GrafanaDashboardSpec(_Spec):
+    """A ConfigMap holding a Grafana dashboard of the cluster, for Grafana's sidecar."""
+
+    enabled: Annotated[bool, Meta(description="Create the dashboard ConfigMap.")] = False
+    labels: Annotated[
+        StringMap,
+        Meta(
+            description="Labels of the ConfigMap: those the Grafana sidecar looks for "
+            '(its default is grafana_dashboard: "1").'
+        ),
+    ] = msgspec.field(default_factory=_grafana_sidecar_labels)
+    folder: Annotated[
+        Annotated[str, Meta(max_length=253)] | None,
+        Meta(
+            description="Grafana folder, as the annotation grafana_folder (for a sidecar "
+            "with folderAnnotation: grafana_folder).",
+        ),
+    ] = None
+
+
 class MonitoringSpec(_Spec):
     """Prometheus integration."""
 
@@ -1238,6 +1288,8 @@ class MonitoringSpec(_Spec):
         ),
     ] = True
     service_monitor: ServiceMonitorSpec = msgspec.field(default_factory=ServiceMonitorSpec)
+    prometheus_rule: PrometheusRuleSpec = msgspec.field(default_factory=PrometheusRuleSpec)
+    grafana_dashboard: GrafanaDashboardSpec = msgspec.field(default_factory=GrafanaDashboardSpec)
 
 
 class ShazamqClusterSpec(_Spec):
@@ -1355,6 +1407,17 @@ class RollStatus(_Status, kw_only=True):
     ] = False
 
 
+class ScalingStatus(_Status, kw_only=True):
+    """A scaling that moves data: partitions reassigned onto new brokers, or away from
+    departing ones before the StatefulSet shrinks."""
+
+    from_replicas: Annotated[int, Meta(description="Brokers before the scaling.")] = 0
+    to_replicas: Annotated[int, Meta(description="Brokers after it (spec.replicas).")] = 0
+    waiting_for: Annotated[str, Meta(description="What the scaling waits for now.")] = ""
+    moving: Annotated[int, Meta(description="Partitions whose reassignment is in progress.")] = 0
+    refused: Annotated[str | None, Meta(description="Why the scaling is refused, if it is.")] = None
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1368,3 +1431,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     conditions: list[ClusterCondition] = msgspec.field(default_factory=list)
     brokers: list[BrokerStatus] = msgspec.field(default_factory=list)
     roll: RollStatus | None = None
+    scaling: ScalingStatus | None = None

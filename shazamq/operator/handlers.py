@@ -10,8 +10,9 @@ sequences them.
   ``shazamq.io/quorum-voters``, written once, since the quorum cannot change its voters),
   create the cluster secret if it does not exist yet (a random value, never changed
   afterwards: a new value would split the metadata quorum), then apply every owned object
-  in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget, ServiceMonitor, where
-  "None" means delete), then write the status. A bad spec (scaling below a frozen voter
+  in order (ConfigMap, Services, StatefulSet, PodDisruptionBudget, ServiceMonitor,
+  PrometheusRule, the Grafana dashboard's ConfigMap, where "None" means delete), then
+  write the status. A bad spec (scaling below a frozen voter
   included) becomes a ``Reconciled=False`` condition, phase ``Failed`` and a Warning event,
   never a crash loop, and leaves the objects as they are; an object the API rejects is
   reported the same way; only transient API errors are retried.
@@ -19,7 +20,8 @@ sequences them.
   owner's uid) -> `child_event()`: if the object was deleted or no longer contains what we
   rendered (drift), apply it again; a StatefulSet's changes also refresh the status.
   ConfigMaps, Services, StatefulSets and PodDisruptionBudgets are watched; a
-  ServiceMonitor (a kind that may not be served) is restored at the next reconciliation.
+  ServiceMonitor or PrometheusRule (kinds that may not be served) is restored at the next
+  reconciliation.
 - every few seconds, for every cluster seen (`cluster_event` keeps ``memo.bodies``),
   `roll_loop()` runs `roll_step()`: the rolling restart. The StatefulSet's
   update strategy is ``OnDelete``; the operator reads the cluster (`probe`), asks the pure
@@ -42,6 +44,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import json
 import logging
 import secrets
 import time
@@ -50,22 +53,27 @@ from typing import Any
 
 import kopf
 
+from shazamq.config import ShazamqClusterSpec
 from shazamq.operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
 from shazamq.operator.probe import ProbeError, read_cluster
+from shazamq.operator.reassign import ReassignError, alter_reassignments, list_reassignments
 from shazamq.operator.resources import (
     CLUSTER_LABEL,
     CONFIG_KEY,
     MANAGED_BY,
+    SCALE_ANNOTATION,
     VOTERS_ANNOTATION,
     Child,
     ClusterModel,
     ModelError,
+    format_scale,
     format_voter_ids,
     voter_ids_of_config,
 )
 from shazamq.operator.roll import Broker, ClusterView, RollProgress, plan
+from shazamq.operator.scale import plan as plan_scaling
 from shazamq.operator.status import (
     RECONCILE_OK,
     Outcome,
@@ -77,6 +85,7 @@ from shazamq.operator.status import (
 CLUSTERS = (GROUP, VERSION, PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 ANNOTATION_PREFIX = "shazamq.io"
+DIFFBASE_ANNOTATION = f"{ANNOTATION_PREFIX}/last-handled-configuration"  # Kopf's diff base
 ROLL_ANNOTATION = "shazamq.io/roll"  # the roll's progress (`RollProgress`, JSON)
 PAUSE_ANNOTATION = "shazamq.io/pause-reconcile"  # "true" pauses the roll
 REVISION_LABEL = "controller-revision-hash"  # set on pods by the StatefulSet controller
@@ -90,7 +99,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=ANNOTATION_PREFIX
     )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        prefix=ANNOTATION_PREFIX, key=DIFFBASE_ANNOTATION.removeprefix(f"{ANNOTATION_PREFIX}/")
     )
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     # Our events are explicit (kopf.event); of the logs, Kopf turns only errors into events
@@ -119,11 +128,15 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.statuses = {}
     memo.voters = {}  # (namespace, name) -> the VOTERS_ANNOTATION this operator wrote
     memo.rolls = {}  # (namespace, name) -> status.roll (camelCase dict) or None
+    memo.scalings = {}  # (namespace, name) -> status.scaling (camelCase dict) or None
+    memo.scales = {}  # (namespace, name) -> the SCALE_ANNOTATION this operator last wrote
     memo.controllers = {}  # (namespace, name) -> the active controller's id, if known
     memo.bodies = {}  # (namespace, name) -> the latest body of each ShazamqCluster
     memo.contexts = {}  # "post" -> the context of Kopf's handlers (its event poster)
     if memo.get("probe") is None:
         memo.probe = probe_cluster
+    if memo.get("reassigner") is None:
+        memo.reassigner = Reassigner()
     memo.roll_task = asyncio.create_task(roll_loop(memo), name="shazamq-roll")
     port = memo.get("metrics_port")
     memo.metrics_server = None
@@ -181,6 +194,8 @@ def cluster_event(
         memo.statuses.pop((namespace, name), None)
         memo.voters.pop((namespace, name), None)
         memo.rolls.pop((namespace, name), None)
+        memo.scalings.pop((namespace, name), None)
+        memo.scales.pop((namespace, name), None)
         memo.controllers.pop((namespace, name), None)
 
 
@@ -204,6 +219,8 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
                     body = await freeze_voters(memo, model, body, logger)
                     # Again, with the frozen voters: the running ones may refuse this spec.
                     model = ClusterModel.from_resource(body)
+                body = await track_scaling(memo, model, body)
+                model = ClusterModel.from_resource(body)
                 sts = await apply_children(memo.api, model, body, logger)
             except ModelError as exc:
                 result = "invalid_spec"
@@ -257,6 +274,50 @@ async def freeze_voters(
     return _with_voters(body, value)
 
 
+async def track_scaling(
+    memo: kopf.Memo, model: ClusterModel, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Record a change of `spec.replicas` of a running cluster in SCALE_ANNOTATION
+    (``"<from>-><to>"``) before anything is applied, so a scale-down keeps the StatefulSet's
+    size until `scale_step()` has drained the departing brokers, and a scale-up is followed
+    by a reassignment onto the new ones. Returns `body` with the annotation.
+
+    "From" is the spec Kopf last handled (its diff base), not the StatefulSet's size: a
+    StatefulSet resized by hand is drift, put back, not a scaling."""
+    api: Api = memo.api
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    stored = annotations.get(SCALE_ANNOTATION)
+    previous = _handled_replicas(annotations.get(DIFFBASE_ANNOTATION))
+    if model.scaling is not None:
+        value = format_scale(max(model.scaling[0], previous or 0), model.spec.replicas)
+    elif previous and previous != model.spec.replicas:
+        sts = await api.get("apps/v1", "StatefulSet", model.namespace, model.statefulset_name)
+        if sts is None:
+            return body  # nothing runs yet: nothing to move
+        value = format_scale(previous, model.spec.replicas)
+    else:
+        return body
+    if value == stored:
+        return body
+    patch = {"metadata": {"annotations": {SCALE_ANNOTATION: value}}}
+    await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
+    memo.scales[model.namespace, model.name] = value
+    out = copy.deepcopy(body)
+    out.setdefault("metadata", {}).setdefault("annotations", {})[SCALE_ANNOTATION] = value
+    return out
+
+
+def _handled_replicas(diffbase: Any) -> int | None:
+    """`spec.replicas` of the spec Kopf last handled (its diff base annotation), if known."""
+    try:
+        spec = json.loads(diffbase).get("spec") or {}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    default = ShazamqClusterSpec().replicas
+    value = spec.get("replicas", default) if isinstance(spec, dict) else None
+    return value if isinstance(value, int) else None
+
+
 async def running_voter_ids(api: Api, model: ClusterModel) -> tuple[int, ...] | None:
     """The voters named by this cluster's ConfigMap, if it exists and is ours."""
     cm = await api.get("v1", "ConfigMap", model.namespace, model.config_map_name)
@@ -301,6 +362,13 @@ async def ensure_cluster_secret(api: Api, model: ClusterModel, logger: logging.L
         logger.info("Created Secret %s (the cluster secret)", model.cluster_secret_name)
 
 
+# Kinds of the Prometheus Operator, which may not be served, and the spec field asking for each.
+_PROMETHEUS_OPERATOR_KINDS = {
+    "ServiceMonitor": "monitoring.serviceMonitor",
+    "PrometheusRule": "monitoring.prometheusRule",
+}
+
+
 async def apply_child(
     api: Api,
     model: ClusterModel,
@@ -316,15 +384,16 @@ async def apply_child(
     try:
         return await api.apply(child.desired)
     except ApiError as exc:
-        if child.kind == "ServiceMonitor" and exc.status == 404:
-            # The Prometheus Operator's CRD is not installed: report it, keep the rest.
-            logger.warning("ServiceMonitor not applied: %s", exc)
+        field = _PROMETHEUS_OPERATOR_KINDS.get(child.kind)
+        if field is not None and exc.status == 404:
+            # The Prometheus Operator's CRDs are not installed: report it, keep the rest.
+            logger.warning("%s not applied: %s", child.kind, exc)
             kopf.event(
                 owner,
                 type="Warning",
-                reason="ServiceMonitorUnavailable",
-                message="monitoring.serviceMonitor is enabled but the ServiceMonitor kind "
-                "(monitoring.coreos.com/v1) is not served by this cluster",
+                reason=f"{child.kind}Unavailable",
+                message=f"{field} is enabled but the {child.kind} kind "
+                f"({child.api_version}) is not served by this cluster",
             )
             return None
         raise
@@ -372,6 +441,7 @@ async def refresh_status(
         generation=model.generation,
         controller=memo.controllers.get((model.namespace, model.name)),
         roll=memo.rolls.get((model.namespace, model.name)),
+        scaling=memo.scalings.get((model.namespace, model.name)),
     )
     await _write_status(memo, body, status, previous)
 
@@ -432,6 +502,7 @@ async def roll_loop(memo: kopf.Memo) -> None:
         for key, body in list(memo.bodies.items()):
             try:
                 await roll_step(copy.deepcopy(body), memo, logger)
+                await scale_step(copy.deepcopy(body), memo, logger)
             except ApiError as exc:
                 logger.warning("Roll step of %s/%s failed: %s", *key, exc)
             except Exception:
@@ -554,6 +625,140 @@ async def _save_progress(api: Api, model: ClusterModel, value: str | None) -> No
     await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
 
 
+# -- scaling with data -----------------------------------------------------------------------
+
+
+class Reassigner:
+    """Partition reassignments through the brokers (`shazamq.operator.reassign`); tests put
+    their own in ``memo.reassigner``."""
+
+    async def ongoing(self, brokers: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        return await list_reassignments(brokers)
+
+    async def submit(
+        self, brokers: list[tuple[str, int]], moves: Mapping[tuple[str, int], tuple[int, ...]]
+    ) -> None:
+        await alter_reassignments(brokers, moves)
+
+
+async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
+    """One step of a scaling that moves data (SCALE_ANNOTATION): wait for every broker to be
+    ready and for no reassignment to be in progress, then plan (`scale.plan`); submit the
+    moves, or, when there are none left, finish: a scale-down shrinks the StatefulSet only
+    now. A scale-down that would leave a topic more replicas than brokers is refused (the
+    ``Scaled`` condition says why) and the StatefulSet keeps its size."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    body = _with_scale(body, memo.scales.get((meta.get("namespace"), meta.get("name")), ...))
+    try:
+        model = ClusterModel.from_resource(body)
+    except ModelError:
+        return
+    key = (model.namespace, model.name)
+    if model.scaling is None:
+        memo.scalings.pop(key, None)
+        return
+    api: Api = memo.api
+    from_, to = model.scaling
+    size = model.statefulset_replicas
+    state: dict[str, Any] = {"fromReplicas": from_, "toReplicas": to, "moving": 0}
+    async with _lock(memo, *key):
+        sts = await api.get("apps/v1", "StatefulSet", model.namespace, model.statefulset_name)
+        if sts is None:
+            return
+        pods = await api.list("v1", "Pod", model.namespace, selector=model.selector)
+        ready = {(p.get("metadata") or {}).get("name") for p in pods if pod_ready(p)}
+        waiting = [f"{model.name}-{i}" for i in range(size) if f"{model.name}-{i}" not in ready]
+        plaintext = not (model.config.security.tls.enabled or model.config.security.sasl.enabled)
+        live = [(model.advertised_host(i), model.spec.service.port) for i in range(size)]
+        done = False
+        if memo.rolls.get(key):
+            state["waitingFor"] = "the rolling restart"
+        elif waiting:
+            state["waitingFor"] = f"brokers to be ready: {', '.join(waiting)}"
+        elif not plaintext:
+            if to < from_:
+                state["refused"] = (
+                    f"scaling down to {to} needs the departing brokers drained, and the "
+                    "operator cannot reassign partitions over a TLS or SASL listener"
+                )
+            else:
+                done = True  # the new brokers take new partitions only
+        else:
+            try:
+                moving = await memo.reassigner.ongoing(live)
+                if moving:
+                    state["moving"] = len(moving)
+                    state["waitingFor"] = f"{len(moving)} partitions to finish moving"
+                else:
+                    view = await memo.probe(model, [(i, h) for i, (h, _) in enumerate(live)], True)
+                    if view.partitions is None:
+                        raise ProbeError("the partitions could not be read")
+                    assignments = {(p.topic, p.index): p.replicas for p in view.partitions}
+                    decision = plan_scaling(assignments, range(to))
+                    if decision.refused is not None:
+                        state["refused"] = f"scaling to {to} brokers is refused: {decision.refused}"
+                    elif decision.moves:
+                        await memo.reassigner.submit(live, decision.moves)
+                        state["moving"] = len(decision.moves)
+                        state["waitingFor"] = f"{len(decision.moves)} partitions to finish moving"
+                        _post_event(
+                            memo,
+                            body,
+                            "Normal",
+                            "PartitionsReassigned",
+                            f"Moving {len(decision.moves)} partitions for scaling {from_} -> {to}",
+                        )
+                    else:
+                        done = True
+            except (ProbeError, ReassignError) as exc:
+                state["waitingFor"] = f"the cluster to answer ({exc})"
+        if done:
+            await api.merge_patch(
+                API_VERSION,
+                KIND,
+                model.namespace,
+                model.name,
+                {"metadata": {"annotations": {SCALE_ANNOTATION: None}}},
+            )
+            memo.scales[key] = None
+            finished = ClusterModel.from_resource(_without_scale(body))
+            sts = await api.apply(finished.generate_statefulset())
+            memo.scalings.pop(key, None)
+            logger.info("Scaling %s -> %s done", from_, to)
+            _post_event(memo, body, "Normal", "Scaled", f"Scaled from {from_} to {to} brokers")
+            await refresh_status(memo, body, finished, sts=sts)
+            return
+        previous = memo.scalings.get(key)
+        if state.get("refused") and (previous or {}).get("refused") != state["refused"]:
+            _post_event(memo, body, "Warning", "ScaleDownRefused", state["refused"])
+        memo.scalings[key] = state
+        await refresh_status(memo, body, model, sts=sts)
+
+
+def _without_scale(body: Mapping[str, Any]) -> dict[str, Any]:
+    return _with_scale(body, None)
+
+
+def _with_scale(body: Mapping[str, Any], value: str | type[Ellipsis] | None) -> dict[str, Any]:
+    """A copy of `body` whose SCALE_ANNOTATION is `value` (None: absent; ...: as it is).
+
+    The bodies the roll loop and the index hold may predate what this operator wrote last;
+    an owned object's repair rendered from a stale one could shrink the StatefulSet before
+    the departing brokers are drained."""
+    out = copy.deepcopy(dict(body))
+    if value is ...:
+        return out
+    meta = out.setdefault("metadata", {})
+    annotations = meta["annotations"] = dict(meta.get("annotations") or {})
+    if value is None:
+        annotations.pop(SCALE_ANNOTATION, None)
+    else:
+        annotations[SCALE_ANNOTATION] = value
+    return out
+
+
 # -- owned objects --------------------------------------------------------------------------
 
 
@@ -606,6 +811,7 @@ async def child_event(
     async with _lock(memo, namespace, owner_name):  # type: ignore[arg-type]
         # The index may not have seen the annotation our handler just wrote.
         owner = _with_voters(owner, memo.voters.get((namespace, owner_name)))
+        owner = _with_scale(owner, memo.scales.get((namespace, owner_name), ...))
         try:
             model = ClusterModel.from_resource(owner)
         except ModelError:

@@ -40,6 +40,7 @@ _RESOURCES: dict[str, tuple[str, bool]] = {
     "StatefulSet": ("statefulsets", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "ServiceMonitor": ("servicemonitors", True),
+    "PrometheusRule": ("prometheusrules", True),
     "ShazamqCluster": ("shazamqclusters", True),
 }
 

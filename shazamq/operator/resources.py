@@ -58,6 +58,7 @@ from shazamq.config import (
     parse_voter,
 )
 from shazamq.operator.crd import API_VERSION, KIND
+from shazamq.operator.monitoring import alert_rules, dashboard_json
 
 __all__ = [
     "CLUSTER_SECRET_FILE",
@@ -76,9 +77,15 @@ MANAGED_BY = "shazamq-operator"
 CLUSTER_LABEL = "shazamq.io/cluster"
 SERVICE_LABEL = "shazamq.io/service"
 CHECKSUM_ANNOTATION = "shazamq.io/config-checksum"
+MONITORING_API = "monitoring.coreos.com/v1"
+DASHBOARD_FOLDER_ANNOTATION = "grafana_folder"
 # The frozen voter ordinals of the metadata quorum, on the ShazamqCluster ("0,1,2").
 VOTERS_ANNOTATION = "shazamq.io/quorum-voters"
 VOTERS_FIELD = f'metadata.annotations["{VOTERS_ANNOTATION}"]'
+# A scaling that moves data, on the ShazamqCluster: "<from>-><to>" brokers ("5->3").
+SCALE_ANNOTATION = "shazamq.io/scale"
+SCALE_FIELD = f'metadata.annotations["{SCALE_ANNOTATION}"]'
+_SCALE = re.compile(r"^(?P<from>[0-9]+)->(?P<to>[0-9]+)$")
 
 CONFIG_KEY = "shazamq.toml"
 CONFIG_DIR = "/etc/shazamq/config"
@@ -160,6 +167,8 @@ class ClusterModel:
     config: BrokerConfig
     voter_ids: tuple[int, ...]  # the quorum's voters by pod ordinal, ascending
     voters_frozen: bool  # whether `voter_ids` came from VOTERS_ANNOTATION
+    # (from, to) brokers of a scaling that moves data (SCALE_ANNOTATION), if one is going on
+    scaling: tuple[int, int] | None = None
 
     # -- validation ---------------------------------------------------------------------
 
@@ -199,6 +208,9 @@ class ClusterModel:
         else:
             voter_ids = default_voter_ids(spec.replicas)
         config = _broker_config(spec, name=name, namespace=namespace, uid=uid, voters=voter_ids)
+        scaling = parse_scale(annotations.get(SCALE_ANNOTATION))
+        if scaling is not None and scaling[1] != spec.replicas:
+            scaling = (scaling[0], spec.replicas)  # the spec changed again: its size wins
         return cls(
             name=name,
             namespace=namespace,
@@ -208,7 +220,16 @@ class ClusterModel:
             config=config,
             voter_ids=voter_ids,
             voters_frozen=voters_frozen,
+            scaling=scaling,
         )
+
+    @property
+    def statefulset_replicas(self) -> int:
+        """The StatefulSet's size: `spec.replicas`, except while departing brokers are
+        drained (a scale-down keeps them until their partitions have moved away)."""
+        if self.scaling is not None and self.scaling[0] > self.spec.replicas:
+            return self.scaling[0]
+        return int(self.spec.replicas)
 
     # -- names and labels ---------------------------------------------------------------
 
@@ -498,7 +519,7 @@ class ClusterModel:
             "kind": "StatefulSet",
             "metadata": self._metadata(self.statefulset_name),
             "spec": {
-                "replicas": spec.replicas,
+                "replicas": self.statefulset_replicas,
                 "serviceName": self.headless_service_name,
                 "selector": {"matchLabels": self.selector_labels},
                 "podManagementPolicy": "Parallel",
@@ -543,7 +564,7 @@ class ClusterModel:
         if not (self.spec.monitoring.enabled and monitor.enabled):
             return None
         return {
-            "apiVersion": "monitoring.coreos.com/v1",
+            "apiVersion": MONITORING_API,
             "kind": "ServiceMonitor",
             "metadata": self._metadata(self.name),
             "spec": {
@@ -560,6 +581,54 @@ class ClusterModel:
             },
         }
 
+    @property
+    def dashboard_config_map_name(self) -> str:
+        return f"{self.name}-grafana-dashboard"
+
+    def _monitoring_on(self, part: Any) -> bool:
+        return bool(self.spec.monitoring.enabled and part.enabled)
+
+    def generate_prometheus_rule(self) -> dict[str, Any] | None:
+        """A Prometheus Operator PrometheusRule alerting on the brokers' health, or None."""
+        rule = self.spec.monitoring.prometheus_rule
+        if not self._monitoring_on(rule):
+            return None
+        meta = self._metadata(self.name)
+        meta["labels"] = {**rule.labels, **meta["labels"]}
+        rules = alert_rules(
+            self.name,
+            self.namespace,
+            rule=rule,
+            replicas=self.spec.replicas,
+            tiered=bool(self.spec.tiered_storage.enabled),
+        )
+        return {
+            "apiVersion": MONITORING_API,
+            "kind": "PrometheusRule",
+            "metadata": meta,
+            "spec": {"groups": [{"name": f"shazamq.{self.namespace}.{self.name}", "rules": rules}]},
+        }
+
+    def generate_grafana_dashboard(self) -> dict[str, Any] | None:
+        """A ConfigMap holding the cluster's Grafana dashboard for Grafana's sidecar, or None."""
+        board = self.spec.monitoring.grafana_dashboard
+        if not self._monitoring_on(board):
+            return None
+        meta = self._metadata(self.dashboard_config_map_name)
+        meta["labels"] = {**board.labels, **meta["labels"]}
+        if board.folder:
+            meta["annotations"] = {DASHBOARD_FOLDER_ANNOTATION: board.folder}
+        uid = "shazamq-" + hashlib.sha256(self.uid.encode()).hexdigest()[:24]
+        text = dashboard_json(
+            self.name, self.namespace, uid=uid, tiered=bool(self.spec.tiered_storage.enabled)
+        )
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "data": {f"shazamq-{self.namespace}-{self.name}.json": text},
+        }
+
     def children(self) -> list[Child]:
         """Every owned object in the order they are applied (config first, pods last-but-two)."""
         return [
@@ -570,11 +639,13 @@ class ClusterModel:
             Child(
                 "policy/v1", "PodDisruptionBudget", self.name, self.generate_pod_disruption_budget()
             ),
+            Child(MONITORING_API, "ServiceMonitor", self.name, self.generate_service_monitor()),
+            Child(MONITORING_API, "PrometheusRule", self.name, self.generate_prometheus_rule()),
             Child(
-                "monitoring.coreos.com/v1",
-                "ServiceMonitor",
-                self.name,
-                self.generate_service_monitor(),
+                "v1",
+                "ConfigMap",
+                self.dashboard_config_map_name,
+                self.generate_grafana_dashboard(),
             ),
         ]
 
@@ -584,6 +655,21 @@ class ClusterModel:
             if c.kind == kind and c.name == name:
                 return c
         return None
+
+
+def parse_scale(value: Any) -> tuple[int, int] | None:
+    """SCALE_ANNOTATION's value (``"5->3"``) -> (5, 3); None when absent; ModelError naming
+    the annotation when malformed."""
+    if value is None:
+        return None
+    m = _SCALE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ModelError(SCALE_FIELD, f"{value!r} is not '<from>-><to>' (such as '5->3')")
+    return int(m.group("from")), int(m.group("to"))
+
+
+def format_scale(from_: int, to: int) -> str:
+    return f"{from_}->{to}"
 
 
 def cluster_secret_name(name: str) -> str:

@@ -26,10 +26,17 @@ from typing import Any
 
 import msgspec
 
-from shazamq.config import BrokerStatus, ClusterCondition, RollStatus, ShazamqClusterStatus
+from shazamq.config import (
+    BrokerStatus,
+    ClusterCondition,
+    RollStatus,
+    ScalingStatus,
+    ShazamqClusterStatus,
+)
 
 READY = "Ready"
 RECONCILED = "Reconciled"
+SCALED = "Scaled"  # present only while a scaling moves data or is refused
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ def cluster_status(
     generation: int | None,
     controller: int | None = None,
     roll: Mapping[str, Any] | None = None,
+    scaling: Mapping[str, Any] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
@@ -141,7 +149,9 @@ def cluster_status(
     ``outcome=None`` means "no reconciliation ran now": the previous ``Reconciled``
     condition (and its verdict on the phase) is kept. `controller` is the id of the active
     controller, when known (its broker entry gets ``leader: true``); `roll` the rolling
-    restart in progress (`RollStatus` as a dict), if any.
+    restart in progress (`RollStatus` as a dict), if any; `scaling` the scaling that moves
+    data (`ScalingStatus` as a dict), if any: it adds the condition ``Scaled`` (False,
+    reason ``Reassigning`` or ``ScaleDownRefused``) and keeps the phase ``Updating``.
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -195,18 +205,35 @@ def cluster_status(
         generation=generation,
         now=now,
     )
+    conditions = [ready_cond, reconciled_cond]
+    if scaling is not None:
+        if phase == "Running":
+            phase = "Updating"
+        refused = scaling.get("refused")
+        conditions.append(
+            condition(
+                SCALED,
+                False,
+                "ScaleDownRefused" if refused else "Reassigning",
+                refused or scaling.get("waitingFor") or "",
+                previous=old_conditions,
+                generation=generation,
+                now=now,
+            )
+        )
     status = ShazamqClusterStatus(
         phase=phase,  # type: ignore[arg-type]
         replicas=int(sts_status.get("replicas", 0) or 0),
         ready_replicas=ready,
         selector=selector,
         observed_generation=generation,
-        conditions=[ready_cond, reconciled_cond],
+        conditions=conditions,
         brokers=[
             BrokerStatus(**b, ready=b["pod"] in ready_pods, leader=b["id"] == controller)
             for b in brokers
         ],
         roll=None if roll is None else msgspec.convert(roll, RollStatus),
+        scaling=None if scaling is None else msgspec.convert(scaling, ScalingStatus),
     )
     return msgspec.to_builtins(status)
 

@@ -6,13 +6,14 @@
 - ``validate_manifest()``: kubernetes-validate in strict mode against Kubernetes 1.24 (the
   support floor) and the newest version the installed kubernetes-validate knows. The
   test extra pins kubernetes-validate to the 1.33 line, the newest that still ships the
-  1.24 schemas. ServiceMonitor is a CRD kind it does not know: its shape is checked by
-  `check_service_monitor()` instead.
+  1.24 schemas. ServiceMonitor and PrometheusRule are CRD kinds it does not know: their
+  shape is checked by `check_service_monitor()` and `check_prometheus_rule()` instead.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -239,10 +240,49 @@ def check_service_monitor(obj: dict[str, Any]) -> None:
                 assert isinstance(endpoint[key], str)
 
 
+_PROM_DURATION = re.compile(
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_prometheus_rule(obj: dict[str, Any]) -> None:
+    """Our own check of the PrometheusRule kind (monitoring.coreos.com/v1), which
+    kubernetes-validate does not know: the structure of the Prometheus Operator's schema
+    (groups of named rules; each an alert or a recording rule with an expression, a
+    duration, string labels and annotations), unique group and alert names."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    assert obj["kind"] == "PrometheusRule"
+    assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
+    assert obj["metadata"]["name"]
+    assert all(isinstance(v, str) for v in obj["metadata"]["labels"].values())
+    spec = obj["spec"]
+    assert set(spec) == {"groups"}
+    names = [g["name"] for g in spec["groups"]]
+    assert names and len(set(names)) == len(names)
+    for group in spec["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "partial_response_strategy", "limit"}
+        assert isinstance(group["name"], str) and group["name"]
+        alerts = [r["alert"] for r in group["rules"] if "alert" in r]
+        assert len(set(alerts)) == len(alerts), "alert names repeat in a group"
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+            assert ("alert" in rule) != ("record" in rule)
+            assert isinstance(rule["expr"], str) and rule["expr"].strip()
+            if "for" in rule:
+                assert _PROM_DURATION.match(rule["for"]), rule["for"]
+            for key in ("labels", "annotations"):
+                for k, v in (rule.get(key) or {}).items():
+                    assert _LABEL_NAME.match(k) and isinstance(v, str), (key, k, v)
+
+
 def validate_manifest(obj: dict[str, Any]) -> None:
     """Strict kubernetes-validate on every version of K8S_VERSIONS (see the module doc)."""
     if obj.get("kind") == "ServiceMonitor":
         check_service_monitor(obj)
+        return
+    if obj.get("kind") == "PrometheusRule":
+        check_prometheus_rule(obj)
         return
     for version in K8S_VERSIONS:
         try:
@@ -260,6 +300,7 @@ def validate_manifest(obj: dict[str, Any]) -> None:
 
 CLUSTERS = "shazamq.io/v1alpha1/shazamqclusters"
 MONITORS = "monitoring.coreos.com/v1/servicemonitors"
+RULES = "monitoring.coreos.com/v1/prometheusrules"
 
 
 def write_kubeconfig(path: Path, server: str) -> None:
@@ -278,7 +319,8 @@ def write_kubeconfig(path: Path, server: str) -> None:
 
 
 def prepare_emulator(emulator: Any, tmp_path: Path) -> Path:
-    """Serve the built-in kinds, ShazamqClusters and ServiceMonitors; return a kubeconfig."""
+    """Serve the built-in kinds, ShazamqClusters, ServiceMonitors and PrometheusRules; return a
+    kubeconfig."""
     import kmock
 
     emulator.resources.load_bundled()
@@ -292,6 +334,9 @@ def prepare_emulator(emulator: Any, tmp_path: Path) -> Path:
     )
     emulator.resources[MONITORS] = kmock.ResourceInfo(
         kind="ServiceMonitor", namespaced=True, verbs=["get", "list", "create", "patch", "delete"]
+    )
+    emulator.resources[RULES] = kmock.ResourceInfo(
+        kind="PrometheusRule", namespaced=True, verbs=["get", "list", "create", "patch", "delete"]
     )
     kubeconfig = tmp_path / "kubeconfig"
     write_kubeconfig(kubeconfig, str(emulator.url).rstrip("/"))

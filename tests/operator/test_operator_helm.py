@@ -133,7 +133,8 @@ def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
     (role,) = by_kind(objects, "ClusterRole")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert {"shazamqclusters", "shazamqclusters/status", "statefulsets", "services"} <= resources
-    assert {"configmaps", "poddisruptionbudgets", "servicemonitors", "events"} <= resources
+    assert {"configmaps", "poddisruptionbudgets", "events"} <= resources
+    assert {"servicemonitors", "prometheusrules"} <= resources
     assert {"customresourcedefinitions", "clusterkopfpeerings", "kopfpeerings"} <= resources
     # the cluster secrets: created once, never read (no get/list/watch on any Secret)
     (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]

@@ -4,8 +4,9 @@ Covers: every object rendered for the README's clusters (the cluster secret incl
 for variants that switch on each optional part (GCS, NodePort/LoadBalancer, auth without
 TLS, no brokers, one broker, voters and observers); the
 kubectl install `config/operator.yaml`; the examples are ShazamqClusters the operator
-accepts. Versions: see `operator_support.K8S_VERSIONS`. ServiceMonitor, a CRD kind
-kubernetes-validate does not know, gets `operator_support.check_service_monitor()`.
+accepts. Versions: see `operator_support.K8S_VERSIONS`. ServiceMonitor and
+PrometheusRule, CRD kinds kubernetes-validate does not know, get
+`operator_support.check_service_monitor()` and `check_prometheus_rule()`.
 Strictness itself is checked: an unknown field fails.
 """
 
@@ -35,6 +36,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "one-broker": {"replicas": 1},
     "observers": {"replicas": 5},
     "pull-always": {"imagePullPolicy": "Always", "podAnnotations": {"a": "b"}},
+    "all-monitoring": {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+            "grafanaDashboard": {"enabled": True, "folder": "Messaging"},
+        },
+        "tieredStorage": {"enabled": True, "provider": "s3", "s3": {"bucket": "bucket-1"}},
+    },
 }
 
 

@@ -40,6 +40,7 @@ import pytest
 from operator_support import (
     CLUSTERS,
     MONITORS,
+    RULES,
     original,
     prepare_emulator,
     production,
@@ -287,7 +288,7 @@ async def test_quick_start_cluster_gets_every_child_and_a_status(cluster: Cluste
     await eventually(lambda: cluster.events("PhaseCreating"))
 
 
-async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: Cluster) -> None:
+async def test_production_cluster_gets_its_monitoring_objects_and_secrets(cluster: Cluster) -> None:
     await cluster.create(production())
     monitor = await eventually(lambda: cluster.get(MONITORS, "production-cluster"))
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -300,12 +301,29 @@ async def test_production_cluster_gets_its_service_monitor_and_secrets(cluster: 
     cm = cluster.get(CONFIGMAPS, "production-cluster-config")
     assert 'bucket = "shazamq-data"' in cm["data"]["shazamq.toml"]
 
+    rule = await eventually(lambda: cluster.get(RULES, "production-cluster"))
+    assert rule["spec"]["groups"][0]["rules"]
+    dashboard = await eventually(
+        lambda: cluster.get(CONFIGMAPS, "production-cluster-grafana-dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
     # Turning monitoring off deletes the ServiceMonitor ("None means delete").
     await cluster.json_patch(
         "production-cluster",
         [{"op": "replace", "path": "/spec/monitoring/serviceMonitor/enabled", "value": False}],
     )
     await eventually(lambda: cluster.get(MONITORS, "production-cluster") is None)
+    assert cluster.get(RULES, "production-cluster") is not None
+    # ... and the master switch deletes the rule and the dashboard too.
+    await cluster.json_patch(
+        "production-cluster",
+        [{"op": "add", "path": "/spec/monitoring/enabled", "value": False}],
+    )
+    await eventually(lambda: cluster.get(RULES, "production-cluster") is None)
+    await eventually(
+        lambda: cluster.get(CONFIGMAPS, "production-cluster-grafana-dashboard") is None
+    )
 
 
 # -- one cluster: the quorum and its secret ----------------------------------------------------
@@ -588,10 +606,22 @@ async def test_scaling_and_upgrading_with_the_readme_s_json_patches(cluster: Clu
     await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5)
     await eventually(lambda: len(cluster.get(CLUSTERS, "my-cluster")["status"]["brokers"]) == 5)
 
+    # Scaling down drains the departing brokers first (test_operator_scale_flow): with no
+    # broker running here, the StatefulSet keeps its size and the status says why.
     await cluster.json_patch(
         "my-cluster", [{"op": "replace", "path": "/spec/replicas", "value": 3}]
     )
-    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 3)
+    annotations = lambda: cluster.get(CLUSTERS, "my-cluster")["metadata"]["annotations"]  # noqa: E731
+    await eventually(lambda: annotations()["shazamq.io/scale"] == "5->3")
+
+    def draining() -> dict:
+        scaling = cluster.get(CLUSTERS, "my-cluster")["status"]["scaling"]
+        assert scaling["fromReplicas"] == 5 and scaling["toReplicas"] == 3
+        return scaling
+
+    scaling = await eventually(draining)
+    assert "ready" in scaling["waitingFor"]
+    assert cluster.get(STATEFULSETS, "my-cluster")["spec"]["replicas"] == 5
 
     # kubectl patch ... -p='[{"op": "replace", "path": "/spec/version", "value": "0.2.0"}]'
     await cluster.json_patch(

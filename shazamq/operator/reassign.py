@@ -1,0 +1,82 @@
+"""Moving partitions for a scaling: AlterPartitionReassignments and ListPartitionReassignments.
+
+confluent-kafka's AdminClient (2.16) has neither call, so the operator speaks them with the
+project's own Kafka client (`shazamq.broker.cluster.client.BrokerClient`, the one brokers use
+between themselves), over the plaintext listener, to any live broker: the broker forwards
+the change to the metadata quorum, and the copy is throttled by the brokers'
+``replication.reassignment_throttle_bytes_per_second``. Like the roll's cluster reads, this
+needs a listener without TLS or SASL (the operator holds no client credentials).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from shazamq.broker.cluster.client import BrokerClient, BrokerConnectionError
+from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.alter_partition_reassignments_request import (
+    AlterPartitionReassignmentsRequest,
+    ReassignablePartition,
+    ReassignableTopic,
+)
+from shazamq.protocol.messages.list_partition_reassignments_request import (
+    ListPartitionReassignmentsRequest,
+)
+
+__all__ = ["ReassignError", "alter_reassignments", "list_reassignments"]
+
+TIMEOUT = 30.0
+_ALTER_KEY = 45
+_LIST_KEY = 46
+
+
+class ReassignError(Exception):
+    """A reassignment could not be submitted or listed; the message says why."""
+
+
+async def _ask(brokers: Sequence[tuple[str, int]], api_key: int, message: object) -> object:
+    """The answer of the first live broker of `brokers` that answers."""
+    failures = []
+    for host, port in brokers:
+        client = BrokerClient(host, port, client_id="shazamq-operator")
+        try:
+            return await client.request(api_key, 0, message, timeout=TIMEOUT)
+        except (BrokerConnectionError, OSError) as exc:
+            failures.append(str(exc))
+        finally:
+            await client.close()
+    raise ReassignError("no broker answered: " + "; ".join(failures or ["no broker"]))
+
+
+async def list_reassignments(brokers: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The partitions whose reassignment is in progress."""
+    resp = await _ask(brokers, _LIST_KEY, ListPartitionReassignmentsRequest(topics=None))
+    code = getattr(resp, "error_code", 0)
+    if code:
+        raise ReassignError(f"ListPartitionReassignments: {ErrorCode(code).name}")
+    return {(t.name, p.partition_index) for t in getattr(resp, "topics", []) for p in t.partitions}
+
+
+async def alter_reassignments(
+    brokers: Sequence[tuple[str, int]], moves: Mapping[tuple[str, int], Sequence[int]]
+) -> None:
+    """Submit `moves` (partition -> its new replica list); raise on any refusal."""
+    by_topic: dict[str, list[ReassignablePartition]] = {}
+    for (topic, index), replicas in sorted(moves.items()):
+        by_topic.setdefault(topic, []).append(
+            ReassignablePartition(partition_index=index, replicas=list(replicas))
+        )
+    request = AlterPartitionReassignmentsRequest(
+        timeout_ms=int(TIMEOUT * 1000),
+        topics=[ReassignableTopic(name=t, partitions=ps) for t, ps in by_topic.items()],
+    )
+    resp = await _ask(brokers, _ALTER_KEY, request)
+    problems = []
+    if getattr(resp, "error_code", 0):
+        problems.append(f"{ErrorCode(resp.error_code).name}: {resp.error_message}")  # type: ignore[attr-defined]
+    for t in getattr(resp, "responses", []):
+        for p in t.partitions:
+            if p.error_code:
+                problems.append(f"{t.name}-{p.partition_index}: {ErrorCode(p.error_code).name}")
+    if problems:
+        raise ReassignError("AlterPartitionReassignments refused " + ", ".join(problems))
