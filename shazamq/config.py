@@ -628,6 +628,15 @@ class SaslConfig(_Section):
             "was accepted; 0: only connections_max_idle_ms applies.",
         ),
     ] = 30_000
+    connections_max_reauth_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Session lifetime given to clients at login (KIP-368, "
+            "connections.max.reauth.ms): past it a connection must re-authenticate, and "
+            "one that sends anything else is closed; 0: sessions never expire.",
+        ),
+    ] = 0
     hash_threads: Annotated[
         int,
         Meta(

@@ -78,6 +78,11 @@ class Session:
     client_software: str | None = None
     principal: str = "User:ANONYMOUS"
     authenticated: bool = True
+    # monotonic time the SASL session expires (connections.max.reauth.ms); 0: never. Past
+    # it, only SASL requests are served (re-authentication); anything else closes.
+    expires_at: float = 0.0
+    # after SaslHandshake v0: takes each frame as a raw SASL token, answers a raw token
+    raw_tokens: Callable[[bytes], Awaitable[bytes]] | None = None
     # Set by a handler whose answer must be the connection's last (failed authentication).
     close_after_response: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -579,6 +584,21 @@ class _Connection(asyncio.BufferedProtocol):
             server._forget(self)
             transport.close()
 
+    async def _raw_token(
+        self,
+        transport: asyncio.Transport,
+        frame: bytearray,
+        step: Callable[[bytes], Awaitable[bytes]],
+    ) -> None:
+        """A SASL token without a Kafka header (after SaslHandshake v0), answered likewise."""
+        try:
+            answer = await step(bytes(frame))
+        finally:
+            self.server.release(self, len(frame))
+        if not self.lost and not transport.is_closing():
+            transport.write(_SIZE.pack(len(answer)) + answer)
+            self.last_active = time.monotonic()
+
     async def _serve(self, transport: asyncio.Transport, session: Session) -> None:
         dispatch = self.server.dispatcher.dispatch
         while True:
@@ -588,6 +608,9 @@ class _Connection(asyncio.BufferedProtocol):
                     raise CloseConnection(self.error)
                 return
             frame, received = item
+            if session.raw_tokens is not None:
+                await self._raw_token(transport, frame, session.raw_tokens)
+                continue
             view = memoryview(frame)
             try:
                 header, body_offset = framing.decode_request_header(view)
