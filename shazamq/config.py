@@ -637,6 +637,15 @@ class SaslConfig(_Section):
             "one that sends anything else is closed; 0: sessions never expire.",
         ),
     ] = 0
+    max_failed_logins_per_minute: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Failed authentications one client address may make per minute; "
+            "past it, its logins are refused without checking credentials until the "
+            "allowance refills. 0: no limit.",
+        ),
+    ] = 30
     hash_threads: Annotated[
         int,
         Meta(
@@ -702,6 +711,21 @@ class BrokerConfig(_Section):
         ):
             raise ValueError(
                 "cluster.quorum_tls needs security.tls cert_file, key_file and ca_file"
+            )
+        sec = self.security
+        if (
+            self.cluster.enabled
+            and sec.authorization.enabled
+            and not sec.sasl.enabled
+            and not sec.tls.ca_file
+        ):
+            # Brokers would reach each other's listeners unauthenticated: every replica
+            # fetch and transaction marker refused as User:ANONYMOUS.
+            raise ValueError(
+                "security.authorization in a cluster needs security.sasl enabled (brokers "
+                "authenticate to each other as the internal principal) or TLS client "
+                "certificates (security.tls.ca_file); without either, replica fetches "
+                "arrive as User:ANONYMOUS and are refused"
             )
         if self.replication.min_insync_replicas > self.replication.default_replication_factor:
             raise ValueError(

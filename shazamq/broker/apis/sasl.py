@@ -13,6 +13,9 @@ does with ILLEGAL_SASL_STATE). A connection goes through:
   authenticated with principal ``User:<name>``. On failure the answer is
   SASL_AUTHENTICATION_FAILED (58) with a message, sent after a short delay (as Kafka's
   ``connection.failed.authentication.delay.ms``), and the connection is closed after it.
+- failed logins are rate-limited per client address (``max_failed_logins_per_minute``,
+  `security.limits`): past the allowance, an authentication is refused (and counted as
+  result ``throttled``) without its credentials being checked.
 - SaslHandshake v0 (clients older than Kafka 1.0, KIP-43): the SASL tokens that follow
   are raw size-prefixed frames without Kafka headers, answered the same way (the server
   `Session.raw_tokens` hook). Success sends the mechanism's answer (PLAIN: an empty
@@ -56,8 +59,10 @@ from shazamq.protocol.messages.sasl_handshake_request import SaslHandshakeReques
 from shazamq.protocol.messages.sasl_handshake_response import SaslHandshakeResponse
 
 from ..security import INTERNAL_USER
+from ..security.limits import FailedLoginLimiter
 from ..security.sasl import AuthenticationError, SaslServer
 from ..server import CloseConnection
+from .authz import host_of
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -116,6 +121,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     assert store is not None, "SASL handlers need the broker's credential store"
     mechanisms = list(store.mechanisms)
     reauth_ms = broker.config.security.sasl.connections_max_reauth_ms
+    limiter = FailedLoginLimiter(broker.config.security.sasl.max_failed_logins_per_minute)
     registry = broker.metrics.registry
     authentications = Counter(
         "shazamq_sasl_authentications",
@@ -137,7 +143,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         registry=registry,
     )
     for mechanism in mechanisms:
-        for result in ("success", "failure"):
+        for result in ("success", "failure", "throttled"):
             authentications.labels(mechanism, result)
             if reauth_ms:
                 reauthentications.labels(mechanism, result)
@@ -210,6 +216,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
         if sasl.refusal is not None or server is None:
             message = sasl.refusal or "Authentication failed: no exchange in progress"
             return None, await failed(ctx_peer, client_id, sasl, message, message), 0
+        address = host_of(ctx_peer)
+        if not limiter.allowed(address):
+            counter(sasl).labels(server.mechanism, "throttled").inc()
+            log.info("refusing SASL authentication from %s: too many failed logins", ctx_peer)
+            sasl.state = SaslState.FAILED
+            sasl.server = None
+            await asyncio.sleep(FAILED_AUTHENTICATION_DELAY_S)
+            message = "Authentication failed: too many failed logins from this address"
+            return None, message, 0
         try:
             answer = await step(server, token)
         except AuthenticationError as exc:
@@ -251,6 +266,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         server = sasl.server
         mechanism = server.mechanism if server is not None else (sasl.mechanism or "?")
         counter(sasl).labels(mechanism, "failure").inc()
+        limiter.failed(host_of(peer))
         log.info(
             "failed %s %s from %s (client %s): %s",
             mechanism,
