@@ -597,6 +597,14 @@ class TlsConfig(_Section):
     ca_file: Annotated[str | None, Meta(description="CA bundle to verify client certificates.")] = (
         None
     )
+    principal_mapping_rules: Annotated[
+        list[str],
+        Meta(
+            description="With ca_file: how a client certificate's subject (RFC 2253) becomes "
+            "the principal, as Kafka's ssl.principal.mapping.rules: DEFAULT or "
+            "RULE:pattern/replacement/[LU], first match wins.",
+        ),
+    ] = msgspec.field(default_factory=lambda: ["DEFAULT"])
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.cert_file and self.key_file):

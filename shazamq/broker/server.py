@@ -135,6 +135,7 @@ class KafkaServer:
         on_connect: Callable[[Session], Awaitable[None]] | None = None,
         require_authentication: bool = False,
         limits: ConnectionLimits | None = None,
+        certificate_principal: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -145,6 +146,8 @@ class KafkaServer:
         self.on_connect = on_connect
         self.require_authentication = require_authentication
         self.limits = limits or ConnectionLimits()
+        # mTLS: the principal of a verified client certificate; None closes the connection
+        self.certificate_principal = certificate_principal
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._open: set[_Connection] = set()
@@ -333,6 +336,20 @@ class _Connection(asyncio.BufferedProtocol):
             log.debug("refusing connection from %s: %s reached", self.session.peer, refused)
             transport.abort()
             return
+        if self.server.certificate_principal is not None:
+            cert = transport.get_extra_info("peercert")
+            principal = self.server.certificate_principal(cert) if cert else None
+            if principal is None:
+                log.info(
+                    "closing connection from %s: no principal for its certificate",
+                    self.session.peer,
+                )
+                self.lost = True
+                self.error = "no principal for the client certificate"
+                self.server._forget(self)
+                transport.abort()
+                return
+            self.session.principal = principal
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
