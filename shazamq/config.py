@@ -646,6 +646,14 @@ class TlsConfig(_Section):
     ca_file: Annotated[str | None, Meta(description="CA bundle to verify client certificates.")] = (
         None
     )
+    principal_mapping_rules: Annotated[
+        list[str],
+        Meta(
+            description="With ca_file: how a client certificate's subject (RFC 2253) becomes "
+            "the principal, as Kafka's ssl.principal.mapping.rules: DEFAULT or "
+            "RULE:pattern/replacement/[LU], first match wins.",
+        ),
+    ] = msgspec.field(default_factory=lambda: ["DEFAULT"])
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.cert_file and self.key_file):
@@ -677,6 +685,24 @@ class SaslConfig(_Section):
             "was accepted; 0: only connections_max_idle_ms applies.",
         ),
     ] = 30_000
+    connections_max_reauth_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Session lifetime given to clients at login (KIP-368, "
+            "connections.max.reauth.ms): past it a connection must re-authenticate, and "
+            "one that sends anything else is closed; 0: sessions never expire.",
+        ),
+    ] = 0
+    max_failed_logins_per_minute: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Failed authentications one client address may make per minute; "
+            "past it, its logins are refused without checking credentials until the "
+            "allowance refills. 0: no limit.",
+        ),
+    ] = 30
     hash_threads: Annotated[
         int,
         Meta(
@@ -742,6 +768,21 @@ class BrokerConfig(_Section):
         ):
             raise ValueError(
                 "cluster.quorum_tls needs security.tls cert_file, key_file and ca_file"
+            )
+        sec = self.security
+        if (
+            self.cluster.enabled
+            and sec.authorization.enabled
+            and not sec.sasl.enabled
+            and not sec.tls.ca_file
+        ):
+            # Brokers would reach each other's listeners unauthenticated: every replica
+            # fetch and transaction marker refused as User:ANONYMOUS.
+            raise ValueError(
+                "security.authorization in a cluster needs security.sasl enabled (brokers "
+                "authenticate to each other as the internal principal) or TLS client "
+                "certificates (security.tls.ca_file); without either, replica fetches "
+                "arrive as User:ANONYMOUS and are refused"
             )
         if self.replication.min_insync_replicas > self.replication.default_replication_factor:
             raise ValueError(

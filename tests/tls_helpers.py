@@ -15,8 +15,11 @@ def write_certificates(
     *,
     ips: Sequence[str] = ("127.0.0.1",),
     dns: Sequence[str] = ("localhost",),
+    ca_key_path: Path | None = None,
 ) -> None:
-    """A CA (ca_path) and a key and certificate for `ips` and `dns` names signed by it."""
+    """A CA (ca_path) and a key and certificate for `ips` and `dns` names signed by it.
+
+    With `ca_key_path`, the CA's key is kept there (for `write_client_certificate`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,7 +68,55 @@ def write_certificates(
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
+    if ca_key_path is not None:
+        ca_key_path.write_bytes(
+            ca_key.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     ca_path.write_bytes(ca.public_bytes(pem))
+    cert_path.write_bytes(cert.public_bytes(pem))
+    key_path.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def write_client_certificate(
+    ca_path: Path,
+    ca_key_path: Path,
+    cert_path: Path,
+    key_path: Path,
+    subject: Sequence[tuple[str, str]],
+) -> None:
+    """A client key and certificate signed by the CA, with `subject` as (attribute, value)
+    pairs in certificate order (e.g. ``[("O", "Example"), ("CN", "alice")]``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    oids = {
+        "CN": NameOID.COMMON_NAME,
+        "O": NameOID.ORGANIZATION_NAME,
+        "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+        "C": NameOID.COUNTRY_NAME,
+        "L": NameOID.LOCALITY_NAME,
+    }
+    ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(oids[k], v) for k, v in subject]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    pem = serialization.Encoding.PEM
     cert_path.write_bytes(cert.public_bytes(pem))
     key_path.write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -18,8 +18,9 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -56,6 +57,7 @@ from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
 from .security import INTERNAL_USER, CredentialStore, build_credential_store
 from .security.acl import Authorizer
+from .security.tls import certificate_principals
 from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
@@ -81,6 +83,19 @@ def resolve_node_id(config: BrokerConfig, hostname: str | None = None) -> int:
             "trailing -<ordinal>"
         )
     return int(m.group(1))
+
+
+def _certificate_principals(
+    config: BrokerConfig,
+) -> Callable[[dict[str, Any]], str | None] | None:
+    """mTLS: client certificates' principals, when the listener verifies them."""
+    tls = config.security.tls
+    if not (tls.enabled and tls.ca_file):
+        return None
+    try:
+        return certificate_principals(tls.principal_mapping_rules)
+    except ValueError as exc:
+        raise ConfigError(f"security.tls.principal_mapping_rules: {exc}") from None
 
 
 def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
@@ -166,6 +181,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         # Security first, so a bad certificate or users file stops the broker at once.
         ssl_context = _tls_context(cfg)
+        certificate_principal = _certificate_principals(cfg)
         sasl = cfg.security.sasl
         if sasl.enabled:
             secret = cfg.cluster.read_secret() if cfg.cluster.enabled else None
@@ -262,6 +278,7 @@ class Broker:
             ssl_context=ssl_context,
             on_connect=self._on_connect if sasl.enabled else None,
             require_authentication=sasl.enabled,
+            certificate_principal=certificate_principal,
             limits=ConnectionLimits(
                 max_unauthenticated_bytes=sasl.max_receive_bytes,
                 idle_ms=cfg.broker.connections_max_idle_ms,

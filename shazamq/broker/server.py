@@ -78,6 +78,11 @@ class Session:
     client_software: str | None = None
     principal: str = "User:ANONYMOUS"
     authenticated: bool = True
+    # monotonic time the SASL session expires (connections.max.reauth.ms); 0: never. Past
+    # it, only SASL requests are served (re-authentication); anything else closes.
+    expires_at: float = 0.0
+    # after SaslHandshake v0: takes each frame as a raw SASL token, answers a raw token
+    raw_tokens: Callable[[bytes], Awaitable[bytes]] | None = None
     # Set by a handler whose answer must be the connection's last (failed authentication).
     close_after_response: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +135,7 @@ class KafkaServer:
         on_connect: Callable[[Session], Awaitable[None]] | None = None,
         require_authentication: bool = False,
         limits: ConnectionLimits | None = None,
+        certificate_principal: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -140,6 +146,8 @@ class KafkaServer:
         self.on_connect = on_connect
         self.require_authentication = require_authentication
         self.limits = limits or ConnectionLimits()
+        # mTLS: the principal of a verified client certificate; None closes the connection
+        self.certificate_principal = certificate_principal
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._open: set[_Connection] = set()
@@ -328,6 +336,20 @@ class _Connection(asyncio.BufferedProtocol):
             log.debug("refusing connection from %s: %s reached", self.session.peer, refused)
             transport.abort()
             return
+        if self.server.certificate_principal is not None:
+            cert = transport.get_extra_info("peercert")
+            principal = self.server.certificate_principal(cert) if cert else None
+            if principal is None:
+                log.info(
+                    "closing connection from %s: no principal for its certificate",
+                    self.session.peer,
+                )
+                self.lost = True
+                self.error = "no principal for the client certificate"
+                self.server._forget(self)
+                transport.abort()
+                return
+            self.session.principal = principal
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -579,6 +601,21 @@ class _Connection(asyncio.BufferedProtocol):
             server._forget(self)
             transport.close()
 
+    async def _raw_token(
+        self,
+        transport: asyncio.Transport,
+        frame: bytearray,
+        step: Callable[[bytes], Awaitable[bytes]],
+    ) -> None:
+        """A SASL token without a Kafka header (after SaslHandshake v0), answered likewise."""
+        try:
+            answer = await step(bytes(frame))
+        finally:
+            self.server.release(self, len(frame))
+        if not self.lost and not transport.is_closing():
+            transport.write(_SIZE.pack(len(answer)) + answer)
+            self.last_active = time.monotonic()
+
     async def _serve(self, transport: asyncio.Transport, session: Session) -> None:
         dispatch = self.server.dispatcher.dispatch
         while True:
@@ -588,6 +625,9 @@ class _Connection(asyncio.BufferedProtocol):
                     raise CloseConnection(self.error)
                 return
             frame, received = item
+            if session.raw_tokens is not None:
+                await self._raw_token(transport, frame, session.raw_tokens)
+                continue
             view = memoryview(frame)
             try:
                 header, body_offset = framing.decode_request_header(view)

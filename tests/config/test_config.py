@@ -100,6 +100,11 @@ def test_defaults_without_file():
             "mirror.sources[0]",
         ),
         ("[broker\n", "not valid TOML"),
+        (
+            "[cluster]\nvoters = ['1@a:9093']\nsecret = 's'\n"
+            "[security.authorization]\nenabled = true\n",
+            "arrive as User:ANONYMOUS",
+        ),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, text, message):

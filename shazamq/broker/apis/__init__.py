@@ -95,6 +95,8 @@ class Dispatcher:
         self.metrics = metrics
         self.apis: dict[int, Api] = {}
         self._per_api_metrics: dict[str, tuple[Any, Any]] = {}
+        # called when a connection whose SASL session expired is closed
+        self.on_session_expired: Callable[[], None] | None = None
 
     def register(self, key: int, min_version: int, max_version: int, handler: Handler) -> None:
         spec = API_KEYS[key]
@@ -116,6 +118,20 @@ class Dispatcher:
             raise CloseConnection(
                 f"ILLEGAL_SASL_STATE: {spec.name if spec else ctx.api_key} request before "
                 "SASL authentication completed"
+            )
+        expires_at = ctx.session.expires_at
+        if (
+            expires_at
+            and ctx.received_at >= expires_at
+            and ctx.api_key not in UNAUTHENTICATED_API_KEYS
+        ):
+            # KIP-368: an expired session may only re-authenticate.
+            if self.on_session_expired is not None:
+                self.on_session_expired()
+            spec = API_KEYS.get(ctx.api_key)
+            raise CloseConnection(
+                f"SASL session expired (connections_max_reauth_ms) and the connection sent "
+                f"{spec.name if spec else ctx.api_key} instead of re-authenticating"
             )
         api = self.apis.get(ctx.api_key)
         if api is None:
