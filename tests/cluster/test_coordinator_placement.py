@@ -177,14 +177,20 @@ class FakeCluster:
         pass
 
     async def create_topic(
-        self, name: str, assignment: list[list[int]], configs: dict[str, str], *, internal: bool
+        self,
+        name: str,
+        assignment: list[list[int]],
+        configs: dict[str, str],
+        *,
+        internal: bool,
+        topic_id: uuid.UUID | None = None,
     ) -> TopicState:
         self.created.append((name, assignment, internal))
         apply(
             self.state,
             r.CreateTopic(
                 name=name,
-                topic_id=uuid.uuid4().hex,
+                topic_id=(topic_id or uuid.uuid4()).hex,
                 assignment=assignment,
                 configs=configs,
                 internal=internal,
