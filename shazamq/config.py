@@ -647,13 +647,13 @@ class TlsConfig(_Section):
         None
     )
     principal_mapping_rules: Annotated[
-        list[str],
+        tuple[str, ...],
         Meta(
             description="With ca_file: how a client certificate's subject (RFC 2253) becomes "
             "the principal, as Kafka's ssl.principal.mapping.rules: DEFAULT or "
             "RULE:pattern/replacement/[LU], first match wins.",
         ),
-    ] = msgspec.field(default_factory=lambda: ["DEFAULT"])
+    ] = ("DEFAULT",)  # a plain default, so the rendered TOML leaves it out
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.cert_file and self.key_file):

@@ -50,7 +50,7 @@ PLAIN_FAILED = {"mechanism": "PLAIN", "result": "failure"}
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import BrokerProcess
+    from tests.conftest import BrokerProcess
 
     users = ", ".join(f'"{u}": "{p}"' for u, p in USERS.items())
     b = BrokerProcess(
