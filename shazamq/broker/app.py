@@ -62,7 +62,7 @@ from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
 from .tier.metrics import TierMetrics
-from .tier.restore import restore_if_empty
+from .tier.restore import ClusterRestore, check_same_cluster, read_cluster, restore_if_empty
 from .txn import TransactionCoordinator
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,13 @@ class Broker:
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
         tier_store = None
+        bucket_cluster = None
         if cfg.tiered_storage.enabled:
             tier_metrics = TierMetrics(self.metrics.registry)
             tier_store = await open_store(cfg.tiered_storage, tier_metrics)
-            if not clustered:  # a cluster restores through its metadata log (not yet)
+            if clustered:  # a cluster restores through its metadata log
+                bucket_cluster = await read_cluster(tier_store, cfg.broker.cluster_id)
+            else:
                 await restore_if_empty(tier_store, self.data_dir, cfg.broker.cluster_id)
         if not clustered:  # first: folders it does not know are quarantined, not opened
             self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
@@ -223,6 +226,9 @@ class Broker:
         )
         if clustered:
             self._build_cluster()
+            if bucket_cluster is not None and tier_store is not None:
+                assert self.cluster is not None
+                self.cluster.restorer = ClusterRestore(tier_store, self.data_dir, bucket_cluster)
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)
@@ -233,7 +239,6 @@ class Broker:
                 tier_metrics,
                 self.metrics,
                 self.data_dir,
-                self.metadata.cluster_id,
             )
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)
@@ -294,6 +299,8 @@ class Broker:
             # opened during the replay would answer Metadata from a half-built image.
             await self.cluster.start()
             await self._await_membership()
+            if bucket_cluster is not None:  # another cluster's bucket: never mix histories
+                check_same_cluster(bucket_cluster, self.cluster.state.cluster_id)
             if self.cluster.registered.is_set():  # the metadata image is complete
                 await loop.run_in_executor(None, self._quarantine_strays)
         await self.txn.start()

@@ -204,6 +204,17 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     manifest = None
                     if tier is not None and not follower:
                         manifest = tier.remote_covers(p, offset)
+                    if (
+                        manifest is None
+                        and offset < plog.log_start_offset
+                        and tier is not None
+                        and not follower
+                        and tier.manifest_pending(p)
+                    ):
+                        # a new leader that has not read its manifest yet: retriable, not
+                        # out of range (a client would reset its position past the bucket)
+                        out.append(partition_error(fp.partition, ErrorCode.OFFSET_NOT_AVAILABLE, p))
+                        continue
                     if manifest is None:
                         pe = partition_error(fp.partition, ErrorCode.OFFSET_OUT_OF_RANGE, p)
                         if tier is not None and not follower:  # a follower starts locally

@@ -59,6 +59,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 plog = p.log
                 ts = rp.timestamp
+                if (
+                    ts not in (LATEST, EARLIEST_LOCAL, MAX_TIMESTAMP)
+                    and tier is not None
+                    and tier.manifest_pending(p)
+                ):
+                    # a new leader that has not read its manifest: the bucket's part of the
+                    # log is not known yet (retriable)
+                    resp.error_code = ErrorCode.OFFSET_NOT_AVAILABLE
+                    continue
                 resp.leader_epoch = p.leader_epoch
                 try:
                     if ts == LATEST:

@@ -45,12 +45,15 @@ from .state import ClusterState, PartitionInfo, TopicState
 
 if TYPE_CHECKING:
     from shazamq.broker.partitions import Partition, PartitionManager
+    from shazamq.broker.tier.restore import ClusterRestore
     from shazamq.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
 PROPOSE_TIMEOUT_S = 8.0
 CHECKPOINT_INTERVAL_S = 5.0
+# how long topic creation waits for a restore from the bucket to finish
+RESTORE_WAIT_S = 60.0
 
 
 class ClusterNode:
@@ -122,6 +125,11 @@ class ClusterNode:
         # called on the event loop after ACLs were created, deleted or restored
         self.on_acls_changed: list[Callable[[], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
+        # tiered storage's bucket, when it holds a cluster: a new cluster restores from it
+        # and partitions of its topics without a local folder are laid out from it
+        self.restorer: ClusterRestore | None = None
+        self._laying_out: set[tuple[str, int]] = set()
+        self._restore_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -350,6 +358,7 @@ class ClusterNode:
         topic_id: uuid.UUID | None = None,
     ) -> TopicState:
         """Propose the topic; ``topic_id`` keeps a given id (a mirror keeps its source's)."""
+        await self._wait_restored()
         code = await self.propose(
             r.CreateTopic(
                 name=name,
@@ -362,6 +371,16 @@ class ClusterNode:
         if code:
             raise KafkaError(code, f"creating topic {name!r} was rejected")
         return self.state.topics[name]
+
+    async def _wait_restored(self) -> None:
+        """New topics wait until the bucket's topics are back (their names are taken)."""
+        deadline = time.monotonic() + RESTORE_WAIT_S
+        while self.state.restoring:
+            if time.monotonic() > deadline:
+                raise KafkaError(
+                    ErrorCode.REQUEST_TIMED_OUT, "the cluster is still restoring from the bucket"
+                )
+            await asyncio.sleep(0.1)
 
     async def delete_topic(self, name: str) -> TopicState:
         t = self.state.topics.get(name)
@@ -568,6 +587,9 @@ class ClusterNode:
         p = parts.get(t.name, index)
         now = time.monotonic()
         if p is None:
+            if self.restorer is not None and self.restorer.needs_layout(t.name, t.topic_id, index):
+                self._lay_out_then_host(t.name, t.topic_id, index)
+                return
             p = parts.host_partition(t.name, index)
             if p is None:  # its log cannot be opened: offline here, logged
                 return
@@ -606,6 +628,37 @@ class ClusterNode:
                 if changed:
                     for listener in self.on_partition_role:
                         listener(p, False)
+
+    def _lay_out_then_host(self, name: str, topic_id: str, index: int) -> None:
+        """Lay the partition's log out from the bucket (off the loop), then host it as the
+        metadata then says; until then it is not served here (clients retry)."""
+        key = (name, index)
+        if key in self._laying_out:
+            return
+        self._laying_out.add(key)
+        restorer = self.restorer
+        assert restorer is not None
+
+        async def go() -> None:
+            delay = 0.5
+            try:
+                while not self._stopping:
+                    try:
+                        await restorer.lay_out(name, topic_id, index)
+                        break
+                    except Exception as exc:  # the bucket away: retry, nothing is hosted
+                        log.warning("%s-%d: restoring from the bucket: %s", name, index, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+            finally:
+                self._laying_out.discard(key)
+            t = self.state.topics.get(name)
+            if not self._stopping and t is not None and t.topic_id == topic_id:
+                self._reconcile(t, index, t.partitions[index])
+
+        task = asyncio.create_task(go(), name=f"restore-{name}-{index}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _stop_hosting(self, name: str, index: int, *, delete: bool) -> None:
         p = self.partitions.get(name, index)
@@ -755,7 +808,11 @@ class ClusterNode:
                 if self.state.cluster_id is None:
                     # the first broker to get here names the cluster; the others adopt it
                     configured = self.config.broker.cluster_id
-                    await self.propose(r.InitCluster(cluster_id=configured or new_cluster_id()))
+                    if self.restorer is not None:  # a new cluster from the bucket's history
+                        bucket_id = self.restorer.meta.cluster_id
+                        await self.propose(r.InitCluster(cluster_id=bucket_id, restore=True))
+                    else:
+                        await self.propose(r.InitCluster(cluster_id=configured or new_cluster_id()))
                     continue
                 if self.state.cluster_id is not None and self.config.broker.cluster_id not in (
                     None,
@@ -820,6 +877,12 @@ class ClusterNode:
                 self._last_seen = dict.fromkeys(self.state.brokers, now)
                 continue
             epoch = self.state.controller_epoch
+            if self.state.restoring and (self._restore_task is None or self._restore_task.done()):
+                self._restore_task = asyncio.create_task(
+                    self._restore_topics(epoch), name="cluster-restore"
+                )
+                self._background.add(self._restore_task)
+                self._restore_task.add_done_callback(self._background.discard)
             for b in list(self.state.brokers.values()):
                 if b.fenced:
                     continue
@@ -841,6 +904,50 @@ class ClusterNode:
                 if wanted:
                     log.info("moving %d leaderships back to preferred replicas", len(wanted))
                     self._propose_soon(r.ElectLeaders(partitions=wanted, controller_epoch=epoch))
+
+    async def _restore_topics(self, controller_epoch: int) -> None:
+        """The active controller recreates the bucket's topics (ids, configs, leader epochs
+        above the restored ones), once: FinishRestore ends the restore for good."""
+        try:
+            restorer = self.restorer
+            if restorer is not None:
+                # place replicas on the whole cluster: wait (bounded) for every voter
+                deadline = time.monotonic() + 2 * self.config.cluster.session_timeout_ms / 1000
+                while (
+                    len(self.state.live_brokers()) < len(self.voters)
+                    and time.monotonic() < deadline
+                ):
+                    await asyncio.sleep(0.2)
+                default_rf = self.config.replication.default_replication_factor
+                live = len(self.state.live_brokers())
+                for t in restorer.meta.topics:
+                    existing = self.state.topics.get(t.name)
+                    if existing is not None:
+                        if existing.topic_id != t.topic_id:
+                            log.error(
+                                "restore: topic %s exists with id %s, not the bucket's %s",
+                                t.name,
+                                existing.topic_id,
+                                t.topic_id,
+                            )
+                        continue
+                    rf = min(t.replication_factor or default_rf, live)
+                    code = await self.propose(
+                        r.CreateTopic(
+                            name=t.name,
+                            topic_id=t.topic_id,
+                            assignment=self.plan_assignment(t.partitions, rf, seed=t.name),
+                            configs=dict(t.configs),
+                            internal=t.internal,
+                            leader_epoch=await restorer.first_leader_epoch(t),
+                        )
+                    )
+                    if code:
+                        log.error("restore: recreating topic %s was rejected (%d)", t.name, code)
+                log.info("restored %d topics from the bucket", len(restorer.meta.topics))
+            await self.propose(r.FinishRestore(controller_epoch=controller_epoch))
+        except Exception:
+            log.exception("restoring the topics from the bucket failed; retrying")
 
     def imbalanced_partitions(self) -> list[tuple[str, int]]:
         live = self.state.live_brokers()

@@ -20,6 +20,15 @@ class InitCluster(_Record, tag="init_cluster"):
     """The cluster id; the first one committed wins, later ones are rejected."""
 
     cluster_id: str
+    # a new cluster coming back from a tiered-storage bucket: the controller recreates
+    # the bucket's topics (CreateTopic with their ids), then commits FinishRestore
+    restore: bool = False
+
+
+class FinishRestore(_Record, tag="finish_restore"):
+    """The controller recreated every topic of the bucket: topics may be created again."""
+
+    controller_epoch: int = -1
 
 
 class ClaimController(_Record, tag="claim_controller"):
@@ -72,6 +81,9 @@ class CreateTopic(_Record, tag="create_topic"):
     assignment: list[list[int]]  # replicas of each partition, preferred leader first
     configs: dict[str, str] = msgspec.field(default_factory=dict)
     internal: bool = False
+    # the first leader epoch of every partition: a topic restored from the bucket
+    # continues above the epochs its history was written under
+    leader_epoch: int = 0
 
 
 class DeleteTopic(_Record, tag="delete_topic"):
@@ -176,6 +188,7 @@ class DeleteAcl(_Record, tag="delete_acl"):
 
 Record = (
     InitCluster
+    | FinishRestore
     | ClaimController
     | RegisterBroker
     | BrokerHeartbeat

@@ -74,6 +74,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     scram: ScramCredentials = msgspec.field(default_factory=dict)
     # defaulted: snapshots taken before ACLs were replicated still restore
     acls: list[AclBinding] = msgspec.field(default_factory=list)
+    # a restore from the tiered-storage bucket is under way (InitCluster .. FinishRestore)
+    restoring: bool = False
 
 
 class Changes(msgspec.Struct, kw_only=True):
@@ -120,6 +122,7 @@ class ClusterState:
         # PLAIN logins read them from a worker thread
         self.scram: ScramCredentials = {}
         self.acls: set[AclBinding] = set()
+        self.restoring = False  # between InitCluster(restore) and FinishRestore
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
 
@@ -160,6 +163,7 @@ class ClusterState:
                 controller_epoch=self.controller_epoch,
                 scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
                 acls=sorted(self.acls),
+                restoring=self.restoring,
             )
         )
 
@@ -178,6 +182,7 @@ class ClusterState:
         old_users = set(self.scram)
         self.scram = snap.scram
         self.acls = set(snap.acls)
+        self.restoring = snap.restoring
         ch = self._changes
         ch.acls = True
         ch.scram_users.update(old_users | set(self.scram))
@@ -205,7 +210,14 @@ class ClusterState:
         if self.cluster_id is not None:
             return 0 if rec.cluster_id == self.cluster_id else ErrorCode.INCONSISTENT_CLUSTER_ID
         self.cluster_id = rec.cluster_id
+        self.restoring = rec.restore
         self._changes.cluster_id = True
+        return 0
+
+    def _on_FinishRestore(self, rec: r.FinishRestore) -> int:
+        if self._stale_controller(rec.controller_epoch):
+            return ErrorCode.NOT_CONTROLLER
+        self.restoring = False
         return 0
 
     def _on_ClaimController(self, rec: r.ClaimController) -> int:
@@ -313,11 +325,13 @@ class ClusterState:
                 p.partition_epoch += 1
                 self._changes.partitions.add((t.topic_id, i))
 
-    def _new_partition(self, replicas: list[int]) -> PartitionInfo:
+    def _new_partition(self, replicas: list[int], leader_epoch: int = 0) -> PartitionInfo:
         live = self.live_brokers()
         isr = [b for b in replicas if b in live] or list(replicas[:1])
         leader = choose_leader(replicas, isr, live)
-        return PartitionInfo(replicas=list(replicas), isr=isr, leader=leader)
+        return PartitionInfo(
+            replicas=list(replicas), isr=isr, leader=leader, leader_epoch=max(leader_epoch, 0)
+        )
 
     def _on_CreateTopic(self, rec: r.CreateTopic) -> int:
         if rec.name in self.topics:
@@ -331,7 +345,7 @@ class ClusterState:
             topic_id=rec.topic_id,
             configs=dict(rec.configs),
             internal=rec.internal,
-            partitions=[self._new_partition(list(a)) for a in rec.assignment],
+            partitions=[self._new_partition(list(a), rec.leader_epoch) for a in rec.assignment],
         )
         self.topics[t.name] = t
         self.by_id[t.topic_id] = t

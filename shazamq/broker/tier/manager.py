@@ -107,11 +107,9 @@ class TierManager:
         tier_metrics: TierMetrics,
         metrics: BrokerMetrics,
         data_dir: Path,
-        cluster_id: str,
     ) -> None:
         self.config = config
         self.partitions = partitions
-        self.cluster_id = cluster_id
         self.data_dir = data_dir
         self.metrics = tier_metrics
         self.store: ObjectStore
@@ -124,6 +122,9 @@ class TierManager:
         self._task: asyncio.Task[None] | None = None
         self._metadata_written: bytes | None = None
         self._failing: set[PartitionUploader] = set()
+        # the leader epoch each led partition's uploader was last started under (tried,
+        # whether or not the bucket answered)
+        self._started_at: dict[tuple[str, int], int] = {}
         self._broker_metrics = metrics
 
     async def start(self, store: ObjectStore | None = None) -> None:
@@ -185,6 +186,7 @@ class TierManager:
             self._failing.discard(u)
             await u.stop()
             self.manifests.pop(key, None)
+            self._started_at.pop(key, None)
             still = self.partitions.partitions.get(key)
             # a follower now: it deletes nothing on its own (see _hold_followers)
             u.log.remote_log_end = 0 if still is u.partition and tiered(still) else None
@@ -196,6 +198,7 @@ class TierManager:
             if u is not None:
                 await u.stop()
             u = PartitionUploader(self, p)
+            self._started_at[key] = p.leader_epoch
             try:
                 await u.start()
             except StoreError as exc:
@@ -219,6 +222,9 @@ class TierManager:
 
     async def write_cluster_metadata(self) -> None:
         """The topics, ids and configs, so a new broker can come back from the bucket."""
+        cluster = self.partitions.cluster
+        if cluster is not None and cluster.state.restoring:
+            return  # the topics are being recreated from this very document
         topics = [
             RemoteTopic(
                 name=t.name,
@@ -226,10 +232,15 @@ class TierManager:
                 partitions=t.partitions,
                 configs=dict(t.configs),
                 internal=t.internal,
+                replication_factor=t.replication_factor,
             )
             for t in sorted(self.partitions.metadata.topics.values(), key=lambda t: t.name)
         ]
-        doc = ClusterMetadata(cluster_id=self.cluster_id, topics=topics)
+        # read now: a cluster is named by its metadata log after the manager is built
+        cluster_id = self.partitions.metadata.cluster_id
+        if not cluster_id:
+            return
+        doc = ClusterMetadata(cluster_id=cluster_id, topics=topics)
         data = encode_cluster(doc)
         if data == self._metadata_written:
             return
@@ -248,6 +259,19 @@ class TierManager:
         if m is None or not m.segments:
             return local
         return min(m.log_start_offset, local)
+
+    def manifest_pending(self, p: Partition) -> bool:
+        """A tiered partition led here whose uploader has not started yet (a new leader,
+        until the supervisor's next round): what lies below the local log start, and
+        where the whole log starts, are not known yet. Once tried, a bucket that does not
+        answer leaves reads local as before."""
+        key = (p.topic, p.index)
+        return (
+            p.is_leader
+            and tiered(p)
+            and key not in self.manifests
+            and self._started_at.get(key) != p.leader_epoch
+        )
 
     def remote_covers(self, p: Partition, offset: int) -> PartitionManifest | None:
         m = self.manifests.get((p.topic, p.index))

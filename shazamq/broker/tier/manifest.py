@@ -123,6 +123,7 @@ class RemoteTopic(msgspec.Struct, kw_only=True):
     partitions: int
     configs: dict[str, str] = msgspec.field(default_factory=dict)
     internal: bool = False
+    replication_factor: int = 0  # 0: unknown (written before it was recorded)
 
 
 class ClusterMetadata(msgspec.Struct, kw_only=True):

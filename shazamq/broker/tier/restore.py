@@ -10,6 +10,14 @@ from disk: consumer groups resume at their committed offsets.
 
 A data directory that holds another cluster's data is refused with a clear error rather
 than mixing two histories; one of the same cluster is simply a restart.
+
+In a cluster (``[cluster] voters``) the same happens through the metadata log:
+:func:`read_cluster` gives the bucket's document to the cluster node, whose first
+``InitCluster`` takes the bucket's cluster id and marks a restore; the active controller
+recreates every topic (same id and configs, leader epochs above the restored ones) and
+commits ``FinishRestore``. Each replica of a restored partition lays out its local log
+from the manifest (:class:`ClusterRestore`) before it hosts it, so leader and followers
+start where the bucket ends, with the same producer state and leader epochs.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from shazamq.config import ConfigError
 
 from .manifest import (
     CLUSTER_KEY,
+    ClusterMetadata,
     PartitionManifest,
+    RemoteTopic,
     decode_cluster,
     decode_manifest,
     manifest_key,
@@ -37,7 +47,7 @@ from .manifest import (
 )
 from .store import ObjectStore, StoreError, StoreErrorKind
 
-__all__ = ["RestoreError", "restore_if_empty"]
+__all__ = ["ClusterRestore", "RestoreError", "read_cluster", "restore_if_empty"]
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +193,93 @@ def _lay_out(pdir: Path, m: PartitionManifest, files: dict[str, bytes]) -> None:
                 epochs.append((e, o))
     body = "".join(f"{e} {o}\n" for e, o in epochs)
     _write(pdir / "leader-epoch-checkpoint", f"0\n{len(epochs)}\n{body}".encode())
+
+
+# -- a cluster restored through its metadata log ----------------------------------------
+
+
+async def read_cluster(
+    store: ObjectStore, configured_cluster_id: str | None = None
+) -> ClusterMetadata | None:
+    """The bucket's cluster document, or None; refuses a configured id that differs."""
+    raw = await _get_or_none(store, CLUSTER_KEY)
+    if raw is None:
+        return None
+    meta = decode_cluster(raw)
+    if configured_cluster_id is not None and configured_cluster_id != meta.cluster_id:
+        raise RestoreError(
+            f"broker.cluster_id is {configured_cluster_id} but the bucket holds cluster "
+            f"{meta.cluster_id}: refusing to mix two histories (use another bucket prefix)"
+        )
+    return meta
+
+
+def check_same_cluster(meta: ClusterMetadata, cluster_id: str | None) -> None:
+    """A cluster whose metadata log names another cluster than the bucket is refused."""
+    if cluster_id is not None and cluster_id != meta.cluster_id:
+        raise RestoreError(
+            f"this cluster is {cluster_id} but the bucket holds cluster {meta.cluster_id}: "
+            "refusing to mix two histories (restore into a new cluster with empty data "
+            "directories, or use another bucket prefix)"
+        )
+
+
+class ClusterRestore:
+    """The bucket as a clustered broker restores from it.
+
+    ``meta`` is the bucket's cluster document read at start. A partition of one of its
+    topics (same id) that has no folder here is laid out from its manifest before it is
+    hosted: a new cluster's replicas, or a broker that lost its disk.
+    """
+
+    def __init__(self, store: ObjectStore, data_dir: Path, meta: ClusterMetadata) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.meta = meta
+        self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
+        # partitions looked up already (those without a manifest leave no folder)
+        self._done: set[tuple[str, int]] = set()
+
+    def needs_layout(self, name: str, topic_id: str, index: int) -> bool:
+        t = self.topics.get(topic_id)
+        if t is None or t.name != name or not 0 <= index < t.partitions:
+            return False
+        if (topic_id, index) in self._done:
+            return False
+        return not (self.data_dir / f"{name}-{index}").exists()
+
+    async def lay_out(self, name: str, topic_id: str, index: int) -> int | None:
+        """Write the partition's folder from its manifest; its log start, or None when
+        the bucket holds nothing of it (it starts empty)."""
+        key = manifest_key(name, topic_id, index)
+        raw = await _get_or_none(self.store, key)
+        if raw is None:
+            self._done.add((topic_id, index))
+            return None
+        m = decode_manifest(raw, where=key)
+        files = await _partition_files(self.store, m, download_all=name in INTERNAL_TOPICS)
+        pdir = self.data_dir / f"{name}-{index}"
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _lay_out, pdir, m, files)
+        log.info(
+            "%s-%d restored from the bucket: offsets %d..%d remote, local log from %d",
+            name,
+            index,
+            m.log_start_offset,
+            m.end_offset,
+            m.log_start_offset if files and name in INTERNAL_TOPICS else m.end_offset,
+        )
+        return m.end_offset
+
+    async def first_leader_epoch(self, t: RemoteTopic) -> int:
+        """One above every leader epoch the topic's remote segments were written under."""
+        top = -1
+        for i in range(t.partitions):
+            key = manifest_key(t.name, t.topic_id, i)
+            raw = await _get_or_none(self.store, key)
+            if raw is None:
+                continue
+            for s in decode_manifest(raw, where=key).segments:
+                for epoch, _ in s.epochs:
+                    top = max(top, epoch)
+        return top + 1

@@ -1,0 +1,198 @@
+"""A whole cluster restored from its tiered-storage bucket.
+
+Three clustered brokers tier a topic to SeaweedFS while a consumer group commits; the
+cluster is stopped (SIGTERM: the tails reach the bucket) and its data directories are
+deleted. A new three-broker cluster on the same bucket then recreates the topics with
+their ids, serves every offset from 0 byte for byte, resumes the group at its committed
+offsets, and continues new records at the restored end on every replica.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicCollection, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from tests.tier.conftest import weed_server
+
+from .conftest import BrokerProcess, ClusterFactory
+from .test_cluster_basic import (
+    FAST_CLUSTER,
+    NETNS,
+    admin,
+    deep_merge_configs,
+    fully_replicated,
+    wait_for,
+)
+from .test_cluster_tier import PREFIX, Bucket
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(500)]
+
+TOPIC = "restored"
+PARTITIONS = 2
+PER_PARTITION = 150
+GROUP = "resumer"
+COMMITTED = {0: 97, 1: 120}
+
+
+def log_end(b: BrokerProcess, partition: int) -> int:
+    url = f"http://{b.address}:{b.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    want = f'shazamq_log_end_offset{{partition="{partition}",topic="{TOPIC}"}}'
+    for line in text.splitlines():
+        if line.startswith(want):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return -1
+
+
+def produce(bootstrap: str, first: int, n: int) -> dict[int, list[tuple[bytes, bytes, int]]]:
+    """(key, value, offset) per partition, as acknowledged."""
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    acked: dict[int, list[tuple[bytes, bytes, int]]] = {i: [] for i in range(PARTITIONS)}
+
+    def done(err: Any, msg: Any) -> None:
+        assert err is None, err
+        acked[msg.partition()].append((msg.key(), msg.value(), msg.offset()))
+
+    for i in range(first, first + n):
+        for part in range(PARTITIONS):
+            v = b"v-%d-%06d-" % (part, i) + bytes([i % 251]) * 200
+            p.produce(TOPIC, key=b"k-%06d" % i, value=v, partition=part, on_delivery=done)
+        if i % 20 == 19:
+            p.flush(30)
+    assert p.flush(30) == 0
+    return acked
+
+
+def consume_from_zero(bootstrap: str, expect: int) -> dict[int, list[tuple[bytes, bytes, int]]]:
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
+    )
+    got: dict[int, list[tuple[bytes, bytes, int]]] = {i: [] for i in range(PARTITIONS)}
+    try:
+        c.assign([TopicPartition(TOPIC, i, 0) for i in range(PARTITIONS)])
+        deadline = time.monotonic() + 90
+        while sum(len(v) for v in got.values()) < expect and time.monotonic() < deadline:
+            m = c.poll(1.0)
+            if m is not None and m.error() is None:
+                got[m.partition()].append((m.key(), m.value(), m.offset()))
+        return got
+    finally:
+        c.close()
+
+
+def topic_id(bootstrap: str) -> str:
+    client = admin(bootstrap)
+    desc = client.describe_topics(TopicCollection([TOPIC]))[TOPIC].result(20)
+    return str(desc.topic_id)
+
+
+def test_new_cluster_restores_from_the_bucket(
+    cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(k, v)  # the brokers inherit them
+    (tmp_path / "weed").mkdir()
+    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
+        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
+        bucket.create()
+
+        def root_config(root: str) -> dict[str, Any]:
+            return {
+                "tiered_storage": {
+                    "enabled": True,
+                    "provider": "s3",
+                    "max_upload_interval_ms": 1000,
+                    "s3": {
+                        "bucket": bucket.config.bucket,
+                        "endpoint": f"http://{root}:{s3_port}",
+                        "prefix": PREFIX,
+                    },
+                }
+            }
+
+        extra = deep_merge_configs(FAST_CLUSTER, {"storage": {"retention_check_interval_ms": 300}})
+        old = cluster_factory.start(3, netns=NETNS, extra_config=extra, root_config=root_config)
+        client = admin(old.bootstrap)
+        client.create_topics(
+            [
+                NewTopic(
+                    TOPIC,
+                    PARTITIONS,
+                    3,
+                    config={"segment.bytes": "6000", "local.retention.ms": "0"},
+                )
+            ]
+        )[TOPIC].result(20)
+        wait_for(lambda: fully_replicated(old.bootstrap, TOPIC, PARTITIONS), 30, "replicated")
+        old_id = topic_id(old.bootstrap)
+        acked = produce(old.bootstrap, 0, PER_PARTITION)
+        group = Consumer(
+            {"bootstrap.servers": old.bootstrap, "group.id": GROUP, "enable.auto.commit": False}
+        )
+        group.commit(
+            offsets=[TopicPartition(TOPIC, i, o) for i, o in COMMITTED.items()],
+            asynchronous=False,
+        )
+        group.close()
+        for b in old:  # SIGTERM: each uploads its tail; the last one leads everything
+            assert b.terminate() == 0, b.log_tail()
+        for b in old:
+            shutil.rmtree(b.data_dir)
+
+        new = cluster_factory.start(3, netns=NETNS, extra_config=extra, root_config=root_config)
+        wait_for(lambda: fully_replicated(new.bootstrap, TOPIC, PARTITIONS), 60, "restored")
+        assert topic_id(new.bootstrap) == old_id
+
+        got = consume_from_zero(new.bootstrap, PARTITIONS * PER_PARTITION)
+        for i in range(PARTITIONS):
+            assert got[i] == acked[i], f"partition {i} differs after the restore"
+
+        group = Consumer(
+            {
+                "bootstrap.servers": new.bootstrap,
+                "group.id": GROUP,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            committed = group.committed(
+                [TopicPartition(TOPIC, i) for i in range(PARTITIONS)], timeout=30
+            )
+            assert {tp.partition: tp.offset for tp in committed} == COMMITTED
+            group.subscribe([TOPIC])
+            first: dict[int, int] = {}
+            deadline = time.monotonic() + 60
+            while len(first) < PARTITIONS and time.monotonic() < deadline:
+                m = group.poll(1.0)
+                if m is not None and m.error() is None:
+                    first.setdefault(m.partition(), m.offset())
+            assert first == COMMITTED
+        finally:
+            group.close()
+
+        more = produce(new.bootstrap, PER_PARTITION, 20)
+        for i in range(PARTITIONS):
+            assert [o for _, _, o in more[i]] == list(range(PER_PARTITION, PER_PARTITION + 20))
+        end = PER_PARTITION + 20
+        wait_for(
+            lambda: all(log_end(b, i) == end for b in new for i in range(PARTITIONS)),
+            30,
+            "every replica at the new end",
+        )
+        got = consume_from_zero(new.bootstrap, PARTITIONS * end)
+        for i in range(PARTITIONS):
+            assert got[i] == acked[i] + more[i]
+        new.stop_all()
