@@ -1459,6 +1459,24 @@ class ScalingStatus(_Status, kw_only=True):
     refused: Annotated[str | None, Meta(description="Why the scaling is refused, if it is.")] = None
 
 
+class MirrorSourceStatus(_Status, kw_only=True):
+    """One mirror source as the brokers report it (their shazamq_mirror_* metrics)."""
+
+    name: Annotated[str, Meta(description="The source's name (spec.mirror.sources[].name).")]
+    state: Annotated[
+        str,
+        Meta(
+            description="connected, starting, down or stopped; the worst any broker reports "
+            "(each broker copies the mirrored partitions it leads)."
+        ),
+    ] = "starting"
+    brokers: Annotated[int, Meta(description="Brokers reporting this source.")] = 0
+    partitions: Annotated[int, Meta(description="Mirrored partitions being copied.")] = 0
+    lag_records: Annotated[
+        int, Meta(description="Records the copies are behind the source, all partitions.")
+    ] = 0
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1473,3 +1491,7 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     brokers: list[BrokerStatus] = msgspec.field(default_factory=list)
     roll: RollStatus | None = None
     scaling: ScalingStatus | None = None
+    mirror_sources: Annotated[
+        list[MirrorSourceStatus],
+        Meta(description="Each mirror source's state, read from the brokers' metrics."),
+    ] = msgspec.field(default_factory=list)

@@ -131,6 +131,7 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.scalings = {}  # (namespace, name) -> status.scaling (camelCase dict) or None
     memo.scales = {}  # (namespace, name) -> the SCALE_ANNOTATION this operator last wrote
     memo.controllers = {}  # (namespace, name) -> the active controller's id, if known
+    memo.mirrors = {}  # (namespace, name) -> status.mirrorSources as the brokers report them
     memo.bodies = {}  # (namespace, name) -> the latest body of each ShazamqCluster
     memo.contexts = {}  # "post" -> the context of Kopf's handlers (its event poster)
     if memo.get("probe") is None:
@@ -197,6 +198,7 @@ def cluster_event(
         memo.scalings.pop((namespace, name), None)
         memo.scales.pop((namespace, name), None)
         memo.controllers.pop((namespace, name), None)
+        memo.mirrors.pop((namespace, name), None)
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
@@ -442,6 +444,7 @@ async def refresh_status(
         controller=memo.controllers.get((model.namespace, model.name)),
         roll=memo.rolls.get((model.namespace, model.name)),
         scaling=memo.scalings.get((model.namespace, model.name)),
+        mirror_sources=memo.mirrors.get((model.namespace, model.name)),
     )
     await _write_status(memo, body, status, previous)
 
@@ -564,6 +567,7 @@ async def roll_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
             error = str(exc)
         if view is not None:
             memo.controllers[key] = view.controller
+            memo.mirrors[key] = list(view.mirror_sources)
         decision = plan(brokers, view, progress, error=error)
         paused = annotations.get(PAUSE_ANNOTATION, "").lower() == "true"
         roll: dict[str, Any] | None = None

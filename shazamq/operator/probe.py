@@ -20,16 +20,28 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
 from shazamq.operator.roll import ClusterView, Partition
 
-__all__ = ["ProbeError", "parse_metrics", "partitions_of", "read_cluster"]
+__all__ = [
+    "ProbeError",
+    "merge_mirror_sources",
+    "mirror_sources_of",
+    "parse_metrics",
+    "partitions_of",
+    "read_cluster",
+]
 
 ADMIN_TIMEOUT = 10.0
 METRICS_TIMEOUT = 5.0
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(?P<value>\S+)")
+_LABELLED = re.compile(r"^(?P<name>shazamq_mirror_\w+)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+# a source's state as the cluster reports it: the worst any broker sees
+_STATE_RANK = {"down": 3, "starting": 2, "connected": 1, "stopped": 0}
 
 
 class ProbeError(Exception):
@@ -54,6 +66,50 @@ def parse_metrics(text: str, names: Iterable[str]) -> dict[str, float]:
     return out
 
 
+def mirror_sources_of(text: str) -> dict[str, dict[str, Any]]:
+    """One broker's mirror sources from its metrics: ``name -> {state, partitions,
+    lagRecords}`` (``shazamq_mirror_source_state`` and ``shazamq_mirror_lag_offsets``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        m = _LABELLED.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL.findall(m.group("labels")))
+        source = labels.get("source")
+        if source is None:
+            continue
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            continue
+        entry = out.setdefault(source, {"state": "starting", "partitions": 0, "lagRecords": 0})
+        name = m.group("name")
+        if name == "shazamq_mirror_source_state" and value >= 1:
+            entry["state"] = labels.get("state", "starting")
+        elif name == "shazamq_mirror_lag_offsets":
+            entry["partitions"] += 1
+            entry["lagRecords"] += max(0, int(value))
+    return out
+
+
+def merge_mirror_sources(per_broker: Iterable[Mapping[str, Mapping[str, Any]]]) -> list[dict]:
+    """The cluster's view of each source (`MirrorSourceStatus` dicts, sorted by name):
+    the worst state any broker reports, partitions and lag added up."""
+    merged: dict[str, dict[str, Any]] = {}
+    for sources in per_broker:
+        for name, s in sources.items():
+            m = merged.setdefault(
+                name,
+                {"name": name, "state": "stopped", "brokers": 0, "partitions": 0, "lagRecords": 0},
+            )
+            if _STATE_RANK.get(s["state"], 2) > _STATE_RANK.get(m["state"], 2):
+                m["state"] = s["state"]
+            m["brokers"] += 1
+            m["partitions"] += s["partitions"]
+            m["lagRecords"] += s["lagRecords"]
+    return [merged[name] for name in sorted(merged)]
+
+
 def partitions_of(
     topics: Mapping[str, Sequence[tuple[int, Sequence[int], Sequence[int], int]]],
     min_isr: Mapping[str, int],
@@ -75,12 +131,15 @@ def partitions_of(
     )
 
 
-async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+async def _scrape(
+    session: aiohttp.ClientSession, url: str
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     async with session.get(url) as resp:
         if resp.status != 200:
             raise ProbeError(f"{url}: HTTP {resp.status}")
         text = await resp.text()
-    return parse_metrics(text, ("shazamq_active_controller", "shazamq_under_replicated_partitions"))
+    wanted = ("shazamq_active_controller", "shazamq_under_replicated_partitions")
+    return parse_metrics(text, wanted), mirror_sources_of(text)
 
 
 def _admin_read(
@@ -132,19 +191,23 @@ async def read_cluster(
         )
     controller: int | None = None
     under: int | None = 0
+    mirrors: list[dict[str, dict[str, Any]]] = []
     for (broker_id, _), result in zip(brokers, results, strict=True):
         if isinstance(result, BaseException):
             under = None  # one broker's count is missing: the total is unknown
             if not isinstance(result, ProbeError | aiohttp.ClientError | TimeoutError):
                 raise result
             continue
-        if result.get("shazamq_active_controller", 0.0) >= 1:
+        values, sources = result
+        mirrors.append(sources)
+        if values.get("shazamq_active_controller", 0.0) >= 1:
             controller = broker_id
         if under is not None:
-            under += int(result.get("shazamq_under_replicated_partitions", 0.0))
+            under += int(values.get("shazamq_under_replicated_partitions", 0.0))
+    mirror = tuple(merge_mirror_sources(mirrors))
     if not (plaintext and partitions):
-        return ClusterView(controller, None, under)
+        return ClusterView(controller, None, under, mirror)
     bootstrap = ",".join(f"{host}:{kafka_port}" for _, host in brokers)
     loop = asyncio.get_running_loop()
     partitions = await loop.run_in_executor(None, _admin_read, bootstrap, default_min_isr)
-    return ClusterView(controller, partitions, under)
+    return ClusterView(controller, partitions, under, mirror)

@@ -80,6 +80,8 @@ class ClusterView:
     controller: int | None
     partitions: tuple[Partition, ...] | None
     under_replicated: int | None = None
+    # each mirror source as the brokers report it (`MirrorSourceStatus` dicts), for the status
+    mirror_sources: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import msgspec
 from shazamq.config import (
     BrokerStatus,
     ClusterCondition,
+    MirrorSourceStatus,
     RollStatus,
     ScalingStatus,
     ShazamqClusterStatus,
@@ -142,6 +143,7 @@ def cluster_status(
     controller: int | None = None,
     roll: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
+    mirror_sources: Iterable[Mapping[str, Any]] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
@@ -152,6 +154,8 @@ def cluster_status(
     restart in progress (`RollStatus` as a dict), if any; `scaling` the scaling that moves
     data (`ScalingStatus` as a dict), if any: it adds the condition ``Scaled`` (False,
     reason ``Reassigning`` or ``ScaleDownRefused``) and keeps the phase ``Updating``.
+    `mirror_sources` are the mirror sources as the brokers last reported them
+    (`MirrorSourceStatus` dicts); None keeps the previous ones (the brokers were not read).
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -234,6 +238,14 @@ def cluster_status(
         ],
         roll=None if roll is None else msgspec.convert(roll, RollStatus),
         scaling=None if scaling is None else msgspec.convert(scaling, ScalingStatus),
+        mirror_sources=msgspec.convert(
+            list(
+                mirror_sources
+                if mirror_sources is not None
+                else previous.get("mirrorSources") or []
+            ),
+            list[MirrorSourceStatus],
+        ),
     )
     return msgspec.to_builtins(status)
 
