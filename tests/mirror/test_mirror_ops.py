@@ -299,3 +299,40 @@ def test_source_log_start_passing_the_copy_is_a_recorded_jump(broker_factory) ->
         == 1
     )
     assert "were deleted at the source before they were copied" in mirror.log_text()
+
+
+def test_source_losing_records_upstream_cuts_the_copy_s_tail(broker_factory) -> None:
+    """The source comes back with fewer records than were copied (its log lost a tail): the
+    copy's tail is cut to the source's end, counted and logged, and what the source writes
+    next is copied at the same offsets."""
+    source = broker_factory()
+    conf = {"bootstrap.servers": source.bootstrap}
+    make_topic(source.bootstrap, "lossy", 1)
+    produce(conf, "lossy", 1, 60, batch_size=1000)  # many small batches
+    mirror = broker_factory(**mirror_settings(bootstrap_servers=source.bootstrap))
+    wait_until(lambda: same_copy(source.port, mirror.port, "lossy", 1), 60, "first copy")
+    before = batches(source.port, "lossy", 0)
+    assert len(before) >= 4
+    keep = before[: len(before) // 2]
+    source.kill()
+    # the source's log loses its second half: the file ends at a batch boundary
+    segment = source.data_dir / "lossy-0" / "00000000000000000000.log"
+    with open(segment, "r+b") as f:
+        f.truncate(sum(len(raw) for _, raw in keep))
+    source.start()
+    assert batches(source.port, "lossy", 0) == keep
+    wait_until(lambda: same_copy(source.port, mirror.port, "lossy", 1), 60, "copy cut back")
+    assert (
+        metric(
+            mirror.metrics_port,
+            "shazamq_mirror_truncations_total",
+            source="src",
+            topic="lossy",
+            partition="0",
+        )
+        == 1
+    )
+    assert "records lost upstream" in mirror.log_text()
+    produce(conf, "lossy", 1, 10, tag="new", batch_size=1000)  # written after the loss
+    wait_until(lambda: same_copy(source.port, mirror.port, "lossy", 1), 60, "new records")
+    assert len(batches(mirror.port, "lossy", 0)) > len(keep)
