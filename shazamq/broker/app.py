@@ -49,6 +49,7 @@ from .apis import sasl as sasl_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
 from .cluster.node import ClusterNode
+from .cluster.state import TopicState
 from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
 from .log import LogManager, count_partition_dirs
@@ -314,6 +315,8 @@ class Broker:
         self.metrics.add_probe(self._partition_probe)
         if self.cluster is not None:
             self.metrics.add_probe(self.cluster.probe)
+            # DeleteTopics reaches only the controller; every broker drops its own children.
+            self.cluster.on_topics_changed.append(self._forget_deleted_topics)
         if cfg.mirror.enabled:  # in a cluster: each broker copies what it leads
             self.mirror = MirrorService(
                 cfg.mirror,
@@ -467,9 +470,22 @@ class Broker:
             size.add_metric(labels, p.log.size_bytes)
         conns = GaugeMetricFamily("shazamq_connections", "Open client connections.")
         conns.add_metric([], self.server.connection_count)
-        offline = GaugeMetricFamily(
-            "shazamq_offline_partitions",
+        storage_offline = GaugeMetricFamily(
+            "shazamq_storage_offline_partitions",
             "Partitions hosted here whose log cannot be opened (see the broker log).",
         )
-        offline.add_metric([], len(self.partitions.offline))
-        return [leo, start, size, conns, offline]
+        storage_offline.add_metric([], len(self.partitions.offline))
+        families = [leo, start, size, conns, storage_offline]
+        if self.cluster is None:
+            # On one broker a partition without a log has no leader; in a cluster the
+            # node reports leaderless partitions under this name, once.
+            offline = GaugeMetricFamily(
+                "shazamq_offline_partitions", "Partitions with no leader (see the broker log)."
+            )
+            offline.add_metric([], len(self.partitions.offline))
+            families.append(offline)
+        return families
+
+    def _forget_deleted_topics(self, _changed: set[str], deleted: list[TopicState]) -> None:
+        for t in deleted:
+            self.metrics.forget_topic(t.name)

@@ -28,12 +28,15 @@ pytestmark = pytest.mark.slow
 RACKS = {0: "rack-a", 1: "rack-b", 2: "rack-c"}
 
 
-def metric(b: BrokerProcess, name: str, labels: str = "") -> float:
+def exposition(b: BrokerProcess) -> str:
     url = f"http://{b.address}:{b.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def metric(b: BrokerProcess, name: str, labels: str = "") -> float:
     total = 0.0
-    for line in text.splitlines():
+    for line in exposition(b).splitlines():
         if line.startswith(name) and labels in line and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -108,3 +111,16 @@ def test_racks_spread_replicas_and_consumers_read_their_own_rack(
         "no under-replicated partitions",
     )
     assert metric(leader, "shazamq_isr_expands_total") >= 1
+
+    # every family is exposed once (a scraper rejects a name declared twice), and a topic
+    # deleted through the controller leaves no label children on the broker that served it
+    for b in cluster:
+        helps = [ln.split()[2] for ln in exposition(b).splitlines() if ln.startswith("# HELP ")]
+        assert len(helps) == len(set(helps)), sorted(h for h in helps if helps.count(h) > 1)
+    assert 'topic="racked"' in exposition(follower)
+    admin.delete_topics(["racked"])["racked"].result(20)
+    wait_for(
+        lambda: 'topic="racked"' not in exposition(follower),
+        30,
+        "the deleted topic's metrics dropped on every broker",
+    )
