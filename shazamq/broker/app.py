@@ -33,6 +33,7 @@ from .apis import (
     acls,
     api_versions,
     authz,
+    client_quotas,
     cluster,
     configs,
     fetch,
@@ -257,6 +258,7 @@ class Broker:
             txn_api,
             scram,
             acls,
+            client_quotas,
         ]
         if sasl.enabled:
             modules.append(sasl_api)
