@@ -5,10 +5,11 @@ exists (`Dispatcher.quotas` is None otherwise: one attribute test per request). 
 the handler has answered, per request and never per record:
 
 - Produce: the request's bytes count against ``producer_byte_rate``;
-- Fetch from a consumer: the record bytes of the response count against
-  ``consumer_byte_rate``; over it, the answer is Kafka's throttled fetch response (no
-  partitions, the throttle time) and its bytes are taken back from the rate, since the
-  client gets them again on its next fetch;
+- Fetch from a consumer: its ``max_bytes`` is cut to what the quota allows over the
+  padded span (Kafka's getMaxValueInQuotaWindow), and the record bytes of the response
+  count against ``consumer_byte_rate``; over it, the answer is Kafka's throttled fetch
+  response (no partitions, the throttle time) and its bytes are taken back from the
+  rate, since the client asks for them again on its next fetch;
 - every API a client throttles for: the time the event loop spent running the handler
   counts against ``request_percentage`` (100 is one loop busy all the time). The time a
   handler spends waiting (a long poll, replication of acks=all, a disk thread) is not
@@ -200,10 +201,24 @@ class QuotaManager:
         principal = ctx.session.principal
         if key in _EXEMPT_KEYS or principal == self.internal_principal:
             return await handler(ctx, request)
+        produce, fetch, req = self.limits(_user(principal), ctx.client_id or "")
+        if key == FETCH_KEY:
+            replica_id = (
+                request.replica_state.replica_id if ctx.api_version >= 15 else request.replica_id
+            )
+            if replica_id >= 0:
+                return await handler(ctx, request)  # replication is not a client
+            if fetch is not None:
+                # as Kafka: never ask for more than the quota allows over the padded
+                # span, or a fetch could bust the quota on its own every time, be thrown
+                # away and never get through
+                most = int(fetch[0] * max(self.samples - 1, 1) * self.window)
+                if request.max_bytes > most:
+                    request.max_bytes = most
+                    request.min_bytes = min(request.min_bytes, most)
         timed = _Timed(handler(ctx, request))
         response = await timed
         now = self.clock()
-        produce, fetch, req = self.limits(_user(principal), ctx.client_id or "")
         throttle = 0
         kind = QuotaType.REQUEST
         taken_back: tuple[SampledRate, int] | None = None
@@ -211,17 +226,11 @@ class QuotaManager:
             if produce is not None:
                 throttle = self.record(QuotaType.PRODUCE, produce, request_bytes, now)[1]
                 kind = QuotaType.PRODUCE
-        elif key == FETCH_KEY:
-            replica_id = (
-                request.replica_state.replica_id if ctx.api_version >= 15 else request.replica_id
-            )
-            if replica_id >= 0:
-                return response  # replication is not a client
-            if fetch is not None and response is not None:
-                nbytes = _records_bytes(response)
-                rate, throttle = self.record(QuotaType.FETCH, fetch, nbytes, now)
-                kind = QuotaType.FETCH
-                taken_back = (rate, nbytes)
+        elif key == FETCH_KEY and fetch is not None and response is not None:
+            nbytes = _records_bytes(response)
+            rate, throttle = self.record(QuotaType.FETCH, fetch, nbytes, now)
+            kind = QuotaType.FETCH
+            taken_back = (rate, nbytes)
         if req is not None:
             t = self.record(QuotaType.REQUEST, req, timed.elapsed * 100.0, now)[1]
             if t > throttle:
