@@ -23,8 +23,10 @@ are processed one at a time, in order, so responses go out in request order with
 reordering machinery. Reading continues while a request is processed, up to a bounded
 amount of queued frames, then pauses until the task catches up. Responses may be a list
 of buffers (a Fetch response with its record batches as read from the log), written with
-one ``writelines`` call. Anything a peer sends that cannot be parsed closes that
-connection only; other clients never notice.
+one ``writelines`` call. A response over a client quota carries its throttle time and is
+sent at once; then the connection is muted (not read, nothing processed) for that time.
+Anything a peer sends that cannot be parsed closes that connection only; other clients
+never notice.
 """
 
 from __future__ import annotations
