@@ -16,9 +16,9 @@ import pytest
 
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.api_versions_request import ApiVersionsRequest
-from tests.kafka_helpers import RawClient, closed_by_peer
+from tests.kafka_helpers import RawClient, closed_by_peer, make_topic
 
-from .quota_wire import alter_request, describe_request, described
+from .quota_wire import alter_request, describe_request, described, produce_request
 
 EXACT, DEFAULT, ANY = 0, 1, 2
 USER, CLIENT = "user", "client-id"
@@ -228,9 +228,10 @@ def test_quotas_survive_a_restart(tmp_path):
         entries = [
             ({USER: "alice", CLIENT: None}, {PRODUCE: 2048.0, REQUEST: 50.0}),
             ({CLIENT: None}, {FETCH: 4096.0}),
+            ({CLIENT: "capped"}, {PRODUCE: 1000.0}),
         ]
         c = RawClient(b.port)
-        assert alter(c, entries) == [(0, None)] * 2
+        assert alter(c, entries) == [(0, None)] * 3
         before = described(c.request(describe_request([]), 1))
         c.close()
         b.restart()
@@ -238,5 +239,12 @@ def test_quotas_survive_a_restart(tmp_path):
         assert described(c.request(describe_request([]), 1)) == before
         assert before == {key(e): v for e, v in entries}
         c.close()
+        # and enforced after the restart: 20 KB over a 10 s padded span is twice the quota
+        make_topic(b.bootstrap, "after-restart")
+        capped = RawClient(b.port, client_id="capped")
+        resp = capped.request(produce_request("after-restart", b"r" * 20_000), 9)
+        assert resp.responses[0].partition_responses[0].error_code == 0
+        assert resp.throttle_time_ms > 0
+        capped.close()
     finally:
         b.stop()
