@@ -740,6 +740,28 @@ class AuthorizationConfig(_Section):
                 raise ValueError(f"super user {p!r} is not of the form User:name")
 
 
+class QuotasConfig(_Section):
+    """How client quota rates are measured (the quotas themselves are set with
+    AlterClientQuotas and live in the cluster metadata)."""
+
+    window_num: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100,
+            description="Samples a client's rate is kept over (quota.window.num).",
+        ),
+    ] = 11
+    window_size_seconds: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=3600,
+            description="Length of each sample in seconds (quota.window.size.seconds).",
+        ),
+    ] = 1
+
+
 class SecurityConfig(_Section):
     """Listener security."""
 
@@ -761,6 +783,7 @@ class BrokerConfig(_Section):
     tiered_storage: TieredStorageConfig = msgspec.field(default_factory=TieredStorageConfig)
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
 
     def __post_init__(self) -> None:
         if self.cluster.quorum_tls and not (

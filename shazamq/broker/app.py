@@ -33,6 +33,7 @@ from .apis import (
     acls,
     api_versions,
     authz,
+    client_quotas,
     cluster,
     configs,
     fetch,
@@ -258,6 +259,7 @@ class Broker:
             txn_api,
             scram,
             acls,
+            client_quotas,
         ]
         if sasl.enabled:
             modules.append(sasl_api)

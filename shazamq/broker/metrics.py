@@ -112,6 +112,14 @@ class BrokerMetrics:
             ["reason"],
             registry=r,
         )
+        self.quota_throttle_time = Histogram(
+            "shazamq_quota_throttle_time_seconds",
+            "Throttle time given to clients over a quota, by the quota that decided it "
+            "(produce, fetch, request).",
+            ["quota_type"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
         self.state = BrokerState.STARTING
         self._live = _LiveCollector()
         r.register(self._live)

@@ -23,8 +23,10 @@ are processed one at a time, in order, so responses go out in request order with
 reordering machinery. Reading continues while a request is processed, up to a bounded
 amount of queued frames, then pauses until the task catches up. Responses may be a list
 of buffers (a Fetch response with its record batches as read from the log), written with
-one ``writelines`` call. Anything a peer sends that cannot be parsed closes that
-connection only; other clients never notice.
+one ``writelines`` call. A response over a client quota carries its throttle time and is
+sent at once; then the connection is muted (not read, nothing processed) for that time.
+Anything a peer sends that cannot be parsed closes that connection only; other clients
+never notice.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class RequestContext:
     client_id: str | None
     session: Session
     received_at: float
+    # set by the quota manager: the response's throttle time, for which the connection
+    # is then muted (KIP-219)
+    throttle_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +315,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.reading_paused = False
         self.queue_full = False
         self.blocked = False
+        self.muted = False  # over a client quota: nothing is read until the throttle ends
         self.writing_paused = False
         self.waiter: asyncio.Future[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -528,7 +534,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def _update_reading(self) -> None:
-        pause = self.error is not None or self.queue_full or self.blocked
+        pause = self.error is not None or self.queue_full or self.blocked or self.muted
         if pause != self.reading_paused and self.transport is not None and not self.lost:
             self.reading_paused = pause
             if pause:
@@ -573,6 +579,16 @@ class _Connection(asyncio.BufferedProtocol):
             self.queue_full = False
             self._update_reading()
         return frame, received
+
+    async def _mute(self, seconds: float) -> None:
+        self.muted = True
+        self._update_reading()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.muted = False
+            self._update_reading()
+        self.last_active = time.monotonic()
 
     async def _drain(self) -> None:
         while self.writing_paused and not self.lost:
@@ -650,17 +666,21 @@ class _Connection(asyncio.BufferedProtocol):
                 self.busy = False
                 del view
                 self.server.release(self, len(frame))
-            if response is None or self.lost or transport.is_closing():
-                continue
-            if response.__class__ is list:
-                transport.writelines(response)
-            else:
-                transport.write(response)
-            self.last_active = time.monotonic()
-            if self.budgeted:
-                self.note_unsent()
-            if session.close_after_response:
-                # transport.close() still sends what is buffered, then closes.
-                raise CloseConnection("the last answer of this connection was sent")
-            if self.writing_paused:
-                await self._drain()
+            if response is not None and not self.lost and not transport.is_closing():
+                if response.__class__ is list:
+                    transport.writelines(response)
+                else:
+                    transport.write(response)
+                self.last_active = time.monotonic()
+                if self.budgeted:
+                    self.note_unsent()
+                if session.close_after_response:
+                    # transport.close() still sends what is buffered, then closes.
+                    raise CloseConnection("the last answer of this connection was sent")
+                if self.writing_paused:
+                    await self._drain()
+            if ctx.throttle_ms:
+                # Over a client quota the answer (with its throttle time) went out at once;
+                # now the connection is muted for that time (KIP-219): the client backs
+                # off, and one that does not gets nothing read or processed meanwhile.
+                await self._mute(ctx.throttle_ms / 1000.0)

@@ -21,6 +21,7 @@ from ..server import CloseConnection, RequestContext
 
 if TYPE_CHECKING:
     from ..metrics import BrokerMetrics
+    from ..quotas.manager import QuotaManager
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class Dispatcher:
         self._per_api_metrics: dict[str, tuple[Any, Any]] = {}
         # called when a connection whose SASL session expired is closed
         self.on_session_expired: Callable[[], None] | None = None
+        # client quotas, while any is set (apis/client_quotas.py); None costs one test
+        self.quotas: QuotaManager | None = None
 
     def register(self, key: int, min_version: int, max_version: int, handler: Handler) -> None:
         spec = API_KEYS[key]
@@ -154,7 +157,11 @@ class Dispatcher:
         except DecodeError as exc:
             raise CloseConnection(f"malformed {api.name} v{ctx.api_version}: {exc}") from None
         name = api.name
-        response = await api.handler(ctx, request)
+        quotas = self.quotas
+        if quotas is None:
+            response = await api.handler(ctx, request)
+        else:
+            response = await quotas.handle(ctx, api.handler, request, len(view))
         metrics = self.metrics
         children = self._per_api_metrics.get(name)
         if children is None:  # label lookups take a lock: once per API, not per request

@@ -31,7 +31,9 @@ What is asked, per API (as Kafka's KafkaApis does):
   DescribeTransactions / ListTransactions DESCRIBE on the transactional id.
 - Cluster: ElectLeaders and AlterPartitionReassignments ALTER, ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
-  (CLUSTER_AUTHORIZATION_FAILED). The ACL APIs check for themselves (apis/acls.py).
+  (CLUSTER_AUTHORIZATION_FAILED); DescribeClientQuotas DESCRIBE_CONFIGS and
+  AlterClientQuotas ALTER_CONFIGS on the cluster. The ACL APIs check for themselves
+  (apis/acls.py).
 
 The brokers' own principal and ``super_users`` pass every check (see `security.acl`).
 """
@@ -48,6 +50,15 @@ from shazamq.protocol.messages.add_partitions_to_txn_response import (
     AddPartitionsToTxnPartitionResult,
     AddPartitionsToTxnResponse,
     AddPartitionsToTxnTopicResult,
+)
+from shazamq.protocol.messages.alter_client_quotas_response import (
+    AlterClientQuotasResponse,
+)
+from shazamq.protocol.messages.alter_client_quotas_response import (
+    EntityData as AlterQuotaEntity,
+)
+from shazamq.protocol.messages.alter_client_quotas_response import (
+    EntryData as AlterQuotaEntry,
 )
 from shazamq.protocol.messages.alter_configs_response import (
     AlterConfigsResourceResponse,
@@ -89,6 +100,9 @@ from shazamq.protocol.messages.delete_records_response import (
 from shazamq.protocol.messages.delete_topics_response import (
     DeletableTopicResult,
     DeleteTopicsResponse,
+)
+from shazamq.protocol.messages.describe_client_quotas_response import (
+    DescribeClientQuotasResponse,
 )
 from shazamq.protocol.messages.describe_cluster_response import DescribeClusterResponse
 from shazamq.protocol.messages.describe_configs_response import (
@@ -1083,6 +1097,29 @@ _GUARDS[51] = _cluster_guard(
                 user=u.name, error_code=CLUSTER_DENIED, error_message=_DENIED_MSG
             )
             for u in list(req.deletions or []) + list(req.upsertions or [])
+        ]
+    ),
+)
+
+_GUARDS[48] = _cluster_guard(
+    Operation.DESCRIBE_CONFIGS,
+    lambda req: DescribeClientQuotasResponse(
+        error_code=CLUSTER_DENIED, error_message=_DENIED_MSG, entries=None
+    ),
+)
+_GUARDS[49] = _cluster_guard(
+    Operation.ALTER_CONFIGS,
+    lambda req: AlterClientQuotasResponse(
+        entries=[
+            AlterQuotaEntry(
+                error_code=CLUSTER_DENIED,
+                error_message=_DENIED_MSG,
+                entity=[
+                    AlterQuotaEntity(entity_type=e.entity_type, entity_name=e.entity_name)
+                    for e in entry.entity
+                ],
+            )
+            for entry in req.entries
         ]
     ),
 )

@@ -22,6 +22,7 @@ import msgspec
 
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
+from ..quotas.entities import Entity, StoredQuota, apply_ops, from_stored, to_stored
 from ..security.acl import AclBinding
 
 METADATA_DIR = "__cluster_metadata"
@@ -67,6 +68,8 @@ class _Document(msgspec.Struct, kw_only=True):
     scram: ScramCredentials = msgspec.field(default_factory=dict)
     # defaulted: documents written before ACLs existed still load
     acls: list[AclBinding] = msgspec.field(default_factory=list)
+    # defaulted: documents written before client quotas existed still load
+    quotas: list[StoredQuota] = msgspec.field(default_factory=list)
 
 
 def validate_topic_name(name: str) -> None:
@@ -102,6 +105,7 @@ class MetadataStore:
         self.by_id: dict[uuid.UUID, TopicInfo] = {}
         self.scram: ScramCredentials = {}
         self.acls: set[AclBinding] = set()
+        self.quotas: dict[Entity, dict[str, float]] = {}
         self._lock = asyncio.Lock()
         if self._path.exists():
             doc = msgspec.json.decode(self._path.read_bytes(), type=_Document)
@@ -115,6 +119,7 @@ class MetadataStore:
                 self._index(t)
             self.scram = doc.scram
             self.acls = set(doc.acls)
+            self.quotas = from_stored(doc.quotas)
         else:
             self.cluster_id = cluster_id or new_cluster_id()
             self._write()
@@ -129,6 +134,7 @@ class MetadataStore:
             topics=sorted(self.topics.values(), key=lambda t: t.name),
             scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
             acls=sorted(self.acls),
+            quotas=to_stored(self.quotas),
         )
         tmp = self._path.with_suffix(".json.tmp")
         with open(tmp, "wb") as f:
@@ -237,4 +243,14 @@ class MetadataStore:
         async with self._lock:
             self.acls.difference_update(remove)
             self.acls.update(add)
+            await self._save()
+
+    async def alter_quotas(
+        self, changes: list[tuple[Entity, list[tuple[str, float | None]]]]
+    ) -> None:
+        """Set (a value) and remove (None) client quotas (validated by the caller), written
+        once for them all."""
+        async with self._lock:
+            for entity, ops in changes:
+                apply_ops(self.quotas, entity, ops)
             await self._save()

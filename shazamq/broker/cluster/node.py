@@ -29,6 +29,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.broker.cluster.metadata import new_cluster_id
+from shazamq.broker.quotas.entities import Entity
 from shazamq.broker.security import INTERNAL_USER
 from shazamq.broker.security.acl import AclBinding
 from shazamq.config import ConfigError
@@ -124,6 +125,8 @@ class ClusterNode:
         self.on_topics_changed: list[Callable[[set[str], list[TopicState]], None]] = []
         # called on the event loop after ACLs were created, deleted or restored
         self.on_acls_changed: list[Callable[[], None]] = []
+        # called on the event loop after client quotas were set, removed or restored
+        self.on_quotas_changed: list[Callable[[], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
         # tiered storage's bucket, when it holds a cluster: a new cluster restores from it
         # and partitions of its topics without a local folder are laid out from it
@@ -510,6 +513,11 @@ class ClusterNode:
         """Remove an ACL on every broker; 0 or the rejection's error."""
         return await self.propose(r.DeleteAcl(**msgspec.structs.asdict(acl)))
 
+    async def alter_client_quota(self, entity: Entity, ops: list[tuple[str, float | None]]) -> int:
+        """Set (a value) and remove (None) one entity's quota keys on every broker; 0 or
+        the rejection's error."""
+        return await self.propose(r.AlterClientQuota(entity=list(entity), ops=ops))
+
     # -- applying the log ----------------------------------------------------------------
 
     def _on_apply(self, data: bytes) -> None:
@@ -567,6 +575,9 @@ class ClusterNode:
         if changes.acls:
             for acl_listener in self.on_acls_changed:
                 acl_listener()
+        if changes.quotas:
+            for quota_listener in self.on_quotas_changed:
+                quota_listener()
         if changes.topics or changes.deleted_topics:
             for listener in self.on_topics_changed:
                 listener(changes.topics, changes.deleted_topics)

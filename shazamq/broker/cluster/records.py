@@ -186,6 +186,17 @@ class DeleteAcl(_Record, tag="delete_acl"):
     permission: int
 
 
+class AlterClientQuota(_Record, tag="alter_client_quota"):
+    """Set and remove quota keys of one client quota entity (AlterClientQuotas), at once.
+
+    ``entity`` is canonical (``(type, name)`` sorted by type, a null name the default);
+    an op's value None removes the key.
+    """
+
+    entity: list[tuple[str, str | None]]
+    ops: list[tuple[str, float | None]]
+
+
 Record = (
     InitCluster
     | FinishRestore
@@ -206,6 +217,7 @@ Record = (
     | DeleteScramCredential
     | CreateAcl
     | DeleteAcl
+    | AlterClientQuota
 )
 
 _encoder = msgspec.msgpack.Encoder()

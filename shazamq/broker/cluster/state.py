@@ -5,7 +5,7 @@ state: brokers with their incarnations and fencing, topics with ids and configs,
 each partition its replicas, leader, leader epoch, partition epoch and ISR (KRaft's
 model), the SCRAM credentials set through AlterUserScramCredentials (salt,
 iterations, StoredKey, ServerKey per user and mechanism) and the ACLs (CreateAcls,
-DeleteAcls). Applying never consults a
+DeleteAcls) and the client quotas (AlterClientQuotas). Applying never consults a
 clock or a random source; a record that is stale when it commits (an ISR change made
 under an old epoch, a producer-id block someone else took) is rejected with a Kafka error
 code and changes nothing.
@@ -20,6 +20,15 @@ import msgspec
 
 from shazamq.protocol.errors import ErrorCode
 
+from ..quotas.entities import (
+    Entity,
+    StoredQuota,
+    apply_ops,
+    check_entity,
+    check_op,
+    from_stored,
+    to_stored,
+)
 from ..security.acl import AclBinding, validate
 from ..security.sasl import MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_HASHES
 from . import records as r
@@ -74,6 +83,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     scram: ScramCredentials = msgspec.field(default_factory=dict)
     # defaulted: snapshots taken before ACLs were replicated still restore
     acls: list[AclBinding] = msgspec.field(default_factory=list)
+    # defaulted: snapshots taken before client quotas were replicated still restore
+    quotas: list[StoredQuota] = msgspec.field(default_factory=list)
     # a restore from the tiered-storage bucket is under way (InitCluster .. FinishRestore)
     restoring: bool = False
 
@@ -88,6 +99,7 @@ class Changes(msgspec.Struct, kw_only=True):
     cluster_id: bool = False
     scram_users: set[str] = msgspec.field(default_factory=set)  # credentials set or deleted
     acls: bool = False  # an ACL was created or deleted
+    quotas: bool = False  # a client quota was set or removed
 
     def __bool__(self) -> bool:
         return bool(
@@ -98,6 +110,7 @@ class Changes(msgspec.Struct, kw_only=True):
             or self.cluster_id
             or self.scram_users
             or self.acls
+            or self.quotas
         )
 
 
@@ -122,6 +135,7 @@ class ClusterState:
         # PLAIN logins read them from a worker thread
         self.scram: ScramCredentials = {}
         self.acls: set[AclBinding] = set()
+        self.quotas: dict[Entity, dict[str, float]] = {}
         self.restoring = False  # between InitCluster(restore) and FinishRestore
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
@@ -163,6 +177,7 @@ class ClusterState:
                 controller_epoch=self.controller_epoch,
                 scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
                 acls=sorted(self.acls),
+                quotas=to_stored(self.quotas),
                 restoring=self.restoring,
             )
         )
@@ -182,9 +197,11 @@ class ClusterState:
         old_users = set(self.scram)
         self.scram = snap.scram
         self.acls = set(snap.acls)
+        self.quotas = from_stored(snap.quotas)
         self.restoring = snap.restoring
         ch = self._changes
         ch.acls = True
+        ch.quotas = True
         ch.scram_users.update(old_users | set(self.scram))
         ch.cluster_id = True
         ch.brokers.update(self.brokers)
@@ -528,6 +545,17 @@ class ClusterState:
         if acl in self.acls:  # deleting what is gone already changes nothing, as in Kafka
             self.acls.discard(acl)
             self._changes.acls = True
+        return 0
+
+    def _on_AlterClientQuota(self, rec: r.AlterClientQuota) -> int:
+        entity = tuple((t, n) for t, n in rec.entity)
+        # checked by the proposer; rejected alike everywhere
+        if not check_entity(entity) or any(
+            check_op(key, value or 0.0, value is None) is not None for key, value in rec.ops
+        ):
+            return ErrorCode.INVALID_REQUEST
+        if apply_ops(self.quotas, entity, rec.ops):
+            self._changes.quotas = True
         return 0
 
 
