@@ -576,8 +576,8 @@ async def test_transactional_ids_led_elsewhere_get_not_coordinator(cluster: Clus
     txn_api.register(h, cluster.broker)  # type: ignore[arg-type]
     resp = await h.call(65, 0, DescribeTransactionsRequest(transactional_ids=[away]))
     assert resp.transaction_states[0].error_code == nc
-    # a transactional producer's data is not checked against a coordinator elsewhere
-    t.check_produce(away, "data", 0, b"")
+    # a leader asks the coordinator elsewhere (AddPartitionsToTxn verify_only), not this one
+    assert await t.verify_produce_async(away, 1, 0, [("data", 0)]) == {("data", 0): nc}
 
 
 async def test_a_loading_partition_answers_load_in_progress(cluster: Cluster) -> None:
