@@ -15,12 +15,12 @@ the marker that closes it makes the next transaction's first batch ask again. A 
 without a transactional id never gets here.
 
 On a single broker, and for ids coordinated by this broker, the coordinator is called
-directly and never suspends. Otherwise the leader asks the coordinator's broker with
-AddPartitionsToTxn v4+ ``verify_only``, on connections of its own (a WriteTxnMarkers
-waiting for its replicas must not hold a verification up). While that answer is on its
-way a marker may close the transaction in this partition; the partition's marker count,
-taken before asking, tells the leader to refuse the batch (retriably) rather than open a
-transaction that just ended.
+directly (on a single broker it never suspends). Otherwise the leader asks the
+coordinator's broker with AddPartitionsToTxn v4+ ``verify_only``, on connections of its
+own (a WriteTxnMarkers waiting for its replicas must not hold a verification up). While
+an answer is on its way a marker may close the transaction in this partition; the
+partition's marker count, taken before asking, tells the leader to refuse the batch
+(retriably) rather than open a transaction that just ended.
 """
 
 from __future__ import annotations
@@ -124,16 +124,16 @@ class ProduceVerifier:
             return None
         txn = self.txn
         cluster = txn.cluster
+        markers = p.txn_markers
         if cluster is None or txn.key_error(transactional_id) != _E.NOT_COORDINATOR:
             codes = await txn.verify_produce_async(
                 transactional_id, producer_id, epoch, [(p.topic, p.index)]
             )
             code = codes[(p.topic, p.index)]
         else:
-            markers = p.txn_markers
             code = await self._ask(cluster, transactional_id, producer_id, epoch, p)
-            if not code and p.txn_markers != markers:
-                code = int(_E.CONCURRENT_TRANSACTIONS)
+        if not code and p.txn_markers != markers:
+            code = int(_E.CONCURRENT_TRANSACTIONS)
         if not code:
             return None
         return (
