@@ -73,7 +73,16 @@ def expected_topic_id(metadata: MetadataStore, name: str, index: int) -> uuid.UU
 class Partition:
     """One hosted partition: its log plus the futures of fetches waiting for data."""
 
-    __slots__ = ("index", "leader_epoch", "log", "replica", "topic", "topic_info", "waiters")
+    __slots__ = (
+        "index",
+        "leader_epoch",
+        "log",
+        "replica",
+        "topic",
+        "topic_info",
+        "txn_markers",
+        "waiters",
+    )
 
     def __init__(self, topic_info: TopicInfo, index: int, log_: PartitionLog) -> None:
         self.topic_info = topic_info
@@ -84,6 +93,9 @@ class Partition:
         self.waiters: list[asyncio.Future[None]] = []
         # the replication role in a cluster; None on a single broker
         self.replica: ReplicaRole | None = None
+        # transaction markers appended here as leader: a produce verified with a remote
+        # coordinator is refused if one arrived meanwhile (see txn.verification)
+        self.txn_markers = 0
 
     @property
     def is_leader(self) -> bool:

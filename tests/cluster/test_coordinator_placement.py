@@ -18,7 +18,9 @@ and nothing applied); an assignment that did not replicate sending the group bac
 rebalance; producer ids from the controller's blocks; markers written directly where
 this broker leads and sent with WriteTxnMarkers (retried) where another does; the
 WriteTxnMarkers handler's per-partition answers, and its marker completing transactional
-offsets in ``__consumer_offsets``.
+offsets in ``__consumer_offsets``; a leader verifying a producer's first transactional
+batch with the coordinator on another broker (AddPartitionsToTxn verify_only), a marker
+landing meanwhile refusing it, and the partition's open transaction sparing the ask.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ from shazamq.broker.txn.state_log import TxnState
 from shazamq.config import BrokerConfig, GroupsConfig, TransactionsConfig
 from shazamq.protocol.errors import ErrorCode as E
 from shazamq.protocol.errors import KafkaError
+from shazamq.protocol.messages.add_partitions_to_txn_request import AddPartitionsToTxnRequest
+from shazamq.protocol.messages.add_partitions_to_txn_response import (
+    AddPartitionsToTxnPartitionResult,
+    AddPartitionsToTxnResponse,
+    AddPartitionsToTxnResult,
+    AddPartitionsToTxnTopicResult,
+)
 from shazamq.protocol.messages.describe_transactions_request import (
     DescribeTransactionsRequest,
 )
@@ -576,8 +585,8 @@ async def test_transactional_ids_led_elsewhere_get_not_coordinator(cluster: Clus
     txn_api.register(h, cluster.broker)  # type: ignore[arg-type]
     resp = await h.call(65, 0, DescribeTransactionsRequest(transactional_ids=[away]))
     assert resp.transaction_states[0].error_code == nc
-    # a transactional producer's data is not checked against a coordinator elsewhere
-    t.check_produce(away, "data", 0, b"")
+    # a leader asks the coordinator elsewhere (AddPartitionsToTxn verify_only), not this one
+    assert await t.verify_produce_async(away, 1, 0, [("data", 0)]) == {("data", 0): nc}
 
 
 async def test_a_loading_partition_answers_load_in_progress(cluster: Cluster) -> None:
@@ -965,3 +974,101 @@ async def test_an_abort_after_a_commit_without_a_new_transaction_is_refused(
     await asyncio.wait_for(job, 5)
     assert await t.end_txn_async(txn_id, pid, epoch, False) == int(E.INVALID_TXN_STATE)
     assert await t.end_txn_async(txn_id, pid, epoch, True) == 0  # a retried commit
+
+
+class VerifyClient:
+    """A coordinator broker's connection: answers AddPartitionsToTxn v4+ as scripted."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = answers
+        self.requests: list[AddPartitionsToTxnRequest] = []
+        self.gate: asyncio.Event | None = None
+
+    def best_version(self, api_key: int, wanted_max: int) -> int:
+        assert api_key == 24
+        return wanted_max
+
+    async def request(self, api_key: int, version: int, message: Any, *, timeout: float) -> Any:
+        assert api_key == 24 and version >= 4
+        self.requests.append(message)
+        if self.gate is not None:
+            await self.gate.wait()
+        code = self.answers.pop(0)
+        (t,) = message.transactions
+        return AddPartitionsToTxnResponse(
+            results_by_transaction=[
+                AddPartitionsToTxnResult(
+                    transactional_id=t.transactional_id,
+                    topic_results=[
+                        AddPartitionsToTxnTopicResult(
+                            name=x.name,
+                            results_by_partition=[
+                                AddPartitionsToTxnPartitionResult(
+                                    partition_index=i, partition_error_code=code
+                                )
+                                for i in x.partitions
+                            ],
+                        )
+                        for x in t.topics
+                    ],
+                )
+            ]
+        )
+
+
+class VerifyPool:
+    def __init__(self, client: VerifyClient) -> None:
+        self.client = client
+
+    async def get(self, node_id: int) -> VerifyClient:
+        assert node_id == OTHER
+        return self.client
+
+    def invalidate(self, node_id: int) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_leaders_verify_with_the_coordinator_elsewhere(cluster: Cluster) -> None:
+    await cluster.start()
+    v = cluster.txn.verifier
+    client = VerifyClient([0, int(E.INVALID_TXN_STATE), int(E.NOT_COORDINATOR), 0])
+    v.pool = VerifyPool(client)  # type: ignore[assignment]
+    away = led_by(OTHER, INTERNAL_LEADERS, "tx")
+    p = cluster.parts.get("data", 0)  # led here
+    assert p is not None
+    batch = build_batch(
+        [Record(value=b"x")], producer_id=7, producer_epoch=3, base_sequence=0, transactional=True
+    )
+    assert await v.verify(p, away, batch) is None
+    (tx,) = client.requests[0].transactions
+    assert (tx.transactional_id, tx.producer_id, tx.producer_epoch, tx.verify_only) == (
+        away,
+        7,
+        3,
+        True,
+    )
+    assert [(x.name, x.partitions) for x in tx.topics] == [("data", [0])]
+    refused = await v.verify(p, away, batch)
+    assert refused is not None and refused[0] == E.INVALID_TXN_STATE
+    retry = await v.verify(p, away, batch)  # the coordinator moved: the producer retries
+    assert retry is not None and retry[0] == E.NOT_ENOUGH_REPLICAS
+    # a marker lands here while the answer is on its way: the batch would open a
+    # transaction that just ended, so it is refused (retriably) even though verified
+    client.gate = asyncio.Event()
+    pending = asyncio.ensure_future(v.verify(p, away, batch))
+    for _ in range(100):
+        if len(client.requests) == 4:
+            break
+        await asyncio.sleep(0)
+    assert len(client.requests) == 4
+    p.txn_markers += 1
+    client.gate.set()
+    raced = await pending
+    assert raced is not None and raced[0] == E.NOT_ENOUGH_REPLICAS
+    # once a batch opened the producer's transaction here, its next ones ask nobody
+    open_txn_record(cluster, 0, 7, 3)
+    assert await v.verify(p, away, batch) is None
+    assert len(client.requests) == 4

@@ -355,3 +355,96 @@ def test_create_and_delete_topics_need_their_acls(broker) -> None:
     with pytest.raises(KafkaException) as err:
         bob.delete_topics([name])[name].result(15)
     assert err.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_transaction_tooling_and_admin_abort_acls(broker) -> None:
+    from shazamq.protocol.messages.add_partitions_to_txn_request import (
+        AddPartitionsToTxnRequest,
+        AddPartitionsToTxnTopic,
+        AddPartitionsToTxnTransaction,
+    )
+    from shazamq.protocol.messages.describe_producers_request import (
+        DescribeProducersRequest,
+        TopicRequest,
+    )
+    from shazamq.protocol.messages.describe_transactions_request import (
+        DescribeTransactionsRequest,
+    )
+    from shazamq.protocol.messages.list_transactions_request import ListTransactionsRequest
+    from shazamq.protocol.messages.write_txn_markers_request import (
+        WritableTxnMarker,
+        WritableTxnMarkerTopic,
+        WriteTxnMarkersRequest,
+    )
+
+    topic = new_topic(broker, "tool")
+    txn_id = f"tool-{uuid.uuid4().hex[:6]}"
+    p = Producer({**conf(broker, "admin"), "transactional.id": txn_id})
+    p.init_transactions(10)
+    p.begin_transaction()
+    p.produce(topic, value=b"t")
+    p.flush(10)
+    abort = WriteTxnMarkersRequest(
+        markers=[
+            WritableTxnMarker(
+                producer_id=10**12,
+                producer_epoch=0,
+                transaction_result=False,
+                topics=[WritableTxnMarkerTopic(name=topic, partition_indexes=[0])],
+                coordinator_epoch=0,
+            )
+        ]
+    )
+    verify = AddPartitionsToTxnRequest(
+        transactions=[
+            AddPartitionsToTxnTransaction(
+                transactional_id=txn_id,
+                producer_id=0,
+                producer_epoch=0,
+                verify_only=True,
+                topics=[AddPartitionsToTxnTopic(name=topic, partitions=[0])],
+            )
+        ]
+    )
+    describe_producers = DescribeProducersRequest(
+        topics=[TopicRequest(name=topic, partition_indexes=[0])]
+    )
+    client = raw_login(broker, "bob")
+    try:
+        r = client.request(abort, 1)
+        assert r.markers[0].topics[0].partitions[0].error_code == (
+            ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+        )
+        assert client.request(verify, 4).error_code == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+        r = client.request(describe_producers, 0)
+        assert r.topics[0].partitions[0].error_code == ErrorCode.TOPIC_AUTHORIZATION_FAILED
+        r = client.request(DescribeTransactionsRequest(transactional_ids=[txn_id]), 0)
+        assert r.transaction_states[0].error_code == (
+            ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        )
+        r = client.request(ListTransactionsRequest(), 1)
+        assert txn_id not in [t.transactional_id for t in r.transaction_states]
+        create_acls(
+            admin(broker),
+            [
+                acl(ResourceType.TOPIC, topic, "User:bob", AclOperation.READ),
+                acl(ResourceType.TRANSACTIONAL_ID, txn_id, "User:bob", AclOperation.DESCRIBE),
+                acl(ResourceType.BROKER, "kafka-cluster", "User:bob", AclOperation.CLUSTER_ACTION),
+            ],
+        )
+        r = client.request(describe_producers, 0)
+        assert r.topics[0].partitions[0].error_code == 0
+        assert [s.current_txn_start_offset for s in r.topics[0].partitions[0].active_producers] == [
+            0
+        ]
+        r = client.request(DescribeTransactionsRequest(transactional_ids=[txn_id]), 0)
+        assert r.transaction_states[0].transaction_state == "Ongoing"
+        r = client.request(ListTransactionsRequest(state_filters=["Ongoing"]), 1)
+        assert txn_id in [t.transactional_id for t in r.transaction_states]
+        # with CLUSTER_ACTION an operator's abort is written (here for a producer with
+        # nothing open: the marker is harmless)
+        r = client.request(abort, 1)
+        assert r.markers[0].topics[0].partitions[0].error_code == 0
+    finally:
+        client.close()
+    p.abort_transaction(10)

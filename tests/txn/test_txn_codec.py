@@ -51,6 +51,8 @@ values = st.builds(
     start_ms=st.integers(-1, 2**62),
     last_producer_id=st.integers(-1, 2**63 - 1),
     last_producer_epoch=st.integers(-1, 2**15 - 1),
+    next_producer_id=st.integers(-1, 2**63 - 1),
+    client_txn_version=st.integers(0, 2),
 )
 
 
@@ -73,17 +75,25 @@ def test_flexible_v1_value():
     out += struct.pack(">ii", 0, 4)
     out.append(0)  # partition entry tagged fields
     out += struct.pack(">qq", 1000, 900)
-    fields = bytes(out)
     p.write_tagged_fields(out, [(0, struct.pack(">q", 76)), (2, struct.pack(">h", 2))])
-    # PreviousProducerId (tag 0) is read, ClientTransactionVersion (tag 2) read past
+    # PreviousProducerId (tag 0) and ClientTransactionVersion (tag 2) are read
     value = TxnLogValue(
-        77, 3, 60_000, TxnState.ONGOING, {"orders": (0, 4)}, 1000, 900, last_producer_id=76
+        77,
+        3,
+        60_000,
+        TxnState.ONGOING,
+        {"orders": (0, 4)},
+        1000,
+        900,
+        last_producer_id=76,
+        client_txn_version=2,
     )
     assert decode_txn_value(bytes(out)) == value
     # and written in the same layout
-    tags = bytearray()
-    p.write_tagged_fields(tags, [(0, struct.pack(">q", 76))])
-    assert encode_txn_value(value) == fields + bytes(tags)
+    assert encode_txn_value(value) == bytes(out)
+    # NextProducerId (tag 1) sits between them
+    rolled = TxnLogValue(77, 3, 60_000, TxnState.PREPARE_COMMIT, {}, 1, 1, next_producer_id=91)
+    assert decode_txn_value(encode_txn_value(rolled)) == rolled
 
 
 def test_last_epoch_is_kept_in_a_tag_and_v0_otherwise():

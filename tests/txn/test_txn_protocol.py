@@ -2,7 +2,8 @@
 
 Covers: InitProducerId without a transactional id (fresh ids, epoch 0) and with one
 (epoch bumps); a transactional Produce to a partition not added to the transaction
-refused with INVALID_TXN_STATE, and one from a fenced epoch with INVALID_PRODUCER_EPOCH;
+refused with INVALID_TXN_STATE in a transaction begun by AddPartitionsToTxn (v1), and
+one from a fenced epoch with INVALID_PRODUCER_EPOCH;
 AddPartitionsToTxn / EndTxn from a fenced epoch refused with PRODUCER_FENCED (v2+) or
 INVALID_PRODUCER_EPOCH (older versions); an unknown producer id refused with
 INVALID_PRODUCER_ID_MAPPING; EndTxn retries and wrong-way ends; TxnOffsetCommit without
@@ -145,8 +146,7 @@ def test_produce_checks_and_fencing(shared_broker):
     with WireClient(bootstrap) as c1, WireClient(bootstrap) as c2:
         t = Txn(c1, f"wire-{topic}")
         assert t.init() == 0 and t.epoch == 0
-        assert t.produce(topic, 0) == E.INVALID_TXN_STATE  # not added yet
-        assert t.add(topic, 0) == 0
+        assert t.add(topic, 0) == 0  # a v1 transaction: begun by AddPartitionsToTxn
         assert t.produce(topic, 0) == 0
         assert t.produce(topic, 1) == E.INVALID_TXN_STATE  # another partition
         assert t.end(commit=True) == 0
@@ -164,7 +164,8 @@ def test_produce_checks_and_fencing(shared_broker):
         assert t.end(True, epoch=zombie_epoch, version=1) == E.INVALID_PRODUCER_EPOCH
         t.pid = 10**12
         assert t.add(topic, 0) == E.INVALID_PRODUCER_ID_MAPPING
-        # the group partition must be added before a TxnOffsetCommit
+        # in a v1 transaction the group partition must be added before a TxnOffsetCommit
+        assert t2.add(topic, 0) == 0
         r = c2.call(
             TxnOffsetCommitRequest(
                 transactional_id=t2.txn_id,

@@ -225,3 +225,46 @@ async def test_init_producer_id_retries_are_recognised_across_restarts(tmp_path)
         assert late.error == E.PRODUCER_FENCED
     finally:
         await broker.stop()
+
+
+async def test_v2_end_exhausting_the_epoch_rolls_over_and_survives_a_restart(tmp_path):
+    broker = await start(tmp_path)
+    try:
+        txn = broker.txn
+        r = await open_transaction(broker, "v2")
+        meta = txn.txns["v2"]
+        # the producer is at the last epoch an end may bump from
+        txn._store(meta.to(TxnState.ONGOING, producer_epoch=MAX_EPOCH - 1))
+        p = broker.partitions.get("data", 0)
+        assert p is not None and p.log.last_stable_offset == 0
+        ended = txn.end_txn_v2("v2", r.producer_id, MAX_EPOCH - 1, True)
+        assert ended.error == 0
+        assert ended.producer_id != r.producer_id and ended.producer_epoch == 0
+        # the marker went out under the old id with the bumped epoch
+        (state,) = [s for s in p.log.active_producers() if s.producer_id == r.producer_id]
+        assert (state.producer_epoch, state.current_txn_start_offset) == (MAX_EPOCH, -1)
+        assert p.log.last_stable_offset == p.log.log_end_offset
+        meta = txn.txns["v2"]
+        assert (meta.producer_id, meta.producer_epoch, meta.last_producer_id) == (
+            ended.producer_id,
+            0,
+            r.producer_id,
+        )
+        assert meta.is_v2 and meta.next_producer_id == -1
+    finally:
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        txn = broker.txn
+        # the answer was lost: the retry under the old id gets the same answer
+        assert txn.end_txn_v2("v2", r.producer_id, MAX_EPOCH - 1, True) == ended
+        assert txn.end_txn_v2("v2", r.producer_id, MAX_EPOCH - 1, False).error == (
+            E.INVALID_TXN_STATE
+        )
+        # the v2 producer's next transaction adds its partition by producing
+        codes = await txn.verify_produce_async("v2", ended.producer_id, 0, [("data", 0)])
+        assert codes == {("data", 0): 0}
+        assert txn.txns["v2"].partitions == {("data", 0)}
+    finally:
+        await broker.stop()

@@ -20,15 +20,23 @@ if TYPE_CHECKING:
 KEY = 18
 
 # Features the broker finalizes (v3+): group.version 1 tells clients the consumer
-# rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled.
-FEATURES = {"group.version": 1}
+# rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled; transaction.version 2
+# that transactions v2 (KIP-890: an epoch bump at every EndTxn v5, partitions added by
+# the produce) is.
+FEATURES = {"group.version": 1, "transaction.version": 2}
 FEATURES_EPOCH = 1
+# the API (key, lowest max version) a feature needs registered to be advertised
+FEATURE_APIS = {"group.version": (68, 0), "transaction.version": (26, 5)}
 
 
 def register(d: Dispatcher, broker: Broker) -> None:
     async def handle(ctx: RequestContext, req: ApiVersionsRequest) -> ApiVersionsResponse:
-        registered = {k for k, _, _ in d.supported()}
-        features = FEATURES if 68 in registered else {}
+        registered = {k: hi for k, _, hi in d.supported()}
+        features = {
+            name: level
+            for name, level in FEATURES.items()
+            if registered.get(FEATURE_APIS[name][0], -1) >= FEATURE_APIS[name][1]
+        }
         if ctx.api_version >= 3:
             ctx.session.client_software = (
                 f"{req.client_software_name}/{req.client_software_version}"

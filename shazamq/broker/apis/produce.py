@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from shazamq.broker.log.errors import LogError
 from shazamq.broker.partitions import INTERNAL_TOPICS
 from shazamq.broker.topic_configs import MIRROR_SOURCE, mirror_read_only_message
-from shazamq.protocol.errors import ErrorCode, KafkaError
+from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.produce_request import ProduceRequest
 from shazamq.protocol.messages.produce_response import (
     BatchIndexAndErrorMessage,
@@ -46,6 +46,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
     cluster = broker.cluster
+    verifier = broker.txn.verifier
     # topic -> (bytes in, messages in) counters: a label lookup takes a lock and hashes
     # the label tuple, once per topic per request is enough to show in a profile
     counters: dict[str, tuple[Any, Any]] = {}
@@ -100,7 +101,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
     async def handle(ctx: RequestContext, req: ProduceRequest) -> ProduceResponse | None:
         acks = req.acks
         now = int(time.time() * 1000)
-        txn = broker.txn
         responses = []
         redirects: set[int] = set()  # leaders named in NOT_LEADER answers (KIP-951)
         # acks=all in a cluster: (response, partition, future of the high watermark)
@@ -165,15 +165,19 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if refusal is not None:
                     out.append(error(pd.index, *refusal))
                     continue
+                if req.transactional_id is not None:
+                    # KIP-890: the partition must be in the producer's transaction
+                    refusal = await verifier.verify(p, req.transactional_id, records)
+                    if refusal is not None:
+                        out.append(error(pd.index, *refusal))
+                        continue
+                    if role is not None and not role.is_leader:  # moved while asking
+                        out.append(not_leader(pd.index, name, redirects))
+                        continue
                 try:
-                    if req.transactional_id is not None:
-                        txn.check_produce(req.transactional_id, p.topic, p.index, records)
                     info = p.log.append(records, leader_epoch=p.leader_epoch, now_ms=now)
                 except (RecordError, LogError) as exc:
                     out.append(refused(pd.index, exc))
-                    continue
-                except KafkaError as exc:
-                    out.append(error(pd.index, exc.code, exc.message))
                     continue
                 if not info.duplicate:
                     p.notify()

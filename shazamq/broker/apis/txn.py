@@ -7,11 +7,14 @@ Handlers translate request versions to the transaction coordinator
 API (key)               versions  notes
 ======================  ========  ======================================================
 InitProducerId 22       0-4       v3 producer id/epoch for recovery, v4 PRODUCER_FENCED
-AddPartitionsToTxn 24   0-3       the client path; v4+ (broker-side verification,
-                                  KIP-890) is declined by not advertising it
+AddPartitionsToTxn 24   0-5       v0-3 from producers; v4+ from partition leaders,
+                                  verifying a producer's partition (``verify_only``) or
+                                  adding it (KIP-890)
 AddOffsetsToTxn 25      0-4
-EndTxn 26               0-4       v5 (epoch bump per transaction) not advertised
-WriteTxnMarkers 27      0-1       in a cluster: from another broker's coordinator
+EndTxn 26               0-5       v5 (transactions v2): the epoch is bumped at every
+                                  end and the answer carries the new id and epoch
+WriteTxnMarkers 27      0-1       from another broker's coordinator, or from an admin
+                                  aborting a hanging transaction
 TxnOffsetCommit 28      0-4       v3+ generation / member checks (KIP-447)
 DescribeProducers 61    0
 DescribeTransactions 65 0
@@ -22,9 +25,12 @@ Versions from before PRODUCER_FENCED existed get INVALID_PRODUCER_EPOCH instead,
 is what those clients understand as "fenced".
 
 WriteTxnMarkers is how a transaction coordinator ends a transaction in a partition led
-by another broker: this broker, as the partition's leader, appends the marker (checked
-against the producer's and the coordinator's epochs by the log) and answers each
-partition once its in-sync replicas have it, with Kafka's per-partition errors.
+by another broker, and how an operator aborts a hanging transaction (what
+``kafka-transactions.sh abort`` sends, with the producer id, epoch and coordinator
+epoch DescribeProducers shows): this broker, as the partition's leader, appends the
+marker (checked against the producer's and the coordinator's epochs by the log) and
+answers each partition once its in-sync replicas have it, with Kafka's per-partition
+errors.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from shazamq.protocol.messages.add_partitions_to_txn_request import AddPartition
 from shazamq.protocol.messages.add_partitions_to_txn_response import (
     AddPartitionsToTxnPartitionResult,
     AddPartitionsToTxnResponse,
+    AddPartitionsToTxnResult,
     AddPartitionsToTxnTopicResult,
 )
 from shazamq.protocol.messages.describe_producers_request import DescribeProducersRequest
@@ -125,6 +132,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
         ctx: RequestContext, req: AddPartitionsToTxnRequest
     ) -> AddPartitionsToTxnResponse:
         v = ctx.api_version
+        if v >= 4:
+            return await add_partitions_for_brokers(req)
         tps = [(t.name, i) for t in req.v3_and_below_topics for i in t.partitions]
         results = await txn.add_partitions_async(
             req.v3_and_below_transactional_id,
@@ -146,6 +155,39 @@ def register(d: Dispatcher, broker: Broker) -> None:
             ]
         )
 
+    async def add_partitions_for_brokers(
+        req: AddPartitionsToTxnRequest,
+    ) -> AddPartitionsToTxnResponse:
+        """v4+: partition leaders verifying (or adding) their producers' partitions."""
+        results = []
+        for t in req.transactions:
+            tps = [(topic.name, i) for topic in t.topics for i in topic.partitions]
+            if t.verify_only:
+                codes = await txn.verify_produce_async(
+                    t.transactional_id, t.producer_id, t.producer_epoch, tps
+                )
+            else:
+                codes = await txn.add_partitions_async(
+                    t.transactional_id, t.producer_id, t.producer_epoch, tps
+                )
+            by_topic: dict[str, list[AddPartitionsToTxnPartitionResult]] = {}
+            for (topic, index), code in codes.items():
+                by_topic.setdefault(topic, []).append(
+                    AddPartitionsToTxnPartitionResult(
+                        partition_index=index, partition_error_code=code
+                    )
+                )
+            results.append(
+                AddPartitionsToTxnResult(
+                    transactional_id=t.transactional_id,
+                    topic_results=[
+                        AddPartitionsToTxnTopicResult(name=name, results_by_partition=parts)
+                        for name, parts in by_topic.items()
+                    ],
+                )
+            )
+        return AddPartitionsToTxnResponse(error_code=0, results_by_transaction=results)
+
     async def add_offsets(
         ctx: RequestContext, req: AddOffsetsToTxnRequest
     ) -> AddOffsetsToTxnResponse:
@@ -155,10 +197,18 @@ def register(d: Dispatcher, broker: Broker) -> None:
         return AddOffsetsToTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
 
     async def end_txn(ctx: RequestContext, req: EndTxnRequest) -> EndTxnResponse:
-        code = await txn.end_txn_async(
-            req.transactional_id, req.producer_id, req.producer_epoch, req.committed
+        result = await txn.end_transaction(
+            req.transactional_id,
+            req.producer_id,
+            req.producer_epoch,
+            req.committed,
+            bump_epoch=ctx.api_version >= 5,
         )
-        return EndTxnResponse(error_code=_fenced_for(ctx.api_version, 2, code))
+        return EndTxnResponse(
+            error_code=_fenced_for(ctx.api_version, 2, result.error),
+            producer_id=result.producer_id,
+            producer_epoch=result.producer_epoch,
+        )
 
     async def txn_offset_commit(
         ctx: RequestContext, req: TxnOffsetCommitRequest
@@ -346,12 +396,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
         )
 
     d.register(22, 0, 4, init_producer_id)
-    d.register(24, 0, 3, add_partitions)
+    d.register(24, 0, 5, add_partitions)
     d.register(25, 0, 4, add_offsets)
-    d.register(26, 0, 4, end_txn)
-    if broker.cluster is not None:
-        # only another broker's coordinator sends it; a single broker has none
-        d.register(27, 0, 1, write_txn_markers)
+    d.register(26, 0, 5, end_txn)
+    # from another broker's coordinator, or from an admin aborting a hanging transaction
+    d.register(27, 0, 1, write_txn_markers)
     d.register(28, 0, 4, txn_offset_commit)
     d.register(61, 0, 0, describe_producers)
     d.register(65, 0, 0, describe_transactions)

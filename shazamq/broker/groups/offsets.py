@@ -192,7 +192,7 @@ class OffsetsMixin:
         status = self._key_status(group_id)
         if status:
             return all_(status)
-        error = self.broker.txn.verify_txn_offset_commit(
+        error = await self.broker.txn.txn_offset_commit_check_async(
             transactional_id, producer_id, producer_epoch, self.partition_for(group_id)
         )
         if error:

@@ -692,6 +692,12 @@ class PartitionLog:
     def producer_state(self) -> ProducerStateManager:
         return self._producers
 
+    def in_open_txn(self, producer_id: int, epoch: int) -> bool:
+        """Whether ``producer_id`` has a transaction open here under ``epoch``: its batches
+        were verified with the coordinator when the transaction's first one came."""
+        entry = self._producers.entries.get(producer_id)
+        return entry is not None and entry.epoch == epoch and entry.txn_first_offset >= 0
+
     def active_producers(self) -> list[ActiveProducer]:
         """A consistent copy of the producer states (for DescribeProducers)."""
         with self.lock:

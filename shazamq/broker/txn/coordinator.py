@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -87,6 +86,7 @@ from .state_log import (
     encode_txn_key,
     encode_txn_value,
 )
+from .verification import ProduceVerifier
 
 if TYPE_CHECKING:
     from shazamq.broker.app import Broker
@@ -94,7 +94,7 @@ if TYPE_CHECKING:
     from shazamq.broker.log.partition_log import AppendInfo
     from shazamq.broker.partitions import Partition, PartitionManager
 
-__all__ = ["TRANSACTION_STATE_TOPIC", "TransactionCoordinator"]
+__all__ = ["TRANSACTION_STATE_TOPIC", "EndTxnResult", "TransactionCoordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,6 @@ TRANSACTION_STATE_TOPIC = "__transaction_state"
 TopicPartition = tuple[str, int]
 
 _E = ErrorCode
-_PID_EPOCH = struct.Struct(">qh")
-_BATCH_LENGTH = struct.Struct(">i")
-_POS_PRODUCER_ID = 43
-_MIN_BATCH = 61
 
 WRITE_TXN_MARKERS_KEY = 27
 # Kafka waits request.timeout.ms (30 s) for the in-sync replicas of a state write and of
@@ -149,6 +145,15 @@ def is_mirrored(parts: PartitionManager, topic: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class InitProducerIdResult:
+    error: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class EndTxnResult:
+    """EndTxn's answer; v5 (transactions v2) also tells the producer its bumped epoch."""
+
     error: int
     producer_id: int = -1
     producer_epoch: int = -1
@@ -225,6 +230,7 @@ class TransactionCoordinator:
         # (a broker answers a connection's requests in order, so a marker waiting for its
         # replication would hold up the very fetches that replicate it)
         self.marker_pool: ClientPool | None = None
+        self.verifier = ProduceVerifier(self)
         r = broker.metrics.registry
         self.completed = Counter(
             "shazamq_transactions_completed",
@@ -298,6 +304,7 @@ class TransactionCoordinator:
         if self.marker_pool is not None:
             await self.marker_pool.close()
             self.marker_pool = None
+        await self.verifier.close()
         self.loaded = False
 
     def _address_of(self, node_id: int) -> tuple[str, int] | None:
@@ -722,6 +729,14 @@ class TransactionCoordinator:
         error = self._check_adding(transactional_id, producer_id, epoch)
         if error:
             return dict.fromkeys(wanted, error)
+        refused = self._unaddable(wanted)
+        if refused is not None:
+            return refused
+        error = await self._add(transactional_id, wanted)
+        return dict.fromkeys(wanted, error)
+
+    def _unaddable(self, wanted: list[TopicPartition]) -> dict[TopicPartition, int] | None:
+        """Per-partition errors if some partition cannot join a transaction, else None."""
         parts = self.broker.partitions
         cluster = self.cluster
         missing = {tp for tp in wanted if not partition_exists(parts, cluster, tp[0], tp[1])}
@@ -741,8 +756,7 @@ class TransactionCoordinator:
                 )
                 for tp in wanted
             }
-        error = await self._add(transactional_id, wanted)
-        return dict.fromkeys(wanted, error)
+        return None
 
     def add_offsets(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
@@ -759,7 +773,9 @@ class TransactionCoordinator:
         index = self.broker.groups.partition_for(group_id)
         return await self._add(transactional_id, [(OFFSETS_TOPIC, index)])
 
-    async def _add(self, transactional_id: str, partitions: list[TopicPartition]) -> int:
+    async def _add(
+        self, transactional_id: str, partitions: list[TopicPartition], *, implicit: bool = False
+    ) -> int:
         if transactional_id in self._busy:
             return int(_E.CONCURRENT_TRANSACTIONS)
         meta = self.txns[transactional_id]
@@ -768,6 +784,11 @@ class TransactionCoordinator:
             return 0
         self._next_begun.pop(transactional_id, None)
         now = _now_ms()
+        version = meta.client_txn_version
+        if implicit and meta.state is TxnState.EMPTY:
+            # a transaction begun by a produce is a v2 one: only such a client skips
+            # AddPartitionsToTxn
+            version = 2
         self._busy.add(transactional_id)
         try:
             await self._write_state(
@@ -776,6 +797,7 @@ class TransactionCoordinator:
                     partitions=meta.partitions | new,
                     start_ms=meta.start_ms if meta.state is TxnState.ONGOING else now,
                     last_update_ms=now,
+                    client_txn_version=version,
                 )
             )
         except _StoreFailed as exc:
@@ -791,46 +813,130 @@ class TransactionCoordinator:
         """:meth:`end_txn_async` on a single broker, where it never waits."""
         return run_now(self.end_txn_async(transactional_id, producer_id, epoch, commit))
 
+    def end_txn_v2(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> EndTxnResult:
+        """:meth:`end_transaction` with the epoch bump, on a single broker."""
+        return run_now(
+            self.end_transaction(transactional_id, producer_id, epoch, commit, bump_epoch=True)
+        )
+
     async def end_txn_async(
         self, transactional_id: str, producer_id: int, epoch: int, commit: bool
     ) -> int:
+        """EndTxn before transactions v2: the epoch stays; the error, or 0."""
+        result = await self.end_transaction(transactional_id, producer_id, epoch, commit)
+        return result.error
+
+    async def end_transaction(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        *,
+        bump_epoch: bool = False,
+    ) -> EndTxnResult:
+        """End the producer's transaction. With ``bump_epoch`` (EndTxn v5, KIP-890 part 2)
+        the prepared transaction takes the next epoch, its markers are written with it
+        (so the log fences anything the producer sent before), and the answer carries
+        the producer id and epoch for its next transaction."""
+        if bump_epoch:
+            retried = self._retried_v2_end(transactional_id, producer_id, epoch, commit)
+            if retried is not None:
+                return retried
         meta, error = self._owned_by(transactional_id, producer_id, epoch)
         if meta is None:
-            return error
+            return EndTxnResult(error)
         if transactional_id in self._busy:
             # a state write (an AddPartitions, say) is still replicating: the state seen
             # here is the one before it, so the client must retry, not be told it is wrong
-            return int(_E.CONCURRENT_TRANSACTIONS)
+            return EndTxnResult(int(_E.CONCURRENT_TRANSACTIONS))
         state = meta.state
         begun = self._next_begun.pop(transactional_id, None) == (producer_id, epoch)
+        if bump_epoch and meta.completed:
+            # a v2 producer ends every transaction it began, even one no partition joined
+            # (nothing was added, or its produces were refused): the epoch moves on all
+            # the same, through a transaction with no partitions and so no markers
+            meta = meta.to(TxnState.ONGOING, partitions=frozenset(), start_ms=_now_ms())
+            state = meta.state
         if state is TxnState.ONGOING:
             target = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
+            changes: dict[str, object] = {"client_txn_version": 0}
+            if bump_epoch:
+                changes = {
+                    "client_txn_version": 2,
+                    "producer_epoch": epoch + 1,
+                    "last_producer_epoch": epoch,
+                }
             self._busy.add(transactional_id)
             try:
-                prepared = await self._write_state(meta.to(target, last_update_ms=_now_ms()))
+                if bump_epoch and meta.epoch_exhausted:
+                    changes["next_producer_id"] = await self._allocate()
+                prepared = await self._write_state(
+                    meta.to(target, last_update_ms=_now_ms(), **changes)
+                )
             except _StoreFailed as exc:
                 log.warning("ending transaction of %s: %s", transactional_id, exc)
-                return exc.code
+                return EndTxnResult(exc.code)
+            except (ProducerIdsExhaustedError, OSError, KafkaError) as exc:
+                log.warning(
+                    "ending transaction of %s: no next producer id: %s", transactional_id, exc
+                )
+                return EndTxnResult(int(_E.COORDINATOR_NOT_AVAILABLE))
             finally:
                 self._busy.discard(transactional_id)
             await self._complete(prepared)
-            return 0
+            if not bump_epoch:
+                return EndTxnResult(0, prepared.producer_id, prepared.producer_epoch)
+            if prepared.next_producer_id >= 0:
+                return EndTxnResult(0, prepared.next_producer_id, 0)
+            return EndTxnResult(0, prepared.producer_id, prepared.producer_epoch)
         if meta.in_prepare:
             # the previous transaction's markers are still being written (Kafka's pending
             # transition): whatever this asks, the answer is "not yet"
             if begun:
                 self._next_begun[transactional_id] = (producer_id, epoch)
-            return int(_E.CONCURRENT_TRANSACTIONS)
+            return EndTxnResult(int(_E.CONCURRENT_TRANSACTIONS))
+        ok = EndTxnResult(0, meta.producer_id, meta.producer_epoch)
         if state is TxnState.COMPLETE_COMMIT:
             if commit:
-                return 0
+                return ok
             # librdkafka sends EndTxn(abort) once it has sent an AddPartitions, even when
             # that was turned away because the previous commit was still completing: the
             # producer then aborts its next transaction, which holds nothing here yet
-            return 0 if begun else int(_E.INVALID_TXN_STATE)
+            return ok if begun else EndTxnResult(int(_E.INVALID_TXN_STATE))
         if state is TxnState.COMPLETE_ABORT:
-            return 0 if not commit else int(_E.INVALID_TXN_STATE)
-        return int(_E.INVALID_TXN_STATE)
+            return ok if not commit else EndTxnResult(int(_E.INVALID_TXN_STATE))
+        return EndTxnResult(int(_E.INVALID_TXN_STATE))
+
+    def _retried_v2_end(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> EndTxnResult | None:
+        """The answer to an EndTxn v5 repeated after its epoch bump (the producer did not
+        get the first answer), or None if this is not such a retry. A fence forgets the
+        epoch before it, so a fenced producer is not taken for a retrying one."""
+        if not transactional_id or self.key_error(transactional_id):
+            return None
+        meta = self.txns.get(transactional_id)
+        if meta is None or not meta.is_v2 or meta.last_producer_epoch < 0:
+            return None
+        same_id = producer_id == meta.producer_id and epoch == meta.producer_epoch - 1
+        rolled = (
+            meta.producer_epoch == 0
+            and producer_id == meta.last_producer_id
+            and producer_id != meta.producer_id
+        )
+        if epoch != meta.last_producer_epoch or not (same_id or rolled):
+            return None
+        if meta.in_prepare:
+            return EndTxnResult(int(_E.CONCURRENT_TRANSACTIONS))
+        wanted = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
+        if meta.state is wanted:
+            return EndTxnResult(0, meta.producer_id, meta.producer_epoch)
+        if meta.state in (TxnState.COMPLETE_COMMIT, TxnState.COMPLETE_ABORT):
+            return EndTxnResult(int(_E.INVALID_TXN_STATE))
+        return None
 
     async def _fence_and_abort(self, meta: TxnMetadata) -> bool:
         """Bump the epoch of an Ongoing transaction (fencing its producer) and abort it.
@@ -859,11 +965,21 @@ class TransactionCoordinator:
         if not await self._write_markers(meta, commit):
             return False
         try:
+            rollover: dict[str, object] = {}
+            if meta.next_producer_id >= 0:
+                # the v2 end used up the epoch: the producer goes on under the next id
+                rollover = {
+                    "producer_id": meta.next_producer_id,
+                    "producer_epoch": 0,
+                    "last_producer_id": meta.producer_id,
+                    "next_producer_id": -1,
+                }
             await self._write_state(
                 meta.to(
                     TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT,
                     partitions=frozenset(),
                     last_update_ms=_now_ms(),
+                    **rollover,
                 )
             )
         except _StoreFailed as exc:
@@ -1034,6 +1150,7 @@ class TransactionCoordinator:
                 return int(_E.NOT_LEADER_OR_FOLLOWER)
             if len(role.isr) < cluster.min_isr(p.topic_info.configs):
                 return int(_E.NOT_ENOUGH_REPLICAS)
+        p.txn_markers += 1  # counted even if refused: a verification in flight retries
         try:
             info = self._append_marker(p, producer_id, producer_epoch, commit, coordinator_epoch)
         except (InvalidProducerEpochError, TransactionCoordinatorFencedError) as exc:
@@ -1102,6 +1219,20 @@ class TransactionCoordinator:
             return int(_E.INVALID_TXN_STATE)
         return 0
 
+    async def txn_offset_commit_check_async(
+        self, transactional_id: str, producer_id: int, epoch: int, offsets_partition: int
+    ) -> int:
+        """:meth:`verify_txn_offset_commit`, where the group partition joins the
+        transaction by the commit itself when a produce could add a partition (a v2
+        producer skips AddOffsetsToTxn, as it skips AddPartitionsToTxn)."""
+        error = self.verify_txn_offset_commit(
+            transactional_id, producer_id, epoch, offsets_partition
+        )
+        if error != _E.INVALID_TXN_STATE or self.txns[transactional_id].in_prepare:
+            return error
+        tp = (OFFSETS_TOPIC, offsets_partition)
+        return (await self.verify_produce_async(transactional_id, producer_id, epoch, [tp]))[tp]
+
     def producer_id_issued(self, producer_id: int) -> bool:
         """Whether InitProducerId ever handed out ``producer_id`` here (single broker:
         below the durably reserved block; cluster: below the next block the quorum
@@ -1112,54 +1243,69 @@ class TransactionCoordinator:
         ids = self.producer_ids
         return ids is None or producer_id < ids.next_id
 
-    def check_produce(
-        self, transactional_id: str, topic: str, partition: int, records: bytes | memoryview
-    ) -> None:
-        """Refuse a transactional produce the coordinator has not seen coming.
+    # -- verification of transactional produces (KIP-890) ------------------------------
 
-        Reads only the producer id and epoch of each batch header. Raises KafkaError:
-        INVALID_PRODUCER_ID_MAPPING (unknown id), INVALID_PRODUCER_EPOCH (fenced or
-        unknown epoch), INVALID_TXN_STATE (partition not added to an ongoing transaction).
-        In a cluster only ids coordinated here are checked: a partition leader does not
-        ask another broker's coordinator (Kafka's leaders check none before KIP-890).
-        """
+    async def verify_produce_async(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[TopicPartition],
+    ) -> dict[TopicPartition, int]:
+        """Whether a partition leader may append the producer's first transactional
+        batch to each partition: 0 when the partition is part of the producer's ongoing
+        transaction, else the error (INVALID_TXN_STATE: it is not). The coordinator, not
+        the leader, knows the producer's transaction version (the Produce versions that
+        carry it are newer than this broker's protocol), so here a produce also adds its
+        partition when that is safe: to a transaction not begun yet after InitProducerId
+        (nothing of an older transaction can carry the current epoch), and to any
+        transaction of a v2 producer (every end bumped its epoch). A v1 producer's late
+        produce, after the end of the transaction it belonged to, is refused: it would
+        otherwise open a transaction no coordinator ever ends."""
+        wanted = list(dict.fromkeys(partitions))
+        error = self._verify_producer(transactional_id, producer_id, epoch)
+        if error:
+            return dict.fromkeys(wanted, error)
+        meta = self.txns[transactional_id]
+        if meta.state is TxnState.ONGOING and meta.partitions.issuperset(wanted):
+            return dict.fromkeys(wanted, 0)
+        implicit = meta.state is TxnState.EMPTY or (
+            meta.is_v2 and (meta.completed or meta.state is TxnState.ONGOING)
+        )
+        if not implicit:
+            return {
+                tp: 0
+                if meta.state is TxnState.ONGOING and tp in meta.partitions
+                else int(_E.INVALID_TXN_STATE)
+                for tp in wanted
+            }
+        refused = self._unaddable(wanted)
+        if refused is not None:
+            return refused
+        return dict.fromkeys(wanted, await self._add(transactional_id, wanted, implicit=True))
+
+    def _verify_producer(self, transactional_id: str, producer_id: int, epoch: int) -> int:
+        """The produce-side errors of (producer_id, epoch) against the transactional id."""
+        if not transactional_id:
+            return int(_E.INVALID_REQUEST)
+        error = self.key_error(transactional_id)
+        if error:
+            return error
         meta = self.txns.get(transactional_id)
         if meta is None:
-            if self.cluster is not None and self.key_error(transactional_id):
-                return
-            raise KafkaError(
-                _E.INVALID_PRODUCER_ID_MAPPING,
-                f"transactional id {transactional_id!r} has no producer id",
-            )
-        end = len(records)
-        pos = 0
-        while pos + _MIN_BATCH <= end:
-            pid, epoch = _PID_EPOCH.unpack_from(records, pos + _POS_PRODUCER_ID)
-            if pid != meta.producer_id:
-                if pid == meta.last_producer_id:
-                    raise KafkaError(
-                        _E.INVALID_PRODUCER_EPOCH,
-                        f"producer {pid} of {transactional_id!r} has been fenced",
-                    )
-                raise KafkaError(
-                    _E.INVALID_PRODUCER_ID_MAPPING,
-                    f"producer {pid} is not the producer of {transactional_id!r}",
-                )
-            if epoch != meta.producer_epoch:
-                raise KafkaError(
-                    _E.INVALID_PRODUCER_EPOCH,
-                    f"epoch {epoch} of producer {pid} is not the current {meta.producer_epoch}",
-                )
-            (length,) = _BATCH_LENGTH.unpack_from(records, pos + 8)
-            if length <= 0:
-                break
-            pos += length + 12
-        if meta.state is not TxnState.ONGOING or (topic, partition) not in meta.partitions:
-            raise KafkaError(
-                _E.INVALID_TXN_STATE,
-                f"{topic}-{partition} is not part of an ongoing transaction of "
-                f"{transactional_id!r}",
-            )
+            return int(_E.INVALID_PRODUCER_ID_MAPPING)
+        if meta.in_prepare and producer_id in (meta.producer_id, meta.next_producer_id):
+            # the previous transaction is still being completed: the producer retries
+            return int(_E.CONCURRENT_TRANSACTIONS)
+        if producer_id != meta.producer_id:
+            if producer_id == meta.last_producer_id:
+                return int(_E.INVALID_PRODUCER_EPOCH)
+            return int(_E.INVALID_PRODUCER_ID_MAPPING)
+        if epoch != meta.producer_epoch:
+            return int(_E.INVALID_PRODUCER_EPOCH)
+        if transactional_id in self._busy:
+            return int(_E.CONCURRENT_TRANSACTIONS)
+        return 0
 
     # -- timeouts and expiry ----------------------------------------------------------
 

@@ -68,6 +68,16 @@ class TxnMetadata:
     # fenced. Both are stored in __transaction_state, so this holds across restarts.
     last_producer_id: int = -1
     last_producer_epoch: int = -1
+    # transactions v2 (KIP-890): the id a prepared transaction rolls over to when its
+    # end exhausted the epoch, and 2 once the producer ends its transactions with the v2
+    # protocol (each end bumps the epoch, so a produce with the current epoch after an end
+    # can only come from the live producer and may add its partition implicitly)
+    next_producer_id: int = -1
+    client_txn_version: int = 0
+
+    @property
+    def is_v2(self) -> bool:
+        return self.client_txn_version >= 2
 
     @property
     def epoch_exhausted(self) -> bool:
@@ -104,6 +114,8 @@ class TxnMetadata:
             start_ms=self.start_ms,
             last_producer_id=self.last_producer_id,
             last_producer_epoch=self.last_producer_epoch,
+            next_producer_id=self.next_producer_id,
+            client_txn_version=self.client_txn_version,
         )
 
     @classmethod
@@ -119,4 +131,6 @@ class TxnMetadata:
             last_update_ms=value.last_update_ms,
             last_producer_id=value.last_producer_id,
             last_producer_epoch=value.last_producer_epoch,
+            next_producer_id=value.next_producer_id,
+            client_txn_version=value.client_txn_version,
         )

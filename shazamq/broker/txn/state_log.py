@@ -12,12 +12,13 @@ status i8, partitions nullable [topic string, partition_ids [i32]],
 last_update_timestamp_ms i64, start_timestamp_ms i64``. Version 1 is the same in the
 flexible encoding (compact strings and arrays) with top-level tagged fields: Kafka's tag 0
 PreviousProducerId (i64, the producer id before an epoch-exhaustion rollover), tag 1
-NextProducerId and tag 2 ClientTransactionVersion (read past), and this broker's own tag
+NextProducerId (i64, the id a transactions-v2 end rolls over to when the epoch runs out)
+and tag 2 ClientTransactionVersion (i16, 2 once the producer ended a transaction with the
+v2 protocol, which bumps the epoch), and this broker's own tag
 :data:`LAST_PRODUCER_EPOCH_TAG` (i16, the epoch before the last InitProducerId bump, so a
 retried InitProducerId is still recognised after a restart; Kafka keeps it in memory
-only, and its readers skip a tag they do not know). A value with neither a previous
-producer id nor a last epoch is written as v0, byte for byte what Kafka writes; one with
-either is written as v1.
+only, and its readers skip a tag they do not know). A value with none of these is
+written as v0, byte for byte what Kafka writes; one with any is written as v1.
 
 Status bytes: 0 Empty, 1 Ongoing, 2 PrepareCommit, 3 PrepareAbort, 4 CompleteCommit,
 5 CompleteAbort, 6 Dead, 7 PrepareEpochFence (never written). A null value is a
@@ -51,6 +52,8 @@ VALUE_VERSION = 0
 FLEXIBLE_VALUE_VERSION = 1
 
 PREVIOUS_PRODUCER_ID_TAG = 0
+NEXT_PRODUCER_ID_TAG = 1
+CLIENT_TXN_VERSION_TAG = 2
 #: A tag far above Kafka's (0-2), for the producer epoch before the last bump.
 LAST_PRODUCER_EPOCH_TAG = 10_000
 
@@ -110,6 +113,8 @@ class TxnLogValue:
     start_ms: int = -1
     last_producer_id: int = -1
     last_producer_epoch: int = -1
+    next_producer_id: int = -1
+    client_txn_version: int = 0
 
 
 Reader = Callable[[Any, int], tuple[Any, int]]
@@ -156,6 +161,10 @@ def encode_txn_value(value: TxnLogValue) -> bytes:
     tags: list[tuple[int, bytes]] = []
     if value.last_producer_id >= 0:
         tags.append((PREVIOUS_PRODUCER_ID_TAG, _I64.pack(value.last_producer_id)))
+    if value.next_producer_id >= 0:
+        tags.append((NEXT_PRODUCER_ID_TAG, _I64.pack(value.next_producer_id)))
+    if value.client_txn_version > 0:
+        tags.append((CLIENT_TXN_VERSION_TAG, _I16.pack(value.client_txn_version)))
     if value.last_producer_epoch >= 0:
         tags.append((LAST_PRODUCER_EPOCH_TAG, _I16.pack(value.last_producer_epoch)))
     flexible = bool(tags)
@@ -192,21 +201,28 @@ def encode_txn_value(value: TxnLogValue) -> bytes:
     return bytes(out)
 
 
-def _read_value_tags(buf: memoryview, o: int) -> tuple[int, int, int]:
-    """The top-level tagged fields of a v1 value: ``(last id, last epoch, offset after)``."""
-    last_producer_id = last_producer_epoch = -1
+_TAG_READERS: dict[int, tuple[str, Reader]] = {
+    PREVIOUS_PRODUCER_ID_TAG: ("last_producer_id", p.read_int64),
+    NEXT_PRODUCER_ID_TAG: ("next_producer_id", p.read_int64),
+    CLIENT_TXN_VERSION_TAG: ("client_txn_version", p.read_int16),
+    LAST_PRODUCER_EPOCH_TAG: ("last_producer_epoch", p.read_int16),
+}
+
+
+def _read_value_tags(buf: memoryview, o: int) -> tuple[dict[str, int], int]:
+    """The top-level tagged fields of a v1 value this broker knows, and the offset after."""
+    found: dict[str, int] = {}
     n, o = p.read_uvarint(buf, o)
     tag = -1
     for _ in range(n):
         tag, start, end = p.read_tag_header(buf, o, tag)
-        if tag == PREVIOUS_PRODUCER_ID_TAG:
-            last_producer_id, at = p.read_int64(buf, start)
-            p.check_tag_end(at, end, tag)
-        elif tag == LAST_PRODUCER_EPOCH_TAG:
-            last_producer_epoch, at = p.read_int16(buf, start)
+        known = _TAG_READERS.get(tag)
+        if known is not None:
+            name, read = known
+            found[name], at = read(buf, start)
             p.check_tag_end(at, end, tag)
         o = end
-    return last_producer_id, last_producer_epoch, o
+    return found, o
 
 
 def decode_txn_value(data: bytes | memoryview) -> TxnLogValue:
@@ -241,12 +257,12 @@ def decode_txn_value(data: bytes | memoryview) -> TxnLogValue:
             partitions[topic] = tuple(ids)
         last_update, o = p.read_int64(buf, o)
         start, o = p.read_int64(buf, o)
-        last_id = last_epoch = -1
+        tags: dict[str, int] = {}
         if flexible:
-            last_id, last_epoch, o = _read_value_tags(buf, o)
+            tags, o = _read_value_tags(buf, o)
         _end("transaction log value", buf, o)
         return TxnLogValue(
-            producer_id, epoch, timeout, state, partitions, last_update, start, last_id, last_epoch
+            producer_id, epoch, timeout, state, partitions, last_update, start, **tags
         )
 
     return _guard("transaction log value", run, data)
