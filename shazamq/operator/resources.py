@@ -57,6 +57,7 @@ from shazamq.config import (
     parse_config,
     parse_voter,
 )
+from shazamq.operator.autoscale import cpu_cores
 from shazamq.operator.crd import API_VERSION, KIND
 from shazamq.operator.monitoring import alert_rules, dashboard_json
 
@@ -207,6 +208,7 @@ class ClusterModel:
             _check_no_voter_removed(name, spec.replicas, voter_ids)
         else:
             voter_ids = default_voter_ids(spec.replicas)
+        _check_autoscaling(spec, voter_ids)
         config = _broker_config(spec, name=name, namespace=namespace, uid=uid, voters=voter_ids)
         scaling = parse_scale(annotations.get(SCALE_ANNOTATION))
         if scaling is not None and scaling[1] != spec.replicas:
@@ -655,6 +657,25 @@ class ClusterModel:
             if c.kind == kind and c.name == name:
                 return c
         return None
+
+
+def _check_autoscaling(spec: Any, voter_ids: tuple[int, ...]) -> None:
+    """What the autoscaler needs beyond its own fields' checks."""
+    auto = spec.autoscaling
+    if not auto.enabled:
+        return
+    if auto.targets.cpu_utilization_percent is not None and cpu_cores(spec.resources) is None:
+        raise ModelError(
+            "spec.autoscaling.targets.cpuUtilizationPercent",
+            "needs a CPU request or limit in spec.resources (such as requests.cpu: 2000m)",
+        )
+    fewest = max(voter_ids, default=-1) + 1
+    if auto.min_replicas < fewest:
+        raise ModelError(
+            "spec.autoscaling.minReplicas",
+            f"must keep the metadata quorum's voters (pod ordinals "
+            f"{format_voter_ids(voter_ids)}): at least {fewest}",
+        )
 
 
 def parse_scale(value: Any) -> tuple[int, int] | None:
