@@ -1110,6 +1110,21 @@ TieredStorageSpec = _derive(
     TieredStorageConfig.__doc__ or "",
     keep=("enabled", "provider", "hot_tier_retention_hours", "s3", "gcs"),
     types={"s3": S3Spec | None, "gcs": GcsSpec | None},
+    extra=(
+        (
+            "restore",
+            Annotated[
+                bool,
+                Meta(
+                    description="A new cluster whose bucket and prefix hold an earlier "
+                    "cluster restores it (its brokers take that cluster's id). False ties "
+                    "the cluster id to this resource: brokers then refuse a bucket "
+                    "holding another cluster's data."
+                ),
+            ],
+            True,
+        ),
+    ),
 )
 
 MirrorSourceSpec = _derive(

@@ -811,7 +811,6 @@ def _broker_config(
             "node_id_from_hostname": True,
             "port": spec.service.port,
             "data_dir": DATA_DIR,
-            "cluster_id": _cluster_id(uid),
         },
         "metrics": {"enabled": True, "port": spec.service.metrics_port},
         "storage": broker_settings(spec.storage),
@@ -820,6 +819,9 @@ def _broker_config(
         "mirror": _mirror_settings(spec),
         "security": security,
     }
+    if not (spec.tiered_storage.enabled and spec.tiered_storage.restore):
+        # a cluster that may restore from its bucket takes the bucket's id, when it holds one
+        tree["broker"]["cluster_id"] = _cluster_id(uid)
     if voters:  # with no pods there is no quorum to describe
         tree["cluster"] = {
             "voters": _voters(name, namespace, voters),

@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from operator_support import as_stored, quick_start
 
 from shazamq.operator.autoscale import (
     BrokerLoad,
@@ -25,6 +27,7 @@ from shazamq.operator.autoscale import (
     decide,
     usage_of,
 )
+from shazamq.operator.resources import ClusterModel, ModelError
 
 MB = 1_000_000
 
@@ -232,3 +235,52 @@ def test_flapping_load_does_not_flap_the_cluster() -> None:
     # a sustained load scales up once the up window is over, a quiet one down after 300 s
     sizes = _run([30] * 6 + [1] * 30, (60.0, 300.0))
     assert sizes[0] == 3 and max(sizes) > 3 and sizes[-1] < max(sizes)
+
+
+# -- the spec ---------------------------------------------------------------------------------
+
+
+def autoscaled(**autoscaling: object) -> dict:
+    body = quick_start()
+    body["spec"]["autoscaling"] = {"enabled": True, **autoscaling}
+    return as_stored(body)
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "field", "words"),
+    [
+        ({"minReplicas": 5, "maxReplicas": 4, "targets": {"partitions": 9}}, "spec", "minReplicas"),
+        ({}, "spec", "at least one of targets"),
+        (
+            {"targets": {"cpuUtilizationPercent": 70}},
+            "spec.autoscaling.targets.cpuUtilizationPercent",
+            "CPU request or limit",
+        ),
+        (
+            {"minReplicas": 2, "targets": {"partitions": 9}},
+            "spec.autoscaling.minReplicas",
+            "at least 3",
+        ),
+    ],
+)
+def test_bad_autoscaling_specs_name_the_field(autoscaling: dict, field: str, words: str) -> None:
+    with pytest.raises(ModelError) as exc:
+        ClusterModel.from_resource(autoscaled(**autoscaling))
+    assert str(exc.value).startswith(field) and words in str(exc.value)
+
+
+def test_disabled_autoscaling_is_not_checked_and_defaults_are_the_documented_ones() -> None:
+    model = ClusterModel.from_resource(autoscaled(enabled=False))
+    spec = model.spec.autoscaling
+    assert not spec.enabled
+    assert (spec.min_replicas, spec.max_replicas) == (3, 10)
+    assert (spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds) == (
+        60,
+        300,
+    )
+    body = autoscaled(targets={"cpuUtilizationPercent": 70})
+    body["spec"]["resources"] = {"limits": {"cpu": "4"}}
+    policy = Policy.from_spec(
+        ClusterModel.from_resource(body).spec.autoscaling, {"limits": {"cpu": "4"}}
+    )
+    assert policy.cpu_cores == 4.0 and policy.cpu_utilization_percent == 70
