@@ -493,11 +493,13 @@ async def _write_status(
     old_phase = (previous or {}).get("phase")
     if status.get("phase") != old_phase:
         phase = status.get("phase")
-        kopf.event(
+        # through _post_event: the roll loop writes statuses too, outside Kopf's handlers
+        _post_event(
+            memo,
             body,
-            type="Warning" if phase in ("Failed", "Degraded") else "Normal",
-            reason=f"Phase{phase}",
-            message=f"Phase changed from {old_phase or 'none'} to {phase}",
+            "Warning" if phase in ("Failed", "Degraded") else "Normal",
+            f"Phase{phase}",
+            f"Phase changed from {old_phase or 'none'} to {phase}",
         )
 
 
