@@ -276,7 +276,7 @@ class ClusterRestore:
         await loop.run_in_executor(None, _lay_out, pdir, m, files)
         if count and self.metrics is not None:
             self.metrics.restored_partitions.inc()
-            self.metrics.restored_bytes.inc(sum(s.size for s in m.segments))
+            self.metrics.restored_bytes.inc(m.size_bytes)
         log.info(
             "%s-%d restored from the bucket: offsets %d..%d remote, local log from %d",
             name,
