@@ -41,6 +41,11 @@ STEP = 5.0  # seconds of the test's clock per probe of the brokers
 STS_STATUS = f"/apis/apps/v1/namespaces/{NS}/statefulsets/my-cluster/status"
 
 
+async def soon(check: Any, timeout: float = 90.0) -> Any:
+    """`eventually`, with room for a loaded machine (the operator runs in a thread)."""
+    return await eventually(check, timeout=timeout)
+
+
 class LoadedBrokers:
     """The brokers' metrics: every probe is STEP seconds later, and each live broker's
     bytes-in counter has grown by `rate` bytes per second meanwhile."""
@@ -118,7 +123,7 @@ async def start(
 
 async def running(cluster: Cluster, body: dict[str, Any], replicas: int) -> None:
     await cluster.create(body)
-    await eventually(lambda: cluster.get(STATEFULSETS, "my-cluster"))
+    await soon(lambda: cluster.get(STATEFULSETS, "my-cluster"))
     for i in range(replicas):
         await put_pod(cluster, i, "r1", ready=True)
     await cluster.merge_patch(STS_STATUS, {"status": ready_status(replicas)})
@@ -153,38 +158,38 @@ async def test_load_above_target_scales_up_through_the_scale_path_not_during_a_r
         await running(cluster, autoscaled(), 3)
         # at the target: nothing to do, and the status says so
         fake.rate = 1000.0
-        await eventually(lambda: "3 brokers fit" in autoscaling(cluster)["reason"], timeout=60)
+        await soon(lambda: "3 brokers fit" in autoscaling(cluster)["reason"])
 
         # A rolling restart is going on (a new revision; broker 2 restarts first): the load
         # is far above the target, but nothing is decided.
         await cluster.merge_patch(STS_STATUS, {"status": ready_status(3, update="r2")})
-        await eventually(lambda: cluster.get("v1/pods", "my-cluster-2") is None, timeout=60)
+        await soon(lambda: cluster.get("v1/pods", "my-cluster-2") is None)
         fake.rate = 2500.0
-        await eventually(lambda: "rolling restart" in autoscaling(cluster)["reason"], timeout=60)
+        await soon(lambda: "rolling restart" in autoscaling(cluster)["reason"])
         calls = fake.calls
-        await eventually(lambda: fake.calls > calls + 6, timeout=60)  # > the up window
+        await soon(lambda: fake.calls > calls + 6)  # > the up window
         assert spec_replicas(cluster) == 3 and not cluster.events("AutoscaledUp")
 
         # The roll is over (the revision went back, the pod is back): the load scales up,
         # once a whole up window of recommendations asks for it.
         await put_pod(cluster, 2, "r1", ready=True)
         await cluster.merge_patch(STS_STATUS, {"status": ready_status(3)})
-        await eventually(lambda: spec_replicas(cluster) == 5, timeout=60)
-        (event,) = await eventually(lambda: cluster.events("AutoscaledUp"))
+        await soon(lambda: spec_replicas(cluster) == 5)
+        (event,) = await soon(lambda: cluster.events("AutoscaledUp"))
         assert "bytes in 2.5 kB/s per broker (target 1.0 kB/s): 3 -> 5" in event["message"]
-        status = await eventually(
+        status = await soon(
             lambda: autoscaling(cluster).get("lastScaleTime") and autoscaling(cluster)
         )
         assert status["desiredReplicas"] == 5
 
         # ... the same way as a scaling by hand: recorded, the StatefulSet grows, and the
         # new brokers get partitions once they are ready.
-        await eventually(lambda: sts_replicas(cluster) == 5)
+        await soon(lambda: sts_replicas(cluster) == 5)
         assert annotations(cluster).get(SCALE_ANNOTATION) == "3->5"
         for i in (3, 4):
             await put_pod(cluster, i, "r1", ready=True)
         await cluster.merge_patch(STS_STATUS, {"status": ready_status(5)})
-        await eventually(lambda: SCALE_ANNOTATION not in annotations(cluster), timeout=60)
+        await soon(lambda: SCALE_ANNOTATION not in annotations(cluster))
         assert any(4 in p.replicas for p in fake.partitions)
         assert len(cluster.events("AutoscaledUp")) == 1
     finally:
@@ -200,12 +205,12 @@ async def test_a_quiet_cluster_scales_down_through_the_drain(
     cluster = Cluster(kmock, operator.memo)
     try:
         await running(cluster, autoscaled(replicas=5), 5)
-        await eventually(lambda: spec_replicas(cluster) == 3, timeout=60)
-        (event,) = await eventually(lambda: cluster.events("AutoscaledDown"))
+        await soon(lambda: spec_replicas(cluster) == 3)
+        (event,) = await soon(lambda: cluster.events("AutoscaledDown"))
         assert "5 -> 3" in event["message"]
         # the departing brokers are drained before the StatefulSet shrinks
-        await eventually(lambda: annotations(cluster).get(SCALE_ANNOTATION) == "5->3")
-        await eventually(lambda: sts_replicas(cluster) == 3, timeout=60)
+        await soon(lambda: annotations(cluster).get(SCALE_ANNOTATION) == "5->3")
+        await soon(lambda: sts_replicas(cluster) == 3)
         assert all(set(p.replicas) <= {0, 1, 2} for p in fake.partitions)
     finally:
         await operator.stop()
@@ -220,7 +225,7 @@ async def test_disabled_autoscaling_never_scales(
     cluster = Cluster(kmock, operator.memo)
     try:
         await running(cluster, autoscaled(enabled=False), 3)
-        await eventually(lambda: fake.calls > 12, timeout=60)
+        await soon(lambda: fake.calls > 12)
         assert spec_replicas(cluster) == 3
         assert not cluster.events("AutoscaledUp") and not autoscaling(cluster)
         assert not operator.memo.loads  # nothing is even kept
@@ -254,12 +259,12 @@ async def test_an_hpa_on_the_cluster_makes_the_autoscaler_stand_down(
         resp = await cluster.k.post(path, json=hpa)
         assert resp.status < 300, await resp.text()
         await running(cluster, autoscaled(), 3)
-        status = await eventually(lambda: autoscaling(cluster).get("disabledBy"), timeout=60)
+        status = await soon(lambda: autoscaling(cluster).get("disabledBy"))
         assert status == "keda-hpa-orders"
-        (event,) = await eventually(lambda: cluster.events("AutoscalingDisabled"))
+        (event,) = await soon(lambda: cluster.events("AutoscalingDisabled"))
         assert "keda-hpa-orders" in event["message"]
         calls = fake.calls
-        await eventually(lambda: fake.calls > calls + 6, timeout=60)
+        await soon(lambda: fake.calls > calls + 6)
         assert spec_replicas(cluster) == 3 and not cluster.events("AutoscaledUp")
     finally:
         await operator.stop()
@@ -287,7 +292,7 @@ async def test_a_restore_from_the_bucket_is_followed_in_the_status(
             "s3": {"bucket": "shazamq-data", "prefix": "prod/shazamq"},
         }
         await running(cluster, body, 3)
-        status = await eventually(
+        status = await soon(
             lambda: (
                 (s := cluster.get(CLUSTERS, "my-cluster")["status"])["phase"] == "Restoring" and s
             )
@@ -296,25 +301,25 @@ async def test_a_restore_from_the_bucket_is_followed_in_the_status(
         assert (status["restore"]["partitionsRestored"], status["restore"]["partitions"]) == (2, 6)
         assert restored(cluster)["status"] == "False"
         assert "2/6 partitions" in restored(cluster)["message"]
-        await eventually(lambda: cluster.events("Restoring"))
+        await soon(lambda: cluster.events("Restoring"))
 
         fake.restore = RestoreProgress(
             in_progress=False, topics=2, partitions=6, restored=6, bytes=65536, groups=4, brokers=3
         )
-        await eventually(lambda: (restored(cluster) or {}).get("status") == "True")
+        await soon(lambda: (restored(cluster) or {}).get("status") == "True")
         status = cluster.get(CLUSTERS, "my-cluster")["status"]
         assert status["phase"] == "Running"
         assert status["restore"]["state"] == "Restored"
         assert status["restore"]["groups"] == 4 and status["restore"]["bytes"] == 65536
         assert status["restore"]["startTime"] and status["restore"]["completionTime"]
         assert restored(cluster)["reason"] == "RestoreComplete"
-        (event,) = await eventually(lambda: cluster.events("Restored"))
+        (event,) = await soon(lambda: cluster.events("Restored"))
         assert "2 topics, 6 partitions, 65536 bytes, 4 consumer groups" in event["message"]
 
         # brokers restarted later report no counts: the result stays
         fake.restore = RestoreProgress(in_progress=False, topics=2, partitions=6, brokers=3)
         calls = fake.calls
-        await eventually(lambda: fake.calls > calls + 5, timeout=60)
+        await soon(lambda: fake.calls > calls + 5)
         assert cluster.get(CLUSTERS, "my-cluster")["status"]["restore"]["state"] == "Restored"
         assert len(cluster.events("Restored")) == 1
     finally:
