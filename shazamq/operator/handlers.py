@@ -910,13 +910,13 @@ async def autoscale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.
     state: _Autoscaler | None = memo.autoscalers.get(key)
     if state is None:
         state = memo.autoscalers[key] = _Autoscaler(history=(Recommendation(now, current),))
+    interval = memo.get("autoscale_interval") or AUTOSCALE_INTERVAL
     if state.pending is not None:
-        if state.pending != current:
-            return  # our own patch is not in the body yet
+        waited = now - (state.last if state.last is not None else now)
+        if state.pending != current and waited < 4 * interval:
+            return  # our own patch is not in the body yet (or replicas changed meanwhile)
         state.pending = None
-    if state.last is not None and now - state.last < (
-        memo.get("autoscale_interval") or AUTOSCALE_INTERVAL
-    ):
+    if state.last is not None and now - state.last < interval:
         return
     state.last = now
     api: Api = memo.api
