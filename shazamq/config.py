@@ -1133,6 +1133,21 @@ TieredStorageSpec = _derive(
     TieredStorageConfig.__doc__ or "",
     keep=("enabled", "provider", "hot_tier_retention_hours", "s3", "gcs"),
     types={"s3": S3Spec | None, "gcs": GcsSpec | None},
+    extra=(
+        (
+            "restore",
+            Annotated[
+                bool,
+                Meta(
+                    description="A new cluster whose bucket and prefix hold an earlier "
+                    "cluster restores it (its brokers take that cluster's id). False ties "
+                    "the cluster id to this resource: brokers then refuse a bucket "
+                    "holding another cluster's data."
+                ),
+            ],
+            True,
+        ),
+    ),
 )
 
 MirrorSourceSpec = _derive(
@@ -1356,6 +1371,76 @@ class MonitoringSpec(_Spec):
     grafana_dashboard: GrafanaDashboardSpec = msgspec.field(default_factory=GrafanaDashboardSpec)
 
 
+class AutoscalingTargetsSpec(_Spec):
+    """The load each broker is kept at; the autoscaler follows whichever is furthest above
+    its target (at least one must be set when autoscaling is enabled)."""
+
+    bytes_in_per_second: (
+        Annotated[int, Meta(ge=1, description="Produced bytes per second per broker.")] | None
+    ) = None
+    cpu_utilization_percent: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=1000,
+                description="Broker process CPU as a percentage of the pod's CPU request "
+                "(its limit when there is no request) in spec.resources.",
+            ),
+        ]
+        | None
+    ) = None
+    partitions: (
+        Annotated[int, Meta(ge=1, description="Partition replicas hosted per broker.")] | None
+    ) = None
+
+
+class AutoscalingSpec(_Spec):
+    """Horizontal scaling on load, decided by the operator from the brokers' own metrics and
+    carried out like a change of `replicas` (partitions move; departing brokers drain)."""
+
+    enabled: Annotated[
+        bool,
+        Meta(
+            description="Let the operator set `replicas`. Off: `replicas` is left to you, "
+            "or to an HPA or KEDA through the scale subresource."
+        ),
+    ] = False
+    min_replicas: Annotated[int, Meta(ge=1, le=1000, description="Fewest brokers.")] = 3
+    max_replicas: Annotated[int, Meta(ge=1, le=1000, description="Most brokers.")] = 10
+    targets: AutoscalingTargetsSpec = msgspec.field(default_factory=AutoscalingTargetsSpec)
+    scale_up_stabilization_seconds: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=3600,
+            description="A scale-up happens only when every recommendation of this window "
+            "asks for more brokers (to the fewest of them).",
+        ),
+    ] = 60
+    scale_down_stabilization_seconds: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=3600,
+            description="A scale-down happens only when every recommendation of this window "
+            "asks for fewer brokers (to the most of them).",
+        ),
+    ] = 300
+    metrics_window_seconds: Annotated[
+        int,
+        Meta(ge=1, le=3600, description="Rates (bytes in, CPU) are measured over this window."),
+    ] = 60
+
+    def __post_init__(self) -> None:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        t = self.targets
+        no_target = t.bytes_in_per_second is None and t.cpu_utilization_percent is None
+        if self.enabled and no_target and t.partitions is None:
+            raise ValueError("enabled autoscaling needs at least one of targets")
+
+
 class ShazamqClusterSpec(_Spec):
     """The desired state of a Shazamq cluster."""
 
@@ -1415,6 +1500,7 @@ class ShazamqClusterSpec(_Spec):
     service: ServiceSpec = msgspec.field(default_factory=ServiceSpec)
     security: SecuritySpec = msgspec.field(default_factory=SecuritySpec)
     monitoring: MonitoringSpec = msgspec.field(default_factory=MonitoringSpec)
+    autoscaling: AutoscalingSpec = msgspec.field(default_factory=AutoscalingSpec)
     config: Annotated[
         KubeObject,
         Meta(
@@ -1427,7 +1513,7 @@ class ShazamqClusterSpec(_Spec):
     ] = msgspec.field(default_factory=dict)
 
 
-ClusterPhase = Literal["Creating", "Running", "Updating", "Degraded", "Failed"]
+ClusterPhase = Literal["Creating", "Restoring", "Running", "Updating", "Degraded", "Failed"]
 
 
 class ClusterCondition(_Status, kw_only=True):
@@ -1500,6 +1586,49 @@ class MirrorSourceStatus(_Status, kw_only=True):
     ] = 0
 
 
+class AutoscalingStatus(_Status, kw_only=True):
+    """The operator's autoscaler: its last decision and the load it saw."""
+
+    desired_replicas: Annotated[int, Meta(description="Brokers the last decision asked for.")]
+    reason: Annotated[str, Meta(description="Why (the last decision, in words).")] = ""
+    last_decision_time: str | None = None
+    last_scale_time: Annotated[
+        str | None, Meta(description="When the autoscaler last changed `replicas`.")
+    ] = None
+    bytes_in_per_second: Annotated[
+        float | None, Meta(description="Produced bytes per second per broker.")
+    ] = None
+    cpu_utilization_percent: Annotated[
+        float | None, Meta(description="Broker CPU, percent of the pod's request (or limit).")
+    ] = None
+    partitions: Annotated[
+        float | None, Meta(description="Partition replicas hosted per broker.")
+    ] = None
+    disabled_by: Annotated[
+        str | None,
+        Meta(description="The HorizontalPodAutoscaler that scales this cluster instead, if any."),
+    ] = None
+
+
+class RestoreStatus(_Status, kw_only=True):
+    """A restore of this cluster from its tiered storage bucket, as the brokers report it."""
+
+    state: Literal["Restoring", "Restored"]
+    topics: Annotated[int, Meta(description="Topics in the bucket's cluster document.")] = 0
+    partitions: Annotated[int, Meta(description="Their partitions.")] = 0
+    partitions_restored: Annotated[
+        int, Meta(description="Partitions whose local log was laid out from the bucket.")
+    ] = 0
+    bytes: Annotated[
+        int, Meta(description="Bytes of history in the bucket behind the restored partitions.")
+    ] = 0
+    groups: Annotated[
+        int, Meta(description="Consumer groups the brokers held when the restore ended.")
+    ] = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1518,3 +1647,5 @@ class ShazamqClusterStatus(_Status, kw_only=True):
         list[MirrorSourceStatus],
         Meta(description="Each mirror source's state, read from the brokers' metrics."),
     ] = msgspec.field(default_factory=list)
+    autoscaling: AutoscalingStatus | None = None
+    restore: RestoreStatus | None = None

@@ -230,7 +230,9 @@ class Broker:
             self._build_cluster()
             if bucket_cluster is not None and tier_store is not None:
                 assert self.cluster is not None
-                self.cluster.restorer = ClusterRestore(tier_store, self.data_dir, bucket_cluster)
+                self.cluster.restorer = ClusterRestore(
+                    tier_store, self.data_dir, bucket_cluster, tier_metrics
+                )
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)

@@ -14,7 +14,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -64,6 +70,9 @@ class BrokerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total and friends: the operator's autoscaler reads the CPU
+        # rate (read from /proc at scrape time; nothing where /proc is absent)
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "shazamq_requests", "Requests handled, by API.", ["api"], registry=r
         )

@@ -30,6 +30,15 @@ sequences them.
   restarted mid-roll keeps waiting for that broker and never restarts one twice), and
   reports the roll in ``status.roll``. The annotation ``shazamq.io/pause-reconcile: "true"``
   pauses it. The same tick reads the active controller for ``status.brokers[].leader``.
+- The same tick records each broker's load counters (the probe's scrape) and follows a
+  restore from the bucket (``status.restore``, phase ``Restoring``, condition
+  ``Restored``, events ``Restoring`` and ``Restored``: `shazamq.operator.restore`); then
+  `autoscale_step()` runs the autoscaler (``spec.autoscaling``) every AUTOSCALE_INTERVAL:
+  the pure `autoscale.decide()` gives the replicas the load asks for, and a change is made
+  by patching ``spec.replicas``, so it goes the way of any scaling (`track_scaling`,
+  `scale_step`: partitions move, departing brokers drain first), with an event naming
+  the reason. It stands down while a HorizontalPodAutoscaler (or KEDA's) targets the
+  cluster.
 - The index ``clusters`` keeps the latest body of every ShazamqCluster, so an owned
   object's event can find its owner without an API call. Until the index holds the frozen
   voters, the ones the owner's handler wrote (``memo.voters``) stand in.
@@ -44,6 +53,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import json
 import logging
 import secrets
@@ -54,6 +64,7 @@ from typing import Any
 import kopf
 
 from shazamq.config import ShazamqClusterSpec
+from shazamq.operator.autoscale import BrokerLoad, Policy, Recommendation, decide
 from shazamq.operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
@@ -72,6 +83,7 @@ from shazamq.operator.resources import (
     format_voter_ids,
     voter_ids_of_config,
 )
+from shazamq.operator.restore import RestoreProgress, restore_status
 from shazamq.operator.roll import Broker, ClusterView, RollProgress, plan
 from shazamq.operator.scale import plan as plan_scaling
 from shazamq.operator.status import (
@@ -79,6 +91,7 @@ from shazamq.operator.status import (
     Outcome,
     cluster_status,
     invalid_status,
+    now_iso,
     pod_ready,
 )
 
@@ -90,6 +103,7 @@ ROLL_ANNOTATION = "shazamq.io/roll"  # the roll's progress (`RollProgress`, JSON
 PAUSE_ANNOTATION = "shazamq.io/pause-reconcile"  # "true" pauses the roll
 REVISION_LABEL = "controller-revision-hash"  # set on pods by the StatefulSet controller
 ROLL_INTERVAL = 3.0  # seconds between two roll steps of one cluster
+AUTOSCALE_INTERVAL = 15.0  # seconds between two decisions of one cluster's autoscaler
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -133,6 +147,14 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.controllers = {}  # (namespace, name) -> the active controller's id, if known
     memo.mirrors = {}  # (namespace, name) -> status.mirrorSources as the brokers report them
     memo.bodies = {}  # (namespace, name) -> the latest body of each ShazamqCluster
+    memo.loads = {}  # (namespace, name) -> [BrokerLoad] of the last metrics window
+    memo.autoscalers = {}  # (namespace, name) -> the autoscaler's memory (`_Autoscaler`)
+    memo.autoscaling = {}  # (namespace, name) -> status.autoscaling, or None to remove it
+    memo.restores = {}  # (namespace, name) -> status.restore as last computed
+    if memo.get("clock") is None:
+        memo.clock = time.monotonic
+    if memo.get("hpa_finder") is None:
+        memo.hpa_finder = find_hpa
     memo.contexts = {}  # "post" -> the context of Kopf's handlers (its event poster)
     if memo.get("probe") is None:
         memo.probe = probe_cluster
@@ -199,6 +221,10 @@ def cluster_event(
         memo.scales.pop((namespace, name), None)
         memo.controllers.pop((namespace, name), None)
         memo.mirrors.pop((namespace, name), None)
+        memo.loads.pop((namespace, name), None)
+        memo.autoscalers.pop((namespace, name), None)
+        memo.autoscaling.pop((namespace, name), None)
+        memo.restores.pop((namespace, name), None)
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
@@ -445,6 +471,8 @@ async def refresh_status(
         roll=memo.rolls.get((model.namespace, model.name)),
         scaling=memo.scalings.get((model.namespace, model.name)),
         mirror_sources=memo.mirrors.get((model.namespace, model.name)),
+        autoscaling=memo.autoscaling.get((model.namespace, model.name), ...),
+        restore=memo.restores.get((model.namespace, model.name), ...),
     )
     await _write_status(memo, body, status, previous)
 
@@ -465,11 +493,13 @@ async def _write_status(
     old_phase = (previous or {}).get("phase")
     if status.get("phase") != old_phase:
         phase = status.get("phase")
-        kopf.event(
+        # through _post_event: the roll loop writes statuses too, outside Kopf's handlers
+        _post_event(
+            memo,
             body,
-            type="Warning" if phase in ("Failed", "Degraded") else "Normal",
-            reason=f"Phase{phase}",
-            message=f"Phase changed from {old_phase or 'none'} to {phase}",
+            "Warning" if phase in ("Failed", "Degraded") else "Normal",
+            f"Phase{phase}",
+            f"Phase changed from {old_phase or 'none'} to {phase}",
         )
 
 
@@ -506,6 +536,7 @@ async def roll_loop(memo: kopf.Memo) -> None:
             try:
                 await roll_step(copy.deepcopy(body), memo, logger)
                 await scale_step(copy.deepcopy(body), memo, logger)
+                await autoscale_step(copy.deepcopy(body), memo, logger)
             except ApiError as exc:
                 logger.warning("Roll step of %s/%s failed: %s", *key, exc)
             except Exception:
@@ -568,6 +599,9 @@ async def roll_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
         if view is not None:
             memo.controllers[key] = view.controller
             memo.mirrors[key] = list(view.mirror_sources)
+            if model.spec.autoscaling.enabled:
+                _record_loads(memo, key, view.loads, model.spec.autoscaling.metrics_window_seconds)
+            _follow_restore(memo, body, key, view.restore, len(brokers))
         decision = plan(brokers, view, progress, error=error)
         paused = annotations.get(PAUSE_ANNOTATION, "").lower() == "true"
         roll: dict[str, Any] | None = None
@@ -761,6 +795,201 @@ def _with_scale(body: Mapping[str, Any], value: str | type[Ellipsis] | None) -> 
     else:
         annotations[SCALE_ANNOTATION] = value
     return out
+
+
+# -- restore from the bucket ----------------------------------------------------------------
+
+
+def _follow_restore(
+    memo: kopf.Memo,
+    body: Mapping[str, Any],
+    key: tuple[str, str],
+    observed: RestoreProgress | None,
+    expected_brokers: int,
+) -> None:
+    """Fold the brokers' report of a restore into ``status.restore``; an event when it
+    starts and when it ends (the status itself is written by the caller)."""
+    previous = memo.restores.get(key, ...)
+    if previous is ...:
+        previous = (body.get("status") or {}).get("restore")
+    new = restore_status(previous, observed, expected_brokers=expected_brokers, now=now_iso())
+    if new == previous:
+        return
+    memo.restores[key] = new
+    state = (new or {}).get("state")
+    if state == (previous or {}).get("state") or new is None:
+        return
+    if state == "Restoring":
+        _post_event(
+            memo,
+            body,
+            "Normal",
+            "Restoring",
+            f"Restoring from the bucket: {new['topics']} topics, {new['partitions']} partitions",
+        )
+    else:
+        _post_event(
+            memo,
+            body,
+            "Normal",
+            "Restored",
+            f"Restored from the bucket: {new['topics']} topics, {new['partitionsRestored']} "
+            f"partitions, {new['bytes']} bytes, {new['groups']} consumer groups",
+        )
+
+
+# -- autoscaling ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Autoscaler:
+    """What one cluster's autoscaler remembers between decisions (not persisted: a new
+    operator starts its windows afresh, from the current size, so it neither scales up nor
+    down before a whole window of its own recommendations asks for it)."""
+
+    history: tuple[Recommendation, ...]
+    last: float | None = None  # when it last decided
+    pending: int | None = None  # the replicas it patched, until the resource shows them
+
+
+def _record_loads(
+    memo: kopf.Memo, key: tuple[str, str], loads: tuple[BrokerLoad, ...], window: float
+) -> None:
+    """Keep the brokers' load counters of the last metrics window, stamped by memo.clock."""
+    now = memo.clock()
+    kept = [s for s in memo.loads.get(key, ()) if now - s.time <= window]
+    kept.extend(dataclasses.replace(load, time=now) for load in loads)
+    memo.loads[key] = kept
+
+
+async def find_hpa(api: Api, model: ClusterModel) -> str | None:
+    """The HorizontalPodAutoscaler whose scaleTargetRef is this cluster (KEDA makes one
+    too), if any; unknown (the kind not served, or not allowed) counts as none."""
+    try:
+        hpas = await api.list("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace)
+    except ApiError as exc:
+        if exc.retriable:
+            raise
+        return None
+    for hpa in hpas:
+        ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+        group = str(ref.get("apiVersion") or "").split("/")[0]
+        if ref.get("kind") == KIND and ref.get("name") == model.name and group == GROUP:
+            return str((hpa.get("metadata") or {}).get("name"))
+    return None
+
+
+async def autoscale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
+    """One decision of the autoscaler (``spec.autoscaling``), every AUTOSCALE_INTERVAL.
+
+    Stands down when a HorizontalPodAutoscaler targets the cluster (it owns ``replicas``
+    then; the status and a Warning event say so). Decides nothing while a roll or a
+    scaling is going on or brokers are not ready. A change patches ``spec.replicas``: the
+    owner's handler records it as a scaling that moves data, exactly as a change by hand.
+    Every change is an event with its reason; the status keeps the last decision."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    body = _with_scale(body, memo.scales.get((meta.get("namespace"), meta.get("name")), ...))
+    try:
+        model = ClusterModel.from_resource(body)
+    except ModelError:
+        return
+    key = (model.namespace, model.name)
+    spec = model.spec.autoscaling
+    if not spec.enabled:
+        memo.autoscalers.pop(key, None)
+        memo.loads.pop(key, None)
+        if (body.get("status") or {}).get("autoscaling") and memo.autoscaling.get(key, ...):
+            memo.autoscaling[key] = None
+            async with _lock(memo, *key):
+                await refresh_status(memo, body, model)
+        return
+    now = memo.clock()
+    current = int(model.spec.replicas)
+    state: _Autoscaler | None = memo.autoscalers.get(key)
+    if state is None:
+        state = memo.autoscalers[key] = _Autoscaler(history=(Recommendation(now, current),))
+    interval = memo.get("autoscale_interval") or AUTOSCALE_INTERVAL
+    if state.pending is not None:
+        waited = now - (state.last if state.last is not None else now)
+        if state.pending != current and waited < 4 * interval:
+            return  # our own patch is not in the body yet (or replicas changed meanwhile)
+        state.pending = None
+    if state.last is not None and now - state.last < interval:
+        return
+    state.last = now
+    api: Api = memo.api
+    previous = memo.autoscaling.get(key) or (body.get("status") or {}).get("autoscaling") or {}
+    async with _lock(memo, *key):
+        hpa = await memo.hpa_finder(api, model)
+        if hpa is not None:
+            reason = (
+                f"HorizontalPodAutoscaler {hpa} scales this cluster: spec.autoscaling stands "
+                "down while it exists"
+            )
+            if previous.get("disabledBy") != hpa:
+                logger.warning("%s", reason)
+                _post_event(memo, body, "Warning", "AutoscalingDisabled", reason)
+            memo.autoscaling[key] = {
+                "desiredReplicas": current,
+                "reason": reason,
+                "lastDecisionTime": now_iso(),
+                "lastScaleTime": previous.get("lastScaleTime"),
+                "disabledBy": hpa,
+            }
+            await refresh_status(memo, body, model)
+            return
+        sts = await api.get("apps/v1", "StatefulSet", model.namespace, model.statefulset_name)
+        ready = int((((sts or {}).get("status") or {}).get("readyReplicas")) or 0)
+        paused = (meta.get("annotations") or {}).get(PAUSE_ANNOTATION, "").lower() == "true"
+        blocked: str | None = None
+        if memo.rolls.get(key):
+            blocked = "the rolling restart to finish"
+        elif model.scaling is not None:
+            blocked = f"the scaling {model.scaling[0]} -> {model.scaling[1]} to finish"
+        elif paused:
+            blocked = f"{PAUSE_ANNOTATION} to be lifted"
+        elif ready < current:
+            blocked = f"every broker to be ready ({ready}/{current})"
+        policy = Policy.from_spec(spec, model.spec.resources)
+        decision = decide(
+            memo.loads.get(key, ()), current, policy, state.history, now, blocked=blocked
+        )
+        state.history = decision.history
+        usage = decision.usage
+        status: dict[str, Any] = {
+            "desiredReplicas": decision.replicas,
+            "reason": decision.reason,
+            "lastDecisionTime": now_iso(),
+            "lastScaleTime": previous.get("lastScaleTime"),
+            "bytesInPerSecond": _round(usage.bytes_in_per_second),
+            "cpuUtilizationPercent": _round(usage.cpu_utilization_percent),
+            "partitions": _round(usage.partitions),
+            "disabledBy": None,
+        }
+        if decision.replicas != current:
+            patch = {"spec": {"replicas": decision.replicas}}
+            await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
+            state.pending = decision.replicas
+            # the load of the old size says nothing of the new one: measure afresh
+            memo.loads.pop(key, None)
+            status["lastScaleTime"] = status["lastDecisionTime"]
+            up = decision.replicas > current
+            logger.info("Autoscaling: %s", decision.reason)
+            _post_event(
+                memo,
+                body,
+                "Normal",
+                "AutoscaledUp" if up else "AutoscaledDown",
+                f"Scaling {'up' if up else 'down'}: {decision.reason}",
+            )
+        memo.autoscaling[key] = status
+        await refresh_status(memo, body, model)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 # -- owned objects --------------------------------------------------------------------------

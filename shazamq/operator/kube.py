@@ -42,6 +42,7 @@ _RESOURCES: dict[str, tuple[str, bool]] = {
     "ServiceMonitor": ("servicemonitors", True),
     "PrometheusRule": ("prometheusrules", True),
     "ShazamqCluster": ("shazamqclusters", True),
+    "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
 }
 
 

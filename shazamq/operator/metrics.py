@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-PHASES = ("Creating", "Running", "Updating", "Degraded", "Failed")
+PHASES = ("Creating", "Restoring", "Running", "Updating", "Degraded", "Failed")
 RESULTS = ("success", "invalid_spec", "apply_failed", "error")
 
 

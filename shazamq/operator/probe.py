@@ -12,6 +12,9 @@ Two sources, both the brokers' public interfaces (never their internals):
   credentials (it never reads Secrets), so with TLS or SASL on the listener only the
   metrics are read and the planner applies its stricter metrics-only rule.
 
+The same scrape gives each broker's load counters (`load_of()`, for the autoscaler) and
+its report of a restore from the bucket (`shazamq.operator.restore`).
+
 `parse_metrics()` and `partitions_of()` are pure and tested on their own.
 """
 
@@ -19,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
+from shazamq.operator.autoscale import BrokerLoad
+from shazamq.operator.restore import RESTORE_METRICS, RestoreProgress, merge, progress_of
 from shazamq.operator.roll import ClusterView, Partition
 
 __all__ = [
     "ProbeError",
+    "load_of",
     "merge_mirror_sources",
     "mirror_sources_of",
     "parse_metrics",
@@ -131,15 +138,34 @@ def partitions_of(
     )
 
 
+_LOAD_METRICS = ("shazamq_topic_bytes_in_total", "process_cpu_seconds_total")
+_HOSTED = "shazamq_log_end_offset"  # one series per partition replica hosted
+
+
+def load_of(text: str, broker: int, now: float) -> BrokerLoad:
+    """One broker's load counters (for the autoscaler) from its metrics exposition."""
+    values = parse_metrics(text, _LOAD_METRICS)
+    hosted = sum(1 for line in text.splitlines() if line.startswith(_HOSTED + "{"))
+    return BrokerLoad(
+        broker=broker,
+        time=now,
+        bytes_in=values.get("shazamq_topic_bytes_in_total", 0.0),
+        cpu_seconds=values.get("process_cpu_seconds_total"),
+        partitions=hosted,
+    )
+
+
 async def _scrape(
-    session: aiohttp.ClientSession, url: str
-) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    session: aiohttp.ClientSession, url: str, broker: int
+) -> tuple[dict[str, float], dict[str, dict[str, Any]], BrokerLoad, RestoreProgress | None]:
     async with session.get(url) as resp:
         if resp.status != 200:
             raise ProbeError(f"{url}: HTTP {resp.status}")
         text = await resp.text()
     wanted = ("shazamq_active_controller", "shazamq_under_replicated_partitions")
-    return parse_metrics(text, wanted), mirror_sources_of(text)
+    load = load_of(text, broker, time.monotonic())
+    restore = progress_of(parse_metrics(text, RESTORE_METRICS))
+    return parse_metrics(text, wanted), mirror_sources_of(text), load, restore
 
 
 def _admin_read(
@@ -186,28 +212,36 @@ async def read_cluster(
     timeout = aiohttp.ClientTimeout(total=METRICS_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         results = await asyncio.gather(
-            *(_scrape(session, f"http://{host}:{metrics_port}/metrics") for _, host in brokers),
+            *(
+                _scrape(session, f"http://{host}:{metrics_port}/metrics", broker_id)
+                for broker_id, host in brokers
+            ),
             return_exceptions=True,
         )
     controller: int | None = None
     under: int | None = 0
     mirrors: list[dict[str, dict[str, Any]]] = []
+    loads: list[BrokerLoad] = []
+    restores: list[RestoreProgress | None] = []
     for (broker_id, _), result in zip(brokers, results, strict=True):
         if isinstance(result, BaseException):
             under = None  # one broker's count is missing: the total is unknown
             if not isinstance(result, ProbeError | aiohttp.ClientError | TimeoutError):
                 raise result
             continue
-        values, sources = result
+        values, sources, load, restore = result
         mirrors.append(sources)
+        loads.append(load)
+        restores.append(restore)
         if values.get("shazamq_active_controller", 0.0) >= 1:
             controller = broker_id
         if under is not None:
             under += int(values.get("shazamq_under_replicated_partitions", 0.0))
     mirror = tuple(merge_mirror_sources(mirrors))
+    extra = {"loads": tuple(loads), "restore": merge(restores)}
     if not (plaintext and partitions):
-        return ClusterView(controller, None, under, mirror)
+        return ClusterView(controller, None, under, mirror, **extra)
     bootstrap = ",".join(f"{host}:{kafka_port}" for _, host in brokers)
     loop = asyncio.get_running_loop()
     partitions = await loop.run_in_executor(None, _admin_read, bootstrap, default_min_isr)
-    return ClusterView(controller, partitions, under, mirror)
+    return ClusterView(controller, partitions, under, mirror, **extra)

@@ -57,6 +57,7 @@ from shazamq.config import (
     parse_config,
     parse_voter,
 )
+from shazamq.operator.autoscale import cpu_cores
 from shazamq.operator.crd import API_VERSION, KIND
 from shazamq.operator.monitoring import alert_rules, dashboard_json
 
@@ -207,6 +208,7 @@ class ClusterModel:
             _check_no_voter_removed(name, spec.replicas, voter_ids)
         else:
             voter_ids = default_voter_ids(spec.replicas)
+        _check_autoscaling(spec, voter_ids)
         config = _broker_config(spec, name=name, namespace=namespace, uid=uid, voters=voter_ids)
         scaling = parse_scale(annotations.get(SCALE_ANNOTATION))
         if scaling is not None and scaling[1] != spec.replicas:
@@ -657,6 +659,25 @@ class ClusterModel:
         return None
 
 
+def _check_autoscaling(spec: Any, voter_ids: tuple[int, ...]) -> None:
+    """What the autoscaler needs beyond its own fields' checks."""
+    auto = spec.autoscaling
+    if not auto.enabled:
+        return
+    if auto.targets.cpu_utilization_percent is not None and cpu_cores(spec.resources) is None:
+        raise ModelError(
+            "spec.autoscaling.targets.cpuUtilizationPercent",
+            "needs a CPU request or limit in spec.resources (such as requests.cpu: 2000m)",
+        )
+    fewest = max(voter_ids, default=-1) + 1
+    if auto.min_replicas < fewest:
+        raise ModelError(
+            "spec.autoscaling.minReplicas",
+            f"must keep the metadata quorum's voters (pod ordinals "
+            f"{format_voter_ids(voter_ids)}): at least {fewest}",
+        )
+
+
 def parse_scale(value: Any) -> tuple[int, int] | None:
     """SCALE_ANNOTATION's value (``"5->3"``) -> (5, 3); None when absent; ModelError naming
     the annotation when malformed."""
@@ -790,7 +811,6 @@ def _broker_config(
             "node_id_from_hostname": True,
             "port": spec.service.port,
             "data_dir": DATA_DIR,
-            "cluster_id": _cluster_id(uid),
         },
         "metrics": {"enabled": True, "port": spec.service.metrics_port},
         "storage": broker_settings(spec.storage),
@@ -799,6 +819,9 @@ def _broker_config(
         "mirror": _mirror_settings(spec),
         "security": security,
     }
+    if not (spec.tiered_storage.enabled and spec.tiered_storage.restore):
+        # a cluster that may restore from its bucket takes the bucket's id, when it holds one
+        tree["broker"]["cluster_id"] = _cluster_id(uid)
     if voters:  # with no pods there is no quorum to describe
         tree["cluster"] = {
             "voters": _voters(name, namespace, voters),

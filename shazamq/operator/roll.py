@@ -32,6 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shazamq.operator.autoscale import BrokerLoad
+from shazamq.operator.restore import RestoreProgress
+
 __all__ = [
     "Broker",
     "ClusterView",
@@ -82,6 +85,10 @@ class ClusterView:
     under_replicated: int | None = None
     # each mirror source as the brokers report it (`MirrorSourceStatus` dicts), for the status
     mirror_sources: tuple[dict[str, Any], ...] = ()
+    # each broker's load counters, for the autoscaler
+    loads: tuple[BrokerLoad, ...] = ()
+    # a restore from the bucket as the brokers report it, if they report one
+    restore: RestoreProgress | None = None
 
 
 @dataclass(frozen=True)

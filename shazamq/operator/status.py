@@ -11,10 +11,12 @@ Phases:
 - ``Creating``: the brokers have never all been ready yet;
 - ``Updating``: the StatefulSet is rolling out a change or scaling;
 - ``Running``: every broker is up to date and ready;
-- ``Degraded``: no change is in progress but some brokers are not ready.
+- ``Degraded``: no change is in progress but some brokers are not ready;
+- ``Restoring``: the brokers restore the cluster from its bucket (``status.restore``).
 
 Conditions: ``Ready`` (every broker ready) and ``Reconciled`` (the desired objects were
-applied), each with a CamelCase reason.
+applied), each with a CamelCase reason; ``Restored`` once a cluster restored from a bucket
+(False while it restores).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from typing import Any
 import msgspec
 
 from shazamq.config import (
+    AutoscalingStatus,
     BrokerStatus,
     ClusterCondition,
     MirrorSourceStatus,
+    RestoreStatus,
     RollStatus,
     ScalingStatus,
     ShazamqClusterStatus,
@@ -38,6 +42,7 @@ from shazamq.config import (
 READY = "Ready"
 RECONCILED = "Reconciled"
 SCALED = "Scaled"  # present only while a scaling moves data or is refused
+RESTORED = "Restored"  # present once a restore from the bucket was seen
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ def cluster_status(
     roll: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
     mirror_sources: Iterable[Mapping[str, Any]] | None = None,
+    autoscaling: Mapping[str, Any] | type[Ellipsis] | None = ...,
+    restore: Mapping[str, Any] | type[Ellipsis] | None = ...,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
@@ -156,6 +163,10 @@ def cluster_status(
     reason ``Reassigning`` or ``ScaleDownRefused``) and keeps the phase ``Updating``.
     `mirror_sources` are the mirror sources as the brokers last reported them
     (`MirrorSourceStatus` dicts); None keeps the previous ones (the brokers were not read).
+    `autoscaling` is the autoscaler's last decision (`AutoscalingStatus` as a dict) and
+    `restore` the restore from the bucket (`RestoreStatus` as a dict): ``...`` keeps the
+    previous one, None removes it. A restore in progress makes the phase ``Restoring``;
+    either adds the condition ``Restored``.
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -225,6 +236,30 @@ def cluster_status(
                 now=now,
             )
         )
+    if autoscaling is ...:
+        autoscaling = previous.get("autoscaling")
+    if restore is ...:
+        restore = previous.get("restore")
+    if restore:
+        restoring = restore.get("state") == "Restoring"
+        if restoring and outcome.ok:
+            phase = "Restoring"
+        done, total = restore.get("partitionsRestored", 0), restore.get("partitions", 0)
+        conditions.append(
+            condition(
+                RESTORED,
+                not restoring,
+                "Restoring" if restoring else "RestoreComplete",
+                f"{done}/{total} partitions restored from the bucket"
+                if restoring
+                else f"Restored {restore.get('topics', 0)} topics, {done} partitions, "
+                f"{restore.get('bytes', 0)} bytes and {restore.get('groups', 0)} consumer "
+                "groups from the bucket",
+                previous=old_conditions,
+                generation=generation,
+                now=now,
+            )
+        )
     status = ShazamqClusterStatus(
         phase=phase,  # type: ignore[arg-type]
         replicas=int(sts_status.get("replicas", 0) or 0),
@@ -246,6 +281,8 @@ def cluster_status(
             ),
             list[MirrorSourceStatus],
         ),
+        autoscaling=None if not autoscaling else msgspec.convert(autoscaling, AutoscalingStatus),
+        restore=None if not restore else msgspec.convert(restore, RestoreStatus),
     )
     return msgspec.to_builtins(status)
 

@@ -4,7 +4,8 @@ Three clustered brokers tier a topic to SeaweedFS while a consumer group commits
 cluster is stopped (SIGTERM: the tails reach the bucket) and its data directories are
 deleted. A new three-broker cluster on the same bucket then recreates the topics with
 their ids, serves every offset from 0 byte for byte, resumes the group at its committed
-offsets, and continues new records at the restored end on every replica.
+offsets, and continues new records at the restored end on every replica. The brokers'
+restore metrics, read with the operator's own parsers, add up to every partition restored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from shazamq.operator.probe import parse_metrics
+from shazamq.operator.restore import (
+    RESTORE_METRICS,
+    RestoreProgress,
+    merge,
+    progress_of,
+    restore_status,
+)
 from tests.tier.conftest import weed_server
 
 from .conftest import BrokerProcess, ClusterFactory
@@ -41,10 +50,14 @@ GROUP = "resumer"
 COMMITTED = {0: 97, 1: 120}
 
 
-def log_end(b: BrokerProcess, partition: int) -> int:
+def metrics_text(b: BrokerProcess) -> str:
     url = f"http://{b.address}:{b.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def log_end(b: BrokerProcess, partition: int) -> int:
+    text = metrics_text(b)
     want = f'shazamq_log_end_offset{{partition="{partition}",topic="{TOPIC}"}}'
     for line in text.splitlines():
         if line.startswith(want):
@@ -182,6 +195,21 @@ def test_new_cluster_restores_from_the_bucket(
             assert first == COMMITTED
         finally:
             group.close()
+
+        # what the operator reads of it: every partition restored, counted once
+        def report() -> RestoreProgress | None:
+            return merge(progress_of(parse_metrics(metrics_text(b), RESTORE_METRICS)) for b in new)
+
+        def done() -> bool:
+            r = report()
+            return r is not None and not r.in_progress and r.restored == r.partitions
+
+        wait_for(done, 60, "the brokers to report the restore done")
+        r = report()
+        assert r is not None and r.brokers == 3 and r.partitions >= PARTITIONS and r.bytes > 0
+        status = restore_status(None, r, expected_brokers=3, now="2026-01-01T00:00:00Z")
+        assert status is not None and status["state"] == "Restored"
+        assert status["partitionsRestored"] == status["partitions"]
 
         more = produce(new.bootstrap, PER_PARTITION, 20)
         for i in range(PARTITIONS):

@@ -209,12 +209,22 @@ def simple_example() -> dict[str, Any]:
     return as_stored(load_yaml((EXAMPLES / "simple-cluster.yaml").read_text()))
 
 
+def autoscaling_example() -> dict[str, Any]:
+    return as_stored(load_yaml((EXAMPLES / "autoscaling-cluster.yaml").read_text()))
+
+
+def restored_example() -> dict[str, Any]:
+    return as_stored(load_yaml((EXAMPLES / "restored-cluster.yaml").read_text()))
+
+
 README_CLUSTERS = {
     "quick-start": quick_start,
     "basic": basic,
     "simple-example": simple_example,
     "production": production,
     "original-crd": original,
+    "autoscaling-example": autoscaling_example,
+    "restored-example": restored_example,
 }
 
 

@@ -191,6 +191,14 @@ def test_readme_clusters_are_accepted_by_the_schema(name: str) -> None:
         {"security": {"auth": {"mechanism": "GSSAPI"}}},
         {"monitoring": {"serviceMonitor": {"interval": "often"}}},
         {"podLabels": {"a": 1}},
+        {"autoscaling": {"minReplicas": 0}},
+        {"autoscaling": {"maxReplicas": 1001}},
+        {"autoscaling": {"targets": {"cpuUtilizationPercent": 0}}},
+        {"autoscaling": {"targets": {"bytesInPerSecond": "fast"}}},
+        {"autoscaling": {"targets": {"replicas": 3}}},
+        {"autoscaling": {"scaleUpStabilizationSeconds": -1}},
+        {"autoscaling": {"scaleDownStabilizationSeconds": 3601}},
+        {"tieredStorage": {"restore": "yes"}},
     ],
 )
 def test_bad_values_are_rejected_by_the_schema(patch: dict[str, Any]) -> None:

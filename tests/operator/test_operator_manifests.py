@@ -99,7 +99,15 @@ def test_kubectl_install_manifest_is_valid() -> None:
     assert account["metadata"]["name"] == "shazamq-operator"
 
 
-@pytest.mark.parametrize("name", ["simple-cluster.yaml", "production-cluster.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "simple-cluster.yaml",
+        "production-cluster.yaml",
+        "autoscaling-cluster.yaml",
+        "restored-cluster.yaml",
+    ],
+)
 def test_examples_are_accepted_by_the_operator(name: str) -> None:
     doc = yaml.safe_load((EXAMPLES / name).read_text())
     assert doc["apiVersion"] == "shazamq.io/v1alpha1" and doc["kind"] == "ShazamqCluster"
@@ -115,3 +123,33 @@ def test_production_example_has_what_the_readme_promises() -> None:
     assert spec["security"]["tls"]["enabled"] and spec["security"]["auth"]["enabled"]
     assert spec["affinity"] and spec["tolerations"] and spec["nodeSelector"]
     assert spec["monitoring"]["serviceMonitor"]["enabled"]
+
+
+def test_the_restore_example_names_the_production_cluster_s_bucket() -> None:
+    """The README's restore: a new cluster "with the same tiered storage configuration"
+    renders brokers that read the same bucket and prefix."""
+
+    def tiered(name: str) -> Any:
+        doc = yaml.safe_load((EXAMPLES / name).read_text())
+        return ClusterModel.from_resource(as_stored(doc)).config.tiered_storage
+
+    old, new = tiered("production-cluster.yaml"), tiered("restored-cluster.yaml")
+    assert new.enabled and new.provider == old.provider == "s3"
+    assert new.s3 is not None and old.s3 is not None
+    assert (new.s3.bucket, new.s3.prefix, new.s3.region) == (
+        old.s3.bucket,
+        old.s3.prefix,
+        old.s3.region,
+    )
+
+
+def test_the_autoscaling_example_is_what_the_autoscaler_reads() -> None:
+    from shazamq.operator.autoscale import Policy
+
+    doc = yaml.safe_load((EXAMPLES / "autoscaling-cluster.yaml").read_text())
+    model = ClusterModel.from_resource(as_stored(doc))
+    policy = Policy.from_spec(model.spec.autoscaling, model.spec.resources)
+    assert model.spec.autoscaling.enabled
+    assert (policy.min_replicas, policy.max_replicas) == (3, 9)
+    assert policy.cpu_cores == 2.0  # the request, not the limit
+    assert policy.bytes_in_per_second == 50_000_000 and policy.partitions == 2000

@@ -344,6 +344,19 @@ def test_cluster_id_is_shared_by_every_broker_and_stable() -> None:
     assert model(other).config.broker.cluster_id != a.config.broker.cluster_id
 
 
+def test_a_cluster_on_a_bucket_may_restore_it_unless_told_not_to() -> None:
+    """With tiered storage (and ``restore``, the default) the cluster id is not pinned: a new
+    cluster's brokers take the id of the cluster the bucket holds, and restore it. With
+    ``restore: false`` the resource's id is pinned, so a bucket holding another cluster is
+    refused by the brokers."""
+    tiered = {"enabled": True, "provider": "s3", "s3": {"bucket": "bucket-1", "prefix": "p"}}
+    assert model(with_spec(tieredStorage=tiered)).config.broker.cluster_id is None
+    pinned = model(with_spec(tieredStorage={**tiered, "restore": False}))
+    assert pinned.config.broker.cluster_id == model(with_spec()).config.broker.cluster_id
+    off = model(with_spec(tieredStorage={**tiered, "enabled": False}))
+    assert off.config.broker.cluster_id is not None
+
+
 # -- Services --------------------------------------------------------------------------------
 
 

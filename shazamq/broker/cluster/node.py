@@ -281,6 +281,28 @@ class ClusterNode:
                 sum(1 for b in state.brokers.values() if b.fenced),
             ),
         ]
+        if self.restorer is not None:
+            # the bucket's cluster, and whether this broker is still restoring from it (the
+            # metadata log says so, or partitions are being laid out here)
+            meta = self.restorer.meta
+            gauges += [
+                (
+                    "shazamq_restore_in_progress",
+                    "1 while the cluster restores from the bucket or this broker lays "
+                    "partitions out from it.",
+                    1 if state.restoring or self._laying_out else 0,
+                ),
+                (
+                    "shazamq_restore_topics",
+                    "Topics in the bucket's cluster document.",
+                    len(meta.topics),
+                ),
+                (
+                    "shazamq_restore_partitions",
+                    "Partitions of those topics.",
+                    sum(t.partitions for t in meta.topics),
+                ),
+            ]
         out: list[Metric] = []
         for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc)
@@ -599,7 +621,8 @@ class ClusterNode:
         now = time.monotonic()
         if p is None:
             if self.restorer is not None and self.restorer.needs_layout(t.name, t.topic_id, index):
-                self._lay_out_then_host(t.name, t.topic_id, index)
+                first = bool(info.replicas) and info.replicas[0] == self.node_id
+                self._lay_out_then_host(t.name, t.topic_id, index, count=first)
                 return
             p = parts.host_partition(t.name, index)
             if p is None:  # its log cannot be opened: offline here, logged
@@ -640,7 +663,7 @@ class ClusterNode:
                     for listener in self.on_partition_role:
                         listener(p, False)
 
-    def _lay_out_then_host(self, name: str, topic_id: str, index: int) -> None:
+    def _lay_out_then_host(self, name: str, topic_id: str, index: int, *, count: bool) -> None:
         """Lay the partition's log out from the bucket (off the loop), then host it as the
         metadata then says; until then it is not served here (clients retry)."""
         key = (name, index)
@@ -655,7 +678,7 @@ class ClusterNode:
             try:
                 while not self._stopping:
                     try:
-                        await restorer.lay_out(name, topic_id, index)
+                        await restorer.lay_out(name, topic_id, index, count=count)
                         break
                     except Exception as exc:  # the bucket away: retry, nothing is hosted
                         log.warning("%s-%d: restoring from the bucket: %s", name, index, exc)

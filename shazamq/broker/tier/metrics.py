@@ -35,3 +35,16 @@ class TierMetrics:
         self.cache_misses = Counter(
             "shazamq_tier_cache_misses", "Remote chunk reads that went to the bucket.", registry=r
         )
+        # a cluster restored from the bucket: each partition is counted by the broker that is
+        # its first replica when it lays the partition out, so the sum over brokers is the
+        # cluster's (the operator reports it as the restore's progress)
+        self.restored_partitions = Counter(
+            "shazamq_restore_partitions_restored",
+            "Partitions laid out from the bucket, counted by their first replica.",
+            registry=r,
+        )
+        self.restored_bytes = Counter(
+            "shazamq_restore_bytes",
+            "Bytes of history in the bucket behind those partitions.",
+            registry=r,
+        )

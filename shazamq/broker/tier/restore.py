@@ -45,6 +45,7 @@ from .manifest import (
     partition_prefix,
     segment_key,
 )
+from .metrics import TierMetrics
 from .store import ObjectStore, StoreError, StoreErrorKind
 
 __all__ = ["ClusterRestore", "RestoreError", "read_cluster", "restore_if_empty"]
@@ -232,8 +233,15 @@ class ClusterRestore:
     hosted: a new cluster's replicas, or a broker that lost its disk.
     """
 
-    def __init__(self, store: ObjectStore, data_dir: Path, meta: ClusterMetadata) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        data_dir: Path,
+        meta: ClusterMetadata,
+        metrics: TierMetrics | None = None,
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.data_dir = data_dir
         self.meta = meta
         self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
@@ -248,19 +256,27 @@ class ClusterRestore:
             return False
         return not (self.data_dir / f"{name}-{index}").exists()
 
-    async def lay_out(self, name: str, topic_id: str, index: int) -> int | None:
+    async def lay_out(
+        self, name: str, topic_id: str, index: int, *, count: bool = False
+    ) -> int | None:
         """Write the partition's folder from its manifest; its log start, or None when
-        the bucket holds nothing of it (it starts empty)."""
+        the bucket holds nothing of it (it starts empty). `count`: this broker is the
+        partition's first replica, and counts it in the restore's metrics."""
         key = manifest_key(name, topic_id, index)
         raw = await _get_or_none(self.store, key)
         if raw is None:
             self._done.add((topic_id, index))
+            if count and self.metrics is not None:
+                self.metrics.restored_partitions.inc()
             return None
         m = decode_manifest(raw, where=key)
         files = await _partition_files(self.store, m, download_all=name in INTERNAL_TOPICS)
         pdir = self.data_dir / f"{name}-{index}"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _lay_out, pdir, m, files)
+        if count and self.metrics is not None:
+            self.metrics.restored_partitions.inc()
+            self.metrics.restored_bytes.inc(m.size_bytes)
         log.info(
             "%s-%d restored from the bucket: offsets %d..%d remote, local log from %d",
             name,

@@ -1,0 +1,96 @@
+"""The restore's metrics of a clustered broker (`ClusterRestore` with `TierMetrics`).
+
+Each partition is counted once, by the broker that is its first replica, so the operator
+can add the brokers' counts up: partitions laid out (with or without a manifest in the
+bucket) and the bytes of history behind them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from shazamq.broker.tier.manifest import (
+    ClusterMetadata,
+    PartitionManifest,
+    RemoteSegment,
+    RemoteTopic,
+    encode_manifest,
+    manifest_key,
+)
+from shazamq.broker.tier.metrics import TierMetrics
+from shazamq.broker.tier.restore import ClusterRestore
+from shazamq.broker.tier.store import ObjectInfo, ObjectNotFoundError, ObjectStore
+
+TOPIC = RemoteTopic(name="orders", topic_id="AAAAAAAAAAAAAAAAAAAAAA", partitions=3)
+
+
+class MemoryStore(ObjectStore):
+    def __init__(self) -> None:
+        super().__init__("")
+        self.objects: dict[str, bytes] = {}
+
+    async def _put(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+
+    async def _get(self, key: str, start: int, end: int | None) -> bytes:
+        if key not in self.objects:
+            raise ObjectNotFoundError(key)
+        return self.objects[key][start:end]
+
+    async def _head(self, key: str) -> ObjectInfo:
+        if key not in self.objects:
+            raise ObjectNotFoundError(key)
+        return ObjectInfo(key, len(self.objects[key]))
+
+    async def _list(self, prefix: str) -> list[ObjectInfo]:
+        return [ObjectInfo(k, len(v)) for k, v in self.objects.items() if k.startswith(prefix)]
+
+    async def _delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+
+def segment(base: int, last: int, size: int) -> RemoteSegment:
+    return RemoteSegment(
+        upload_id="u1",
+        base_offset=base,
+        last_offset=last,
+        base_timestamp=-1,
+        max_timestamp=-1,
+        offset_of_max_timestamp=base,
+        size=size,
+        crc32c=0,
+        epochs=[(0, base)],
+    )
+
+
+async def test_partitions_and_bytes_are_counted_by_the_first_replica(tmp_path: Path) -> None:
+    store = MemoryStore()
+    manifest = PartitionManifest(
+        topic=TOPIC.name,
+        topic_id=TOPIC.topic_id,
+        partition=0,
+        segments=[segment(0, 9, 1000), segment(10, 19, 234)],
+    )
+    await store.put(manifest_key(TOPIC.name, TOPIC.topic_id, 0), encode_manifest(manifest))
+    registry = CollectorRegistry()
+    metrics = TierMetrics(registry)
+    restorer = ClusterRestore(
+        store, tmp_path, ClusterMetadata(cluster_id="c", topics=[TOPIC]), metrics
+    )
+
+    def sample(name: str) -> float | None:
+        return registry.get_sample_value(name)
+
+    assert await restorer.lay_out(TOPIC.name, TOPIC.topic_id, 0, count=True) == 20
+    assert (tmp_path / "orders-0" / "leader-epoch-checkpoint").exists()
+    assert sample("shazamq_restore_partitions_restored_total") == 1
+    assert sample("shazamq_restore_bytes_total") == 1234
+    # no manifest: the partition starts empty, and is restored all the same
+    assert await restorer.lay_out(TOPIC.name, TOPIC.topic_id, 1, count=True) is None
+    assert sample("shazamq_restore_partitions_restored_total") == 2
+    # a follower's layout is counted by the partition's first replica, not here
+    await restorer.lay_out(TOPIC.name, TOPIC.topic_id, 2, count=False)
+    assert sample("shazamq_restore_partitions_restored_total") == 2
+    assert sample("shazamq_restore_bytes_total") == 1234
