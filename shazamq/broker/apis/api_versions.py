@@ -20,15 +20,17 @@ if TYPE_CHECKING:
 KEY = 18
 
 # Features the broker finalizes (v3+): group.version 1 tells clients the consumer
-# rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled.
-FEATURES = {"group.version": 1}
+# rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled, share.version 1 that
+# share groups (KIP-932, ShareGroupHeartbeat) are. Each is advertised with its API.
+FEATURES = {"group.version": 1, "share.version": 1}
+FEATURE_APIS = {"group.version": 68, "share.version": 76}
 FEATURES_EPOCH = 1
 
 
 def register(d: Dispatcher, broker: Broker) -> None:
     async def handle(ctx: RequestContext, req: ApiVersionsRequest) -> ApiVersionsResponse:
         registered = {k for k, _, _ in d.supported()}
-        features = FEATURES if 68 in registered else {}
+        features = {n: v for n, v in FEATURES.items() if FEATURE_APIS[n] in registered}
         if ctx.api_version >= 3:
             ctx.session.client_software = (
                 f"{req.client_software_name}/{req.client_software_version}"
