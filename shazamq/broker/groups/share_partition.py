@@ -210,16 +210,17 @@ class SharePartition:
         """Hand records of ``batches`` (read from the log, in offset order) to ``member``.
 
         Redeliverable offsets inside the window come first in offset order, then offsets
-        past the end, until ``max_records`` are acquired (a batch already begun is taken
-        whole, as Kafka aligns acquisitions to batches) or the window is
-        ``max_in_flight`` long. Offsets of undeliverable batches past the end are archived
+        past the end, until ``max_records`` are acquired (exactly: a batch may be shared
+        by several members, each told its offsets, as in Kafka's record-limit mode) or
+        the window is ``max_in_flight`` long. Offsets of undeliverable batches past the end are archived
         on the way. Returns ``(first, last, delivery count)`` runs of what was acquired.
         """
         self.expire(now)
         deadline = now + lock_ms
         taken: list[int] = []
+        full = False
         for b in batches:
-            if len(taken) >= max_records:
+            if full or len(taken) >= max_records:
                 break
             lo = max(b.first, self.start)
             if lo > b.last:
@@ -234,6 +235,7 @@ class SharePartition:
                 r = self.records.get(o)
                 if r is None:  # past the end: a record never handed out
                     if self.end - self.start >= self.max_in_flight:
+                        full = True  # the window is as long as allowed: stop here
                         break
                     if not b.deliverable:
                         r = self.records[o] = _Record(RecordState.ARCHIVED, 0)
@@ -244,6 +246,8 @@ class SharePartition:
                     self.end = o + 1
                 if r.state != RecordState.AVAILABLE or not b.deliverable:
                     continue
+                if len(taken) >= max_records:
+                    break
                 r.state = RecordState.ACQUIRED
                 r.delivery_count += 1
                 r.member = member
