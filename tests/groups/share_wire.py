@@ -17,12 +17,12 @@ from kafka_wire import WireClient
 
 from shazamq.protocol.messages.metadata_request import MetadataRequest, MetadataRequestTopic
 from shazamq.protocol.messages.share_acknowledge_request import (
+    AcknowledgementBatch as AckBatchMsg,
+)
+from shazamq.protocol.messages.share_acknowledge_request import (
     AcknowledgePartition,
     AcknowledgeTopic,
     ShareAcknowledgeRequest,
-)
-from shazamq.protocol.messages.share_acknowledge_request import (
-    AcknowledgementBatch as AckBatchMsg,
 )
 from shazamq.protocol.messages.share_fetch_request import (
     AcknowledgementBatch,
