@@ -213,7 +213,8 @@ class SharePartition:
         past the end, until ``max_records`` are acquired (exactly: a batch may be shared
         by several members, each told its offsets, as in Kafka's record-limit mode) or
         the window is ``max_in_flight`` long. Offsets of undeliverable batches past the
-        end are archived on the way. Returns ``(first, last, delivery count)`` runs of what was acquired.
+        end are archived on the way. Returns ``(first, last, delivery count)`` runs of
+        what was acquired.
         """
         self.expire(now)
         deadline = now + lock_ms
