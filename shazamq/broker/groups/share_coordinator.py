@@ -148,8 +148,13 @@ class ShareCoordinator:
 
     async def start(self) -> None:
         if self.broker.cluster is not None:
-            # The state topic is written where the group's state partition is led; in a
-            # cluster that is created on first use, like the other coordinators' topics.
+            # Membership follows the group coordinator's placement; share-partitions live
+            # on their partition's leader, in memory: the state topic is not written
+            # across brokers yet (no share coordinator RPCs).
+            log.warning(
+                "share groups in a cluster: share-partition state and group settings are "
+                "kept in memory on each broker, not persisted"
+            )
             self.loaded = True
             return
         await self.store.ensure()
@@ -610,6 +615,10 @@ class ShareCoordinator:
         if not self.loaded:
             return int(_E.COORDINATOR_LOAD_IN_PROGRESS), None
         if not opening:
+            return 0, None
+        if self.broker.cluster is not None and not self.broker.groups.coordinates(group_id):
+            # the partition leader serves the session; the membership lives with the
+            # group's coordinator, another broker
             return 0, None
         g = self.groups.get(group_id)
         if g is None or member_id not in g.members:
