@@ -209,6 +209,30 @@ def test_lock_expiry_and_renew(broker):
     assert b.acknowledge([(0, 1, [ACCEPT])]).responses[0].partitions[0].error_code == 0
 
 
+def test_a_member_whose_session_ends_loses_its_records(broker):
+    topic, group, tid = setup(
+        broker.bootstrap,
+        3,
+        share_session_timeout_ms="1000",
+        share_heartbeat_interval_ms="500",
+        share_record_lock_duration_ms="60000",
+    )
+    a, b = member(broker, group, topic, tid), member(broker, group, topic, tid)
+    assert offsets(a.fetch()) == [0, 1, 2]
+    # a never heartbeats again; b keeps its membership and waits for the records
+    got: list[tuple[int, int, int]] = []
+    for _ in range(20):
+        r = heartbeat(b.c, group, b.member_id, b.epoch, None)
+        assert r.error_code == 0
+        b.epoch = r.member_epoch
+        got = acquired(b.fetch(max_wait_ms=400))
+        if got:
+            break
+    assert got == [(0, 2, 2)]  # long before the locks' minute: a's session ended
+    r = heartbeat(a.c, group, a.member_id, a.epoch, None)
+    assert r.error_code == E.UNKNOWN_MEMBER_ID
+
+
 def test_latest_start_skips_what_was_there(broker):
     topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     tid = create_topic(broker.bootstrap, topic, 1)
@@ -245,6 +269,7 @@ def test_group_settings_are_validated(broker):
         ("share.delivery.count.limit", "99", "between 2 and 10"),
         ("share.isolation.level", "dirty", "read_committed"),
         ("share.session.timeout.ms", "x", "integer"),
+        ("share.session.timeout.ms", "2000", "must be lower than share.session.timeout.ms"),
         ("no.such.setting", "1", "not a share group setting"),
     ]
     for name, value, words in bad:

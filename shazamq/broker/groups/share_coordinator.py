@@ -773,7 +773,7 @@ class ShareCoordinator:
                     if d is not None and (next_lock is None or d < next_lock):
                         next_lock = d
         # archived-on-the-way records (markers, aborted) and moved starts are state too
-        self._persist(group_id, [k for k in self.partitions if k[0] == group_id])
+        self._persist(group_id, [(group_id, tid, index) for tid, index in order])
         return got, waits, next_lock
 
     async def share_acknowledge(

@@ -148,9 +148,9 @@ def validate_settings(d: ShareDefaults, values: Mapping[str, str]) -> dict[str, 
             raise GroupSettingError(
                 f"{name} is not a share group setting; known: {', '.join(SETTING_NAMES)}"
             )
-    hb = int(out.get(HEARTBEAT_INTERVAL, values.get(HEARTBEAT_INTERVAL, d.heartbeat_interval_ms)))
+    hb = int(out.get(HEARTBEAT_INTERVAL, d.heartbeat_interval_ms))
     session = int(out.get(SESSION_TIMEOUT, d.session_timeout_ms))
-    if HEARTBEAT_INTERVAL in out and hb >= session:
+    if (HEARTBEAT_INTERVAL in out or SESSION_TIMEOUT in out) and hb >= session:
         raise GroupSettingError(
             f"{HEARTBEAT_INTERVAL} ({hb}) must be lower than {SESSION_TIMEOUT} ({session})"
         )
