@@ -262,7 +262,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     for n, _v, _d in broker.share.describe_settings(name)
                     if n not in named
                 ] + changes
-            broker.share.alter_settings(name, changes, validate_only)
+            await broker.share.alter_settings(name, changes, validate_only)
         else:
             raise KafkaError(
                 ErrorCode.INVALID_REQUEST, f"resource type {resource_type} cannot be altered"

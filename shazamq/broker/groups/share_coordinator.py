@@ -45,6 +45,7 @@ from .share_group import (
 )
 from .share_partition import AckError, SharePartition, deliverable_batches
 from .share_state_store import (
+    SHARE_STATE_TOPIC,
     LoadedShareState,
     ShareStateStore,
     Snapshot,
@@ -142,6 +143,8 @@ class ShareCoordinator:
         self._snapshots: dict[PartKey, Snapshot] = {}  # loaded, not yet asked for
         self._snapshot_epochs: dict[PartKey, int] = {}
         self._sessions: dict[tuple[str, str], _Session] = {}
+        self._store_ready = False
+        self._store_lock = asyncio.Lock()
         self.loaded = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -157,15 +160,27 @@ class ShareCoordinator:
             )
             self.loaded = True
             return
-        await self.store.ensure()
-        loaded = await asyncio.get_running_loop().run_in_executor(None, self.store.load)
-        self._install(loaded)
+        if self.broker.metadata.topics.get(SHARE_STATE_TOPIC) is not None:
+            await self._ensure_store()
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self.store.load)
+            self._install(loaded)
+        # else the topic is created when a share group first needs it: brokers that never
+        # see a share group carry no __share_group_state
         self.loaded = True
         log.info(
             "share coordinator loaded %d groups and %d share-partitions",
             len(self.groups),
             len(self._snapshots),
         )
+
+    async def _ensure_store(self) -> None:
+        """Create ``__share_group_state`` once, on first need; KafkaError if it cannot be."""
+        if self._store_ready or self.broker.cluster is not None:
+            return
+        async with self._store_lock:
+            if not self._store_ready:
+                await self.store.ensure()
+                self._store_ready = True
 
     def _install(self, loaded: LoadedShareState) -> None:
         for gid, epoch in loaded.groups.items():
@@ -200,7 +215,7 @@ class ShareCoordinator:
             for name, default in sorted(defaults_as_strings(self.defaults).items())
         ]
 
-    def alter_settings(
+    async def alter_settings(
         self, group_id: str, changes: list[tuple[str, str | None]], validate_only: bool
     ) -> None:
         """Apply SET (value) and DELETE (None) operations; KafkaError INVALID_CONFIG names
@@ -221,6 +236,7 @@ class ShareCoordinator:
             raise KafkaError(_E.INVALID_CONFIG, str(exc)) from None
         if validate_only:
             return
+        await self._ensure_store()
         self._write_or_raise(
             group_id, [(config_key(group_id), encode_config(new) if new else None)]
         )
@@ -321,6 +337,10 @@ class ShareCoordinator:
             return ShareHeartbeatResult(
                 int(_E.GROUP_ID_NOT_FOUND), f"Group {group_id} is not a share group."
             )
+        try:
+            await self._ensure_store()
+        except KafkaError as exc:
+            return ShareHeartbeatResult(int(_E.COORDINATOR_NOT_AVAILABLE), exc.message)
         group = self.groups.get(group_id)
         records: list[tuple[bytes, bytes | None]] = []
         if member_epoch == -1:
