@@ -233,6 +233,23 @@ def test_a_member_whose_session_ends_loses_its_records(broker):
     assert r.error_code == E.UNKNOWN_MEMBER_ID
 
 
+def test_a_session_left_open_by_a_departed_member_is_closed(broker):
+    import time
+
+    topic, group, tid = setup(broker.bootstrap, 2, share_record_lock_duration_ms="400")
+    a = member(broker, group, topic, tid)
+    assert offsets(a.fetch()) == [0, 1]
+    assert heartbeat(a.c, group, a.member_id, -1, None).error_code == 0
+    code = 0
+    deadline = time.monotonic() + 20
+    while code == 0 and time.monotonic() < deadline:
+        code = a.fetch(max_records=0).error_code  # the session serves until it is closed
+        time.sleep(0.1)
+    assert code == E.SHARE_SESSION_NOT_FOUND
+    b = member(broker, group, topic, tid)
+    assert acquired(b.fetch()) == [(0, 1, 2)]
+
+
 def test_latest_start_skips_what_was_there(broker):
     topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     tid = create_topic(broker.bootstrap, topic, 1)

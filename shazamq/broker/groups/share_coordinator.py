@@ -344,6 +344,7 @@ class ShareCoordinator:
         group = self.groups.get(group_id)
         records: list[tuple[bytes, bytes | None]] = []
         if member_epoch == -1:
+            key = (group_id, member_id)
             member = group.members.get(member_id) if group is not None else None
             if group is None or member is None:
                 return ShareHeartbeatResult(
@@ -353,6 +354,12 @@ class ShareCoordinator:
             # what it holds stays locked until its share session closes (a closing client
             # leaves the group first, then sends its last acknowledgements) or the locks end
             self._remove_member(group, member, release=False)
+            # a client that left and never closes its session: closed for it once its
+            # locks would have ended anyway, so sessions do not pile up
+            grace = self.settings(group_id).record_lock_duration_ms / 1000
+            asyncio.get_running_loop().call_later(
+                grace, self._close_if_gone, group_id, member_id, self._sessions.get(key)
+            )
             return ShareHeartbeatResult(0, None, member_id, -1, 0, None)
         settings = self.settings(group_id)
         bump = False
@@ -667,6 +674,16 @@ class ShareCoordinator:
             )
         s.epoch = 1 if s.epoch >= _MAX_EPOCH else s.epoch + 1
         return s, 0, None
+
+    def _close_if_gone(self, group_id: str, member_id: str, session: _Session | None) -> None:
+        g = self.groups.get(group_id)
+        rejoined = g is not None and member_id in g.members
+        if (
+            session is not None
+            and self._sessions.get((group_id, member_id)) is session
+            and not rejoined
+        ):
+            self._close_session(group_id, member_id)
 
     def _close_session(self, group_id: str, member_id: str) -> None:
         s = self._sessions.pop((group_id, member_id), None)
