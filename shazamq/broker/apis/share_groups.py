@@ -17,7 +17,7 @@ GROUP resources (apis/configs.py).
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shazamq.protocol.messages.share_acknowledge_request import ShareAcknowledgeRequest
 from shazamq.protocol.messages.share_acknowledge_response import (
@@ -58,6 +58,7 @@ from shazamq.protocol.messages.share_group_heartbeat_response import (
 )
 
 from ..groups.share_coordinator import AckBatch, PartitionFetch
+from ..server import ON_CLOSE
 from .groups import _client_host
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ __all__ = ["register"]
 _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11)
 _NOT_REQUESTED = -(2**31)
 _DEFAULT_MAX_RECORDS = 500  # v0 has no MaxRecords
+_SESSIONS = "share_sessions"
 
 
 def _by_topic(parts: list[PartitionFetch]) -> dict[uuid.UUID, list[PartitionFetch]]:
@@ -172,6 +174,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
     def leader(epoch: int) -> tuple[int, int]:
         return (broker.node_id, epoch) if epoch >= 0 else (-1, -1)
 
+    def connection_sessions(ctx: RequestContext) -> dict[Any, Any]:
+        """The share sessions this connection opened; closed with it."""
+        owned = ctx.session.attrs.get(_SESSIONS)
+        if owned is None:
+            owned = ctx.session.attrs[_SESSIONS] = {}
+            ctx.session.attrs.setdefault(ON_CLOSE, []).append(
+                lambda: share.connection_closed(owned)
+            )
+        return owned  # type: ignore[no-any-return]
+
     async def share_fetch(ctx: RequestContext, req: ShareFetchRequest) -> ShareFetchResponse:
         v = ctx.api_version
         requested = [
@@ -200,6 +212,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             forgotten,
             v,
             ctx.received_at,
+            connection_sessions(ctx),
         )
         lock_ms = share.settings(req.group_id).record_lock_duration_ms if req.group_id else 0
         responses = []

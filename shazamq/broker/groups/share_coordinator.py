@@ -653,13 +653,23 @@ class ShareCoordinator:
         return 0, None
 
     def _session(
-        self, group_id: str, member_id: str, epoch: int, *, fetch: bool
+        self,
+        group_id: str,
+        member_id: str,
+        epoch: int,
+        *,
+        fetch: bool,
+        connection: dict[tuple[str, str], _Session] | None = None,
     ) -> tuple[_Session | None, int, str | None]:
         key = (group_id, member_id)
         if epoch == 0:
             if not fetch:
                 return None, int(_E.INVALID_SHARE_SESSION_EPOCH), "a share session opens by fetch"
             s = self._sessions[key] = _Session(1)
+            if connection is not None:
+                # as in Kafka, a share session lives on its connection: when that closes,
+                # what the member holds goes back to the group at once
+                connection[key] = s
             return s, 0, None
         s = self._sessions.get(key)
         if s is None:
@@ -674,6 +684,13 @@ class ShareCoordinator:
             )
         s.epoch = 1 if s.epoch >= _MAX_EPOCH else s.epoch + 1
         return s, 0, None
+
+    def connection_closed(self, sessions: dict[tuple[str, str], object]) -> None:
+        """Close the share sessions a closed connection opened, unless reopened since."""
+        for (group_id, member_id), session in sessions.items():
+            if self._sessions.get((group_id, member_id)) is session:
+                self._close_session(group_id, member_id)
+        sessions.clear()
 
     def _close_if_gone(self, group_id: str, member_id: str, session: _Session | None) -> None:
         g = self.groups.get(group_id)
@@ -711,15 +728,19 @@ class ShareCoordinator:
         forgotten: list[tuple[uuid.UUID, int]],
         version: int,
         received_at: float,
+        connection: dict[tuple[str, str], _Session] | None = None,
     ) -> tuple[int, str | None, list[PartitionFetch]]:
-        """(top-level error, message, per-partition answers) of a ShareFetch."""
+        """(top-level error, message, per-partition answers) of a ShareFetch;
+        ``connection`` gathers the sessions the client's connection opened."""
         code, message = self._member_error(group_id, member_id, session_epoch == 0)
         if code:
             return code, message, []
         assert group_id and member_id
         if session_epoch == 0 and any(acks for _t, _p, acks in requested):
             return int(_E.INVALID_REQUEST), "acknowledgements in a request opening a session", []
-        session, code, message = self._session(group_id, member_id, session_epoch, fetch=True)
+        session, code, message = self._session(
+            group_id, member_id, session_epoch, fetch=True, connection=connection
+        )
         if session is None:
             return code, message, []
         out: dict[TopicPartitionId, PartitionFetch] = {}
