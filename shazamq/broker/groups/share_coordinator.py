@@ -59,6 +59,7 @@ from .share_state_store import (
 
 if TYPE_CHECKING:
     from shazamq.broker.app import Broker
+    from shazamq.broker.log.partition_log import PartitionLog
     from shazamq.broker.partitions import Partition
 
 __all__ = ["AckBatch", "PartitionFetch", "ShareCoordinator", "ShareHeartbeatResult"]
@@ -542,7 +543,31 @@ class ShareCoordinator:
         pos = sp.read_from()
         if pos >= upper or max_records <= 0:
             return b"", []
-        data = plog.read(pos, max(min(max_bytes, _READ_CHUNK), 1), upper_bound=upper)
+        limit = max(min(max_bytes, _READ_CHUNK), 1)
+        data, acquired = self._acquire_at(
+            member_id, sp, plog, pos, upper, limit, settings, now, max_records
+        )
+        if not acquired and pos < sp.end < upper:
+            # the redeliverable records were not in this read (large records, a full window
+            # of others' locks in between): what was never delivered comes next
+            data, acquired = self._acquire_at(
+                member_id, sp, plog, sp.end, upper, limit, settings, now, max_records
+            )
+        return data, acquired
+
+    def _acquire_at(
+        self,
+        member_id: str,
+        sp: SharePartition,
+        plog: PartitionLog,
+        pos: int,
+        upper: int,
+        limit: int,
+        settings: ShareSettings,
+        now: int,
+        max_records: int,
+    ) -> tuple[bytes, list[tuple[int, int, int]]]:
+        data = plog.read(pos, limit, upper_bound=upper)
         if not data:
             return b"", []
         view = memoryview(data)
