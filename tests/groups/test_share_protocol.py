@@ -39,8 +39,15 @@ from share_wire import (
 
 from shazamq.protocol.errors import ErrorCode as E
 from shazamq.protocol.messages.api_versions_request import ApiVersionsRequest
+from shazamq.protocol.messages.consumer_group_heartbeat_request import (
+    ConsumerGroupHeartbeatRequest,
+)
 from shazamq.protocol.messages.delete_groups_request import DeleteGroupsRequest
 from shazamq.protocol.messages.describe_groups_request import DescribeGroupsRequest
+from shazamq.protocol.messages.join_group_request import (
+    JoinGroupRequest,
+    JoinGroupRequestProtocol,
+)
 from shazamq.protocol.messages.list_groups_request import ListGroupsRequest
 from shazamq.protocol.messages.share_group_describe_request import ShareGroupDescribeRequest
 
@@ -323,6 +330,31 @@ def test_list_describe_delete_groups(broker):
     }
     d = c.call(DescribeGroupsRequest(groups=[group]), 5)
     assert d.groups[0].error_code == E.GROUP_ID_NOT_FOUND
+    # the id is a share group's: classic and consumer-protocol members are turned away
+    join = c.call(
+        JoinGroupRequest(
+            group_id=group,
+            session_timeout_ms=10000,
+            rebalance_timeout_ms=10000,
+            member_id="",
+            protocol_type="consumer",
+            protocols=[JoinGroupRequestProtocol(name="range", metadata=b"")],
+        ),
+        5,
+    )
+    assert join.error_code == E.INCONSISTENT_GROUP_PROTOCOL
+    chb = c.call(
+        ConsumerGroupHeartbeatRequest(
+            group_id=group,
+            member_id=uuid.uuid4().hex,
+            member_epoch=0,
+            rebalance_timeout_ms=5000,
+            subscribed_topic_names=[topic],
+            topic_partitions=[],
+        ),
+        1,
+    )
+    assert chb.error_code == E.GROUP_ID_NOT_FOUND
     r = c.call(DeleteGroupsRequest(groups_names=[group]), 2)
     assert r.results[0].error_code == E.NON_EMPTY_GROUP
     heartbeat(m.c, group, m.member_id, -1, None)
