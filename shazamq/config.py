@@ -258,6 +258,83 @@ class GroupsConfig(_Section):
             "(group.consumer.heartbeat.interval.ms).",
         ),
     ] = 5000
+    share_record_lock_duration_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="How long a share group member holds records it fetched before they "
+            "go back to the group (group.share.record.lock.duration.ms); a group may "
+            "override it with share.record.lock.duration.ms.",
+        ),
+    ] = 30000
+    share_min_record_lock_duration_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Lowest share.record.lock.duration.ms a group may set "
+            "(group.share.min.record.lock.duration.ms).",
+        ),
+    ] = 15000
+    share_max_record_lock_duration_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Highest share.record.lock.duration.ms a group may set "
+            "(group.share.max.record.lock.duration.ms).",
+        ),
+    ] = 60000
+    share_delivery_count_limit: Annotated[
+        int,
+        Meta(
+            ge=2,
+            le=10,
+            description="Deliveries of a record to share group members before it is "
+            "archived (group.share.delivery.count.limit).",
+        ),
+    ] = 5
+    share_session_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Session timeout of share group members (group.share.session.timeout.ms).",
+        ),
+    ] = 45000
+    share_heartbeat_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Heartbeat interval told to share group members "
+            "(group.share.heartbeat.interval.ms).",
+        ),
+    ] = 5000
+    share_partition_max_record_locks: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Records in flight (between the start and end offsets) per "
+            "share-partition (group.share.partition.max.record.locks).",
+        ),
+    ] = 2000
+    share_state_topic_num_partitions: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1000,
+            description="Partitions of the __share_group_state topic "
+            "(share.coordinator.state.topic.num.partitions).",
+        ),
+    ] = 50
+
+    def __post_init__(self) -> None:
+        lo, hi = self.share_min_record_lock_duration_ms, self.share_max_record_lock_duration_ms
+        if not lo <= self.share_record_lock_duration_ms <= hi:
+            raise ValueError(
+                f"share_record_lock_duration_ms ({self.share_record_lock_duration_ms}) must lie "
+                f"between share_min_record_lock_duration_ms ({lo}) and "
+                f"share_max_record_lock_duration_ms ({hi})"
+            )
+        if self.share_heartbeat_interval_ms >= self.share_session_timeout_ms:
+            raise ValueError("share_session_timeout_ms must exceed share_heartbeat_interval_ms")
 
 
 class TransactionsConfig(_Section):

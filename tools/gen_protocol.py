@@ -267,10 +267,19 @@ def load_message(path: Path) -> MessageDef:
     )
 
 
-def load_all(messages_dir: Path) -> list[MessageDef]:
+# Definitions newer than a given snapshot of Kafka's: the share-group APIs (KIP-932) as
+# Kafka 4.1/4.2 define them (ShareFetch and ShareAcknowledge v1-2, the heartbeat and
+# describe v1), which clients such as librdkafka 2.16 require. A file here replaces the
+# same-named file of the messages directory; one the directory lacks is not added.
+OVERRIDES = Path(__file__).resolve().parent / "message_overrides"
+
+
+def load_all(messages_dir: Path, overrides: Path | None = OVERRIDES) -> list[MessageDef]:
     files = sorted(messages_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no *.json message definitions in {messages_dir}")
+    if overrides is not None and overrides.is_dir():
+        files = [overrides / p.name if (overrides / p.name).is_file() else p for p in files]
     return [load_message(p) for p in files]
 
 

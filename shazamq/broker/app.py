@@ -47,12 +47,14 @@ from .apis import (
 from .apis import consumer_groups as consumer_groups_api
 from .apis import groups as groups_api
 from .apis import sasl as sasl_api
+from .apis import share_groups as share_groups_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
 from .cluster.node import ClusterNode
 from .cluster.state import TopicState
 from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
+from .groups.share_coordinator import ShareCoordinator
 from .log import LogManager, count_partition_dirs
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
@@ -139,6 +141,7 @@ class Broker:
         self.logs: LogManager
         self.partitions: PartitionManager
         self.groups: GroupCoordinator
+        self.share: ShareCoordinator
         self.txn: TransactionCoordinator
         self.dispatcher = apis.Dispatcher(self.metrics)
         self.server: KafkaServer
@@ -246,6 +249,7 @@ class Broker:
             )
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)
+        self.share = ShareCoordinator(self)
         modules = [
             api_versions,
             metadata,
@@ -258,6 +262,7 @@ class Broker:
             replication,
             groups_api,
             consumer_groups_api,
+            share_groups_api,
             txn_api,
             scram,
             acls,
@@ -310,6 +315,7 @@ class Broker:
                 await loop.run_in_executor(None, self._quarantine_strays)
         await self.txn.start()
         await self.groups.start()
+        await self.share.start()
         if self.tier is not None:
             await self.tier.start(tier_store)
         await self.server.start()
@@ -355,6 +361,7 @@ class Broker:
                 min(self.config.cluster.controlled_shutdown_timeout_ms / 1000, grace)
             )
         await self.server.stop(grace=min(grace, 2.0))
+        await self.share.stop()
         await self.groups.stop()
         await self.txn.stop()
         if self.tier is not None:  # the tail goes to the bucket before the logs close

@@ -71,6 +71,10 @@ _READ_AHEAD_BYTES = 8 * 1024 * 1024
 _WRITE_HIGH_WATER = 8 * 1024 * 1024
 
 
+# Session.attrs key: callables run once the connection is gone
+ON_CLOSE = "on_close"
+
+
 @dataclass
 class Session:
     """What the broker knows about one client connection."""
@@ -616,6 +620,11 @@ class _Connection(asyncio.BufferedProtocol):
             server._connections.discard(asyncio.current_task())  # type: ignore[arg-type]
             server._forget(self)
             transport.close()
+            for callback in session.attrs.pop(ON_CLOSE, ()):
+                try:  # what a handler tied to this connection (a share session)
+                    callback()
+                except Exception:
+                    log.exception("connection close callback failed")
 
     async def _raw_token(
         self,

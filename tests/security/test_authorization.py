@@ -448,3 +448,78 @@ def test_transaction_tooling_and_admin_abort_acls(broker) -> None:
     finally:
         client.close()
     p.abort_transaction(10)
+
+
+def test_share_group_apis_need_group_and_topic_read(broker) -> None:
+    from shazamq.protocol.messages.describe_configs_request import (
+        DescribeConfigsRequest,
+        DescribeConfigsResource,
+    )
+    from shazamq.protocol.messages.metadata_request import MetadataRequest, MetadataRequestTopic
+    from shazamq.protocol.messages.share_fetch_request import (
+        FetchPartition as ShareFetchPartition,
+    )
+    from shazamq.protocol.messages.share_fetch_request import (
+        FetchTopic as ShareFetchTopic,
+    )
+    from shazamq.protocol.messages.share_fetch_request import ShareFetchRequest
+    from shazamq.protocol.messages.share_group_describe_request import (
+        ShareGroupDescribeRequest,
+    )
+    from shazamq.protocol.messages.share_group_heartbeat_request import (
+        ShareGroupHeartbeatRequest,
+    )
+
+    topic = new_topic(broker, "share")
+    group = f"sg-{uuid.uuid4().hex[:6]}"
+    tid = (
+        raw_login(broker, "admin")
+        .request(MetadataRequest(topics=[MetadataRequestTopic(name=topic)]), 12)
+        .topics[0]
+        .topic_id
+    )
+    alice = raw_login(broker, "alice")
+
+    def heartbeat() -> Any:
+        return alice.request(
+            ShareGroupHeartbeatRequest(
+                group_id=group, member_id="m-alice", member_epoch=0, subscribed_topic_names=[topic]
+            ),
+            1,
+        )
+
+    def fetch() -> Any:
+        return alice.request(
+            ShareFetchRequest(
+                group_id=group,
+                member_id="m-alice",
+                share_session_epoch=0,
+                max_records=10,
+                topics=[
+                    ShareFetchTopic(
+                        topic_id=tid, partitions=[ShareFetchPartition(partition_index=0)]
+                    )
+                ],
+            ),
+            1,
+        )
+
+    assert heartbeat().error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
+    assert fetch().error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
+    described = alice.request(ShareGroupDescribeRequest(group_ids=[group]), 1)
+    assert described.groups[0].error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
+    configs = alice.request(
+        DescribeConfigsRequest(
+            resources=[DescribeConfigsResource(resource_type=32, resource_name=group)]
+        ),
+        4,
+    )
+    assert configs.results[0].error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
+    create_acls(admin(broker), [acl(ResourceType.GROUP, group, "User:alice", AclOperation.READ)])
+    assert heartbeat().error_code == 0
+    r = fetch()  # the group is allowed, the topic is not: denied per partition
+    assert r.error_code == 0
+    assert r.responses[0].partitions[0].error_code == ErrorCode.TOPIC_AUTHORIZATION_FAILED
+    create_acls(admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ)])
+    r = fetch()
+    assert r.error_code == 0 and all(p.error_code == 0 for t in r.responses for p in t.partitions)

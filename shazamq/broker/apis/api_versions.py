@@ -22,11 +22,11 @@ KEY = 18
 # Features the broker finalizes (v3+): group.version 1 tells clients the consumer
 # rebalance protocol (KIP-848, ConsumerGroupHeartbeat) is enabled; transaction.version 2
 # that transactions v2 (KIP-890: an epoch bump at every EndTxn v5, partitions added by
-# the produce) is.
-FEATURES = {"group.version": 1, "transaction.version": 2}
+# the produce) is; share.version 1 that share groups (KIP-932, ShareGroupHeartbeat) are.
+FEATURES = {"group.version": 1, "transaction.version": 2, "share.version": 1}
 FEATURES_EPOCH = 1
 # the API (key, lowest max version) a feature needs registered to be advertised
-FEATURE_APIS = {"group.version": (68, 0), "transaction.version": (26, 5)}
+FEATURE_APIS = {"group.version": (68, 0), "transaction.version": (26, 5), "share.version": (76, 0)}
 
 
 def register(d: Dispatcher, broker: Broker) -> None:

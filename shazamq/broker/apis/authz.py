@@ -29,6 +29,10 @@ What is asked, per API (as Kafka's KafkaApis does):
   topics); InitProducerId without one needs IDEMPOTENT_WRITE on the cluster or WRITE on
   some topic; WriteTxnMarkers and broker-side AddPartitionsToTxn (v4+) CLUSTER_ACTION.
   DescribeTransactions / ListTransactions DESCRIBE on the transactional id.
+- Share groups: ShareGroupHeartbeat READ on the group, ShareGroupDescribe DESCRIBE;
+  ShareFetch and ShareAcknowledge READ on the group (GROUP_AUTHORIZATION_FAILED for the
+  request) and READ per topic (TOPIC_AUTHORIZATION_FAILED per partition). GROUP config
+  resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group.
 - Cluster: ElectLeaders and AlterPartitionReassignments ALTER, ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
   (CLUSTER_AUTHORIZATION_FAILED); DescribeClientQuotas DESCRIBE_CONFIGS and
@@ -170,6 +174,29 @@ from shazamq.protocol.messages.produce_response import (
     PartitionProduceResponse,
     ProduceResponse,
     TopicProduceResponse,
+)
+from shazamq.protocol.messages.share_acknowledge_response import (
+    PartitionData as ShareAckPartitionData,
+)
+from shazamq.protocol.messages.share_acknowledge_response import (
+    ShareAcknowledgeResponse,
+    ShareAcknowledgeTopicResponse,
+)
+from shazamq.protocol.messages.share_fetch_response import (
+    PartitionData as ShareFetchPartitionData,
+)
+from shazamq.protocol.messages.share_fetch_response import (
+    ShareFetchableTopicResponse,
+    ShareFetchResponse,
+)
+from shazamq.protocol.messages.share_group_describe_response import (
+    DescribedGroup as ShareDescribedGroup,
+)
+from shazamq.protocol.messages.share_group_describe_response import (
+    ShareGroupDescribeResponse,
+)
+from shazamq.protocol.messages.share_group_heartbeat_response import (
+    ShareGroupHeartbeatResponse,
 )
 from shazamq.protocol.messages.sync_group_response import SyncGroupResponse
 from shazamq.protocol.messages.txn_offset_commit_response import (
@@ -562,11 +589,16 @@ def _create_partitions(h: Handler, check: _Check, broker: Broker) -> Handler:
     return guarded
 
 
+_GROUP_CONFIG_TYPE = 32
+
+
 def _config_denial(check: _Check, ctx: RequestContext, op: int, res: Any) -> int:
     if res.resource_type == _TOPIC_CONFIG_TYPE:
         return 0 if check(ctx, op, TOPIC, res.resource_name) else TOPIC_DENIED
     if res.resource_type in _BROKER_CONFIG_TYPES:
         return 0 if check.cluster(ctx, op) else CLUSTER_DENIED
+    if res.resource_type == _GROUP_CONFIG_TYPE:
+        return 0 if check(ctx, op, GROUP, res.resource_name) else GROUP_DENIED
     return 0
 
 
@@ -1147,3 +1179,93 @@ def _consumer_group_describe(h: Handler, check: _Check, broker: Broker) -> Handl
         return response
 
     return guarded
+
+
+# -- share groups (KIP-932) ----------------------------------------------------------------
+
+_GUARDS[76] = _group_op_guard(
+    READ,
+    lambda req: ShareGroupHeartbeatResponse(
+        error_code=GROUP_DENIED, error_message="Group authorization failed."
+    ),
+)
+
+
+@_guard(77)
+def _share_group_describe(h: Handler, check: _Check, broker: Broker) -> Handler:
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        denied = [g for g in req.group_ids if not check(ctx, DESCRIBE, GROUP, g)]
+        if not denied:
+            return await h(ctx, req)
+        req.group_ids = [g for g in req.group_ids if g not in denied]
+        response = await h(ctx, req) if req.group_ids else ShareGroupDescribeResponse(groups=[])
+        response.groups.extend(
+            ShareDescribedGroup(error_code=GROUP_DENIED, group_id=g) for g in denied
+        )
+        return response
+
+    return guarded
+
+
+def _share_topics_guard(fetch: bool) -> GuardFactory:
+    """READ on the group for the request, READ per topic for its partitions."""
+
+    def factory(h: Handler, check: _Check, broker: Broker) -> Handler:
+        async def guarded(ctx: RequestContext, req: Any) -> Any:
+            if not check(ctx, READ, GROUP, req.group_id):
+                if fetch:
+                    return ShareFetchResponse(
+                        error_code=GROUP_DENIED, error_message="Group authorization failed."
+                    )
+                return ShareAcknowledgeResponse(
+                    error_code=GROUP_DENIED, error_message="Group authorization failed."
+                )
+            denied = []
+            for topic in req.topics:
+                name = _topic_name(broker, None, topic.topic_id)
+                if name is not None and not check(ctx, READ, TOPIC, name):
+                    denied.append(topic)
+            if not denied:
+                return await h(ctx, req)
+            req.topics = [tp for tp in req.topics if tp not in denied]
+            response = await h(ctx, req)
+            if fetch:
+                response.responses.extend(
+                    ShareFetchableTopicResponse(
+                        topic_id=tp.topic_id,
+                        partitions=[
+                            ShareFetchPartitionData(
+                                partition_index=p.partition_index,
+                                error_code=TOPIC_DENIED,
+                                acknowledge_error_code=TOPIC_DENIED
+                                if p.acknowledgement_batches
+                                else 0,
+                                records=b"",
+                            )
+                            for p in tp.partitions
+                        ],
+                    )
+                    for tp in denied
+                )
+            else:
+                response.responses.extend(
+                    ShareAcknowledgeTopicResponse(
+                        topic_id=tp.topic_id,
+                        partitions=[
+                            ShareAckPartitionData(
+                                partition_index=p.partition_index, error_code=TOPIC_DENIED
+                            )
+                            for p in tp.partitions
+                        ],
+                    )
+                    for tp in denied
+                )
+            return response
+
+        return guarded
+
+    return factory
+
+
+_GUARDS[78] = _share_topics_guard(fetch=True)
+_GUARDS[79] = _share_topics_guard(fetch=False)

@@ -3,7 +3,9 @@
 Topic settings are dynamic (stored in the metadata, applied to the live logs). Broker
 settings come from the configuration file and are reported read-only under Kafka's names,
 so admin tools show what the broker runs with. Logger levels can be read and changed at
-run time, as with Kafka's BROKER_LOGGER resource.
+run time, as with Kafka's BROKER_LOGGER resource. GROUP resources carry share group
+settings (share.auto.offset.reset, share.record.lock.duration.ms, ...), stored by the
+share coordinator.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 TOPIC = 2
 BROKER = 4
 BROKER_LOGGER = 8
+GROUP = 32
+SOURCE_GROUP = 8  # Kafka's ConfigSource.GROUP_CONFIG
 
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 KAFKA_DEFAULTS = LogConfig()
@@ -187,6 +191,24 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         for k, v in sorted(values.items())
                         if keys is None or k in keys
                     ]
+                elif res.resource_type == GROUP:
+                    out.configs = [
+                        DescribeConfigsResourceResult(
+                            name=k,
+                            value=v,
+                            read_only=False,
+                            is_default=is_default,
+                            config_source=(
+                                topic_configs.SOURCE_DEFAULT if is_default else SOURCE_GROUP
+                            ),
+                            is_sensitive=False,
+                            config_type=topic_configs.CONFIG_TYPES[
+                                "string" if not v.lstrip("-").isdigit() else "int"
+                            ],
+                        )
+                        for k, v, is_default in broker.share.describe_settings(res.resource_name)
+                        if keys is None or k in keys
+                    ]
                 else:
                     raise KafkaError(
                         ErrorCode.INVALID_REQUEST,
@@ -231,6 +253,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
             if not validate_only:
                 for logger, level in logger_ops:
                     _set_logger_level(logger, level)
+        elif resource_type == GROUP:
+            changes = list(logger_ops)
+            if replace:  # AlterConfigs: what is not named returns to its default
+                named = {n for n, _ in changes}
+                changes = [
+                    (n, None)
+                    for n, _v, _d in broker.share.describe_settings(name)
+                    if n not in named
+                ] + changes
+            await broker.share.alter_settings(name, changes, validate_only)
         else:
             raise KafkaError(
                 ErrorCode.INVALID_REQUEST, f"resource type {resource_type} cannot be altered"

@@ -400,21 +400,25 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def list_groups(ctx: RequestContext, req: ListGroupsRequest) -> ListGroupsResponse:
         v = ctx.api_version
-        code, listed = coordinator.list_groups(
-            req.states_filter if v >= 4 else None, req.types_filter if v >= 5 else None
-        )
-        return ListGroupsResponse(
-            error_code=code,
-            groups=[
-                ListedGroup(
-                    group_id=g.group_id,
-                    protocol_type=g.protocol_type,
-                    group_state=g.state,
-                    group_type=g.group_type,
-                )
-                for g in listed
-            ],
-        )
+        states = req.states_filter if v >= 4 else None
+        types = req.types_filter if v >= 5 else None
+        code, listed = coordinator.list_groups(states, types)
+        groups = [
+            ListedGroup(
+                group_id=g.group_id,
+                protocol_type=g.protocol_type,
+                group_state=g.state,
+                group_type=g.group_type,
+            )
+            for g in listed
+        ]
+        if not types or "share" in {t.lower() for t in types}:  # share groups (KIP-932)
+            wanted = {s.lower() for s in states} if states else None
+            groups += [
+                ListedGroup(group_id=gid, protocol_type="share", group_state=st, group_type="share")
+                for gid, st in broker.share.listings(wanted)
+            ]
+        return ListGroupsResponse(error_code=code, groups=groups)
 
     async def describe_groups(
         ctx: RequestContext, req: DescribeGroupsRequest
@@ -424,6 +428,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
         out = []
         for gid in req.groups:
             desc = coordinator.describe_group(gid)
+            if desc.error == 0 and broker.share.is_share_group(gid):
+                # a share group is described by ShareGroupDescribe, as in Kafka
+                out.append(DescribedGroup(error_code=ErrorCode.GROUP_ID_NOT_FOUND, group_id=gid))
+                continue
             out.append(
                 DescribedGroup(
                     error_code=desc.error,
@@ -448,7 +456,14 @@ def register(d: Dispatcher, broker: Broker) -> None:
         return DescribeGroupsResponse(groups=out)
 
     async def delete_groups(ctx: RequestContext, req: DeleteGroupsRequest) -> DeleteGroupsResponse:
-        results = coordinator.delete_groups(req.groups_names)
+        share = broker.share
+        results = {}
+        for gid in req.groups_names:
+            status = coordinator._key_status(gid)
+            code = None if status else share.delete_group(gid)
+            if code is not None:
+                results[gid] = code
+        results.update(coordinator.delete_groups(g for g in req.groups_names if g not in results))
         return DeleteGroupsResponse(
             results=[DeletableGroupResult(group_id=g, error_code=c) for g, c in results.items()]
         )

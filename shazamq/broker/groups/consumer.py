@@ -335,7 +335,10 @@ class ConsumerGroupsMixin:
         if status:
             return _fail(status)
         classic = self.groups.get(gid)
-        if classic is not None and classic.members:
+        share = getattr(self.broker, "share", None)
+        if (classic is not None and classic.members) or (
+            share is not None and share.is_share_group(gid)
+        ):
             return _fail(_E.GROUP_ID_NOT_FOUND, f"Group {gid} is not a consumer group.")
         group = self.consumer_groups.get(gid)
         records: list[Record] = []

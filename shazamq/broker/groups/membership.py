@@ -129,6 +129,9 @@ class MembershipMixin:
         status = self._key_status(group_id)
         if status:
             return self._join_error(member_id, status)
+        share = getattr(self.broker, "share", None)
+        if share is not None and share.is_share_group(group_id):
+            return self._join_error(member_id, _E.INCONSISTENT_GROUP_PROTOCOL)
         cfg = self.config
         if not cfg.min_session_timeout_ms <= session_timeout_ms <= cfg.max_session_timeout_ms:
             return self._join_error(member_id, _E.INVALID_SESSION_TIMEOUT)

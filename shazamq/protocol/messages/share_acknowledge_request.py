@@ -2,7 +2,7 @@
 # (ShareAcknowledgeRequest.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareAcknowledgeRequest (api key 79, versions 0, flexible from v0)."""
+"""Kafka ShareAcknowledgeRequest (api key 79, versions 0-2, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ _F = _p.FieldSpec
 _MISSING = _p.MISSING
 _ZERO_UUID = _p.ZERO_UUID
 _new = object.__new__
+_absent_field = _p.absent_field
 _read_compact_array_length = _p.read_compact_array_length
 _read_compact_nullable_string = _p.read_compact_nullable_string
 _read_fixed_array = _p.read_fixed_array
@@ -33,6 +34,8 @@ _write_fixed_array = _p.write_fixed_array
 _write_uvarint = _p.write_uvarint
 _U_i = _p.Struct(">i").unpack_from
 _P_i = _p.Struct(">i").pack
+_U_iz = _p.Struct(">i?").unpack_from
+_P_iz = _p.Struct(">i?").pack
 _U_qq = _p.Struct(">qq").unpack_from
 _P_qq = _p.Struct(">qq").pack
 
@@ -40,10 +43,10 @@ _P_qq = _p.Struct(">qq").pack
 class ShareAcknowledgeRequest(_Message):
     """The ShareAcknowledge request (api key 79)."""
 
-    __slots__ = ("group_id", "member_id", "share_session_epoch", "topics")
+    __slots__ = ("group_id", "member_id", "share_session_epoch", "is_renew_ack", "topics")
 
     API_KEY = 79
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -52,11 +55,13 @@ class ShareAcknowledgeRequest(_Message):
         group_id: str | None = None,
         member_id: str | None = "",
         share_session_epoch: int = 0,
+        is_renew_ack: bool = False,
         topics: list[AcknowledgeTopic] = _MISSING,
     ) -> None:
         self.group_id = group_id
         self.member_id = member_id
         self.share_session_epoch = share_session_epoch
+        self.is_renew_ack = is_renew_ack
         self.topics = [] if topics is _MISSING else topics
 
     def __eq__(self, other: object) -> bool:
@@ -66,6 +71,7 @@ class ShareAcknowledgeRequest(_Message):
             self.group_id == other.group_id
             and self.member_id == other.member_id
             and self.share_session_epoch == other.share_session_epoch
+            and self.is_renew_ack == other.is_renew_ack
             and self.topics == other.topics
         )
 
@@ -75,7 +81,7 @@ class AcknowledgeTopic(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -98,7 +104,7 @@ class AcknowledgePartition(_Message):
 
     __slots__ = ("partition_index", "acknowledgement_batches")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -126,7 +132,7 @@ class AcknowledgementBatch(_Message):
 
     __slots__ = ("first_offset", "last_offset", "acknowledge_types")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -152,6 +158,7 @@ class AcknowledgementBatch(_Message):
 
 def _dec_ShareAcknowledgeRequest_v0(buf, o):
     self = _new(ShareAcknowledgeRequest)
+    self.is_renew_ack = False
     self.group_id, o = _read_compact_nullable_string(buf, o)
     self.member_id, o = _read_compact_nullable_string(buf, o)
     self.share_session_epoch = _U_i(buf, o)[0]
@@ -170,9 +177,41 @@ def _dec_ShareAcknowledgeRequest_v0(buf, o):
 
 
 def _enc_ShareAcknowledgeRequest_v0(self, out):
+    if self.is_renew_ack:
+        raise _absent_field(self, "is_renew_ack")
     _write_compact_nullable_string(out, self.group_id)
     _write_compact_nullable_string(out, self.member_id)
     out += _P_i(self.share_session_epoch)
+    items = self.topics
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_AcknowledgeTopic_v0(item, out)
+    out.append(0)
+
+
+def _dec_ShareAcknowledgeRequest_v2(buf, o):
+    self = _new(ShareAcknowledgeRequest)
+    self.group_id, o = _read_compact_nullable_string(buf, o)
+    self.member_id, o = _read_compact_nullable_string(buf, o)
+    self.share_session_epoch, self.is_renew_ack = _U_iz(buf, o)
+    o += 5
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_AcknowledgeTopic_v0(buf, o)
+        items.append(item)
+    self.topics = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareAcknowledgeRequest_v2(self, out):
+    _write_compact_nullable_string(out, self.group_id)
+    _write_compact_nullable_string(out, self.member_id)
+    out += _P_iz(self.share_session_epoch, self.is_renew_ack)
     items = self.topics
     _write_uvarint(out, len(items) + 1)
     for item in items:
@@ -254,8 +293,8 @@ def _enc_AcknowledgementBatch_v0(self, out):
 
 _set_layouts(
     ShareAcknowledgeRequest,
-    {0: _dec_ShareAcknowledgeRequest_v0},
-    {0: _enc_ShareAcknowledgeRequest_v0},
+    {0: _dec_ShareAcknowledgeRequest_v0, 2: _dec_ShareAcknowledgeRequest_v2},
+    {0: _enc_ShareAcknowledgeRequest_v0, 2: _enc_ShareAcknowledgeRequest_v2},
 )
 _set_layouts(AcknowledgeTopic, {0: _dec_AcknowledgeTopic_v0}, {0: _enc_AcknowledgeTopic_v0})
 _set_layouts(
@@ -272,6 +311,7 @@ ShareAcknowledgeRequest.FIELDS = (
     _F("group_id", "GroupId", "string", (0, 32767), nullable_versions=(0, 32767)),
     _F("member_id", "MemberId", "string", (0, 32767), nullable_versions=(0, 32767)),
     _F("share_session_epoch", "ShareSessionEpoch", "int32", (0, 32767)),
+    _F("is_renew_ack", "IsRenewAck", "bool", (2, 32767)),
     _F("topics", "Topics", "[]AcknowledgeTopic", (0, 32767), struct=AcknowledgeTopic),
 )
 AcknowledgeTopic.FIELDS = (

@@ -2,7 +2,7 @@
 # (ShareAcknowledgeResponse.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareAcknowledgeResponse (api key 79, versions 0, flexible from v0)."""
+"""Kafka ShareAcknowledgeResponse (api key 79, versions 0-2, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,17 @@ _P_ii = _p.Struct(">ii").pack
 class ShareAcknowledgeResponse(_Message):
     """The ShareAcknowledge response (api key 79)."""
 
-    __slots__ = ("throttle_time_ms", "error_code", "error_message", "responses", "node_endpoints")
+    __slots__ = (
+        "throttle_time_ms",
+        "error_code",
+        "error_message",
+        "acquisition_lock_timeout_ms",
+        "responses",
+        "node_endpoints",
+    )
 
     API_KEY = 79
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -55,12 +62,14 @@ class ShareAcknowledgeResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = None,
+        acquisition_lock_timeout_ms: int = 0,
         responses: list[ShareAcknowledgeTopicResponse] = _MISSING,
         node_endpoints: list[NodeEndpoint] = _MISSING,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
+        self.acquisition_lock_timeout_ms = acquisition_lock_timeout_ms
         self.responses = [] if responses is _MISSING else responses
         self.node_endpoints = [] if node_endpoints is _MISSING else node_endpoints
 
@@ -71,6 +80,7 @@ class ShareAcknowledgeResponse(_Message):
             self.throttle_time_ms == other.throttle_time_ms
             and self.error_code == other.error_code
             and self.error_message == other.error_message
+            and self.acquisition_lock_timeout_ms == other.acquisition_lock_timeout_ms
             and self.responses == other.responses
             and self.node_endpoints == other.node_endpoints
         )
@@ -81,7 +91,7 @@ class ShareAcknowledgeTopicResponse(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -104,7 +114,7 @@ class PartitionData(_Message):
 
     __slots__ = ("partition_index", "error_code", "error_message", "current_leader")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -136,7 +146,7 @@ class LeaderIdAndEpoch(_Message):
 
     __slots__ = ("leader_id", "leader_epoch")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, leader_id: int = 0, leader_epoch: int = 0) -> None:
@@ -154,7 +164,7 @@ class NodeEndpoint(_Message):
 
     __slots__ = ("node_id", "host", "port", "rack")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -183,6 +193,7 @@ class NodeEndpoint(_Message):
 
 def _dec_ShareAcknowledgeResponse_v0(buf, o):
     self = _new(ShareAcknowledgeResponse)
+    self.acquisition_lock_timeout_ms = 0
     self.throttle_time_ms, self.error_code = _U_ih(buf, o)
     o += 6
     self.error_message, o = _read_compact_nullable_string(buf, o)
@@ -208,6 +219,47 @@ def _dec_ShareAcknowledgeResponse_v0(buf, o):
 def _enc_ShareAcknowledgeResponse_v0(self, out):
     out += _P_ih(self.throttle_time_ms, self.error_code)
     _write_compact_nullable_string(out, self.error_message)
+    items = self.responses
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_ShareAcknowledgeTopicResponse_v0(item, out)
+    items = self.node_endpoints
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_NodeEndpoint_v0(item, out)
+    out.append(0)
+
+
+def _dec_ShareAcknowledgeResponse_v2(buf, o):
+    self = _new(ShareAcknowledgeResponse)
+    self.throttle_time_ms, self.error_code = _U_ih(buf, o)
+    o += 6
+    self.error_message, o = _read_compact_nullable_string(buf, o)
+    self.acquisition_lock_timeout_ms = _U_i(buf, o)[0]
+    o += 4
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_ShareAcknowledgeTopicResponse_v0(buf, o)
+        items.append(item)
+    self.responses = items
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_NodeEndpoint_v0(buf, o)
+        items.append(item)
+    self.node_endpoints = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareAcknowledgeResponse_v2(self, out):
+    out += _P_ih(self.throttle_time_ms, self.error_code)
+    _write_compact_nullable_string(out, self.error_message)
+    out += _P_i(self.acquisition_lock_timeout_ms)
     items = self.responses
     _write_uvarint(out, len(items) + 1)
     for item in items:
@@ -305,8 +357,8 @@ def _enc_NodeEndpoint_v0(self, out):
 
 _set_layouts(
     ShareAcknowledgeResponse,
-    {0: _dec_ShareAcknowledgeResponse_v0},
-    {0: _enc_ShareAcknowledgeResponse_v0},
+    {0: _dec_ShareAcknowledgeResponse_v0, 2: _dec_ShareAcknowledgeResponse_v2},
+    {0: _enc_ShareAcknowledgeResponse_v0, 2: _enc_ShareAcknowledgeResponse_v2},
 )
 _set_layouts(
     ShareAcknowledgeTopicResponse,
@@ -320,6 +372,13 @@ ShareAcknowledgeResponse.FIELDS = (
     _F("throttle_time_ms", "ThrottleTimeMs", "int32", (0, 32767), ignorable=True),
     _F("error_code", "ErrorCode", "int16", (0, 32767), ignorable=True),
     _F("error_message", "ErrorMessage", "string", (0, 32767), nullable_versions=(0, 32767)),
+    _F(
+        "acquisition_lock_timeout_ms",
+        "AcquisitionLockTimeoutMs",
+        "int32",
+        (2, 32767),
+        ignorable=True,
+    ),
     _F(
         "responses",
         "Responses",

@@ -2,7 +2,7 @@
 # (ShareFetchRequest.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareFetchRequest (api key 78, versions 0, flexible from v0)."""
+"""Kafka ShareFetchRequest (api key 78, versions 0-2, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ _F = _p.FieldSpec
 _MISSING = _p.MISSING
 _ZERO_UUID = _p.ZERO_UUID
 _new = object.__new__
+_absent_field = _p.absent_field
 _read_compact_array_length = _p.read_compact_array_length
 _read_compact_nullable_string = _p.read_compact_nullable_string
 _read_fixed_array = _p.read_fixed_array
@@ -32,10 +33,16 @@ _skip_tagged_fields = _p.skip_tagged_fields
 _write_compact_nullable_string = _p.write_compact_nullable_string
 _write_fixed_array = _p.write_fixed_array
 _write_uvarint = _p.write_uvarint
+_U_i = _p.Struct(">i").unpack_from
+_P_i = _p.Struct(">i").pack
 _U_ii = _p.Struct(">ii").unpack_from
 _P_ii = _p.Struct(">ii").pack
 _U_iiii = _p.Struct(">iiii").unpack_from
 _P_iiii = _p.Struct(">iiii").pack
+_U_iiiiii = _p.Struct(">iiiiii").unpack_from
+_P_iiiiii = _p.Struct(">iiiiii").pack
+_U_iiiiiib = _p.Struct(">iiiiiib").unpack_from
+_P_iiiiiib = _p.Struct(">iiiiiib").pack
 _U_qq = _p.Struct(">qq").unpack_from
 _P_qq = _p.Struct(">qq").pack
 
@@ -50,12 +57,15 @@ class ShareFetchRequest(_Message):
         "max_wait_ms",
         "min_bytes",
         "max_bytes",
+        "max_records",
+        "batch_size",
+        "share_acquire_mode",
         "topics",
         "forgotten_topics_data",
     )
 
     API_KEY = 78
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -67,6 +77,9 @@ class ShareFetchRequest(_Message):
         max_wait_ms: int = 0,
         min_bytes: int = 0,
         max_bytes: int = 2147483647,
+        max_records: int = 0,
+        batch_size: int = 0,
+        share_acquire_mode: int = 0,
         topics: list[FetchTopic] = _MISSING,
         forgotten_topics_data: list[ForgottenTopic] = _MISSING,
     ) -> None:
@@ -76,6 +89,9 @@ class ShareFetchRequest(_Message):
         self.max_wait_ms = max_wait_ms
         self.min_bytes = min_bytes
         self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.batch_size = batch_size
+        self.share_acquire_mode = share_acquire_mode
         self.topics = [] if topics is _MISSING else topics
         self.forgotten_topics_data = (
             [] if forgotten_topics_data is _MISSING else forgotten_topics_data
@@ -91,6 +107,9 @@ class ShareFetchRequest(_Message):
             and self.max_wait_ms == other.max_wait_ms
             and self.min_bytes == other.min_bytes
             and self.max_bytes == other.max_bytes
+            and self.max_records == other.max_records
+            and self.batch_size == other.batch_size
+            and self.share_acquire_mode == other.share_acquire_mode
             and self.topics == other.topics
             and self.forgotten_topics_data == other.forgotten_topics_data
         )
@@ -101,7 +120,7 @@ class FetchTopic(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -124,7 +143,7 @@ class FetchPartition(_Message):
 
     __slots__ = ("partition_index", "partition_max_bytes", "acknowledgement_batches")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -155,7 +174,7 @@ class AcknowledgementBatch(_Message):
 
     __slots__ = ("first_offset", "last_offset", "acknowledge_types")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -184,7 +203,7 @@ class ForgottenTopic(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, topic_id: UUID = _ZERO_UUID, partitions: list[int] = _MISSING) -> None:
@@ -199,6 +218,9 @@ class ForgottenTopic(_Message):
 
 def _dec_ShareFetchRequest_v0(buf, o):
     self = _new(ShareFetchRequest)
+    self.max_records = 0
+    self.batch_size = 0
+    self.share_acquire_mode = 0
     self.group_id, o = _read_compact_nullable_string(buf, o)
     self.member_id, o = _read_compact_nullable_string(buf, o)
     self.share_session_epoch, self.max_wait_ms, self.min_bytes, self.max_bytes = _U_iiii(buf, o)
@@ -223,6 +245,12 @@ def _dec_ShareFetchRequest_v0(buf, o):
 
 
 def _enc_ShareFetchRequest_v0(self, out):
+    if self.max_records != 0:
+        raise _absent_field(self, "max_records")
+    if self.batch_size != 0:
+        raise _absent_field(self, "batch_size")
+    if self.share_acquire_mode != 0:
+        raise _absent_field(self, "share_acquire_mode")
     _write_compact_nullable_string(out, self.group_id)
     _write_compact_nullable_string(out, self.member_id)
     out += _P_iiii(self.share_session_epoch, self.max_wait_ms, self.min_bytes, self.max_bytes)
@@ -230,6 +258,119 @@ def _enc_ShareFetchRequest_v0(self, out):
     _write_uvarint(out, len(items) + 1)
     for item in items:
         _enc_FetchTopic_v0(item, out)
+    items = self.forgotten_topics_data
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_ForgottenTopic_v0(item, out)
+    out.append(0)
+
+
+def _dec_ShareFetchRequest_v1(buf, o):
+    self = _new(ShareFetchRequest)
+    self.share_acquire_mode = 0
+    self.group_id, o = _read_compact_nullable_string(buf, o)
+    self.member_id, o = _read_compact_nullable_string(buf, o)
+    (
+        self.share_session_epoch,
+        self.max_wait_ms,
+        self.min_bytes,
+        self.max_bytes,
+        self.max_records,
+        self.batch_size,
+    ) = _U_iiiiii(buf, o)
+    o += 24
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_FetchTopic_v1(buf, o)
+        items.append(item)
+    self.topics = items
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_ForgottenTopic_v0(buf, o)
+        items.append(item)
+    self.forgotten_topics_data = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareFetchRequest_v1(self, out):
+    if self.share_acquire_mode != 0:
+        raise _absent_field(self, "share_acquire_mode")
+    _write_compact_nullable_string(out, self.group_id)
+    _write_compact_nullable_string(out, self.member_id)
+    out += _P_iiiiii(
+        self.share_session_epoch,
+        self.max_wait_ms,
+        self.min_bytes,
+        self.max_bytes,
+        self.max_records,
+        self.batch_size,
+    )
+    items = self.topics
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_FetchTopic_v1(item, out)
+    items = self.forgotten_topics_data
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_ForgottenTopic_v0(item, out)
+    out.append(0)
+
+
+def _dec_ShareFetchRequest_v2(buf, o):
+    self = _new(ShareFetchRequest)
+    self.group_id, o = _read_compact_nullable_string(buf, o)
+    self.member_id, o = _read_compact_nullable_string(buf, o)
+    (
+        self.share_session_epoch,
+        self.max_wait_ms,
+        self.min_bytes,
+        self.max_bytes,
+        self.max_records,
+        self.batch_size,
+        self.share_acquire_mode,
+    ) = _U_iiiiiib(buf, o)
+    o += 25
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_FetchTopic_v1(buf, o)
+        items.append(item)
+    self.topics = items
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_ForgottenTopic_v0(buf, o)
+        items.append(item)
+    self.forgotten_topics_data = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareFetchRequest_v2(self, out):
+    _write_compact_nullable_string(out, self.group_id)
+    _write_compact_nullable_string(out, self.member_id)
+    out += _P_iiiiiib(
+        self.share_session_epoch,
+        self.max_wait_ms,
+        self.min_bytes,
+        self.max_bytes,
+        self.max_records,
+        self.batch_size,
+        self.share_acquire_mode,
+    )
+    items = self.topics
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_FetchTopic_v1(item, out)
     items = self.forgotten_topics_data
     _write_uvarint(out, len(items) + 1)
     for item in items:
@@ -262,6 +403,31 @@ def _enc_FetchTopic_v0(self, out):
     out.append(0)
 
 
+def _dec_FetchTopic_v1(buf, o):
+    self = _new(FetchTopic)
+    self.topic_id, o = _read_uuid(buf, o)
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_FetchPartition_v1(buf, o)
+        items.append(item)
+    self.partitions = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_FetchTopic_v1(self, out):
+    out += self.topic_id.bytes
+    items = self.partitions
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_FetchPartition_v1(item, out)
+    out.append(0)
+
+
 def _dec_FetchPartition_v0(buf, o):
     self = _new(FetchPartition)
     self.partition_index, self.partition_max_bytes = _U_ii(buf, o)
@@ -281,6 +447,35 @@ def _dec_FetchPartition_v0(buf, o):
 
 def _enc_FetchPartition_v0(self, out):
     out += _P_ii(self.partition_index, self.partition_max_bytes)
+    items = self.acknowledgement_batches
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_AcknowledgementBatch_v0(item, out)
+    out.append(0)
+
+
+def _dec_FetchPartition_v1(buf, o):
+    self = _new(FetchPartition)
+    self.partition_max_bytes = 0
+    self.partition_index = _U_i(buf, o)[0]
+    o += 4
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_AcknowledgementBatch_v0(buf, o)
+        items.append(item)
+    self.acknowledgement_batches = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_FetchPartition_v1(self, out):
+    if self.partition_max_bytes != 0:
+        raise _absent_field(self, "partition_max_bytes")
+    out += _P_i(self.partition_index)
     items = self.acknowledgement_batches
     _write_uvarint(out, len(items) + 1)
     for item in items:
@@ -329,9 +524,21 @@ def _enc_ForgottenTopic_v0(self, out):
     out.append(0)
 
 
-_set_layouts(ShareFetchRequest, {0: _dec_ShareFetchRequest_v0}, {0: _enc_ShareFetchRequest_v0})
-_set_layouts(FetchTopic, {0: _dec_FetchTopic_v0}, {0: _enc_FetchTopic_v0})
-_set_layouts(FetchPartition, {0: _dec_FetchPartition_v0}, {0: _enc_FetchPartition_v0})
+_set_layouts(
+    ShareFetchRequest,
+    {0: _dec_ShareFetchRequest_v0, 1: _dec_ShareFetchRequest_v1, 2: _dec_ShareFetchRequest_v2},
+    {0: _enc_ShareFetchRequest_v0, 1: _enc_ShareFetchRequest_v1, 2: _enc_ShareFetchRequest_v2},
+)
+_set_layouts(
+    FetchTopic,
+    {0: _dec_FetchTopic_v0, 1: _dec_FetchTopic_v1},
+    {0: _enc_FetchTopic_v0, 1: _enc_FetchTopic_v1},
+)
+_set_layouts(
+    FetchPartition,
+    {0: _dec_FetchPartition_v0, 1: _dec_FetchPartition_v1},
+    {0: _enc_FetchPartition_v0, 1: _enc_FetchPartition_v1},
+)
 _set_layouts(
     AcknowledgementBatch,
     {0: _dec_AcknowledgementBatch_v0},
@@ -345,6 +552,9 @@ ShareFetchRequest.FIELDS = (
     _F("max_wait_ms", "MaxWaitMs", "int32", (0, 32767)),
     _F("min_bytes", "MinBytes", "int32", (0, 32767)),
     _F("max_bytes", "MaxBytes", "int32", (0, 32767)),
+    _F("max_records", "MaxRecords", "int32", (1, 32767)),
+    _F("batch_size", "BatchSize", "int32", (1, 32767)),
+    _F("share_acquire_mode", "ShareAcquireMode", "int8", (2, 32767)),
     _F("topics", "Topics", "[]FetchTopic", (0, 32767), struct=FetchTopic),
     _F(
         "forgotten_topics_data",
@@ -360,7 +570,7 @@ FetchTopic.FIELDS = (
 )
 FetchPartition.FIELDS = (
     _F("partition_index", "PartitionIndex", "int32", (0, 32767)),
-    _F("partition_max_bytes", "PartitionMaxBytes", "int32", (0, 32767)),
+    _F("partition_max_bytes", "PartitionMaxBytes", "int32", (0, 0)),
     _F(
         "acknowledgement_batches",
         "AcknowledgementBatches",

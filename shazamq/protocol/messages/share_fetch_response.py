@@ -2,7 +2,7 @@
 # (ShareFetchResponse.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareFetchResponse (api key 78, versions 0, flexible from v0)."""
+"""Kafka ShareFetchResponse (api key 78, versions 0-2, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _F = _p.FieldSpec
 _MISSING = _p.MISSING
 _ZERO_UUID = _p.ZERO_UUID
 _new = object.__new__
+_absent_field = _p.absent_field
 _read_compact_array_length = _p.read_compact_array_length
 _read_compact_nullable_string = _p.read_compact_nullable_string
 _read_compact_records = _p.read_compact_records
@@ -50,10 +51,17 @@ _P_qqh = _p.Struct(">qqh").pack
 class ShareFetchResponse(_Message):
     """The ShareFetch response (api key 78)."""
 
-    __slots__ = ("throttle_time_ms", "error_code", "error_message", "responses", "node_endpoints")
+    __slots__ = (
+        "throttle_time_ms",
+        "error_code",
+        "error_message",
+        "acquisition_lock_timeout_ms",
+        "responses",
+        "node_endpoints",
+    )
 
     API_KEY = 78
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -62,12 +70,14 @@ class ShareFetchResponse(_Message):
         throttle_time_ms: int = 0,
         error_code: int = 0,
         error_message: str | None = None,
+        acquisition_lock_timeout_ms: int = 0,
         responses: list[ShareFetchableTopicResponse] = _MISSING,
         node_endpoints: list[NodeEndpoint] = _MISSING,
     ) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
+        self.acquisition_lock_timeout_ms = acquisition_lock_timeout_ms
         self.responses = [] if responses is _MISSING else responses
         self.node_endpoints = [] if node_endpoints is _MISSING else node_endpoints
 
@@ -78,6 +88,7 @@ class ShareFetchResponse(_Message):
             self.throttle_time_ms == other.throttle_time_ms
             and self.error_code == other.error_code
             and self.error_message == other.error_message
+            and self.acquisition_lock_timeout_ms == other.acquisition_lock_timeout_ms
             and self.responses == other.responses
             and self.node_endpoints == other.node_endpoints
         )
@@ -88,7 +99,7 @@ class ShareFetchableTopicResponse(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -120,7 +131,7 @@ class PartitionData(_Message):
         "acquired_records",
     )
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -164,7 +175,7 @@ class LeaderIdAndEpoch(_Message):
 
     __slots__ = ("leader_id", "leader_epoch")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, leader_id: int = 0, leader_epoch: int = 0) -> None:
@@ -182,7 +193,7 @@ class AcquiredRecords(_Message):
 
     __slots__ = ("first_offset", "last_offset", "delivery_count")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -211,7 +222,7 @@ class NodeEndpoint(_Message):
 
     __slots__ = ("node_id", "host", "port", "rack")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 2)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -240,6 +251,7 @@ class NodeEndpoint(_Message):
 
 def _dec_ShareFetchResponse_v0(buf, o):
     self = _new(ShareFetchResponse)
+    self.acquisition_lock_timeout_ms = 0
     self.throttle_time_ms, self.error_code = _U_ih(buf, o)
     o += 6
     self.error_message, o = _read_compact_nullable_string(buf, o)
@@ -263,12 +275,55 @@ def _dec_ShareFetchResponse_v0(buf, o):
 
 
 def _enc_ShareFetchResponse_v0(self, out):
+    if self.acquisition_lock_timeout_ms != 0:
+        raise _absent_field(self, "acquisition_lock_timeout_ms")
     out += _P_ih(self.throttle_time_ms, self.error_code)
     _write_compact_nullable_string(out, self.error_message)
     items = self.responses
     _write_uvarint(out, len(items) + 1)
     for item in items:
         _enc_ShareFetchableTopicResponse_v0(item, out)
+    items = self.node_endpoints
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_NodeEndpoint_v0(item, out)
+    out.append(0)
+
+
+def _dec_ShareFetchResponse_v1(buf, o):
+    self = _new(ShareFetchResponse)
+    self.throttle_time_ms, self.error_code = _U_ih(buf, o)
+    o += 6
+    self.error_message, o = _read_compact_nullable_string(buf, o)
+    self.acquisition_lock_timeout_ms = _U_i(buf, o)[0]
+    o += 4
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_ShareFetchableTopicResponse_v1(buf, o)
+        items.append(item)
+    self.responses = items
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_NodeEndpoint_v0(buf, o)
+        items.append(item)
+    self.node_endpoints = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareFetchResponse_v1(self, out):
+    out += _P_ih(self.throttle_time_ms, self.error_code)
+    _write_compact_nullable_string(out, self.error_message)
+    out += _P_i(self.acquisition_lock_timeout_ms)
+    items = self.responses
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_ShareFetchableTopicResponse_v1(item, out)
     items = self.node_endpoints
     _write_uvarint(out, len(items) + 1)
     for item in items:
@@ -301,6 +356,31 @@ def _enc_ShareFetchableTopicResponse_v0(self, out):
     out.append(0)
 
 
+def _dec_ShareFetchableTopicResponse_v1(buf, o):
+    self = _new(ShareFetchableTopicResponse)
+    self.topic_id, o = _read_uuid(buf, o)
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_PartitionData_v1(buf, o)
+        items.append(item)
+    self.partitions = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_ShareFetchableTopicResponse_v1(self, out):
+    out += self.topic_id.bytes
+    items = self.partitions
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_PartitionData_v1(item, out)
+    out.append(0)
+
+
 def _dec_PartitionData_v0(buf, o):
     self = _new(PartitionData)
     self.partition_index, self.error_code = _U_ih(buf, o)
@@ -325,6 +405,43 @@ def _dec_PartitionData_v0(buf, o):
 
 
 def _enc_PartitionData_v0(self, out):
+    out += _P_ih(self.partition_index, self.error_code)
+    _write_compact_nullable_string(out, self.error_message)
+    out += _P_h(self.acknowledge_error_code)
+    _write_compact_nullable_string(out, self.acknowledge_error_message)
+    _enc_LeaderIdAndEpoch_v0(self.current_leader, out)
+    _write_compact_records(out, self.records)
+    items = self.acquired_records
+    _write_uvarint(out, len(items) + 1)
+    for item in items:
+        _enc_AcquiredRecords_v0(item, out)
+    out.append(0)
+
+
+def _dec_PartitionData_v1(buf, o):
+    self = _new(PartitionData)
+    self.partition_index, self.error_code = _U_ih(buf, o)
+    o += 6
+    self.error_message, o = _read_compact_nullable_string(buf, o)
+    self.acknowledge_error_code = _U_h(buf, o)[0]
+    o += 2
+    self.acknowledge_error_message, o = _read_compact_nullable_string(buf, o)
+    self.current_leader, o = _dec_LeaderIdAndEpoch_v0(buf, o)
+    self.records, o = _read_compact_records(buf, o)
+    n, o = _read_compact_array_length(buf, o)
+    items = []
+    for _ in range(n):
+        item, o = _dec_AcquiredRecords_v0(buf, o)
+        items.append(item)
+    self.acquired_records = items
+    if buf[o]:
+        o = _skip_tagged_fields(buf, o)
+    else:
+        o += 1
+    return self, o
+
+
+def _enc_PartitionData_v1(self, out):
     out += _P_ih(self.partition_index, self.error_code)
     _write_compact_nullable_string(out, self.error_message)
     out += _P_h(self.acknowledge_error_code)
@@ -393,13 +510,21 @@ def _enc_NodeEndpoint_v0(self, out):
     out.append(0)
 
 
-_set_layouts(ShareFetchResponse, {0: _dec_ShareFetchResponse_v0}, {0: _enc_ShareFetchResponse_v0})
+_set_layouts(
+    ShareFetchResponse,
+    {0: _dec_ShareFetchResponse_v0, 1: _dec_ShareFetchResponse_v1},
+    {0: _enc_ShareFetchResponse_v0, 1: _enc_ShareFetchResponse_v1},
+)
 _set_layouts(
     ShareFetchableTopicResponse,
-    {0: _dec_ShareFetchableTopicResponse_v0},
-    {0: _enc_ShareFetchableTopicResponse_v0},
+    {0: _dec_ShareFetchableTopicResponse_v0, 1: _dec_ShareFetchableTopicResponse_v1},
+    {0: _enc_ShareFetchableTopicResponse_v0, 1: _enc_ShareFetchableTopicResponse_v1},
 )
-_set_layouts(PartitionData, {0: _dec_PartitionData_v0}, {0: _enc_PartitionData_v0})
+_set_layouts(
+    PartitionData,
+    {0: _dec_PartitionData_v0, 1: _dec_PartitionData_v1},
+    {0: _enc_PartitionData_v0, 1: _enc_PartitionData_v1},
+)
 _set_layouts(LeaderIdAndEpoch, {0: _dec_LeaderIdAndEpoch_v0}, {0: _enc_LeaderIdAndEpoch_v0})
 _set_layouts(AcquiredRecords, {0: _dec_AcquiredRecords_v0}, {0: _enc_AcquiredRecords_v0})
 _set_layouts(NodeEndpoint, {0: _dec_NodeEndpoint_v0}, {0: _enc_NodeEndpoint_v0})
@@ -407,6 +532,7 @@ ShareFetchResponse.FIELDS = (
     _F("throttle_time_ms", "ThrottleTimeMs", "int32", (0, 32767)),
     _F("error_code", "ErrorCode", "int16", (0, 32767)),
     _F("error_message", "ErrorMessage", "string", (0, 32767), nullable_versions=(0, 32767)),
+    _F("acquisition_lock_timeout_ms", "AcquisitionLockTimeoutMs", "int32", (1, 32767)),
     _F(
         "responses",
         "Responses",
@@ -433,7 +559,7 @@ PartitionData.FIELDS = (
         nullable_versions=(0, 32767),
     ),
     _F("current_leader", "CurrentLeader", "LeaderIdAndEpoch", (0, 32767), struct=LeaderIdAndEpoch),
-    _F("records", "Records", "records", (0, 32767), nullable_versions=(0, 32767)),
+    _F("records", "Records", "records", (0, 32767), nullable_versions=(0, 0)),
     _F(
         "acquired_records",
         "AcquiredRecords",

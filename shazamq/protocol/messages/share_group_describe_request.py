@@ -2,7 +2,7 @@
 # (ShareGroupDescribeRequest.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareGroupDescribeRequest (api key 77, versions 0, flexible from v0)."""
+"""Kafka ShareGroupDescribeRequest (api key 77, versions 0-1, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class ShareGroupDescribeRequest(_Message):
     __slots__ = ("group_ids", "include_authorized_operations")
 
     API_KEY = 77
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(

@@ -2,7 +2,7 @@
 # (ShareGroupDescribeResponse.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareGroupDescribeResponse (api key 77, versions 0, flexible from v0)."""
+"""Kafka ShareGroupDescribeResponse (api key 77, versions 0-1, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class ShareGroupDescribeResponse(_Message):
     __slots__ = ("throttle_time_ms", "groups")
 
     API_KEY = 77
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -81,7 +81,7 @@ class DescribedGroup(_Message):
         "authorized_operations",
     )
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -136,7 +136,7 @@ class Member(_Message):
         "assignment",
     )
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -179,7 +179,7 @@ class TopicPartitions(_Message):
 
     __slots__ = ("topic_id", "topic_name", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -208,7 +208,7 @@ class Assignment(_Message):
 
     __slots__ = ("topic_partitions",)
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, topic_partitions: list[TopicPartitions] = _MISSING) -> None:

@@ -2,7 +2,7 @@
 # (ShareGroupHeartbeatRequest.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareGroupHeartbeatRequest (api key 76, versions 0, flexible from v0)."""
+"""Kafka ShareGroupHeartbeatRequest (api key 76, versions 0-1, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class ShareGroupHeartbeatRequest(_Message):
     __slots__ = ("group_id", "member_id", "member_epoch", "rack_id", "subscribed_topic_names")
 
     API_KEY = 76
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(

@@ -2,7 +2,7 @@
 # (ShareGroupHeartbeatResponse.json; Apache License 2.0). Do not edit: regenerate with
 #   python -m tools.gen_protocol --messages DIR
 # where DIR is clients/src/main/resources/common/message in Kafka's source tree.
-"""Kafka ShareGroupHeartbeatResponse (api key 76, versions 0, flexible from v0)."""
+"""Kafka ShareGroupHeartbeatResponse (api key 76, versions 0-1, flexible from v0)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class ShareGroupHeartbeatResponse(_Message):
     )
 
     API_KEY = 76
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(
@@ -87,7 +87,7 @@ class Assignment(_Message):
 
     __slots__ = ("topic_partitions",)
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, topic_partitions: list[TopicPartitions] = _MISSING) -> None:
@@ -104,7 +104,7 @@ class TopicPartitions(_Message):
 
     __slots__ = ("topic_id", "partitions")
 
-    VALID_VERSIONS = (0, 0)
+    VALID_VERSIONS = (0, 1)
     FLEXIBLE_MIN = 0
 
     def __init__(self, *, topic_id: UUID = _ZERO_UUID, partitions: list[int] = _MISSING) -> None:
