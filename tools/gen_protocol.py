@@ -40,6 +40,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tools.protocol_additions import apply_additions
+
 MAX_VERSION = 0x7FFF
 EMPTY = (1, 0)  # the "none" version range
 LINE = 100
@@ -174,7 +176,7 @@ class MessageDef:
 
 
 def load_message(path: Path) -> MessageDef:
-    spec = json.loads(strip_comments(path.read_text(encoding="utf-8")))
+    spec = apply_additions(json.loads(strip_comments(path.read_text(encoding="utf-8"))))
     name = spec["name"]
     structs: list[StructDef] = []
     common: dict[str, StructDef] = {}
@@ -267,19 +269,10 @@ def load_message(path: Path) -> MessageDef:
     )
 
 
-# Definitions newer than a given snapshot of Kafka's: the share-group APIs (KIP-932) as
-# Kafka 4.1/4.2 define them (ShareFetch and ShareAcknowledge v1-2, the heartbeat and
-# describe v1), which clients such as librdkafka 2.16 require. A file here replaces the
-# same-named file of the messages directory; one the directory lacks is not added.
-OVERRIDES = Path(__file__).resolve().parent / "message_overrides"
-
-
-def load_all(messages_dir: Path, overrides: Path | None = OVERRIDES) -> list[MessageDef]:
+def load_all(messages_dir: Path) -> list[MessageDef]:
     files = sorted(messages_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no *.json message definitions in {messages_dir}")
-    if overrides is not None and overrides.is_dir():
-        files = [overrides / p.name if (overrides / p.name).is_file() else p for p in files]
     return [load_message(p) for p in files]
 
 
