@@ -304,3 +304,52 @@ def test_disabled_cache_answers_sessionless(broker_factory, topic_name):
     assert resp.error_code == 0 and resp.session_id == 0
     assert fetch(c, 12, 1, 1, {}).error_code == ErrorCode.FETCH_SESSION_ID_NOT_FOUND
     c.close()
+
+
+def test_malformed_session_requests(shared_broker, topic_name):
+    import socket
+    import struct
+
+    from shazamq.protocol import framing
+
+    make_topic(shared_broker.bootstrap, topic_name, partitions=2)
+    c = RawClient(shared_broker.port)
+    t = topic_name
+    produce(c, t, 0, [b"m"])
+    sid = fetch(c, 12, 0, 0, {t: {0: 0, 1: 0}}).session_id
+    assert sid != 0
+
+    # values no client sends: an epoch below -1, partitions that do not exist, forgetting
+    # what the session never had
+    assert fetch(c, 12, sid, -7, {}).error_code == ErrorCode.INVALID_FETCH_SESSION_EPOCH
+    resp = fetch(c, 12, sid, 1, {t: {0: 1, -3: 5}}, {t: [99, -1], "nope": [0]})
+    assert answered(resp) == {(t, -3): (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, -1, [])}
+    resp = fetch(c, 12, sid, 2, {}, {t: [-3]})
+    assert resp.error_code == 0 and resp.responses == []
+
+    # an incremental request cut short or with a corrupt tail: that connection
+    # is closed or answered with an error, never the broker harmed
+    req = FetchRequest(
+        max_wait_ms=0,
+        session_id=sid,
+        session_epoch=3,
+        topics=[FetchTopic(topic=t, partitions=[FetchPartition(partition=1, fetch_offset=0)])],
+        forgotten_topics_data=[ForgottenTopic(topic=t, partitions=[0])],
+    )
+    good = framing.encode_request(req, 12, 7, "bad")[4:]
+    cuts = [good[:n] for n in range(10, len(good), 9)]
+    corrupt_tail = good[:-8] + b"\xff\xff\xff\x7f" + good[-4:]
+    for payload in [*cuts, corrupt_tail]:
+        s = socket.create_connection(("127.0.0.1", shared_broker.port), timeout=15)
+        s.sendall(struct.pack(">i", len(payload)) + payload)
+        s.shutdown(socket.SHUT_WR)
+        try:
+            while s.recv(65536):
+                pass
+        except ConnectionError:
+            pass
+        s.close()
+    # the session is intact: the malformed frames never reached it as requests
+    resp = fetch(c, 12, sid, 3, {t: {0: 0}})
+    assert resp.error_code == 0 and answered(resp) == {(t, 0): (0, 1, [b"m"])}
+    c.close()
