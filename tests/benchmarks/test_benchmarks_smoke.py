@@ -135,3 +135,37 @@ def test_mirror_benchmark_smoke(tmp_path):
     assert report["backlog"]["records"] == 1000 and report["backlog"]["mb_per_s"] > 0
     steady = report["steady_lag_ms"]
     assert steady["read"] == steady["sent"] > 0  # every record came through the mirror
+
+
+def test_fetch_sessions_benchmark_smoke(tmp_path):
+    out = tmp_path / "fetch_sessions.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.fetch_sessions",
+            "--partitions",
+            "20",
+            "--active",
+            "2",
+            "--rounds",
+            "4",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for mode in ("sessionless", "incremental"):
+        # each active partition gave one record a round, in both modes
+        assert report[mode]["records"] == 2 * 4
+        assert report[mode]["idle"]["records"] == 0
+    # sizes, not speeds: an idle session asks and answers less than the full list
+    less, more = report["incremental"]["idle"], report["sessionless"]["idle"]
+    assert less["request_bytes"] < more["request_bytes"]
+    assert less["response_bytes"] < more["response_bytes"]
