@@ -138,6 +138,8 @@ def test_mirror_benchmark_smoke(tmp_path):
 
 
 def test_fetch_sessions_benchmark_smoke(tmp_path):
+    """The issue's case: a consumer of 500 partitions, the request and response sizes
+    with and without an incremental fetch session (sizes are exact, not timings)."""
     out = tmp_path / "fetch_sessions.json"
     proc = subprocess.run(
         [
@@ -145,11 +147,11 @@ def test_fetch_sessions_benchmark_smoke(tmp_path):
             "-m",
             "benchmarks.fetch_sessions",
             "--partitions",
-            "20",
+            "500",
             "--active",
-            "2",
+            "5",
             "--rounds",
-            "4",
+            "3",
             "--json",
             str(out),
         ],
@@ -157,15 +159,18 @@ def test_fetch_sessions_benchmark_smoke(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for mode in ("sessionless", "incremental"):
         # each active partition gave one record a round, in both modes
-        assert report[mode]["records"] == 2 * 4
+        assert report[mode]["records"] == 5 * 3
         assert report[mode]["idle"]["records"] == 0
-    # sizes, not speeds: an idle session asks and answers less than the full list
-    less, more = report["incremental"]["idle"], report["sessionless"]["idle"]
-    assert less["request_bytes"] < more["request_bytes"]
-    assert less["response_bytes"] < more["response_bytes"]
+        # the first fetch lists and answers all 500 partitions either way
+        assert report[mode]["first_request_bytes"] > 500 * 16
+    less, more = report["incremental"], report["sessionless"]
+    for phase in ("active", "idle"):
+        assert less[phase]["request_bytes"] * 10 < more[phase]["request_bytes"]
+        assert less[phase]["response_bytes"] * 10 < more[phase]["response_bytes"]
+    assert "incremental  idle" in proc.stdout  # the table
