@@ -159,6 +159,25 @@ class BrokerSection(_Section):
             "a new one over it is closed at once. 0: no cap.",
         ),
     ] = 2_000
+    max_incremental_fetch_session_cache_slots: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Most incremental fetch sessions (KIP-227) the broker keeps "
+            "(max.incremental.fetch.session.cache.slots); when full, a new session takes "
+            "the slot of an idle or a smaller one, or the fetcher goes on with full "
+            "fetches. 0: no sessions, every fetch carries its whole partition list.",
+        ),
+    ] = 1000
+    min_incremental_fetch_session_eviction_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="A fetch session unused for longer than this may be evicted by any "
+            "new one, and only a session older than this may be displaced by a larger one "
+            "(min.incremental.fetch.session.eviction.ms).",
+        ),
+    ] = 120_000
     delete_topic_enable: bool = True
     shutdown_timeout_ms: Annotated[int, Meta(ge=0)] = 10_000
 

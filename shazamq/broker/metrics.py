@@ -129,6 +129,12 @@ class BrokerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=r,
         )
+        self.fetch_session_evictions = Counter(
+            "shazamq_fetch_session_evictions",
+            "Incremental fetch sessions evicted from the full session cache to make room "
+            "for another (Kafka's IncrementalFetchSessionEvictionsPerSec: take its rate).",
+            registry=r,
+        )
         self.state = BrokerState.STARTING
         self._live = _LiveCollector()
         r.register(self._live)
@@ -147,6 +153,27 @@ class BrokerMetrics:
     def add_probe(self, probe: Callable[[], Iterable[Metric]]) -> None:
         """Register a function producing metric families at scrape time."""
         self._live.probes.append(probe)
+
+    def watch_fetch_sessions(self, stats: Callable[[], tuple[int, int]]) -> None:
+        """Export the fetch session cache's (sessions, partitions cached) at scrape time."""
+
+        def probe() -> Iterable[Metric]:
+            sessions, partitions = stats()
+            g = GaugeMetricFamily(
+                "shazamq_fetch_sessions",
+                "Incremental fetch sessions cached (Kafka's NumIncrementalFetchSessions).",
+            )
+            g.add_metric([], sessions)
+            yield g
+            g = GaugeMetricFamily(
+                "shazamq_fetch_session_partitions",
+                "Partitions held by all cached fetch sessions "
+                "(Kafka's NumIncrementalFetchPartitionsCached).",
+            )
+            g.add_metric([], partitions)
+            yield g
+
+        self.add_probe(probe)
 
     def _state_probe(self) -> Iterable[Metric]:
         g = GaugeMetricFamily(

@@ -135,3 +135,42 @@ def test_mirror_benchmark_smoke(tmp_path):
     assert report["backlog"]["records"] == 1000 and report["backlog"]["mb_per_s"] > 0
     steady = report["steady_lag_ms"]
     assert steady["read"] == steady["sent"] > 0  # every record came through the mirror
+
+
+def test_fetch_sessions_benchmark_smoke(tmp_path):
+    """The issue's case: a consumer of 500 partitions, the request and response sizes
+    with and without an incremental fetch session (sizes are exact, not timings)."""
+    out = tmp_path / "fetch_sessions.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.fetch_sessions",
+            "--partitions",
+            "500",
+            "--active",
+            "5",
+            "--rounds",
+            "3",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for mode in ("sessionless", "incremental"):
+        # each active partition gave one record a round, in both modes
+        assert report[mode]["records"] == 5 * 3
+        assert report[mode]["idle"]["records"] == 0
+        # the first fetch lists and answers all 500 partitions either way
+        assert report[mode]["first_request_bytes"] > 500 * 16
+    less, more = report["incremental"], report["sessionless"]
+    for phase in ("active", "idle"):
+        assert less[phase]["request_bytes"] * 10 < more[phase]["request_bytes"]
+        assert less[phase]["response_bytes"] * 10 < more[phase]["response_bytes"]
+    assert "incremental  idle" in proc.stdout  # the table

@@ -215,3 +215,19 @@ def test_check_config_prints_toml(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert 'bucket = "shazamq-data"' in proc.stdout
+
+
+def test_fetch_session_cache_settings(tmp_path):
+    cfg = load_config(None, environ={})
+    assert cfg.broker.max_incremental_fetch_session_cache_slots == 1000
+    assert cfg.broker.min_incremental_fetch_session_eviction_ms == 120_000
+    cfg = load_config(
+        write(tmp_path, "[broker]\nmax_incremental_fetch_session_cache_slots = 0\n"), environ={}
+    )
+    assert cfg.broker.max_incremental_fetch_session_cache_slots == 0  # sessions off
+    for key in (
+        "max_incremental_fetch_session_cache_slots",
+        "min_incremental_fetch_session_eviction_ms",
+    ):
+        with pytest.raises(ConfigError, match=f"invalid value for 'broker.{key}'"):
+            load_config(write(tmp_path, f"[broker]\n{key} = -1\n"), environ={})

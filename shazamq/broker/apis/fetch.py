@@ -1,9 +1,10 @@
 """Fetch: whole record batches from the log, long-polled on a per-partition data signal.
 
 A fetch that finds fewer than `min_bytes` waits until an append to one of its partitions
-wakes it or `max_wait_ms` passes, then reads again. Sessions (KIP-227) are declined by
-answering session id 0, which every client treats as "send full fetches", so each request
-carries its whole partition list.
+wakes it or `max_wait_ms` passes, then reads again. A full fetch at session epoch 0 opens
+an incremental fetch session (KIP-227, `shazamq.broker.fetch_sessions`) when the cache has
+room: later fetches of that session carry and receive only what changed. Fetches at epoch
+-1 with no session id (followers, old clients) are read exactly as before.
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from shazamq.broker.fetch_sessions import (
+    FINAL_EPOCH,
+    FetchSession,
+    FetchSessionCache,
+    session_partitions,
+)
 from shazamq.broker.log.errors import LogError, OffsetOutOfRangeError
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchRequest
@@ -53,12 +61,23 @@ class RemoteRead(NamedTuple):
 READ_COMMITTED = 1
 ZERO_UUID = uuid.UUID(int=0)
 
+# (topic name or None when its id is unknown, topic id, error for an unknown topic, the
+# partitions to read: a request's FetchPartitions or a session's CachedPartitions)
+Group = tuple[str | None, uuid.UUID, int, Sequence[Any]]
+
 
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
     metrics = broker.metrics
     cluster = broker.cluster
     tier = broker.tier  # tiered storage, or None: then nothing below costs a thing
+    settings = broker.config.broker
+    sessions = FetchSessionCache(
+        settings.max_incremental_fetch_session_cache_slots,
+        settings.min_incremental_fetch_session_eviction_ms,
+        on_evict=metrics.fetch_session_evictions.inc,
+    )
+    metrics.watch_fetch_sessions(lambda: (len(sessions), sessions.num_partitions))
     # topic -> its (bytes, messages) counters: label lookups show in profiles
     out_counters: dict[str, tuple[Any, Any]] = {}
 
@@ -134,15 +153,44 @@ def register(d: Dispatcher, broker: Broker) -> None:
             redirects.add(hint[0])
         return pe
 
+    def request_groups(req: FetchRequest, version: int) -> Iterator[Group]:
+        """A sessionless request's topics, named (None: an unknown topic id)."""
+        if version >= 13:
+            for ft in req.topics:
+                info = parts.topic_by_id(ft.topic_id)
+                name = info.name if info is not None else None
+                yield name, ft.topic_id, ErrorCode.UNKNOWN_TOPIC_ID, ft.partitions
+        else:
+            for ft in req.topics:
+                yield ft.topic, ft.topic_id, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ft.partitions
+
+    def session_groups(session: FetchSession) -> Iterator[Group]:
+        """A session's partitions in its read order, named as today's metadata says."""
+        if session.uses_topic_ids:
+            for _, tid, run in session.groups():
+                info = parts.topic_by_id(tid)
+                name = info.name if info is not None else None
+                yield name, tid, ErrorCode.UNKNOWN_TOPIC_ID, run
+        else:
+            for topic, tid, run in session.groups():
+                yield topic, tid, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, run
+
     def read(
         req: FetchRequest,
         version: int,
+        groups: Iterable[Group],
+        incremental: bool,
         hosted: list[Partition],
         redirects: set[int],
         remote: list[RemoteRead],
     ) -> tuple[list[FetchableTopicResponse], int]:
-        """Read every requested partition; `hosted` collects the ones to wait on and
+        """Read every partition of `groups`; `hosted` collects the ones to wait on and
         `remote` the reads below the local log start that the bucket answers.
+
+        `incremental` (a session's fetch) leaves out a partition with no new records whose
+        high watermark, last stable offset and log start are what the fetcher was last
+        sent, comparing positions only: idle partitions cost no log read and no response
+        bytes. Errors and new records always answer (Kafka's rules).
 
         Returns the topics and the bytes read, or -1 bytes when a partition failed (a
         fetch with an error returns at once, as Kafka's does).
@@ -157,16 +205,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
         total = 0
         failed = False
         topics_out = []
-        for ft in req.topics:
-            if version >= 13:
-                info = parts.topic_by_id(ft.topic_id)
-                name = info.name if info is not None else None
-                unknown = ErrorCode.UNKNOWN_TOPIC_ID
-            else:
-                name = ft.topic
-                unknown = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        for name, topic_id, unknown, partitions in groups:
             out = []
-            for fp in ft.partitions:
+            for fp in partitions:
                 p = parts.get(name, fp.partition) if name is not None else None
                 if p is None:
                     if name is not None and cluster is not None:
@@ -255,6 +296,14 @@ def register(d: Dispatcher, broker: Broker) -> None:
                                 )
                             )
                             continue
+                if (
+                    incremental
+                    and offset >= upper
+                    and fp.sent_high_watermark == hw
+                    and fp.sent_last_stable_offset == lso
+                    and fp.sent_log_start == plog.log_start_offset
+                ):
+                    continue  # nothing new for this fetcher: not in the response
                 records = b""
                 aborted = None
                 throttled = follower and p.replica is not None and replica_id in p.replica.adding
@@ -302,10 +351,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         records=records,
                     )
                 )
+            if incremental and not out:
+                continue  # an incremental fetch names only topics with something new
             if any(o.error_code for o in out):
                 failed = True
             topics_out.append(
-                FetchableTopicResponse(topic=name or "", topic_id=ft.topic_id, partitions=out)
+                FetchableTopicResponse(topic=name or "", topic_id=topic_id, partitions=out)
                 if version >= 13
                 else FetchableTopicResponse(topic=name or "", partitions=out)
             )
@@ -341,21 +392,34 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def handle(ctx: RequestContext, req: FetchRequest) -> FetchResponse:
         version = ctx.api_version
-        if version >= 7 and (req.session_id != 0 or req.session_epoch > 0):
-            # We never hand out sessions, so any session id or epoch is unknown.
-            return FetchResponse(
-                throttle_time_ms=0,
-                error_code=ErrorCode.FETCH_SESSION_ID_NOT_FOUND,
-                session_id=0,
-                responses=[],
+        replica_id = req.replica_state.replica_id if version >= 15 else req.replica_id
+        session: FetchSession | None = None
+        create = False
+        if version >= 7 and (req.session_id != 0 or req.session_epoch != FINAL_EPOCH):
+            context = sessions.context(
+                req.session_id,
+                req.session_epoch,
+                version >= 13,
+                req.topics,
+                req.forgotten_topics_data,
+                int(time.monotonic() * 1000),
             )
+            if context.error:
+                return FetchResponse(
+                    throttle_time_ms=0, error_code=context.error, session_id=0, responses=[]
+                )
+            session, create = context.session, context.create
         deadline = ctx.received_at + max(req.max_wait_ms, 0) / 1000.0
         min_bytes = req.min_bytes
         redirects: set[int] = set()
+        incremental = session is not None
         while True:
             hosted: list[Partition] = []
             remote: list[RemoteRead] = []
-            topics, total = read(req, version, hosted, redirects, remote)
+            groups = (
+                session_groups(session) if session is not None else request_groups(req, version)
+            )
+            topics, total = read(req, version, groups, incremental, hosted, redirects, remote)
             if remote:  # the bucket has data for these: answer once it is read
                 await read_remote(remote)
                 break
@@ -363,7 +427,22 @@ def register(d: Dispatcher, broker: Broker) -> None:
             if total < 0 or total >= min_bytes or remaining <= 0 or not hosted:
                 break
             await parts.wait_for_data(hosted, remaining)
-        replica_id = req.replica_state.replica_id if version >= 15 else req.replica_id
+        session_id = 0
+        if session is not None:
+            session_id = session.id
+            for t in topics:
+                for pd in t.partitions:
+                    session.answered(t.topic, t.topic_id, pd)
+        elif create:
+            created = sessions.create(
+                int(time.monotonic() * 1000),
+                replica_id >= 0,
+                version >= 13,
+                sum(len(ft.partitions) for ft in req.topics),
+                lambda: session_partitions(req.topics, version >= 13, topics),
+            )
+            if created is not None:
+                session_id = created.id
         if replica_id < 0:  # replication traffic is not what consumers were served
             count_out(topics)
         endpoints = []
@@ -375,7 +454,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         return FetchResponse(
             throttle_time_ms=0,
             error_code=0,
-            session_id=0,
+            session_id=session_id,
             responses=topics,
             node_endpoints=endpoints,
         )
