@@ -103,8 +103,9 @@ class Copy:
     # once the batch holding that offset landed (it may start mid-batch)
     start_at: int | None = None
     out_of_range: bool = False
-    # the source's diverging_epoch answer (epoch, end offset), until acted on
-    diverging: tuple[int, int] | None = None
+    # the source's diverging_epoch answer (epoch, end offset, whether the source's log
+    # goes on past that end), until acted on
+    diverging: tuple[int, int, bool] | None = None
     # the source leader epoch under which the copy's log was last compared with the
     # source's by OffsetForLeaderEpoch (None: not yet)
     checked_epoch: int | None = None
@@ -307,7 +308,11 @@ class FetchSession:
             return
         diverging = pd.diverging_epoch
         if diverging.end_offset >= 0:
-            c.diverging = (diverging.epoch, diverging.end_offset)
+            c.diverging = (
+                diverging.epoch,
+                diverging.end_offset,
+                pd.high_watermark > diverging.end_offset,
+            )
             return
         p = c.partition
         plog = p.log
@@ -491,20 +496,26 @@ class FetchSession:
                 if r.error_code:
                     self._problem(c, f"OffsetForLeaderEpoch: error {r.error_code}")
                     continue
-                if await self._cut_to_agreement(c, r.leader_epoch, r.end_offset, "epoch check"):
+                # the source's log goes on past that end unless the epoch is its current one
+                goes_on = leader_epoch < 0 or r.leader_epoch != leader_epoch
+                if await self._cut_to_agreement(
+                    c, r.leader_epoch, r.end_offset, goes_on, "epoch check"
+                ):
                     c.checked_epoch = leader_epoch
 
     async def _resolve_divergence(self, c: Copy) -> None:
         assert c.diverging is not None
-        epoch, end = c.diverging
+        epoch, end, goes_on = c.diverging
         c.diverging = None
-        await self._cut_to_agreement(c, epoch, end, "fetch")
+        await self._cut_to_agreement(c, epoch, end, goes_on, "fetch")
 
     async def _cut_to_agreement(
-        self, c: Copy, source_epoch: int, source_end: int, how: str
+        self, c: Copy, source_epoch: int, source_end: int, goes_on: bool, how: str
     ) -> bool:
         """Cut the copy back to where the source's log agrees with it; True once settled
-        (False: the copy's new last epoch must be compared again)."""
+        (False: the copy's new last epoch must be compared again). ``goes_on``: the
+        source's log continues past ``source_end`` (other records at copied offsets: a
+        divergence), else it ends there (records lost upstream: a truncation)."""
         plog = c.partition.log
         end = plog.log_end_offset
         cut = truncation_point(source_epoch, source_end, end, plog.end_offset_for_epoch)
@@ -522,21 +533,36 @@ class FetchSession:
             if not self._still_mirror(c):
                 self.copies.pop(c.key, None)
                 return False
-            c.stats.divergences += 1
-            log.error(
-                "%s: the source's log diverges from the copy at offset %d (the source holds "
-                "leader epoch %d up to offset %d; the copy's latest epoch is %d; found by %s): "
-                "removing the copy's offsets %d-%d and copying the source's from %d",
-                name,
-                cut.offset,
-                source_epoch,
-                source_end,
-                plog.latest_epoch,
-                how,
-                cut.offset,
-                end - 1,
-                cut.offset,
-            )
+            if not goes_on:
+                c.stats.truncations += 1
+                log.error(
+                    "%s: the source's log now ends at %d, before the copy's end %d (records "
+                    "lost upstream, e.g. an unclean leader election; found by %s): removing "
+                    "the copy's offsets %d-%d so later offsets keep matching",
+                    name,
+                    cut.offset,
+                    end,
+                    how,
+                    cut.offset,
+                    end - 1,
+                )
+            else:
+                c.stats.divergences += 1
+                log.error(
+                    "%s: the source's log diverges from the copy at offset %d (the source "
+                    "holds leader epoch %d up to offset %d; the copy's latest epoch is %d; "
+                    "found by %s): removing the copy's offsets %d-%d and copying the "
+                    "source's from %d",
+                    name,
+                    cut.offset,
+                    source_epoch,
+                    source_end,
+                    plog.latest_epoch,
+                    how,
+                    cut.offset,
+                    end - 1,
+                    cut.offset,
+                )
             await asyncio.get_running_loop().run_in_executor(None, plog.truncate_to, cut.offset)
             c.partition.notify()
         return cut.settled

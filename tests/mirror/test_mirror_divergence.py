@@ -10,11 +10,13 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fake_source import FakeSource, make_batches
-from kafka_helpers import RawClient
+from kafka_helpers import RawClient, make_topic
 from mirror_helpers import batches, mirror_settings, wait_until
 from test_mirror_ops import metric
 
 from shazamq.protocol.messages import InitProducerIdRequest
+from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from shazamq.protocol.records import iter_batches
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -136,3 +138,59 @@ def test_producer_ids_of_copied_data_are_never_handed_out_locally(broker_factory
         assert values[-1] == (8, b"local-0")
     finally:
         source.stop()
+
+
+def _fetch_v12(port: int, topic: str, offset: int, last_epoch: int):
+    c = RawClient(port)
+    try:
+        req = FetchRequest(
+            replica_id=-1,
+            max_wait_ms=0,
+            min_bytes=0,
+            max_bytes=1 << 20,
+            isolation_level=0,
+            topics=[
+                FetchTopic(
+                    topic=topic,
+                    partitions=[
+                        FetchPartition(
+                            partition=0,
+                            fetch_offset=offset,
+                            last_fetched_epoch=last_epoch,
+                            partition_max_bytes=1 << 20,
+                        )
+                    ],
+                )
+            ],
+        )
+        return c.request(req, 12).responses[0].partitions[0]
+    finally:
+        c.close()
+
+
+def test_a_shazamq_source_answers_diverging_epoch(shared_broker, topic_name: str) -> None:
+    """As a Kafka 2.7+ leader does, so a mirror of a Shazamq cluster (and its own
+    followers) learn at the next fetch where their log parted from this one."""
+    make_topic(shared_broker.bootstrap, topic_name, 1)
+    p = Producer({"bootstrap.servers": shared_broker.bootstrap})
+    for i in range(3):
+        p.produce(topic_name, value=b"v%d" % i, partition=0)
+        p.flush(30)
+    epoch = _headers(shared_broker, topic_name)[-1][1].partition_leader_epoch
+    assert epoch >= 0
+    # in step: records from the position
+    pd = _fetch_v12(shared_broker.port, topic_name, 1, epoch)
+    assert pd.error_code == 0 and pd.diverging_epoch.end_offset == -1 and pd.records
+    # a log that holds this epoch past where this one's ends: parted at this one's end
+    pd = _fetch_v12(shared_broker.port, topic_name, 7, epoch)
+    assert pd.error_code == 0 and not pd.records
+    assert (pd.diverging_epoch.epoch, pd.diverging_epoch.end_offset) == (epoch, 3)
+    # no epoch given: as before (out of range)
+    pd = _fetch_v12(shared_broker.port, topic_name, 7, -1)
+    assert pd.error_code == 1 and pd.diverging_epoch.end_offset == -1
+    # an epoch newer than any here: this leader cannot tell, and serves as before
+    assert _fetch_v12(shared_broker.port, topic_name, 3, epoch + 5).diverging_epoch.end_offset == -1
+
+
+def _headers(broker, topic: str):
+    return [(b, next(iter_batches(raw))[1]) for b, raw in batches(broker.port, topic, 0)]
