@@ -84,6 +84,15 @@ _STALE = frozenset(
     }
 )
 
+# OffsetForLeaderEpoch answers that asking again will not change
+_NO_EPOCH_CHECK = frozenset(
+    {
+        ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+        ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+        ErrorCode.UNSUPPORTED_VERSION,
+    }
+)
+
 
 @dataclass(slots=True)
 class Copy:
@@ -492,6 +501,13 @@ class FetchSession:
                 if r.error_code in _STALE:
                     self._problem(c, f"OffsetForLeaderEpoch: error {r.error_code}", error=False)
                     self._on_stale()
+                    continue
+                if r.error_code in _NO_EPOCH_CHECK:
+                    # not allowed or not known there: comparing is left to Fetch
+                    self._problem(
+                        c, f"OffsetForLeaderEpoch: error {r.error_code}; relying on Fetch"
+                    )
+                    c.checked_epoch = leader_epoch
                     continue
                 if r.error_code:
                     self._problem(c, f"OffsetForLeaderEpoch: error {r.error_code}")
