@@ -330,7 +330,9 @@ class Broker:
         if cfg.mirror.enabled:  # in a cluster: each broker copies what it leads
             self.mirror = MirrorService(
                 cfg.mirror,
-                LocalBroker(self.partitions, self.groups, lambda: self.metadata.cluster_id),
+                LocalBroker(
+                    self.partitions, self.groups, lambda: self.metadata.cluster_id, self.txn
+                ),
                 client_id=f"shazamq-mirror-{self.node_id}",
             )
             await self.mirror.start()

@@ -16,6 +16,23 @@ below the source's log start, the copy continues from there and the jump is coun
 logged (the offsets in between were deleted at the source before they were copied);
 above the source's log end (an unclean election upstream lost records), the local tail is
 cut to the source's end, counted and logged, so later offsets keep matching.
+
+A source log can also differ from the copy at offsets both have (an unclean election, or a
+lost unflushed tail followed by new writes): same offsets, other batches. As a Kafka
+follower does, the copy compares leader epochs (the copied batches carry the source's, so
+the copy's epoch cache is the source's as it was copied): every Fetch carries the epoch of
+the copy's last batch (``last_fetched_epoch``), and a source that sees a divergence answers
+``diverging_epoch`` instead of records; and because not every source answers that (older
+Kafka, other implementations), the copy also asks OffsetForLeaderEpoch whenever it starts
+or the source's leader epoch changes, the only times a divergence can appear. Either way
+the copy is cut back to where both agree (``divergence.truncation_point``), counted and
+logged, and copying goes on from there; the log's truncation rebuilds the producer state
+and transaction index, so read_committed and the LSO stay right.
+
+Producer ids of copied batches are kept out of local allocation: a batch whose producer id
+is at or above the broker's allocation floor is appended only after the floor has been
+raised above it durably (``reserve_producer_ids``), so a topic promoted to writable never
+hands a local producer an id the copied data already uses.
 """
 
 from __future__ import annotations
@@ -24,17 +41,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.cluster.client import BrokerConnectionError, ClientPool
 from shazamq.broker.log import AppendOrigin
 from shazamq.broker.log.errors import LogError
-from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.errors import ErrorCode, KafkaError, UnsupportedVersionError
 from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
+from shazamq.protocol.messages.offset_for_leader_epoch_request import (
+    OffsetForLeaderEpochRequest,
+    OffsetForLeaderPartition,
+    OffsetForLeaderTopic,
+)
 from shazamq.protocol.records import RecordError, iter_batches
 
+from .divergence import truncation_point
 from .source import EARLIEST, LATEST, SourceCluster, SourceError
 from .stats import PartitionStats
 
@@ -46,7 +69,9 @@ __all__ = ["Copy", "FetchSession"]
 log = logging.getLogger(__name__)
 
 FETCH = 1
-FETCH_VERSION = 12  # topic names, current leader epoch, log start offset in answers
+FETCH_VERSION = 12  # topic names, leader epochs (current, last fetched), diverging epoch
+OFFSET_FOR_LEADER_EPOCH = 23
+OFFSET_FOR_LEADER_EPOCH_VERSION = 4  # 3 is the first a consumer (replica id -1) may send
 PAUSE_S = 1.0
 _STALE = frozenset(
     {
@@ -56,6 +81,15 @@ _STALE = frozenset(
         ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
         ErrorCode.UNKNOWN_TOPIC_ID,
         ErrorCode.LEADER_NOT_AVAILABLE,
+    }
+)
+
+# OffsetForLeaderEpoch answers that asking again will not change
+_NO_EPOCH_CHECK = frozenset(
+    {
+        ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+        ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+        ErrorCode.UNSUPPORTED_VERSION,
     }
 )
 
@@ -78,6 +112,14 @@ class Copy:
     # once the batch holding that offset landed (it may start mid-batch)
     start_at: int | None = None
     out_of_range: bool = False
+    # the source's diverging_epoch answer (epoch, end offset, whether the source's log
+    # goes on past that end), until acted on
+    diverging: tuple[int, int, bool] | None = None
+    # the source leader epoch under which the copy's log was last compared with the
+    # source's by OffsetForLeaderEpoch (None: not yet)
+    checked_epoch: int | None = None
+    # a copied producer id at or above the allocation floor: raise the floor first
+    producer_id_above: int = -1
     paused_until: float = 0.0
     problem: str = ""  # the last problem logged (each new one is logged once)
 
@@ -102,6 +144,8 @@ class FetchSession:
         still_mirror: Callable[[Copy], bool],
         on_stale: Callable[[], None],
         on_appended: Callable[[Partition], None] | None = None,
+        producer_id_floor: Callable[[], int] | None = None,
+        reserve_producer_ids: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.source = source
         self.leader_id = leader_id
@@ -113,6 +157,9 @@ class FetchSession:
         self._still_mirror = still_mirror
         self._on_stale = on_stale
         self._on_appended = on_appended
+        self._producer_id_floor = producer_id_floor
+        self._reserve_producer_ids = reserve_producer_ids
+        self._epoch_checks = True  # False once the source turned out not to have them
         self.copies: dict[tuple[str, int], Copy] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -152,9 +199,16 @@ class FetchSession:
                     await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
                 continue
             try:
+                for c in [c for c in active if c.producer_id_above >= 0]:
+                    await self._raise_producer_id_floor(c)
                 for c in [c for c in active if c.out_of_range]:
                     await self._resolve_out_of_range(c)
-                ready = [c for c in active if not c.out_of_range and c.key in self.copies]
+                for c in [c for c in active if c.diverging is not None]:
+                    await self._resolve_divergence(c)
+                check = [c for c in active if self._needs_check(c)]
+                if check:
+                    await self._check_epochs(check)
+                ready = [c for c in active if self._ready(c)]
                 if ready:
                     await self._fetch(ready)
                 self._failures = 0
@@ -181,6 +235,16 @@ class FetchSession:
                 )
                 await asyncio.sleep(self._backoff)
 
+    def _ready(self, c: Copy) -> bool:
+        return (
+            c.key in self.copies
+            and not c.out_of_range
+            and c.diverging is None
+            and c.producer_id_above < 0
+            and c.checked_epoch == c.leader_epoch
+            and c.paused_until <= time.monotonic()
+        )
+
     def _position(self, c: Copy) -> int:
         end = c.partition.log.log_end_offset
         if c.fetch_from is not None and c.fetch_from > end:
@@ -192,11 +256,16 @@ class FetchSession:
         version = client.best_version(FETCH, FETCH_VERSION)
         by_topic: dict[str, list[FetchPartition]] = {}
         for c in copies:
+            plog = c.partition.log
+            position = self._position(c)
+            # the epoch of the batch just before the position, if the copy holds it
+            last_epoch = plog.latest_epoch if position == plog.log_end_offset else -1
             by_topic.setdefault(c.source_topic, []).append(
                 FetchPartition(
                     partition=c.index,
                     current_leader_epoch=c.leader_epoch,
-                    fetch_offset=self._position(c),
+                    fetch_offset=position,
+                    last_fetched_epoch=last_epoch,
                     log_start_offset=-1,
                     partition_max_bytes=self._max_bytes,
                 )
@@ -246,6 +315,14 @@ class FetchSession:
         if code:
             self._problem(c, f"source answered error {code}")
             return
+        diverging = pd.diverging_epoch
+        if diverging.end_offset >= 0:
+            c.diverging = (
+                diverging.epoch,
+                diverging.end_offset,
+                pd.high_watermark > diverging.end_offset,
+            )
+            return
         p = c.partition
         plog = p.log
         data = pd.records
@@ -254,6 +331,8 @@ class FetchSession:
             end = plog.log_end_offset
             start = stop = -1
             batches = 0
+            floor = -1 if self._producer_id_floor is None else self._producer_id_floor()
+            top_producer_id = -1
             try:
                 for pos, h in iter_batches(view, allow_partial=True):
                     last = h.base_offset + h.last_offset_delta
@@ -275,6 +354,12 @@ class FetchSession:
                         start = pos
                     stop = pos + h.size
                     batches += 1
+                    if h.producer_id > top_producer_id:
+                        top_producer_id = h.producer_id
+                if 0 <= floor <= top_producer_id:
+                    # appended once no local producer can be given this id (refetched then)
+                    c.producer_id_above = top_producer_id
+                    return
                 if start >= 0:
                     chunk = view[start:stop]
                     plog.append(chunk, origin=AppendOrigin.REPLICATION)
@@ -352,3 +437,158 @@ class FetchSession:
         else:
             # in range after all (the leader moved meanwhile): fetch again shortly
             c.paused_until = time.monotonic() + PAUSE_S
+
+    # -- divergence ---------------------------------------------------------------------
+
+    def _needs_check(self, c: Copy) -> bool:
+        """Whether the copy must be compared with the source (OffsetForLeaderEpoch) before
+        its next fetch: after it starts and whenever the source's leader epoch changes."""
+        if c.checked_epoch == c.leader_epoch or c.key not in self.copies:
+            return False
+        if c.out_of_range or c.diverging is not None or c.producer_id_above >= 0:
+            return False
+        plog = c.partition.log
+        if (
+            not self._epoch_checks
+            or c.fetch_from is not None  # the copy's end is not the source's position
+            or plog.log_end_offset == plog.log_start_offset
+            or plog.latest_epoch < 0
+        ):
+            c.checked_epoch = c.leader_epoch  # nothing to compare
+            return False
+        return True
+
+    async def _check_epochs(self, copies: list[Copy]) -> None:
+        client = await self._pool.get(self.leader_id)
+        try:
+            version = client.best_version(OFFSET_FOR_LEADER_EPOCH, OFFSET_FOR_LEADER_EPOCH_VERSION)
+        except UnsupportedVersionError:
+            version = -1
+        if version < 3:
+            self._epoch_checks = False
+            log.warning(
+                "mirror %s: broker %d has no OffsetForLeaderEpoch for consumers; divergence "
+                "of its log from the copy is detected only if its Fetch answers it",
+                self.source.name,
+                self.leader_id,
+            )
+            for c in copies:
+                c.checked_epoch = c.leader_epoch
+            return
+        asked: dict[tuple[str, int], tuple[Copy, int, int]] = {}
+        by_topic: dict[str, list[OffsetForLeaderPartition]] = {}
+        for c in copies:
+            latest = c.partition.log.latest_epoch
+            asked[(c.source_topic, c.index)] = (c, c.leader_epoch, latest)
+            by_topic.setdefault(c.source_topic, []).append(
+                OffsetForLeaderPartition(
+                    partition=c.index, current_leader_epoch=c.leader_epoch, leader_epoch=latest
+                )
+            )
+        req = OffsetForLeaderEpochRequest(
+            replica_id=-1,
+            topics=[OffsetForLeaderTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+        )
+        resp = await client.request(OFFSET_FOR_LEADER_EPOCH, version, req, timeout=30.0)
+        for t in resp.topics:
+            for r in t.partitions:
+                entry = asked.get((t.topic, r.partition))
+                if entry is None:
+                    continue
+                c, leader_epoch, latest = entry
+                if c.key not in self.copies or c.partition.log.latest_epoch != latest:
+                    continue
+                if r.error_code in _STALE:
+                    self._problem(c, f"OffsetForLeaderEpoch: error {r.error_code}", error=False)
+                    self._on_stale()
+                    continue
+                if r.error_code in _NO_EPOCH_CHECK:
+                    # not allowed or not known there: comparing is left to Fetch
+                    self._problem(
+                        c, f"OffsetForLeaderEpoch: error {r.error_code}; relying on Fetch"
+                    )
+                    c.checked_epoch = leader_epoch
+                    continue
+                if r.error_code:
+                    self._problem(c, f"OffsetForLeaderEpoch: error {r.error_code}")
+                    continue
+                # the source's log goes on past that end unless the epoch is its current one
+                goes_on = leader_epoch < 0 or r.leader_epoch != leader_epoch
+                if await self._cut_to_agreement(
+                    c, r.leader_epoch, r.end_offset, goes_on, "epoch check"
+                ):
+                    c.checked_epoch = leader_epoch
+
+    async def _resolve_divergence(self, c: Copy) -> None:
+        assert c.diverging is not None
+        epoch, end, goes_on = c.diverging
+        c.diverging = None
+        await self._cut_to_agreement(c, epoch, end, goes_on, "fetch")
+
+    async def _cut_to_agreement(
+        self, c: Copy, source_epoch: int, source_end: int, goes_on: bool, how: str
+    ) -> bool:
+        """Cut the copy back to where the source's log agrees with it; True once settled
+        (False: the copy's new last epoch must be compared again). ``goes_on``: the
+        source's log continues past ``source_end`` (other records at copied offsets: a
+        divergence), else it ends there (records lost upstream: a truncation)."""
+        plog = c.partition.log
+        end = plog.log_end_offset
+        cut = truncation_point(source_epoch, source_end, end, plog.end_offset_for_epoch)
+        name = f"mirror {self.source.name}: {c.partition.topic}-{c.index}"
+        if cut is None:
+            log.warning(
+                "%s: the source knows no leader epoch at or below the copy's latest %d; "
+                "the copy cannot be compared with it by epochs (%s)",
+                name,
+                plog.latest_epoch,
+                how,
+            )
+            return True
+        if cut.offset < end:
+            if not self._still_mirror(c):
+                self.copies.pop(c.key, None)
+                return False
+            if not goes_on:
+                c.stats.truncations += 1
+                log.error(
+                    "%s: the source's log now ends at %d, before the copy's end %d (records "
+                    "lost upstream, e.g. an unclean leader election; found by %s): removing "
+                    "the copy's offsets %d-%d so later offsets keep matching",
+                    name,
+                    cut.offset,
+                    end,
+                    how,
+                    cut.offset,
+                    end - 1,
+                )
+            else:
+                c.stats.divergences += 1
+                log.error(
+                    "%s: the source's log diverges from the copy at offset %d (the source "
+                    "holds leader epoch %d up to offset %d; the copy's latest epoch is %d; "
+                    "found by %s): removing the copy's offsets %d-%d and copying the "
+                    "source's from %d",
+                    name,
+                    cut.offset,
+                    source_epoch,
+                    source_end,
+                    plog.latest_epoch,
+                    how,
+                    cut.offset,
+                    end - 1,
+                    cut.offset,
+                )
+            await asyncio.get_running_loop().run_in_executor(None, plog.truncate_to, cut.offset)
+            c.partition.notify()
+        return cut.settled
+
+    async def _raise_producer_id_floor(self, c: Copy) -> None:
+        producer_id, c.producer_id_above = c.producer_id_above, -1
+        if self._reserve_producer_ids is None:
+            return
+        try:
+            await self._reserve_producer_ids(producer_id)
+        except (OSError, KafkaError) as exc:
+            c.producer_id_above = producer_id
+            self._problem(c, f"cannot keep producer id {producer_id} from local allocation: {exc}")

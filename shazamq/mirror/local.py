@@ -15,14 +15,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from shazamq.broker.cluster import records
 from shazamq.broker.groups.group import GroupState
 from shazamq.broker.groups.offsets import OffsetCommit
 from shazamq.broker.topic_configs import MIRROR_SOURCE
+from shazamq.protocol.errors import ErrorCode, KafkaError
 
 if TYPE_CHECKING:
     from shazamq.broker.cluster.metadata import TopicInfo
     from shazamq.broker.groups import GroupCoordinator
     from shazamq.broker.partitions import Partition, PartitionManager
+    from shazamq.broker.txn import TransactionCoordinator
 
 __all__ = ["LocalBroker"]
 
@@ -37,10 +40,12 @@ class LocalBroker:
         partitions: PartitionManager,
         groups: GroupCoordinator,
         cluster_id: Callable[[], str],
+        txn: TransactionCoordinator | None = None,
     ) -> None:
         self._parts = partitions
         self._groups = groups
         self._cluster_id = cluster_id
+        self._txn = txn
 
     @property
     def cluster_id(self) -> str:
@@ -83,6 +88,43 @@ class LocalBroker:
         """How far the copy of ``p`` is durable here: its log end on a single broker, its
         high watermark (what every in-sync replica has) in a cluster."""
         return p.log.log_end_offset if p.replica is None else p.log.high_watermark
+
+    # -- producer ids ------------------------------------------------------------------
+
+    def producer_id_floor(self) -> int:
+        """No producer id below this will be handed out here from now on (-1: no
+        allocator yet). A single broker's durable allocation floor; in a cluster the
+        quorum's next unallocated id."""
+        cluster = self._parts.cluster
+        if cluster is not None:
+            return cluster.state.next_producer_id
+        ids = None if self._txn is None else self._txn.producer_ids
+        return -1 if ids is None else ids.floor
+
+    async def reserve_producer_ids(self, producer_id: int) -> None:
+        """Raise the floor above ``producer_id`` durably (an id in copied batches), so a
+        promoted topic never sees a local producer reuse it. Rare (once per new highest
+        source id), so the single broker's small fsync'd write runs here, as its
+        allocator's block reservations do; in a cluster the quorum allocates the ids up to
+        it as a block nobody hands out."""
+        cluster = self._parts.cluster
+        if cluster is None:
+            ids = None if self._txn is None else self._txn.producer_ids
+            if ids is not None:
+                ids.keep_out(producer_id)
+            return
+        for _ in range(20):
+            start = cluster.state.next_producer_id
+            if start > producer_id:
+                return
+            code = await cluster.propose(
+                records.AllocateProducerIds(
+                    broker_id=cluster.node_id, start=start, count=producer_id + 1 - start
+                )
+            )
+            if code == 0:
+                return
+        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not reserve producer ids")
 
     # -- topics ------------------------------------------------------------------------
 

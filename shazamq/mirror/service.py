@@ -395,6 +395,8 @@ class SourceMirror:
                 still_mirror=self._still_mirror,
                 on_stale=self._refresh_soon,
                 on_appended=self.local.appended,
+                producer_id_floor=self.local.producer_id_floor,
+                reserve_producer_ids=self.local.reserve_producer_ids,
             )
         if session.copies.get(c.key) is not c:
             session.add(c)

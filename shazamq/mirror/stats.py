@@ -24,6 +24,7 @@ class PartitionStats:
     errors: int = 0
     jumps: int = 0  # source log start passed our position: offsets skipped
     truncations: int = 0  # source log end fell below ours: our tail removed
+    divergences: int = 0  # source log differs at offsets we hold: our tail from there removed
     last_fetch: float = 0.0  # wall clock of the last answered fetch
     caught_up_at: float = field(default_factory=time.time)  # last time lag was zero
 
@@ -103,6 +104,12 @@ def probe(sources: Iterable[SourceStats]) -> list[Metric]:
         "Times the source's log end fell below the copy's (the copy's tail was removed).",
         labels=pl,
     )
+    diverged = CounterMetricFamily(
+        "shazamq_mirror_divergences",
+        "Times the source's log differed from the copy at offsets already copied (found by "
+        "leader epochs; the copy was cut back to where both agree).",
+        labels=pl,
+    )
     last = GaugeMetricFamily(
         "shazamq_mirror_last_fetch_timestamp_seconds", "Time of the last answered fetch.", labels=pl
     )
@@ -120,5 +127,19 @@ def probe(sources: Iterable[SourceStats]) -> list[Metric]:
             errors.add_metric(labels, p.errors)
             jumps.add_metric(labels, p.jumps)
             truncs.add_metric(labels, p.truncations)
+            diverged.add_metric(labels, p.divergences)
             last.add_metric(labels, p.last_fetch)
-    return [state, conn_err, offsets, lag, lag_s, copied, batches, errors, jumps, truncs, last]
+    return [
+        state,
+        conn_err,
+        offsets,
+        lag,
+        lag_s,
+        copied,
+        batches,
+        errors,
+        jumps,
+        truncs,
+        diverged,
+        last,
+    ]

@@ -27,6 +27,7 @@ from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchRequest
 from shazamq.protocol.messages.fetch_response import (
     AbortedTransaction,
+    EpochEndOffset,
     FetchableTopicResponse,
     FetchResponse,
     LeaderIdAndEpoch,
@@ -240,6 +241,18 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 plog = p.log
                 offset = fp.fetch_offset
+                last_epoch = fp.last_fetched_epoch if version >= 12 else -1
+                if last_epoch >= 0 and offset >= plog.log_start_offset:
+                    # KIP-595: the fetcher's log ends with `last_epoch`; if ours holds that
+                    # epoch only up to below its position (or not at all), tell it where
+                    # the two logs part instead of serving records. A leader that cannot
+                    # tell (no epoch that old) serves as before.
+                    epoch, epoch_end = plog.end_offset_for_epoch(last_epoch)
+                    if epoch_end >= 0 and (epoch < last_epoch or epoch_end < offset):
+                        pe = partition_error(fp.partition, 0, p)
+                        pe.diverging_epoch = EpochEndOffset(epoch=epoch, end_offset=epoch_end)
+                        out.append(pe)
+                        continue
                 hw = plog.high_watermark
                 if offset < plog.log_start_offset or offset > plog.log_end_offset:
                     manifest = None

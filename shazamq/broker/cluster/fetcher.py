@@ -215,6 +215,7 @@ class ReplicaFetcher:
                     partition=e.partition.index,
                     current_leader_epoch=e.leader_epoch,
                     fetch_offset=plog.log_end_offset,
+                    last_fetched_epoch=plog.latest_epoch,
                     log_start_offset=plog.log_start_offset,
                     partition_max_bytes=self._max_bytes,
                 )
@@ -247,6 +248,11 @@ class ReplicaFetcher:
         code = pd.error_code
         if code in _FENCED:
             self._pause(e)
+            return
+        if pd.diverging_epoch.end_offset >= 0:
+            # our log parted from the leader's (it truncated, e.g. a mirror copy cut back
+            # to its source): reconcile as after a leader change
+            e.truncated = False
             return
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             if plog.log_end_offset < pd.log_start_offset:

@@ -74,6 +74,22 @@ class ProducerIdAllocator:
         if producer_id >= self._next:
             self._next = producer_id + 1
 
+    @property
+    def floor(self) -> int:
+        """Every id below this is never handed out again, even after a restart."""
+        return min(self._next, self._block_end)
+
+    def keep_out(self, producer_id: int) -> None:
+        """Never hand out ``producer_id`` or anything below it, now or after a restart
+        (an id in copied data): recorded durably before it returns."""
+        end = producer_id + 1
+        if end > _MAX_PRODUCER_ID:
+            raise ProducerIdsExhaustedError("no producer ids left")
+        if end > self._block_end:
+            self._reserve(end)
+        if end > self._next:
+            self._next = end
+
     def allocate(self) -> int:
         """A producer id never returned before by this data directory."""
         pid = self._next
