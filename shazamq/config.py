@@ -276,6 +276,15 @@ class TransactionsConfig(_Section):
             "(transaction.state.log.segment.bytes).",
         ),
     ] = 104857600
+    state_log_min_isr: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=32767,
+            description="min.insync.replicas of the __transaction_state topic, bounded by "
+            "the replication factor it is created with (transaction.state.log.min.isr).",
+        ),
+    ] = 2
 
 
 class ReplicationConfig(_Section):
