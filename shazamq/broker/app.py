@@ -41,6 +41,7 @@ from .apis import (
     produce,
     replication,
     scram,
+    telemetry,
     topics,
 )
 from .apis import consumer_groups as consumer_groups_api
@@ -257,6 +258,7 @@ class Broker:
             txn_api,
             scram,
             acls,
+            telemetry,
         ]
         if sasl.enabled:
             modules.append(sasl_api)

@@ -32,6 +32,8 @@ What is asked, per API (as Kafka's KafkaApis does):
 - Cluster: ElectLeaders and AlterPartitionReassignments ALTER, ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
   (CLUSTER_AUTHORIZATION_FAILED). The ACL APIs check for themselves (apis/acls.py).
+- Client telemetry (GetTelemetrySubscriptions, PushTelemetry): no ACL, as in Kafka; any
+  authenticated client may ask for its subscription and push.
 
 The brokers' own principal and ``super_users`` pass every check (see `security.acl`).
 """
