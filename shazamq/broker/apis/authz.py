@@ -29,7 +29,8 @@ What is asked, per API (as Kafka's KafkaApis does):
   topics); InitProducerId without one needs IDEMPOTENT_WRITE on the cluster or WRITE on
   some topic; WriteTxnMarkers and broker-side AddPartitionsToTxn (v4+) CLUSTER_ACTION.
   DescribeTransactions / ListTransactions DESCRIBE on the transactional id.
-- Cluster: ElectLeaders and AlterPartitionReassignments ALTER, ListPartitionReassignments,
+- Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
+  last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
   (CLUSTER_AUTHORIZATION_FAILED). The ACL APIs check for themselves (apis/acls.py).
 - Client telemetry (GetTelemetrySubscriptions, PushTelemetry): no ACL, as in Kafka; any
@@ -57,6 +58,11 @@ from shazamq.protocol.messages.alter_configs_response import (
 )
 from shazamq.protocol.messages.alter_partition_reassignments_response import (
     AlterPartitionReassignmentsResponse,
+)
+from shazamq.protocol.messages.alter_replica_log_dirs_response import (
+    AlterReplicaLogDirPartitionResult,
+    AlterReplicaLogDirsResponse,
+    AlterReplicaLogDirTopicResult,
 )
 from shazamq.protocol.messages.alter_user_scram_credentials_response import (
     AlterUserScramCredentialsResponse,
@@ -1064,6 +1070,22 @@ _GUARDS[46] = _cluster_guard(
 )
 _GUARDS[35] = _cluster_guard(
     DESCRIBE, lambda req: DescribeLogDirsResponse(error_code=CLUSTER_DENIED, results=[])
+)
+_GUARDS[34] = _cluster_guard(
+    ALTER,
+    lambda req: AlterReplicaLogDirsResponse(
+        results=[
+            AlterReplicaLogDirTopicResult(
+                topic_name=t.name,
+                partitions=[
+                    AlterReplicaLogDirPartitionResult(partition_index=i, error_code=CLUSTER_DENIED)
+                    for i in t.partitions
+                ],
+            )
+            for d in req.dirs
+            for t in d.topics
+        ]
+    ),
 )
 _GUARDS[60] = _cluster_guard(
     DESCRIBE,
