@@ -116,6 +116,10 @@ class LogDirMover:
             raise
         except (LogError, OSError) as exc:
             log.error("moving %s-%d to %s failed: %s", topic, index, target, exc)
+            self._offline_if_broken(topic, index, str(exc))
+        except Exception:
+            log.exception("moving %s-%d to %s failed", topic, index, target)
+            self._offline_if_broken(topic, index, "the move to another log dir failed")
         finally:
             if started:
                 await asyncio.shield(loop.run_in_executor(None, logs.abort_move, topic, index))
@@ -126,8 +130,15 @@ class LogDirMover:
         await loop.run_in_executor(None, self.logs.retire, old)
         final = await loop.run_in_executor(None, self.logs.finish_move, topic, index)
         p = self.partitions.get(topic, index)
-        if p is not None and p.log is new:
+        if final is not None and p is not None and p.log is new:
             p.log = final
+
+    def _offline_if_broken(self, topic: str, index: int, reason: str) -> None:
+        """A swap that failed half-way leaves a closed log with no successor: the
+        partition goes offline (KAFKA_STORAGE_ERROR) until a restart settles the move."""
+        p = self.partitions.get(topic, index)
+        if p is not None and p.log.closed and p.log.successor is None:
+            self.partitions.take_offline(p.log, reason)
 
     async def stop(self) -> None:
         """Cancel the moves under way (their copies are dropped; a restart would too)."""

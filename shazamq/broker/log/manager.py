@@ -595,8 +595,12 @@ class LogManager:
             source = self._logs[key]
             future = self.futures[key]
         with source.lock:
-            while self.copy_to_future(source, future, 1 << 24):
-                pass
+            while future.log_end_offset < source.log_end_offset:
+                if not self.copy_to_future(source, future, 1 << 24):
+                    raise KafkaStorageError(
+                        f"{topic}-{partition}: the copy stopped at offset "
+                        f"{future.log_end_offset}, short of {source.log_end_offset}"
+                    )
             if future.log_start_offset < source.log_start_offset:
                 future.delete_records_before(source.log_start_offset)
             future.high_watermark = source.high_watermark
@@ -614,12 +618,15 @@ class LogManager:
             self._doomed.append(old)
         fsync_dir(self.dir_of(old))
 
-    def finish_move(self, topic: str, partition: int) -> PartitionLog:
+    def finish_move(self, topic: str, partition: int) -> PartitionLog | None:
         """Give the future log its plain name: closed, renamed and opened again while its
-        appends wait (blocking). Returns the partition's log."""
+        appends wait (blocking). Returns the partition's log; None when the partition was
+        deleted meanwhile (its folder went with it)."""
         key = (topic, partition)
         with self._lock:
-            future = self._logs[key]
+            future = self._logs.get(key)
+        if future is None or not future.directory.endswith(FUTURE_SUFFIX):
+            return None
         final = os.path.join(self.dir_of(future), f"{topic}-{partition}")
 
         def reopen() -> PartitionLog:
