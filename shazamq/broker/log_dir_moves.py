@@ -89,10 +89,15 @@ class LogDirMover:
         if p is None or logs.dir_of(p.log) == target:
             return
         source = p.log
-        started = False
+        started = True  # from here the copy, once made, is dropped unless it took over
         try:
-            future = await loop.run_in_executor(None, logs.begin_move, topic, index, target)
-            started = True
+            begin = loop.run_in_executor(None, logs.begin_move, topic, index, target)
+            try:
+                future = await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                # the copy is being created in its thread: let it be, so it is dropped
+                await asyncio.gather(begin, return_exceptions=True)
+                raise
             log.info("moving %s-%d from %s to %s", topic, index, logs.dir_of(source), target)
             while True:  # copy while it serves, until a round finds little left
                 if self.partitions.get(topic, index) is not p or p.log is not source:
