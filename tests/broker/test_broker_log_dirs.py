@@ -104,16 +104,18 @@ def test_two_dirs_spread_move_and_restart(broker_factory, tmp_path, topic_name):
         admin.close()
     assert [e.errno for e in result.values()] == [0]
     sent += produce(b.bootstrap, topic_name, 0, 300, "during")
+    moved = os.path.join(target, f"{topic_name}-0")
     wait_for(
         lambda: (
             placement(b.bootstrap).get((topic_name, 0, False)) == target
             and (topic_name, 0, True) not in placement(b.bootstrap)
+            and os.path.isdir(moved)  # the copy has its plain name: the swap is over
         ),
         60,
         "the move to finish",
     )
-    assert os.path.isdir(os.path.join(target, f"{topic_name}-0"))
     assert not os.path.exists(os.path.join(source, f"{topic_name}-0"))
+    assert not [n for n in os.listdir(target) if n.endswith("-future")]
     sent += produce(b.bootstrap, topic_name, 0, 50, "after")
     got = consume_all(b.bootstrap, topic_name, 0)
     assert got == list(enumerate(sent))
