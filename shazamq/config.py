@@ -77,6 +77,14 @@ class BrokerSection(_Section):
     ] = None
     advertised_port: Port | None = None
     data_dir: Annotated[str, Meta(description="Directory holding the partition logs.")] = "./data"
+    log_dirs: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Directories holding the partition logs (log.dirs), one per disk; "
+            "a new partition goes to the one with the fewest. Empty: data_dir alone. "
+            "data_dir keeps the broker's own state either way.",
+        ),
+    ] = ()
     cluster_id: Annotated[
         str | None, Meta(description="Cluster id; generated and stored on first start.")
     ] = None
@@ -187,6 +195,27 @@ class BrokerSection(_Section):
                 re.compile(self.auto_create_topics_pattern)
             except re.error as exc:
                 raise ValueError(f"auto_create_topics_pattern is not a regex: {exc}") from None
+        check_log_dirs(self.log_dirs)
+
+    def partition_dirs(self) -> list[str]:
+        """Where partition logs live: ``log_dirs``, or ``data_dir`` when none is listed."""
+        return list(self.log_dirs) or [self.data_dir]
+
+
+def check_log_dirs(dirs: tuple[str, ...]) -> None:
+    """No empty path, no directory twice, none inside another (they would see each
+    other's partitions as their own)."""
+    seen: dict[str, str] = {}
+    for d in dirs:
+        if not d.strip():
+            raise ValueError("log_dirs holds an empty path")
+        norm = os.path.normpath(os.path.abspath(d))
+        if norm in seen:
+            raise ValueError(f"log_dirs lists {seen[norm]!r} and {d!r}, the same directory")
+        for other, given in seen.items():
+            if os.path.commonpath([norm, other]) in (norm, other):
+                raise ValueError(f"log_dirs: {d!r} and {given!r} are nested")
+        seen[norm] = d
 
 
 class StorageConfig(_Section):
@@ -372,6 +401,15 @@ class TransactionsConfig(_Section):
             "(transaction.state.log.segment.bytes).",
         ),
     ] = 104857600
+    state_log_min_isr: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=32767,
+            description="min.insync.replicas of the __transaction_state topic, bounded by "
+            "the replication factor it is created with (transaction.state.log.min.isr).",
+        ),
+    ] = 2
 
 
 class ReplicationConfig(_Section):

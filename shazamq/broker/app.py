@@ -38,10 +38,12 @@ from .apis import (
     configs,
     fetch,
     list_offsets,
+    log_dirs,
     metadata,
     produce,
     replication,
     scram,
+    telemetry,
     topics,
 )
 from .apis import consumer_groups as consumer_groups_api
@@ -56,6 +58,8 @@ from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
 from .groups.share_coordinator import ShareCoordinator
 from .log import LogManager, count_partition_dirs
+from .log.manager import LogDirsError, check_log_dirs_in_use
+from .log_dir_moves import LogDirMover
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
@@ -155,6 +159,7 @@ class Broker:
         self.cluster: ClusterNode | None = None
         # tiered storage, when [tiered_storage] is enabled
         self.tier: TierManager | None = None
+        self.log_dir_moves: LogDirMover | None = None
         # mirroring from foreign Kafka clusters, when [mirror] is enabled
         self.mirror: MirrorService | None = None
 
@@ -203,7 +208,12 @@ class Broker:
             )
         self._lock_data_dir()
         raise_open_file_limit()
-        check_open_file_limit(count_partition_dirs(str(self.data_dir)))
+        partition_dirs = cfg.broker.partition_dirs()
+        try:
+            check_log_dirs_in_use(str(self.data_dir), partition_dirs)
+        except LogDirsError as exc:
+            raise ConfigError(f"broker.log_dirs: {exc}") from None
+        check_open_file_limit(count_partition_dirs(*partition_dirs))
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
         tier_store = None
@@ -217,18 +227,20 @@ class Broker:
                 await restore_if_empty(tier_store, self.data_dir, cfg.broker.cluster_id)
         if not clustered:  # first: folders it does not know are quarantined, not opened
             self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
-        self.logs = await loop.run_in_executor(
-            None,
-            functools.partial(
-                LogManager,
-                self.data_dir,
-                default_log_config(cfg),
-                # in a cluster the leader moves the high watermark as followers catch up
-                auto_high_watermark=not clustered,
-                dedupe_buffer_bytes=cfg.storage.cleaner_dedupe_buffer_bytes,
-                expected=None if clustered else functools.partial(expected_topic_id, self.metadata),
-            ),
+        open_logs = functools.partial(
+            LogManager,
+            self.data_dir,
+            default_log_config(cfg),
+            log_dirs=partition_dirs,
+            # in a cluster the leader moves the high watermark as followers catch up
+            auto_high_watermark=not clustered,
+            dedupe_buffer_bytes=cfg.storage.cleaner_dedupe_buffer_bytes,
+            expected=None if clustered else functools.partial(expected_topic_id, self.metadata),
         )
+        try:
+            self.logs = await loop.run_in_executor(None, open_logs)
+        except LogDirsError as exc:
+            raise ConfigError(f"broker.log_dirs: {exc}") from None
         if clustered:
             self._build_cluster()
             if bucket_cluster is not None and tier_store is not None:
@@ -239,6 +251,7 @@ class Broker:
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         await loop.run_in_executor(None, self.partitions.load)
+        self.log_dir_moves = LogDirMover(self.partitions)
         if tier_store is not None:
             self.tier = TierManager(
                 cfg.tiered_storage,
@@ -260,6 +273,7 @@ class Broker:
             configs,
             cluster,
             replication,
+            log_dirs,
             groups_api,
             consumer_groups_api,
             share_groups_api,
@@ -267,6 +281,7 @@ class Broker:
             scram,
             acls,
             client_quotas,
+            telemetry,
         ]
         if sasl.enabled:
             modules.append(sasl_api)
@@ -370,6 +385,8 @@ class Broker:
             await self.tier.stop(grace)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.log_dir_moves is not None:
+            await self.log_dir_moves.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.close)
         self.metrics.close()

@@ -155,8 +155,17 @@ class PartitionManager:
         """
         if self.cluster is not None:
             return
+        unreadable = self.logs.offline_dirs
         for topic in self.metadata.topics.values():
-            self._open_topic(topic, range(topic.partitions))
+            indexes: Iterable[int] = range(topic.partitions)
+            if unreadable:  # a missing log may be in the offline dir: never start it empty
+                found = [i for i in indexes if self.logs.get(topic.name, i) is not None]
+                for i in set(indexes) - set(found):
+                    self.offline[(topic.name, i)] = (
+                        "its log may be in an offline log dir: " + ", ".join(unreadable)
+                    )
+                indexes = found
+            self._open_topic(topic, indexes)
         self.logs.sync_new_dirs()
 
     def strays(self) -> list[tuple[str, int]]:

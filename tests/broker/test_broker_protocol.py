@@ -77,6 +77,27 @@ def test_api_versions_lists_registered_apis(shared_broker):
         assert key in got, f"api key {key} is not advertised"
 
 
+def test_api_versions_advertises_features(shared_broker):
+    """ApiVersions v3+ carries the supported and finalized features, with an epoch, as a
+    Kafka 4 broker does: metadata.version and group.version at least; v2 has no such field."""
+    c = RawClient(shared_broker.port)
+    resp = c.request(ApiVersionsRequest(client_software_name="t", client_software_version="1"), 3)
+    old = c.request(ApiVersionsRequest(), 2)
+    c.close()
+    supported = {f.name: (f.min_version, f.max_version) for f in resp.supported_features}
+    finalized = {
+        f.name: (f.min_version_level, f.max_version_level) for f in resp.finalized_features
+    }
+    assert supported["metadata.version"] == (7, 25)  # 3.3-IV3 .. 4.0-IV3
+    assert supported["group.version"] == (0, 1)
+    assert finalized["metadata.version"] == (25, 25)
+    assert finalized["group.version"] == (1, 1)
+    for name, (lo, hi) in finalized.items():  # every finalized level is a supported one
+        assert supported[name][0] <= lo <= hi <= supported[name][1]
+    assert resp.finalized_features_epoch >= 0
+    assert old.error_code == 0 and old.supported_features == []
+
+
 def test_old_metadata_versions(shared_broker, topic_name):
     make_topic(shared_broker.bootstrap, topic_name, 2)
     c = RawClient(shared_broker.port)

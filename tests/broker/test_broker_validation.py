@@ -258,3 +258,24 @@ def test_fetch_stays_within_max_bytes_except_the_first_batch(broker_factory, top
     sizes = [len(p.records or b"") for p in parts]
     assert sizes == [len(big), 0, 0], sizes
     c.close()
+
+
+def test_produce_holds_exactly_one_batch_per_partition(broker_factory, topic_name):
+    """Produce v3+ carries exactly one batch per partition (Kafka's ProduceRequest rule):
+    two batches, or one followed by trailing bytes, are INVALID_RECORD and nothing is
+    appended."""
+    b = broker_factory()
+    make_topic(b.bootstrap, topic_name, 1)
+    c = RawClient(b.port)
+    one = batch(recs(2))
+    for payload in (one + batch(recs(3)), one + b"\x00", one + one[:HEADER_SIZE]):
+        resp = produce(c, topic_name, payload)
+        assert resp.error_code == ErrorCode.INVALID_RECORD, resp
+        assert resp.base_offset == -1
+        assert resp.error_message and "one record batch" in resp.error_message
+    # nothing of those reached the log: the next batch starts at offset 0
+    resp = produce(c, topic_name, one)
+    assert (resp.error_code, resp.base_offset) == (0, 0)
+    got = fetch(c, topic_name, [0], 1 << 20, 1 << 20)[0]
+    assert [h.base_offset for _, h in iter_batches(got.records)] == [0]
+    c.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from . import netns as netns_mod
 from .checker import check
@@ -205,6 +205,30 @@ def test_three_brokers_form_one_cluster(cluster_factory: ClusterFactory) -> None
             await c.stop()
 
     assert sorted(asyncio.run(aiokafka_read())) == sorted(expected)
+
+    # the internal topics appear on first use, replicated on min(3, brokers), with
+    # Kafka's settings, shown as internal
+    assert "__transaction_state" not in admin(cluster.bootstrap).list_topics(timeout=5).topics
+    txn = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": "t-first-use"})
+    txn.init_transactions(30)
+    wait_for(
+        lambda: fully_replicated(cluster.bootstrap, "__transaction_state", 4),
+        30,
+        "__transaction_state replicated",
+    )
+    state = topic_state(cluster.bootstrap, "__transaction_state")
+    assert all(sorted(replicas) == [0, 1, 2] for _, replicas, _ in state.values()), state
+    res = ConfigResource(ConfigResource.Type.TOPIC, "__transaction_state")
+    configs_client = admin(cluster.bootstrap)  # alive until the future resolves
+    described = configs_client.describe_configs([res])[res].result(timeout=15)
+    configs = {k: v.value for k, v in described.items()}
+    assert configs["cleanup.policy"] == "compact"
+    assert configs["min.insync.replicas"] == "2"  # transaction.state.log.min.isr
+    assert configs["unclean.leader.election.enable"] == "false"
+    assert configs["compression.type"] == "uncompressed"
+    txn.begin_transaction()
+    txn.produce("orders", value=b"in a transaction", partition=0)
+    txn.commit_transaction(30)
 
 
 class AckingProducer:

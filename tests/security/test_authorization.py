@@ -523,3 +523,47 @@ def test_share_group_apis_need_group_and_topic_read(broker) -> None:
     create_acls(admin(broker), [acl(ResourceType.TOPIC, topic, "User:alice", AclOperation.READ)])
     r = fetch()
     assert r.error_code == 0 and all(p.error_code == 0 for t in r.responses for p in t.partitions)
+
+
+def test_log_dir_apis_need_the_cluster_and_telemetry_needs_no_acl(broker) -> None:
+    """AlterReplicaLogDirs needs ALTER and DescribeLogDirs DESCRIBE on the cluster (every
+    partition / the whole answer CLUSTER_AUTHORIZATION_FAILED otherwise); the telemetry
+    APIs need only a login, as in Kafka."""
+    from shazamq.protocol.messages.alter_replica_log_dirs_request import (
+        AlterReplicaLogDir,
+        AlterReplicaLogDirsRequest,
+        AlterReplicaLogDirTopic,
+    )
+    from shazamq.protocol.messages.describe_log_dirs_request import DescribeLogDirsRequest
+    from shazamq.protocol.messages.get_telemetry_subscriptions_request import (
+        GetTelemetrySubscriptionsRequest,
+    )
+
+    topic = new_topic(broker, "dirs")
+    move = AlterReplicaLogDirsRequest(
+        dirs=[
+            AlterReplicaLogDir(
+                path="/nowhere", topics=[AlterReplicaLogDirTopic(name=topic, partitions=[0, 1])]
+            )
+        ]
+    )
+    bob = raw_login(broker, "bob")
+    try:
+        denied = bob.request(move, 2).results[0].partitions
+        assert [p.error_code for p in denied] == [ErrorCode.CLUSTER_AUTHORIZATION_FAILED] * 2
+        described = bob.request(DescribeLogDirsRequest(topics=None), 4)
+        assert described.error_code == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+        assert described.results == []
+        sub = bob.request(GetTelemetrySubscriptionsRequest(), 0)
+        assert sub.error_code == 0 and sub.requested_metrics == []
+    finally:
+        bob.close()
+    create_acls(
+        admin(broker), [acl(ResourceType.BROKER, "kafka-cluster", "User:bob", AclOperation.ALTER)]
+    )
+    bob = raw_login(broker, "bob")
+    try:
+        allowed = bob.request(move, 2).results[0].partitions
+        assert [p.error_code for p in allowed] == [ErrorCode.LOG_DIR_NOT_FOUND] * 2
+    finally:
+        bob.close()

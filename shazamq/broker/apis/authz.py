@@ -33,11 +33,14 @@ What is asked, per API (as Kafka's KafkaApis does):
   ShareFetch and ShareAcknowledge READ on the group (GROUP_AUTHORIZATION_FAILED for the
   request) and READ per topic (TOPIC_AUTHORIZATION_FAILED per partition). GROUP config
   resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group.
-- Cluster: ElectLeaders and AlterPartitionReassignments ALTER, ListPartitionReassignments,
+- Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
+  last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
   (CLUSTER_AUTHORIZATION_FAILED); DescribeClientQuotas DESCRIBE_CONFIGS and
   AlterClientQuotas ALTER_CONFIGS on the cluster. The ACL APIs check for themselves
   (apis/acls.py).
+- Client telemetry (GetTelemetrySubscriptions, PushTelemetry): no ACL, as in Kafka; any
+  authenticated client may ask for its subscription and push.
 
 The brokers' own principal and ``super_users`` pass every check (see `security.acl`).
 """
@@ -70,6 +73,11 @@ from shazamq.protocol.messages.alter_configs_response import (
 )
 from shazamq.protocol.messages.alter_partition_reassignments_response import (
     AlterPartitionReassignmentsResponse,
+)
+from shazamq.protocol.messages.alter_replica_log_dirs_response import (
+    AlterReplicaLogDirPartitionResult,
+    AlterReplicaLogDirsResponse,
+    AlterReplicaLogDirTopicResult,
 )
 from shazamq.protocol.messages.alter_user_scram_credentials_response import (
     AlterUserScramCredentialsResponse,
@@ -1108,6 +1116,22 @@ _GUARDS[46] = _cluster_guard(
 )
 _GUARDS[35] = _cluster_guard(
     DESCRIBE, lambda req: DescribeLogDirsResponse(error_code=CLUSTER_DENIED, results=[])
+)
+_GUARDS[34] = _cluster_guard(
+    ALTER,
+    lambda req: AlterReplicaLogDirsResponse(
+        results=[
+            AlterReplicaLogDirTopicResult(
+                topic_name=t.name,
+                partitions=[
+                    AlterReplicaLogDirPartitionResult(partition_index=i, error_code=CLUSTER_DENIED)
+                    for i in t.partitions
+                ],
+            )
+            for d in req.dirs
+            for t in d.topics
+        ]
+    ),
 )
 _GUARDS[60] = _cluster_guard(
     DESCRIBE,

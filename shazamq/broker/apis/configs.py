@@ -100,6 +100,7 @@ def broker_settings(broker: Broker) -> dict[str, str]:
         "transaction.max.timeout.ms": str(c.transactions.max_timeout_ms),
         "transaction.state.log.num.partitions": str(c.transactions.state_log_num_partitions),
         "transaction.state.log.segment.bytes": str(c.transactions.state_log_segment_bytes),
+        "transaction.state.log.min.isr": str(c.transactions.state_log_min_isr),
         "transactional.id.expiration.ms": str(c.transactions.transactional_id_expiration_ms),
         "producer.id.expiration.ms": str(c.transactions.producer_id_expiration_ms),
     }

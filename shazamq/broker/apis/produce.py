@@ -28,6 +28,9 @@ from shazamq.protocol.messages.produce_response import (
 )
 from shazamq.protocol.records import (
     ATTR_TRANSACTIONAL,
+    LOG_OVERHEAD,
+    MIN_BATCH_LENGTH,
+    POS_LENGTH,
     InvalidRecordsError,
     RecordError,
     iter_batches,
@@ -40,6 +43,17 @@ if TYPE_CHECKING:
     from . import Dispatcher
 
 KEY = 0
+
+# Produce v3+ carries exactly one batch per partition (Kafka's ProduceRequest rule): a
+# second batch or trailing bytes after the first are refused before anything is appended.
+ONE_BATCH = "produce requests of version 3 and above hold exactly one record batch per partition"
+
+
+def one_batch(records: bytes | memoryview) -> bool:
+    """Whether the first batch's length field leaves no bytes after it. A length too small
+    for a batch, or running past the payload, is left to the batch checks (CORRUPT_MESSAGE)."""
+    length = int.from_bytes(records[POS_LENGTH:LOG_OVERHEAD], "big", signed=True)
+    return length < MIN_BATCH_LENGTH or LOG_OVERHEAD + length >= len(records)
 
 
 def register(d: Dispatcher, broker: Broker) -> None:
@@ -145,6 +159,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 records = pd.records
                 if records is None or len(records) == 0:
                     out.append(error(pd.index, ErrorCode.INVALID_RECORD, "no record batch"))
+                    continue
+                if len(records) > LOG_OVERHEAD and not one_batch(records):
+                    out.append(error(pd.index, ErrorCode.INVALID_RECORD, ONE_BATCH))
                     continue
                 role = p.replica
                 if role is not None:

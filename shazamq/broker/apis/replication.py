@@ -1,6 +1,6 @@
-"""Moving replicas and leaders: ElectLeaders, Alter/ListPartitionReassignments, DescribeLogDirs.
+"""Moving replicas and leaders: ElectLeaders, Alter/ListPartitionReassignments.
 
-What `kafka-leader-election`, `kafka-reassign-partitions` and `kafka-log-dirs` use, and
+What `kafka-leader-election` and `kafka-reassign-partitions` use, and
 what the operator drives when brokers join or leave. In a cluster every change is a record
 the controller commits; on a single broker there is nothing to move, and the answers say
 so with Kafka's codes.
@@ -8,7 +8,6 @@ so with Kafka's codes.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from shazamq.protocol.errors import ErrorCode
@@ -19,13 +18,6 @@ from shazamq.protocol.messages.alter_partition_reassignments_response import (
     AlterPartitionReassignmentsResponse,
     ReassignablePartitionResponse,
     ReassignableTopicResponse,
-)
-from shazamq.protocol.messages.describe_log_dirs_request import DescribeLogDirsRequest
-from shazamq.protocol.messages.describe_log_dirs_response import (
-    DescribeLogDirsPartition,
-    DescribeLogDirsResponse,
-    DescribeLogDirsResult,
-    DescribeLogDirsTopic,
 )
 from shazamq.protocol.messages.elect_leaders_request import ElectLeadersRequest
 from shazamq.protocol.messages.elect_leaders_response import (
@@ -169,54 +161,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
             throttle_time_ms=0, error_code=0, error_message=None, topics=out
         )
 
-    async def describe_log_dirs(
-        ctx: RequestContext, req: DescribeLogDirsRequest
-    ) -> DescribeLogDirsResponse:
-        parts = broker.partitions
-        if req.topics is None:
-            hosted = sorted(parts.partitions)
-        else:
-            hosted = [
-                (t.topic, i) for t in req.topics for i in t.partitions if parts.get(t.topic, i)
-            ]
-        by_topic: dict[str, list[DescribeLogDirsPartition]] = {}
-        for name, i in hosted:
-            p = parts.get(name, i)
-            if p is None:
-                continue
-            plog = p.log
-            by_topic.setdefault(name, []).append(
-                DescribeLogDirsPartition(
-                    partition_index=i,
-                    partition_size=plog.size_bytes,
-                    # how far this replica's log is behind the high watermark it knows
-                    offset_lag=max(plog.high_watermark - plog.log_end_offset, 0),
-                    is_future_key=False,
-                )
-            )
-        total = usable = -1
-        try:
-            st = os.statvfs(broker.data_dir)
-            total, usable = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        except OSError:
-            pass
-        return DescribeLogDirsResponse(
-            throttle_time_ms=0,
-            error_code=0,
-            results=[
-                DescribeLogDirsResult(
-                    error_code=0,
-                    log_dir=str(broker.data_dir.resolve()),
-                    topics=[
-                        DescribeLogDirsTopic(name=n, partitions=ps) for n, ps in by_topic.items()
-                    ],
-                    total_bytes=total,
-                    usable_bytes=usable,
-                )
-            ],
-        )
-
     d.register(43, 0, 2, elect_leaders)
     d.register(45, 0, 0, alter_reassignments)
     d.register(46, 0, 0, list_reassignments)
-    d.register(35, 0, 4, describe_log_dirs)

@@ -150,11 +150,16 @@ class InternalTopic:
         name: str,
         num_partitions: int,
         configs: dict[str, str],
+        *,
+        min_insync_replicas: int | None = None,
     ) -> None:
         self._partitions = partitions
         self.name = name
         self._wanted = num_partitions
         self._configs = configs
+        # bounded by the replication factor the topic gets, so a cluster smaller than
+        # Kafka's default (and a single broker) can still write with acks=all
+        self._min_isr = min_insync_replicas
         self._count = num_partitions
         self._creating: asyncio.Task[None] | None = None
 
@@ -189,13 +194,10 @@ class InternalTopic:
                     ErrorCode.COORDINATOR_NOT_AVAILABLE,
                     f"no live broker to place {self.name} on yet",
                 )
+            rf = min(INTERNAL_REPLICATION_FACTOR, live)
             try:
                 info = await self._partitions.create_topic(
-                    self.name,
-                    self._wanted,
-                    min(INTERNAL_REPLICATION_FACTOR, live),
-                    dict(self._configs),
-                    internal=True,
+                    self.name, self._wanted, rf, self.configs_for(rf), internal=True
                 )
             except KafkaError as exc:
                 if exc.code != ErrorCode.TOPIC_ALREADY_EXISTS:
@@ -206,7 +208,7 @@ class InternalTopic:
                 log.info("%s was created by another broker: adopting it", self.name)
         elif info is None:
             info = await self._partitions.create_topic(
-                self.name, self._wanted, 1, dict(self._configs), internal=True
+                self.name, self._wanted, 1, self.configs_for(1), internal=True
             )
         if info.partitions != self._wanted:
             log.warning(
@@ -218,6 +220,13 @@ class InternalTopic:
                 info.partitions,
             )
         self._count = info.partitions
+
+    def configs_for(self, replication_factor: int) -> dict[str, str]:
+        """The topic's settings when created with ``replication_factor`` replicas."""
+        configs = dict(self._configs)
+        if self._min_isr is not None:
+            configs["min.insync.replicas"] = str(min(self._min_isr, replication_factor))
+        return configs
 
     def create_soon(self) -> None:
         """Start creating the topic in the background, once at a time (cluster mode)."""

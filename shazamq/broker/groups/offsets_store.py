@@ -148,9 +148,10 @@ class OffsetsStore:
             partitions,
             OFFSETS_TOPIC,
             config.offsets_topic_num_partitions,
-            {
+            {  # Kafka's GroupCoordinator.offsetsTopicConfigs
                 "cleanup.policy": "compact",
                 "segment.bytes": str(config.offsets_topic_segment_bytes),
+                "compression.type": "producer",
             },
         )
 

@@ -41,17 +41,18 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from shazamq.protocol.records import DEFAULT_MAX_UNCOMPRESSED
+from shazamq.protocol.records import DEFAULT_MAX_UNCOMPRESSED, iter_batches
 
 from .cleaner import DEFAULT_DEDUPE_BUFFER_BYTES, LogCleaner
-from .errors import InconsistentTopicIdError, KafkaStorageError
+from .errors import InconsistentTopicIdError, KafkaStorageError, OffsetOutOfRangeError
 from .log_config import LogConfig
 from .partition_log import (
     CLEAN_SHUTDOWN_FILE,
+    AppendOrigin,
     PartitionLog,
     _as_uuid,
     fsync_dir,
@@ -61,15 +62,20 @@ from .partition_log import (
 
 __all__ = [
     "DELETE_SUFFIX",
+    "FUTURE_SUFFIX",
     "STRAY_SUFFIX",
+    "LogDirsError",
     "LogManager",
     "MaintenanceReport",
+    "check_log_dirs_in_use",
     "count_partition_dirs",
 ]
 
 logger = logging.getLogger(__name__)
 
 DELETE_SUFFIX = "-delete"
+# a partition being copied to another log dir (AlterReplicaLogDirs), as Kafka names it
+FUTURE_SUFFIX = "-future"
 STRAY_SUFFIX = "-stray"
 _IO_THREADS = 8
 
@@ -77,13 +83,48 @@ _IO_THREADS = 8
 ExpectedTopicId = Callable[[str, int], uuid.UUID | None]
 
 
-def count_partition_dirs(data_dir: str) -> int:
-    """How many ``<topic>-<partition>`` folders ``data_dir`` holds (0 if it is missing)."""
-    try:
-        with os.scandir(data_dir) as it:
-            return sum(1 for e in it if e.is_dir() and parse_partition_dir(e.name) is not None)
-    except FileNotFoundError:
-        return 0
+def count_partition_dirs(*dirs: str) -> int:
+    """How many ``<topic>-<partition>`` folders the log dirs hold (0 for a missing or
+    unreadable one)."""
+    total = 0
+    for d in dirs:
+        try:
+            with os.scandir(d) as it:
+                total += sum(
+                    1 for e in it if e.is_dir() and parse_partition_dir(e.name) is not None
+                )
+        except OSError:  # missing, or unusable: the log manager reports it offline
+            pass
+    return total
+
+
+class LogDirsError(Exception):
+    """The log dirs cannot be used as they are: a partition's folder in two of them (which
+    one is current cannot be told), or partitions in a data_dir no longer listed."""
+
+
+def check_log_dirs_in_use(data_dir: str, log_dirs: Sequence[str]) -> None:
+    """Refuse log dirs that leave out a data_dir holding partitions: they would be
+    created again, empty, elsewhere."""
+    norm = os.path.normpath(os.path.abspath(data_dir))
+    if norm in {os.path.normpath(os.path.abspath(d)) for d in log_dirs}:
+        return
+    found = count_partition_dirs(data_dir)
+    if found:
+        raise LogDirsError(
+            f"data_dir {data_dir} holds {found} partition folders but is not one of the "
+            "log dirs; list it in log_dirs (or move its partitions into one)"
+        )
+
+
+def parse_future_dir(name: str) -> tuple[str, int] | None:
+    """``"orders-3.<hex>-future"`` -> ``("orders", 3)``; None for anything else."""
+    if not name.endswith(FUTURE_SUFFIX):
+        return None
+    stem, dot, tag = name[: -len(FUTURE_SUFFIX)].rpartition(".")
+    if not dot or not tag:
+        return None
+    return parse_partition_dir(stem)
 
 
 def _free_name(path: str, topic_id: uuid.UUID | None, suffix: str) -> str:
@@ -109,13 +150,14 @@ class MaintenanceReport:
 
 
 class LogManager:
-    """All partition logs under ``data_dir``."""
+    """All partition logs under the log dirs (``data_dir`` alone unless ``log_dirs``)."""
 
     def __init__(
         self,
         data_dir: str,
         default_config: LogConfig,
         *,
+        log_dirs: Sequence[str] | None = None,
         topic_configs: Mapping[str, LogConfig] | None = None,
         producer_id_expiration_ms: int = 86_400_000,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
@@ -123,7 +165,12 @@ class LogManager:
         dedupe_buffer_bytes: int = DEFAULT_DEDUPE_BUFFER_BYTES,
         expected: ExpectedTopicId | None = None,
     ) -> None:
-        self.data_dir = data_dir
+        self.dirs = [os.path.normpath(os.path.abspath(d)) for d in (log_dirs or [data_dir])]
+        self.data_dir = self.dirs[0]
+        # log dirs that cannot be used (created, listed) -> why: KAFKA_STORAGE_ERROR
+        self.offline_dirs: dict[str, str] = {}
+        # partitions being copied to another log dir -> their future log
+        self.futures: dict[tuple[str, int], PartitionLog] = {}
         self.default_config = default_config
         self._topic_configs: dict[str, LogConfig] = dict(topic_configs or {})
         self._expiration_ms = producer_id_expiration_ms
@@ -146,19 +193,34 @@ class LogManager:
             max_uncompressed=max_uncompressed, dedupe_buffer_bytes=dedupe_buffer_bytes
         )
         self._closed = False
-        os.makedirs(data_dir, exist_ok=True)
+        for d in self.dirs:
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as exc:
+                self._dir_failed(d, exc)
         self._load_all()
 
     # ------------------------------------------------------------------ loading
-    def _load_all(self) -> None:
+    def _dir_failed(self, d: str, exc: BaseException) -> None:
+        logger.error("log dir %s is offline: %s", d, exc)
+        self.offline_dirs[d] = f"{type(exc).__name__}: {exc}"
+
+    def _scan(self, d: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+        """The partition folders of one log dir, and its future ones; removes deleted
+        folders and quarantines strays."""
         found: list[tuple[str, str, int]] = []
+        futures: list[tuple[str, str, int]] = []
         moved = False
-        for entry in sorted(os.scandir(self.data_dir), key=lambda e: e.name):
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
             if not entry.is_dir():
                 continue
             if entry.name.endswith(DELETE_SUFFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 moved = True
+                continue
+            future = parse_future_dir(entry.name)
+            if future is not None:
+                futures.append((entry.path, *future))
                 continue
             parsed = parse_partition_dir(entry.name)
             if parsed is None:
@@ -168,7 +230,31 @@ class LogManager:
                 continue
             found.append((entry.path, *parsed))
         if moved:
-            fsync_dir(self.data_dir)
+            fsync_dir(d)
+        return found, futures
+
+    def _load_all(self) -> None:
+        found: list[tuple[str, str, int]] = []
+        futures: list[tuple[str, str, int]] = []
+        for d in self.dirs:
+            if d in self.offline_dirs:
+                continue
+            try:
+                plain, future = self._scan(d)
+            except OSError as exc:
+                self._dir_failed(d, exc)
+                continue
+            found += plain
+            futures += future
+        where: dict[tuple[str, int], str] = {}
+        for path, topic, partition in found:
+            other = where.setdefault((topic, partition), path)
+            if other != path:
+                raise LogDirsError(
+                    f"partition {topic}-{partition} has a log in both {other} and {path}; "
+                    "keep the right one and remove (or rename) the other"
+                )
+        found += self._settle_futures(futures, where)
         # Cleanly closed partitions load fastest in this thread (pure Python, no fsync);
         # the ones needing recovery go to a few threads (their fsyncs release the GIL).
         clean = [f for f in found if os.path.exists(os.path.join(f[0], CLEAN_SHUTDOWN_FILE))]
@@ -197,6 +283,29 @@ class LogManager:
             return
         with self._lock:
             self._logs[(topic, partition)] = log
+
+    def _settle_futures(
+        self, futures: list[tuple[str, str, int]], current: dict[tuple[str, int], str]
+    ) -> list[tuple[str, str, int]]:
+        """A move to another log dir that a stop interrupted. With the partition's log
+        still in place the copy is dropped (the move is asked again); without it the
+        swap had begun (the old log was renamed away), so the copy, complete, becomes
+        the log: renamed to its plain name. Returns the logs so completed."""
+        completed = []
+        for path, topic, partition in futures:
+            key = (topic, partition)
+            if key in current or (self._expected is not None and self._expected(*key) is None):
+                logger.warning("dropping %s: the move of %s-%d did not finish", path, *key)
+                shutil.rmtree(path, ignore_errors=True)
+                fsync_dir(os.path.dirname(path))
+                continue
+            target = os.path.join(os.path.dirname(path), f"{topic}-{partition}")
+            os.replace(path, target)
+            fsync_dir(os.path.dirname(path))
+            logger.info("completed the move of %s-%d to %s", topic, partition, target)
+            current[key] = target
+            completed.append((target, topic, partition))
+        return completed
 
     def _is_stray(self, path: str, topic: str, partition: int) -> bool:
         """Quarantine (rename ``-stray``) a folder the metadata does not know."""
@@ -300,7 +409,7 @@ class LogManager:
                 if detached is not None:  # deleted a moment ago: free the name first
                     self._rename_away(detached)
                     self._doomed.append(detached)
-                path = os.path.join(self.data_dir, f"{topic}-{partition}")
+                path = os.path.join(self._dir_for_new(), f"{topic}-{partition}")
                 if not os.path.isdir(path):
                     self._new_dirs.append(path)
                 try:
@@ -314,6 +423,27 @@ class LogManager:
                 self._logs[key] = log
             return log
 
+    def dir_of(self, log: PartitionLog) -> str:
+        """The log dir holding ``log``."""
+        return os.path.dirname(os.path.normpath(log.directory))
+
+    def partition_counts(self) -> dict[str, int]:
+        """Partitions per online log dir, future copies included (Kafka's placement)."""
+        counts = {d: 0 for d in self.dirs if d not in self.offline_dirs}
+        for log in (*self._logs.values(), *self.futures.values()):
+            d = self.dir_of(log)
+            if d in counts:
+                counts[d] += 1
+        return counts
+
+    def _dir_for_new(self) -> str:
+        """The online log dir with the fewest partitions (the first of equals), as Kafka
+        places a new partition (caller holds the lock)."""
+        counts = self.partition_counts()
+        if not counts:
+            raise KafkaStorageError("every log dir is offline: " + ", ".join(self.offline_dirs))
+        return min(counts, key=lambda d: (counts[d], self.dirs.index(d)))
+
     def sync_new_dirs(self) -> int:
         """fsync the partition folders created since the last call and the data
         directory, so they survive a crash (blocking: an executor thread). Runs with every
@@ -325,7 +455,8 @@ class LogManager:
         for path in new:
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(path)
-        fsync_dir(self.data_dir)
+        for parent in {os.path.dirname(path) for path in new}:
+            fsync_dir(parent)
         return len(new)
 
     def _quarantine_open(self, log: PartitionLog) -> None:
@@ -348,7 +479,7 @@ class LogManager:
             if log is None:
                 return False
             self._quarantine_open(log)
-        fsync_dir(self.data_dir)
+        fsync_dir(self.dir_of(log))
         return True
 
     def detach(self, topic: str, partition: int) -> bool:
@@ -371,8 +502,8 @@ class LogManager:
             for log in detached.values():
                 self._rename_away(log)
                 self._doomed.append(log)
-        if detached:
-            fsync_dir(self.data_dir)
+        for parent in {self.dir_of(log) for log in detached.values()}:
+            fsync_dir(parent)
         return len(detached)
 
     def _rename_away(self, log: PartitionLog) -> None:
@@ -390,6 +521,124 @@ class LogManager:
             return False
         self.delete_detached()
         return True
+
+    # ------------------------------------------------------ moving between log dirs
+    # AlterReplicaLogDirs, as Kafka does it: the partition is copied into
+    # ``<target>/<topic>-<partition>.<uuid>-future`` while its log serves; once caught up
+    # the copy takes over (switch_to_future, where appends run), the old folder is renamed
+    # away (retire) and the copy gets the plain name (finish_move). A stop at any point
+    # leaves one log that start-up recognises (see _settle_futures).
+
+    def begin_move(self, topic: str, partition: int, target_dir: str) -> PartitionLog:
+        """Create the partition's future log in ``target_dir`` (blocking)."""
+        key = (topic, partition)
+        with self._lock:
+            source = self._logs.get(key)
+            if source is None:
+                raise KafkaStorageError(f"partition {topic}-{partition} has no log here")
+            if key in self.futures:
+                raise KafkaStorageError(f"partition {topic}-{partition} is already moving")
+            path = os.path.join(
+                target_dir, f"{topic}-{partition}.{uuid.uuid4().hex}{FUTURE_SUFFIX}"
+            )
+        future = self._open(path, topic, partition, source.topic_id, source.config)
+        fsync_dir(target_dir)
+        if source.log_start_offset > 0:
+            future.truncate_fully_and_start_at(source.log_start_offset)
+        with self._lock:
+            self.futures[key] = future
+        return future
+
+    def abort_move(self, topic: str, partition: int) -> None:
+        """Drop the partition's future log (blocking)."""
+        with self._lock:
+            future = self.futures.pop((topic, partition), None)
+        if future is not None:
+            future.delete()
+            fsync_dir(self.dir_of(future))
+
+    @staticmethod
+    def copy_to_future(source: PartitionLog, future: PartitionLog, max_bytes: int) -> int:
+        """Append to ``future`` the batches ``source`` has beyond it, about ``max_bytes``
+        of them, offsets kept (as a follower appends). Returns the bytes copied."""
+        start = future.log_end_offset
+        if start < source.log_start_offset:  # retention passed the copy: restart there
+            future.truncate_fully_and_start_at(source.log_start_offset)
+            start = source.log_start_offset
+        end = source.log_end_offset
+        if start >= end:
+            return 0
+        try:
+            data = source.read(start, max_bytes, upper_bound=end)
+        except OffsetOutOfRangeError:  # retention moved the start meanwhile: next round
+            return 0
+        view = memoryview(data)
+        first = stop = -1
+        for pos, header in iter_batches(view, allow_partial=True):
+            if header.next_offset <= start:
+                continue
+            if first < 0:
+                first = pos
+            stop = pos + header.size
+        if first < 0:
+            return 0
+        future.append(view[first:stop], origin=AppendOrigin.REPLICATION)
+        return stop - first
+
+    def switch_to_future(self, topic: str, partition: int) -> tuple[PartitionLog, PartitionLog]:
+        """Copy the rest of the log into its future and make the future the partition's
+        log; the old one stops, forwarding stale callers. Run it where appends run (the
+        event loop) once the future has nearly caught up: it writes, never fsyncs.
+        Returns ``(old, new)``."""
+        key = (topic, partition)
+        with self._lock:
+            source = self._logs[key]
+            future = self.futures[key]
+        with source.lock:
+            while future.log_end_offset < source.log_end_offset:
+                if not self.copy_to_future(source, future, 1 << 24):
+                    raise KafkaStorageError(
+                        f"{topic}-{partition}: the copy stopped at offset "
+                        f"{future.log_end_offset}, short of {source.log_end_offset}"
+                    )
+            if future.log_start_offset < source.log_start_offset:
+                future.delete_records_before(source.log_start_offset)
+            future.high_watermark = source.high_watermark
+            source.forward_to(future)
+            with self._lock:
+                self._logs[key] = future
+                del self.futures[key]
+        return source, future
+
+    def retire(self, old: PartitionLog) -> None:
+        """Rename the replaced log's folder ``-delete`` (blocking); it is removed with the
+        next maintenance pass. From here a restart finds only the future log."""
+        with self._lock:
+            self._rename_away(old)
+            self._doomed.append(old)
+        fsync_dir(self.dir_of(old))
+
+    def finish_move(self, topic: str, partition: int) -> PartitionLog | None:
+        """Give the future log its plain name: closed, renamed and opened again while its
+        appends wait (blocking). Returns the partition's log; None when the partition was
+        deleted meanwhile (its folder went with it)."""
+        key = (topic, partition)
+        with self._lock:
+            future = self._logs.get(key)
+        if future is None or not future.directory.endswith(FUTURE_SUFFIX):
+            return None
+        final = os.path.join(self.dir_of(future), f"{topic}-{partition}")
+
+        def reopen() -> PartitionLog:
+            os.replace(future.directory, final)
+            fsync_dir(os.path.dirname(final))
+            log = self._open(final, topic, partition, future.topic_id, future.config)
+            log.high_watermark = future.high_watermark
+            with self._lock:
+                self._logs[key] = log
+            return log
+
+        return future.hand_over(reopen)
 
     def __iter__(self) -> Iterator[PartitionLog]:
         return iter(self.logs())
@@ -489,5 +738,9 @@ class LogManager:
         self._closed = True
         with self._maintenance_lock:  # let a running maintenance pass finish first
             self._each(PartitionLog.close, "closing")
+            with self._lock:  # unfinished moves: a start drops their copies
+                futures, self.futures = list(self.futures.values()), {}
+            for future in futures:
+                future.close()
             self.delete_detached()
             self._destroy_doomed(MaintenanceReport())

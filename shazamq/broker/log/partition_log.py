@@ -392,6 +392,9 @@ class PartitionLog:
         # Tiered storage sets this to the offset below which every segment is durably in
         # the bucket; retention then keeps local.retention.* and never deletes above it.
         self.remote_log_end: int | None = None
+        # the log that took over from this one when the partition moved to another log
+        # dir: appends and reads made through a stale reference go there
+        self.successor: PartitionLog | None = None
 
     # ================================================================== opening
     @classmethod
@@ -750,6 +753,10 @@ class PartitionLog:
         view = memoryview(data)
         with self.lock:
             if self._closed or self.failed is not None:
+                if self.successor is not None and self.failed is None:
+                    return self.successor.append(
+                        data, leader_epoch=leader_epoch, now_ms=now_ms, origin=origin
+                    )
                 raise self._refusal()
             next_offset = self._leo
             first_offset = batches[0][1].base_offset if replication else next_offset
@@ -1005,6 +1012,10 @@ class PartitionLog:
         segs, bases = self._view
         leo = self._leo
         if self._closed or self.failed is not None:
+            if self.successor is not None and self.failed is None:
+                return self.successor.read_slice(
+                    offset, max_bytes, upper_bound, min_one_batch=min_one_batch
+                )
             raise self._refusal()
         if offset < self._log_start or offset > leo:
             raise OffsetOutOfRangeError(
@@ -1508,40 +1519,60 @@ class PartitionLog:
         """Flush everything, snapshot producer state, write the checkpoints and the
         clean-shutdown marker, and release every file descriptor."""
         with self._io_lock, self.lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self.failed is not None:  # no marker: the next start recovers the log
-                for seg in (*self._segments, *(s for _t, s in self._deleted)):
-                    with contextlib.suppress(OSError):
-                        seg.close(discard_pending=True)
-                self._deleted = []
-                return
-            if not self._marker_present:
-                active = self._segments[-1]
-                active.seal()
-                for seg in self._segments:
-                    seg.write_pending_indexes()
-                    seg.flush()
-                self._producers.take_snapshot(self._leo, sync=True)
-                self._epochs.write(sync=True)
-                self._write_recovery_point(self._leo, sync_dir=False)
-                self._write_log_start(sync=True, sync_dir=False)
-                self._sync_checkpoints()
-                # every checkpoint is durable (data and name) before the marker trusts it
-                _fsync_dir(self.directory)
-                _write_file(
-                    os.path.join(self.directory, CLEAN_SHUTDOWN_FILE),
-                    f"log_end_offset: {self._leo}\n".encode(),
-                    sync=True,
-                )
-                self._marker_present = True
-            for seg in self._segments:
-                seg.close()
-            for _t, seg in self._deleted:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        """The body of close(), also run by hand_over() under the same locks."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.failed is not None:  # no marker: the next start recovers the log
+            for seg in (*self._segments, *(s for _t, s in self._deleted)):
                 with contextlib.suppress(OSError):
-                    seg.delete()
+                    seg.close(discard_pending=True)
             self._deleted = []
+            return
+        if not self._marker_present:
+            active = self._segments[-1]
+            active.seal()
+            for seg in self._segments:
+                seg.write_pending_indexes()
+                seg.flush()
+            self._producers.take_snapshot(self._leo, sync=True)
+            self._epochs.write(sync=True)
+            self._write_recovery_point(self._leo, sync_dir=False)
+            self._write_log_start(sync=True, sync_dir=False)
+            self._sync_checkpoints()
+            # every checkpoint is durable (data and name) before the marker trusts it
+            _fsync_dir(self.directory)
+            _write_file(
+                os.path.join(self.directory, CLEAN_SHUTDOWN_FILE),
+                f"log_end_offset: {self._leo}\n".encode(),
+                sync=True,
+            )
+            self._marker_present = True
+        for seg in self._segments:
+            seg.close()
+        for _t, seg in self._deleted:
+            with contextlib.suppress(OSError):
+                seg.delete()
+        self._deleted = []
+
+    def hand_over(self, reopen: Callable[[], PartitionLog]) -> PartitionLog:
+        """Close the log and open its successor (``reopen``: the same files under another
+        folder name) while appends wait on the lock, so no append falls between them;
+        stale references are forwarded to the successor."""
+        with self._io_lock, self.lock:
+            self._close_locked()
+            self.successor = reopen()
+            return self.successor
+
+    def forward_to(self, successor: PartitionLog) -> None:
+        """Stop serving (files stay open for reads in flight) and send appends and reads
+        made through stale references to ``successor``."""
+        with self.lock:
+            self._closed = True
+            self.successor = successor
 
     @property
     def closed(self) -> bool:

@@ -194,10 +194,13 @@ class TransactionCoordinator:
             broker.partitions,
             TRANSACTION_STATE_TOPIC,
             self.config.state_log_num_partitions,
-            {
+            {  # Kafka's TransactionLog topic configs
                 "cleanup.policy": "compact",
                 "segment.bytes": str(self.config.state_log_segment_bytes),
+                "compression.type": "uncompressed",
+                "unclean.leader.election.enable": "false",
             },
+            min_insync_replicas=self.config.state_log_min_isr,
         )
         self.txns: dict[str, TxnMetadata] = {}
         self.loaded = False
