@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -48,8 +48,6 @@ from .apis import groups as groups_api
 from .apis import sasl as sasl_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
-from .cluster.node import ClusterNode
-from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
 from .log import LogManager, count_partition_dirs
 from .metrics import BrokerMetrics, BrokerState
@@ -64,6 +62,9 @@ from .tier.manager import TierManager, open_store
 from .tier.metrics import TierMetrics
 from .tier.restore import ClusterRestore, check_same_cluster, read_cluster, restore_if_empty
 from .txn import TransactionCoordinator
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +372,10 @@ class Broker:
 
     def _build_cluster(self) -> None:
         """Wire the cluster node, its metadata view and the partition manager together."""
+        # imported here: a single broker never loads Raft (pysyncobj) or the replica fetcher
+        from .cluster.node import ClusterNode
+        from .cluster.view import ClusterMetadataView
+
         cfg = self.config
         self.partitions = PartitionManager(cfg, None, self.logs)  # type: ignore[arg-type]
         node = ClusterNode(
