@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _keep_bytecode() -> None:
+    """Every broker, node and operator under test is a fresh interpreter. Where the
+    environment turns bytecode caches off (PYTHONDONTWRITEBYTECODE, usual in containers),
+    each of them compiled the ~190 generated protocol modules again: one to several seconds
+    per start, hundreds of starts per run. The children, and this process for the modules
+    it has yet to import (pytest's rewritten test modules too), get a cache outside the
+    source tree instead, so the tree stays clean and only the first start compiles."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+        del os.environ["PYTHONDONTWRITEBYTECODE"]
+        cache = str(Path(tempfile.gettempdir()) / f"shazamq-test-pycache-{os.getuid()}")
+        os.environ["PYTHONPYCACHEPREFIX"] = cache
+        sys.pycache_prefix = cache
+        sys.dont_write_bytecode = False
+
+
+_keep_bytecode()
 
 
 def free_port() -> int:

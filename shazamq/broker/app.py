@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -52,9 +52,6 @@ from .apis import sasl as sasl_api
 from .apis import share_groups as share_groups_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
-from .cluster.node import ClusterNode
-from .cluster.state import TopicState
-from .cluster.view import ClusterMetadataView
 from .groups import GroupCoordinator
 from .groups.share_coordinator import ShareCoordinator
 from .log import LogManager, count_partition_dirs
@@ -72,6 +69,10 @@ from .tier.manager import TierManager, open_store
 from .tier.metrics import TierMetrics
 from .tier.restore import ClusterRestore, check_same_cluster, read_cluster, restore_if_empty
 from .txn import TransactionCoordinator
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
+    from .cluster.state import TopicState
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +405,10 @@ class Broker:
 
     def _build_cluster(self) -> None:
         """Wire the cluster node, its metadata view and the partition manager together."""
+        # imported here: a single broker never loads Raft (pysyncobj) or the replica fetcher
+        from .cluster.node import ClusterNode
+        from .cluster.view import ClusterMetadataView
+
         cfg = self.config
         self.partitions = PartitionManager(cfg, None, self.logs)  # type: ignore[arg-type]
         node = ClusterNode(

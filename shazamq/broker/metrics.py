@@ -10,19 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+_SHUTDOWN_POLL_S = 0.05
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes are not logged (as prometheus-client's own server does)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class BrokerState(enum.IntEnum):
@@ -193,10 +205,28 @@ class BrokerMetrics:
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port.
 
-        prometheus-client's server renders in its own thread, so a slow scrape never
-        stalls the event loop.
+        Scrapes are rendered in the server's threads, so a slow scrape never stalls the
+        event loop.
         """
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        self._http = make_server(
+            sockaddr[0], port, make_wsgi_app(self.registry), Server, handler_class=_QuietHandler
+        )
+        # prometheus-client's own server polls for shutdown every 0.5 s, so every broker
+        # stop waited up to that long on the event loop; a tenth of that is still idle
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": _SHUTDOWN_POLL_S},
+            name="metrics-http",
+            daemon=True,
+        )
+        self._http_thread.start()
         return int(self._http.server_port)
 
     def close(self) -> None:

@@ -93,8 +93,8 @@ def with_crc(batch: bytearray) -> bytes:
     return bytes(batch)
 
 
-def test_garbage_inside_a_batch_with_a_good_crc_is_refused(broker_factory, topic_name):
-    b = broker_factory()
+def test_garbage_inside_a_batch_with_a_good_crc_is_refused(shared_broker, topic_name):
+    b = shared_broker
     make_topic(b.bootstrap, topic_name, 1)
     c = RawClient(b.port)
     good = bytearray(batch(recs(3)))
@@ -124,8 +124,8 @@ def test_garbage_inside_a_batch_with_a_good_crc_is_refused(broker_factory, topic
     c.close()
 
 
-def test_compacted_topic_refuses_null_keys_per_record(broker_factory, topic_name):
-    b = broker_factory()
+def test_compacted_topic_refuses_null_keys_per_record(shared_broker, topic_name):
+    b = shared_broker
     make_topic(b.bootstrap, topic_name, 1, {"cleanup.policy": "compact"})
     c = RawClient(b.port)
     payload = batch(
@@ -182,8 +182,8 @@ def test_refused_producers(broker_factory, topic_name):
     c.close()
 
 
-def test_topic_compression_type_recompresses(broker_factory, topic_name):
-    b = broker_factory()
+def test_topic_compression_type_recompresses(shared_broker, topic_name):
+    b = shared_broker
     make_topic(b.bootstrap, topic_name, 1, {"compression.type": "lz4"})
     c = RawClient(b.port)
     sent = 0
@@ -210,7 +210,7 @@ def test_topic_compression_type_recompresses(broker_factory, topic_name):
     assert total == sent
     assert set(codecs) == {COMPRESSION_LZ4}, codecs
     # consumers read them as usual
-    consumer = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "g"})
+    consumer = Consumer({"bootstrap.servers": b.bootstrap, "group.id": topic_name})
     consumer.assign([TopicPartition(topic_name, 0, 0)])
     got = 0
     deadline = time.monotonic() + 20
@@ -223,8 +223,8 @@ def test_topic_compression_type_recompresses(broker_factory, topic_name):
     c.close()
 
 
-def test_deprecated_topic_settings_are_accepted(broker_factory, topic_name):
-    b = broker_factory()
+def test_deprecated_topic_settings_are_accepted(shared_broker, topic_name):
+    b = shared_broker
     make_topic(
         b.bootstrap,
         topic_name,
@@ -235,8 +235,8 @@ def test_deprecated_topic_settings_are_accepted(broker_factory, topic_name):
     make_topic(b.bootstrap, topic_name + "-gz", 1, {"compression.type": "gzip"})
 
 
-def test_fetch_stays_within_max_bytes_except_the_first_batch(broker_factory, topic_name):
-    b = broker_factory()
+def test_fetch_stays_within_max_bytes_except_the_first_batch(shared_broker, topic_name):
+    b = shared_broker
     make_topic(b.bootstrap, topic_name, 3)
     c = RawClient(b.port)
     big = batch(recs(1, 30_000))

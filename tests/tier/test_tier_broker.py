@@ -251,7 +251,10 @@ def test_kill_during_uploads_leaves_no_half_object(broker_factory, bucket: Bucke
             assert crc32c.crc32c(bucket.get(stem + ".log")) == s.crc32c
 
     check_referenced(before)
-    b.start()  # restart on the same disk: uploads resume from the manifest
+    # restart on the same disk: uploads resume from the manifest, now at full speed (the
+    # budget only kept uploads in flight for the kill)
+    del b.settings["tiered_storage__upload_bytes_per_second"]
+    b.start()
     after = wait_for(
         lambda: (m := bucket.manifest(topic)) and m.end_offset == 300 and m,
         timeout=90,

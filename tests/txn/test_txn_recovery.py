@@ -130,9 +130,14 @@ async def test_expired_transaction_is_aborted_at_start_and_a_live_one_kept(tmp_p
         expired = await open_transaction(broker, "short", timeout_ms=200)
         live = await open_transaction(broker, "long", timeout_ms=60_000)
         seen_ids = {expired.producer_id, live.producer_id}
+        short_meta = broker.txn.txns["short"]
+        expires_ms = short_meta.start_ms + short_meta.timeout_ms
     finally:
         await broker.stop()
-    await asyncio.sleep(0.4)
+    # the restart comes once the short transaction's own deadline has passed (wall clock,
+    # as the coordinator's recovery reads it), however long the stop took
+    while time.time_ns() // 1_000_000 <= expires_ms:
+        await asyncio.sleep(0.01)
 
     broker = await start(tmp_path)
     try:
