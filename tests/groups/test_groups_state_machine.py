@@ -199,6 +199,9 @@ class FakeTxn:
     def verify_txn_offset_commit(self, txn_id, pid, epoch, partition):
         return self.error
 
+    async def txn_offset_commit_check_async(self, txn_id, pid, epoch, partition):
+        return self.error
+
 
 @pytest.fixture
 def coord():
