@@ -42,6 +42,10 @@ sequences them.
 - The index ``clusters`` keeps the latest body of every ShazamqCluster, so an owned
   object's event can find its owner without an API call. Until the index holds the frozen
   voters, the ones the owner's handler wrote (``memo.voters``) stand in.
+- A watch event's body can be several changes old (Kopf hands them over in order, and each
+  status or annotation we write is one more): whatever is applied is rendered from the
+  cluster as stored (`stored_cluster()`): a reconciliation and a roll tick read it first,
+  an owned object's event before it puts anything back.
 
 Every reconciliation of one cluster holds that cluster's lock, so the owner's handlers and
 its children's events never apply concurrently.
@@ -240,6 +244,11 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
     started = time.monotonic()
     async with _lock(memo, namespace, name):
         try:
+            stored = await stored_cluster(memo, namespace, name)
+            if stored is None:
+                result = "success"  # deleted meanwhile: nothing left to apply
+                return
+            body = stored
             model: ClusterModel | None = None
             try:
                 model = ClusterModel.from_resource(body)
@@ -269,6 +278,19 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
         finally:
             metrics.reconciliations.labels(result=result).inc()
             metrics.duration.observe(time.monotonic() - started)
+
+
+async def stored_cluster(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
+    """The ShazamqCluster as the API stores it now (None: gone).
+
+    Kopf hands each handler the body of one watch event, in order; when events come faster
+    than they are handled (every status or annotation we write is one), that body can be
+    several changes old, and rendering from it would undo a newer spec (a version patch
+    during a scale-down put the old image back). What is applied is always the newest."""
+    try:
+        return await memo.api.get(API_VERSION, KIND, namespace, name)
+    except ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=15) from exc
 
 
 async def freeze_voters(
@@ -532,8 +554,12 @@ async def roll_loop(memo: kopf.Memo) -> None:
     logger = logging.getLogger("shazamq.operator.roll")
     while True:
         await asyncio.sleep(memo.get("roll_interval") or ROLL_INTERVAL)
-        for key, body in list(memo.bodies.items()):
+        for key in list(memo.bodies):
             try:
+                # Not the last event's body, which may be behind (see `stored_cluster`).
+                body = await memo.api.get(API_VERSION, KIND, *key)
+                if body is None:
+                    continue
                 await roll_step(copy.deepcopy(body), memo, logger)
                 await scale_step(copy.deepcopy(body), memo, logger)
                 await autoscale_step(copy.deepcopy(body), memo, logger)
@@ -1042,21 +1068,21 @@ async def child_event(
         return
     deleted = event.get("type") == "DELETED"
     async with _lock(memo, namespace, owner_name):  # type: ignore[arg-type]
-        # The index may not have seen the annotation our handler just wrote.
-        owner = _with_voters(owner, memo.voters.get((namespace, owner_name)))
-        owner = _with_scale(owner, memo.scales.get((namespace, owner_name), ...))
-        try:
-            model = ClusterModel.from_resource(owner)
-        except ModelError:
-            return  # reported by the owner's handler; nothing valid to restore
-        if model.voter_ids and not model.voters_frozen:
-            # The owner's handler freezes the voters (perhaps from the running ConfigMap)
-            # before it applies anything; rendering them from the spec here could change a
-            # running quorum's voters.
+        rendered = _render_child(memo, owner, param, name)
+        if rendered is None:
             return
-        child = model.child(param, name)
-        if child is None or child.desired is None:
-            return
+        model, child = rendered
+        if deleted or not contains(actual, child.desired):
+            # The index may lag behind the owner (see `stored_cluster`): before anything is
+            # put back, check against the owner as stored, so a newer spec is never undone.
+            fresh = await stored_cluster(memo, namespace, owner_name)  # type: ignore[arg-type]
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            owner = fresh
+            rendered = _render_child(memo, owner, param, name)
+            if rendered is None:
+                return
+            model, child = rendered
         stored: Mapping[str, Any] | None = None if deleted else actual
         if deleted or not contains(actual, child.desired):
             what = "deleted" if deleted else "changed"
@@ -1076,3 +1102,28 @@ async def child_event(
             )
         if param == "StatefulSet":
             await refresh_status(memo, owner, model, sts=stored)
+
+
+def _render_child(
+    memo: kopf.Memo, owner: Mapping[str, Any], param: str, name: str
+) -> tuple[ClusterModel, Child] | None:
+    """The model of `owner` and its child `param`/`name` as it should be, or None when
+    there is nothing to restore."""
+    meta = owner.get("metadata") or {}
+    key = (meta.get("namespace"), meta.get("name"))
+    # The owner's body may not have the annotations our handler just wrote.
+    owner = _with_voters(owner, memo.voters.get(key))
+    owner = _with_scale(owner, memo.scales.get(key, ...))
+    try:
+        model = ClusterModel.from_resource(owner)
+    except ModelError:
+        return None  # reported by the owner's handler; nothing valid to restore
+    if model.voter_ids and not model.voters_frozen:
+        # The owner's handler freezes the voters (perhaps from the running ConfigMap)
+        # before it applies anything; rendering them from the spec here could change a
+        # running quorum's voters.
+        return None
+    child = model.child(param, name)
+    if child is None or child.desired is None:
+        return None
+    return model, child
