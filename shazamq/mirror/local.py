@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shazamq.broker.cluster import records
 from shazamq.broker.groups.group import GroupState
@@ -27,9 +27,18 @@ if TYPE_CHECKING:
     from shazamq.broker.partitions import Partition, PartitionManager
     from shazamq.broker.txn import TransactionCoordinator
 
-__all__ = ["LocalBroker"]
+__all__ = ["AbortedTxn", "LocalBroker"]
 
 TopicPartition = tuple[str, int]
+
+
+class AbortedTxn(NamedTuple):
+    """A transaction left open in a partition, ended here with an ABORT marker."""
+
+    producer_id: int
+    producer_epoch: int
+    first_offset: int
+    error_code: int  # 0: the marker is in (on the in-sync replicas in a cluster)
 
 
 class LocalBroker:
@@ -125,6 +134,31 @@ class LocalBroker:
             if code == 0:
                 return
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not reserve producer ids")
+
+    # -- transactions ------------------------------------------------------------------
+
+    async def abort_open_transactions(self, p: Partition) -> list[AbortedTxn]:
+        """Append an ABORT marker for every transaction open in ``p`` (led here), as a
+        coordinator would: under the producer's epoch and its latest coordinator epoch,
+        which the log accepts. For a mirrored partition that stops being copied: the
+        source's open transactions would never get their marker here, and the last
+        stable offset would stay at their first offset forever."""
+        if self._txn is None:
+            return []
+        open_txns = [a for a in p.log.active_producers() if a.current_txn_start_offset >= 0]
+        out = []
+        for a in open_txns:
+            code = await self._txn.write_marker(
+                p.topic,
+                p.index,
+                a.producer_id,
+                a.producer_epoch,
+                False,
+                max(a.coordinator_epoch, 0),
+            )
+            first = a.current_txn_start_offset
+            out.append(AbortedTxn(a.producer_id, a.producer_epoch, first, code))
+        return out
 
     # -- topics ------------------------------------------------------------------------
 

@@ -220,8 +220,7 @@ class SourceMirror:
     # -- reconciling with the source -----------------------------------------------------
 
     async def _reconcile(self, md: SourceMetadata) -> None:
-        if self.local.manages_topics:
-            await self._promote()
+        await self._promote()
         candidates = [n for n in md.topics if self.selector.decide(n) is Decision.MIRROR]
         configs = await self.source.topic_configs(sorted(candidates))
         mirrored: dict[str, str] = {}
@@ -256,6 +255,12 @@ class SourceMirror:
             self._drop(key)
 
     async def _promote(self) -> None:
+        """Every broker stops copying the partitions of promoted topics it leads and
+        aborts the source transactions left open in them; then the topic administrator
+        removes the mirror marker, which makes the topic writable. The marker goes only
+        once every abort here is in, so until then no local producer writes to the topic
+        and every transaction open in it came from the source; after it, the markers are
+        in the log and a restart finds nothing open to abort."""
         for local_name in self.config.promoted_topics:
             mark = self.local.mark_of(local_name)
             info = self.local.topic(local_name)
@@ -267,16 +272,53 @@ class SourceMirror:
                 continue
             if origin.source != self.config.name:
                 continue
+            if not await self._end_copy(local_name, info.partitions):
+                continue  # the marker stays; tried again at the next refresh
+            if not self.local.manages_topics:
+                continue
             configs = {k: v for k, v in info.configs.items() if k != MIRROR_SOURCE}
             await self.local.set_configs(local_name, configs)
-            for key in [k for k in self.copies if k[0] == local_name]:
-                self._drop(key)
             log.info(
                 "mirror %s: topic %s promoted: no longer copied from %s, writable",
                 self.config.name,
                 local_name,
                 origin.topic,
             )
+
+    async def _end_copy(self, local_name: str, partitions: int) -> bool:
+        """Stop copying the partitions of ``local_name`` led here and abort the
+        transactions open in them (their markers will never be copied); False if a
+        marker could not be written."""
+        done = True
+        for index in range(partitions):
+            key = (local_name, index)
+            if key in self.copies:
+                self._drop(key)
+            p = self.local.partition(local_name, index)
+            if p is None or not self.local.leads(p):
+                continue
+            for t in await self.local.abort_open_transactions(p):
+                if t.error_code:
+                    done = False
+                    self._note(
+                        f"abort:{local_name}:{index}:{t.producer_id}",
+                        f"{local_name}-{index}: cannot abort the open transaction of source "
+                        f"producer {t.producer_id} (first offset {t.first_offset}): error "
+                        f"{t.error_code}; the topic stays a mirror until it can",
+                    )
+                    continue
+                self.stats.promotion_aborts += 1
+                log.warning(
+                    "mirror %s: %s-%d promoted with the transaction of source producer %d "
+                    "(epoch %d, first offset %d) still open: aborted",
+                    self.config.name,
+                    local_name,
+                    index,
+                    t.producer_id,
+                    t.producer_epoch,
+                    t.first_offset,
+                )
+        return done
 
     def _copied_configs(self, topic: str, src: Mapping[str, str]) -> dict[str, str]:
         out = {}

@@ -56,6 +56,8 @@ class SourceStats:
     last_metadata: float = 0.0
     groups_synced: int = 0
     offsets_synced: int = 0
+    # transactions left open by the source in promoted partitions, aborted here
+    promotion_aborts: int = 0
     partitions: dict[tuple[str, int], PartitionStats] = field(default_factory=dict)
 
 
@@ -78,6 +80,11 @@ def probe(sources: Iterable[SourceStats]) -> list[Metric]:
     offsets = CounterMetricFamily(
         "shazamq_mirror_group_offsets_synced",
         "Committed group offsets copied from the source.",
+        labels=["source"],
+    )
+    aborts = CounterMetricFamily(
+        "shazamq_mirror_promotion_aborts",
+        "Source transactions still open when their partition was promoted, aborted here.",
         labels=["source"],
     )
     pl = ["source", "topic", "partition"]
@@ -118,6 +125,7 @@ def probe(sources: Iterable[SourceStats]) -> list[Metric]:
             state.add_metric([s.name, st], 1.0 if s.state == st else 0.0)
         conn_err.add_metric([s.name], s.connect_errors)
         offsets.add_metric([s.name], s.offsets_synced)
+        aborts.add_metric([s.name], s.promotion_aborts)
         for p in list(s.partitions.values()):
             labels = [s.name, p.topic, str(p.partition)]
             lag.add_metric(labels, p.lag)
@@ -133,6 +141,7 @@ def probe(sources: Iterable[SourceStats]) -> list[Metric]:
         state,
         conn_err,
         offsets,
+        aborts,
         lag,
         lag_s,
         copied,

@@ -1,0 +1,174 @@
+"""Promotion with a source transaction still open in the copy.
+
+The copy holds a transaction's records but never its marker (the source had not ended it
+when copying stopped); promoting the topic must abort it here, once, or the last stable
+offset stays at its first offset and read_committed consumers of the topic stall.
+"""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_helpers import RawClient, make_topic
+from mirror_helpers import batches, mirror_settings, wait_until
+from test_mirror_ops import metric
+
+from shazamq.protocol.messages.list_offsets_request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
+from shazamq.protocol.records import ATTR_CONTROL, iter_batches
+
+pytestmark = pytest.mark.timeout(300)
+
+TOPIC = "payments"
+LATEST = -1
+
+
+def _latest(port: int, isolation: int) -> int:
+    c = RawClient(port)
+    try:
+        req = ListOffsetsRequest(
+            replica_id=-1,
+            isolation_level=isolation,
+            topics=[
+                ListOffsetsTopic(
+                    name=TOPIC,
+                    partitions=[ListOffsetsPartition(partition_index=0, timestamp=LATEST)],
+                )
+            ],
+        )
+        part = c.request(req, 4).topics[0].partitions[0]
+        assert part.error_code == 0, part.error_code
+        return part.offset
+    finally:
+        c.close()
+
+
+def _committed_values(bootstrap: str, want: int) -> list[tuple[int, bytes]]:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "promoted-reader",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        c.assign([TopicPartition(TOPIC, 0, 0)])
+        got: list[tuple[int, bytes]] = []
+        polls = 60
+        while len(got) < want and polls:
+            polls -= 1
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append((m.offset(), m.value()))
+        return got
+    finally:
+        c.close()
+
+
+def _control_batches(port: int) -> list[int]:
+    """Base offsets of the control (marker) batches of the partition."""
+    out = []
+    for base, raw in batches(port, TOPIC, 0):
+        h = next(iter_batches(raw))[1]
+        if h.attributes & ATTR_CONTROL:
+            out.append(base)
+    return out
+
+
+def test_open_source_transaction_is_aborted_once_on_promotion(broker_factory) -> None:
+    source = broker_factory()
+    make_topic(source.bootstrap, TOPIC, 1)
+    plain = Producer({"bootstrap.servers": source.bootstrap})
+    plain.produce(TOPIC, value=b"before", partition=0)
+    assert plain.flush(30) == 0
+    # a source transaction begun and never ended (kept open for the whole test)
+    txp = Producer(
+        {
+            "bootstrap.servers": source.bootstrap,
+            "transactional.id": "src-open",
+            "transaction.timeout.ms": 600_000,
+        }
+    )
+    txp.init_transactions(30)
+    txp.begin_transaction()
+    for i in range(3):
+        txp.produce(TOPIC, value=f"open-{i}".encode(), partition=0)
+    assert txp.flush(30) == 0
+
+    settings = mirror_settings(
+        bootstrap_servers=f"127.0.0.1:{source.port}", topic_whitelist=[TOPIC]
+    )
+    mirror = broker_factory(**settings)
+    wait_until(
+        lambda: (
+            batches(mirror.port, TOPIC, 0) == batches(source.port, TOPIC, 0)
+            and _latest(mirror.port, 0) == 4
+        ),
+        60,
+        "copy of the open transaction",
+    )
+    assert _latest(mirror.port, 1) == 1  # the LSO: the open transaction starts at 1
+
+    mirror.stop()
+    mirror.settings.update(
+        mirror_settings(
+            bootstrap_servers=f"127.0.0.1:{source.port}",
+            topic_whitelist=[TOPIC],
+            promoted_topics=[TOPIC],
+        )
+    )
+    mirror.start()
+    wait_until(lambda: f"topic {TOPIC} promoted" in mirror.log_text(), 60, "promotion")
+    local = Producer({"bootstrap.servers": mirror.bootstrap})
+    for i in range(2):
+        local.produce(TOPIC, value=f"local-{i}".encode(), partition=0)
+    assert local.flush(30) == 0
+
+    # not stuck: read_committed reaches the high watermark, the local records come, the
+    # open source transaction's do not; its abort marker took offset 4
+    high_watermark = _latest(mirror.port, 0)
+    assert _latest(mirror.port, 1) == high_watermark
+    got = _committed_values(mirror.bootstrap, 3)
+    assert [v for _, v in got] == [b"before", b"local-0", b"local-1"]
+    assert [o for o, _ in got] == [0, 5, 6]
+    assert high_watermark == 7
+    assert _control_batches(mirror.port) == [4]
+    assert "source producer" in mirror.log_text()
+    assert metric(mirror.metrics_port, "shazamq_mirror_promotion_aborts_total", source="src") == 1
+
+    # a local transaction open across a restart is not the mirror's to abort
+    ltx = Producer(
+        {
+            "bootstrap.servers": mirror.bootstrap,
+            "transactional.id": "local-tx",
+            "transaction.timeout.ms": 600_000,
+        }
+    )
+    ltx.init_transactions(30)
+    ltx.begin_transaction()
+    ltx.produce(TOPIC, value=b"local-tx", partition=0)
+    assert ltx.flush(30) == 0
+    mirror.restart()
+    wait_until(
+        lambda: metric(mirror.metrics_port, "shazamq_mirror_source_state", state="connected"),
+        60,
+        "mirror service refreshed after the restart",
+    )
+    # nothing aborted twice, nor the local transaction: still one marker, the LSO at it
+    assert metric(mirror.metrics_port, "shazamq_mirror_promotion_aborts_total", source="src") == 0
+    assert _control_batches(mirror.port) == [4]
+    assert (_latest(mirror.port, 0), _latest(mirror.port, 1)) == (8, 7)
+    ltx.commit_transaction(30)
+    wait_until(lambda: _latest(mirror.port, 1) == 9, 60, "local commit")
+    got = _committed_values(mirror.bootstrap, 4)
+    assert got == [(0, b"before"), (5, b"local-0"), (6, b"local-1"), (7, b"local-tx")]
+    assert _control_batches(mirror.port) == [4, 8]
+
+    # the source's transaction is untouched there
+    assert _latest(source.port, 1) == 1
+    txp.abort_transaction(30)
