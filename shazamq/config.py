@@ -788,6 +788,14 @@ class TlsConfig(_Section):
             "RULE:pattern/replacement/[LU], first match wins.",
         ),
     ] = ("DEFAULT",)  # a plain default, so the rendered TOML leaves it out
+    reload_check_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="How often the certificate, key and CA files are checked for a "
+            "change and reloaded without a restart (0: never).",
+        ),
+    ] = 10_000
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.cert_file and self.key_file):

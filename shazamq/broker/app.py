@@ -63,6 +63,7 @@ from .process import check_open_file_limit, raise_open_file_limit, tune_for_serv
 from .security import INTERNAL_USER, CredentialStore, build_credential_store
 from .security.acl import Authorizer
 from .security.tls import certificate_principals
+from .security.tls_reload import CertificateReloader
 from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
@@ -355,6 +356,17 @@ class Broker:
             self.metrics.add_probe(self.mirror.probe)
         self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="maintenance"))
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
+        tls = cfg.security.tls
+        if self.server.ssl_context is not None and tls.reload_check_interval_ms > 0:
+            assert tls.cert_file and tls.key_file
+            reloader = CertificateReloader(
+                self.server.ssl_context, tls.cert_file, tls.key_file, tls.ca_file
+            )
+            self._tasks.append(
+                asyncio.create_task(
+                    reloader.run(tls.reload_check_interval_ms / 1000), name="tls-reload"
+                )
+            )
         self.metrics.state = BrokerState.RUNNING
         log.info(
             "broker %d of cluster %s listening on %s:%d (advertised %s:%d), %d partitions, "
