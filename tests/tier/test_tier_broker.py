@@ -164,7 +164,10 @@ def test_upload_local_deletion_remote_reads_and_restore(
         assert stem + ".index" in keys and stem + ".timeindex" in keys
     wait_for(lambda: local_segments(b.data_dir, topic)[0] > 0, what="local deletion")
     first_local = local_segments(b.data_dir, topic)[0]
-    assert first_local <= m.end_offset  # nothing left the disk that the bucket lacks
+    # nothing left the disk that the bucket lacks: the manifest is read after the disk, as
+    # uploads go on meanwhile and `m` above may already be older than the local deletion
+    manifest = bucket.manifest(topic)
+    assert manifest is not None and first_local <= manifest.end_offset
 
     # consumers read from 0 transparently: the same bytes at the same offsets
     got = consume_all(b.bootstrap, topic, 200)
