@@ -451,6 +451,9 @@ def test_transaction_tooling_and_admin_abort_acls(broker) -> None:
 
 
 def test_share_group_apis_need_group_and_topic_read(broker) -> None:
+    from shazamq.protocol.messages.consumer_group_describe_request import (
+        ConsumerGroupDescribeRequest,
+    )
     from shazamq.protocol.messages.describe_configs_request import (
         DescribeConfigsRequest,
         DescribeConfigsResource,
@@ -508,6 +511,11 @@ def test_share_group_apis_need_group_and_topic_read(broker) -> None:
     assert fetch().error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
     described = alice.request(ShareGroupDescribeRequest(group_ids=[group]), 1)
     assert described.groups[0].error_code == ErrorCode.GROUP_AUTHORIZATION_FAILED
+    # the KIP-848 describe goes through the same per-group guard
+    described = alice.request(ConsumerGroupDescribeRequest(group_ids=[group]), 0)
+    assert [(g.group_id, g.error_code) for g in described.groups] == [
+        (group, ErrorCode.GROUP_AUTHORIZATION_FAILED)
+    ]
     configs = alice.request(
         DescribeConfigsRequest(
             resources=[DescribeConfigsResource(resource_type=32, resource_name=group)]

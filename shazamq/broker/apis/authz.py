@@ -1189,20 +1189,29 @@ _GUARDS[68] = _group_op_guard(
 )
 
 
-@_guard(69)
-def _consumer_group_describe(h: Handler, check: _Check, broker: Broker) -> Handler:
-    async def guarded(ctx: RequestContext, req: Any) -> Any:
-        denied = [g for g in req.group_ids if not check(ctx, DESCRIBE, GROUP, g)]
-        if not denied:
-            return await h(ctx, req)
-        req.group_ids = [g for g in req.group_ids if g not in denied]
-        response = await h(ctx, req) if req.group_ids else ConsumerGroupDescribeResponse(groups=[])
-        response.groups.extend(
-            ConsumerGroupDescribeGroup(error_code=GROUP_DENIED, group_id=g) for g in denied
-        )
-        return response
+def _describe_groups_guard(empty: Callable[[], Any], denied: Callable[[str], Any]) -> GuardFactory:
+    """DESCRIBE per group id (KIP-848 and share group describes): the handler answers the
+    allowed ids, the others are answered GROUP_AUTHORIZATION_FAILED (``denied(id)``)."""
 
-    return guarded
+    def factory(h: Handler, check: _Check, broker: Broker) -> Handler:
+        async def guarded(ctx: RequestContext, req: Any) -> Any:
+            refused = [g for g in req.group_ids if not check(ctx, DESCRIBE, GROUP, g)]
+            if not refused:
+                return await h(ctx, req)
+            req.group_ids = [g for g in req.group_ids if g not in refused]
+            response = await h(ctx, req) if req.group_ids else empty()
+            response.groups.extend(denied(g) for g in refused)
+            return response
+
+        return guarded
+
+    return factory
+
+
+_GUARDS[69] = _describe_groups_guard(
+    lambda: ConsumerGroupDescribeResponse(groups=[]),
+    lambda g: ConsumerGroupDescribeGroup(error_code=GROUP_DENIED, group_id=g),
+)
 
 
 # -- share groups (KIP-932) ----------------------------------------------------------------
@@ -1215,20 +1224,10 @@ _GUARDS[76] = _group_op_guard(
 )
 
 
-@_guard(77)
-def _share_group_describe(h: Handler, check: _Check, broker: Broker) -> Handler:
-    async def guarded(ctx: RequestContext, req: Any) -> Any:
-        denied = [g for g in req.group_ids if not check(ctx, DESCRIBE, GROUP, g)]
-        if not denied:
-            return await h(ctx, req)
-        req.group_ids = [g for g in req.group_ids if g not in denied]
-        response = await h(ctx, req) if req.group_ids else ShareGroupDescribeResponse(groups=[])
-        response.groups.extend(
-            ShareDescribedGroup(error_code=GROUP_DENIED, group_id=g) for g in denied
-        )
-        return response
-
-    return guarded
+_GUARDS[77] = _describe_groups_guard(
+    lambda: ShareGroupDescribeResponse(groups=[]),
+    lambda g: ShareDescribedGroup(error_code=GROUP_DENIED, group_id=g),
+)
 
 
 def _share_topics_guard(fetch: bool) -> GuardFactory:
