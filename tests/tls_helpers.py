@@ -16,10 +16,13 @@ def write_certificates(
     ips: Sequence[str] = ("127.0.0.1",),
     dns: Sequence[str] = ("localhost",),
     ca_key_path: Path | None = None,
+    ca_common_name: str = "shazamq test CA",
 ) -> None:
     """A CA (ca_path) and a key and certificate for `ips` and `dns` names signed by it.
 
-    With `ca_key_path`, the CA's key is kept there (for `write_client_certificate`)."""
+    With `ca_key_path`, the CA's key is kept there (for `write_client_certificate`). CAs
+    that are trusted together need distinct names (`ca_common_name`): verifiers find the
+    issuer by name."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +30,7 @@ def write_certificates(
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shazamq test CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)

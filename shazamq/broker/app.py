@@ -132,6 +132,12 @@ def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _required_tls_context(config: BrokerConfig) -> ssl.SSLContext:
+    ctx = _tls_context(config)
+    assert ctx is not None, "only called with TLS enabled"
+    return ctx
+
+
 class Broker:
     """One running broker."""
 
@@ -360,7 +366,9 @@ class Broker:
         if self.server.ssl_context is not None and tls.reload_check_interval_ms > 0:
             assert tls.cert_file and tls.key_file
             reloader = CertificateReloader(
-                self.server.ssl_context, tls.cert_file, tls.key_file, tls.ca_file
+                self.server.ssl_context,
+                functools.partial(_required_tls_context, cfg),
+                [p for p in (tls.cert_file, tls.key_file, tls.ca_file) if p],
             )
             self._tasks.append(
                 asyncio.create_task(

@@ -2,11 +2,16 @@
 
 cert-manager, Vault and Kubernetes' Secret volumes replace certificate files in place
 (Secret volumes by swapping a symlink), so the broker compares each file's identity
-(inode, size, mtime, through symlinks) on an interval and loads the new certificate, key
-and CA into the listener's existing `ssl.SSLContext`: connections opened afterwards get
-them, open ones keep the session they negotiated. A half-written rotation (the new
-certificate beside the old key) fails to load; the old ones stay in use and the load is
-tried again at the next change.
+(inode, size, mtime, through symlinks) on an interval and, when they changed, builds a new
+`ssl.SSLContext` from them. The listener's context stays the one the server was created
+with; its SNI callback, which OpenSSL runs on every ClientHello (with or without a server
+name), hands each new connection the newest context. Open connections keep the session
+they negotiated.
+
+A whole new context, rather than loading into the live one, is what lets a CA that was
+rotated *out* stop being trusted: OpenSSL can add to a context's trust store but never
+remove from it. A half-written rotation (the new certificate beside the old key) fails to
+build; the previous context stays in use and the build is tried again at the next change.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from shazamq.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +43,39 @@ def stamp_of(paths: Sequence[str]) -> Stamp:
 
 
 class CertificateReloader:
-    """Reloads `cert_file`/`key_file` (and `ca_file`) into `context` when they change."""
+    """Serves connections to `listener` from a context `build` makes anew when `paths`
+    change. `build` reads the files and raises on a pair or CA that cannot be loaded."""
 
     def __init__(
-        self, context: ssl.SSLContext, cert_file: str, key_file: str, ca_file: str | None
+        self,
+        listener: ssl.SSLContext,
+        build: Callable[[], ssl.SSLContext],
+        paths: Sequence[str],
     ) -> None:
-        self.context = context
-        self.cert_file, self.key_file, self.ca_file = cert_file, key_file, ca_file
-        self.paths = [p for p in (cert_file, key_file, ca_file) if p]
-        self.loaded = stamp_of(self.paths)  # what the context was built from
+        self.listener = listener
+        self.current = listener
+        self.build = build
+        self.paths = list(paths)
+        self.loaded = stamp_of(self.paths)  # what the current context was built from
         self._failed: Stamp | None = None
         self.reloads = 0
+        listener.sni_callback = self._select
+
+    def _select(self, conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not self.listener:
+            conn.context = current
+        return None
 
     def check(self) -> bool:
-        """Load the files if they changed since the last load; True if a load happened."""
+        """Build a new context if the files changed since the last build; True if one
+        was built and is now served."""
         now = stamp_of(self.paths)
         if now == self.loaded or now == self._failed:
             return False
         try:
-            # Tried on a scratch context first: a failed load into the live one can leave
-            # it holding the new certificate with the old key, and every handshake fails.
-            self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-            self._load(self.context)
-        except (OSError, ssl.SSLError) as exc:
+            fresh = self.build()
+        except (OSError, ssl.SSLError, ConfigError) as exc:
             if now != self._failed:
                 log.warning(
                     "TLS files changed but cannot be loaded (%s); the previous certificate "
@@ -67,16 +84,11 @@ class CertificateReloader:
                 )
             self._failed = now
             return False
+        self.current = fresh
         self.loaded, self._failed = now, None
         self.reloads += 1
-        log.info("TLS certificate reloaded from %s", self.cert_file)
+        log.info("TLS certificate reloaded from %s", self.paths[0])
         return True
-
-    def _load(self, context: ssl.SSLContext) -> None:
-        context.load_cert_chain(self.cert_file, self.key_file)
-        if self.ca_file:
-            # adds to the trusted set: a CA being rotated in is trusted beside the old one
-            context.load_verify_locations(self.ca_file)
 
     async def run(self, interval_s: float) -> None:
         while True:
