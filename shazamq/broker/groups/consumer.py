@@ -12,8 +12,9 @@ changed its subscription, or a subscribed topic changed partitions.
 
 Every change is written to ``__consumer_offsets`` as Kafka's consumer group records
 (:mod:`.consumer_records`) before the heartbeat is answered, and loading replays them.
-A member that stops heartbeating for ``groups.consumer_session_timeout_ms``, or does not
-revoke partitions within its rebalance timeout, is removed (fenced).
+A member that stops heartbeating for its session timeout (the group's
+``consumer.session.timeout.ms``, else ``groups.consumer_session_timeout_ms``), or does
+not revoke partitions within its rebalance timeout, is removed (fenced).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from . import consumer_records as cr
+from . import consumer_settings as cs
 from .assignors import ASSIGNORS, Assignment
 from .consumer_group import ConsumerGroup, ConsumerMember, MemberState
 from .offsets_store import append_error_code, commit_replication_error
@@ -162,13 +164,19 @@ class ConsumerGroupsMixin:
 
     # -- configuration ----------------------------------------------------------------
 
-    @property
-    def _session_ms(self) -> int:
-        return int(getattr(self.config, "consumer_session_timeout_ms", 45000))
+    def _group_settings(self, group_id: str) -> dict[str, str]:
+        share = getattr(self.broker, "share", None)
+        return share.consumer_overrides(group_id) if share is not None else {}
 
-    @property
-    def _interval_ms(self) -> int:
-        return int(getattr(self.config, "consumer_heartbeat_interval_ms", 5000))
+    def _session_ms(self, group_id: str) -> int:
+        """The group's consumer.session.timeout.ms, else the broker's."""
+        default = int(getattr(self.config, "consumer_session_timeout_ms", 45000))
+        return int(self._group_settings(group_id).get(cs.SESSION_TIMEOUT, default))
+
+    def _interval_ms(self, group_id: str) -> int:
+        """The group's consumer.heartbeat.interval.ms, else the broker's."""
+        default = int(getattr(self.config, "consumer_heartbeat_interval_ms", 5000))
+        return int(self._group_settings(group_id).get(cs.HEARTBEAT_INTERVAL, default))
 
     # -- topics -----------------------------------------------------------------------
 
@@ -477,7 +485,7 @@ class ConsumerGroupsMixin:
             None,
             member.member_id,
             member.member_epoch,
-            self._interval_ms,
+            self._interval_ms(gid),
             self._ids(member.assigned) if send else None,
         )
 
@@ -531,14 +539,14 @@ class ConsumerGroupsMixin:
     def _schedule_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
         self._cancel_member_timer(member)
         now = time.monotonic()
-        due = member.last_heartbeat + self._session_ms / 1000
+        due = member.last_heartbeat + self._session_ms(group.group_id) / 1000
         if member.revocation_deadline is not None:
             due = min(due, member.revocation_deadline)
         member.timer = asyncio.get_running_loop().call_later(
-            max(due - now, 0.0), self._on_member_timer, group, member
+            max(due - now, 0.0), self._on_consumer_member_timer, group, member
         )
 
-    def _on_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
+    def _on_consumer_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
         member.timer = None
         if (
             self.consumer_groups.get(group.group_id) is not group
@@ -546,7 +554,7 @@ class ConsumerGroupsMixin:
         ):
             return
         now = time.monotonic()
-        expired = now >= member.last_heartbeat + self._session_ms / 1000
+        expired = now >= member.last_heartbeat + self._session_ms(group.group_id) / 1000
         late = member.revocation_deadline is not None and now >= member.revocation_deadline
         if not expired and not late:
             self._schedule_member_timer(group, member)
