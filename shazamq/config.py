@@ -306,6 +306,48 @@ class GroupsConfig(_Section):
             "(group.consumer.heartbeat.interval.ms).",
         ),
     ] = 5000
+    consumer_min_session_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Lowest consumer.session.timeout.ms a group may set "
+            "(group.consumer.min.session.timeout.ms).",
+        ),
+    ] = 45000
+    consumer_max_session_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Highest consumer.session.timeout.ms a group may set "
+            "(group.consumer.max.session.timeout.ms).",
+        ),
+    ] = 60000
+    consumer_min_heartbeat_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Lowest consumer.heartbeat.interval.ms a group may set "
+            "(group.consumer.min.heartbeat.interval.ms).",
+        ),
+    ] = 5000
+    consumer_max_heartbeat_interval_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Highest consumer.heartbeat.interval.ms a group may set "
+            "(group.consumer.max.heartbeat.interval.ms).",
+        ),
+    ] = 15000
+    consumer_migration_policy: Annotated[
+        Literal["bidirectional", "upgrade", "downgrade", "disabled"],
+        Meta(
+            description="Conversion between classic and consumer groups during an online "
+            "upgrade (group.consumer.migration.policy): upgrade lets a consumer-protocol "
+            "member join a classic group, downgrade turns a consumer group whose last "
+            "consumer-protocol member left back into a classic group, bidirectional both, "
+            "disabled neither.",
+        ),
+    ] = "bidirectional"
     share_record_lock_duration_ms: Annotated[
         int,
         Meta(
@@ -383,6 +425,15 @@ class GroupsConfig(_Section):
             )
         if self.share_heartbeat_interval_ms >= self.share_session_timeout_ms:
             raise ValueError("share_session_timeout_ms must exceed share_heartbeat_interval_ms")
+        if self.consumer_min_session_timeout_ms > self.consumer_max_session_timeout_ms:
+            raise ValueError(
+                "consumer_min_session_timeout_ms must not exceed consumer_max_session_timeout_ms"
+            )
+        if self.consumer_min_heartbeat_interval_ms > self.consumer_max_heartbeat_interval_ms:
+            raise ValueError(
+                "consumer_min_heartbeat_interval_ms must not exceed "
+                "consumer_max_heartbeat_interval_ms"
+            )
 
 
 class TransactionsConfig(_Section):

@@ -13,7 +13,14 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 6
@@ -38,6 +45,30 @@ def close(c: Consumer) -> None:
     GIL, which hangs the whole test run (and pytest-timeout with it)."""
     with contextlib.suppress(RuntimeError):  # already closed
         c.close()
+
+
+def commit_sync(c: Consumer, m) -> None:
+    """Commit after a record, as Kafka's own clients do across an epoch change.
+
+    The coordinator accepts a commit only with the member's current epoch (Kafka's
+    ConsumerGroup.validateOffsetCommit), so a commit sent just before a heartbeat
+    answer moved the epoch is refused with STALE_MEMBER_EPOCH. librdkafka hands that
+    error to a synchronous commit; the Java consumer instead retries with the new epoch.
+    Do the same: librdkafka's background heartbeat picks up the new epoch, and the
+    commit is sent again while the partition is still assigned here (once revoked, the
+    new owner's position rules)."""
+    for _ in range(50):
+        try:
+            c.commit(message=m, asynchronous=False)
+            return
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.STALE_MEMBER_EPOCH:
+                raise
+        owned = {(tp.topic, tp.partition) for tp in c.assignment()}
+        if (m.topic(), m.partition()) not in owned:
+            return
+        time.sleep(0.05)  # a back-off between attempts, not a wait for an event
+    raise AssertionError("commit stayed STALE_MEMBER_EPOCH for 50 attempts")
 
 
 def test_members_join_and_leave_under_load(broker_factory) -> None:
@@ -71,7 +102,7 @@ def test_members_join_and_leave_under_load(broker_factory) -> None:
                     continue
                 with lock:
                     seen[m.value()] = seen.get(m.value(), 0) + 1
-                c.commit(message=m, asynchronous=False)
+                commit_sync(c, m)
         except Exception as exc:  # reported below; the thread's consumer is closed anyway
             errors.append(exc)
         finally:

@@ -294,7 +294,7 @@ def test_group_settings_are_validated(broker):
         ("share.isolation.level", "dirty", "read_committed"),
         ("share.session.timeout.ms", "x", "integer"),
         ("share.session.timeout.ms", "2000", "must be lower than share.session.timeout.ms"),
-        ("no.such.setting", "1", "not a share group setting"),
+        ("no.such.setting", "1", "not a group setting"),
     ]
     for name, value, words in bad:
         res = ConfigResource(

@@ -3,9 +3,10 @@
 Topic settings are dynamic (stored in the metadata, applied to the live logs). Broker
 settings come from the configuration file and are reported read-only under Kafka's names,
 so admin tools show what the broker runs with. Logger levels can be read and changed at
-run time, as with Kafka's BROKER_LOGGER resource. GROUP resources carry share group
-settings (share.auto.offset.reset, share.record.lock.duration.ms, ...), stored by the
-share coordinator.
+run time, as with Kafka's BROKER_LOGGER resource. GROUP resources carry the group
+settings: consumer.session.timeout.ms and consumer.heartbeat.interval.ms of consumer
+groups, and the share group settings (share.auto.offset.reset,
+share.record.lock.duration.ms, ...), stored together by the share coordinator.
 """
 
 from __future__ import annotations

@@ -184,18 +184,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def join_group(ctx: RequestContext, req: JoinGroupRequest) -> JoinGroupResponse:
         v = ctx.api_version
-        if coordinator.consumer_group_active(req.group_id):
-            # a consumer (KIP-848) group with members: classic members may not join it
-            return JoinGroupResponse(
-                error_code=ErrorCode.GROUP_ID_NOT_FOUND,
-                generation_id=-1,
-                protocol_type=None,
-                protocol_name=None if v >= 7 else "",
-                leader="",
-                member_id=req.member_id,
-                members=[],
-            )
-        result = await coordinator.join_group(
+        args = dict(
             group_id=req.group_id,
             member_id=req.member_id,
             group_instance_id=req.group_instance_id if v >= 5 else None,
@@ -206,9 +195,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
             rebalance_timeout_ms=req.rebalance_timeout_ms if v >= 1 else -1,
             protocol_type=req.protocol_type,
             protocols=[(p.name, bytes(p.metadata)) for p in req.protocols],
-            supports_skip_assignment=v >= 9,
-            reason=req.reason if v >= 8 else None,
         )
+        if req.group_id and coordinator.is_mixed_target(req.group_id):
+            # a consumer (KIP-848) group with members: the broker drives classic members
+            result = await coordinator.mixed_join(**args)
+        else:
+            result = await coordinator.join_group(
+                **args,
+                supports_skip_assignment=v >= 9,
+                reason=req.reason if v >= 8 else None,
+            )
         protocol_name = result.protocol_name
         if protocol_name is None and v < 7:
             protocol_name = ""
@@ -230,15 +226,20 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def sync_group(ctx: RequestContext, req: SyncGroupRequest) -> SyncGroupResponse:
         v = ctx.api_version
-        result = await coordinator.sync_group(
+        args = dict(
             group_id=req.group_id,
             generation_id=req.generation_id,
             member_id=req.member_id,
             group_instance_id=req.group_instance_id if v >= 3 else None,
             protocol_type=req.protocol_type if v >= 5 else None,
             protocol_name=req.protocol_name if v >= 5 else None,
-            assignments={a.member_id: bytes(a.assignment) for a in req.assignments},
         )
+        if req.group_id in coordinator.consumer_groups and coordinator.coordinates(req.group_id):
+            result = coordinator.mixed_sync(**args)  # the assignment is the broker's
+        else:
+            result = await coordinator.sync_group(
+                **args, assignments={a.member_id: bytes(a.assignment) for a in req.assignments}
+            )
         return SyncGroupResponse(
             error_code=result.error,
             protocol_type=result.protocol_type if v >= 5 and not result.error else None,
@@ -247,7 +248,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
         )
 
     async def heartbeat(ctx: RequestContext, req: HeartbeatRequest) -> HeartbeatResponse:
-        code = coordinator.heartbeat(
+        beat = (
+            coordinator.mixed_heartbeat
+            if req.group_id in coordinator.consumer_groups and coordinator.coordinates(req.group_id)
+            else coordinator.heartbeat
+        )
+        code = beat(
             req.group_id,
             req.generation_id,
             req.member_id,
@@ -256,13 +262,18 @@ def register(d: Dispatcher, broker: Broker) -> None:
         return HeartbeatResponse(error_code=code)
 
     async def leave_group(ctx: RequestContext, req: LeaveGroupRequest) -> LeaveGroupResponse:
+        leaving = (
+            [(req.member_id, None)]
+            if ctx.api_version < 3
+            else [(m.member_id, m.group_instance_id) for m in req.members]
+        )
+        if req.group_id in coordinator.consumer_groups and coordinator.coordinates(req.group_id):
+            top, results = await coordinator.mixed_leave(req.group_id, leaving)
+        else:
+            top, results = coordinator.leave_group(req.group_id, leaving)
         if ctx.api_version < 3:
-            top, results = coordinator.leave_group(req.group_id, [(req.member_id, None)])
             code = top or (results[0][2] if results else 0)
             return LeaveGroupResponse(error_code=code)
-        top, results = coordinator.leave_group(
-            req.group_id, [(m.member_id, m.group_instance_id) for m in req.members]
-        )
         return LeaveGroupResponse(
             error_code=top,
             members=[

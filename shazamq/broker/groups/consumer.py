@@ -12,8 +12,9 @@ changed its subscription, or a subscribed topic changed partitions.
 
 Every change is written to ``__consumer_offsets`` as Kafka's consumer group records
 (:mod:`.consumer_records`) before the heartbeat is answered, and loading replays them.
-A member that stops heartbeating for ``groups.consumer_session_timeout_ms``, or does not
-revoke partitions within its rebalance timeout, is removed (fenced).
+A member that stops heartbeating for its session timeout (the group's
+``consumer.session.timeout.ms``, else ``groups.consumer_session_timeout_ms``), or does
+not revoke partitions within its rebalance timeout, is removed (fenced).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from . import consumer_records as cr
+from . import consumer_settings as cs
 from .assignors import ASSIGNORS, Assignment
 from .consumer_group import ConsumerGroup, ConsumerMember, MemberState
 from .offsets_store import append_error_code, commit_replication_error
@@ -159,16 +161,30 @@ class ConsumerGroupsMixin:
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         def partition_for(self, group_id: str) -> int: ...
         async def _replication(self, appended: Appended | None) -> int: ...
+        def _upgrade(self, classic: Group, records: list[Record]) -> str | None: ...
+        def _maybe_downgrade(self, group: ConsumerGroup, records: list[Record]) -> None: ...
 
     # -- configuration ----------------------------------------------------------------
 
-    @property
-    def _session_ms(self) -> int:
-        return int(getattr(self.config, "consumer_session_timeout_ms", 45000))
+    def _group_settings(self, group_id: str) -> dict[str, str]:
+        share = getattr(self.broker, "share", None)
+        return share.consumer_overrides(group_id) if share is not None else {}
 
-    @property
-    def _interval_ms(self) -> int:
-        return int(getattr(self.config, "consumer_heartbeat_interval_ms", 5000))
+    def _session_ms(self, group_id: str) -> int:
+        """The group's consumer.session.timeout.ms, else the broker's."""
+        default = int(getattr(self.config, "consumer_session_timeout_ms", 45000))
+        return int(self._group_settings(group_id).get(cs.SESSION_TIMEOUT, default))
+
+    def _member_session_ms(self, group: ConsumerGroup, member: ConsumerMember) -> int:
+        """A classic member keeps the session timeout it joined with."""
+        if member.classic is not None:
+            return member.classic.session_timeout_ms
+        return self._session_ms(group.group_id)
+
+    def _interval_ms(self, group_id: str) -> int:
+        """The group's consumer.heartbeat.interval.ms, else the broker's."""
+        default = int(getattr(self.config, "consumer_heartbeat_interval_ms", 5000))
+        return int(self._group_settings(group_id).get(cs.HEARTBEAT_INTERVAL, default))
 
     # -- topics -----------------------------------------------------------------------
 
@@ -240,6 +256,7 @@ class ConsumerGroupsMixin:
             m.subscribed_topic_regex,
             m.rebalance_timeout_ms,
             m.server_assignor,
+            m.classic,
         )
         key = cr.encode_consumer_key(cr.MEMBER_METADATA, g.group_id, m.member_id)
         return key, cr.encode_member_metadata(value)
@@ -336,12 +353,17 @@ class ConsumerGroupsMixin:
             return _fail(status)
         classic = self.groups.get(gid)
         share = getattr(self.broker, "share", None)
-        if (classic is not None and classic.members) or (
-            share is not None and share.is_share_group(gid)
-        ):
+        if share is not None and share.is_share_group(gid):
             return _fail(_E.GROUP_ID_NOT_FOUND, f"Group {gid} is not a consumer group.")
-        group = self.consumer_groups.get(gid)
         records: list[Record] = []
+        if classic is not None and classic.members:
+            # a classic group with members: joined by a consumer-protocol member, it
+            # becomes a consumer group if the migration policy allows (mixed.py)
+            why = None if a.member_epoch == 0 else "it is a classic group"
+            why = why or self._upgrade(classic, records)
+            if why is not None:
+                return _fail(_E.GROUP_ID_NOT_FOUND, f"Group {gid} is not a consumer group: {why}.")
+        group = self.consumer_groups.get(gid)
         if a.member_epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
             return await self._leave(group, a, records)
         bump = False
@@ -439,19 +461,7 @@ class ConsumerGroupsMixin:
             if changed:
                 records.append(self._rec_member(group, member))
         member.last_heartbeat = time.monotonic()
-        subs, topic_meta = self._subscriptions(group)
-        if topic_meta != group.subscribed_metadata:
-            group.subscribed_metadata = topic_meta
-            bump = True
-        if bump:
-            group.group_epoch += 1
-            records.append(self._rec_epoch(group))
-        if group.group_epoch > group.target_epoch:
-            for mid in group.compute_target(
-                topic_meta, subs, group.preferred_assignor(DEFAULT_ASSIGNOR)
-            ):
-                records.append(self._rec_target(group, mid))
-            records.append(self._rec_target_epoch(group))
+        self._advance(group, bump, records)
         owned = self._flat_names(a.owned) if a.owned is not None else None
         changed_assignment = group.reconcile(member, owned)
         if changed_assignment or joined:
@@ -477,9 +487,26 @@ class ConsumerGroupsMixin:
             None,
             member.member_id,
             member.member_epoch,
-            self._interval_ms,
+            self._interval_ms(gid),
             self._ids(member.assigned) if send else None,
         )
+
+    def _advance(self, group: ConsumerGroup, bump: bool, records: list[Record]) -> None:
+        """Move the group epoch if ``bump`` or the subscribed topics changed, and compute
+        the target assignment of a new group epoch."""
+        subs, topic_meta = self._subscriptions(group)
+        if topic_meta != group.subscribed_metadata:
+            group.subscribed_metadata = topic_meta
+            bump = True
+        if bump:
+            group.group_epoch += 1
+            records.append(self._rec_epoch(group))
+        if group.group_epoch > group.target_epoch:
+            for mid in group.compute_target(
+                topic_meta, subs, group.preferred_assignor(DEFAULT_ASSIGNOR)
+            ):
+                records.append(self._rec_target(group, mid))
+            records.append(self._rec_target_epoch(group))
 
     def _flat_names(self, owned: list[tuple[uuid.UUID, list[int]]] | None) -> set[TopicPartition]:
         return {(t, p) for t, ps in self._names(owned or []).items() for p in ps}
@@ -515,10 +542,15 @@ class ConsumerGroupsMixin:
         return HeartbeatResult(0, None, member.member_id, a.member_epoch, 0, None)
 
     def _remove_consumer_member(self, group: ConsumerGroup, member: ConsumerMember) -> list[Record]:
+        """Remove a member; when the last consumer-protocol member of a mixed group goes,
+        the classic members left form a classic group again (policy permitting)."""
         self._cancel_member_timer(member)
         group.remove(member.member_id)
         group.group_epoch += 1
-        return [*self._tombstones(group, member.member_id), self._rec_epoch(group)]
+        records = [*self._tombstones(group, member.member_id), self._rec_epoch(group)]
+        if not member.is_classic:
+            self._maybe_downgrade(group, records)
+        return records
 
     # -- clocks -----------------------------------------------------------------------
 
@@ -531,14 +563,14 @@ class ConsumerGroupsMixin:
     def _schedule_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
         self._cancel_member_timer(member)
         now = time.monotonic()
-        due = member.last_heartbeat + self._session_ms / 1000
+        due = member.last_heartbeat + self._member_session_ms(group, member) / 1000
         if member.revocation_deadline is not None:
             due = min(due, member.revocation_deadline)
         member.timer = asyncio.get_running_loop().call_later(
-            max(due - now, 0.0), self._on_member_timer, group, member
+            max(due - now, 0.0), self._on_consumer_member_timer, group, member
         )
 
-    def _on_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
+    def _on_consumer_member_timer(self, group: ConsumerGroup, member: ConsumerMember) -> None:
         member.timer = None
         if (
             self.consumer_groups.get(group.group_id) is not group
@@ -546,7 +578,7 @@ class ConsumerGroupsMixin:
         ):
             return
         now = time.monotonic()
-        expired = now >= member.last_heartbeat + self._session_ms / 1000
+        expired = now >= member.last_heartbeat + self._member_session_ms(group, member) / 1000
         late = member.revocation_deadline is not None and now >= member.revocation_deadline
         if not expired and not late:
             self._schedule_member_timer(group, member)
@@ -589,7 +621,8 @@ class ConsumerGroupsMixin:
         if member is None:
             return int(_E.UNKNOWN_MEMBER_ID)
         if member_epoch != member.member_epoch:
-            return int(_E.STALE_MEMBER_EPOCH)
+            # a classic member commits with its generation, which is its member epoch
+            return int(_E.ILLEGAL_GENERATION if member.is_classic else _E.STALE_MEMBER_EPOCH)
         return 0
 
     def consumer_fetch_error(self, group_id: str, member_id: str | None, member_epoch: int) -> int:
@@ -601,7 +634,7 @@ class ConsumerGroupsMixin:
         if member is None:
             return int(_E.UNKNOWN_MEMBER_ID)
         if member_epoch != member.member_epoch:
-            return int(_E.STALE_MEMBER_EPOCH)
+            return int(_E.ILLEGAL_GENERATION if member.is_classic else _E.STALE_MEMBER_EPOCH)
         return 0
 
     def delete_consumer_group(self, group_id: str) -> int | None:
@@ -650,6 +683,7 @@ class ConsumerGroupsMixin:
                     subscribed_topic_regex=value.subscribed_topic_regex,
                     rebalance_timeout_ms=value.rebalance_timeout_ms,
                     server_assignor=value.server_assignor,
+                    classic=value.classic,
                 )
                 current = recs.get((cr.CURRENT_ASSIGNMENT, mid))
                 if isinstance(current, cr.CurrentAssignmentValue):

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from .assignors import Assignment, MemberSpec, assign
+from .consumer_records import ClassicMetadata
 
 __all__ = ["ConsumerGroup", "ConsumerMember", "MemberState", "Reconciled"]
 
@@ -50,6 +51,8 @@ class ConsumerMember:
     subscribed_topic_regex: str | None = None
     rebalance_timeout_ms: int = 300000
     server_assignor: str | None = None
+    # set for a member that speaks the classic protocol (JoinGroup/SyncGroup/Heartbeat)
+    classic: ClassicMetadata | None = None
     member_epoch: int = 0
     previous_member_epoch: int = -1
     state: MemberState = MemberState.STABLE
@@ -59,6 +62,10 @@ class ConsumerMember:
     last_heartbeat: float = field(default_factory=time.monotonic)
     revocation_deadline: float | None = None
     timer: asyncio.TimerHandle | None = None
+
+    @property
+    def is_classic(self) -> bool:
+        return self.classic is not None
 
     def owned(self) -> set[TopicPartition]:
         """Partitions this member may still be consuming: assigned or being revoked."""
@@ -108,6 +115,14 @@ class ConsumerGroup:
             if m.member_epoch != self.target_epoch or m.state != MemberState.STABLE:
                 return "Reconciling"
         return "Stable"
+
+    def waiting_on_unreleased(self, member: ConsumerMember) -> bool:
+        """Whether a partition of the member's target is still held by another member."""
+        for t, ps in self.target.get(member.member_id, {}).items():
+            for p in ps:
+                if self.owners.get((t, p), member.member_id) != member.member_id:
+                    return True
+        return False
 
     def preferred_assignor(self, default: str) -> str:
         """The assignor most members ask for (ties: by name), else ``default``."""

@@ -7,7 +7,9 @@ Keys are Kafka's non-flexible coordinator keys: an int16 record type, then the g
 * 4 ConsumerGroupPartitionMetadata ``group`` (Kafka before 4.1; read and ignored)
 * 5 ConsumerGroupMemberMetadata ``group, member`` -> ``instance_id nstr, rack_id nstr,
   client_id str, client_host str, subscribed_topic_names [str], subscribed_topic_regex
-  nstr, rebalance_timeout_ms int32, server_assignor nstr`` (tag 0: classic metadata)
+  nstr, rebalance_timeout_ms int32, server_assignor nstr`` and, for a member that speaks
+  the classic protocol (a mixed group during an online upgrade), tag 0:
+  ``session_timeout_ms int32, supported_protocols [name str, metadata bytes]``
 * 6 ConsumerGroupTargetAssignmentMetadata ``group`` -> ``assignment_epoch int32``
 * 7 ConsumerGroupTargetAssignmentMember ``group, member`` -> ``[topic_id uuid,
   partitions [int32]]``
@@ -33,6 +35,7 @@ from .offsets_codec import GroupRecordError, _end, _guard
 
 __all__ = [
     "CONSUMER_KEY_TYPES",
+    "ClassicMetadata",
     "ConsumerKey",
     "CurrentAssignmentValue",
     "MemberMetadataValue",
@@ -71,6 +74,14 @@ class ConsumerKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassicMetadata:
+    """What a classic-protocol member of a consumer group joined with."""
+
+    session_timeout_ms: int
+    protocols: tuple[tuple[str, bytes], ...]  # (name, metadata), in preference order
+
+
+@dataclass(frozen=True, slots=True)
 class MemberMetadataValue:
     instance_id: str | None
     rack_id: str | None
@@ -80,6 +91,7 @@ class MemberMetadataValue:
     subscribed_topic_regex: str | None
     rebalance_timeout_ms: int
     server_assignor: str | None
+    classic: ClassicMetadata | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +168,51 @@ def encode_member_metadata(v: MemberMetadataValue) -> bytes:
     p.write_compact_nullable_string(out, v.subscribed_topic_regex)
     p.write_int32(out, v.rebalance_timeout_ms)
     p.write_compact_nullable_string(out, v.server_assignor)
-    return _finish(out)
+    if v.classic is None:
+        return _finish(out)
+    tagged = bytearray()
+    p.write_int32(tagged, v.classic.session_timeout_ms)
+    p.write_compact_array_length(tagged, len(v.classic.protocols))
+    for name, metadata in v.classic.protocols:
+        p.write_compact_string(tagged, name)
+        p.write_compact_bytes(tagged, metadata)
+        p.write_uvarint(tagged, 0)
+    p.write_uvarint(tagged, 0)
+    p.write_uvarint(out, 1)  # one tagged field: tag 0, its size, the struct
+    p.write_uvarint(out, 0)
+    p.write_uvarint(out, len(tagged))
+    out += tagged
+    return bytes(out)
+
+
+def _read_classic(buf: memoryview, o: int) -> tuple[ClassicMetadata, int]:
+    session, o = p.read_int32(buf, o)
+    n, o = _count(buf, o)
+    protocols = []
+    for _ in range(n):
+        name, o = p.read_compact_string(buf, o)
+        metadata, o = p.read_compact_bytes(buf, o)
+        o = p.skip_tagged_fields(buf, o)
+        protocols.append((name, bytes(metadata)))
+    o = p.skip_tagged_fields(buf, o)
+    return ClassicMetadata(session, tuple(protocols)), o
+
+
+def _read_member_tags(buf: memoryview, o: int) -> tuple[ClassicMetadata | None, int]:
+    """The tagged fields of a member metadata value: tag 0 is read, others skipped."""
+    classic = None
+    count, o = p.read_uvarint(buf, o)
+    for _ in range(count):
+        tag, o = p.read_uvarint(buf, o)
+        size, o = p.read_uvarint(buf, o)
+        if size > len(buf) - o:
+            raise GroupRecordError(f"tagged field {tag} of {size} bytes overruns the value")
+        if tag == 0:
+            classic, end = _read_classic(buf[: o + size], o)
+            if end != o + size:
+                raise GroupRecordError("classic member metadata does not fill its tagged field")
+        o += size
+    return classic, o
 
 
 def _write_partitions(out: bytearray, parts: Mapping[uuid.UUID, list[int]]) -> None:
@@ -237,7 +293,9 @@ def decode_consumer_value(
             regex, o = p.read_compact_nullable_string(buf, o)
             rebalance_timeout, o = p.read_int32(buf, o)
             assignor, o = p.read_compact_nullable_string(buf, o)
-            result = MemberMetadataValue(
+            classic, o = _read_member_tags(buf, o)
+            _end(f"consumer group value of type {kind}", buf, o)
+            return MemberMetadataValue(
                 instance_id,
                 rack_id,
                 client_id,
@@ -246,6 +304,7 @@ def decode_consumer_value(
                 regex,
                 rebalance_timeout,
                 assignor,
+                classic,
             )
         elif kind == TARGET_MEMBER:
             result, o = _read_partitions(buf, o)

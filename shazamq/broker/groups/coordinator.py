@@ -1,6 +1,7 @@
 """The group coordinator: the front of consumer groups and their committed offsets.
 
-The protocol lives in two mixins: :mod:`.membership` (JoinGroup, SyncGroup, Heartbeat,
+The protocol lives in mixins: :mod:`.consumer` (KIP-848), :mod:`.mixed` (classic members
+in consumer groups, conversions), :mod:`.membership` (JoinGroup, SyncGroup, Heartbeat,
 LeaveGroup and the timers that expel dead members) and :mod:`.offsets` (commits, fetches,
 deletion, retention, transactional offsets). This module adds what spans both: which
 groups this broker coordinates and loading them from ``__consumer_offsets``, stopping,
@@ -42,6 +43,7 @@ from .consumer_group import ConsumerGroup
 from .group import Group, GroupState, JoinResult, Member, SyncResult
 from .internal_topic import Appended, replicated
 from .membership import MembershipMixin
+from .mixed import MixedGroupsMixin
 from .offsets import FetchedOffset, OffsetCommit, OffsetsMixin
 from .offsets_codec import GroupMetadataValue
 from .offsets_store import OFFSETS_TOPIC, LoadedPartition, OffsetsStore, append_error_code
@@ -114,7 +116,7 @@ class GroupDescription:
     members: tuple[MemberDescription, ...]
 
 
-class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin):
+class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, MixedGroupsMixin):
     """Every consumer group of the broker and their committed offsets."""
 
     def __init__(self, broker: Broker) -> None:
@@ -419,8 +421,19 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin):
         status = self._key_status(group_id)
         if status:
             return GroupDescription(group_id, status, "", "", "", ())
-        if group_id in self.consumer_groups:
+        mixed = self.mixed_members(group_id)
+        if mixed is None and group_id in self.consumer_groups:
             return GroupDescription(group_id, int(_E.GROUP_ID_NOT_FOUND), "", "", "", ())
+        if mixed is not None:  # a consumer group with classic members: all described
+            state, protocol, described = mixed
+            return GroupDescription(
+                group_id,
+                0,
+                state,
+                CONSUMER_GROUP_TYPE,
+                protocol,
+                tuple(MemberDescription(*m) for m in described),
+            )
         group = self.groups.get(group_id)
         if group is None:
             return GroupDescription(group_id, 0, GroupState.DEAD.value, "", "", ())

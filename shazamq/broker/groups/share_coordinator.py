@@ -33,6 +33,7 @@ from shazamq.broker.log import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError, control_record_of, iter_batches
 
+from . import consumer_settings as cs
 from .share_group import (
     GroupSettingError,
     ShareDefaults,
@@ -133,6 +134,14 @@ class ShareCoordinator:
             heartbeat_interval_ms=cfg.share_heartbeat_interval_ms,
             max_record_locks=cfg.share_partition_max_record_locks,
         )
+        self.consumer_defaults = cs.ConsumerDefaults(
+            session_timeout_ms=cfg.consumer_session_timeout_ms,
+            min_session_timeout_ms=cfg.consumer_min_session_timeout_ms,
+            max_session_timeout_ms=cfg.consumer_max_session_timeout_ms,
+            heartbeat_interval_ms=cfg.consumer_heartbeat_interval_ms,
+            min_heartbeat_interval_ms=cfg.consumer_min_heartbeat_interval_ms,
+            max_heartbeat_interval_ms=cfg.consumer_max_heartbeat_interval_ms,
+        )
         self.store = ShareStateStore(
             broker.partitions,
             cfg.share_state_topic_num_partitions,
@@ -209,12 +218,24 @@ class ShareCoordinator:
         return effective(self.defaults, self.overrides.get(group_id, {}))
 
     def describe_settings(self, group_id: str) -> list[tuple[str, str, bool]]:
-        """(name, value, is default) of every share setting of the group."""
+        """(name, value, is default) of every setting of the group: its consumer group
+        settings and its share group settings, one set per group as in Kafka."""
         own = self.overrides.get(group_id, {})
+        defaults = {
+            **cs.defaults_as_strings(self.consumer_defaults),
+            **defaults_as_strings(self.defaults),
+        }
         return [
             (name, own.get(name, default), name not in own)
-            for name, default in sorted(defaults_as_strings(self.defaults).items())
+            for name, default in sorted(defaults.items())
         ]
+
+    def consumer_overrides(self, group_id: str) -> dict[str, str]:
+        """The group's ``consumer.*`` overrides (read by the consumer group coordinator)."""
+        own = self.overrides.get(group_id)
+        if not own:
+            return {}
+        return {k: v for k, v in own.items() if cs.is_consumer_setting(k)}
 
     async def alter_settings(
         self, group_id: str, changes: list[tuple[str, str | None]], validate_only: bool
@@ -227,13 +248,27 @@ class ShareCoordinator:
         for name, value in changes:
             if value is None:
                 new.pop(name, None)
-                if name not in defaults_as_strings(self.defaults):
-                    raise KafkaError(_E.INVALID_CONFIG, f"{name} is not a share group setting")
+                if name not in defaults_as_strings(self.defaults) and not cs.is_consumer_setting(
+                    name
+                ):
+                    raise KafkaError(_E.INVALID_CONFIG, f"{name} is not a group setting")
             else:
                 new[name] = value
+        known = (*cs.SETTING_NAMES, *defaults_as_strings(self.defaults))
+        for name in new:
+            if name not in known:
+                raise KafkaError(
+                    _E.INVALID_CONFIG,
+                    f"{name} is not a group setting; known: {', '.join(sorted(known))}",
+                )
+        consumer = {k: v for k, v in new.items() if cs.is_consumer_setting(k)}
+        share = {k: v for k, v in new.items() if not cs.is_consumer_setting(k)}
         try:
-            new = validate_settings(self.defaults, new)
-        except GroupSettingError as exc:
+            new = {
+                **cs.validate(self.consumer_defaults, consumer),
+                **validate_settings(self.defaults, share),
+            }
+        except (GroupSettingError, cs.ConsumerSettingError) as exc:
             raise KafkaError(_E.INVALID_CONFIG, str(exc)) from None
         if validate_only:
             return
