@@ -58,10 +58,29 @@ def _nonempty(value: str) -> str | None:
 # its origin; producers may not write while it is set. Clients cannot set or change it;
 # deleting it (IncrementalAlterConfigs DELETE) promotes the topic.
 MIRROR_SOURCE = "shazamq.mirror.source"
+# A promotion under way: the marker's value gets this suffix (the copy stops at once,
+# producers still may not write) until every partition's leader has ended the copy there;
+# then the marker goes.
+MIRROR_PROMOTING = ";promoting"
+
+
+def is_promoting(mark: str) -> bool:
+    return mark.endswith(MIRROR_PROMOTING)
+
+
+def promoting(mark: str) -> str:
+    """The marker of a topic whose promotion is under way."""
+    return mark if is_promoting(mark) else mark + MIRROR_PROMOTING
 
 
 def mirror_read_only_message(topic: str, mark: str) -> str:
     """The error producers get for a mirrored topic."""
+    if is_promoting(mark):
+        return (
+            f"topic {topic} is being promoted from a read-only mirror of "
+            f"{mark.removesuffix(MIRROR_PROMOTING)}; it is writable once every partition's "
+            "copy has ended"
+        )
     return (
         f"topic {topic} is a read-only mirror of {mark}; promote it (delete its "
         f"{MIRROR_SOURCE} setting) to write to it"
@@ -69,21 +88,28 @@ def mirror_read_only_message(topic: str, mark: str) -> str:
 
 
 def check_client_change(
-    name: str, old: Mapping[str, str], new: Mapping[str, str], *, replace: bool
+    name: str,
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+    *,
+    replace: bool,
+    promote_in_steps: bool = False,
 ) -> dict[str, str]:
     """The configs to store after a client's change of ``old`` into ``new``.
 
     A client may delete the mirror marker (promotion) but never set or change it; a whole
-    replacement (AlterConfigs, which names every setting) keeps it. Raises
-    InvalidConfigError.
+    replacement (AlterConfigs, which names every setting) keeps it. With
+    ``promote_in_steps`` (a broker that mirrors) the deleted marker turns into its
+    promoting form: the mirror service ends the copy of every partition and then removes
+    it. Raises InvalidConfigError.
     """
     before, after = old.get(MIRROR_SOURCE), new.get(MIRROR_SOURCE)
     if after is not None and after != before:
         raise InvalidConfigError(
             MIRROR_SOURCE, f"is set by mirroring only, not by clients (topic {name})"
         )
-    if replace and before is not None and after is None:
-        return {**new, MIRROR_SOURCE: before}
+    if before is not None and after is None and (replace or promote_in_steps):
+        return {**new, MIRROR_SOURCE: before if replace else promoting(before)}
     return dict(new)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from kafka_helpers import RawClient, make_topic
 from mirror_helpers import batches, mirror_settings, wait_until
 from test_mirror_ops import metric
 
+from shazamq.broker.topic_configs import MIRROR_SOURCE
 from shazamq.protocol.messages.list_offsets_request import (
     ListOffsetsPartition,
     ListOffsetsRequest,
@@ -80,7 +82,9 @@ def _control_batches(port: int) -> list[int]:
     return out
 
 
-def test_open_source_transaction_is_aborted_once_on_promotion(broker_factory) -> None:
+def _mirror_with_open_source_transaction(broker_factory):
+    """A source whose transaction stays open, and its mirror holding the open records:
+    (source, mirror, the source's transactional producer)."""
     source = broker_factory()
     make_topic(source.bootstrap, TOPIC, 1)
     plain = Producer({"bootstrap.servers": source.bootstrap})
@@ -113,7 +117,11 @@ def test_open_source_transaction_is_aborted_once_on_promotion(broker_factory) ->
         "copy of the open transaction",
     )
     assert _latest(mirror.port, 1) == 1  # the LSO: the open transaction starts at 1
+    return source, mirror, txp
 
+
+def test_open_source_transaction_is_aborted_once_on_promotion(broker_factory) -> None:
+    source, mirror, txp = _mirror_with_open_source_transaction(broker_factory)
     mirror.stop()
     mirror.settings.update(
         mirror_settings(
@@ -172,3 +180,44 @@ def test_open_source_transaction_is_aborted_once_on_promotion(broker_factory) ->
     # the source's transaction is untouched there
     assert _latest(source.port, 1) == 1
     txp.abort_transaction(30)
+
+
+def test_promotion_by_deleting_the_marker_aborts_as_promoted_topics_does(broker_factory):
+    """IncrementalAlterConfigs DELETE of the marker is a promotion like ``promoted_topics``:
+    the answer comes once the topic is writable, with the source's open transaction
+    aborted by one marker; a restart aborts nothing more."""
+    _source, mirror, txp = _mirror_with_open_source_transaction(broker_factory)
+    admin = AdminClient({"bootstrap.servers": mirror.bootstrap})
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        TOPIC,
+        incremental_configs=[
+            ConfigEntry(MIRROR_SOURCE, None, incremental_operation=AlterConfigOpType.DELETE)
+        ],
+    )
+    admin.incremental_alter_configs([res])[res].result(30)
+    local = Producer({"bootstrap.servers": mirror.bootstrap})
+    local.produce(TOPIC, value=b"local-0", partition=0)
+    assert local.flush(30) == 0
+    assert (_latest(mirror.port, 0), _latest(mirror.port, 1)) == (6, 6)
+    assert _control_batches(mirror.port) == [4]
+    got = _committed_values(mirror.bootstrap, 2)
+    assert got == [(0, b"before"), (5, b"local-0")]
+    assert metric(mirror.metrics_port, "shazamq_mirror_promotion_aborts_total", source="src") == 1
+    assert not _topic_configs(admin).get(MIRROR_SOURCE)
+
+    mirror.restart()
+    wait_until(
+        lambda: metric(mirror.metrics_port, "shazamq_mirror_source_state", state="connected"),
+        60,
+        "mirror service refreshed after the restart",
+    )
+    assert metric(mirror.metrics_port, "shazamq_mirror_promotion_aborts_total", source="src") == 0
+    assert _control_batches(mirror.port) == [4]
+    txp.abort_transaction(30)
+
+
+def _topic_configs(admin: AdminClient) -> dict[str, str]:
+    res = ConfigResource(ConfigResource.Type.TOPIC, TOPIC)
+    entries = admin.describe_configs([res])[res].result(15)
+    return {k: e.value for k, e in entries.items()}
