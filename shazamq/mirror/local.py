@@ -57,7 +57,7 @@ class LocalBroker:
         self._txn = txn
         # single broker: partitions of topics being promoted whose copy has ended (the
         # cluster keeps these in its metadata, where every broker and a new leader see them)
-        self._sealed: set[TopicPartition] = set()
+        self._sealed: dict[TopicPartition, int] = {}
 
     @property
     def cluster_id(self) -> str:
@@ -189,25 +189,39 @@ class LocalBroker:
         return t is not None and index in t.mirror_sealed
 
     async def seal(self, p: Partition) -> None:
-        """Record durably that the copy of ``p`` (led here) has ended; in a cluster under
-        this leader's epoch, so a deposed leader's seal is refused. Raises KafkaError."""
+        """Record that the copy of ``p`` (led here) has ended, with its log end (the
+        promotion point); in a cluster durably, under this leader's epoch, so a deposed
+        leader's seal is refused (a single broker that restarts seals again, finding
+        nothing open). Raises KafkaError."""
         cluster = self._parts.cluster
         if cluster is None:
-            self._sealed.add((p.topic, p.index))
+            self._sealed[(p.topic, p.index)] = p.log.log_end_offset
             return
         t = cluster.state.topics.get(p.topic)
         if t is None or p.replica is None:
             raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{p.topic}-{p.index}")
         code = await cluster.propose(
             records.SealMirrorPartition(
-                topic_id=t.topic_id, partition=p.index, leader_epoch=p.replica.leader_epoch
+                topic_id=t.topic_id,
+                partition=p.index,
+                leader_epoch=p.replica.leader_epoch,
+                offset=p.log.log_end_offset,
             )
         )
         if code:
             raise KafkaError(code, f"sealing {p.topic}-{p.index} was refused")
 
+    def promotion_points(self, name: str) -> dict[int, int]:
+        """Partition -> the log end at which its leader sealed it (every batch below is
+        the source's), for the sealed partitions of ``name``."""
+        cluster = self._parts.cluster
+        if cluster is None:
+            return {i: end for (t, i), end in self._sealed.items() if t == name}
+        t = cluster.state.topics.get(name)
+        return {} if t is None else dict(t.mirror_sealed)
+
     def forget_seals(self, name: str) -> None:
-        self._sealed = {tp for tp in self._sealed if tp[0] != name}
+        self._sealed = {tp: end for tp, end in self._sealed.items() if tp[0] != name}
 
     # -- topics ------------------------------------------------------------------------
 

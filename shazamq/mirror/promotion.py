@@ -27,7 +27,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shazamq.broker.topic_configs import MIRROR_PROMOTING, MIRROR_SOURCE, promoting
+from shazamq.broker.topic_configs import (
+    MIRROR_PROMOTED_AT,
+    MIRROR_PROMOTING,
+    MIRROR_SOURCE,
+    promoting,
+)
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 from .selection import MirrorMark
@@ -156,13 +161,24 @@ class Promotions:
                 self._drop(name, index)
                 if await self._abort_open(p, source):
                     await local.seal(p)
+                    log.info(
+                        "mirror %s: %s-%d: the copy ended at offset %d",
+                        source,
+                        name,
+                        index,
+                        p.log.log_end_offset,
+                    )
             if not local.manages_topics:
                 continue
             info = local.topic(name)
             if info is None or info.configs.get(MIRROR_SOURCE) != mark:
                 continue
             if all(local.sealed(name, i) for i in range(info.partitions)):
+                points = local.promotion_points(name)
                 configs = {k: v for k, v in info.configs.items() if k != MIRROR_SOURCE}
+                configs[MIRROR_PROMOTED_AT] = ",".join(
+                    str(points.get(i, -1)) for i in range(info.partitions)
+                )
                 await local.set_configs(name, configs)
                 local.forget_seals(name)
                 log.info(

@@ -141,6 +141,9 @@ class SealMirrorPartition(_Record, tag="seal_mirror_partition"):
     topic_id: str
     partition: int
     leader_epoch: int
+    # the partition's log end then: below it every batch is the source's (the promotion
+    # point, kept with the promoted topic)
+    offset: int
 
 
 class AllocateProducerIds(_Record, tag="allocate_producer_ids"):

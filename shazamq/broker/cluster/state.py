@@ -69,9 +69,9 @@ class TopicState(msgspec.Struct, kw_only=True):
     configs: dict[str, str] = msgspec.field(default_factory=dict)
     internal: bool = False
     partitions: list[PartitionInfo] = msgspec.field(default_factory=list)
-    # partitions whose mirror copy was ended by their leader (a promotion under way);
-    # defaulted: snapshots taken before promotions were sealed still restore
-    mirror_sealed: list[int] = msgspec.field(default_factory=list)
+    # partition -> promotion point, for the partitions whose mirror copy was ended by
+    # their leader (a promotion under way); defaulted: older snapshots still restore
+    mirror_sealed: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -511,7 +511,7 @@ class ClusterState:
         if rec.leader_epoch != t.partitions[rec.partition].leader_epoch:
             return ErrorCode.FENCED_LEADER_EPOCH
         if rec.partition not in t.mirror_sealed:
-            t.mirror_sealed = sorted([*t.mirror_sealed, rec.partition])
+            t.mirror_sealed = {**t.mirror_sealed, rec.partition: rec.offset}
             self._changes.topics.add(t.topic_id)
         return 0
 
