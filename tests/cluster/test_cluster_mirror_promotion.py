@@ -7,11 +7,14 @@ different brokers (so most by brokers that are not the controller, which adminis
 topic). A client deletes the marker (IncrementalAlterConfigs); the answer comes once the
 topic is writable. Then every partition holds exactly one ABORT marker, read_committed
 reaches the high watermark, local records land after it, and a restart of every broker
-aborts nothing more. In the end every replica holds the same batches.
+aborts nothing more. And when a partition's leader freezes before the promotion, the
+topic stays read-only until the partition's new leader has done its part. In the end
+every replica holds the same batches, one ABORT marker per partition.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -27,7 +30,7 @@ from confluent_kafka.admin import (
 from shazamq.broker.topic_configs import MIRROR_SOURCE
 from shazamq.protocol.records import iter_batches
 
-from .conftest import ClusterFactory, free_ports
+from .conftest import Cluster, ClusterFactory, free_ports
 from .replicas_on_disk import read_replica
 from .test_cluster_basic import (
     FAST_CLUSTER,
@@ -95,9 +98,9 @@ def marker(bootstrap: str) -> str | None:
     return entry.value if entry is not None and entry.value else None
 
 
-def test_promotion_aborts_every_partitions_open_source_transaction_once(
-    cluster_factory: ClusterFactory,
-) -> None:
+def mirror_with_open_transaction(cluster_factory: ClusterFactory) -> tuple[Cluster, Any]:
+    """Three brokers mirroring a source whose transaction stays open in every partition,
+    copied; the partitions led by different brokers. (cluster, the source's producer)"""
     src_port = free_ports(1)[0]
     roots: list[str] = []
 
@@ -143,8 +146,12 @@ def test_promotion_aborts_every_partitions_open_source_transaction_once(
     controller = admin(cluster.bootstrap).list_topics(timeout=5).controller_id
     leaders = {p: leader for p, (leader, _r, _i) in topic_state(cluster.bootstrap, TOPIC).items()}
     assert any(leader != controller for leader in leaders.values()), (controller, leaders)
+    return cluster, txp
 
-    # promoted by a client: answered once writable (or, on a slow machine, soon after)
+
+def promote(bootstrap: str) -> None:
+    """A client deletes the marker; answered once writable (or, on a slow machine, soon
+    after: the promotion goes on)."""
     res = ConfigResource(
         ConfigResource.Type.TOPIC,
         TOPIC,
@@ -152,12 +159,19 @@ def test_promotion_aborts_every_partitions_open_source_transaction_once(
             ConfigEntry(MIRROR_SOURCE, None, incremental_operation=AlterConfigOpType.DELETE)
         ],
     )
-    client = admin(cluster.bootstrap)
+    client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 60_000})
     try:
-        client.incremental_alter_configs([res])[res].result(60)
+        client.incremental_alter_configs([res], request_timeout=50)[res].result(60)
     except KafkaException as exc:
         assert "under way" in str(exc), exc
-    wait_for(lambda: marker(cluster.bootstrap) is None, 60, "the marker removed")
+    wait_for(lambda: marker(bootstrap) is None, 90, "the marker removed")
+
+
+def test_promotion_aborts_every_partitions_open_source_transaction_once(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster, txp = mirror_with_open_transaction(cluster_factory)
+    promote(cluster.bootstrap)
 
     # every partition: one ABORT marker at offset 3, read_committed not stuck
     assert ends(cluster.bootstrap, False) == dict.fromkeys(range(PARTITIONS), 4)
@@ -178,6 +192,49 @@ def test_promotion_aborts_every_partitions_open_source_transaction_once(
     assert ends(cluster.bootstrap, True) == dict.fromkeys(range(PARTITIONS), 5)
     logs = "".join(b.log_text() for b in cluster)
     assert logs.count(ABORTED) == PARTITIONS
+
+    cluster.stop_all()
+    for part in range(PARTITIONS):
+        raws = [read_replica(b.data_dir, TOPIC, part)[1] for b in cluster]
+        assert raws[0] == raws[1] == raws[2], f"partition {part}: replicas differ"
+        controls = [
+            h.base_offset for raw in raws[0] for _pos, h in iter_batches(raw) if h.is_control
+        ]
+        assert controls == [3], (part, controls)
+    txp.abort_transaction(30)
+
+
+def test_promotion_waits_for_a_frozen_leader_to_be_replaced(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """The leader of a partition (not the controller) freezes before the promotion: the
+    topic stays read-only until the partition's new leader has aborted its open
+    transaction; the old leader, back, holds the same log."""
+    cluster, txp = mirror_with_open_transaction(cluster_factory)
+    controller = admin(cluster.bootstrap).list_topics(timeout=5).controller_id
+    leaders = {p: leader for p, (leader, _r, _i) in topic_state(cluster.bootstrap, TOPIC).items()}
+    part, frozen = next((p, b) for p, b in sorted(leaders.items()) if b != controller)
+    cluster.broker(frozen).sigstop()
+    rest = ",".join(b.bootstrap for b in cluster if b.node_id != frozen)
+    try:
+        promote(rest)
+        state = topic_state(rest, TOPIC)
+        assert state[part][0] not in (frozen, -1), state
+        assert ends(rest, False) == dict.fromkeys(range(PARTITIONS), 4)
+        assert ends(rest, True) == dict.fromkeys(range(PARTITIONS), 4)
+    finally:
+        cluster.broker(frozen).sigcont()
+    wait_for(lambda: fully_replicated(cluster.bootstrap, TOPIC, PARTITIONS), 90, "healed")
+    local = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for p in range(PARTITIONS):
+        local.produce(TOPIC, value=b"local-%d" % p, partition=p)
+    assert local.flush(30) == 0
+    got = committed_values(cluster.bootstrap, 2 * PARTITIONS)
+    assert got == {p: [(0, b"before-%d" % p), (4, b"local-%d" % p)] for p in range(PARTITIONS)}
+    wait_for(
+        lambda: ends(cluster.bootstrap, False) == dict.fromkeys(range(PARTITIONS), 5), 30, "hw"
+    )
+    time.sleep(2)  # the followers' last fetch
 
     cluster.stop_all()
     for part in range(PARTITIONS):
