@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 from shazamq.broker.topic_configs import (
     MIRROR_PROMOTED_AT,
-    MIRROR_PROMOTING,
     MIRROR_SOURCE,
     promoting,
 )
@@ -149,7 +148,7 @@ class Promotions:
             if info is None or mark is None:
                 continue
             try:
-                source = MirrorMark.parse(mark.removesuffix(MIRROR_PROMOTING)).source
+                source = MirrorMark.parse(mark).source
             except ValueError:
                 source = ""
             for index in range(info.partitions):

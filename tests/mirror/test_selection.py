@@ -14,6 +14,7 @@ from shazamq.broker.topic_configs import (
     MIRROR_SOURCE,
     check_client_change,
     is_promoting,
+    promoting,
     promotion_points,
 )
 from shazamq.mirror.selection import Decision, GroupSelector, MirrorMark, TopicSelector
@@ -112,3 +113,11 @@ def test_clients_may_only_delete_the_mirror_settings() -> None:
     assert promotion_points("3,-1,0") == (3, -1, 0)
     with pytest.raises(ValueError):
         promotion_points("3,x")
+
+
+def test_a_source_topic_being_promoted_there_is_still_recognised_as_a_loop() -> None:
+    mark = MirrorMark("back", "orders", "here-id")
+    assert MirrorMark.parse(promoting(mark.encode())) == mark
+    s = TopicSelector()
+    decided = s.decide("orders", source_mark=promoting(mark.encode()), local_cluster_id="here-id")
+    assert decided is Decision.LOOP
