@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from shazamq.broker.log.errors import InvalidConfigError
 from shazamq.broker.log.log_config import CONFIG_DEFS, LogConfig
@@ -58,10 +59,53 @@ def _nonempty(value: str) -> str | None:
 # its origin; producers may not write while it is set. Clients cannot set or change it;
 # deleting it (IncrementalAlterConfigs DELETE) promotes the topic.
 MIRROR_SOURCE = "shazamq.mirror.source"
+# A promotion under way: the marker's value gets this suffix (the copy stops at once,
+# producers still may not write) until every partition's leader has ended the copy there;
+# then the marker goes.
+MIRROR_PROMOTING = ";promoting"
+
+
+# Set on a promoted topic, for good: per partition (comma-separated, by index) the offset
+# where its copy ended. Producer state below it is the source producers'; a local producer
+# that turns out to hold one of their ids is refused there (see produce).
+MIRROR_PROMOTED_AT = "shazamq.mirror.promoted_at"
+_CLIENT_READ_ONLY = (MIRROR_SOURCE, MIRROR_PROMOTED_AT)
+
+
+@lru_cache(maxsize=256)
+def promotion_points(value: str) -> tuple[int, ...]:
+    """The offsets of a ``shazamq.mirror.promoted_at`` value; ValueError if malformed."""
+    points = tuple(int(v) for v in value.split(","))
+    if any(p < -1 for p in points):
+        raise ValueError(value)
+    return points
+
+
+def _promotion_points(value: str) -> str | None:
+    try:
+        promotion_points(value)
+    except ValueError:
+        return "must be offsets separated by commas"
+    return None
+
+
+def is_promoting(mark: str) -> bool:
+    return mark.endswith(MIRROR_PROMOTING)
+
+
+def promoting(mark: str) -> str:
+    """The marker of a topic whose promotion is under way."""
+    return mark if is_promoting(mark) else mark + MIRROR_PROMOTING
 
 
 def mirror_read_only_message(topic: str, mark: str) -> str:
     """The error producers get for a mirrored topic."""
+    if is_promoting(mark):
+        return (
+            f"topic {topic} is being promoted from a read-only mirror of "
+            f"{mark.removesuffix(MIRROR_PROMOTING)}; it is writable once every partition's "
+            "copy has ended"
+        )
     return (
         f"topic {topic} is a read-only mirror of {mark}; promote it (delete its "
         f"{MIRROR_SOURCE} setting) to write to it"
@@ -69,22 +113,36 @@ def mirror_read_only_message(topic: str, mark: str) -> str:
 
 
 def check_client_change(
-    name: str, old: Mapping[str, str], new: Mapping[str, str], *, replace: bool
+    name: str,
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+    *,
+    replace: bool,
+    promote_in_steps: bool = False,
 ) -> dict[str, str]:
     """The configs to store after a client's change of ``old`` into ``new``.
 
     A client may delete the mirror marker (promotion) but never set or change it; a whole
-    replacement (AlterConfigs, which names every setting) keeps it. Raises
-    InvalidConfigError.
+    replacement (AlterConfigs, which names every setting) keeps it. With
+    ``promote_in_steps`` (a broker that mirrors) the deleted marker turns into its
+    promoting form: the mirror service ends the copy of every partition and then removes
+    it. The promotion points of a promoted topic are kept the same way, and may be
+    deleted (which ends the refusal of producers whose ids the source's used there).
+    Raises InvalidConfigError.
     """
-    before, after = old.get(MIRROR_SOURCE), new.get(MIRROR_SOURCE)
-    if after is not None and after != before:
-        raise InvalidConfigError(
-            MIRROR_SOURCE, f"is set by mirroring only, not by clients (topic {name})"
-        )
-    if replace and before is not None and after is None:
-        return {**new, MIRROR_SOURCE: before}
-    return dict(new)
+    for key in _CLIENT_READ_ONLY:
+        after = new.get(key)
+        if after is not None and after != old.get(key):
+            raise InvalidConfigError(
+                key, f"is set by mirroring only, not by clients (topic {name})"
+            )
+    out = dict(new)
+    if replace and MIRROR_PROMOTED_AT in old:
+        out[MIRROR_PROMOTED_AT] = old[MIRROR_PROMOTED_AT]
+    before = old.get(MIRROR_SOURCE)
+    if before is not None and MIRROR_SOURCE not in new and (replace or promote_in_steps):
+        out[MIRROR_SOURCE] = before if replace else promoting(before)
+    return out
 
 
 BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
@@ -133,6 +191,15 @@ BROKER_TOPIC_SETTINGS: dict[str, BrokerTopicSetting] = {
             "Set on a mirrored topic by the broker: <source>:<topic>@<source cluster id>. "
             "Producers may not write while it is set; deleting it promotes the topic.",
             _nonempty,
+        ),
+        BrokerTopicSetting(
+            MIRROR_PROMOTED_AT,
+            "string",
+            "",
+            "Set on a promoted mirror by the broker: per partition, the offset where the "
+            "copy ended. A local producer whose id a source producer used below it is "
+            "refused (UNKNOWN_PRODUCER_ID) and takes a new id.",
+            _promotion_points,
         ),
     )
 }

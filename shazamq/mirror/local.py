@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from shazamq.broker.cluster import records
 from shazamq.broker.groups.group import GroupState
 from shazamq.broker.groups.offsets import OffsetCommit
-from shazamq.broker.topic_configs import MIRROR_SOURCE
+from shazamq.broker.topic_configs import MIRROR_SOURCE, is_promoting
 from shazamq.protocol.errors import ErrorCode, KafkaError
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ class LocalBroker:
         self._groups = groups
         self._cluster_id = cluster_id
         self._txn = txn
+        # single broker: partitions of topics being promoted whose copy has ended (the
+        # cluster keeps these in its metadata, where every broker and a new leader see them)
+        self._sealed: dict[TopicPartition, int] = {}
 
     @property
     def cluster_id(self) -> str:
@@ -159,6 +162,66 @@ class LocalBroker:
             first = a.current_txn_start_offset
             out.append(AbortedTxn(a.producer_id, a.producer_epoch, first, code))
         return out
+
+    # -- promotion ---------------------------------------------------------------------
+
+    def promoting_topics(self) -> list[str]:
+        """Topics whose promotion is under way (the marker in its promoting form)."""
+        return [
+            name
+            for name, info in self._parts.metadata.topics.items()
+            if is_promoting(info.configs.get(MIRROR_SOURCE, ""))
+        ]
+
+    def on_topics_changed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after topics or their configs changed (cluster only: a
+        single broker's changes are its own)."""
+        cluster = self._parts.cluster
+        if cluster is not None:
+            cluster.on_topics_changed.append(lambda _changed, _deleted: listener())
+
+    def sealed(self, name: str, index: int) -> bool:
+        """Whether the leader of the partition has ended its copy (a promotion)."""
+        cluster = self._parts.cluster
+        if cluster is None:
+            return (name, index) in self._sealed
+        t = cluster.state.topics.get(name)
+        return t is not None and index in t.mirror_sealed
+
+    async def seal(self, p: Partition) -> None:
+        """Record that the copy of ``p`` (led here) has ended, with its log end (the
+        promotion point); in a cluster durably, under this leader's epoch, so a deposed
+        leader's seal is refused (a single broker that restarts seals again, finding
+        nothing open). Raises KafkaError."""
+        cluster = self._parts.cluster
+        if cluster is None:
+            self._sealed[(p.topic, p.index)] = p.log.log_end_offset
+            return
+        t = cluster.state.topics.get(p.topic)
+        if t is None or p.replica is None:
+            raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{p.topic}-{p.index}")
+        code = await cluster.propose(
+            records.SealMirrorPartition(
+                topic_id=t.topic_id,
+                partition=p.index,
+                leader_epoch=p.replica.leader_epoch,
+                offset=p.log.log_end_offset,
+            )
+        )
+        if code:
+            raise KafkaError(code, f"sealing {p.topic}-{p.index} was refused")
+
+    def promotion_points(self, name: str) -> dict[int, int]:
+        """Partition -> the log end at which its leader sealed it (every batch below is
+        the source's), for the sealed partitions of ``name``."""
+        cluster = self._parts.cluster
+        if cluster is None:
+            return {i: end for (t, i), end in self._sealed.items() if t == name}
+        t = cluster.state.topics.get(name)
+        return {} if t is None else dict(t.mirror_sealed)
+
+    def forget_seals(self, name: str) -> None:
+        self._sealed = {tp: end for tp, end in self._sealed.items() if tp[0] != name}
 
     # -- topics ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from shazamq.broker.cluster.metadata import MAX_TOPIC_NAME
+from shazamq.broker.topic_configs import MIRROR_PROMOTING
 
 __all__ = ["Decision", "GroupSelector", "MirrorMark", "TopicSelector"]
 
@@ -31,8 +32,9 @@ class MirrorMark:
 
     @classmethod
     def parse(cls, value: str) -> MirrorMark:
-        """The mark in ``value``; ValueError if it is not one."""
-        head, at, cluster_id = value.rpartition("@")
+        """The mark in ``value`` (also in its promoting form); ValueError if it is not
+        one."""
+        head, at, cluster_id = value.removesuffix(MIRROR_PROMOTING).rpartition("@")
         source, colon, topic = head.partition(":")
         if not (at and colon and source and topic) or "@" in topic:
             raise ValueError(f"{value!r} is not <source>:<topic>@<cluster id>")

@@ -37,13 +37,14 @@ from prometheus_client.core import Metric
 from shazamq.broker.cluster.client import BrokerConnectionError, ClientPool
 from shazamq.broker.log.log_config import CONFIG_DEFS
 from shazamq.broker.tasks import cancel_all
-from shazamq.broker.topic_configs import MIRROR_SOURCE
+from shazamq.broker.topic_configs import MIRROR_SOURCE, is_promoting
 from shazamq.config import MirrorConfig, MirrorSource
 from shazamq.protocol.errors import KafkaError
 
 from .copier import Copy, FetchSession
 from .groups import GroupOffsetSync
 from .local import LocalBroker
+from .promotion import PROMOTION_WAIT_S, Promotions
 from .selection import Decision, GroupSelector, MirrorMark, TopicSelector
 from .source import (
     SourceCluster,
@@ -88,10 +89,12 @@ class SourceMirror:
         config: MirrorSource,
         local: LocalBroker,
         source: SourceCluster,
+        promotions: Promotions,
     ) -> None:
         self.config = config
         self.local = local
         self.source = source
+        self.promotions = promotions
         self.stats = SourceStats(config.name)
         self.selector = TopicSelector(
             config.topic_whitelist,
@@ -255,70 +258,20 @@ class SourceMirror:
             self._drop(key)
 
     async def _promote(self) -> None:
-        """Every broker stops copying the partitions of promoted topics it leads and
-        aborts the source transactions left open in them; then the topic administrator
-        removes the mirror marker, which makes the topic writable. The marker goes only
-        once every abort here is in, so until then no local producer writes to the topic
-        and every transaction open in it came from the source; after it, the markers are
-        in the log and a restart finds nothing open to abort."""
+        """The topic administrator starts the promotion of this source's topics named in
+        ``promoted_topics``; ``Promotions`` carries it through on every broker."""
+        if not self.local.manages_topics:
+            return
         for local_name in self.config.promoted_topics:
             mark = self.local.mark_of(local_name)
-            info = self.local.topic(local_name)
-            if mark is None or info is None:
+            if mark is None or is_promoting(mark):
                 continue
             try:
                 origin = MirrorMark.parse(mark)
             except ValueError:
                 continue
-            if origin.source != self.config.name:
-                continue
-            if not await self._end_copy(local_name, info.partitions):
-                continue  # the marker stays; tried again at the next refresh
-            if not self.local.manages_topics:
-                continue
-            configs = {k: v for k, v in info.configs.items() if k != MIRROR_SOURCE}
-            await self.local.set_configs(local_name, configs)
-            log.info(
-                "mirror %s: topic %s promoted: no longer copied from %s, writable",
-                self.config.name,
-                local_name,
-                origin.topic,
-            )
-
-    async def _end_copy(self, local_name: str, partitions: int) -> bool:
-        """Stop copying the partitions of ``local_name`` led here and abort the
-        transactions open in them (their markers will never be copied); False if a
-        marker could not be written."""
-        done = True
-        for index in range(partitions):
-            key = (local_name, index)
-            if key in self.copies:
-                self._drop(key)
-            p = self.local.partition(local_name, index)
-            if p is None or not self.local.leads(p):
-                continue
-            for t in await self.local.abort_open_transactions(p):
-                if t.error_code:
-                    done = False
-                    self._note(
-                        f"abort:{local_name}:{index}:{t.producer_id}",
-                        f"{local_name}-{index}: cannot abort the open transaction of source "
-                        f"producer {t.producer_id} (first offset {t.first_offset}): error "
-                        f"{t.error_code}; the topic stays a mirror until it can",
-                    )
-                    continue
-                self.stats.promotion_aborts += 1
-                log.warning(
-                    "mirror %s: %s-%d promoted with the transaction of source producer %d "
-                    "(epoch %d, first offset %d) still open: aborted",
-                    self.config.name,
-                    local_name,
-                    index,
-                    t.producer_id,
-                    t.producer_epoch,
-                    t.first_offset,
-                )
-        return done
+            if origin.source == self.config.name:
+                await self.promotions.request(local_name)
 
     def _copied_configs(self, topic: str, src: Mapping[str, str]) -> dict[str, str]:
         out = {}
@@ -368,6 +321,10 @@ class SourceMirror:
             )
         else:
             have = info.configs.get(MIRROR_SOURCE)
+            if have is not None and is_promoting(have):
+                for key in [k for k in self.copies if k[0] == local_name]:
+                    self._drop(key)
+                return None  # its copy is ending (see promotion.py)
             if have is None:
                 if local_name not in self.config.promoted_topics:
                     self._note(
@@ -466,6 +423,14 @@ class MirrorService:
         self.local = local
         self.client_id = client_id
         self.sources: list[SourceMirror] = []
+        self.promotions = Promotions(
+            local,
+            interval_s=min(
+                (s.metadata_refresh_interval_ms / 1000 for s in config.sources), default=5.0
+            ),
+            stats_of=self._stats_of,
+            drop=self._drop,
+        )
 
     async def start(self) -> None:
         """Connect nothing yet, but load every source's TLS files and password first.
@@ -480,7 +445,8 @@ class MirrorService:
             cluster = SourceCluster(
                 src, ssl_context=ssl_context, sasl=sasl, client_id=self.client_id
             )
-            self.sources.append(SourceMirror(src, self.local, cluster))
+            self.sources.append(SourceMirror(src, self.local, cluster, self.promotions))
+        self.promotions.start()
         for m in self.sources:
             m.start()
         log.info(
@@ -490,7 +456,22 @@ class MirrorService:
         )
 
     async def stop(self) -> None:
+        await self.promotions.stop()
         await asyncio.gather(*(m.stop() for m in self.sources), return_exceptions=True)
+
+    async def promoted(self, name: str, timeout: float = PROMOTION_WAIT_S) -> None:
+        """Wait for a promotion a client asked for (the marker deleted): see
+        ``Promotions.promoted``."""
+        self.promotions.wake()
+        await self.promotions.promoted(name, timeout)
+
+    def _stats_of(self, source: str) -> SourceStats | None:
+        return next((m.stats for m in self.sources if m.config.name == source), None)
+
+    def _drop(self, name: str, index: int) -> None:
+        for m in self.sources:
+            if (name, index) in m.copies:
+                m._drop((name, index))
 
     def probe(self) -> Iterable[Metric]:
         return probe(m.stats for m in self.sources)

@@ -472,3 +472,29 @@ def test_acls_create_delete_and_survive_a_snapshot() -> None:
     assert apply(s, r.DeleteAcl(**fields)) == 0  # gone already
     assert [a.resource_name for a in s.acls] == ["pay"]
     assert r.decode(r.encode(r.DeleteAcl(**fields))) == r.DeleteAcl(**fields)
+
+
+def test_mirror_seals_are_fenced_by_leader_epoch_and_survive_a_snapshot() -> None:
+    s = registered(3)
+    tid = create(s, "m", [[0, 1, 2], [1, 2, 0]])
+    s.take_changes()
+    epoch = s.topics["m"].partitions[0].leader_epoch
+    seal = r.SealMirrorPartition(topic_id=tid, partition=0, leader_epoch=epoch, offset=7)
+    assert apply(s, seal) == 0
+    assert s.topics["m"].mirror_sealed == {0: 7}
+    assert tid in s.take_changes().topics
+    # sealed once: a later seal of the same partition keeps the first promotion point
+    assert apply(s, msgspec.structs.replace(seal, offset=9)) == 0
+    assert s.topics["m"].mirror_sealed == {0: 7}
+    # a deposed leader's seal is refused
+    assert apply(s, r.FenceBroker(broker_id=1, incarnation="i1")) == 0
+    p1 = s.topics["m"].partitions[1]
+    assert p1.leader != 1 and p1.leader_epoch > 0
+    stale = r.SealMirrorPartition(topic_id=tid, partition=1, leader_epoch=0, offset=3)
+    assert apply(s, stale) == ErrorCode.FENCED_LEADER_EPOCH
+    assert apply(s, r.SealMirrorPartition(topic_id=tid, partition=5, leader_epoch=0, offset=0)) == (
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    )
+    restored = ClusterState()
+    restored.restore(s.snapshot())
+    assert restored.topics["m"].mirror_sealed == {0: 7}

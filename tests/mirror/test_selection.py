@@ -8,6 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shazamq.broker.log.errors import InvalidConfigError
+from shazamq.broker.topic_configs import (
+    MIRROR_PROMOTED_AT,
+    MIRROR_SOURCE,
+    check_client_change,
+    is_promoting,
+    promoting,
+    promotion_points,
+)
 from shazamq.mirror.selection import Decision, GroupSelector, MirrorMark, TopicSelector
 
 topic_names = st.from_regex(r"[a-zA-Z0-9._-]{1,40}", fullmatch=True)
@@ -81,3 +90,34 @@ def test_groups() -> None:
     assert not g.selects("app-test")
     assert not g.selects("app-mirror")
     assert not g.selects("other")
+
+
+def test_clients_may_only_delete_the_mirror_settings() -> None:
+    mark = "src:t@c"
+    old = {MIRROR_SOURCE: mark, "retention.ms": "1"}
+    # a DELETE on a mirroring broker starts the promotion; elsewhere it removes the marker
+    stepped = check_client_change(
+        "t", old, {"retention.ms": "1"}, replace=False, promote_in_steps=True
+    )
+    assert is_promoting(stepped[MIRROR_SOURCE]) and not is_promoting(mark)
+    assert check_client_change("t", old, {"retention.ms": "2"}, replace=False) == {
+        "retention.ms": "2"
+    }
+    # AlterConfigs (a whole replacement) keeps both settings
+    promoted = {MIRROR_PROMOTED_AT: "3,4"}
+    assert check_client_change("t", promoted, {}, replace=True) == promoted
+    assert check_client_change("t", old, {}, replace=True) == {MIRROR_SOURCE: mark}
+    for key, value in ((MIRROR_SOURCE, "x:y@z"), (MIRROR_PROMOTED_AT, "0")):
+        with pytest.raises(InvalidConfigError, match="mirroring only"):
+            check_client_change("t", promoted, {key: value}, replace=False)
+    assert promotion_points("3,-1,0") == (3, -1, 0)
+    with pytest.raises(ValueError):
+        promotion_points("3,x")
+
+
+def test_a_source_topic_being_promoted_there_is_still_recognised_as_a_loop() -> None:
+    mark = MirrorMark("back", "orders", "here-id")
+    assert MirrorMark.parse(promoting(mark.encode())) == mark
+    s = TopicSelector()
+    decided = s.decide("orders", source_mark=promoting(mark.encode()), local_cluster_id="here-id")
+    assert decided is Decision.LOOP

@@ -234,13 +234,23 @@ def register(d: Dispatcher, broker: Broker) -> None:
         if resource_type == TOPIC:
             assert new is not None
             info = parts.require_topic(name)
+            mirror = broker.mirror
+            promote = (
+                not replace
+                and topic_configs.MIRROR_SOURCE in info.configs
+                and topic_configs.MIRROR_SOURCE not in new
+            )
             try:
-                new = topic_configs.check_client_change(name, info.configs, new, replace=replace)
+                new = topic_configs.check_client_change(
+                    name, info.configs, new, replace=replace, promote_in_steps=mirror is not None
+                )
                 topic_configs.validate(parts.defaults, new)
             except InvalidConfigError as exc:
                 raise KafkaError(ErrorCode.INVALID_CONFIG, exc.message) from None
             if not validate_only:
                 await parts.set_topic_configs(name, new)
+                if promote and mirror is not None:
+                    await mirror.promoted(name)  # answered once writable
         elif resource_type == BROKER:
             check_broker_resource(name)
             raise KafkaError(

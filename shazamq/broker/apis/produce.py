@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.log.errors import LogError
 from shazamq.broker.partitions import INTERNAL_TOPICS
-from shazamq.broker.topic_configs import MIRROR_SOURCE, mirror_read_only_message
+from shazamq.broker.topic_configs import (
+    MIRROR_PROMOTED_AT,
+    MIRROR_SOURCE,
+    mirror_read_only_message,
+    promotion_points,
+)
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.produce_request import ProduceRequest
 from shazamq.protocol.messages.produce_response import (
@@ -112,6 +117,31 @@ def register(d: Dispatcher, broker: Broker) -> None:
             return None
         return None
 
+    def source_producer_error(
+        p: Partition, records: Any, promoted_at: str
+    ) -> tuple[int, str] | None:
+        """On a promoted mirror: a producer id whose state here is a source producer's
+        (written below the promotion point, under an epoch at least as new) belongs to
+        someone else; its sequences would be checked against theirs (a first batch could
+        even pass as their duplicate). UNKNOWN_PRODUCER_ID makes the client take a new id
+        (idempotent) or a new epoch (transactional), which the log then accepts."""
+        try:
+            points = promotion_points(promoted_at)
+            point = points[p.index] if p.index < len(points) else -1
+            for _pos, h in iter_batches(records):
+                if h.producer_id >= 0 and p.log.producer_state_below(
+                    h.producer_id, h.producer_epoch, point
+                ):
+                    return (
+                        ErrorCode.UNKNOWN_PRODUCER_ID,
+                        f"producer id {h.producer_id} was a producer's of the mirrored source "
+                        f"in {p.topic}-{p.index} (copied below offset {point}); it is not "
+                        "yours here: take a new producer id or epoch",
+                    )
+        except (RecordError, ValueError):
+            return None
+        return None
+
     async def handle(ctx: RequestContext, req: ProduceRequest) -> ProduceResponse | None:
         acks = req.acks
         now = int(time.time() * 1000)
@@ -190,6 +220,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         continue
                     if role is not None and not role.is_leader:  # moved while asking
                         out.append(not_leader(pd.index, name, redirects))
+                        continue
+                promoted_at = p.topic_info.configs.get(MIRROR_PROMOTED_AT)
+                if promoted_at is not None:  # checked right before the append: no await
+                    refusal = source_producer_error(p, records, promoted_at)
+                    if refusal is not None:
+                        out.append(error(pd.index, *refusal))
                         continue
                 try:
                     info = p.log.append(records, leader_epoch=p.leader_epoch, now_ms=now)

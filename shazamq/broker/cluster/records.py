@@ -132,6 +132,20 @@ class Reassign(_Record, tag="reassign"):
     target: list[int] | None
 
 
+class SealMirrorPartition(_Record, tag="seal_mirror_partition"):
+    """The leader of a partition of a topic being promoted from a mirror has ended the
+    copy there (the source's open transactions aborted, on the in-sync replicas); the
+    marker goes once every partition is sealed. Applies only under the leader epoch it
+    names, so a deposed leader's seal is refused."""
+
+    topic_id: str
+    partition: int
+    leader_epoch: int
+    # the partition's log end then: below it every batch is the source's (the promotion
+    # point, kept with the promoted topic)
+    offset: int
+
+
 class AllocateProducerIds(_Record, tag="allocate_producer_ids"):
     """A block of producer ids for one broker; valid only if `start` is still the next free."""
 
@@ -213,6 +227,7 @@ Record = (
     | ElectLeaders
     | Reassign
     | AllocateProducerIds
+    | SealMirrorPartition
     | UpsertScramCredential
     | DeleteScramCredential
     | CreateAcl

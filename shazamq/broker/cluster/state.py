@@ -69,6 +69,9 @@ class TopicState(msgspec.Struct, kw_only=True):
     configs: dict[str, str] = msgspec.field(default_factory=dict)
     internal: bool = False
     partitions: list[PartitionInfo] = msgspec.field(default_factory=list)
+    # partition -> promotion point, for the partitions whose mirror copy was ended by
+    # their leader (a promotion under way); defaulted: older snapshots still restore
+    mirror_sealed: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -499,6 +502,17 @@ class ClusterState:
         if rec.start != self.next_producer_id or rec.count < 1:
             return ErrorCode.INVALID_UPDATE_VERSION
         self.next_producer_id = rec.start + rec.count
+        return 0
+
+    def _on_SealMirrorPartition(self, rec: r.SealMirrorPartition) -> int:
+        t = self.by_id.get(rec.topic_id)
+        if t is None or not 0 <= rec.partition < len(t.partitions):
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        if rec.leader_epoch != t.partitions[rec.partition].leader_epoch:
+            return ErrorCode.FENCED_LEADER_EPOCH
+        if rec.partition not in t.mirror_sealed:
+            t.mirror_sealed = {**t.mirror_sealed, rec.partition: rec.offset}
+            self._changes.topics.add(t.topic_id)
         return 0
 
     def _on_UpsertScramCredential(self, rec: r.UpsertScramCredential) -> int:

@@ -701,6 +701,19 @@ class PartitionLog:
         entry = self._producers.entries.get(producer_id)
         return entry is not None and entry.epoch == epoch and entry.txn_first_offset >= 0
 
+    def producer_state_below(self, producer_id: int, producer_epoch: int, offset: int) -> bool:
+        """Whether a batch of ``producer_id`` at ``producer_epoch`` would be checked against
+        sequences written below ``offset`` under an epoch at least as new: the state of
+        another producer with the same id (a promoted mirror's source producer)."""
+        with self.lock:
+            e = self._producers.entries.get(producer_id)
+            return (
+                e is not None
+                and bool(e.batches)
+                and e.last_offset < offset
+                and producer_epoch <= e.epoch
+            )
+
     def active_producers(self) -> list[ActiveProducer]:
         """A consistent copy of the producer states (for DescribeProducers)."""
         with self.lock:
