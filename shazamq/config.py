@@ -1518,18 +1518,31 @@ class AuthSpec(_Spec):
             raise ValueError("authentication needs secretName")
 
 
+AuthorizationSpec = _derive(
+    AuthorizationConfig,
+    "AuthorizationSpec",
+    "ACLs on the brokers: who may do what, managed with the Kafka admin APIs (CreateAcls). "
+    "Needs auth (the brokers and the operator authenticate with SASL); the operator's own "
+    "user is added to the super users.",
+    keep=("enabled", "super_users", "allow_everyone_if_no_acl_found"),
+)
+
+
 class SecuritySpec(_Spec):
     """Listener security."""
 
     enabled: Annotated[
         bool | None,
         Meta(
-            description="Master switch of tls and auth: false turns both off whatever they "
-            "say; true or unset leaves each to its own enabled."
+            description="Master switch of tls, auth and authorization: false turns them off "
+            "whatever they say; true or unset leaves each to its own enabled."
         ),
     ] = None
     tls: TlsSpec = msgspec.field(default_factory=TlsSpec)
     auth: AuthSpec = msgspec.field(default_factory=AuthSpec)
+    authorization: AuthorizationSpec = msgspec.field(  # type: ignore[valid-type]
+        default_factory=AuthorizationSpec
+    )
 
 
 class ServiceMonitorSpec(_Spec):
@@ -1863,6 +1876,23 @@ class RestoreStatus(_Status, kw_only=True):
     completion_time: str | None = None
 
 
+class DynamicConfigStatus(_Status, kw_only=True):
+    """Settings applied to the running brokers without a restart (IncrementalAlterConfigs)."""
+
+    settings: Annotated[
+        dict[str, str],
+        Meta(description="The settings last changed this way, by their Kafka names."),
+    ] = msgspec.field(default_factory=dict)
+    brokers: Annotated[
+        list[str], Meta(description="Pods running the current dynamic settings.")
+    ] = msgspec.field(default_factory=list)
+    pending: Annotated[
+        list[str], Meta(description="Pods not yet given them (not ready, or not answering).")
+    ] = msgspec.field(default_factory=list)
+    error: Annotated[str | None, Meta(description="Why the last attempt failed, if it did.")] = None
+    last_applied_time: str | None = None
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1883,3 +1913,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     ] = msgspec.field(default_factory=list)
     autoscaling: AutoscalingStatus | None = None
     restore: RestoreStatus | None = None
+    dynamic_config: DynamicConfigStatus | None = None
