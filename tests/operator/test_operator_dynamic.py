@@ -94,7 +94,7 @@ def test_connection_of_each_listener() -> None:
     )
     with pytest.raises(CredentialsError, match="operator-credentials"):
         connection_of(prod, _secret(**{"ca.crt": "CA"}), None)
-    with pytest.raises(CredentialsError, match="neither ca.crt nor tls.crt"):
+    with pytest.raises(CredentialsError, match=r"neither ca\.crt nor tls\.crt"):
         connection_of(prod, _secret(other="x"), _secret(password="pw"))
     with pytest.raises(CredentialsError, match="no key password"):
         connection_of(prod, _secret(**{"ca.crt": "CA"}), _secret(username="u"))

@@ -44,7 +44,9 @@ class FakeReassigner:
         moving, self.pending = set(self.pending), {}
         return moving  # answered once as in progress, then done
 
-    async def submit(self, live: list[tuple[str, int]], moves: dict, connection: object = None) -> None:
+    async def submit(
+        self, live: list[tuple[str, int]], moves: dict, connection: object = None
+    ) -> None:
         self.submitted.append(dict(moves))
         self.pending = dict(moves)
         self.brokers.partitions = [
