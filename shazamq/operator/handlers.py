@@ -618,7 +618,8 @@ async def probe_cluster(
         try:
             connection = await memo.connections(model)
         except (CredentialsError, ApiError) as exc:
-            logging.getLogger("shazamq.operator.roll").warning("Metrics only: %s", exc)
+            # the roll then says what it waits for; a log line every tick would only repeat it
+            logging.getLogger("shazamq.operator.roll").debug("Metrics only: %s", exc)
     return await read_cluster(
         brokers=live,
         metrics_port=model.spec.service.metrics_port,
