@@ -12,10 +12,12 @@ or a bad value fails with one message naming the key.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +42,7 @@ __all__ = [
     "TieredStorageConfig",
     "TransactionsConfig",
     "dump_toml",
+    "dynamic_settings",
     "load_config",
 ]
 
@@ -55,6 +58,12 @@ LimitOrUnlimited = Annotated[int, Meta(ge=-1)]
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the file."""
+
+
+def _dynamic(kafka_name: str) -> dict[str, str]:
+    """The marker of a setting a running broker takes without a restart: its Kafka name,
+    under which IncrementalAlterConfigs on a BROKER resource changes it (`dynamic_settings`)."""
+    return {"dynamic": kafka_name}
 
 
 class _Section(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -129,7 +138,12 @@ class BrokerSection(_Section):
         ),
     ] = 50_000
     message_max_bytes: Annotated[
-        int, Meta(ge=0, description="Largest record batch the broker accepts (message.max.bytes).")
+        int,
+        Meta(
+            ge=0,
+            description="Largest record batch the broker accepts (message.max.bytes).",
+            extra=_dynamic("message.max.bytes"),
+        ),
     ] = 1048588
     socket_request_max_bytes: Annotated[
         int, Meta(ge=1024, description="Largest request frame accepted (socket.request.max.bytes).")
@@ -157,6 +171,7 @@ class BrokerSection(_Section):
             ge=0,
             description="Most client connections at once (max.connections); a new one over "
             "it is closed at once. 0: no cap.",
+            extra=_dynamic("max.connections"),
         ),
     ] = 10_000
     max_connections_per_ip: Annotated[
@@ -165,6 +180,7 @@ class BrokerSection(_Section):
             ge=0,
             description="Most client connections from one address (max.connections.per.ip); "
             "a new one over it is closed at once. 0: no cap.",
+            extra=_dynamic("max.connections.per.ip"),
         ),
     ] = 2_000
     max_incremental_fetch_session_cache_slots: Annotated[
@@ -221,29 +237,77 @@ def check_log_dirs(dirs: tuple[str, ...]) -> None:
 class StorageConfig(_Section):
     """Broker-wide defaults of the segment log; topics may override them."""
 
-    segment_bytes: Annotated[int, Meta(ge=14, description="Roll a segment at this size.")] = (
-        1073741824
-    )
-    segment_ms: Annotated[int, Meta(ge=1, description="Roll a segment after this age.")] = 604800000
+    segment_bytes: Annotated[
+        int,
+        Meta(
+            ge=14, description="Roll a segment at this size.", extra=_dynamic("log.segment.bytes")
+        ),
+    ] = 1073741824
+    segment_ms: Annotated[
+        int,
+        Meta(ge=1, description="Roll a segment after this age.", extra=_dynamic("log.roll.ms")),
+    ] = 604800000
     retention_hours: Annotated[
-        int, Meta(ge=-1, description="Delete segments older than this; -1 keeps forever.")
+        int,
+        Meta(
+            ge=-1,
+            description="Delete segments older than this; -1 keeps forever.",
+            extra=_dynamic("log.retention.hours"),
+        ),
     ] = 168
     retention_ms: (
-        Annotated[int, Meta(ge=-1, description="Overrides retention_hours when set.")] | None
+        Annotated[
+            int,
+            Meta(
+                ge=-1,
+                description="Overrides retention_hours when set.",
+                extra=_dynamic("log.retention.ms"),
+            ),
+        ]
+        | None
     ) = None
     retention_bytes: Annotated[
-        int, Meta(ge=-1, description="Keep at most this many bytes per partition; -1: no limit.")
+        int,
+        Meta(
+            ge=-1,
+            description="Keep at most this many bytes per partition; -1: no limit.",
+            extra=_dynamic("log.retention.bytes"),
+        ),
     ] = -1
-    cleanup_policy: Literal["delete", "compact", "compact,delete", "delete,compact"] = "delete"
-    delete_retention_ms: Annotated[int, Meta(ge=0)] = 86400000
-    min_compaction_lag_ms: Annotated[int, Meta(ge=0)] = 0
-    index_interval_bytes: Annotated[int, Meta(ge=0)] = 4096
+    cleanup_policy: Annotated[
+        Literal["delete", "compact", "compact,delete", "delete,compact"],
+        Meta(extra=_dynamic("log.cleanup.policy")),
+    ] = "delete"
+    delete_retention_ms: Annotated[
+        int, Meta(ge=0, extra=_dynamic("log.cleaner.delete.retention.ms"))
+    ] = 86400000
+    min_compaction_lag_ms: Annotated[
+        int, Meta(ge=0, extra=_dynamic("log.cleaner.min.compaction.lag.ms"))
+    ] = 0
+    index_interval_bytes: Annotated[int, Meta(ge=0, extra=_dynamic("log.index.interval.bytes"))] = (
+        4096
+    )
     flush_messages: (
-        Annotated[int, Meta(ge=1, description="fsync after this many messages; unset: the OS.")]
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="fsync after this many messages; unset: the OS.",
+                extra=_dynamic("log.flush.interval.messages"),
+            ),
+        ]
         | None
     ) = None
     flush_ms: (
-        Annotated[int, Meta(ge=0, description="fsync at least this often; unset: the OS.")] | None
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                description="fsync at least this often; unset: the OS.",
+                extra=_dynamic("log.flush.interval.ms"),
+            ),
+        ]
+        | None
     ) = None
     retention_check_interval_ms: Annotated[int, Meta(ge=100)] = 300000
     cleaner_dedupe_buffer_bytes: Annotated[
@@ -1131,6 +1195,34 @@ def to_builtins(config: Struct) -> dict[str, Any]:
     return out
 
 
+def _dynamic_name(typ: Any) -> str | None:
+    """The Kafka name a field's type is marked dynamic under (`_dynamic`), if any."""
+    for arg in typing.get_args(typ):
+        if isinstance(arg, Meta) and arg.extra and "dynamic" in arg.extra:
+            return str(arg.extra["dynamic"])
+        found = _dynamic_name(arg) if typing.get_args(arg) else None
+        if found is not None:
+            return found
+    return None
+
+
+@functools.cache
+def dynamic_settings() -> dict[str, tuple[str, str]]:
+    """Every setting a running broker takes without a restart: Kafka name -> (section,
+    key) of `BrokerConfig`, from the fields' ``dynamic`` markers (this file's metadata is
+    the one list; the broker applies them, the operator sends them instead of a roll)."""
+    out: dict[str, tuple[str, str]] = {}
+    for section in msgspec.structs.fields(BrokerConfig):
+        model = section.type
+        if not (isinstance(model, type) and issubclass(model, Struct)):
+            continue
+        for f in msgspec.structs.fields(model):
+            name = _dynamic_name(f.type)
+            if name is not None:
+                out[name] = (section.name, f.name)
+    return out
+
+
 def dump_toml(config: BrokerConfig) -> str:
     """Render a BrokerConfig as the TOML the broker loads (the operator's ConfigMap)."""
     import tomli_w
@@ -1477,18 +1569,31 @@ class AuthSpec(_Spec):
             raise ValueError("authentication needs secretName")
 
 
+AuthorizationSpec = _derive(
+    AuthorizationConfig,
+    "AuthorizationSpec",
+    "ACLs on the brokers: who may do what, managed with the Kafka admin APIs (CreateAcls). "
+    "Needs auth (the brokers and the operator authenticate with SASL); the operator's own "
+    "user is added to the super users.",
+    keep=("enabled", "super_users", "allow_everyone_if_no_acl_found"),
+)
+
+
 class SecuritySpec(_Spec):
     """Listener security."""
 
     enabled: Annotated[
         bool | None,
         Meta(
-            description="Master switch of tls and auth: false turns both off whatever they "
-            "say; true or unset leaves each to its own enabled."
+            description="Master switch of tls, auth and authorization: false turns them off "
+            "whatever they say; true or unset leaves each to its own enabled."
         ),
     ] = None
     tls: TlsSpec = msgspec.field(default_factory=TlsSpec)
     auth: AuthSpec = msgspec.field(default_factory=AuthSpec)
+    authorization: AuthorizationSpec = msgspec.field(  # type: ignore[valid-type]
+        default_factory=AuthorizationSpec
+    )
 
 
 class ServiceMonitorSpec(_Spec):
@@ -1822,6 +1927,23 @@ class RestoreStatus(_Status, kw_only=True):
     completion_time: str | None = None
 
 
+class DynamicConfigStatus(_Status, kw_only=True):
+    """Settings applied to the running brokers without a restart (IncrementalAlterConfigs)."""
+
+    settings: Annotated[
+        dict[str, str],
+        Meta(description="The settings last changed this way, by their Kafka names."),
+    ] = msgspec.field(default_factory=dict)
+    brokers: Annotated[
+        list[str], Meta(description="Pods running the current dynamic settings.")
+    ] = msgspec.field(default_factory=list)
+    pending: Annotated[
+        list[str], Meta(description="Pods not yet given them (not ready, or not answering).")
+    ] = msgspec.field(default_factory=list)
+    error: Annotated[str | None, Meta(description="Why the last attempt failed, if it did.")] = None
+    last_applied_time: str | None = None
+
+
 class ShazamqClusterStatus(_Status, kw_only=True):
     """The observed state of a Shazamq cluster, written by the operator."""
 
@@ -1842,3 +1964,4 @@ class ShazamqClusterStatus(_Status, kw_only=True):
     ] = msgspec.field(default_factory=list)
     autoscaling: AutoscalingStatus | None = None
     restore: RestoreStatus | None = None
+    dynamic_config: DynamicConfigStatus | None = None

@@ -58,6 +58,8 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import secrets
@@ -68,8 +70,16 @@ from typing import Any
 import kopf
 
 from shazamq.config import ShazamqClusterSpec
+from shazamq.operator.admin import (
+    AdminError,
+    Connection,
+    alter_broker_configs,
+    describe_broker_configs,
+)
 from shazamq.operator.autoscale import BrokerLoad, Policy, Recommendation, decide
 from shazamq.operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from shazamq.operator.credentials import CredentialsError, connection_of, secrets_needed
+from shazamq.operator.dynamic import classify, desired
 from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
 from shazamq.operator.probe import ProbeError, read_cluster
@@ -83,6 +93,7 @@ from shazamq.operator.resources import (
     Child,
     ClusterModel,
     ModelError,
+    config_of_toml,
     format_scale,
     format_voter_ids,
     voter_ids_of_config,
@@ -105,6 +116,8 @@ ANNOTATION_PREFIX = "shazamq.io"
 DIFFBASE_ANNOTATION = f"{ANNOTATION_PREFIX}/last-handled-configuration"  # Kopf's diff base
 ROLL_ANNOTATION = "shazamq.io/roll"  # the roll's progress (`RollProgress`, JSON)
 PAUSE_ANNOTATION = "shazamq.io/pause-reconcile"  # "true" pauses the roll
+# the digest of the dynamic settings every broker is known to run (`config_step`)
+DYNAMIC_ANNOTATION = "shazamq.io/dynamic-config"
 REVISION_LABEL = "controller-revision-hash"  # set on pods by the StatefulSet controller
 ROLL_INTERVAL = 3.0  # seconds between two roll steps of one cluster
 AUTOSCALE_INTERVAL = 15.0  # seconds between two decisions of one cluster's autoscaler
@@ -155,15 +168,21 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
     memo.autoscalers = {}  # (namespace, name) -> the autoscaler's memory (`_Autoscaler`)
     memo.autoscaling = {}  # (namespace, name) -> status.autoscaling, or None to remove it
     memo.restores = {}  # (namespace, name) -> status.restore as last computed
+    memo.dynamic = {}  # (namespace, name) -> `_DynamicSync`: brokers given the dynamic settings
+    memo.dynamic_status = {}  # (namespace, name) -> status.dynamicConfig as last computed
     if memo.get("clock") is None:
         memo.clock = time.monotonic
     if memo.get("hpa_finder") is None:
         memo.hpa_finder = find_hpa
     memo.contexts = {}  # "post" -> the context of Kopf's handlers (its event poster)
     if memo.get("probe") is None:
-        memo.probe = probe_cluster
+        memo.probe = functools.partial(probe_cluster, memo)
     if memo.get("reassigner") is None:
         memo.reassigner = Reassigner()
+    if memo.get("configurer") is None:
+        memo.configurer = BrokerConfigs()
+    if memo.get("connections") is None:
+        memo.connections = functools.partial(cluster_connection, memo)
     memo.roll_task = asyncio.create_task(roll_loop(memo), name="shazamq-roll")
     port = memo.get("metrics_port")
     memo.metrics_server = None
@@ -229,6 +248,8 @@ def cluster_event(
         memo.autoscalers.pop((namespace, name), None)
         memo.autoscaling.pop((namespace, name), None)
         memo.restores.pop((namespace, name), None)
+        memo.dynamic.pop((namespace, name), None)
+        memo.dynamic_status.pop((namespace, name), None)
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> asyncio.Lock:
@@ -258,6 +279,7 @@ async def reconcile(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
                     model = ClusterModel.from_resource(body)
                 body = await track_scaling(memo, model, body)
                 model = ClusterModel.from_resource(body)
+                await note_config_change(memo, model, body, logger)
                 sts = await apply_children(memo.api, model, body, logger)
             except ModelError as exc:
                 result = "invalid_spec"
@@ -392,6 +414,8 @@ async def apply_children(
 ) -> dict[str, Any] | None:
     """Apply desired state, in order; returns the StatefulSet as the API stored it."""
     await ensure_cluster_secret(api, model, logger)
+    if model.auth_enabled:
+        await ensure_operator_secret(api, model, logger)
     sts = None
     for child in model.children():
         stored = await apply_child(api, model, child, owner, logger)
@@ -410,6 +434,46 @@ async def ensure_cluster_secret(api: Api, model: ClusterModel, logger: logging.L
     secret = model.generate_cluster_secret(secrets.token_urlsafe(32))
     if await api.create(secret) is not None:
         logger.info("Created Secret %s (the cluster secret)", model.cluster_secret_name)
+
+
+async def ensure_operator_secret(api: Api, model: ClusterModel, logger: logging.Logger) -> None:
+    """Create the operator's credentials on this cluster (a random password) unless the
+    Secret exists; never change it (the running brokers know the password it holds)."""
+    secret = model.generate_operator_secret(secrets.token_urlsafe(32))
+    if await api.create(secret) is not None:
+        logger.info("Created Secret %s (the operator's credentials)", model.operator_secret_name)
+
+
+async def note_config_change(
+    memo: kopf.Memo, model: ClusterModel, body: Mapping[str, Any], logger: logging.Logger
+) -> None:
+    """Say what a change of the rendered configuration does: its dynamic settings go to
+    the running brokers (`config_step`), the rest rolls them."""
+    cm = await memo.api.get("v1", "ConfigMap", model.namespace, model.config_map_name)
+    toml = ((cm or {}).get("data") or {}).get(CONFIG_KEY)
+    old = config_of_toml(toml) if isinstance(toml, str) and _owned_by(cm or {}, model.uid) else None
+    if old is None:
+        return
+    change = classify(old, model.config)
+    if change.dynamic:
+        # what the brokers run until `config_step` has given them the new values
+        memo.dynamic.setdefault((model.namespace, model.name), _DynamicSync(dynamic_digest(old)))
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(change.dynamic.items()))
+        logger.info("Dynamic settings changed: %s", settings)
+        kopf.event(
+            body,
+            type="Normal",
+            reason="ConfigChanged",
+            message=f"Applied to the running brokers without a restart: {settings}",
+        )
+    if change.restart:
+        keys = ", ".join(change.restart[:5]) + (" ..." if len(change.restart) > 5 else "")
+        kopf.event(
+            body,
+            type="Normal",
+            reason="ConfigChanged",
+            message=f"The brokers are rolled for: {keys}",
+        )
 
 
 # Kinds of the Prometheus Operator, which may not be served, and the spec field asking for each.
@@ -495,6 +559,7 @@ async def refresh_status(
         mirror_sources=memo.mirrors.get((model.namespace, model.name)),
         autoscaling=memo.autoscaling.get((model.namespace, model.name), ...),
         restore=memo.restores.get((model.namespace, model.name), ...),
+        dynamic_config=memo.dynamic_status.get((model.namespace, model.name), ...),
     )
     await _write_status(memo, body, status, previous)
 
@@ -532,17 +597,34 @@ def _without_kopf(status: Mapping[str, Any]) -> dict[str, Any]:
 # -- rolling restarts -----------------------------------------------------------------------
 
 
+async def cluster_connection(memo: kopf.Memo, model: ClusterModel) -> Connection:
+    """How the operator logs in to `model`'s listener (`shazamq.operator.credentials`),
+    from the Secrets it names; CredentialsError when one is missing. Tests put their own
+    in ``memo.connections``."""
+    api: Api = memo.api
+    tls_name, auth_name = secrets_needed(model)
+    tls = await api.get("v1", "Secret", model.namespace, tls_name) if tls_name else None
+    auth = await api.get("v1", "Secret", model.namespace, auth_name) if auth_name else None
+    return connection_of(model, tls, auth)
+
+
 async def probe_cluster(
-    model: ClusterModel, live: list[tuple[int, str]], partitions: bool
+    memo: kopf.Memo, model: ClusterModel, live: list[tuple[int, str]], partitions: bool
 ) -> ClusterView:
     """The cluster's view of itself (`shazamq.operator.probe`); tests put their own in
-    ``memo.probe``."""
-    plaintext = not (model.config.security.tls.enabled or model.config.security.sasl.enabled)
+    ``memo.probe``. Without credentials (a Secret missing) only the metrics are read."""
+    connection: Connection | None = None
+    if partitions:
+        try:
+            connection = await memo.connections(model)
+        except (CredentialsError, ApiError) as exc:
+            # the roll then says what it waits for; a log line every tick would only repeat it
+            logging.getLogger("shazamq.operator.roll").debug("Metrics only: %s", exc)
     return await read_cluster(
         brokers=live,
         metrics_port=model.spec.service.metrics_port,
         kafka_port=model.spec.service.port,
-        plaintext=plaintext,
+        connection=connection,
         default_min_isr=model.spec.replication.min_insync_replicas,
         partitions=partitions,
     )
@@ -561,6 +643,7 @@ async def roll_loop(memo: kopf.Memo) -> None:
                 if body is None:
                     continue
                 await roll_step(copy.deepcopy(body), memo, logger)
+                await config_step(copy.deepcopy(body), memo, logger)
                 await scale_step(copy.deepcopy(body), memo, logger)
                 await autoscale_step(copy.deepcopy(body), memo, logger)
             except ApiError as exc:
@@ -689,6 +772,157 @@ async def _save_progress(api: Api, model: ClusterModel, value: str | None) -> No
     await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
 
 
+# -- dynamic settings -----------------------------------------------------------------------
+
+
+class BrokerConfigs:
+    """Dynamic settings of one broker (`shazamq.operator.admin`); tests put their own in
+    ``memo.configurer``."""
+
+    async def describe(
+        self, connection: Connection, host: str, port: int, broker: int, names: list[str]
+    ) -> dict[str, str]:
+        return await describe_broker_configs(connection, host, port, broker, names)
+
+    async def alter(
+        self, connection: Connection, host: str, port: int, broker: int, settings: dict[str, str]
+    ) -> None:
+        await alter_broker_configs(connection, host, port, broker, settings)
+
+
+@dataclasses.dataclass
+class _DynamicSync:
+    """What one cluster's brokers run of the dynamic settings: `running`, the digest of the
+    settings every broker is known to run; while they lag, `target` and the pods (by uid)
+    given it so far."""
+
+    running: str
+    target: str | None = None
+    synced: set[str] = dataclasses.field(default_factory=set)
+
+
+def dynamic_digest(config: Any) -> str:
+    """The digest of a configuration's dynamic settings (`dynamic.desired`)."""
+    return hashlib.sha256(json.dumps(desired(config), sort_keys=True).encode()).hexdigest()
+
+
+def _pod_uid(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('name')}@{meta.get('creationTimestamp')}")
+
+
+async def _running_digest(api: Api, model: ClusterModel) -> str | None:
+    """The digest of the dynamic settings of the ConfigMap as it is (what the brokers
+    started with, unless it was changed since), if there is one of ours."""
+    cm = await api.get("v1", "ConfigMap", model.namespace, model.config_map_name)
+    toml = ((cm or {}).get("data") or {}).get(CONFIG_KEY)
+    if not isinstance(toml, str) or not _owned_by(cm or {}, model.uid):
+        return None
+    config = config_of_toml(toml)
+    return None if config is None else dynamic_digest(config)
+
+
+async def config_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
+    """Give the running brokers the dynamic settings of the rendered configuration,
+    without a restart (see `shazamq.operator.dynamic`).
+
+    What every broker is known to run is DYNAMIC_ANNOTATION (a digest), or, before any
+    change, what the ConfigMap held when this operator first saw the cluster. Nothing is
+    asked of the brokers while that is what the spec renders. When it is not, each ready
+    broker is asked what it runs (DescribeConfigs) and sent the difference
+    (IncrementalAlterConfigs on its own resource); a broker not ready or not answering is
+    pending, tried again at the next tick. Once every broker has it, the annotation moves
+    on. It is written before the first broker is changed, so an operator restarted
+    mid-way asks every broker again."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        model = ClusterModel.from_resource(body)
+    except ModelError:
+        return
+    key = (model.namespace, model.name)
+    wanted = desired(model.config)
+    target = dynamic_digest(model.config)
+    recorded = (meta.get("annotations") or {}).get(DYNAMIC_ANNOTATION)
+    api: Api = memo.api
+    state: _DynamicSync | None = memo.dynamic.get(key)
+    if state is None:
+        running = recorded or await _running_digest(api, model) or target
+        state = memo.dynamic.setdefault(key, _DynamicSync(running))
+    if state.running == target:
+        return  # the usual case: no lock taken, nothing asked of anyone
+    async with _lock(memo, *key):
+        if state.target != target:
+            state.target, state.synced = target, set()
+        if recorded is None:
+            await _save_annotation(api, model, DYNAMIC_ANNOTATION, state.running)
+        pods = await api.list("v1", "Pod", model.namespace, selector=model.selector)
+        by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
+        names = [f"{model.name}-{i}" for i in range(model.statefulset_replicas)]
+        changed: dict[str, str] = {}
+        updated: list[str] = []
+        error: str | None = None
+        connection: Connection | None = None
+        try:
+            connection = await memo.connections(model)
+        except CredentialsError as exc:
+            error = f"the operator's credentials: {exc}"
+        port = model.spec.service.port
+        for i, name in enumerate(names):
+            pod = by_name.get(name)
+            if connection is None or pod is None or not pod_ready(pod):
+                continue
+            if _pod_uid(pod) in state.synced:
+                continue
+            host = model.advertised_host(i)
+            try:
+                running = await memo.configurer.describe(connection, host, port, i, sorted(wanted))
+                diff = {k: v for k, v in wanted.items() if running.get(k) != v}
+                if diff:
+                    await memo.configurer.alter(connection, host, port, i, diff)
+                    changed.update(diff)
+                    updated.append(name)
+            except AdminError as exc:
+                error = f"{name}: {exc}"
+                continue
+            state.synced.add(_pod_uid(pod))
+        synced = [n for n in names if n in by_name and _pod_uid(by_name[n]) in state.synced]
+        pending = [n for n in names if n not in synced]
+        previous = memo.dynamic_status.get(key) or (body.get("status") or {}).get("dynamicConfig")
+        previous = previous or {}
+        status = {
+            "settings": changed or previous.get("settings") or {},
+            "brokers": synced,
+            "pending": pending,
+            "error": error,
+            "lastAppliedTime": now_iso() if changed else previous.get("lastAppliedTime"),
+        }
+        if changed:
+            settings = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
+            logger.info("Applied %s to %s without a restart", settings, ", ".join(updated))
+            _post_event(
+                memo,
+                body,
+                "Normal",
+                "ConfigApplied",
+                f"Applied {settings} to {', '.join(updated)} without a restart",
+            )
+        if error is not None and error != previous.get("error"):
+            logger.warning("Dynamic settings not applied: %s", error)
+            _post_event(memo, body, "Warning", "ConfigApplyFailed", error)
+        if not pending:
+            await _save_annotation(api, model, DYNAMIC_ANNOTATION, target)
+            state.running, state.target, state.synced = target, None, set()
+        memo.dynamic_status[key] = status
+        await refresh_status(memo, body, model)
+
+
+async def _save_annotation(api: Api, model: ClusterModel, name: str, value: str | None) -> None:
+    patch = {"metadata": {"annotations": {name: value}}}
+    await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
+
+
 # -- scaling with data -----------------------------------------------------------------------
 
 
@@ -696,13 +930,18 @@ class Reassigner:
     """Partition reassignments through the brokers (`shazamq.operator.reassign`); tests put
     their own in ``memo.reassigner``."""
 
-    async def ongoing(self, brokers: list[tuple[str, int]]) -> set[tuple[str, int]]:
-        return await list_reassignments(brokers)
+    async def ongoing(
+        self, brokers: list[tuple[str, int]], connection: Connection
+    ) -> set[tuple[str, int]]:
+        return await list_reassignments(brokers, connection)
 
     async def submit(
-        self, brokers: list[tuple[str, int]], moves: Mapping[tuple[str, int], tuple[int, ...]]
+        self,
+        brokers: list[tuple[str, int]],
+        moves: Mapping[tuple[str, int], tuple[int, ...]],
+        connection: Connection,
     ) -> None:
-        await alter_reassignments(brokers, moves)
+        await alter_reassignments(brokers, moves, connection)
 
 
 async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
@@ -734,24 +973,16 @@ async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logg
         pods = await api.list("v1", "Pod", model.namespace, selector=model.selector)
         ready = {(p.get("metadata") or {}).get("name") for p in pods if pod_ready(p)}
         waiting = [f"{model.name}-{i}" for i in range(size) if f"{model.name}-{i}" not in ready]
-        plaintext = not (model.config.security.tls.enabled or model.config.security.sasl.enabled)
         live = [(model.advertised_host(i), model.spec.service.port) for i in range(size)]
         done = False
         if memo.rolls.get(key):
             state["waitingFor"] = "the rolling restart"
         elif waiting:
             state["waitingFor"] = f"brokers to be ready: {', '.join(waiting)}"
-        elif not plaintext:
-            if to < from_:
-                state["refused"] = (
-                    f"scaling down to {to} needs the departing brokers drained, and the "
-                    "operator cannot reassign partitions over a TLS or SASL listener"
-                )
-            else:
-                done = True  # the new brokers take new partitions only
         else:
             try:
-                moving = await memo.reassigner.ongoing(live)
+                connection = await memo.connections(model)
+                moving = await memo.reassigner.ongoing(live, connection)
                 if moving:
                     state["moving"] = len(moving)
                     state["waitingFor"] = f"{len(moving)} partitions to finish moving"
@@ -764,7 +995,7 @@ async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logg
                     if decision.refused is not None:
                         state["refused"] = f"scaling to {to} brokers is refused: {decision.refused}"
                     elif decision.moves:
-                        await memo.reassigner.submit(live, decision.moves)
+                        await memo.reassigner.submit(live, decision.moves, connection)
                         state["moving"] = len(decision.moves)
                         state["waitingFor"] = f"{len(decision.moves)} partitions to finish moving"
                         _post_event(
@@ -778,6 +1009,8 @@ async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logg
                         done = True
             except (ProbeError, ReassignError) as exc:
                 state["waitingFor"] = f"the cluster to answer ({exc})"
+            except CredentialsError as exc:
+                state["waitingFor"] = f"the operator's credentials ({exc})"
         if done:
             await api.merge_patch(
                 API_VERSION,

@@ -7,10 +7,11 @@ Two sources, both the brokers' public interfaces (never their internals):
   ``shazamq_under_replicated_partitions`` (counted by each partition's leader) sums to the
   cluster's under-replicated partitions;
 - a Kafka admin client (confluent-kafka's AdminClient, run in a thread) against the
-  brokers' listener: every partition's replicas, ISR and leader (Metadata) and every
-  topic's ``min.insync.replicas`` (DescribeConfigs). The operator holds no client
-  credentials (it never reads Secrets), so with TLS or SASL on the listener only the
-  metrics are read and the planner applies its stricter metrics-only rule.
+  brokers' listener, over the operator's `admin.Connection` (the cluster CA with TLS, its
+  own user with SASL): every partition's replicas, ISR and leader (Metadata) and every
+  topic's ``min.insync.replicas`` (DescribeConfigs). When the operator cannot log in (its
+  credentials Secret is missing) only the metrics are read and the planner applies its
+  stricter metrics-only rule.
 
 The same scrape gives each broker's load counters (`load_of()`, for the autoscaler) and
 its report of a restore from the bucket (`shazamq.operator.restore`).
@@ -28,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from shazamq.operator.admin import Connection
 from shazamq.operator.autoscale import BrokerLoad
 from shazamq.operator.restore import RESTORE_METRICS, RestoreProgress, merge, progress_of
 from shazamq.operator.roll import ClusterView, Partition
@@ -169,12 +171,14 @@ async def _scrape(
 
 
 def _admin_read(
-    bootstrap: str, default_min_isr: int
+    bootstrap: str, default_min_isr: int, connection: Connection
 ) -> tuple[Partition, ...]:  # pragma: no cover - runs in a thread, covered end to end
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, **connection.librdkafka()}
+    )
     try:
         md = admin.list_topics(timeout=ADMIN_TIMEOUT)
         topics = {
@@ -200,13 +204,14 @@ async def read_cluster(
     brokers: Sequence[tuple[int, str]],
     metrics_port: int,
     kafka_port: int,
-    plaintext: bool,
+    connection: Connection | None,
     default_min_isr: int,
     partitions: bool = True,
 ) -> ClusterView:
     """The view of the cluster whose live brokers are ``(id, address host)``; raises
     ProbeError when nothing useful could be read. ``partitions=False`` reads the metrics
-    only (the controller, for the status)."""
+    only (the controller, for the status), as does ``connection=None`` (the operator
+    cannot log in to the listener)."""
     if not brokers:
         raise ProbeError("no broker is running")
     timeout = aiohttp.ClientTimeout(total=METRICS_TIMEOUT)
@@ -239,9 +244,11 @@ async def read_cluster(
             under += int(values.get("shazamq_under_replicated_partitions", 0.0))
     mirror = tuple(merge_mirror_sources(mirrors))
     extra = {"loads": tuple(loads), "restore": merge(restores)}
-    if not (plaintext and partitions):
+    if connection is None or not partitions:
         return ClusterView(controller, None, under, mirror, **extra)
     bootstrap = ",".join(f"{host}:{kafka_port}" for _, host in brokers)
     loop = asyncio.get_running_loop()
-    partitions = await loop.run_in_executor(None, _admin_read, bootstrap, default_min_isr)
+    partitions = await loop.run_in_executor(
+        None, _admin_read, bootstrap, default_min_isr, connection
+    )
     return ClusterView(controller, partitions, under, mirror, **extra)

@@ -2,17 +2,18 @@
 
 confluent-kafka's AdminClient (2.16) has neither call, so the operator speaks them with the
 project's own Kafka client (`shazamq.broker.cluster.client.BrokerClient`, the one brokers use
-between themselves), over the plaintext listener, to any live broker: the broker forwards
-the change to the metadata quorum, and the copy is throttled by the brokers'
-``replication.reassignment_throttle_bytes_per_second``. Like the roll's cluster reads, this
-needs a listener without TLS or SASL (the operator holds no client credentials).
+between themselves), over the operator's `admin.Connection` (TLS and its own SASL user
+where the listener has them), to any live broker: the broker forwards the change to the
+metadata quorum, and the copy is throttled by the brokers'
+``replication.reassignment_throttle_bytes_per_second``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from shazamq.broker.cluster.client import BrokerClient, BrokerConnectionError
+from shazamq.broker.cluster.client import BrokerConnectionError
+from shazamq.operator.admin import PLAINTEXT, Connection
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.alter_partition_reassignments_request import (
     AlterPartitionReassignmentsRequest,
@@ -34,11 +35,13 @@ class ReassignError(Exception):
     """A reassignment could not be submitted or listed; the message says why."""
 
 
-async def _ask(brokers: Sequence[tuple[str, int]], api_key: int, message: object) -> object:
+async def _ask(
+    brokers: Sequence[tuple[str, int]], api_key: int, message: object, connection: Connection
+) -> object:
     """The answer of the first live broker of `brokers` that answers."""
     failures = []
     for host, port in brokers:
-        client = BrokerClient(host, port, client_id="shazamq-operator")
+        client = connection.client(host, port)
         try:
             return await client.request(api_key, 0, message, timeout=TIMEOUT)
         except (BrokerConnectionError, OSError) as exc:
@@ -48,9 +51,12 @@ async def _ask(brokers: Sequence[tuple[str, int]], api_key: int, message: object
     raise ReassignError("no broker answered: " + "; ".join(failures or ["no broker"]))
 
 
-async def list_reassignments(brokers: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+async def list_reassignments(
+    brokers: Sequence[tuple[str, int]], connection: Connection = PLAINTEXT
+) -> set[tuple[str, int]]:
     """The partitions whose reassignment is in progress."""
-    resp = await _ask(brokers, _LIST_KEY, ListPartitionReassignmentsRequest(topics=None))
+    request = ListPartitionReassignmentsRequest(topics=None)
+    resp = await _ask(brokers, _LIST_KEY, request, connection)
     code = getattr(resp, "error_code", 0)
     if code:
         raise ReassignError(f"ListPartitionReassignments: {ErrorCode(code).name}")
@@ -58,7 +64,9 @@ async def list_reassignments(brokers: Sequence[tuple[str, int]]) -> set[tuple[st
 
 
 async def alter_reassignments(
-    brokers: Sequence[tuple[str, int]], moves: Mapping[tuple[str, int], Sequence[int]]
+    brokers: Sequence[tuple[str, int]],
+    moves: Mapping[tuple[str, int], Sequence[int]],
+    connection: Connection = PLAINTEXT,
 ) -> None:
     """Submit `moves` (partition -> its new replica list); raise on any refusal."""
     by_topic: dict[str, list[ReassignablePartition]] = {}
@@ -70,7 +78,7 @@ async def alter_reassignments(
         timeout_ms=int(TIMEOUT * 1000),
         topics=[ReassignableTopic(name=t, partitions=ps) for t, ps in by_topic.items()],
     )
-    resp = await _ask(brokers, _ALTER_KEY, request)
+    resp = await _ask(brokers, _ALTER_KEY, request, connection)
     problems = []
     if getattr(resp, "error_code", 0):
         problems.append(f"{ErrorCode(resp.error_code).name}: {resp.error_message}")  # type: ignore[attr-defined]

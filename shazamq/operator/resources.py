@@ -57,8 +57,10 @@ from shazamq.config import (
     parse_config,
     parse_voter,
 )
+from shazamq.operator.admin import OPERATOR_USER
 from shazamq.operator.autoscale import cpu_cores
 from shazamq.operator.crd import API_VERSION, KIND
+from shazamq.operator.dynamic import restart_part
 from shazamq.operator.monitoring import alert_rules, dashboard_json
 
 __all__ = [
@@ -99,6 +101,9 @@ GCS_DIR = "/etc/shazamq/gcs"
 CLUSTER_SECRET_DIR = "/etc/shazamq/cluster"
 MIRROR_DIR = "/etc/shazamq/mirror"  # /<source index>/{credentials,ca,client}
 CLUSTER_SECRET_KEY = "secret"
+OPERATOR_PASSWORD_KEY = "password"  # of the operator's credentials Secret (and `username`)
+# the broker's environment override adding the operator's user to [security.sasl] users
+OPERATOR_USER_ENV = f"SHAZAMQ_SECURITY__SASL__USERS__{OPERATOR_USER.upper()}"
 CLUSTER_SECRET_FILE = f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_KEY}"
 QUORUM_PORT = 9093  # the port of every voter's metadata quorum listener
 MAX_VOTERS = 3  # a new cluster's first pods vote; the others are observers
@@ -256,6 +261,19 @@ class ClusterModel:
         return cluster_secret_name(self.name)
 
     @property
+    def operator_secret_name(self) -> str:
+        """The Secret of the operator's own SASL user on this cluster."""
+        return f"{self.name}-operator-credentials"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return auth_enabled(self.spec)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return tls_enabled(self.spec)
+
+    @property
     def selector_labels(self) -> dict[str, str]:
         return _selector_labels(self.name)
 
@@ -319,7 +337,10 @@ class ClusterModel:
         return dump_toml(self.config)
 
     def config_checksum(self) -> str:
-        return hashlib.sha256(self.config_toml().encode()).hexdigest()
+        """The checksum of what a restart is needed for (the pods' annotation): dynamic
+        settings are left out, so changing only them does not roll the brokers (the
+        operator sends them to the running brokers; see `shazamq.operator.dynamic`)."""
+        return hashlib.sha256(dump_toml(restart_part(self.config)).encode()).hexdigest()
 
     # -- generated objects --------------------------------------------------------------
 
@@ -403,6 +424,12 @@ class ClusterModel:
                 _secret_env(
                     f"{prefix}SECRET_ACCESS_KEY", s3.credentials_secret, "secret-access-key"
                 )
+            )
+        if auth_enabled(spec):
+            # the operator's own user, beside the users file: its password never enters
+            # the ConfigMap
+            env.append(
+                _secret_env(OPERATOR_USER_ENV, self.operator_secret_name, OPERATOR_PASSWORD_KEY)
             )
         for i, source in enumerate(spec.mirror.sources):
             if source.credentials_secret:  # the password is a mounted file (_broker_config)
@@ -550,6 +577,21 @@ class ClusterModel:
             "type": "Opaque",
             "immutable": True,
             "data": {CLUSTER_SECRET_KEY: base64.b64encode(value.encode()).decode()},
+        }
+
+    def generate_operator_secret(self, password: str) -> dict[str, Any]:
+        """The operator's credentials (random `password`, chosen by the caller: created
+        once, never applied again, like the cluster secret)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self._metadata(self.operator_secret_name),
+            "type": "Opaque",
+            "immutable": True,
+            "data": {
+                "username": base64.b64encode(OPERATOR_USER.encode()).decode(),
+                OPERATOR_PASSWORD_KEY: base64.b64encode(password.encode()).decode(),
+            },
         }
 
     def generate_pod_disruption_budget(self) -> dict[str, Any]:
@@ -726,6 +768,15 @@ def parse_voter_ids(value: Any) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def config_of_toml(toml_text: str) -> BrokerConfig | None:
+    """The configuration a rendered ``shazamq.toml`` holds; None if it is not one the
+    broker's model accepts (then there is nothing to compare it with)."""
+    try:
+        return parse_config(tomllib.loads(toml_text), source="ConfigMap")
+    except (tomllib.TOMLDecodeError, ConfigError):
+        return None
+
+
 def voter_ids_of_config(toml_text: str) -> tuple[int, ...] | None:
     """The voter ordinals a rendered ``shazamq.toml`` names; None if it names none or is not
     one we rendered (the handler then falls back to `default_voter_ids`)."""
@@ -806,6 +857,18 @@ def _broker_config(
             "mechanisms": [spec.security.auth.mechanism],
             "users_file": f"{AUTH_DIR}/users.toml",
         }
+    if authorization_enabled(spec):
+        if not auth_enabled(spec):
+            raise ModelError(
+                "spec.security.authorization.enabled",
+                "needs spec.security.auth enabled: the brokers and the operator "
+                "authenticate with SASL, and ACLs name authenticated users",
+            )
+        authz = broker_settings(spec.security.authorization)
+        operator = f"User:{OPERATOR_USER}"
+        if operator not in authz["super_users"]:
+            authz["super_users"] = [*authz["super_users"], operator]
+        security["authorization"] = authz
     tree: dict[str, Any] = {
         "broker": {
             "node_id_from_hostname": True,
@@ -899,6 +962,12 @@ def _check_extra_config(extra: Mapping[str, Any]) -> None:
 def tls_enabled(spec: Any) -> bool:
     """TLS on the listener: `security.tls.enabled` unless `security.enabled` is false."""
     return spec.security.enabled is not False and bool(spec.security.tls.enabled)
+
+
+def authorization_enabled(spec: Any) -> bool:
+    """ACLs on the brokers: `security.authorization.enabled` unless `security.enabled` is
+    false."""
+    return spec.security.enabled is not False and bool(spec.security.authorization.enabled)
 
 
 def auth_enabled(spec: Any) -> bool:

@@ -32,6 +32,7 @@ from shazamq.config import (
     AutoscalingStatus,
     BrokerStatus,
     ClusterCondition,
+    DynamicConfigStatus,
     MirrorSourceStatus,
     RestoreStatus,
     RollStatus,
@@ -151,6 +152,7 @@ def cluster_status(
     mirror_sources: Iterable[Mapping[str, Any]] | None = None,
     autoscaling: Mapping[str, Any] | type[Ellipsis] | None = ...,
     restore: Mapping[str, Any] | type[Ellipsis] | None = ...,
+    dynamic_config: Mapping[str, Any] | type[Ellipsis] | None = ...,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to write, as the camelCase dict of `ShazamqClusterStatus`.
@@ -166,7 +168,9 @@ def cluster_status(
     `autoscaling` is the autoscaler's last decision (`AutoscalingStatus` as a dict) and
     `restore` the restore from the bucket (`RestoreStatus` as a dict): ``...`` keeps the
     previous one, None removes it. A restore in progress makes the phase ``Restoring``;
-    either adds the condition ``Restored``.
+    either adds the condition ``Restored``. `dynamic_config` is the last application of
+    dynamic settings to the running brokers (`DynamicConfigStatus` as a dict), ``...``
+    keeping the previous one.
     """
     previous = previous or {}
     old_conditions = previous.get("conditions") or []
@@ -240,6 +244,8 @@ def cluster_status(
         autoscaling = previous.get("autoscaling")
     if restore is ...:
         restore = previous.get("restore")
+    if dynamic_config is ...:
+        dynamic_config = previous.get("dynamicConfig")
     if restore:
         restoring = restore.get("state") == "Restoring"
         if restoring and outcome.ok:
@@ -283,6 +289,9 @@ def cluster_status(
         ),
         autoscaling=None if not autoscaling else msgspec.convert(autoscaling, AutoscalingStatus),
         restore=None if not restore else msgspec.convert(restore, RestoreStatus),
+        dynamic_config=(
+            None if not dynamic_config else msgspec.convert(dynamic_config, DynamicConfigStatus)
+        ),
     )
     return msgspec.to_builtins(status)
 

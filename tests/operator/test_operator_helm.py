@@ -136,9 +136,10 @@ def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
     assert {"configmaps", "poddisruptionbudgets", "events"} <= resources
     assert {"servicemonitors", "prometheusrules"} <= resources
     assert {"customresourcedefinitions", "clusterkopfpeerings", "kopfpeerings"} <= resources
-    # the cluster secrets: created once, never read (no get/list/watch on any Secret)
+    # the cluster secrets: created once; read by name only (its credentials, the CA), never
+    # listed or watched
     (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
-    assert secret_rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+    assert secret_rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "shazamq-operator", "namespace": "shazamq-system"}
@@ -156,7 +157,8 @@ def test_readme_custom_values() -> None:
     assert container["resources"]["limits"]["cpu"] == "500m"
     (role,) = by_kind(objects, "Role")
     (binding,) = by_kind(objects, "RoleBinding")
-    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]} in role["rules"]
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+    assert secrets in role["rules"]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "messaging"
     assert binding["subjects"][0]["namespace"] == "shazamq-system"
     (cluster_role,) = by_kind(objects, "ClusterRole")

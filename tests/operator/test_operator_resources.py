@@ -522,12 +522,18 @@ def test_a_config_change_changes_the_pod_template_checksum() -> None:
 
     base = quick_start()
     changed = copy.deepcopy(base)
-    changed["spec"]["storage"]["retentionHours"] = 24
+    changed["spec"]["config"] = {"broker": {"default_partitions": 6}}
+    dynamic = copy.deepcopy(base)
+    dynamic["spec"]["storage"]["retentionHours"] = 24
+    dynamic["spec"]["config"] = {"broker": {"message_max_bytes": 2000000}}
     scaled = copy.deepcopy(base)
     scaled["spec"]["replicas"] = 5
     assert checksum(base) == checksum(copy.deepcopy(base))
     assert checksum(changed) != checksum(base)
     assert checksum(scaled) == checksum(base)  # scaling does not roll the pods
+    # settings the brokers take without a restart change the ConfigMap, not the pods
+    assert checksum(dynamic) == checksum(base)
+    assert model(dynamic).config_toml() != model(base).config_toml()
 
 
 def test_credentials_come_from_the_named_secrets() -> None:

@@ -38,13 +38,15 @@ class FakeReassigner:
         self.submitted: list[dict] = []
         self.pending: dict = {}
 
-    async def ongoing(self, live: list[tuple[str, int]]) -> set:
+    async def ongoing(self, live: list[tuple[str, int]], connection: object = None) -> set:
         if not self.pending:
             return set()
         moving, self.pending = set(self.pending), {}
         return moving  # answered once as in progress, then done
 
-    async def submit(self, live: list[tuple[str, int]], moves: dict) -> None:
+    async def submit(
+        self, live: list[tuple[str, int]], moves: dict, connection: object = None
+    ) -> None:
         self.submitted.append(dict(moves))
         self.pending = dict(moves)
         self.brokers.partitions = [

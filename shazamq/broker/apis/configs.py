@@ -1,12 +1,14 @@
 """DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics, brokers, loggers.
 
 Topic settings are dynamic (stored in the metadata, applied to the live logs). Broker
-settings come from the configuration file and are reported read-only under Kafka's names,
-so admin tools show what the broker runs with. Logger levels can be read and changed at
-run time, as with Kafka's BROKER_LOGGER resource. GROUP resources carry the group
-settings: consumer.session.timeout.ms and consumer.heartbeat.interval.ms of consumer
-groups, and the share group settings (share.auto.offset.reset,
-share.record.lock.duration.ms, ...), stored together by the share coordinator.
+settings come from the configuration file and are reported under Kafka's names, so admin
+tools show what the broker runs with; those marked dynamic in `shazamq.config` can be
+changed on this broker's resource without a restart (`shazamq.broker.dynamic_config`), the
+others are read-only. Logger levels can be read and changed at run time, as with Kafka's
+BROKER_LOGGER resource. GROUP resources carry the group settings: consumer.session.timeout.ms
+and consumer.heartbeat.interval.ms of consumer groups, and the share group settings
+(share.auto.offset.reset, share.record.lock.duration.ms, ...), stored together by the share
+coordinator.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from shazamq.broker import topic_configs
+from shazamq.broker.dynamic_config import DynamicBrokerConfig, kafka_value
 from shazamq.broker.log.errors import InvalidConfigError
 from shazamq.broker.log.log_config import LogConfig
+from shazamq.config import dynamic_settings
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.messages.alter_configs_request import AlterConfigsRequest
 from shazamq.protocol.messages.alter_configs_response import (
@@ -52,6 +56,7 @@ BROKER = 4
 BROKER_LOGGER = 8
 GROUP = 32
 SOURCE_GROUP = 8  # Kafka's ConfigSource.GROUP_CONFIG
+SOURCE_DYNAMIC_BROKER = 2  # Kafka's ConfigSource.DYNAMIC_BROKER_CONFIG
 
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 KAFKA_DEFAULTS = LogConfig()
@@ -104,6 +109,12 @@ def broker_settings(broker: Broker) -> dict[str, str]:
         "transaction.state.log.min.isr": str(c.transactions.state_log_min_isr),
         "transactional.id.expiration.ms": str(c.transactions.transactional_id_expiration_ms),
         "producer.id.expiration.ms": str(c.transactions.producer_id_expiration_ms),
+        # every dynamic setting, as the broker runs it now
+        **{
+            name: kafka_value(getattr(getattr(c, section), key))
+            for name, (section, key) in dynamic_settings().items()
+            if getattr(getattr(c, section), key) is not None
+        },
     }
 
 
@@ -130,10 +141,19 @@ def _set_logger_level(name: str, level: str | None) -> None:
 
 def register(d: Dispatcher, broker: Broker) -> None:
     parts = broker.partitions
+    dynamic = DynamicBrokerConfig(broker)
+    dynamic_names = dynamic_settings()
 
     def check_broker_resource(name: str) -> None:
         if name not in ("", str(broker.node_id)):
             raise KafkaError(ErrorCode.INVALID_REQUEST, f"broker {name} is not this broker")
+
+    def broker_source(resource_type: int, name: str) -> int:
+        if resource_type != BROKER:
+            return topic_configs.SOURCE_DEFAULT
+        if dynamic.is_overridden(name):
+            return SOURCE_DYNAMIC_BROKER
+        return topic_configs.SOURCE_STATIC_BROKER
 
     async def describe_configs(
         ctx: RequestContext, req: DescribeConfigsRequest
@@ -176,17 +196,15 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     check_broker_resource(res.resource_name)
                     if res.resource_type == BROKER:
                         values = broker_settings(broker)
-                        source = topic_configs.SOURCE_STATIC_BROKER
                     else:
                         values = _logger_levels()
-                        source = topic_configs.SOURCE_DEFAULT
                     out.configs = [
                         DescribeConfigsResourceResult(
                             name=k,
                             value=v,
-                            read_only=res.resource_type == BROKER,
+                            read_only=res.resource_type == BROKER and k not in dynamic_names,
                             is_default=False,
-                            config_source=source,
+                            config_source=broker_source(res.resource_type, k),
                             is_sensitive=False,
                             config_type=topic_configs.CONFIG_TYPES["string"],
                         )
@@ -252,11 +270,13 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if promote and mirror is not None:
                     await mirror.promoted(name)  # answered once writable
         elif resource_type == BROKER:
-            check_broker_resource(name)
-            raise KafkaError(
-                ErrorCode.INVALID_CONFIG,
-                "broker settings are static: change them in the broker's configuration file",
-            )
+            dynamic.check_resource(name)
+            if replace:  # AlterConfigs would return every unnamed setting to the file's value
+                raise KafkaError(
+                    ErrorCode.INVALID_REQUEST,
+                    "broker settings change with IncrementalAlterConfigs, not AlterConfigs",
+                )
+            await dynamic.alter(logger_ops, validate_only)
         elif resource_type == BROKER_LOGGER:
             check_broker_resource(name)
             for logger, level in logger_ops:
