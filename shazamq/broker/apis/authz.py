@@ -32,7 +32,10 @@ What is asked, per API (as Kafka's KafkaApis does):
 - Share groups: ShareGroupHeartbeat READ on the group, ShareGroupDescribe DESCRIBE;
   ShareFetch and ShareAcknowledge READ on the group (GROUP_AUTHORIZATION_FAILED for the
   request) and READ per topic (TOPIC_AUTHORIZATION_FAILED per partition). GROUP config
-  resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group.
+  resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group. DescribeShareGroupOffsets
+  DESCRIBE on each group and topic (denied topics named are answered, unnamed ones left
+  out); AlterShareGroupOffsets READ on the group and topics; DeleteShareGroupOffsets
+  DELETE on the group and READ on the topics.
 - Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
   last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
@@ -79,6 +82,11 @@ from shazamq.protocol.messages.alter_replica_log_dirs_response import (
     AlterReplicaLogDirsResponse,
     AlterReplicaLogDirTopicResult,
 )
+from shazamq.protocol.messages.alter_share_group_offsets_response import (
+    AlterShareGroupOffsetsResponse,
+    AlterShareGroupOffsetsResponsePartition,
+    AlterShareGroupOffsetsResponseTopic,
+)
 from shazamq.protocol.messages.alter_user_scram_credentials_response import (
     AlterUserScramCredentialsResponse,
     AlterUserScramCredentialsResult,
@@ -109,6 +117,10 @@ from shazamq.protocol.messages.delete_records_response import (
     DeleteRecordsResponse,
     DeleteRecordsTopicResult,
 )
+from shazamq.protocol.messages.delete_share_group_offsets_response import (
+    DeleteShareGroupOffsetsResponse,
+    DeleteShareGroupOffsetsResponseTopic,
+)
 from shazamq.protocol.messages.delete_topics_response import (
     DeletableTopicResult,
     DeleteTopicsResponse,
@@ -130,6 +142,12 @@ from shazamq.protocol.messages.describe_producers_response import (
     DescribeProducersResponse,
     PartitionResponse,
     TopicResponse,
+)
+from shazamq.protocol.messages.describe_share_group_offsets_response import (
+    DescribeShareGroupOffsetsResponse,
+    DescribeShareGroupOffsetsResponseGroup,
+    DescribeShareGroupOffsetsResponsePartition,
+    DescribeShareGroupOffsetsResponseTopic,
 )
 from shazamq.protocol.messages.describe_transactions_response import (
     DescribeTransactionsResponse,
@@ -1292,3 +1310,104 @@ def _share_topics_guard(fetch: bool) -> GuardFactory:
 
 _GUARDS[78] = _share_topics_guard(fetch=True)
 _GUARDS[79] = _share_topics_guard(fetch=False)
+
+
+def _describe_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    def denied_topic(t: Any) -> DescribeShareGroupOffsetsResponseTopic:
+        return DescribeShareGroupOffsetsResponseTopic(
+            topic_name=t.topic_name,
+            partitions=[
+                DescribeShareGroupOffsetsResponsePartition(
+                    partition_index=i, start_offset=-1, error_code=TOPIC_DENIED
+                )
+                for i in t.partitions
+            ],
+        )
+
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        refused = {g.group_id for g in req.groups if not check(ctx, DESCRIBE, GROUP, g.group_id)}
+        hidden: dict[str, list[Any]] = {}
+        for g in req.groups:
+            if g.group_id not in refused and g.topics is not None:
+                hidden[g.group_id] = [
+                    t for t in g.topics if not check(ctx, DESCRIBE, TOPIC, t.topic_name)
+                ]
+                g.topics = [t for t in g.topics if t not in hidden[g.group_id]]
+        asked = [g for g in req.groups if g.group_id not in refused]
+        order = [g.group_id for g in req.groups]
+        req.groups = asked
+        response = await h(ctx, req) if asked else DescribeShareGroupOffsetsResponse(groups=[])
+        for g in response.groups:
+            if g.error_code:
+                continue
+            # all-topics answers leave out what the principal may not see
+            g.topics = [t for t in g.topics if check(ctx, DESCRIBE, TOPIC, t.topic_name)]
+            g.topics.extend(denied_topic(t) for t in hidden.get(g.group_id, ()))
+        response.groups.extend(
+            DescribeShareGroupOffsetsResponseGroup(group_id=g, error_code=GROUP_DENIED)
+            for g in order
+            if g in refused
+        )
+        return response
+
+    return guarded
+
+
+def _alter_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    def failed(t: Any, code: int) -> AlterShareGroupOffsetsResponseTopic:
+        return AlterShareGroupOffsetsResponseTopic(
+            topic_name=t.topic_name,
+            partitions=[
+                AlterShareGroupOffsetsResponsePartition(
+                    partition_index=p.partition_index, error_code=code
+                )
+                for p in t.partitions
+            ],
+        )
+
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        if not check(ctx, READ, GROUP, req.group_id):
+            return AlterShareGroupOffsetsResponse(
+                error_code=GROUP_DENIED,
+                error_message="Group authorization failed.",
+                responses=[failed(t, GROUP_DENIED) for t in req.topics],
+            )
+        denied = [t for t in req.topics if not check(ctx, READ, TOPIC, t.topic_name)]
+        if not denied:
+            return await h(ctx, req)
+        req.topics = [t for t in req.topics if t not in denied]
+        response = await h(ctx, req)
+        response.responses.extend(failed(t, TOPIC_DENIED) for t in denied)
+        return response
+
+    return guarded
+
+
+def _delete_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        if not check(ctx, DELETE, GROUP, req.group_id):
+            return DeleteShareGroupOffsetsResponse(
+                error_code=GROUP_DENIED, error_message="Group authorization failed."
+            )
+        denied = [t for t in req.topics if not check(ctx, READ, TOPIC, t.topic_name)]
+        if not denied:
+            return await h(ctx, req)
+        req.topics = [t for t in req.topics if t not in denied]
+        response = await h(ctx, req)
+        if not response.error_code:
+            response.responses.extend(
+                DeleteShareGroupOffsetsResponseTopic(
+                    topic_name=t.topic_name,
+                    error_code=TOPIC_DENIED,
+                    error_message="Topic authorization failed.",
+                )
+                for t in denied
+            )
+        return response
+
+    return guarded
+
+
+_GUARDS[90] = _describe_share_offsets
+_GUARDS[91] = _alter_share_offsets
+_GUARDS[92] = _delete_share_offsets

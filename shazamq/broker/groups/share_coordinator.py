@@ -43,7 +43,7 @@ from .share_group import (
     effective,
     validate_settings,
 )
-from .share_partition import AckError, SharePartition, deliverable_batches
+from .share_partition import AckError, SharePartition, deliverable_batches, finished_in
 from .share_state_store import (
     SHARE_STATE_TOPIC,
     LoadedShareState,
@@ -955,3 +955,50 @@ class ShareCoordinator:
             if gid == group_id and info is not None:
                 out.setdefault((info.name, index), snap.start_offset)
         return out
+
+    # -- share group offsets (DescribeShareGroupOffsets, Alter..., Delete...) -----------
+
+    def share_partition_keys(self, group_id: str) -> set[PartKey]:
+        """Every share-partition of the group that has state, in memory or persisted."""
+        keys = {k for k in self.partitions if k[0] == group_id}
+        keys.update(k for k in self._snapshots if k[0] == group_id)
+        return keys
+
+    def progress(self, key: PartKey) -> tuple[int, int] | None:
+        """(start offset, offsets of the window done with) of a share-partition, or None
+        if it has no state."""
+        sp = self.partitions.get(key)
+        if sp is not None:
+            return sp.start, sp.finished()
+        snap = self._snapshots.get(key)
+        if snap is not None:
+            return snap.start_offset, finished_in(snap.start_offset, snap.batches)
+        return None
+
+    async def reset_share_partitions(
+        self, group_id: str, starts: dict[PartKey, int | None]
+    ) -> None:
+        """Give share-partitions a fresh state starting at an offset, or none (None), as
+        one write; KafkaError if it fails. What was in flight there is forgotten: the
+        callers check the group is empty."""
+        if not starts:
+            return
+        await self._ensure_store()
+        records: list[tuple[bytes, bytes | None]] = []
+        fresh: dict[PartKey, Snapshot] = {}
+        for key, start in starts.items():
+            if start is None:
+                records.append((snapshot_key(*key), None))
+                continue
+            snap = fresh[key] = Snapshot(self._snapshot_epochs.get(key, -1) + 1, 0, start, ())
+            records.append((snapshot_key(*key), encode_snapshot(snap)))
+        self._write_or_raise(group_id, records)
+        for key in starts:
+            self.partitions.pop(key, None)
+            snap = fresh.get(key)
+            if snap is None:
+                self._snapshots.pop(key, None)
+                self._snapshot_epochs.pop(key, None)
+            else:  # restored with the group's settings when it is next read
+                self._snapshots[key] = snap
+                self._snapshot_epochs[key] = snap.snapshot_epoch
