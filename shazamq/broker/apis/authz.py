@@ -35,7 +35,8 @@ What is asked, per API (as Kafka's KafkaApis does):
   resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group. DescribeShareGroupOffsets
   DESCRIBE on each group and topic (denied topics named are answered, unnamed ones left
   out); AlterShareGroupOffsets READ on the group and topics; DeleteShareGroupOffsets
-  DELETE on the group and READ on the topics.
+  DELETE on the group and READ on the topics. The share coordinator's RPCs between
+  brokers (Initialize/Read/Write/DeleteShareGroupState) CLUSTER_ACTION.
 - Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
   last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
@@ -51,6 +52,7 @@ The brokers' own principal and ``super_users`` pass every check (see `security.a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +240,7 @@ from shazamq.protocol.messages.write_txn_markers_response import (
 )
 
 from ..security.acl import CLUSTER_NAME, Authorizer, Operation, ResourceType
+from . import share_state
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -1408,6 +1411,11 @@ def _delete_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
     return guarded
 
 
+# the share coordinator's RPCs come from brokers only (Kafka: CLUSTER_ACTION)
+for _key in (83, 84, 85, 86):
+    _GUARDS[_key] = _cluster_guard(
+        Operation.CLUSTER_ACTION, functools.partial(share_state.refused, _key, CLUSTER_DENIED)
+    )
 _GUARDS[90] = _describe_share_offsets
 _GUARDS[91] = _alter_share_offsets
 _GUARDS[92] = _delete_share_offsets

@@ -344,7 +344,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             asked = (
                 None if g.topics is None else [(t.topic_name, list(t.partitions)) for t in g.topics]
             )
-            code, message, topics = offsets.describe(g.group_id, asked)
+            code, message, topics = await offsets.describe(g.group_id, asked)
             out.append(
                 DescribeShareGroupOffsetsResponseGroup(
                     group_id=g.group_id,

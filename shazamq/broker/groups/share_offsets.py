@@ -15,16 +15,22 @@ APIs work on it as Kafka does:
   each topic named is removed, so the group starts over there by
   ``share.auto.offset.reset``. A topic without state is UNKNOWN_TOPIC_OR_PARTITION.
 
-The state itself, and its durability, are the share coordinator's.
+The state itself, and its durability, are the share coordinator's: on a single broker
+the local one; in a cluster the share coordinator of each key, reached with
+Read/Initialize/DeleteShareGroupState (reads with leader epoch -1, which fence nobody).
+There the lag is known only for partitions led by the broker answering (-1 otherwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shazamq.protocol.errors import ErrorCode, KafkaError
+
+from .share_partition import finished_in
 
 if TYPE_CHECKING:
     from .share_coordinator import ShareCoordinator
@@ -65,7 +71,32 @@ class ShareOffsets:
 
     # -- describing -------------------------------------------------------------------
 
-    def describe(self, group_id: str, topics: list[tuple[str, list[int]]] | None) -> Result:
+    def _candidates(self, group_id: str) -> set[tuple[str, uuid.UUID, int]]:
+        """The share-partitions the group may have state for."""
+        keys = self.share.share_partition_keys(group_id)
+        group = self.share.groups.get(group_id)
+        if self.share.leader is not None and group is not None:
+            # in a cluster the states are elsewhere: every partition the group subscribed to
+            topics = self.share.broker.metadata.topics
+            for name in group.subscribed_metadata:
+                info = topics.get(name)
+                if info is not None:
+                    keys.update((group_id, info.uuid, i) for i in range(info.partitions))
+        return keys
+
+    async def _progress(self, key: tuple[str, uuid.UUID, int]) -> tuple[int, int] | None:
+        leader = self.share.leader
+        if leader is None:
+            return self.share.progress(key)
+        answer = await leader.persister.read(key, -1)
+        if answer.error:
+            raise KafkaError(ErrorCode(answer.error), answer.message or "")
+        snap = answer.state
+        if snap is None:
+            return None
+        return snap.start_offset, finished_in(snap.start_offset, snap.batches)
+
+    async def describe(self, group_id: str, topics: list[tuple[str, list[int]]] | None) -> Result:
         """(group error, message, topics); ``topics`` None asks for every share-partition
         of the group."""
         status = self.share._key_status(group_id)
@@ -74,8 +105,8 @@ class ShareOffsets:
         metadata = self.share.broker.metadata
         if topics is None:
             by_topic: dict[uuid.UUID, list[int]] = {}
-            for _g, tid, index in self.share.share_partition_keys(group_id):
-                by_topic.setdefault(tid, []).append(index)
+            for key in await self._stateful(group_id):
+                by_topic.setdefault(key[1], []).append(key[2])
             topics = []
             for tid, indexes in by_topic.items():
                 info = metadata.by_id.get(tid)
@@ -92,20 +123,23 @@ class ShareOffsets:
                 TopicOffsets(
                     name,
                     info.uuid,
-                    [self._describe_one(group_id, info.uuid, name, i) for i in indexes],
+                    [await self._describe_one(group_id, info.uuid, name, i) for i in indexes],
                 )
             )
         return 0, None, out
 
-    def _describe_one(
+    async def _describe_one(
         self, group_id: str, topic_id: uuid.UUID, name: str, index: int
     ) -> PartitionOffset:
-        progress = self.share.progress((group_id, topic_id, index))
+        try:
+            progress = await self._progress((group_id, topic_id, index))
+        except KafkaError as exc:
+            return PartitionOffset(index, error=int(exc.code), message=exc.message)
         if progress is None:
             return PartitionOffset(index)
         start, finished = progress
         p = self.share.broker.partitions.get(name, index)
-        if p is None:  # led elsewhere: the start offset is known, the log end is not
+        if p is None or not p.is_leader:  # led elsewhere: the log end is not known here
             return PartitionOffset(index, start)
         lag = max(p.log.high_watermark - max(start, p.log.log_start_offset) - finished, 0)
         return PartitionOffset(index, start, max(p.leader_epoch, 0), lag)
@@ -176,11 +210,39 @@ class ShareOffsets:
                     starts[(group_id, info.uuid, index)] = offset
                     answers.append(PartitionOffset(index, offset))
             out.append(TopicOffsets(name, info.uuid, answers))
+        if self.share.leader is not None:
+            failed = await self._each_key(starts)
+            for t in out:
+                t.partitions = [
+                    dataclasses.replace(p, error=failed[k][0], message=failed[k][1])
+                    if (k := (group_id, t.topic_id, p.partition)) in failed
+                    else p
+                    for p in t.partitions
+                ]
+            return 0, None, out
         try:
             await self.share.reset_share_partitions(group_id, starts)
         except KafkaError as exc:
             return int(exc.code), exc.message, []
         return 0, None, out
+
+    async def _each_key(
+        self, starts: dict[tuple[str, uuid.UUID, int], int | None]
+    ) -> dict[tuple[str, uuid.UUID, int], tuple[int, str | None]]:
+        """Initialize (an offset) or delete (None) each key at its share coordinator, and
+        forget what this broker holds of it; the keys that failed."""
+        leader = self.share.leader
+        assert leader is not None
+        failed = {}
+        for key, start in starts.items():
+            if start is None:
+                code, message = await leader.persister.delete(key)
+            else:
+                code, message = await leader.persister.initialize(key, start)
+            leader.drop(key)
+            if code:
+                failed[key] = (code, message)
+        return failed
 
     async def delete(self, group_id: str, topics: list[str]) -> Result:
         """Remove the share-partition state of the topics named."""
@@ -188,7 +250,7 @@ class ShareOffsets:
         if code:
             return code, message, []
         metadata = self.share.broker.metadata
-        keys = self.share.share_partition_keys(group_id)
+        keys = await self._stateful(group_id)
         out = []
         doomed: dict[tuple[str, uuid.UUID, int], int | None] = {}
         for name in topics:
@@ -215,8 +277,28 @@ class ShareOffsets:
                 continue
             doomed.update(dict.fromkeys(mine))
             out.append(TopicOffsets(name, info.uuid))
+        if self.share.leader is not None:
+            failed = await self._each_key(doomed)
+            for t in out:
+                errors = [failed[k] for k in doomed if k[1] == t.topic_id and k in failed]
+                if errors and not t.error:
+                    t.error, t.message = errors[0]
+            return 0, None, out
         try:
             await self.share.reset_share_partitions(group_id, doomed)
         except KafkaError as exc:
             return int(exc.code), exc.message, []
         return 0, None, out
+
+    async def _stateful(self, group_id: str) -> set[tuple[str, uuid.UUID, int]]:
+        """The share-partitions of the group that have state."""
+        if self.share.leader is None:
+            return self.share.share_partition_keys(group_id)
+        out = set()
+        for key in self._candidates(group_id):
+            try:
+                if await self._progress(key) is not None:
+                    out.add(key)
+            except KafkaError:
+                out.add(key)  # not known: deleting it is harmless, describing shows the error
+        return out
