@@ -45,6 +45,7 @@ from .share_group import (
     validate_settings,
 )
 from .share_leader import ShareLeaderState
+from .share_offsets import ShareOffsets
 from .share_partition import AckError, SharePartition, deliverable_batches, finished_in
 from .share_persister import SharePersister
 from .share_state_coordinator import ShareStateCoordinator
@@ -1006,6 +1007,8 @@ class ShareCoordinator:
             self._write_or_raise(group_id, records)
         except KafkaError as exc:
             return int(exc.code)
+        if self.leader is not None:  # the states are with their share coordinators
+            self.leader.delete_soon(ShareOffsets(self)._candidates(group_id) | keys)
         for k in keys:
             self.partitions.pop(k, None)
             self._snapshots.pop(k, None)

@@ -182,6 +182,23 @@ class ShareLeaderState:
             if self._loading.get(key) is fut:
                 del self._loading[key]
 
+    def delete_soon(self, keys: Iterable[PartKey]) -> None:
+        """Delete the states of ``keys`` at their share coordinators (a deleted group)."""
+        doomed = list(keys)
+        for key in doomed:
+            self.drop(key)
+
+        async def go() -> int:
+            for key in doomed:
+                code, message = await self.persister.delete(key)
+                if code:
+                    log.warning("share-partition %s: state not deleted: %s", key, message or code)
+            return 0
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- writing ------------------------------------------------------------------------
 
     async def write(self, keys: Iterable[PartKey]) -> int:
