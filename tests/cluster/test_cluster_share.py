@@ -49,7 +49,7 @@ from shazamq.protocol.records import decode_batch, iter_batches
 from tests.groups.kafka_wire import WireClient
 
 from .conftest import Cluster, ClusterFactory
-from .test_cluster_basic import create_topic, leader_of, start_cluster, wait_for
+from .test_cluster_basic import create_topic, fully_replicated, leader_of, start_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 TOPIC = "share-queue"
@@ -238,7 +238,13 @@ def test_share_state_survives_leader_failover(cluster_factory: ClusterFactory) -
 
     # the offsets administration goes through the share coordinator too
     def start_offset() -> int:
-        c = WireClient(coordinator_of(cluster, group))
+        return int(wait_for(lambda: describe_start() or None, 40, "a description")[0])
+
+    def describe_start() -> tuple[int] | None:
+        try:
+            c = WireClient(coordinator_of(cluster, group))
+        except OSError:
+            return None
         r = c.call(
             DescribeShareGroupOffsetsRequest(
                 groups=[
@@ -252,7 +258,9 @@ def test_share_state_survives_leader_failover(cluster_factory: ClusterFactory) -
             ),
             0,
         )
-        return r.groups[0].topics[0].partitions[0].start_offset
+        if r.groups[0].error_code:
+            return None
+        return (r.groups[0].topics[0].partitions[0].start_offset,)
 
     assert start_offset() == 5
     c = WireClient(coordinator_of(cluster, group))
@@ -281,3 +289,77 @@ def test_share_state_survives_leader_failover(cluster_factory: ClusterFactory) -
     d.join()
     d.open(successor)
     assert gather(d, 2, 30) == {8: (1, b"r8"), 9: (1, b"r9")}
+
+
+def share_coordinator(cluster: Cluster, group: str, tid: uuid.UUID) -> int:
+    """The broker leading the ``__share_group_state`` partition of the group's key."""
+    from shazamq.broker.groups.partitioning import coordinator_partition
+    from shazamq.broker.groups.share_state_coordinator import share_key
+
+    def ask() -> tuple[int] | None:  # a tuple: node 0 is a leader too
+        md = WireClient(any_broker(cluster)).call(
+            MetadataRequest(topics=[MetadataRequestTopic(name="__share_group_state")]), 12
+        )
+        parts = sorted(md.topics[0].partitions, key=lambda p: p.partition_index)
+        if md.topics[0].error_code or not parts:
+            return None
+        leader = parts[coordinator_partition(share_key((group, tid, 0)), len(parts))].leader_id
+        return (leader,) if leader >= 0 else None
+
+    return int(wait_for(ask, 40, "the share coordinator")[0])
+
+
+def test_share_state_survives_the_loss_of_its_share_coordinator(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = start_cluster(cluster_factory)
+    create_topic(cluster, TOPIC, 1)
+    md = WireClient(any_broker(cluster)).call(
+        MetadataRequest(topics=[MetadataRequestTopic(name=TOPIC)]), 12
+    )
+    tid = md.topics[0].topic_id
+    group = f"sg-{uuid.uuid4().hex[:6]}"
+    a = Member(cluster, group, tid)
+    a.join()
+    first_leader = leader_of(cluster, TOPIC, 0)
+    a.open(first_leader)
+    assert acquired(a.fetch(max_wait_ms=0)) == {}
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(10):
+        p.produce(TOPIC, value=b"r%d" % i, partition=0)
+    assert p.flush(30) == 0
+    assert gather(a, 10, 30) == {i: (1, b"r%d" % i) for i in range(10)}
+    assert a.acknowledge(0, 2).error_code == 0
+
+    # the share coordinator dies; its successor loads the state from its replica, and the
+    # leader's next acknowledgement is written there
+    coordinator = share_coordinator(cluster, group, tid)
+    cluster.broker(coordinator).kill9()
+    wait_for(lambda: share_coordinator(cluster, group, tid) != coordinator, 40, "a new coordinator")
+    if first_leader == coordinator:  # the same broker led both: a's session is gone with it
+        wait_for(lambda: leader_of(cluster, TOPIC, 0) not in (coordinator, -1), 40, "leader")
+        a = Member(cluster, group, tid)
+        a.join()
+        a.open(leader_of(cluster, TOPIC, 0))
+        assert gather(a, 7, 40) == {i: (2, b"r%d" % i) for i in range(3, 10)}
+
+    def acked() -> bool:
+        r = a.acknowledge(3, 4)
+        return r.error_code == 0 and [p.error_code for t in r.responses for p in t.partitions] == [
+            0
+        ]
+
+    wait_for(acked, 40, "the acknowledgement written at the new coordinator")
+
+    # with all three brokers back, the partition leader goes too: what is left is 5-9
+    cluster.broker(coordinator).restart()
+    leader = leader_of(cluster, TOPIC, 0)
+    wait_for(lambda: fully_replicated(any_broker(cluster), TOPIC, 1), 60, "the ISR whole again")
+    cluster.broker(leader).kill9()
+    wait_for(lambda: leader_of(cluster, TOPIC, 0) not in (leader, -1), 40, "a new leader")
+    b = Member(cluster, group, tid)
+    b.join()
+    b.open(leader_of(cluster, TOPIC, 0))
+    got = gather(b, 5, 40)
+    assert set(got) == set(range(5, 10))
+    assert all(dc >= 2 and v == b"r%d" % o for o, (dc, v) in got.items())
