@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,6 @@ from .share_persister import SharePersister
 from .share_state_store import SHARE_STATE_TOPIC, Snapshot
 
 if TYPE_CHECKING:
-    import uuid
-
     from shazamq.broker.partitions import Partition
 
     from .share_coordinator import ShareCoordinator
@@ -47,7 +46,7 @@ __all__ = ["ShareLeaderState"]
 log = logging.getLogger(__name__)
 _E = ErrorCode
 
-PartKey = tuple[str, "uuid.UUID", int]
+PartKey = tuple[str, uuid.UUID, int]
 _FENCED = (int(_E.FENCED_LEADER_EPOCH), int(_E.FENCED_STATE_EPOCH))
 
 

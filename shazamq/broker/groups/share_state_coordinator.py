@@ -52,6 +52,7 @@ from .share_state_store import (
 
 if TYPE_CHECKING:
     from shazamq.broker.cluster.node import ClusterNode
+    from shazamq.broker.partitions import Partition
 
 __all__ = ["ShareStateCoordinator", "StateAnswer", "share_key"]
 
@@ -120,9 +121,10 @@ class ShareStateCoordinator:
 
     # -- life cycle -------------------------------------------------------------------
 
-    def start(self, partitions: list[object]) -> None:
+    def start(self, partitions: list[Partition]) -> None:
+        """Serve from now on; ``partitions`` are those hosted here already."""
         self.started = True
-        self._owned.attach(self.cluster, partitions)  # type: ignore[arg-type]
+        self._owned.attach(self.cluster, partitions)
 
     def stop(self) -> None:
         self._owned.detach(self.cluster)
