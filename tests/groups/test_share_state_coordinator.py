@@ -160,3 +160,28 @@ def test_wire_batches_round_trip_and_bad_states():
     wire[1].last_offset = 1
     with pytest.raises(ValueError, match="reversed"):
         from_wire(wire)
+
+
+def test_a_refused_state_rpc_answers_every_partition():
+    """The ACL guard's answer (CLUSTER_ACTION missing) names each partition asked for."""
+    from shazamq.broker.apis.share_state import refused
+    from shazamq.protocol.messages.read_share_group_state_request import (
+        PartitionData,
+        ReadShareGroupStateRequest,
+        ReadStateData,
+    )
+
+    req = ReadShareGroupStateRequest(
+        group_id="g",
+        topics=[
+            ReadStateData(
+                topic_id=TOPIC_ID,
+                partitions=[PartitionData(partition=0), PartitionData(partition=3)],
+            )
+        ],
+    )
+    r = refused(84, int(E.CLUSTER_AUTHORIZATION_FAILED), req)
+    assert [
+        (t.topic_id, [(p.partition, p.error_code) for p in t.partitions]) for t in r.results
+    ] == [(TOPIC_ID, [(0, E.CLUSTER_AUTHORIZATION_FAILED), (3, E.CLUSTER_AUTHORIZATION_FAILED)])]
+    assert r.encode(0)  # a well-formed answer
