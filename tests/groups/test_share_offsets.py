@@ -250,3 +250,18 @@ def test_altered_offsets_survive_a_restart(tmp_path):
         assert offsets(m.fetch(max_wait_ms=3000)) == [3, 4]
     finally:
         b.stop()
+
+
+def test_find_coordinator_of_a_share_partition_key(broker):
+    """FindCoordinator v6 key type 2: Kafka's ``group:topic id:partition`` key (brokers
+    look up share coordinators with it); malformed keys and older versions are refused."""
+    from shazamq.protocol.messages.find_coordinator_request import FindCoordinatorRequest
+
+    c = WireClient(broker.bootstrap)
+    good = "my-group:AAAAAAAAAAAAAAAAAAAAAQ:3"
+    r = c.call(FindCoordinatorRequest(key_type=2, coordinator_keys=[good, "g:nope:1", "g:x"]), 6)
+    answers = {x.key: x.error_code for x in r.coordinators}
+    assert answers == {good: 0, "g:nope:1": E.INVALID_REQUEST, "g:x": E.INVALID_REQUEST}
+    assert [x.port for x in r.coordinators if x.key == good] == [broker.port]
+    r = c.call(FindCoordinatorRequest(key_type=2, coordinator_keys=[good]), 5)
+    assert r.coordinators[0].error_code == E.INVALID_REQUEST

@@ -617,6 +617,14 @@ def test_share_group_offset_apis_need_kafkas_acls(broker) -> None:
     assert describe().error_code == U.GROUP_AUTHORIZATION_FAILED
     assert alter().error_code == U.GROUP_AUTHORIZATION_FAILED
     assert delete().error_code == U.GROUP_AUTHORIZATION_FAILED
+    # share coordinators are for brokers: CLUSTER_ACTION
+    from shazamq.protocol.messages.find_coordinator_request import FindCoordinatorRequest
+
+    share_key = f"{group}:AAAAAAAAAAAAAAAAAAAAAQ:0"
+    found = bob.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
+    assert found.coordinators[0].error_code == U.CLUSTER_AUTHORIZATION_FAILED
+    found = root.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
+    assert found.coordinators[0].error_code == 0
     grant = admin(broker)
     create_acls(grant, [acl(ResourceType.GROUP, group, "User:bob", AclOperation.DESCRIBE)])
     d = describe()  # the group may be described, the topic not

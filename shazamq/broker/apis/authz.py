@@ -19,7 +19,8 @@ What is asked, per API (as Kafka's KafkaApis does):
 - Topics: CreateTopics CREATE (cluster or topic), DeleteTopics and DeleteRecords DELETE,
   CreatePartitions ALTER; Describe/Alter/IncrementalAlterConfigs DESCRIBE_CONFIGS /
   ALTER_CONFIGS on the topic, or on the cluster for broker resources.
-- Groups: FindCoordinator DESCRIBE on the group or transactional id; Join, Sync,
+- Groups: FindCoordinator DESCRIBE on the group or transactional id (CLUSTER_ACTION for
+  a share-partition key); Join, Sync,
   Heartbeat, Leave and OffsetCommit READ on the group (OffsetCommit also READ per topic);
   OffsetFetch and DescribeGroups DESCRIBE; DeleteGroups and OffsetDelete DELETE;
   ListGroups lists the groups the principal may DESCRIBE (all with DESCRIBE on the
@@ -692,6 +693,8 @@ _GUARDS[44] = _alter_configs_guard
 @_guard(10)
 def _find_coordinator(h: Handler, check: _Check, broker: Broker) -> Handler:
     def code_for(ctx: RequestContext, key: str, key_type: int) -> int:
+        if key_type == 2:  # share coordinators are looked up by brokers only
+            return 0 if check.cluster(ctx, Operation.CLUSTER_ACTION) else CLUSTER_DENIED
         if key_type == 1:
             return 0 if check(ctx, DESCRIBE, TXN, key) else TXN_DENIED
         return 0 if check(ctx, DESCRIBE, GROUP, key) else GROUP_DENIED
