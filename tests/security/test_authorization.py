@@ -617,11 +617,13 @@ def test_share_group_offset_apis_need_kafkas_acls(broker) -> None:
     assert describe().error_code == U.GROUP_AUTHORIZATION_FAILED
     assert alter().error_code == U.GROUP_AUTHORIZATION_FAILED
     assert delete().error_code == U.GROUP_AUTHORIZATION_FAILED
-    # share coordinators are for brokers: CLUSTER_ACTION
+    # share coordinators are for brokers: CLUSTER_ACTION (which bob has from an earlier
+    # test, alice not)
     from shazamq.protocol.messages.find_coordinator_request import FindCoordinatorRequest
 
     share_key = f"{group}:AAAAAAAAAAAAAAAAAAAAAQ:0"
-    found = bob.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
+    alice = raw_login(broker, "alice")
+    found = alice.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
     assert found.coordinators[0].error_code == U.CLUSTER_AUTHORIZATION_FAILED
     found = root.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
     assert found.coordinators[0].error_code == 0
