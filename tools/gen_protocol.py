@@ -32,6 +32,7 @@ How the output is shaped, and why:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import keyword
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.protocol_additions import apply_additions
+from tools.protocol_new_messages import NEW_MESSAGES
 
 MAX_VERSION = 0x7FFF
 EMPTY = (1, 0)  # the "none" version range
@@ -177,6 +179,12 @@ class MessageDef:
 
 def load_message(path: Path) -> MessageDef:
     spec = apply_additions(json.loads(strip_comments(path.read_text(encoding="utf-8"))))
+    return build_message(spec, path.name)
+
+
+def build_message(spec: dict[str, Any], file: str) -> MessageDef:
+    """The definition of one parsed message spec (``file`` names where it came from)."""
+    spec = copy.deepcopy(spec)
     name = spec["name"]
     structs: list[StructDef] = []
     common: dict[str, StructDef] = {}
@@ -257,7 +265,7 @@ def load_message(path: Path) -> MessageDef:
         sd.fields = build_fields(cs["fields"], f"{name}/{sd.name}", sd.name)
         structs.append(sd)
     return MessageDef(
-        file=path.name,
+        file=file,
         name=name,
         type=spec["type"],
         api_key=spec.get("apiKey"),
@@ -273,7 +281,15 @@ def load_all(messages_dir: Path) -> list[MessageDef]:
     files = sorted(messages_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no *.json message definitions in {messages_dir}")
-    return [load_message(p) for p in files]
+    messages = [load_message(p) for p in files]
+    known = {m.name for m in messages}
+    # messages newer than the snapshot, unless it has them by now
+    messages.extend(
+        build_message(spec, "tools/protocol_new_messages.py")
+        for spec in NEW_MESSAGES
+        if spec["name"] not in known
+    )
+    return messages
 
 
 # ---------------------------------------------------------------------------
@@ -935,7 +951,12 @@ class ModuleWriter:
 
         lines: list[str] = []
         lines.append(f"{HEADER_MARK}")
-        lines.append(f"# ({msg.file}; Apache License 2.0). Do not edit: regenerate with")
+        origin = (
+            f"as restated in {msg.file}"
+            if msg.file.endswith(".py")
+            else f"{msg.file}; Apache License 2.0"
+        )
+        lines.append(f"# ({origin}). Do not edit: regenerate with")
         lines.append("#   python -m tools.gen_protocol --messages DIR")
         lines.append(
             "# where DIR is clients/src/main/resources/common/message in Kafka's source tree."

@@ -50,6 +50,7 @@ from .apis import consumer_groups as consumer_groups_api
 from .apis import groups as groups_api
 from .apis import sasl as sasl_api
 from .apis import share_groups as share_groups_api
+from .apis import share_state as share_state_api
 from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
 from .groups import GroupCoordinator
@@ -285,6 +286,7 @@ class Broker:
             groups_api,
             consumer_groups_api,
             share_groups_api,
+            share_state_api,
             txn_api,
             scram,
             acls,

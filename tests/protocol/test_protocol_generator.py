@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tools import gen_protocol as gen
+from tools.protocol_new_messages import NEW_MESSAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "shazamq" / "protocol" / "messages"
@@ -115,7 +116,9 @@ def synthetic(tmp_path: Path):
 
 def test_synthetic_definition(synthetic):
     _messages, out, files = synthetic
-    assert set(files) == {"__init__.py", "synthetic_request.py", "synthetic_response.py"}
+    # the messages newer than any snapshot join every generation
+    added = {f"{gen.snake(spec['name'])}.py" for spec in NEW_MESSAGES}
+    assert set(files) == {"__init__.py", "synthetic_request.py", "synthetic_response.py"} | added
     assert files["synthetic_request.py"].startswith(gen.HEADER_MARK)
     mod = load_module(out / "synthetic_request.py", "_synthetic_request_under_test")
     cls, leader, shared = mod.SyntheticRequest, mod.Leader, mod.Shared
@@ -224,3 +227,43 @@ def test_error_table_check(tmp_path: Path):
     assert any("FUTURE_ERROR" in x for x in problems)
     page.write_text("<p>no table here</p>")
     assert "no error-code table" in gen.check_error_table(page)[0]
+
+
+def test_new_messages_yield_to_the_snapshot(synthetic):
+    """A snapshot that has one of the added messages keeps its own definition."""
+    messages, _out, _files = synthetic
+    spec = dict(NEW_MESSAGES[0], validVersions="0")
+    (messages / "Own.json").write_text(json.dumps(spec))
+    loaded = {m.name: m for m in gen.load_all(messages)}
+    assert loaded[spec["name"]].file == "Own.json"
+    assert loaded[spec["name"]].valid == (0, 0)
+    assert sum(1 for m in gen.load_all(messages) if m.name == spec["name"]) == 1
+
+
+def test_new_message_round_trip():
+    import uuid
+
+    from shazamq.protocol.messages import DescribeShareGroupOffsetsResponse as R
+    from shazamq.protocol.messages.describe_share_group_offsets_response import (
+        DescribeShareGroupOffsetsResponseGroup as G,
+    )
+    from shazamq.protocol.messages.describe_share_group_offsets_response import (
+        DescribeShareGroupOffsetsResponsePartition as P,
+    )
+    from shazamq.protocol.messages.describe_share_group_offsets_response import (
+        DescribeShareGroupOffsetsResponseTopic as T,
+    )
+
+    part = P(partition_index=1, start_offset=7, leader_epoch=2, lag=3)
+    msg = R(
+        groups=[
+            G(group_id="g", topics=[T(topic_name="t", topic_id=uuid.uuid4(), partitions=[part])])
+        ]
+    )
+    for v in (0, 1):
+        data = msg.encode(v)
+        back, n = R.decode(data, 0, v)
+        assert n == len(data)
+        assert back.groups[0].topics[0].partitions[0].start_offset == 7
+        # the lag exists from v1 only; v0 drops it (ignorable) and decodes the default
+        assert back.groups[0].topics[0].partitions[0].lag == (3 if v else -1)

@@ -533,6 +533,128 @@ def test_share_group_apis_need_group_and_topic_read(broker) -> None:
     assert r.error_code == 0 and all(p.error_code == 0 for t in r.responses for p in t.partitions)
 
 
+def test_share_group_offset_apis_need_kafkas_acls(broker) -> None:
+    """DescribeShareGroupOffsets: DESCRIBE on group and topics; AlterShareGroupOffsets:
+    READ on group and topics; DeleteShareGroupOffsets: DELETE on the group, READ on the
+    topics. A denied group is answered for the whole group, a denied topic per topic."""
+    from shazamq.protocol.messages.alter_share_group_offsets_request import (
+        AlterShareGroupOffsetsRequest,
+        AlterShareGroupOffsetsRequestPartition,
+        AlterShareGroupOffsetsRequestTopic,
+    )
+    from shazamq.protocol.messages.delete_share_group_offsets_request import (
+        DeleteShareGroupOffsetsRequest,
+        DeleteShareGroupOffsetsRequestTopic,
+    )
+    from shazamq.protocol.messages.describe_share_group_offsets_request import (
+        DescribeShareGroupOffsetsRequest,
+        DescribeShareGroupOffsetsRequestGroup,
+        DescribeShareGroupOffsetsRequestTopic,
+    )
+    from shazamq.protocol.messages.share_group_heartbeat_request import (
+        ShareGroupHeartbeatRequest,
+    )
+
+    topic = new_topic(broker, "sgo")
+    group = f"sgo-{uuid.uuid4().hex[:6]}"
+    root = raw_login(broker, "admin")
+    # the group exists (a member joined and left), so only the ACLs stand in the way
+    joined = root.request(
+        ShareGroupHeartbeatRequest(
+            group_id=group, member_id="m-root", member_epoch=0, subscribed_topic_names=[topic]
+        ),
+        1,
+    )
+    assert joined.error_code == 0
+    left = root.request(
+        ShareGroupHeartbeatRequest(group_id=group, member_id="m-root", member_epoch=-1), 1
+    )
+    assert left.error_code == 0
+    bob = raw_login(broker, "bob")
+    U = ErrorCode
+
+    def describe() -> Any:
+        return bob.request(
+            DescribeShareGroupOffsetsRequest(
+                groups=[
+                    DescribeShareGroupOffsetsRequestGroup(
+                        group_id=group,
+                        topics=[
+                            DescribeShareGroupOffsetsRequestTopic(topic_name=topic, partitions=[0])
+                        ],
+                    )
+                ]
+            ),
+            1,
+        ).groups[0]
+
+    def alter() -> Any:
+        return bob.request(
+            AlterShareGroupOffsetsRequest(
+                group_id=group,
+                topics=[
+                    AlterShareGroupOffsetsRequestTopic(
+                        topic_name=topic,
+                        partitions=[
+                            AlterShareGroupOffsetsRequestPartition(
+                                partition_index=0, start_offset=0
+                            )
+                        ],
+                    )
+                ],
+            ),
+            0,
+        )
+
+    def delete() -> Any:
+        return bob.request(
+            DeleteShareGroupOffsetsRequest(
+                group_id=group, topics=[DeleteShareGroupOffsetsRequestTopic(topic_name=topic)]
+            ),
+            0,
+        )
+
+    assert describe().error_code == U.GROUP_AUTHORIZATION_FAILED
+    assert alter().error_code == U.GROUP_AUTHORIZATION_FAILED
+    assert delete().error_code == U.GROUP_AUTHORIZATION_FAILED
+    # share coordinators are for brokers: CLUSTER_ACTION (which bob has from an earlier
+    # test, alice not)
+    from shazamq.protocol.messages.find_coordinator_request import FindCoordinatorRequest
+
+    share_key = f"{group}:AAAAAAAAAAAAAAAAAAAAAQ:0"
+    alice = raw_login(broker, "alice")
+    found = alice.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
+    assert found.coordinators[0].error_code == U.CLUSTER_AUTHORIZATION_FAILED
+    found = root.request(FindCoordinatorRequest(key_type=2, coordinator_keys=[share_key]), 6)
+    assert found.coordinators[0].error_code == 0
+    grant = admin(broker)
+    create_acls(grant, [acl(ResourceType.GROUP, group, "User:bob", AclOperation.DESCRIBE)])
+    d = describe()  # the group may be described, the topic not
+    assert d.error_code == 0
+    assert [(p.partition_index, p.start_offset, p.error_code) for p in d.topics[0].partitions] == [
+        (0, -1, U.TOPIC_AUTHORIZATION_FAILED)
+    ]
+    assert alter().error_code == U.GROUP_AUTHORIZATION_FAILED  # DESCRIBE is not READ
+    create_acls(grant, [acl(ResourceType.GROUP, group, "User:bob", AclOperation.READ)])
+    a = alter()
+    assert a.error_code == 0
+    assert a.responses[0].partitions[0].error_code == U.TOPIC_AUTHORIZATION_FAILED
+    assert delete().error_code == U.GROUP_AUTHORIZATION_FAILED  # deleting needs DELETE
+    create_acls(grant, [acl(ResourceType.GROUP, group, "User:bob", AclOperation.DELETE)])
+    r = delete()
+    assert r.error_code == 0
+    assert [(t.topic_name, t.error_code) for t in r.responses] == [
+        (topic, U.TOPIC_AUTHORIZATION_FAILED)
+    ]
+    create_acls(grant, [acl(ResourceType.TOPIC, topic, "User:bob", AclOperation.READ)])
+    a = alter()  # READ on the topic implies DESCRIBE: everything passes now
+    assert (a.error_code, a.responses[0].partitions[0].error_code) == (0, 0)
+    d = describe()
+    assert [(p.start_offset, p.error_code) for p in d.topics[0].partitions] == [(0, 0)]
+    r = delete()
+    assert [(t.topic_name, t.error_code) for t in r.responses] == [(topic, 0)]
+
+
 def test_log_dir_apis_need_the_cluster_and_telemetry_needs_no_acl(broker) -> None:
     """AlterReplicaLogDirs needs ALTER and DescribeLogDirs DESCRIBE on the cluster (every
     partition / the whole answer CLUSTER_AUTHORIZATION_FAILED otherwise); the telemetry

@@ -19,7 +19,8 @@ What is asked, per API (as Kafka's KafkaApis does):
 - Topics: CreateTopics CREATE (cluster or topic), DeleteTopics and DeleteRecords DELETE,
   CreatePartitions ALTER; Describe/Alter/IncrementalAlterConfigs DESCRIBE_CONFIGS /
   ALTER_CONFIGS on the topic, or on the cluster for broker resources.
-- Groups: FindCoordinator DESCRIBE on the group or transactional id; Join, Sync,
+- Groups: FindCoordinator DESCRIBE on the group or transactional id (CLUSTER_ACTION for
+  a share-partition key); Join, Sync,
   Heartbeat, Leave and OffsetCommit READ on the group (OffsetCommit also READ per topic);
   OffsetFetch and DescribeGroups DESCRIBE; DeleteGroups and OffsetDelete DELETE;
   ListGroups lists the groups the principal may DESCRIBE (all with DESCRIBE on the
@@ -32,7 +33,11 @@ What is asked, per API (as Kafka's KafkaApis does):
 - Share groups: ShareGroupHeartbeat READ on the group, ShareGroupDescribe DESCRIBE;
   ShareFetch and ShareAcknowledge READ on the group (GROUP_AUTHORIZATION_FAILED for the
   request) and READ per topic (TOPIC_AUTHORIZATION_FAILED per partition). GROUP config
-  resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group.
+  resources: DESCRIBE_CONFIGS / ALTER_CONFIGS on the group. DescribeShareGroupOffsets
+  DESCRIBE on each group and topic (denied topics named are answered, unnamed ones left
+  out); AlterShareGroupOffsets READ on the group and topics; DeleteShareGroupOffsets
+  DELETE on the group and READ on the topics. The share coordinator's RPCs between
+  brokers (Initialize/Read/Write/DeleteShareGroupState) CLUSTER_ACTION.
 - Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
   last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
@@ -48,6 +53,7 @@ The brokers' own principal and ``super_users`` pass every check (see `security.a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +85,11 @@ from shazamq.protocol.messages.alter_replica_log_dirs_response import (
     AlterReplicaLogDirsResponse,
     AlterReplicaLogDirTopicResult,
 )
+from shazamq.protocol.messages.alter_share_group_offsets_response import (
+    AlterShareGroupOffsetsResponse,
+    AlterShareGroupOffsetsResponsePartition,
+    AlterShareGroupOffsetsResponseTopic,
+)
 from shazamq.protocol.messages.alter_user_scram_credentials_response import (
     AlterUserScramCredentialsResponse,
     AlterUserScramCredentialsResult,
@@ -109,6 +120,10 @@ from shazamq.protocol.messages.delete_records_response import (
     DeleteRecordsResponse,
     DeleteRecordsTopicResult,
 )
+from shazamq.protocol.messages.delete_share_group_offsets_response import (
+    DeleteShareGroupOffsetsResponse,
+    DeleteShareGroupOffsetsResponseTopic,
+)
 from shazamq.protocol.messages.delete_topics_response import (
     DeletableTopicResult,
     DeleteTopicsResponse,
@@ -130,6 +145,12 @@ from shazamq.protocol.messages.describe_producers_response import (
     DescribeProducersResponse,
     PartitionResponse,
     TopicResponse,
+)
+from shazamq.protocol.messages.describe_share_group_offsets_response import (
+    DescribeShareGroupOffsetsResponse,
+    DescribeShareGroupOffsetsResponseGroup,
+    DescribeShareGroupOffsetsResponsePartition,
+    DescribeShareGroupOffsetsResponseTopic,
 )
 from shazamq.protocol.messages.describe_transactions_response import (
     DescribeTransactionsResponse,
@@ -220,6 +241,7 @@ from shazamq.protocol.messages.write_txn_markers_response import (
 )
 
 from ..security.acl import CLUSTER_NAME, Authorizer, Operation, ResourceType
+from . import share_state
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -671,6 +693,8 @@ _GUARDS[44] = _alter_configs_guard
 @_guard(10)
 def _find_coordinator(h: Handler, check: _Check, broker: Broker) -> Handler:
     def code_for(ctx: RequestContext, key: str, key_type: int) -> int:
+        if key_type == 2:  # share coordinators are looked up by brokers only
+            return 0 if check.cluster(ctx, Operation.CLUSTER_ACTION) else CLUSTER_DENIED
         if key_type == 1:
             return 0 if check(ctx, DESCRIBE, TXN, key) else TXN_DENIED
         return 0 if check(ctx, DESCRIBE, GROUP, key) else GROUP_DENIED
@@ -1292,3 +1316,109 @@ def _share_topics_guard(fetch: bool) -> GuardFactory:
 
 _GUARDS[78] = _share_topics_guard(fetch=True)
 _GUARDS[79] = _share_topics_guard(fetch=False)
+
+
+def _describe_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    def denied_topic(t: Any) -> DescribeShareGroupOffsetsResponseTopic:
+        return DescribeShareGroupOffsetsResponseTopic(
+            topic_name=t.topic_name,
+            partitions=[
+                DescribeShareGroupOffsetsResponsePartition(
+                    partition_index=i, start_offset=-1, error_code=TOPIC_DENIED
+                )
+                for i in t.partitions
+            ],
+        )
+
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        refused = {g.group_id for g in req.groups if not check(ctx, DESCRIBE, GROUP, g.group_id)}
+        hidden: dict[str, list[Any]] = {}
+        for g in req.groups:
+            if g.group_id not in refused and g.topics is not None:
+                hidden[g.group_id] = [
+                    t for t in g.topics if not check(ctx, DESCRIBE, TOPIC, t.topic_name)
+                ]
+                g.topics = [t for t in g.topics if t not in hidden[g.group_id]]
+        asked = [g for g in req.groups if g.group_id not in refused]
+        order = [g.group_id for g in req.groups]
+        req.groups = asked
+        response = await h(ctx, req) if asked else DescribeShareGroupOffsetsResponse(groups=[])
+        for g in response.groups:
+            if g.error_code:
+                continue
+            # all-topics answers leave out what the principal may not see
+            g.topics = [t for t in g.topics if check(ctx, DESCRIBE, TOPIC, t.topic_name)]
+            g.topics.extend(denied_topic(t) for t in hidden.get(g.group_id, ()))
+        response.groups.extend(
+            DescribeShareGroupOffsetsResponseGroup(group_id=g, error_code=GROUP_DENIED)
+            for g in order
+            if g in refused
+        )
+        return response
+
+    return guarded
+
+
+def _alter_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    def failed(t: Any, code: int) -> AlterShareGroupOffsetsResponseTopic:
+        return AlterShareGroupOffsetsResponseTopic(
+            topic_name=t.topic_name,
+            partitions=[
+                AlterShareGroupOffsetsResponsePartition(
+                    partition_index=p.partition_index, error_code=code
+                )
+                for p in t.partitions
+            ],
+        )
+
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        if not check(ctx, READ, GROUP, req.group_id):
+            return AlterShareGroupOffsetsResponse(
+                error_code=GROUP_DENIED,
+                error_message="Group authorization failed.",
+                responses=[failed(t, GROUP_DENIED) for t in req.topics],
+            )
+        denied = [t for t in req.topics if not check(ctx, READ, TOPIC, t.topic_name)]
+        if not denied:
+            return await h(ctx, req)
+        req.topics = [t for t in req.topics if t not in denied]
+        response = await h(ctx, req)
+        response.responses.extend(failed(t, TOPIC_DENIED) for t in denied)
+        return response
+
+    return guarded
+
+
+def _delete_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
+    async def guarded(ctx: RequestContext, req: Any) -> Any:
+        if not check(ctx, DELETE, GROUP, req.group_id):
+            return DeleteShareGroupOffsetsResponse(
+                error_code=GROUP_DENIED, error_message="Group authorization failed."
+            )
+        denied = [t for t in req.topics if not check(ctx, READ, TOPIC, t.topic_name)]
+        if not denied:
+            return await h(ctx, req)
+        req.topics = [t for t in req.topics if t not in denied]
+        response = await h(ctx, req)
+        if not response.error_code:
+            response.responses.extend(
+                DeleteShareGroupOffsetsResponseTopic(
+                    topic_name=t.topic_name,
+                    error_code=TOPIC_DENIED,
+                    error_message="Topic authorization failed.",
+                )
+                for t in denied
+            )
+        return response
+
+    return guarded
+
+
+# the share coordinator's RPCs come from brokers only (Kafka: CLUSTER_ACTION)
+for _key in (83, 84, 85, 86):
+    _GUARDS[_key] = _cluster_guard(
+        Operation.CLUSTER_ACTION, functools.partial(share_state.refused, _key, CLUSTER_DENIED)
+    )
+_GUARDS[90] = _describe_share_offsets
+_GUARDS[91] = _alter_share_offsets
+_GUARDS[92] = _delete_share_offsets

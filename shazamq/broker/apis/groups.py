@@ -7,7 +7,8 @@ registered here are what ApiVersions advertises:
 ==================  ========  ====================================================
 API (key)           versions  notes
 ==================  ========  ====================================================
-FindCoordinator 10  0-5       v4+ batched keys; key types 0 (group), 1 (transaction)
+FindCoordinator 10  0-6       v4+ batched keys; key types 0 (group), 1 (transaction),
+                              v6 2 (share-partition, group:topic id:partition)
 OffsetCommit 8      0-9       v1 commit timestamps, v2-4 retention time
 OffsetFetch 9       0-9       v7 require_stable, v8+ several groups per request,
                               v9 member id and epoch of consumer groups
@@ -23,14 +24,16 @@ OffsetDelete 47     0
 ==================  ========  ====================================================
 
 FindCoordinator names this broker on a single broker (once its coordinators loaded).
-In a cluster it names the broker leading the key's partition of ``__consumer_offsets``
-or ``__transaction_state``, with the address that broker registered; the first lookup
-creates the topic, and until it exists with a leader for that partition the answer is
-COORDINATOR_NOT_AVAILABLE, which clients retry.
+In a cluster it names the broker leading the key's partition of ``__consumer_offsets``,
+``__transaction_state`` or ``__share_group_state``, with the address that broker
+registered; the first lookup creates the topic, and until it exists with a leader for
+that partition the answer is COORDINATOR_NOT_AVAILABLE, which clients retry.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -97,6 +100,7 @@ __all__ = ["register"]
 
 COORDINATOR_TYPE_GROUP = 0
 COORDINATOR_TYPE_TRANSACTION = 1
+COORDINATOR_TYPE_SHARE = 2  # a share-partition's key (FindCoordinator v6+, KIP-932)
 # DescribeGroups authorized operations with no authorizer: READ, DELETE, DESCRIBE.
 _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 _NOT_REQUESTED = -(2**31)
@@ -123,14 +127,35 @@ def _nowhere(code: int, message: str) -> tuple[int, str | None, int, str, int]:
     return int(code), message, -1, "", -1
 
 
+def _is_share_key(key: str) -> bool:
+    """Whether ``key`` is Kafka's share-partition key ``group:topic id:partition`` (the
+    topic id in Kafka's unpadded URL-safe base64)."""
+    parts = key.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[2].isdigit():
+        return False
+    try:
+        return len(base64.urlsafe_b64decode(parts[1] + "==")) == 16
+    except (ValueError, binascii.Error):
+        return False
+
+
 def register(d: Dispatcher, broker: Broker) -> None:
     coordinator = broker.groups
 
     # -- FindCoordinator --------------------------------------------------------------
 
-    def locate(key: str, key_type: int) -> tuple[int, str | None, int, str, int]:
+    def locate(key: str, key_type: int, version: int) -> tuple[int, str | None, int, str, int]:
         """(error, message, node id, host, port) of the coordinator of ``key``."""
-        if key_type == COORDINATOR_TYPE_GROUP:
+        if key_type == COORDINATOR_TYPE_SHARE and version >= 6:
+            # the share coordinator of a share-partition: the leader of the key's
+            # __share_group_state partition (groups/share_state_coordinator.py)
+            if not _is_share_key(key):
+                return _nowhere(
+                    ErrorCode.INVALID_REQUEST, f"{key!r} is not group:topic id:partition"
+                )
+            ready = broker.share.loaded
+            topic = broker.share.store.topic
+        elif key_type == COORDINATOR_TYPE_GROUP:
             ready = coordinator.loaded
             topic = coordinator.store.topic
         elif key_type == COORDINATOR_TYPE_TRANSACTION:
@@ -163,7 +188,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         if ctx.api_version >= 4:
             coordinators = []
             for key in req.coordinator_keys:
-                code, message, node, host, port = locate(key, key_type)
+                code, message, node, host, port = locate(key, key_type, ctx.api_version)
                 coordinators.append(
                     Coordinator(
                         key=key,
@@ -175,7 +200,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     )
                 )
             return FindCoordinatorResponse(coordinators=coordinators)
-        code, message, node, host, port = locate(req.key, key_type)
+        code, message, node, host, port = locate(req.key, key_type, ctx.api_version)
         return FindCoordinatorResponse(
             error_code=code, error_message=message, node_id=node, host=host, port=port
         )
@@ -479,7 +504,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             results=[DeletableGroupResult(group_id=g, error_code=c) for g, c in results.items()]
         )
 
-    d.register(10, 0, 5, find_coordinator)
+    d.register(10, 0, 6, find_coordinator)
     d.register(8, 0, 9, offset_commit)
     d.register(9, 0, 9, offset_fetch)
     d.register(11, 0, 9, join_group)

@@ -1,13 +1,16 @@
 """Share group APIs of KIP-932 (semantics in groups/share_coordinator.py).
 
-==========================  ========  ===========================================
-API (key)                   versions  notes
-==========================  ========  ===========================================
-ShareGroupHeartbeat 76      0-1       v1: the client names its member id
-ShareGroupDescribe 77       0-1
-ShareFetch 78               0-2       v1: MaxRecords, the lock timeout answered
-ShareAcknowledge 79         0-2       v2: RENEW acknowledgements
-==========================  ========  ===========================================
+============================  ========  ===========================================
+API (key)                     versions  notes
+============================  ========  ===========================================
+ShareGroupHeartbeat 76        0-1       v1: the client names its member id
+ShareGroupDescribe 77         0-1
+ShareFetch 78                 0-2       v1: MaxRecords, the lock timeout answered
+ShareAcknowledge 79           0-2       v2: RENEW acknowledgements
+DescribeShareGroupOffsets 90  0-1       v1: the lag (semantics in groups/share_offsets.py)
+AlterShareGroupOffsets 91     0
+DeleteShareGroupOffsets 92    0
+============================  ========  ===========================================
 
 ListGroups, DescribeGroups and DeleteGroups know share groups (apis/groups.py), and the
 group settings are read and changed through DescribeConfigs / IncrementalAlterConfigs on
@@ -19,6 +22,30 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from shazamq.protocol.messages.alter_share_group_offsets_request import (
+    AlterShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.alter_share_group_offsets_response import (
+    AlterShareGroupOffsetsResponse,
+    AlterShareGroupOffsetsResponsePartition,
+    AlterShareGroupOffsetsResponseTopic,
+)
+from shazamq.protocol.messages.delete_share_group_offsets_request import (
+    DeleteShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.delete_share_group_offsets_response import (
+    DeleteShareGroupOffsetsResponse,
+    DeleteShareGroupOffsetsResponseTopic,
+)
+from shazamq.protocol.messages.describe_share_group_offsets_request import (
+    DescribeShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.describe_share_group_offsets_response import (
+    DescribeShareGroupOffsetsResponse,
+    DescribeShareGroupOffsetsResponseGroup,
+    DescribeShareGroupOffsetsResponsePartition,
+    DescribeShareGroupOffsetsResponseTopic,
+)
 from shazamq.protocol.messages.share_acknowledge_request import ShareAcknowledgeRequest
 from shazamq.protocol.messages.share_acknowledge_response import (
     LeaderIdAndEpoch as AckLeader,
@@ -58,6 +85,7 @@ from shazamq.protocol.messages.share_group_heartbeat_response import (
 )
 
 from ..groups.share_coordinator import AckBatch, PartitionFetch
+from ..groups.share_offsets import ShareOffsets, TopicOffsets
 from ..server import ON_CLOSE
 from .groups import _client_host
 
@@ -284,7 +312,99 @@ def register(d: Dispatcher, broker: Broker) -> None:
             ],
         )
 
+    offsets = ShareOffsets(share)
+
+    def described_offsets(
+        topics: list[TopicOffsets],
+    ) -> list[DescribeShareGroupOffsetsResponseTopic]:
+        return [
+            DescribeShareGroupOffsetsResponseTopic(
+                topic_name=t.name,
+                topic_id=t.topic_id,
+                partitions=[
+                    DescribeShareGroupOffsetsResponsePartition(
+                        partition_index=p.partition,
+                        start_offset=p.start_offset,
+                        leader_epoch=p.leader_epoch,
+                        lag=p.lag,
+                        error_code=p.error,
+                        error_message=p.message,
+                    )
+                    for p in t.partitions
+                ],
+            )
+            for t in topics
+        ]
+
+    async def describe_offsets(
+        ctx: RequestContext, req: DescribeShareGroupOffsetsRequest
+    ) -> DescribeShareGroupOffsetsResponse:
+        out = []
+        for g in req.groups:
+            asked = (
+                None if g.topics is None else [(t.topic_name, list(t.partitions)) for t in g.topics]
+            )
+            code, message, topics = await offsets.describe(g.group_id, asked)
+            out.append(
+                DescribeShareGroupOffsetsResponseGroup(
+                    group_id=g.group_id,
+                    topics=described_offsets(topics),
+                    error_code=code,
+                    error_message=message,
+                )
+            )
+        return DescribeShareGroupOffsetsResponse(groups=out)
+
+    async def alter_offsets(
+        ctx: RequestContext, req: AlterShareGroupOffsetsRequest
+    ) -> AlterShareGroupOffsetsResponse:
+        asked = [
+            (t.topic_name, [(p.partition_index, p.start_offset) for p in t.partitions])
+            for t in req.topics
+        ]
+        code, message, topics = await offsets.alter(req.group_id, asked)
+        return AlterShareGroupOffsetsResponse(
+            error_code=code,
+            error_message=message,
+            responses=[
+                AlterShareGroupOffsetsResponseTopic(
+                    topic_name=t.name,
+                    topic_id=t.topic_id,
+                    partitions=[
+                        AlterShareGroupOffsetsResponsePartition(
+                            partition_index=p.partition, error_code=p.error, error_message=p.message
+                        )
+                        for p in t.partitions
+                    ],
+                )
+                for t in topics
+            ],
+        )
+
+    async def delete_offsets(
+        ctx: RequestContext, req: DeleteShareGroupOffsetsRequest
+    ) -> DeleteShareGroupOffsetsResponse:
+        code, message, topics = await offsets.delete(
+            req.group_id, [t.topic_name for t in req.topics]
+        )
+        return DeleteShareGroupOffsetsResponse(
+            error_code=code,
+            error_message=message,
+            responses=[
+                DeleteShareGroupOffsetsResponseTopic(
+                    topic_name=t.name,
+                    topic_id=t.topic_id,
+                    error_code=t.error,
+                    error_message=t.message,
+                )
+                for t in topics
+            ],
+        )
+
     d.register(76, 0, 1, heartbeat)
     d.register(77, 0, 1, describe)
     d.register(78, 0, 2, share_fetch)
     d.register(79, 0, 2, share_acknowledge)
+    d.register(90, 0, 1, describe_offsets)
+    d.register(91, 0, 0, alter_offsets)
+    d.register(92, 0, 0, delete_offsets)

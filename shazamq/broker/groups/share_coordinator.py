@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from shazamq.broker.cluster.client import ClientPool
 from shazamq.broker.log import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError, control_record_of, iter_batches
@@ -44,7 +45,11 @@ from .share_group import (
     effective,
     validate_settings,
 )
-from .share_partition import AckError, SharePartition, deliverable_batches
+from .share_leader import ShareLeaderState
+from .share_offsets import ShareOffsets
+from .share_partition import AckError, SharePartition, deliverable_batches, finished_in
+from .share_persister import SharePersister
+from .share_state_coordinator import ShareStateCoordinator
 from .share_state_store import (
     SHARE_STATE_TOPIC,
     LoadedShareState,
@@ -156,17 +161,33 @@ class ShareCoordinator:
         self._store_ready = False
         self._store_lock = asyncio.Lock()
         self.loaded = False
+        # cluster mode: the share coordinator of the keys placed here, and this broker's
+        # side as share-partition leader (None on a single broker)
+        self.state_coordinator: ShareStateCoordinator | None = None
+        self.leader: ShareLeaderState | None = None
+        self._pool: ClientPool | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.broker.cluster is not None:
+        cluster = self.broker.cluster
+        if cluster is not None:
             # Membership follows the group coordinator's placement; share-partitions live
-            # on their partition's leader, in memory: the state topic is not written
-            # across brokers yet (no share coordinator RPCs).
+            # on their partition's leader and are persisted with their share coordinator
+            # (share_leader.py, share_state_coordinator.py).
+            self.state_coordinator = ShareStateCoordinator(cluster, self.store)
+            self.state_coordinator.start(list(self.broker.partitions.partitions.values()))
+            self._pool = ClientPool(
+                self._address_of, client_id="shazamq-share-state", **cluster.peer_client_options()
+            )
+            persister = SharePersister(
+                cluster, self.broker.node_id, self.state_coordinator, self._pool
+            )
+            self.leader = ShareLeaderState(self, persister)
+            cluster.on_partition_role.append(self.leader.on_partition_role)
             log.warning(
-                "share groups in a cluster: share-partition state and group settings are "
-                "kept in memory on each broker, not persisted"
+                "share groups in a cluster: group epochs and group settings are kept in "
+                "memory on the group's coordinator, not persisted"
             )
             self.loaded = True
             return
@@ -204,7 +225,22 @@ class ShareCoordinator:
         if loaded.skipped:
             log.warning("%d share state records were not understood and skipped", loaded.skipped)
 
+    def _address_of(self, node_id: int) -> tuple[str, int] | None:
+        cluster = self.broker.cluster
+        b = cluster.state.brokers.get(node_id) if cluster is not None else None
+        return (b.host, b.port) if b is not None else None
+
     async def stop(self) -> None:
+        cluster = self.broker.cluster
+        if self.leader is not None:
+            if cluster is not None and self.leader.on_partition_role in cluster.on_partition_role:
+                cluster.on_partition_role.remove(self.leader.on_partition_role)
+            await self.leader.stop()
+        if self.state_coordinator is not None:
+            self.state_coordinator.stop()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         for g in self.groups.values():
             for m in g.members.values():
                 if m.timer is not None:
@@ -297,7 +333,12 @@ class ShareCoordinator:
             raise KafkaError(ErrorCode(int(code)), f"cannot write the share state: {exc}") from None
 
     def _persist(self, group_id: str, keys: Iterable[PartKey]) -> int:
-        """Write the snapshots of the changed share-partitions; 0 or the error code."""
+        """Write the snapshots of the changed share-partitions; 0 or the error code.
+        In a cluster the writes go to the share coordinators in the background (use
+        :meth:`_persist_now` to wait for them)."""
+        if self.leader is not None:
+            self.leader.write_soon(keys)
+            return 0
         records = []
         for key in keys:
             sp = self.partitions.get(key)
@@ -316,6 +357,21 @@ class ShareCoordinator:
             log.warning("share group %s: %s", group_id, exc.message)
             return int(exc.code)
         return 0
+
+    async def _persist_now(self, group_id: str, keys: Iterable[PartKey]) -> int:
+        """:meth:`_persist`, waiting in a cluster until the share coordinators have it."""
+        if self.leader is not None:
+            return await self.leader.write(keys)
+        return self._persist(group_id, keys)
+
+    async def _load(
+        self, group_id: str, tps: Iterable[TopicPartitionId]
+    ) -> dict[TopicPartitionId, tuple[int, str]]:
+        """In a cluster, read the state of the share-partitions led here that are not
+        known yet; those that could not be read, with their error."""
+        if self.leader is None:
+            return {}
+        return await self.leader.load(group_id, tps)
 
     # -- membership -------------------------------------------------------------------
 
@@ -542,6 +598,8 @@ class ShareCoordinator:
                 )
                 sp.dirty = True  # where it starts is state too (latest must not move)
             self.partitions[key] = sp
+            if self.leader is not None:
+                self.leader.fresh.discard(key)
         if sp.start < p.log.log_start_offset:
             sp.move_start(p.log.log_start_offset)
         return sp
@@ -570,6 +628,8 @@ class ShareCoordinator:
     ) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Acquire records of one partition for the member: the batches' bytes and the
         acquired runs."""
+        if self.leader is not None and not self.leader.ready((group_id, topic_id, p.index)):
+            return b"", []  # its state is still being read from its share coordinator
         sp = self._share_partition(group_id, topic_id, p, settings)
         plog = p.log
         upper = plog.last_stable_offset if settings.read_committed else plog.high_watermark
@@ -657,6 +717,8 @@ class ShareCoordinator:
         p, code, message = self._resolve(topic_id, index)
         if p is None:
             return code, message
+        if self.leader is not None and not self.leader.ready((group_id, topic_id, index)):
+            return int(_E.COORDINATOR_NOT_AVAILABLE), "the share-partition state is not read yet"
         settings = self.settings(group_id)
         sp = self._share_partition(group_id, topic_id, p, settings)
         now = _now_ms()
@@ -803,15 +865,24 @@ class ShareCoordinator:
         )
         if session is None:
             return code, message, []
+        if self.leader is not None and session_epoch == 0:
+            await self.leader.revalidate(group_id, [(tid, index) for tid, index, _a in requested])
+        unread = await self._load(
+            group_id, [*((tid, index) for tid, index, _a in requested), *session.partitions]
+        )
         out: dict[TopicPartitionId, PartitionFetch] = {}
         touched: list[PartKey] = []
         for tid, index, acks in requested:
             pf = out[(tid, index)] = PartitionFetch(tid, index)
-            if acks:
+            failed = unread.get((tid, index))
+            if failed is not None:
+                pf.error, pf.message = failed
+                pf.ack_error = failed[0] if acks else 0
+            elif acks:
                 pf.ack_error, pf.ack_message = self._acknowledge(
                     group_id, member_id, tid, index, acks, version, touched
                 )
-        write_error = self._persist(group_id, touched)
+        write_error = await self._persist_now(group_id, touched)
         if write_error:
             for pf in out.values():
                 if not pf.ack_error:
@@ -828,6 +899,8 @@ class ShareCoordinator:
             return 0, None, list(out.values())
         deadline = received_at + max(max_wait_ms, 0) / 1000
         while True:
+            if self.leader is not None:  # leadership may have come here meanwhile
+                unread.update(await self._load(group_id, list(session.partitions)))
             got, waits, next_lock = self._fetch_round(
                 group_id, member_id, session, out, max_records, max_bytes
             )
@@ -839,6 +912,13 @@ class ShareCoordinator:
             await self.broker.partitions.wait_for_data(waits, remaining)
             if (group_id, member_id) not in self._sessions:
                 break  # the member left or the session was replaced meanwhile
+        for tp, (code, message) in unread.items():
+            if tp in session.partitions and not (
+                self.leader and self.leader.ready((group_id, *tp))
+            ):
+                pf = out.setdefault(tp, PartitionFetch(*tp))
+                if not pf.error:
+                    pf.error, pf.message = code, message
         return 0, None, list(out.values())
 
     def _fetch_round(
@@ -909,15 +989,20 @@ class ShareCoordinator:
         session, code, message = self._session(group_id, member_id, session_epoch, fetch=False)
         if session is None:
             return code, message, []
+        unread = await self._load(group_id, [(tid, index) for tid, index, _a in requested])
         out = []
         touched: list[PartKey] = []
         for tid, index, acks in requested:
             pf = PartitionFetch(tid, index)
-            pf.error, pf.message = self._acknowledge(
-                group_id, member_id, tid, index, acks, version, touched
-            )
+            failed = unread.get((tid, index))
+            if failed is not None:
+                pf.error, pf.message = failed
+            else:
+                pf.error, pf.message = self._acknowledge(
+                    group_id, member_id, tid, index, acks, version, touched
+                )
             out.append(pf)
-        write_error = self._persist(group_id, touched)
+        write_error = await self._persist_now(group_id, touched)
         if write_error:
             for pf in out:
                 if not pf.error:
@@ -957,6 +1042,8 @@ class ShareCoordinator:
             self._write_or_raise(group_id, records)
         except KafkaError as exc:
             return int(exc.code)
+        if self.leader is not None:  # the states are with their share coordinators
+            self.leader.delete_soon(ShareOffsets(self)._candidates(group_id) | keys)
         for k in keys:
             self.partitions.pop(k, None)
             self._snapshots.pop(k, None)
@@ -990,3 +1077,50 @@ class ShareCoordinator:
             if gid == group_id and info is not None:
                 out.setdefault((info.name, index), snap.start_offset)
         return out
+
+    # -- share group offsets (DescribeShareGroupOffsets, Alter..., Delete...) -----------
+
+    def share_partition_keys(self, group_id: str) -> set[PartKey]:
+        """Every share-partition of the group that has state, in memory or persisted."""
+        keys = {k for k in self.partitions if k[0] == group_id}
+        keys.update(k for k in self._snapshots if k[0] == group_id)
+        return keys
+
+    def progress(self, key: PartKey) -> tuple[int, int] | None:
+        """(start offset, offsets of the window done with) of a share-partition, or None
+        if it has no state."""
+        sp = self.partitions.get(key)
+        if sp is not None:
+            return sp.start, sp.finished()
+        snap = self._snapshots.get(key)
+        if snap is not None:
+            return snap.start_offset, finished_in(snap.start_offset, snap.batches)
+        return None
+
+    async def reset_share_partitions(
+        self, group_id: str, starts: dict[PartKey, int | None]
+    ) -> None:
+        """Give share-partitions a fresh state starting at an offset, or none (None), as
+        one write; KafkaError if it fails. What was in flight there is forgotten: the
+        callers check the group is empty."""
+        if not starts:
+            return
+        await self._ensure_store()
+        records: list[tuple[bytes, bytes | None]] = []
+        fresh: dict[PartKey, Snapshot] = {}
+        for key, start in starts.items():
+            if start is None:
+                records.append((snapshot_key(*key), None))
+                continue
+            snap = fresh[key] = Snapshot(self._snapshot_epochs.get(key, -1) + 1, 0, start, ())
+            records.append((snapshot_key(*key), encode_snapshot(snap)))
+        self._write_or_raise(group_id, records)
+        for key in starts:
+            self.partitions.pop(key, None)
+            snap = fresh.get(key)
+            if snap is None:
+                self._snapshots.pop(key, None)
+                self._snapshot_epochs.pop(key, None)
+            else:  # restored with the group's settings when it is next read
+                self._snapshots[key] = snap
+                self._snapshot_epochs[key] = snap.snapshot_epoch

@@ -31,6 +31,7 @@ __all__ = [
     "SharePartition",
     "StateBatch",
     "deliverable_batches",
+    "finished_in",
 ]
 
 
@@ -152,6 +153,11 @@ class SharePartition:
 
     def in_flight(self) -> int:
         return self.end - self.start
+
+    def finished(self) -> int:
+        """How many offsets of the window are done with (acknowledged or archived)."""
+        records = self.records
+        return sum(1 for o in range(self.start, self.end) if records[o].state in FINISHED)
 
     # -- changing ---------------------------------------------------------------------
 
@@ -369,6 +375,13 @@ class SharePartition:
         sp._advance()
         sp.dirty = False
         return sp
+
+
+def finished_in(start: int, batches: Iterable[StateBatch]) -> int:
+    """How many offsets at or past ``start`` the persisted ``batches`` mark finished."""
+    return sum(
+        b.last - max(b.first, start) + 1 for b in batches if b.state in FINISHED and b.last >= start
+    )
 
 
 def _runs(offsets: list[int], records: dict[int, _Record]) -> list[tuple[int, int, int]]:

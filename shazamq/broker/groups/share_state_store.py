@@ -67,6 +67,9 @@ class Snapshot:
     state_epoch: int
     start_offset: int
     batches: tuple[StateBatch, ...]
+    # the partition leader epoch of the last reader or writer (a cluster's share
+    # coordinator fences older leaders with it); -1 on a single broker
+    leader_epoch: int = -1
 
 
 def _str(s: str) -> bytes:
@@ -123,7 +126,14 @@ def encode_snapshot(s: Snapshot, now_ms: int | None = None) -> bytes:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     parts = [
         _SNAP_HEAD.pack(
-            0, s.snapshot_epoch, s.state_epoch, -1, s.start_offset, now, now, len(s.batches)
+            0,
+            s.snapshot_epoch,
+            s.state_epoch,
+            s.leader_epoch,
+            s.start_offset,
+            now,
+            now,
+            len(s.batches),
         )
     ]
     parts.extend(
@@ -135,7 +145,7 @@ def encode_snapshot(s: Snapshot, now_ms: int | None = None) -> bytes:
 def decode_snapshot(buf: bytes) -> Snapshot:
     if len(buf) < _SNAP_HEAD.size:
         raise ShareRecordError("snapshot too short")
-    version, snap_epoch, state_epoch, _leader, start, _c, _w, count = _SNAP_HEAD.unpack_from(buf, 0)
+    version, snap_epoch, state_epoch, leader, start, _c, _w, count = _SNAP_HEAD.unpack_from(buf, 0)
     if version != 0:
         raise ShareRecordError(f"unknown snapshot version {version}")
     if count < 0 or _SNAP_HEAD.size + count * _BATCH.size != len(buf):
@@ -150,7 +160,7 @@ def decode_snapshot(buf: bytes) -> Snapshot:
         if last < first:
             raise ShareRecordError(f"state batch {first}-{last} is reversed")
         batches.append(StateBatch(first, last, st, dc))
-    return Snapshot(snap_epoch, state_epoch, start, tuple(batches))
+    return Snapshot(snap_epoch, state_epoch, start, tuple(batches), leader)
 
 
 def encode_group(epoch: int) -> bytes:
@@ -227,10 +237,11 @@ class ShareStateStore:
             group, [(snapshot_key(group, tid, p), encode_snapshot(s)) for tid, p, s in snaps]
         )
 
-    def load(self) -> LoadedShareState:
-        """Replay every partition; safe to call from an executor thread."""
+    def load(self, indexes: Iterable[int] | None = None) -> LoadedShareState:
+        """Replay the partitions ``indexes`` (all by default); safe to call from an
+        executor thread."""
         out = LoadedShareState()
-        for index in range(self.topic.count):
+        for index in range(self.topic.count) if indexes is None else indexes:
             for batch in self.topic.scan(index):
                 if batch.control is not None:
                     continue

@@ -38,6 +38,12 @@ from shazamq.protocol.messages.alter_partition_request import AlterPartitionRequ
 from shazamq.protocol.messages.alter_partition_response import AlterPartitionResponse
 from shazamq.protocol.messages.alter_replica_log_dirs_request import AlterReplicaLogDirsRequest
 from shazamq.protocol.messages.alter_replica_log_dirs_response import AlterReplicaLogDirsResponse
+from shazamq.protocol.messages.alter_share_group_offsets_request import (
+    AlterShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.alter_share_group_offsets_response import (
+    AlterShareGroupOffsetsResponse,
+)
 from shazamq.protocol.messages.alter_user_scram_credentials_request import (
     AlterUserScramCredentialsRequest,
 )
@@ -83,6 +89,12 @@ from shazamq.protocol.messages.delete_groups_request import DeleteGroupsRequest
 from shazamq.protocol.messages.delete_groups_response import DeleteGroupsResponse
 from shazamq.protocol.messages.delete_records_request import DeleteRecordsRequest
 from shazamq.protocol.messages.delete_records_response import DeleteRecordsResponse
+from shazamq.protocol.messages.delete_share_group_offsets_request import (
+    DeleteShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.delete_share_group_offsets_response import (
+    DeleteShareGroupOffsetsResponse,
+)
 from shazamq.protocol.messages.delete_share_group_state_request import DeleteShareGroupStateRequest
 from shazamq.protocol.messages.delete_share_group_state_response import (
     DeleteShareGroupStateResponse,
@@ -111,6 +123,12 @@ from shazamq.protocol.messages.describe_producers_request import DescribeProduce
 from shazamq.protocol.messages.describe_producers_response import DescribeProducersResponse
 from shazamq.protocol.messages.describe_quorum_request import DescribeQuorumRequest
 from shazamq.protocol.messages.describe_quorum_response import DescribeQuorumResponse
+from shazamq.protocol.messages.describe_share_group_offsets_request import (
+    DescribeShareGroupOffsetsRequest,
+)
+from shazamq.protocol.messages.describe_share_group_offsets_response import (
+    DescribeShareGroupOffsetsResponse,
+)
 from shazamq.protocol.messages.describe_topic_partitions_request import (
     DescribeTopicPartitionsRequest,
 )
@@ -275,6 +293,8 @@ __all__ = [
     "AlterPartitionResponse",
     "AlterReplicaLogDirsRequest",
     "AlterReplicaLogDirsResponse",
+    "AlterShareGroupOffsetsRequest",
+    "AlterShareGroupOffsetsResponse",
     "AlterUserScramCredentialsRequest",
     "AlterUserScramCredentialsResponse",
     "ApiInfo",
@@ -314,6 +334,8 @@ __all__ = [
     "DeleteGroupsResponse",
     "DeleteRecordsRequest",
     "DeleteRecordsResponse",
+    "DeleteShareGroupOffsetsRequest",
+    "DeleteShareGroupOffsetsResponse",
     "DeleteShareGroupStateRequest",
     "DeleteShareGroupStateResponse",
     "DeleteTopicsRequest",
@@ -336,6 +358,8 @@ __all__ = [
     "DescribeProducersResponse",
     "DescribeQuorumRequest",
     "DescribeQuorumResponse",
+    "DescribeShareGroupOffsetsRequest",
+    "DescribeShareGroupOffsetsResponse",
     "DescribeTopicPartitionsRequest",
     "DescribeTopicPartitionsResponse",
     "DescribeTransactionsRequest",
@@ -1417,6 +1441,39 @@ API_KEYS: dict[int, ApiInfo] = {
         max_version=0,
         flexible_min=0,
         latest_version_unstable=True,
+        listeners=("broker",),
+    ),
+    90: ApiInfo(
+        api_key=90,
+        name="DescribeShareGroupOffsets",
+        request=DescribeShareGroupOffsetsRequest,
+        response=DescribeShareGroupOffsetsResponse,
+        min_version=0,
+        max_version=1,
+        flexible_min=0,
+        latest_version_unstable=False,
+        listeners=("broker",),
+    ),
+    91: ApiInfo(
+        api_key=91,
+        name="AlterShareGroupOffsets",
+        request=AlterShareGroupOffsetsRequest,
+        response=AlterShareGroupOffsetsResponse,
+        min_version=0,
+        max_version=0,
+        flexible_min=0,
+        latest_version_unstable=False,
+        listeners=("broker",),
+    ),
+    92: ApiInfo(
+        api_key=92,
+        name="DeleteShareGroupOffsets",
+        request=DeleteShareGroupOffsetsRequest,
+        response=DeleteShareGroupOffsetsResponse,
+        min_version=0,
+        max_version=0,
+        flexible_min=0,
+        latest_version_unstable=False,
         listeners=("broker",),
     ),
 }
