@@ -259,6 +259,12 @@ def test_config_checks() -> None:
                 "oauthbearer": {"jwks_file": "/k.json", "algorithms": ["HS256"]},
             }
         )
+    # brokers log in to each other with the cluster secret: a password mechanism is needed
+    with pytest.raises(ConfigError, match="PLAIN or a SCRAM mechanism"):
+        load(
+            {"mechanisms": ["OAUTHBEARER"], "oauthbearer": {"validator": "unsecured"}},
+            cluster={"voters": ["1@a:9093"], "secret": "s"},
+        )
     # tokens alone need no users
     cfg = load({"mechanisms": ["OAUTHBEARER"], "oauthbearer": {"validator": "unsecured"}})
     assert cfg.security.sasl.oauthbearer.validator == "unsecured"
