@@ -197,7 +197,13 @@ def issuer() -> Issuer:
 def validator(issuer: Issuer) -> tuple[JwksValidator, JwksKeys]:
     keys = JwksKeys()
     assert keys.load(issuer.jwks()) == 2
-    v = JwksValidator(keys, issuer=ISSUER, audience=(AUDIENCE,), clock_skew_seconds=0)
+    v = JwksValidator(
+        keys,
+        algorithms=("RS256", "PS256", "ES256"),
+        issuer=ISSUER,
+        audience=(AUDIENCE,),
+        clock_skew_seconds=0,
+    )
     return v, keys
 
 
@@ -215,6 +221,12 @@ def test_jwks_tokens(issuer: Issuer) -> None:
             "algorithm",
         ),
         ("not-a-token", "compact"),
+        (unsecured({"sub": "a"}, {"alg": "ES256", "kid": 7}, "c2ln"), "compact"),
+        # the set says rsa-1 signs RS256: a PS256 token under it is refused
+        (
+            jwt.encode({"sub": "a"}, issuer.keys["rsa-1"][0], "PS256", {"kid": "rsa-1"}),
+            "key is for",
+        ),
     ):
         with pytest.raises(TokenError, match=why):
             v.validate(token)

@@ -228,8 +228,9 @@ class JwksKeys:
     """The signing keys of a JSON Web Key Set, by key id (swapped whole on each load)."""
 
     def __init__(self) -> None:
-        self.by_kid: dict[str, Any] = {}
-        self.unnamed: list[Any] = []  # keys without a kid
+        # (PyJWK, the alg the set declares for it or None), by kid and without one
+        self.by_kid: dict[str, tuple[Any, str | None]] = {}
+        self.unnamed: list[tuple[Any, str | None]] = []
         self.loaded_at = 0.0
         # called with nothing when a token names a key id this set lacks
         self.on_unknown_kid: Callable[[], None] | None = None
@@ -245,8 +246,8 @@ class JwksKeys:
             raise ValueError("the key set is not JSON") from None
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise ValueError('the key set has no "keys" list')
-        by_kid: dict[str, Any] = {}
-        unnamed: list[Any] = []
+        by_kid: dict[str, tuple[Any, str | None]] = {}
+        unnamed: list[tuple[Any, str | None]] = []
         for jwk in jwks["keys"]:
             if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
                 continue
@@ -254,18 +255,21 @@ class JwksKeys:
                 key = PyJWK(jwk)
             except PyJWKError:
                 continue  # a key type or algorithm this build cannot use
+            alg = jwk.get("alg")
+            entry = (key, alg if isinstance(alg, str) else None)
             kid = jwk.get("kid")
             if isinstance(kid, str):
-                by_kid[kid] = key
+                by_kid[kid] = entry
             else:
-                unnamed.append(key)
+                unnamed.append(entry)
         if not by_kid and not unnamed:
             raise ValueError("the key set holds no usable signing key")
         self.by_kid, self.unnamed = by_kid, unnamed
         self.loaded_at = time.monotonic()
         return len(by_kid) + len(unnamed)
 
-    def key_for(self, kid: str | None) -> Any:
+    def key_for(self, kid: str | None) -> tuple[Any, str | None]:
+        """The key a token's kid names and its declared alg; TokenError if none."""
         if kid is not None:
             key = self.by_kid.get(kid)
             if key is None:
@@ -301,13 +305,15 @@ class JwksValidator(_Rules):
 
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.exceptions.DecodeError:
+        except jwt.PyJWTError:
             raise TokenError("not a JWS in compact form") from None
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise TokenError(f"algorithm {str(alg)[:16]!r} is not accepted")
         kid = header.get("kid")
-        key = self.keys.key_for(kid if isinstance(kid, str) else None)
+        key, declared = self.keys.key_for(kid if isinstance(kid, str) else None)
+        if declared is not None and declared != alg:
+            raise TokenError(f"the key is for {declared[:16]}, not {alg}")
         required = ["exp", *(["iss"] if self.issuer else []), *(["aud"] if self.audience else [])]
         try:
             claims = jwt.decode(

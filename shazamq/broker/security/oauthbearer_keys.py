@@ -86,9 +86,9 @@ class JwksRefresher:
         interval = self.config.jwks_refresh_ms / 1000
         ok = bool(self.keys.loaded_at)
         while True:
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval if ok else RETRY_S)
+            self._wake.clear()  # a kid unknown from here on asks again
             ok = await self.load() or ok
 
     async def stop(self) -> None:
