@@ -6,6 +6,8 @@
     python -m benchmarks.load --only 100B          # one load (repeatable)
     python -m benchmarks.load --json results.json  # also write the report as JSON
     python -m benchmarks.load --profile prof/      # py-spy the broker during each phase
+    python -m benchmarks.load --acls 300           # SASL login, authorization on, 300 ACLs
+    python -m benchmarks.load --acl-compare --repeat 3   # ACLs off / on, interleaved
 
 Starts `python -m shazamq.broker` on loopback with a fresh data directory on disk (default
 flush policy: the OS writes dirty pages back, as Kafka does), creates a 4-partition topic
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import random
@@ -45,6 +48,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from benchmarks.secured import Security, install_acls
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
@@ -278,10 +283,10 @@ def bucket_percentiles(before: dict[float, float], after: dict[float, float]) ->
     return out
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int, client: dict | None = None) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client or {})})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
 
 
@@ -292,10 +297,15 @@ class ClientOptions:
     per_record: bool = False  # one produce() call per record instead of produce_batch()
     producers: int = 1  # producer instances (each compresses in its own librdkafka thread)
     compression_level: int = -1  # librdkafka's compression.level; -1: the codec's default
+    # librdkafka settings every client gets (SASL login with --sasl/--acls)
+    client: dict = field(default_factory=dict)
 
 
-def producer_config(bootstrap: str, compression: str, level: int = -1) -> dict:
+def producer_config(
+    bootstrap: str, compression: str, level: int = -1, client: dict | None = None
+) -> dict:
     return {
+        **(client or {}),
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "enable.idempotence": False,
@@ -419,7 +429,7 @@ def run_produce(
     next partition (and the next producer), or one ``produce()`` call per record."""
     from confluent_kafka import Producer
 
-    config = producer_config(bootstrap, load.compression, opts.compression_level)
+    config = producer_config(bootstrap, load.compression, opts.compression_level, opts.client)
     producers = [Producer(config) for _ in range(max(1, opts.producers))]
     values = payloads(load.size, load.compression != "none")
     nvalues = len(values)
@@ -485,11 +495,11 @@ def run_produce(
     result.saturated_latency_ms = percentiles(latencies)
 
 
-def check_watermarks(bootstrap: str, topic: str, expected: int) -> None:
+def check_watermarks(bootstrap: str, topic: str, expected: int, client: dict | None = None) -> None:
     """Every record the producer sent is in the log (unsampled delivery errors included)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}"})
+    c = Consumer({**(client or {}), "bootstrap.servers": bootstrap, "group.id": f"check-{topic}"})
     try:
         total = 0
         for i in range(PARTITIONS):
@@ -501,11 +511,14 @@ def check_watermarks(bootstrap: str, topic: str, expected: int) -> None:
         raise RuntimeError(f"{topic} holds {total} records, {expected} were produced")
 
 
-def run_consume(bootstrap: str, topic: str, load: Load, result: Result, meter: Meter) -> None:
+def run_consume(
+    bootstrap: str, topic: str, load: Load, result: Result, meter: Meter, client: dict | None = None
+) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer(
         {
+            **(client or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-{topic}",
             "enable.auto.commit": False,
@@ -539,7 +552,9 @@ def run_consume(bootstrap: str, topic: str, load: Load, result: Result, meter: M
         raise RuntimeError(f"consumed {got} of {load.records} ({errors} error events)")
 
 
-def run_latency(bootstrap: str, topic: str, rate: float, seconds: float, size: int) -> dict:
+def run_latency(
+    bootstrap: str, topic: str, rate: float, seconds: float, size: int, client: dict | None = None
+) -> dict:
     """Produce at a fixed rate and report delivery latency percentiles.
 
     Every millisecond the records due by then go out in one ``produce_batch`` (to the
@@ -548,7 +563,7 @@ def run_latency(bootstrap: str, topic: str, rate: float, seconds: float, size: i
     """
     from confluent_kafka import Producer
 
-    p = Producer(producer_config(bootstrap, "none"))
+    p = Producer(producer_config(bootstrap, "none", client=client))
     value = payloads(size, False, 1)[0]
     latencies: list[float] = []
     failures = 0
@@ -610,10 +625,17 @@ def run(
     source: Path = ROOT,
     latency_rate: float | None = None,
     latency_seconds: float = 10.0,
+    security: Security | None = None,
 ) -> dict:
-    opts = opts or ClientOptions()
+    security = security or Security()
+    opts = dataclasses.replace(opts or ClientOptions(), client=security.client())
+    client = opts.client
     tmp = Path(tempfile.mkdtemp(prefix="shazamq-bench-"))
-    broker = BrokerUnderTest(tmp / "data", source=source) if bootstrap is None else None
+    broker = (
+        BrokerUnderTest(tmp / "data", security.broker_env(), source=source)
+        if bootstrap is None
+        else None
+    )
     if broker is not None:
         bootstrap = broker.bootstrap
     assert bootstrap is not None
@@ -621,22 +643,24 @@ def run(
     results = []
     profiles: dict[str, dict | None] = {}
     run_id = f"{os.getpid()}-{int(time.time())}"
-    report: dict = {"loadavg_start": os.getloadavg()}
+    report: dict = {"loadavg_start": os.getloadavg(), "security": security.label}
     try:
+        if security.acls:
+            report["acls"] = install_acls(bootstrap, security)
         report["broker_rss_mb_idle"] = rss_mb(pid)
         for load in loads:
             n = max(1000, int(load.records * scale))
             scaled = Load(load.name, n, load.size, load.compression)
             topic = f"bench-{load.name.lower()}-{run_id}"
-            create_topic(bootstrap, topic, PARTITIONS)
+            create_topic(bootstrap, topic, PARTITIONS, client)
             r = Result(load.name, n, load.size, load.compression)
             r.loadavg_before = os.getloadavg()
             prof = Profiler(profile_dir, pid, f"{load.name}-produce")
             run_produce(bootstrap, topic, scaled, r, Meter(pid), opts)
             profiles[f"{load.name} produce"] = prof.stop()
-            check_watermarks(bootstrap, topic, n)
+            check_watermarks(bootstrap, topic, n, client)
             prof = Profiler(profile_dir, pid, f"{load.name}-consume")
-            run_consume(bootstrap, topic, scaled, r, Meter(pid))
+            run_consume(bootstrap, topic, scaled, r, Meter(pid), client)
             profiles[f"{load.name} consume"] = prof.stop()
             r.broker_rss_mb = rss_mb(pid)
             r.loadavg_after = os.getloadavg()
@@ -645,12 +669,17 @@ def run(
             first = results[0]
             half = latency_rate or first.produce.records_per_s / 2
             topic = f"bench-latency-{run_id}"
-            create_topic(bootstrap, topic, PARTITIONS)
+            create_topic(bootstrap, topic, PARTITIONS, client)
             hist0 = broker.request_latency("Produce") if broker is not None else {}
             phase = Phase()
             with Meter(pid) as meter:
                 lat = run_latency(
-                    bootstrap, topic, half, max(2.0, latency_seconds * scale), first.record_bytes
+                    bootstrap,
+                    topic,
+                    half,
+                    max(2.0, latency_seconds * scale),
+                    first.record_bytes,
+                    client,
                 )
                 meter.stop(phase, 1, 0)
             lat["record_bytes"] = first.record_bytes
@@ -670,7 +699,7 @@ def run(
             broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     report.update(
-        client=asdict(opts),
+        client={k: v for k, v in asdict(opts).items() if k != "client"},
         results=[asdict(r) for r in results],
         cpus=os.cpu_count(),
         python=sys.version.split()[0],
@@ -789,6 +818,66 @@ def print_median(summary: dict) -> None:
         )
 
 
+def compare_report(off: list[dict], on: list[dict]) -> dict:
+    """Medians of interleaved ACLs-off and ACLs-on runs, and on / off per load and phase."""
+    a, b = median_report(off), median_report(on)
+    out: dict = {
+        "runs": len(off),
+        "off": off[0]["security"],
+        "on": on[0]["security"],
+        "acls": on[0].get("acls"),
+        "loadavg_1min": {
+            "min": min(a["loadavg_1min"]["min"], b["loadavg_1min"]["min"]),
+            "max": max(a["loadavg_1min"]["max"], b["loadavg_1min"]["max"]),
+        },
+        "loads": {},
+    }
+    for name, e_off in a["loads"].items():
+        e_on = b["loads"][name]
+        entry = {}
+        for phase in ("produce", "consume"):
+            rate_off = e_off[f"{phase}_records_per_s"]["median"]
+            rate_on = e_on[f"{phase}_records_per_s"]["median"]
+            entry[phase] = {
+                "off_records_per_s": rate_off,
+                "on_records_per_s": rate_on,
+                "off_mb_per_s": e_off[f"{phase}_mb_per_s"],
+                "on_mb_per_s": e_on[f"{phase}_mb_per_s"],
+                "off_broker_cpu_s": e_off[f"{phase}_broker_cpu_s"]["median"],
+                "on_broker_cpu_s": e_on[f"{phase}_broker_cpu_s"]["median"],
+                "on_over_off": round(rate_on / rate_off, 3) if rate_off else None,
+            }
+        out["loads"][name] = entry
+    return out
+
+
+def print_compare(summary: dict) -> None:
+    print(
+        f"\nACLs off ({summary['off']}) against on ({summary['on']}, the broker holding "
+        f"{summary['acls']}): median of {summary['runs']} interleaved runs each (MB/s range); "
+        f"1-minute load average at the starts {summary['loadavg_1min']['min']:.2f}-"
+        f"{summary['loadavg_1min']['max']:.2f}"
+    )
+    header = (
+        f"{'load, phase':<18} | {'off rec/s':>10} {'MB/s':>16} | {'on rec/s':>10} "
+        f"{'MB/s':>16} | {'on/off':>6} | {'broker CPU s off/on':>19}"
+    )
+    print(header)
+    print("-" * len(header))
+
+    def mb(m: dict) -> str:
+        return f"{m['median']:,.0f} ({m['min']:,.0f}-{m['max']:,.0f})"
+
+    for name, entry in summary["loads"].items():
+        for phase, e in entry.items():
+            print(
+                f"{name + ' ' + phase:<18} | {e['off_records_per_s']:>10,.0f} "
+                f"{mb(e['off_mb_per_s']):>16} | {e['on_records_per_s']:>10,.0f} "
+                f"{mb(e['on_mb_per_s']):>16} | {e['on_over_off']:>6.3f} | "
+                f"{e['off_broker_cpu_s']:>9.2f}/{e['on_broker_cpu_s']:<9.2f}"
+            )
+
+
 def add_broker_cmd_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--broker-cmd",
@@ -878,12 +967,39 @@ def main(argv: list[str] | None = None) -> int:
         help="run the broker from this source tree, e.g. a checkout of an "
         "older revision to compare against (default: this one)",
     )
+    parser.add_argument(
+        "--sasl",
+        choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        help="clients log in over SASL_PLAINTEXT with this mechanism (as user bench)",
+    )
+    parser.add_argument(
+        "--acls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="turn authorization on and install N ACLs (at least 8: the benchmark's own "
+        "PREFIXED allows and a shared cluster's worth of others); implies --sasl PLAIN",
+    )
+    parser.add_argument(
+        "--acl-compare",
+        action="store_true",
+        help="alternate runs with authorization off and on (SASL in both, --acls N "
+        "ACLs, default 300), --repeat times each, and report the medians side by side",
+    )
     add_broker_cmd_option(parser)
     args = parser.parse_args(argv)
+    if args.acls and args.acls < 8:
+        parser.error("--acls needs at least 8 (the benchmark's own ACLs)")
+    if args.acl_compare and args.bootstrap:
+        parser.error("--acl-compare starts its own brokers; it cannot use --bootstrap")
+    mechanism = args.sasl or ("PLAIN" if args.acls or args.acl_compare else None)
+    securities = [Security(mechanism, args.acls)]
+    if args.acl_compare:
+        securities = [Security(mechanism, 0), Security(mechanism, args.acls or 300)]
     set_broker_cmd(args.broker_cmd)
     loads = [load for load in LOADS if not args.only or load.name in args.only]
     reports = []
-    for _ in range(max(1, args.repeat)):
+    for i in range(max(1, args.repeat) * len(securities)):
         report = run(
             loads,
             args.scale,
@@ -894,11 +1010,18 @@ def main(argv: list[str] | None = None) -> int:
             args.source,
             args.latency_rate,
             args.latency_seconds,
+            securities[i % len(securities)],
         )
+        print(f"[{report['security']}]")
         print_table(report)
         print(json.dumps(report), flush=True)
         reports.append(report)
-    if len(reports) > 1:
+    if args.acl_compare:
+        summary = compare_report(reports[0::2], reports[1::2])
+        print_compare(summary)
+        print(json.dumps(summary))
+        final = {"compare": summary, "reports": reports}
+    elif len(reports) > 1:
         summary = median_report(reports)
         print_median(summary)
         print(json.dumps(summary))

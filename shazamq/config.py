@@ -729,6 +729,11 @@ class TieredStorageConfig(_Section):
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+# what the broker's own listener may offer: the password mechanisms and OAUTHBEARER
+ListenerSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+JwsAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"
+]
 
 
 class MirrorSource(_Section):
@@ -917,11 +922,92 @@ class TlsConfig(_Section):
             raise ValueError("TLS needs cert_file and key_file")
 
 
+class OAuthBearerConfig(_Section):
+    """How SASL/OAUTHBEARER tokens are validated (KIP-255; KIP-768's settings by their
+    Kafka names in the descriptions)."""
+
+    validator: Annotated[
+        Literal["jwks", "unsecured"],
+        Meta(
+            description="jwks: signed JWTs verified against the keys of jwks_url or jwks_file "
+            "(production); unsecured: unsigned JWS (alg none) taken at their word, for "
+            "development only, as Kafka's OAuthBearerUnsecuredValidatorCallbackHandler.",
+        ),
+    ] = "jwks"
+    jwks_url: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^https?://",
+                description="The JSON Web Key Set of the issuer "
+                "(sasl.oauthbearer.jwks.endpoint.url).",
+            ),
+        ]
+        | None
+    ) = None
+    jwks_file: Annotated[
+        str | None, Meta(description="A JSON Web Key Set file, read again on every refresh.")
+    ] = None
+    jwks_refresh_ms: Annotated[
+        int,
+        Meta(
+            ge=1000,
+            description="How often the key set is fetched again "
+            "(sasl.oauthbearer.jwks.endpoint.refresh.ms); a token naming an unknown key id "
+            "also triggers a fetch, at most once every 10 s.",
+        ),
+    ] = 3_600_000
+    algorithms: Annotated[
+        tuple[JwsAlgorithm, ...],
+        Meta(min_length=1, description="Signature algorithms a token may use (alg)."),
+    ] = ("RS256", "ES256")
+    expected_issuer: Annotated[
+        str | None,
+        Meta(description="Required iss claim (sasl.oauthbearer.expected.issuer); unset: any."),
+    ] = None
+    expected_audience: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="The aud claim must name one of these "
+            "(sasl.oauthbearer.expected.audience); empty: not checked.",
+        ),
+    ] = ()
+    principal_claim: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Claim holding the principal's name (sasl.oauthbearer.sub.claim.name).",
+        ),
+    ] = "sub"
+    scope_claim: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Claim holding the scopes (sasl.oauthbearer.scope.claim.name).",
+        ),
+    ] = "scope"
+    required_scopes: Annotated[
+        tuple[str, ...], Meta(description="Scopes every token must carry; empty: none.")
+    ] = ()
+    clock_skew_seconds: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=3600,
+            description="Leeway on exp, nbf and iat (sasl.oauthbearer.clock.skew.seconds).",
+        ),
+    ] = 30
+
+    def __post_init__(self) -> None:
+        if self.validator == "jwks" and bool(self.jwks_url) == bool(self.jwks_file):
+            raise ValueError("validator 'jwks' needs exactly one of jwks_url and jwks_file")
+
+
 class SaslConfig(_Section):
     """SASL authentication on the Kafka listener."""
 
     enabled: bool = False
-    mechanisms: tuple[SaslMechanism, ...] = ("PLAIN",)
+    mechanisms: tuple[ListenerSaslMechanism, ...] = ("PLAIN",)
     users_file: Annotated[
         str | None, Meta(description='TOML file of [users] name = "password" entries.')
     ] = None
@@ -970,9 +1056,17 @@ class SaslConfig(_Section):
         ),
     ] = 2
 
+    oauthbearer: Annotated[
+        OAuthBearerConfig | None,
+        Meta(description="Token validation, required when mechanisms has OAUTHBEARER."),
+    ] = None
+
     def __post_init__(self) -> None:
-        if self.enabled and not (self.users or self.users_file):
+        passwords = any(m != "OAUTHBEARER" for m in self.mechanisms)
+        if self.enabled and passwords and not (self.users or self.users_file):
             raise ValueError("SASL needs users or users_file")
+        if self.enabled and "OAUTHBEARER" in self.mechanisms and self.oauthbearer is None:
+            raise ValueError("mechanism OAUTHBEARER needs a [security.sasl.oauthbearer] section")
 
 
 class AuthorizationConfig(_Section):
@@ -1050,6 +1144,15 @@ class BrokerConfig(_Section):
                 "cluster.quorum_tls needs security.tls cert_file, key_file and ca_file"
             )
         sec = self.security
+        if (
+            self.cluster.enabled
+            and sec.sasl.enabled
+            and all(m == "OAUTHBEARER" for m in sec.sasl.mechanisms)
+        ):
+            raise ValueError(
+                "security.sasl in a cluster needs PLAIN or a SCRAM mechanism beside OAUTHBEARER: "
+                "brokers log in to each other with the cluster secret"
+            )
         if (
             self.cluster.enabled
             and sec.authorization.enabled

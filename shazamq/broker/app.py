@@ -63,6 +63,7 @@ from .partitions import PartitionManager, default_log_config, expected_topic_id
 from .process import check_open_file_limit, raise_open_file_limit, tune_for_serving
 from .security import INTERNAL_USER, CredentialStore, build_credential_store
 from .security.acl import Authorizer
+from .security.oauthbearer_keys import JwksRefresher, build_validator
 from .security.tls import certificate_principals
 from .security.tls_reload import CertificateReloader
 from .server import ConnectionLimits, KafkaServer, Session
@@ -162,6 +163,8 @@ class Broker:
         self.credentials: CredentialStore | None = None
         # the threads that hash SASL passwords (security.sasl.hash_threads)
         self.sasl_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # keeps OAUTHBEARER's JWKS keys fresh (validator "jwks")
+        self.jwks_refresher: JwksRefresher | None = None
         # ACL decisions, when [security.authorization] is enabled
         self.authorizer: Authorizer | None = None
         # membership of a multi-broker cluster, when [cluster] voters are set
@@ -210,6 +213,11 @@ class Broker:
             self.sasl_pool = concurrent.futures.ThreadPoolExecutor(
                 sasl.hash_threads, thread_name_prefix="sasl-hash"
             )
+            if sasl.oauthbearer is not None and "OAUTHBEARER" in sasl.mechanisms:
+                validator, self.jwks_refresher = build_validator(sasl.oauthbearer)
+                if self.jwks_refresher is not None:
+                    await self.jwks_refresher.start()
+                self.credentials.oauthbearer = validator
             log.info(
                 "SASL enabled (%s) for %d users",
                 ", ".join(self.credentials.mechanisms),
@@ -415,6 +423,8 @@ class Broker:
         self.metrics.close()
         if self.sasl_pool is not None:
             self.sasl_pool.shutdown(wait=False, cancel_futures=True)
+        if self.jwks_refresher is not None:
+            await self.jwks_refresher.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

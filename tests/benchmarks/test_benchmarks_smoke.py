@@ -82,6 +82,39 @@ def test_hot_path_suites_run_once():
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+def test_load_benchmark_acl_compare_smoke(tmp_path):
+    """ACLs off and on, alternated: both runs log in over SASL, the second holds the ACLs."""
+    out = tmp_path / "acls.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--scale",
+            "0.005",
+            "--no-latency",
+            "--only",
+            "1KiB",
+            "--acl-compare",
+            "--acls",
+            "200",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["security"] for r in report["reports"]] == ["PLAIN, ACLs off", "PLAIN, 200 ACLs"]
+    assert report["compare"]["acls"] == 200  # all installed, none a duplicate
+    phase = report["compare"]["loads"]["1KiB"]["produce"]
+    assert phase["off_records_per_s"] > 0 and phase["on_records_per_s"] > 0
+
+
 def test_replication_benchmark_smoke(tmp_path):
     out = tmp_path / "replication.json"
     proc = subprocess.run(

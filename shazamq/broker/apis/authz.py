@@ -248,12 +248,15 @@ if TYPE_CHECKING:
     from ..server import RequestContext
     from . import Dispatcher, Handler
 
-TOPIC = ResourceType.TOPIC
-GROUP = ResourceType.GROUP
-CLUSTER = ResourceType.CLUSTER
-TXN = ResourceType.TRANSACTIONAL_ID
-READ, WRITE, CREATE = Operation.READ, Operation.WRITE, Operation.CREATE
-DELETE, ALTER, DESCRIBE = Operation.DELETE, Operation.ALTER, Operation.DESCRIBE
+# plain ints: they key the authorizer's decision cache, and an enum member hashes by its
+# name in Python code (Enum.__hash__), which doubled the cost of a cached decision
+TOPIC = int(ResourceType.TOPIC)
+GROUP = int(ResourceType.GROUP)
+CLUSTER = int(ResourceType.CLUSTER)
+TXN = int(ResourceType.TRANSACTIONAL_ID)
+READ, WRITE, CREATE = int(Operation.READ), int(Operation.WRITE), int(Operation.CREATE)
+DELETE, ALTER, DESCRIBE = int(Operation.DELETE), int(Operation.ALTER), int(Operation.DESCRIBE)
+CLUSTER_ACTION = int(Operation.CLUSTER_ACTION)
 TOPIC_DENIED = ErrorCode.TOPIC_AUTHORIZATION_FAILED
 GROUP_DENIED = ErrorCode.GROUP_AUTHORIZATION_FAILED
 CLUSTER_DENIED = ErrorCode.CLUSTER_AUTHORIZATION_FAILED
@@ -368,7 +371,7 @@ def _fetch(h: Handler, check: _Check, broker: Broker) -> Handler:
     async def guarded(ctx: RequestContext, req: Any) -> Any:
         replica_id = req.replica_state.replica_id if ctx.api_version >= 15 else req.replica_id
         if replica_id >= 0:
-            denied = [] if check.cluster(ctx, Operation.CLUSTER_ACTION) else list(req.topics)
+            denied = [] if check.cluster(ctx, CLUSTER_ACTION) else list(req.topics)
         else:
             denied = []
             for t in req.topics:
@@ -439,7 +442,7 @@ def _list_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
 def _offset_for_leader_epoch(h: Handler, check: _Check, broker: Broker) -> Handler:
     async def guarded(ctx: RequestContext, req: Any) -> Any:
         if ctx.api_version >= 3 and req.replica_id >= 0:
-            ok = check.cluster(ctx, Operation.CLUSTER_ACTION)
+            ok = check.cluster(ctx, CLUSTER_ACTION)
             denied = [] if ok else list(req.topics)
             code = CLUSTER_DENIED
         else:
@@ -928,7 +931,7 @@ def _init_producer_id(h: Handler, check: _Check, broker: Broker) -> Handler:
 def _add_partitions(h: Handler, check: _Check, broker: Broker) -> Handler:
     async def guarded(ctx: RequestContext, req: Any) -> Any:
         if ctx.api_version >= 4:  # the broker-to-broker form
-            if check.cluster(ctx, Operation.CLUSTER_ACTION):
+            if check.cluster(ctx, CLUSTER_ACTION):
                 return await h(ctx, req)
             return AddPartitionsToTxnResponse(error_code=CLUSTER_DENIED, results_by_transaction=[])
         topics = req.v3_and_below_topics
@@ -985,7 +988,7 @@ def _end_txn(h: Handler, check: _Check, broker: Broker) -> Handler:
 @_guard(27)
 def _write_txn_markers(h: Handler, check: _Check, broker: Broker) -> Handler:
     async def guarded(ctx: RequestContext, req: Any) -> Any:
-        if check.cluster(ctx, Operation.CLUSTER_ACTION):
+        if check.cluster(ctx, CLUSTER_ACTION):
             return await h(ctx, req)
         return WriteTxnMarkersResponse(
             markers=[

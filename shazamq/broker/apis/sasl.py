@@ -243,6 +243,10 @@ def register(d: Dispatcher, broker: Broker) -> None:
             )
             return None, await failed(ctx_peer, client_id, sasl, message, message), 0
         lifetime_ms = reauth_ms if server.username != INTERNAL_USER else 0
+        expires_at = getattr(server, "expires_at", None)  # a token's exp (OAUTHBEARER)
+        if lifetime_ms and expires_at is not None:
+            # KIP-368: the session ends when the token does, if that is sooner
+            lifetime_ms = max(1, min(lifetime_ms, int((expires_at - time.time()) * 1000)))
         counter(sasl).labels(server.mechanism, "success").inc()
         log.debug(
             "%s %s as %s with %s",

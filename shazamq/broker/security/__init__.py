@@ -106,7 +106,7 @@ def build_credential_store(
         key = USERS_FILE_KEY if not config.users else f"{USERS_KEY} / {USERS_FILE_KEY}"
     if INTERNAL_USER in users:
         raise ConfigError(f"{key}: {INTERNAL_USER} is reserved for the brokers")
-    if not users:
+    if not users and any(m != "OAUTHBEARER" for m in config.mechanisms):
         raise ConfigError(f"{key}: SASL is enabled but no user is defined")
     if cluster_secret is not None:
         users[INTERNAL_USER] = cluster_secret

@@ -55,6 +55,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "MAX_ITERATIONS",
@@ -70,7 +71,9 @@ __all__ = [
     "ScramServer",
 ]
 
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+# OAUTHBEARER checks tokens, not passwords (security.oauthbearer); its validator is attached
+OAUTHBEARER = "OAUTHBEARER"
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 # RFC 7677 asks for at least 4096 iterations; Kafka's minimum for both SCRAM mechanisms.
 MIN_ITERATIONS = 4096
@@ -181,6 +184,7 @@ class CredentialStore:
         self._credentials = {user: dict(by_hash) for user, by_hash in credentials.items()}
         self._decoy_key = secrets.token_bytes(32)
         self._lookup: CredentialLookup | None = None
+        self.oauthbearer: Any = None  # the token validator, with OAUTHBEARER enabled
 
     @classmethod
     def from_passwords(
@@ -248,6 +252,11 @@ class CredentialStore:
             raise ValueError(f"SASL mechanism {mechanism} is not enabled")
         if mechanism == "PLAIN":
             return PlainServer(self)
+        if mechanism == OAUTHBEARER:
+            from .oauthbearer import OAuthBearerServer
+
+            assert self.oauthbearer is not None, "OAUTHBEARER is enabled without a validator"
+            return OAuthBearerServer(self.oauthbearer)
         return ScramServer(self, mechanism, nonce=nonce)
 
 
@@ -255,6 +264,8 @@ def required_hashes(mechanisms: Iterable[str]) -> tuple[str, ...]:
     """The hashes whose credentials the mechanisms need (PLAIN checks against SHA-256)."""
     hashes: list[str] = []
     for m in mechanisms:
+        if m == OAUTHBEARER:
+            continue
         h = _PLAIN_HASH if m == "PLAIN" else SCRAM_HASHES.get(m)
         if h is None:
             raise ValueError(f"unsupported SASL mechanism: {m}")
