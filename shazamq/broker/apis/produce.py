@@ -200,9 +200,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     continue
                 resp = error(pd.index, 0)
                 out.append(resp)
-                # the write goes to the partition's writer thread; every partition of the
-                # request is queued before any is waited for
-                fut = writer.append(p.log, prepared, p.leader_epoch)
+                # the write goes to the partition's writer thread (log/writer.py); every
+                # partition of the request is queued before any is waited for. In a
+                # cluster the leader check above and the append stay together on the
+                # loop, so no change of role falls between them.
+                fut = writer.append(p.log, prepared, p.leader_epoch, inline=role is not None)
                 appends.append((resp, p, len(records), fut))
             if appends:
                 pending.append((name, appends))

@@ -71,16 +71,20 @@ class LogWriter:
         self._idle: asyncio.Event | None = None
 
     def append(
-        self, log: PartitionLog, prepared: PreparedAppend, leader_epoch: int
+        self,
+        log: PartitionLog,
+        prepared: PreparedAppend,
+        leader_epoch: int,
+        *,
+        inline: bool = False,
     ) -> asyncio.Future[AppendInfo]:
-        """Queue an append; the future gets its :class:`AppendInfo` or its error."""
+        """Queue an append; the future gets its :class:`AppendInfo` or its error.
+        ``inline`` writes it on the loop now unless appends are queued for the log."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AppendInfo] = loop.create_future()
         queue = self._queues.get(log)
-        if (
-            queue is None
-            and len(prepared.data) < INLINE_APPEND_BYTES
-            and log.append_is_light(prepared)
+        if queue is None and (
+            inline or (len(prepared.data) < INLINE_APPEND_BYTES and log.append_is_light(prepared))
         ):
             try:
                 fut.set_result(log.append_prepared(prepared, leader_epoch=leader_epoch))
