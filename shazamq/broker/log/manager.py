@@ -390,7 +390,9 @@ class LogManager:
         while this broker was away) is quarantined and a new, empty log takes its place.
         Raises :class:`KafkaStorageError` for a partition that is offline.
         """
-        if config is not None:
+        # only a change is applied: applying walks every open log, and a topic's
+        # partitions are opened one by one (O(N^2) for a topic of N partitions)
+        if config is not None and self._topic_configs.get(topic) != config:
             self.update_topic_config(topic, config)
         key = (topic, partition)
         want = _as_uuid(topic_id)
