@@ -145,6 +145,7 @@ class BrokerUnderTest:
         data_dir: Path,
         extra_env: dict[str, str] | None = None,
         source: Path = ROOT,
+        listen_timeout: float = 60.0,
     ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
@@ -164,7 +165,7 @@ class BrokerUnderTest:
         env.update(extra_env or {})
         self.started = time.monotonic()
         self.proc = subprocess.Popen(BROKER_CMD, env=env, cwd=str(source))
-        self.startup_s = wait_listening(self.port, self.proc, 60) - self.started
+        self.startup_s = wait_listening(self.port, self.proc, listen_timeout) - self.started
 
     @property
     def bootstrap(self) -> str:

@@ -10,7 +10,10 @@ the clients never take this process's GIL. Phases, each reported separately:
 
 1. ``flush storm``: 16 partitions with ``flush.messages=1``, produced to flat out, so the
    broker's flush pass fsyncs every partition every second while appends continue.
-2. ``compaction``: a compacted topic filled with ``--mib`` MiB of 1 KiB records over
+2. ``rolls``: 16 partitions with ``segment.bytes`` of 1 MiB, produced to flat out, so
+   every partition rolls a segment (new files, a producer-state snapshot, the old
+   segment's indexes trimmed) every few appends.
+3. ``compaction``: a compacted topic filled with ``--mib`` MiB of 1 KiB records over
    ``--keys`` keys (64 MiB segments), then one forced cleaning pass (as the maintenance
    loop runs it, in the executor) while a producer keeps appending to another topic.
 
@@ -169,16 +172,29 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if sampler is not None:
         sampler.start()
     results: dict[str, object] = {"mib": args.mib, "cpus": os.cpu_count()}
+    phases = set(args.phases.split(","))
     try:
-        await _create(broker, "storm", 16, {"flush.messages": "1"})
-        probe.start()
-        procs = [_producer(bootstrap, "storm", seconds=args.seconds) for _ in range(2)]
-        for p in procs:
-            await _wait(p)
-        results["flush_storm"] = await probe.stop()
-        if sampler is not None:
-            results["flush_storm_stalls"] = sampler.top()
-            sampler.samples = {}
+        for phase, topic, configs in (
+            ("flush_storm", "storm", {"flush.messages": "1"}),
+            ("rolls", "rolls", {"segment.bytes": str(1024 * 1024)}),
+        ):
+            if phase not in phases:
+                continue
+            await _create(broker, topic, 16, configs)
+            probe.start()
+            procs = [_producer(bootstrap, topic, seconds=args.seconds) for _ in range(2)]
+            for p in procs:
+                await _wait(p)
+            results[phase] = await probe.stop()
+            if phase == "rolls":
+                results[phase]["segments"] = sum(  # type: ignore[index]
+                    len(log.segments) for i in range(16) if (log := broker.logs.get(topic, i))
+                )
+            if sampler is not None:
+                results[f"{phase}_stalls"] = sampler.top()
+                sampler.samples = {}
+        if "compaction" not in phases:
+            return results
 
         await _create(
             broker,
@@ -226,6 +242,11 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512, help="size of the compacted log")
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="flush storm length")
+    parser.add_argument(
+        "--phases",
+        default="flush_storm,rolls,compaction",
+        help="comma-separated phases to run (flush_storm, rolls, compaction)",
+    )
     parser.add_argument("--dir", default=None, help="where the data directory goes")
     parser.add_argument(
         "--sample", action="store_true", help="sample the loop thread's stack during stalls"
@@ -234,14 +255,15 @@ def main() -> None:
     import uvloop
 
     results = uvloop.run(run(args))
-    for phase in ("flush_storm", "compaction"):
-        r = results[phase]
-        assert isinstance(r, dict)
+    for phase in ("flush_storm", "rolls", "compaction"):
+        r = results.get(phase)
+        if not isinstance(r, dict):
+            continue
         print(
             f"{phase:12} longest stall {r['max_ms']:7.2f} ms  p99.9 {r['p999_ms']:6.2f} ms  "
             f"p99 {r['p99_ms']:6.2f} ms  load1 {r['load1']}"
         )
-    for phase in ("flush_storm_stalls", "compaction_stalls"):
+    for phase in ("flush_storm_stalls", "rolls_stalls", "compaction_stalls"):
         for where, n in results.get(phase, []):  # type: ignore[union-attr]
             print(f"{phase:20} {n:5} ms  {where}")
     print(json.dumps(results))

@@ -57,6 +57,7 @@ from .groups import GroupCoordinator
 from .groups.share_coordinator import ShareCoordinator
 from .log import LogManager, count_partition_dirs
 from .log.manager import LogDirsError, check_log_dirs_in_use
+from .log.writer import LogWriter
 from .log_dir_moves import LogDirMover
 from .metrics import BrokerMetrics, BrokerState
 from .partitions import PartitionManager, default_log_config, expected_topic_id
@@ -153,6 +154,8 @@ class Broker:
         self.metrics_port: int | None = None
         self.metadata: MetadataStore
         self.logs: LogManager
+        # client appends run here, in order per partition, off the event loop
+        self.log_writer = LogWriter()
         self.partitions: PartitionManager
         self.groups: GroupCoordinator
         self.share: ShareCoordinator
@@ -418,6 +421,7 @@ class Broker:
             await self.cluster.stop()
         if self.log_dir_moves is not None:
             await self.log_dir_moves.stop()
+        await self.log_writer.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.close)
         self.metrics.close()

@@ -137,3 +137,24 @@ def test_restart_mid_move(tmp_path, steps: int) -> None:
     for d in dirs:
         assert not [n for n in os.listdir(d) if n.endswith(FUTURE_SUFFIX)]
     again.close()
+
+
+def test_creating_partitions_in_one_dir_does_not_walk_every_log(tmp_path, monkeypatch) -> None:
+    """Placement counts the partitions of each dir only when there is a choice: with one
+    log dir, creating N partitions looks at no existing log (it looked at all of them
+    for each new one: O(N^2), minutes for thousands of partitions)."""
+    mgr = LogManager(str(tmp_path / "data"), LogConfig())
+    looked = 0
+    real = LogManager.dir_of
+
+    def counting(self, log):  # type: ignore[no-untyped-def]
+        nonlocal looked
+        looked += 1
+        return real(self, log)
+
+    monkeypatch.setattr(LogManager, "dir_of", counting)
+    for i in range(200):
+        mgr.get_or_create("t", i)
+    assert looked == 0
+    assert len(os.listdir(tmp_path / "data")) == 200
+    mgr.close()

@@ -122,3 +122,30 @@ def test_update_topic_config_applies_to_open_logs(tmp_path) -> None:
     mgr.update_topic_config("t", None)
     log.append(r.build_batch([r.Record(value=b"x" * 200)]))
     mgr.close()
+
+
+def test_opening_a_topics_partitions_applies_its_config_once(tmp_path, monkeypatch) -> None:
+    """get_or_create with the topic's config applies it only when it changed: applying
+    walks every open log, so doing it per partition made opening (or creating) a topic
+    of N partitions O(N^2)."""
+    from shazamq.broker.log import LogConfig, LogManager, PartitionLog
+
+    mgr = LogManager(str(tmp_path), LogConfig())
+    cfg = LogConfig(segment_bytes=1 << 20)
+    updates = 0
+    real = PartitionLog.update_config
+
+    def counting(self, config):  # type: ignore[no-untyped-def]
+        nonlocal updates
+        updates += 1
+        return real(self, config)
+
+    monkeypatch.setattr(PartitionLog, "update_config", counting)
+    for i in range(100):
+        mgr.get_or_create("t", i, config=cfg)
+    assert updates <= 1
+    assert all(mgr.get("t", i).config == cfg for i in range(100))  # type: ignore[union-attr]
+    new_cfg = LogConfig(segment_bytes=2 << 20)
+    mgr.get_or_create("t", 0, config=new_cfg)  # a change still reaches every open log
+    assert all(mgr.get("t", i).config == new_cfg for i in range(100))  # type: ignore[union-attr]
+    mgr.close()

@@ -37,6 +37,8 @@ from shazamq.protocol.messages.fetch_response import (
 from shazamq.protocol.records import RecordError, iter_batches
 
 if TYPE_CHECKING:
+    from shazamq.broker.log import LogSegment, PartitionLog
+
     from ..app import Broker
     from ..partitions import Partition
     from ..server import RequestContext
@@ -184,6 +186,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         hosted: list[Partition],
         redirects: set[int],
         remote: list[RemoteRead],
+        cold: list[tuple[PartitionLog, LogSegment]] | None,
     ) -> tuple[list[FetchableTopicResponse], int]:
         """Read every partition of `groups`; `hosted` collects the ones to wait on and
         `remote` the reads below the local log start that the bucket answers.
@@ -330,6 +333,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     # always make progress; every other read stays within both limits.
                     limit = min(fp.partition_max_bytes, budget - total)
                     if limit > 0 or total == 0:
+                        segment = None if cold is None else plog.unloaded_segment_for(offset)
+                        if segment is not None:  # its index is read off the loop, then again
+                            assert cold is not None
+                            cold.append((plog, segment))
+                            continue
                         try:
                             data = plog.read(
                                 offset, max(limit, 1), upper_bound=upper, min_one_batch=total == 0
@@ -426,13 +434,21 @@ def register(d: Dispatcher, broker: Broker) -> None:
         min_bytes = req.min_bytes
         redirects: set[int] = set()
         incremental = session is not None
+        load_cold = True
         while True:
             hosted: list[Partition] = []
             remote: list[RemoteRead] = []
             groups = (
                 session_groups(session) if session is not None else request_groups(req, version)
             )
-            topics, total = read(req, version, groups, incremental, hosted, redirects, remote)
+            cold: list[tuple[PartitionLog, LogSegment]] | None = [] if load_cold else None
+            topics, total = read(req, version, groups, incremental, hosted, redirects, remote, cold)
+            if cold:  # a lazy index load (or rebuild) reads a file: not on the loop
+                load_cold = False  # once per fetch: a load that failed is the read's error
+                loop = asyncio.get_running_loop()
+                for plog, segment in cold:
+                    await loop.run_in_executor(None, plog.load_index, segment)
+                continue
             if remote:  # the bucket has data for these: answer once it is read
                 await read_remote(remote)
                 break

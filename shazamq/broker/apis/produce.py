@@ -66,6 +66,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     metrics = broker.metrics
     cluster = broker.cluster
     verifier = broker.txn.verifier
+    writer = broker.log_writer
     # topic -> (bytes in, messages in) counters: a label lookup takes a lock and hashes
     # the label tuple, once per topic per request is enough to show in a profile
     counters: dict[str, tuple[Any, Any]] = {}
@@ -149,11 +150,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
         redirects: set[int] = set()  # leaders named in NOT_LEADER answers (KIP-951)
         # acks=all in a cluster: (response, partition, future of the high watermark)
         replicated: list[tuple[PartitionProduceResponse, Partition, asyncio.Future[int]]] = []
+        # per topic: (response, partition, bytes, future of the append)
+        pending: list[tuple[str, list[tuple[PartitionProduceResponse, Partition, int, Any]]]] = []
         for topic in req.topic_data:
             name = topic.name
             out = []
-            bytes_in = 0
-            msgs_in = 0
+            appends: list[tuple[PartitionProduceResponse, Partition, int, Any]] = []
             for pd in topic.partition_data:
                 if acks not in (0, 1, -1):
                     out.append(error(pd.index, ErrorCode.INVALID_REQUIRED_ACKS))
@@ -228,22 +230,41 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         out.append(error(pd.index, *refusal))
                         continue
                 try:
-                    info = p.log.append(records, leader_epoch=p.leader_epoch, now_ms=now)
+                    prepared = p.log.prepare_append(records, now_ms=now)
                 except (RecordError, LogError) as exc:
                     out.append(refused(pd.index, exc))
                     continue
+                resp = error(pd.index, 0)
+                out.append(resp)
+                # the write goes to the partition's writer thread (log/writer.py); every
+                # partition of the request is queued before any is waited for. In a
+                # cluster the leader check above and the append stay together on the
+                # loop, so no change of role falls between them.
+                fut = writer.append(p.log, prepared, p.leader_epoch, inline=role is not None)
+                appends.append((resp, p, len(records), fut))
+            if appends:
+                pending.append((name, appends))
+            responses.append(TopicProduceResponse(name=name, partition_responses=out))
+        for name, appends in pending:
+            bytes_in = 0
+            msgs_in = 0
+            for resp, p, size, fut in appends:
+                try:
+                    info = await fut
+                except (RecordError, LogError) as exc:
+                    failed = refused(resp.index, exc)
+                    resp.error_code = failed.error_code
+                    resp.error_message = failed.error_message
+                    resp.record_errors = failed.record_errors
+                    continue
                 if not info.duplicate:
                     p.notify()
-                    bytes_in += len(records)
+                    bytes_in += size
                     msgs_in += info.last_offset - info.base_offset + 1
-                resp = PartitionProduceResponse(
-                    index=pd.index,
-                    error_code=0,
-                    base_offset=info.base_offset,
-                    log_append_time_ms=info.log_append_time,
-                    log_start_offset=p.log.log_start_offset,
-                )
-                out.append(resp)
+                resp.base_offset = info.base_offset
+                resp.log_append_time_ms = info.log_append_time
+                resp.log_start_offset = p.log.log_start_offset
+                role = p.replica
                 if role is not None:
                     assert cluster is not None
                     if acks == -1:
@@ -256,7 +277,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 c_bytes, c_msgs = topic_counters(name)
                 c_bytes.inc(bytes_in)
                 c_msgs.inc(msgs_in)
-            responses.append(TopicProduceResponse(name=name, partition_responses=out))
         if replicated:
             await wait_replicated(replicated, req.timeout_ms / 1000)
         if acks == 0:

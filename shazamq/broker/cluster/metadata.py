@@ -24,6 +24,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 
 from ..quotas.entities import Entity, StoredQuota, apply_ops, from_stored, to_stored
 from ..security.acl import AclBinding
+from .metadata_journal import JournalError, encode_header, encode_line, parse_journal
 
 METADATA_DIR = "__cluster_metadata"
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
@@ -70,6 +71,24 @@ class _Document(msgspec.Struct, kw_only=True):
     acls: list[AclBinding] = msgspec.field(default_factory=list)
     # defaulted: documents written before client quotas existed still load
     quotas: list[StoredQuota] = msgspec.field(default_factory=list)
+    # the generation of the journal that follows this snapshot (metadata_journal)
+    journal_generation: int = 0
+
+
+class _Change(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One journal record: a topic created or changed (whole), a topic deleted, or a
+    section (SCRAM credentials, ACLs, quotas) replaced."""
+
+    topic: TopicInfo | None = None
+    deleted: str | None = None
+    scram: ScramCredentials | None = None
+    acls: list[AclBinding] | None = None
+    quotas: list[StoredQuota] | None = None
+
+
+# The journal is compacted into a new snapshot once it is larger than the snapshot and
+# than this: every change then costs its own line plus, amortised, about as much again.
+COMPACT_MIN_BYTES = 64 * 1024
 
 
 def validate_topic_name(name: str) -> None:
@@ -95,20 +114,29 @@ def new_cluster_id() -> str:
 
 
 class MetadataStore:
-    """Topics and cluster identity, persisted with an atomic replace on every change."""
+    """Topics and cluster identity: a snapshot (``topics.json``) plus a journal of the
+    changes since (``topics.journal``, see :mod:`.metadata_journal`). A change appends
+    and fsyncs one line; the journal is folded into a new snapshot when it outgrows it."""
 
     def __init__(self, data_dir: str | os.PathLike[str], cluster_id: str | None = None) -> None:
         self.dir = Path(data_dir) / METADATA_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self._path = self.dir / "topics.json"
+        self._journal_path = self.dir / "topics.journal"
         self.topics: dict[str, TopicInfo] = {}
         self.by_id: dict[uuid.UUID, TopicInfo] = {}
         self.scram: ScramCredentials = {}
         self.acls: set[AclBinding] = set()
         self.quotas: dict[Entity, dict[str, float]] = {}
         self._lock = asyncio.Lock()
+        self._generation = 0
+        self._snapshot_bytes = 0
+        self._journal_bytes = 0
+        # bytes written to the snapshot and the journal since opening (tests, metrics)
+        self.bytes_written = 0
         if self._path.exists():
-            doc = msgspec.json.decode(self._path.read_bytes(), type=_Document)
+            data = self._path.read_bytes()
+            doc = msgspec.json.decode(data, type=_Document)
             if cluster_id is not None and cluster_id != doc.cluster_id:
                 raise ValueError(
                     f"{self.dir}: data belongs to cluster {doc.cluster_id}, "
@@ -120,6 +148,9 @@ class MetadataStore:
             self.scram = doc.scram
             self.acls = set(doc.acls)
             self.quotas = from_stored(doc.quotas)
+            self._generation = doc.journal_generation
+            self._snapshot_bytes = len(data)
+            self._replay_journal()
         else:
             self.cluster_id = cluster_id or new_cluster_id()
             self._write()
@@ -128,28 +159,96 @@ class MetadataStore:
         self.topics[topic.name] = topic
         self.by_id[topic.uuid] = topic
 
+    def _apply(self, change: _Change) -> None:
+        if change.topic is not None:
+            old = self.topics.get(change.topic.name)
+            if old is not None:
+                self.by_id.pop(old.uuid, None)
+            self._index(change.topic)
+        if change.deleted is not None:
+            gone = self.topics.pop(change.deleted, None)
+            if gone is not None:
+                self.by_id.pop(gone.uuid, None)
+        if change.scram is not None:
+            self.scram = change.scram
+        if change.acls is not None:
+            self.acls = set(change.acls)
+        if change.quotas is not None:
+            self.quotas = from_stored(change.quotas)
+
+    def _replay_journal(self) -> None:
+        """Apply the journal that follows the snapshot; cut a torn last line off it.
+        A journal of another generation (a crash during compaction) is replaced."""
+        try:
+            data = self._journal_path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        parsed = None
+        if data is not None:
+            try:
+                parsed = parse_journal(data, where=str(self._journal_path))
+            except JournalError as exc:
+                raise ValueError(str(exc)) from None
+        if parsed is None or parsed.generation != self._generation:
+            self._reset_journal()
+            return
+        for raw in parsed.records:
+            self._apply(msgspec.json.decode(raw, type=_Change))
+        assert data is not None
+        if parsed.good_length < len(data):  # a torn last line: never acknowledged
+            os.truncate(self._journal_path, parsed.good_length)
+            _fsync_path(self._journal_path)
+        self._journal_bytes = parsed.good_length
+
+    def _reset_journal(self) -> None:
+        """Replace the journal with an empty one of the current generation (atomic)."""
+        header = encode_header(self._generation)
+        _replace_file(self._journal_path, header)
+        self.bytes_written += len(header)
+        self._journal_bytes = len(header)
+
     def _write(self) -> None:
+        """Compact: the whole state as a new snapshot of the next generation, then an
+        empty journal of that generation (blocking: an executor thread)."""
+        self._generation += 1
         doc = _Document(
             cluster_id=self.cluster_id,
             topics=sorted(self.topics.values(), key=lambda t: t.name),
             scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
             acls=sorted(self.acls),
             quotas=to_stored(self.quotas),
+            journal_generation=self._generation,
         )
-        tmp = self._path.with_suffix(".json.tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(doc))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        data = msgspec.json.encode(doc)
+        _replace_file(self._path, data)
+        self.bytes_written += len(data)
+        self._snapshot_bytes = len(data)
+        self._reset_journal()
 
-    async def _save(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._write)
+    def _append(self, line: bytes) -> None:
+        """Append one change and fsync it; compact when the journal outgrew the
+        snapshot (blocking: an executor thread)."""
+        fd = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.bytes_written += len(line)
+        self._journal_bytes += len(line)
+        if self._journal_bytes > max(COMPACT_MIN_BYTES, self._snapshot_bytes):
+            self._write()
+
+    async def _save(self, change: _Change | None = None) -> None:
+        """Persist a change already applied in memory (None: a full snapshot)."""
+        loop = asyncio.get_running_loop()
+        if change is None:
+            await loop.run_in_executor(None, self._write)
+        else:
+            line = encode_line(msgspec.json.encode(change))
+            await loop.run_in_executor(None, self._append, line)
 
     def adopt(self, topics: list[TopicInfo]) -> None:
         """Take over topics as they are (a broker restored from its bucket)."""
@@ -190,7 +289,7 @@ class MetadataStore:
                 internal=internal,
             )
             self._index(topic)
-            await self._save()
+            await self._save(_Change(topic=topic))
             return topic
 
     async def delete_topic(self, name: str) -> TopicInfo:
@@ -199,21 +298,21 @@ class MetadataStore:
             if topic is None:
                 raise KafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
             self.by_id.pop(topic.uuid, None)
-            await self._save()
+            await self._save(_Change(deleted=name))
             return topic
 
     async def set_partitions(self, name: str, count: int) -> TopicInfo:
         async with self._lock:
             topic = self.topics[name]
             topic.partitions = count
-            await self._save()
+            await self._save(_Change(topic=topic))
             return topic
 
     async def set_configs(self, name: str, configs: dict[str, str]) -> TopicInfo:
         async with self._lock:
             topic = self.topics[name]
             topic.configs = dict(configs)
-            await self._save()
+            await self._save(_Change(topic=topic))
             return topic
 
     async def alter_scram(
@@ -236,14 +335,14 @@ class MetadataStore:
                     self.scram.pop(user, None)
             for user, mechanism, entry in upserts:
                 self.scram[user] = {**self.scram.get(user, {}), mechanism: entry}
-            await self._save()
+            await self._save(_Change(scram=self.scram))
 
     async def alter_acls(self, add: list[AclBinding], remove: list[AclBinding]) -> None:
         """Add and remove ACLs (validated by the caller), written once for them all."""
         async with self._lock:
             self.acls.difference_update(remove)
             self.acls.update(add)
-            await self._save()
+            await self._save(_Change(acls=sorted(self.acls)))
 
     async def alter_quotas(
         self, changes: list[tuple[Entity, list[tuple[str, float | None]]]]
@@ -253,4 +352,24 @@ class MetadataStore:
         async with self._lock:
             for entity, ops in changes:
                 apply_ops(self.quotas, entity, ops)
-            await self._save()
+            await self._save(_Change(quotas=to_stored(self.quotas)))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably: a temporary file, fsynced,
+    renamed over ``path``, then the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)

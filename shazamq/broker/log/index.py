@@ -111,6 +111,10 @@ class _SparseIndex:
     def _min_key(self) -> int:
         return 0
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
     def ensure_loaded(self) -> None:
         if not self._loaded:
             self._lazy_load()

@@ -390,7 +390,9 @@ class LogManager:
         while this broker was away) is quarantined and a new, empty log takes its place.
         Raises :class:`KafkaStorageError` for a partition that is offline.
         """
-        if config is not None:
+        # only a change is applied: applying walks every open log, and a topic's
+        # partitions are opened one by one (O(N^2) for a topic of N partitions)
+        if config is not None and self._topic_configs.get(topic) != config:
             self.update_topic_config(topic, config)
         key = (topic, partition)
         want = _as_uuid(topic_id)
@@ -438,7 +440,12 @@ class LogManager:
 
     def _dir_for_new(self) -> str:
         """The online log dir with the fewest partitions (the first of equals), as Kafka
-        places a new partition (caller holds the lock)."""
+        places a new partition (caller holds the lock). With one online dir there is
+        nothing to count: counting walks every log, which made creating N partitions
+        cost O(N^2) (minutes for a topic of thousands on a broker already hosting many)."""
+        online = [d for d in self.dirs if d not in self.offline_dirs]
+        if len(online) == 1:
+            return online[0]
         counts = self.partition_counts()
         if not counts:
             raise KafkaStorageError("every log dir is offline: " + ", ".join(self.offline_dirs))

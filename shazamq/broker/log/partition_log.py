@@ -92,6 +92,7 @@ __all__ = [
     "AppendOrigin",
     "LeaderEpochCache",
     "PartitionLog",
+    "PreparedAppend",
     "fsync_dir",
     "parse_partition_dir",
     "read_topic_id",
@@ -133,6 +134,15 @@ class AppendOrigin(enum.Enum):
     # checked for the producer epoch but not for sequences (as in Kafka)
     COORDINATOR = "coordinator"
     REPLICATION = "replication"  # follower fetch or mirroring: offsets come with the batches
+
+
+class PreparedAppend(NamedTuple):
+    """A payload that passed :meth:`PartitionLog.prepare_append`, ready to be appended."""
+
+    data: bytes | bytearray | memoryview
+    batches: list[tuple[int, BatchHeader]]
+    now_ms: int
+    origin: AppendOrigin
 
 
 class AppendInfo(NamedTuple):
@@ -749,8 +759,22 @@ class PartitionLog:
         writable ``memoryview``), else in a copy. Replicated batches keep their offsets.
         Raises ``RecordError`` or ``LogError`` subclasses; ``error_code`` is Kafka's.
         """
+        if now_ms is None:
+            now_ms = _now_ms()
+        prepared = self.prepare_append(data, now_ms=now_ms, origin=origin)
+        return self.append_prepared(prepared, leader_epoch=leader_epoch)
+
+    def prepare_append(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        now_ms: int,
+        origin: AppendOrigin = AppendOrigin.CLIENT,
+    ) -> PreparedAppend:
+        """The checks of :meth:`append` that need no lock and touch no file (batch
+        headers, CRCs, records, timestamps; recompression): pure CPU, so the event loop
+        runs them and only :meth:`append_prepared` goes to a writer thread."""
         cfg = self._config
-        replication = origin is AppendOrigin.REPLICATION
         batches = validate_batches(
             data,
             max_batch_bytes=cfg.max_message_bytes,
@@ -758,18 +782,23 @@ class PartitionLog:
         )
         if origin is AppendOrigin.CLIENT:
             data, batches = self._validate_records(data, batches)
-        if now_ms is None:
-            now_ms = _now_ms()
-        log_append_time = cfg.log_append_time and not replication
-        if not log_append_time and not replication:
+        replication = origin is AppendOrigin.REPLICATION
+        if not cfg.log_append_time and not replication:
             self._check_timestamps(batches, now_ms)
+        return PreparedAppend(data, batches, now_ms, origin)
+
+    def append_prepared(self, prepared: PreparedAppend, *, leader_epoch: int = -1) -> AppendInfo:
+        """The locked part of :meth:`append`: offsets, producer state, the write, the
+        log end. Safe on any thread (appends of one partition are serialised by the
+        lock; readers see the new log end only once the bytes are written)."""
+        data, batches, now_ms, origin = prepared
+        replication = origin is AppendOrigin.REPLICATION
+        log_append_time = self._config.log_append_time and not replication
         view = memoryview(data)
         with self.lock:
             if self._closed or self.failed is not None:
                 if self.successor is not None and self.failed is None:
-                    return self.successor.append(
-                        data, leader_epoch=leader_epoch, now_ms=now_ms, origin=origin
-                    )
+                    return self.successor.append_prepared(prepared, leader_epoch=leader_epoch)
                 raise self._refusal()
             next_offset = self._leo
             first_offset = batches[0][1].base_offset if replication else next_offset
@@ -967,23 +996,43 @@ class PartitionLog:
             if first_offset != seg.base_offset and first_offset - seg.base_offset > INT32_MAX:
                 return self._roll(first_offset)
             return seg
+        if self._roll_due(seg, size, nbytes, max_ts, now_ms, last_offset):
+            return self._roll(first_offset)
+        return seg
+
+    def _roll_due(
+        self, seg: LogSegment, size: int, nbytes: int, max_ts: int, now_ms: int, last_offset: int
+    ) -> bool:
         cfg = self._config
-        roll = (
+        if (
             size + nbytes > cfg.segment_bytes
             or seg.offset_index.is_full
             or seg.time_index.is_full
             or last_offset - seg.base_offset > INT32_MAX
-        )
-        if not roll:
-            first_ts = seg.first_batch_timestamp
-            if first_ts >= 0 and max_ts >= 0:
-                waited = max_ts - first_ts
-            else:
-                waited = now_ms - seg.created_ms
-            roll = waited > cfg.segment_ms - self._jitter
-        if roll:
-            return self._roll(first_offset)
-        return seg
+        ):
+            return True
+        first_ts = seg.first_batch_timestamp
+        if first_ts >= 0 and max_ts >= 0:
+            waited = max_ts - first_ts
+        else:
+            waited = now_ms - seg.created_ms
+        return waited > cfg.segment_ms - self._jitter
+
+    def append_is_light(self, prepared: PreparedAppend) -> bool:
+        """Whether appending ``prepared`` now would be one write and nothing else: no
+        roll due, no lazy index load, no clean-shutdown marker to remove (an fsync).
+        A guess without the lock (an append may run meanwhile); wrong only towards
+        "not light", or towards a roll the guess did not see, which is still correct,
+        only slower. The writer uses it to keep small appends on the loop."""
+        if self._marker_present or self._closed or self.failed is not None:
+            return False
+        seg = self._segments[-1]
+        if not seg.files_loaded:
+            return False
+        data, batches, now_ms, _origin = prepared
+        max_ts = max(h.max_timestamp for _p, h in batches)
+        last = self._leo + sum(h.last_offset_delta + 1 for _p, h in batches) - 1
+        return not self._roll_due(seg, seg.size, len(data), max_ts, now_ms, last)
 
     def _new_jitter(self) -> int:
         j = self._config.segment_jitter_ms
@@ -1048,6 +1097,28 @@ class PartitionLog:
         except (OSError, IndexCorruptError, RecordError) as exc:
             raise self._read_error(offset, exc) from exc
         return None
+
+    def unloaded_segment_for(self, offset: int) -> LogSegment | None:
+        """The segment a read at ``offset`` starts in, when its offset index is not in
+        memory yet: loading it reads the index file (megabytes for a full segment), and
+        rebuilds it from the log if it is damaged, so the caller runs :meth:`load_index`
+        off the event loop first."""
+        segs, bases = self._view
+        i = bisect_right(bases, offset) - 1
+        if i < 0:
+            return None
+        seg = segs[i]
+        return None if seg.offset_index.loaded else seg
+
+    def load_index(self, seg: LogSegment) -> None:
+        """Load (or rebuild) ``seg``'s offset index; for an executor thread. Failures are
+        left to the read that follows, which reports them as it would have."""
+        with contextlib.suppress(OSError, IndexCorruptError, RecordError):
+            if seg is self._segments[-1]:  # appends may touch the active one's index
+                with self.lock:
+                    seg.offset_index.ensure_loaded()
+            else:
+                seg.offset_index.ensure_loaded()
 
     def _read_error(self, offset: int, exc: BaseException) -> Exception:
         """What a read that failed under the log answers: a retention pass or

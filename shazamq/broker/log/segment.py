@@ -233,6 +233,18 @@ class LogSegment:
         return int(os.fstat(self.fileno()).st_mtime * 1000)
 
     @property
+    def files_loaded(self) -> bool:
+        """Whether size, end offset, first timestamp and both indexes are in memory, so
+        the append checks read no file."""
+        return (
+            self._size is not None
+            and self._next_offset is not None
+            and self._first_batch_ts is not None
+            and self.offset_index.loaded
+            and self.time_index.loaded
+        )
+
+    @property
     def is_empty(self) -> bool:
         return self.size == 0
 
@@ -445,8 +457,11 @@ class LogSegment:
                 raise
         if size == 0:
             self._first_batch_ts = max_timestamp
-        self._size = size + n
+        # the end offset before the size: a lock-free reader on another thread that sees
+        # the new size must also see the new end, or it would return batches past the
+        # bound it was given (see locate)
         self._next_offset = last_offset + 1
+        self._size = size + n
         self._note_batch(first_offset, size, n, max_timestamp, offset_of_max_timestamp)
         start = self._writeback_from
         if start is None or start > size:  # first append since opening, or truncated
