@@ -21,10 +21,14 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from .tierutil import Bucket
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -255,3 +259,12 @@ def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def bucket(seaweed_endpoint: str) -> Bucket:
+    from .tierutil import Bucket
+
+    b = Bucket(seaweed_endpoint)
+    b.create()
+    return b
