@@ -21,9 +21,7 @@ def _txn_producer(bootstrap: str, tid: str) -> Producer:
     return p
 
 
-def _read(
-    bootstrap: str, topic: str, isolation: str, until: int
-) -> list[tuple[int, bytes | None]]:
+def _read(bootstrap: str, topic: str, isolation: str, until: int) -> list[tuple[int, bytes | None]]:
     """Everything below offset ``until`` (or what the isolation level lets through)."""
     c = Consumer(
         {
