@@ -36,6 +36,8 @@ from shazamq.protocol.messages.fetch_response import (
 )
 from shazamq.protocol.records import RecordError, iter_batches
 
+from ..tier.store import StoreError, StoreErrorKind
+
 if TYPE_CHECKING:
     from ..app import Broker
     from ..partitions import Partition
@@ -263,10 +265,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         and offset < plog.log_start_offset
                         and tier is not None
                         and not follower
-                        and tier.manifest_pending(p)
+                        and (tier.manifest_pending(p) or tier.follower_pending(p))
                     ):
-                        # a new leader that has not read its manifest yet: retriable, not
-                        # out of range (a client would reset its position past the bucket)
+                        # a new leader that has not read its manifest yet, or a follower
+                        # reading its leader's: retriable, not out of range (a client
+                        # would reset its position past the bucket)
                         out.append(partition_error(fp.partition, ErrorCode.OFFSET_NOT_AVAILABLE, p))
                         continue
                     if manifest is None:
@@ -278,6 +281,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     pd = partition_error(fp.partition, 0, p)
                     pd.log_start_offset = tier.log_start(p)  # type: ignore[union-attr]
                     pd.preferred_read_replica = -1
+                    if client_rack and p.replica is not None and p.replica.is_leader:
+                        # followers read the bucket too: the consumer's rack serves it
+                        pd.preferred_read_replica = preferred_replica(p, client_rack)
+                        if pd.preferred_read_replica >= 0:
+                            out.append(pd)
+                            continue
                     upper = plog.last_stable_offset if committed else hw
                     limit = max(min(fp.partition_max_bytes, budget - total), 1)
                     remote.append(RemoteRead(pd, p, manifest, offset, limit, upper, committed))
@@ -385,6 +394,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed
                 )
             except Exception as exc:
+                if isinstance(exc, StoreError) and exc.kind is StoreErrorKind.NOT_FOUND:
+                    # remote retention removed it since this manifest was read (a
+                    # follower's copy is read again): retriable, the next read knows
+                    tier.forget_followed(r.partition)
+                    r.data.error_code = ErrorCode.OFFSET_NOT_AVAILABLE
+                    return
                 r.data.error_code = ErrorCode.KAFKA_STORAGE_ERROR
                 tier_log.warning(
                     "remote read of %s-%d at %d failed: %s",

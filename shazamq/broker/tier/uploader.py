@@ -51,7 +51,7 @@ from .manifest import (
     partition_prefix,
     segment_key,
 )
-from .store import StoreError, StoreErrorKind
+from .store import ObjectStore, StoreError, StoreErrorKind
 
 if TYPE_CHECKING:
     from shazamq.broker.log import PartitionLog
@@ -106,6 +106,17 @@ def read_segment_files(plog: PartitionLog, seg: LogSegment) -> dict[str, bytes] 
     return files
 
 
+async def read_manifest(store: ObjectStore, key: str) -> PartitionManifest | None:
+    """The manifest under ``key``, or None when the partition has none yet."""
+    try:
+        data = await store.get(key)
+    except StoreError as exc:
+        if exc.kind is not StoreErrorKind.NOT_FOUND:
+            raise
+        return None
+    return decode_manifest(data, where=key)
+
+
 class LeadershipLost(Exception):
     """The partition is no longer led here at the epoch the uploader started under."""
 
@@ -140,15 +151,9 @@ class PartitionUploader:
         self._task = asyncio.create_task(self._run(), name=f"tier-upload-{self.prefix}")
 
     async def load_manifest(self) -> None:
-        store = self.tier.store
-        try:
-            data = await store.get(self.manifest_key)
-        except StoreError as exc:
-            if exc.kind is not StoreErrorKind.NOT_FOUND:
-                raise
-            data = None
-        if data is not None:
-            self.manifest = decode_manifest(data, where=self.manifest_key)
+        found = await read_manifest(self.tier.store, self.manifest_key)
+        if found is not None:
+            self.manifest = found
         # nothing may leave the disk before the bucket has it
         m = self.manifest
         self.log.remote_log_end = m.end_offset if m.generation else 0
