@@ -7,48 +7,16 @@ records, and nothing past the last stable offset while a transaction is open.
 
 from __future__ import annotations
 
-import time
-
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka_helpers import make_topic
 
-from .tierutil import TOPIC_CONFIG, Bucket, local_segments, wait_for
+from .tierutil import TOPIC_CONFIG, Bucket, local_segments, read_until, wait_for
 
 
 def _txn_producer(bootstrap: str, tid: str) -> Producer:
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid, "linger.ms": 0})
     p.init_transactions(30)
     return p
-
-
-def _read(bootstrap: str, topic: str, isolation: str, until: int) -> list[tuple[int, bytes | None]]:
-    """Everything below offset ``until`` (or what the isolation level lets through)."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"g-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-        }
-    )
-    got: list[tuple[int, bytes | None]] = []
-    try:
-        c.assign([TopicPartition(topic, 0, 0)])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            msg = c.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                assert msg.error().code() == -191, msg.error()  # partition EOF
-                if c.position([TopicPartition(topic, 0)])[0].offset >= until:
-                    break
-                continue
-            got.append((msg.offset(), msg.value()))
-        return got
-    finally:
-        c.close()
 
 
 def test_read_committed_from_the_bucket(broker_factory, bucket: Bucket) -> None:
@@ -86,11 +54,11 @@ def test_read_committed_from_the_bucket(broker_factory, bucket: Bucket) -> None:
     assert m is not None and any(s.has_txn_index for s in m.segments)
     assert local_segments(b.data_dir, topic)[0] > 9  # the first abort is remote only
 
-    got = _read(b.bootstrap, topic, "read_committed", end)
+    got = read_until(b.bootstrap, topic, "read_committed", end)
     assert [v for _, v in got] == committed
     # offsets: transaction t's records are at t*9 .. t*9+7, its marker at t*9+8
     assert [o for o, _ in got] == [t * 9 + i for t in range(12) if t % 3 != 1 for i in range(8)]
-    raw = _read(b.bootstrap, topic, "read_uncommitted", end)
+    raw = read_until(b.bootstrap, topic, "read_uncommitted", end)
     assert [v for _, v in raw] == everything
 
     # an open transaction holds the last stable offset: read_committed stops before it
@@ -104,9 +72,9 @@ def test_read_committed_from_the_bucket(broker_factory, bucket: Bucket) -> None:
         assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, end)
     finally:
         c.close()
-    got = _read(b.bootstrap, topic, "read_committed", end)
+    got = read_until(b.bootstrap, topic, "read_committed", end)
     assert [v for _, v in got] == committed
     p.commit_transaction(30)
-    got = _read(b.bootstrap, topic, "read_committed", end + 2)
+    got = read_until(b.bootstrap, topic, "read_committed", end + 2)
     assert [v for _, v in got] == [*committed, b"open-1"]
     assert got[-1][0] == end

@@ -24,8 +24,10 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 
 class Bucket:
-    def __init__(self, endpoint: str) -> None:
-        self.config = S3Config(bucket=unique_bucket(), endpoint=endpoint, prefix="prod/shazamq")
+    def __init__(self, endpoint: str, name: str | None = None) -> None:
+        self.config = S3Config(
+            bucket=name or unique_bucket(), endpoint=endpoint, prefix="prod/shazamq"
+        )
 
     async def _with(self, fn):  # type: ignore[no-untyped-def]
         store = S3Store(self.config)
@@ -122,3 +124,36 @@ def wait_for(pred, timeout: float = 60.0, what: str = "condition"):  # type: ign
             return got
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_until(
+    bootstrap: str, topic: str, isolation: str, until: int
+) -> list[tuple[int, bytes | None]]:
+    """Partition 0 from offset 0 until the position reaches ``until`` (what the
+    isolation level lets through)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+        }
+    )
+    got: list[tuple[int, bytes | None]] = []
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = c.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                assert msg.error().code() == -191, msg.error()  # partition EOF
+                if c.position([TopicPartition(topic, 0)])[0].offset >= until:
+                    break
+                continue
+            got.append((msg.offset(), msg.value()))
+        return got
+    finally:
+        c.close()

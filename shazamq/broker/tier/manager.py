@@ -351,11 +351,18 @@ class TierManager:
     ) -> tuple[bytes, list[tuple[int, int]]]:
         """Fetch below the local log: batches from the bucket, and for read_committed the
         aborted transactions among them."""
-        seg = m.find(offset)
-        if seg is None:
-            return b"", []
         prefix = partition_prefix(m.topic, m.topic_id, m.partition)
-        data = await self.reader.read(prefix, seg, offset, max_bytes, upper)
+        data = b""
+        at = offset
+        while at < upper and (seg := m.find(at)) is not None:
+            data = await self.reader.read(prefix, seg, at, max_bytes, upper)
+            if data:
+                break
+            at = seg.next_offset  # compaction left nothing from ``at`` to its end
+        if not data and m.end_offset <= at < upper:
+            # the rest of the range is local (a compacted tail emptied in the bucket)
+            at = max(at, p.log.log_start_offset)
+            data = p.log.read(at, max_bytes, upper_bound=upper) if at < upper else b""
         if not committed or not data:
             return data, []
         end = offset
