@@ -49,6 +49,12 @@ KEY = 1
 tier_log = logging.getLogger(__name__)
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A remote read nobody awaits any more (timed out): its failure is only logged."""
+    if not task.cancelled() and task.exception() is not None:
+        tier_log.debug("a remote read failed after its fetch answered: %s", task.exception())
+
+
 class RemoteRead(NamedTuple):
     """A partition read below the local log start, answered from the bucket."""
 
@@ -389,11 +395,23 @@ def register(d: Dispatcher, broker: Broker) -> None:
         assert tier is not None
 
         async def one(r: RemoteRead) -> None:
+            # a bucket that stalls delays this fetch by the timeout at most; the read goes
+            # on in the background so its chunks are cached for the client's retry
+            task = asyncio.ensure_future(
+                tier.read(r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed)
+            )
+            task.add_done_callback(_retrieve)
             try:
-                data, aborted = await tier.read(
-                    r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed
+                data, aborted = await asyncio.wait_for(
+                    asyncio.shield(task), tier.config.remote_fetch_timeout_ms / 1000
                 )
             except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    r.data.error_code = ErrorCode.KAFKA_STORAGE_ERROR
+                    tier_log.debug(
+                        "remote read of %s-%d timed out", r.partition.topic, r.partition.index
+                    )
+                    return
                 if isinstance(exc, StoreError) and exc.kind is StoreErrorKind.NOT_FOUND:
                     # remote retention removed it since this manifest was read (a
                     # follower's copy is read again): retriable, the next read knows

@@ -63,9 +63,12 @@ def _classify(exc: BaseException, key: str) -> StoreError:
 class GcsStore(ObjectStore):
     """One bucket under one prefix. Call :meth:`open` before use."""
 
-    def __init__(self, config: GcsConfig, **kwargs: Any) -> None:
+    def __init__(
+        self, config: GcsConfig, *, request_timeout: float = _TIMEOUT, **kwargs: Any
+    ) -> None:
         super().__init__(config.prefix, **kwargs)
         self.config = config
+        self.timeout = request_timeout
         self.bucket = config.bucket
         self._session: aiohttp.ClientSession | None = None
         self._storage: Storage | None = None
@@ -73,7 +76,9 @@ class GcsStore(ObjectStore):
     async def open(self) -> None:
         cfg = self.config
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=_TIMEOUT)
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, self.timeout), sock_read=self.timeout
+            )
         )
         if cfg.endpoint:
             self._storage = Storage(
@@ -104,7 +109,7 @@ class GcsStore(ObjectStore):
                 self.full_key(key),
                 data,
                 content_type="application/octet-stream",
-                timeout=_TIMEOUT,
+                timeout=self.timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _classify(exc, key) from exc
@@ -130,7 +135,9 @@ class GcsStore(ObjectStore):
                 url,
                 data=data,
                 headers={**headers, **await self._auth()},
-                timeout=aiohttp.ClientTimeout(total=_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=min(10.0, self.timeout), sock_read=self.timeout
+                ),
             ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
@@ -276,6 +283,6 @@ class GcsStore(ObjectStore):
 
     async def _delete(self, key: str) -> None:
         try:
-            await self._api.delete(self.bucket, self.full_key(key), timeout=_TIMEOUT)
+            await self._api.delete(self.bucket, self.full_key(key), timeout=self.timeout)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _classify(exc, key) from exc

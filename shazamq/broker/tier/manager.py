@@ -63,12 +63,13 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
             metrics.errors.labels(kind.value).inc()
 
     store: ObjectStore
+    timeout = config.request_timeout_ms / 1000
     if config.provider == "s3":
         from .s3 import S3Store
 
         if config.s3 is None:
             raise ValueError("tiered_storage.provider is s3 but [tiered_storage.s3] is missing")
-        s3 = S3Store(config.s3, on_error=on_error)
+        s3 = S3Store(config.s3, on_error=on_error, request_timeout=timeout)
         await s3.open()
         store = s3
     else:
@@ -76,7 +77,7 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
 
         if config.gcs is None:
             raise ValueError("tiered_storage.provider is gcs but [tiered_storage.gcs] is missing")
-        gcs = GcsStore(config.gcs, on_error=on_error)
+        gcs = GcsStore(config.gcs, on_error=on_error, request_timeout=timeout)
         await gcs.open()
         store = gcs
     return store

@@ -83,9 +83,10 @@ def _classify(exc: BaseException, key: str) -> StoreError:
 class S3Store(ObjectStore):
     """One bucket under one prefix. Call :meth:`open` before use."""
 
-    def __init__(self, config: S3Config, **kwargs: Any) -> None:
+    def __init__(self, config: S3Config, *, request_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(config.prefix, **kwargs)
         self.config = config
+        self.request_timeout = request_timeout
         self.bucket = config.bucket
         self._stack = AsyncExitStack()
         self._client: Any = None
@@ -94,8 +95,8 @@ class S3Store(ObjectStore):
         cfg = self.config
         session = get_session()
         client_cfg = AioConfig(
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=min(10.0, self.request_timeout),
+            read_timeout=self.request_timeout,
             retries={"total_max_attempts": 1},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
