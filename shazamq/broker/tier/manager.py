@@ -297,13 +297,20 @@ class TierManager:
     def follower_pending(self, p: Partition) -> bool:
         """A consumer fetched a follower (KIP-392) below its local log start and the
         follower's copy of the manifest does not cover the offset: unless that copy is
-        recent, a fresh one is read in the background and the fetch answers a retriable
-        error (True). With a recent copy the offset is out of range (False)."""
+        recent and reaches the local log start, a fresh one is read in the background
+        and the fetch answers a retriable error (True). Otherwise the offset is below
+        the bucket's start: out of range (False)."""
         if p.is_leader or not tiered(p):
             return False
         key = (p.topic, p.index)
         entry = self._followed.get(key)
-        if entry is not None and time.monotonic() - entry[1] < FOLLOWER_MANIFEST_TTL:
+        if (
+            entry is not None
+            and time.monotonic() - entry[1] < FOLLOWER_MANIFEST_TTL
+            # the bucket holds everything below the local log start: a copy that ends
+            # below it is older than this log, however recent
+            and entry[0].end_offset >= p.log.log_start_offset
+        ):
             return False
         if key not in self._refreshing:
             task = asyncio.create_task(self._read_followed(p), name=f"tier-follow-{key}")
