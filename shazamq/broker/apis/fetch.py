@@ -49,8 +49,14 @@ KEY = 1
 tier_log = logging.getLogger(__name__)
 
 
+# remote reads that outlived their fetch's wait (held here until they finish)
+_background: set[asyncio.Future[Any]] = set()
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
-    """A remote read nobody awaits any more (timed out): its failure is only logged."""
+    """A remote read finished; if nobody awaited it any more (its fetch timed out), a
+    failure is only logged."""
+    _background.discard(task)
     if not task.cancelled() and task.exception() is not None:
         tier_log.debug("a remote read failed after its fetch answered: %s", task.exception())
 
@@ -400,6 +406,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
             task = asyncio.ensure_future(
                 tier.read(r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed)
             )
+            _background.add(task)
             task.add_done_callback(_retrieve)
             try:
                 data, aborted = await asyncio.wait_for(
