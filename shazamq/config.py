@@ -717,6 +717,24 @@ class TieredStorageConfig(_Section):
         int,
         Meta(ge=65_536, le=268_435_456, description="Size of one ranged read of a remote segment."),
     ] = 4_194_304
+    request_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=100,
+            le=600_000,
+            description="One object store request times out after this long without an "
+            "answer (connecting, or between bytes of the answer), and is retried.",
+        ),
+    ] = 30_000
+    remote_fetch_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=100,
+            le=600_000,
+            description="A fetch below the local log start waits this long for the bucket, "
+            "then answers the retriable KAFKA_STORAGE_ERROR (the read goes on, for the cache).",
+        ),
+    ] = 10_000
     s3: S3Config | None = None
     gcs: GcsConfig | None = None
 

@@ -203,3 +203,96 @@ def test_tiered_cluster_leader_failover(
         assert [v for _, v in got] == values
         check_no_loss(cluster, bucket)
         cluster.stop_all()
+
+
+RACKS = {0: "rack-a", 1: "rack-b", 2: "rack-c"}
+
+
+def test_follower_in_the_consumers_rack_serves_the_bucket(
+    cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer with `client.rack` is sent to the follower in its rack (KIP-392) for
+    offsets below the local log start too; the follower reads its leader's manifest
+    from the bucket and serves those offsets from there, byte for byte."""
+    from .test_cluster_racks import metric
+
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "weed").mkdir()
+    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
+        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
+        bucket.create()
+
+        def root_config(root: str) -> dict[str, Any]:
+            return {
+                "tiered_storage": {
+                    "enabled": True,
+                    "provider": "s3",
+                    "max_upload_interval_ms": 1000,
+                    "s3": {
+                        "bucket": bucket.config.bucket,
+                        "endpoint": f"http://{root}:{s3_port}",
+                        "prefix": PREFIX,
+                    },
+                }
+            }
+
+        def config(node: int) -> dict[str, Any]:
+            return deep_merge_configs(
+                FAST_CLUSTER,
+                {"storage": {"retention_check_interval_ms": 300}, "broker": {"rack": RACKS[node]}},
+            )
+
+        cluster = cluster_factory.start(
+            3, netns=NETNS, extra_config=config, root_config=root_config
+        )
+        client = admin(cluster.bootstrap)
+        wait_for(lambda: len(client.list_topics(timeout=5).brokers) == 3, 40, "membership")
+        client.create_topics(
+            [
+                NewTopic(
+                    TOPIC,
+                    1,
+                    replica_assignment=[[0, 1, 2]],
+                    config={"segment.bytes": "4000", "local.retention.ms": "0"},
+                )
+            ]
+        )[TOPIC].result(20)
+        wait_for(lambda: fully_replicated(cluster.bootstrap, TOPIC, 1), 30, "replicated")
+        assert leader_of(cluster, TOPIC, 0) == 0
+        values = produce(cluster.bootstrap, 0, 150)
+        follower = cluster.broker(2)
+        # the follower in rack-c follows the leader's log start above offset 0
+        wait_for(lambda: local_start(follower.data_dir) > 40, 60, "the follower's deletion")
+        check_no_loss(cluster, bucket)
+        served_before = metric(follower, "shazamq_tier_remote_fetch_bytes_total")
+
+        c = Consumer(
+            {
+                "bootstrap.servers": cluster.bootstrap,
+                "group.id": "rack-c-reader",
+                "client.rack": "rack-c",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            c.assign([TopicPartition(TOPIC, 0, 0)])
+            got: list[tuple[int, bytes]] = []
+            deadline = time.monotonic() + 60
+            while len(got) < 150 and time.monotonic() < deadline:
+                m = c.poll(1.0)
+                if m is not None:
+                    assert m.error() is None, m.error()
+                    got.append((m.offset(), m.value()))
+        finally:
+            c.close()
+        assert [o for o, _ in got] == list(range(150))
+        assert [v for _, v in got] == values
+        # the remote part came from the follower's reads of the bucket
+        served = metric(follower, "shazamq_tier_remote_fetch_bytes_total") - served_before
+        assert served >= sum(len(v) for v in values[:40])
+        cluster.stop_all()

@@ -21,10 +21,14 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from .tierutil import Bucket
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -121,7 +125,8 @@ class FaultProxy:
     """An HTTP proxy in front of an S3 server that misbehaves when told to.
 
     ``mode`` is "ok", "500", "slowdown" (503 SlowDown) or "stall" (no answer for
-    ``stall_seconds``); ``down`` refuses everything until it is cleared.
+    ``stall_seconds``). ``fail_matching`` (a substring of the request line) answers the
+    next ``fail_count`` matching requests with 500s (-1: all of them).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -130,6 +135,9 @@ class FaultProxy:
         self.stall_seconds = 5.0
         self.requests = 0
         self.faults = 0
+        self.fail_matching: str | None = None
+        self.fail_count = 0
+        self.seen: list[str] = []  # request lines, for assertions
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -142,7 +150,12 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.requests += 1
+                line = f"{self.command} {self.path}"
+                proxy.seen.append(line)
                 mode = proxy.mode
+                if proxy.fail_matching and proxy.fail_matching in line and proxy.fail_count:
+                    proxy.fail_count -= 1 if proxy.fail_count > 0 else 0
+                    mode = "500"
                 if mode != "ok":
                     proxy.faults += 1
                     if mode == "stall":
@@ -170,7 +183,8 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -255,3 +269,12 @@ def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def bucket(seaweed_endpoint: str) -> Bucket:
+    from .tierutil import Bucket
+
+    b = Bucket(seaweed_endpoint)
+    b.create()
+    return b

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import crc32c
 import pytest
 
 from shazamq.broker.tier.gcs import GcsStore
 from shazamq.broker.tier.s3 import S3Store
-from shazamq.broker.tier.store import ObjectStore, RetryPolicy, StoreError, StoreErrorKind
+from shazamq.broker.tier.store import (
+    MIN_PART_BYTES,
+    ObjectStore,
+    RetryPolicy,
+    StoreError,
+    StoreErrorKind,
+)
 from shazamq.config import GcsConfig, S3Config
 
 from .conftest import FaultProxy, create_gcs_bucket, unique_bucket
@@ -63,6 +71,59 @@ async def test_put_get_range_list_head_delete(store: ObjectStore) -> None:
     with pytest.raises(StoreError) as err:
         await store.get("a/one")
     assert err.value.kind is StoreErrorKind.NOT_FOUND
+
+
+async def _put_file(store: ObjectStore, path: Path, key: str, data: bytes) -> int:
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return await store.put_file(key, fd, len(data))
+    finally:
+        os.close(fd)
+
+
+async def test_put_file_whole_and_in_parts(store: ObjectStore, tmp_path: Path) -> None:
+    store.part_bytes = MIN_PART_BYTES
+    small = os.urandom(100_000)
+    assert await _put_file(store, tmp_path / "s", "small", small) == crc32c.crc32c(small)
+    assert await store.get("small") == small
+    # three parts, the last one short: multipart (S3) or chunked resumable (GCS)
+    big = os.urandom(2 * MIN_PART_BYTES + 12_345)
+    assert await _put_file(store, tmp_path / "b", "big", big) == crc32c.crc32c(big)
+    info = await store.head("big")
+    assert info is not None and info.size == len(big)
+    assert await store.get("big") == big
+    assert (
+        await store.get("big", MIN_PART_BYTES - 10, MIN_PART_BYTES + 10)
+        == big[MIN_PART_BYTES - 10 : MIN_PART_BYTES + 10]
+    )
+
+
+async def test_multipart_part_retried_then_aborted(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    store = await _s3(fault_proxy.endpoint, retry=FAST_RETRY)
+    store.part_bytes = MIN_PART_BYTES
+    data = os.urandom(2 * MIN_PART_BYTES + 1)
+    try:
+        # a part that fails twice is sent again on its own; the object is whole
+        fault_proxy.fail_matching, fault_proxy.fail_count = "partNumber=2", 2
+        assert await _put_file(store, tmp_path / "f", "k", data) == crc32c.crc32c(data)
+        assert await store.get("k") == data
+        sent = [line for line in fault_proxy.seen if "partNumber=" in line]
+        assert sum("partNumber=1" in line for line in sent) == 1
+        assert sum("partNumber=2" in line for line in sent) == 3
+
+        # a part that keeps failing: the upload is aborted, nothing is stored
+        fault_proxy.fail_matching, fault_proxy.fail_count = "partNumber=3", -1
+        with pytest.raises(StoreError) as err:
+            await _put_file(store, tmp_path / "f", "k2", data)
+        assert err.value.kind is StoreErrorKind.SERVER
+        fault_proxy.fail_matching = None
+        assert any(line.startswith("DELETE ") and "uploadId=" in line for line in fault_proxy.seen)
+        assert await store.head("k2") is None
+        pending = await store._call("", "list_multipart_uploads")
+        assert pending.get("Uploads", []) == []
+    finally:
+        await store.close()
 
 
 async def test_bad_range_is_refused(store: ObjectStore) -> None:

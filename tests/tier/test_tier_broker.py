@@ -8,139 +8,24 @@ an empty disk with the same bucket serves all of it and the group resumes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from kafka_helpers import make_topic
 
-from shazamq.broker.tier.manifest import (
-    CLUSTER_KEY,
-    PartitionManifest,
-    decode_cluster,
-    decode_manifest,
+from shazamq.broker.tier.manifest import CLUSTER_KEY, PartitionManifest, decode_cluster
+
+from .tierutil import (
+    T0,
+    TOPIC_CONFIG,
+    Bucket,
+    consume_all,
+    local_segments,
+    produce,
+    wait_for,
 )
-from shazamq.broker.tier.s3 import S3Store
-from shazamq.config import S3Config
-
-from .conftest import unique_bucket
-
-TOPIC_CONFIG = {"segment.bytes": "4000", "local.retention.ms": "0"}
-T0 = int(time.time() * 1000) - 60_000  # record timestamps: T0 + offset
-
-
-def _run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
-
-
-class Bucket:
-    def __init__(self, endpoint: str) -> None:
-        self.config = S3Config(bucket=unique_bucket(), endpoint=endpoint, prefix="prod/shazamq")
-
-    async def _with(self, fn):  # type: ignore[no-untyped-def]
-        store = S3Store(self.config)
-        await store.open()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    def create(self) -> None:
-        _run(self._with(lambda s: s.ensure_bucket()))
-
-    def objects(self) -> dict[str, int]:
-        async def go(s: S3Store) -> dict[str, int]:
-            return {o.key: o.size for o in await s.list()}
-
-        return _run(self._with(go))
-
-    def get(self, key: str) -> bytes:
-        return _run(self._with(lambda s: s.get(key)))
-
-    def manifest(self, topic: str, partition: int = 0) -> PartitionManifest | None:
-        for key in self.objects():
-            if key.startswith(f"topics/{topic}-") and key.endswith(f"/{partition}/manifest.json"):
-                return decode_manifest(self.get(key))
-        return None
-
-    def settings(self, **extra: object) -> dict[str, object]:
-        return {
-            "tiered_storage__enabled": True,
-            "tiered_storage__provider": "s3",
-            "tiered_storage__s3__bucket": self.config.bucket,
-            "tiered_storage__s3__endpoint": self.config.endpoint,
-            "tiered_storage__s3__prefix": self.config.prefix,
-            "tiered_storage__max_upload_interval_ms": 1000,
-            "storage__retention_check_interval_ms": 300,
-            **extra,
-        }
-
-
-@pytest.fixture
-def bucket(seaweed_endpoint: str) -> Bucket:
-    b = Bucket(seaweed_endpoint)
-    b.create()
-    return b
-
-
-def produce(bootstrap: str, topic: str, n: int, start: int = 0) -> list[bytes]:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    values = []
-    for i in range(start, start + n):
-        v = f"value-{i:06d}-".encode() + bytes([i % 251]) * 300
-        values.append(v)
-        p.produce(topic, key=f"k{i}".encode(), value=v, partition=0, timestamp=T0 + i)
-        if i % 10 == 9:
-            p.flush(10)
-    assert p.flush(10) == 0
-    return values
-
-
-def consume_all(
-    bootstrap: str, topic: str, expect: int, group: str | None = None, start: int | None = 0
-) -> list[tuple[int, bytes]]:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group or f"g-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        if start is None:
-            c.subscribe([topic])
-        else:
-            c.assign([TopicPartition(topic, 0, start)])
-        got: list[tuple[int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while len(got) < expect and time.monotonic() < deadline:
-            msg = c.poll(1.0)
-            if msg is None:
-                continue
-            assert msg.error() is None, msg.error()
-            got.append((msg.offset(), msg.value()))
-        if group is not None and got:
-            c.commit(asynchronous=False)
-        return got
-    finally:
-        c.close()
-
-
-def local_segments(data_dir: Path, topic: str) -> list[int]:
-    return sorted(int(p.name[:20]) for p in (data_dir / f"{topic}-0").glob("*.log"))
-
-
-def wait_for(pred, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_upload_local_deletion_remote_reads_and_restore(

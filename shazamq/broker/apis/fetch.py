@@ -36,6 +36,8 @@ from shazamq.protocol.messages.fetch_response import (
 )
 from shazamq.protocol.records import RecordError, iter_batches
 
+from ..tier.store import StoreError, StoreErrorKind
+
 if TYPE_CHECKING:
     from shazamq.broker.log import LogSegment, PartitionLog
 
@@ -47,6 +49,18 @@ if TYPE_CHECKING:
 
 KEY = 1
 tier_log = logging.getLogger(__name__)
+
+
+# remote reads that outlived their fetch's wait (held here until they finish)
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A remote read finished; if nobody awaited it any more (its fetch timed out), a
+    failure is only logged."""
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        tier_log.debug("a remote read failed after its fetch answered: %s", task.exception())
 
 
 class RemoteRead(NamedTuple):
@@ -266,10 +280,11 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         and offset < plog.log_start_offset
                         and tier is not None
                         and not follower
-                        and tier.manifest_pending(p)
+                        and (tier.manifest_pending(p) or tier.follower_pending(p))
                     ):
-                        # a new leader that has not read its manifest yet: retriable, not
-                        # out of range (a client would reset its position past the bucket)
+                        # a new leader that has not read its manifest yet, or a follower
+                        # reading its leader's: retriable, not out of range (a client
+                        # would reset its position past the bucket)
                         out.append(partition_error(fp.partition, ErrorCode.OFFSET_NOT_AVAILABLE, p))
                         continue
                     if manifest is None:
@@ -281,6 +296,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     pd = partition_error(fp.partition, 0, p)
                     pd.log_start_offset = tier.log_start(p)  # type: ignore[union-attr]
                     pd.preferred_read_replica = -1
+                    if client_rack and p.replica is not None and p.replica.is_leader:
+                        # followers read the bucket too: the consumer's rack serves it
+                        pd.preferred_read_replica = preferred_replica(p, client_rack)
+                        if pd.preferred_read_replica >= 0:
+                            out.append(pd)
+                            continue
                     upper = plog.last_stable_offset if committed else hw
                     limit = max(min(fp.partition_max_bytes, budget - total), 1)
                     remote.append(RemoteRead(pd, p, manifest, offset, limit, upper, committed))
@@ -388,11 +409,30 @@ def register(d: Dispatcher, broker: Broker) -> None:
         assert tier is not None
 
         async def one(r: RemoteRead) -> None:
+            # a bucket that stalls delays this fetch by the timeout at most; the read goes
+            # on in the background so its chunks are cached for the client's retry
+            task = asyncio.ensure_future(
+                tier.read(r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed)
+            )
+            _background.add(task)
+            task.add_done_callback(_retrieve)
             try:
-                data, aborted = await tier.read(
-                    r.partition, r.manifest, r.offset, r.limit, r.upper, r.committed
+                data, aborted = await asyncio.wait_for(
+                    asyncio.shield(task), tier.config.remote_fetch_timeout_ms / 1000
                 )
             except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    r.data.error_code = ErrorCode.KAFKA_STORAGE_ERROR
+                    tier_log.debug(
+                        "remote read of %s-%d timed out", r.partition.topic, r.partition.index
+                    )
+                    return
+                if isinstance(exc, StoreError) and exc.kind is StoreErrorKind.NOT_FOUND:
+                    # remote retention removed it since this manifest was read (a
+                    # follower's copy is read again): retriable, the next read knows
+                    tier.forget_followed(r.partition)
+                    r.data.error_code = ErrorCode.OFFSET_NOT_AVAILABLE
+                    return
                 r.data.error_code = ErrorCode.KAFKA_STORAGE_ERROR
                 tier_log.warning(
                     "remote read of %s-%d at %d failed: %s",

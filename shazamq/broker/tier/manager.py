@@ -29,12 +29,13 @@ from .manifest import (
     PartitionManifest,
     RemoteTopic,
     encode_cluster,
+    manifest_key,
     partition_prefix,
 )
 from .metrics import TierMetrics
 from .reader import RemoteReader
 from .store import ObjectStore, StoreError, StoreErrorKind
-from .uploader import PartitionUploader
+from .uploader import PartitionUploader, read_manifest
 
 if TYPE_CHECKING:
     from shazamq.broker.metrics import BrokerMetrics
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SUPERVISE_SECONDS = 1.0
 CACHE_DIR = ".tier-cache"
+# a follower's copy of the leader's manifest is read again when a read misses it and it
+# is older than this
+FOLLOWER_MANIFEST_TTL = 2.0
 
 
 def tiered(p: Partition) -> bool:
@@ -59,12 +63,13 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
             metrics.errors.labels(kind.value).inc()
 
     store: ObjectStore
+    timeout = config.request_timeout_ms / 1000
     if config.provider == "s3":
         from .s3 import S3Store
 
         if config.s3 is None:
             raise ValueError("tiered_storage.provider is s3 but [tiered_storage.s3] is missing")
-        s3 = S3Store(config.s3, on_error=on_error)
+        s3 = S3Store(config.s3, on_error=on_error, request_timeout=timeout)
         await s3.open()
         store = s3
     else:
@@ -72,7 +77,7 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
 
         if config.gcs is None:
             raise ValueError("tiered_storage.provider is gcs but [tiered_storage.gcs] is missing")
-        gcs = GcsStore(config.gcs, on_error=on_error)
+        gcs = GcsStore(config.gcs, on_error=on_error, request_timeout=timeout)
         await gcs.open()
         store = gcs
     return store
@@ -126,6 +131,10 @@ class TierManager:
         # whether or not the bucket answered)
         self._started_at: dict[tuple[str, int], int] = {}
         self._broker_metrics = metrics
+        # followers' copies of their leaders' manifests (read on demand, for consumers
+        # that fetch from a follower below its local log start) and when each was read
+        self._followed: dict[tuple[str, int], tuple[PartitionManifest, float]] = {}
+        self._refreshing: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     async def start(self, store: ObjectStore | None = None) -> None:
         self.store = store if store is not None else await open_store(self.config, self.metrics)
@@ -159,6 +168,8 @@ class TierManager:
             return_exceptions=True,
         )
         self.uploaders.clear()
+        for t in list(self._refreshing.values()):
+            t.cancel()
         await self.reader.close()
         await self.store.close()
 
@@ -191,6 +202,9 @@ class TierManager:
             # a follower now: it deletes nothing on its own (see _hold_followers)
             u.log.remote_log_end = 0 if still is u.partition and tiered(still) else None
         self._hold_followers(wanted)
+        hosted = self.partitions.partitions
+        for key in [k for k in self._followed if k in wanted or k not in hosted]:
+            del self._followed[key]
         for key, p in wanted.items():
             u = self.uploaders.get(key)
             if u is not None and u.partition is p and u.leader_epoch == p.leader_epoch:
@@ -250,11 +264,18 @@ class TierManager:
     # -- reads -----------------------------------------------------------------------
 
     def manifest(self, p: Partition) -> PartitionManifest | None:
-        return self.manifests.get((p.topic, p.index))
+        """The manifest a read of ``p`` uses: the uploader's on the leader, the last one
+        read from the bucket on a follower."""
+        key = (p.topic, p.index)
+        m = self.manifests.get(key)
+        if m is not None or p.is_leader:
+            return m
+        entry = self._followed.get(key)
+        return entry[0] if entry is not None else None
 
     def log_start(self, p: Partition) -> int:
         """The first offset of the whole log, the bucket included."""
-        m = self.manifests.get((p.topic, p.index))
+        m = self.manifest(p)
         local = p.log.log_start_offset
         if m is None or not m.segments:
             return local
@@ -273,8 +294,49 @@ class TierManager:
             and self._started_at.get(key) != p.leader_epoch
         )
 
+    def follower_pending(self, p: Partition) -> bool:
+        """A consumer fetched a follower (KIP-392) below its local log start and the
+        follower's copy of the manifest does not cover the offset: unless that copy is
+        recent and reaches the local log start, a fresh one is read in the background
+        and the fetch answers a retriable error (True). Otherwise the offset is below
+        the bucket's start: out of range (False)."""
+        if p.is_leader or not tiered(p):
+            return False
+        key = (p.topic, p.index)
+        entry = self._followed.get(key)
+        if (
+            entry is not None
+            and time.monotonic() - entry[1] < FOLLOWER_MANIFEST_TTL
+            # the bucket holds everything below the local log start: a copy that ends
+            # below it is older than this log, however recent
+            and entry[0].end_offset >= p.log.log_start_offset
+        ):
+            return False
+        if key not in self._refreshing:
+            task = asyncio.create_task(self._read_followed(p), name=f"tier-follow-{key}")
+            self._refreshing[key] = task
+        return True
+
+    async def _read_followed(self, p: Partition) -> None:
+        key = (p.topic, p.index)
+        info = p.topic_info
+        try:
+            m = await read_manifest(self.store, manifest_key(info.name, info.topic_id, p.index))
+            if m is None:
+                m = PartitionManifest(topic=info.name, topic_id=info.topic_id, partition=p.index)
+            self._followed[key] = (m, time.monotonic())
+        except StoreError as exc:
+            log.debug("%s-%d: the leader's manifest cannot be read: %s", p.topic, p.index, exc)
+        finally:
+            self._refreshing.pop(key, None)
+
+    def forget_followed(self, p: Partition) -> None:
+        """A follower's copy named an object that is gone (remote retention since):
+        the next read below its local log start reads the manifest again."""
+        self._followed.pop((p.topic, p.index), None)
+
     def remote_covers(self, p: Partition, offset: int) -> PartitionManifest | None:
-        m = self.manifests.get((p.topic, p.index))
+        m = self.manifest(p)
         if m is None or not m.segments:
             return None
         if m.log_start_offset <= offset < m.end_offset:
@@ -297,11 +359,18 @@ class TierManager:
     ) -> tuple[bytes, list[tuple[int, int]]]:
         """Fetch below the local log: batches from the bucket, and for read_committed the
         aborted transactions among them."""
-        seg = m.find(offset)
-        if seg is None:
-            return b"", []
         prefix = partition_prefix(m.topic, m.topic_id, m.partition)
-        data = await self.reader.read(prefix, seg, offset, max_bytes, upper)
+        data = b""
+        at = offset
+        while at < upper and (seg := m.find(at)) is not None:
+            data = await self.reader.read(prefix, seg, at, max_bytes, upper)
+            if data:
+                break
+            at = seg.next_offset  # compaction left nothing from ``at`` to its end
+        if not data and m.end_offset <= at < upper:
+            # the rest of the range is local (a compacted tail emptied in the bucket)
+            at = max(at, p.log.log_start_offset)
+            data = p.log.read(at, max_bytes, upper_bound=upper) if at < upper else b""
         if not committed or not data:
             return data, []
         end = offset

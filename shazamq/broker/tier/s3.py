@@ -2,18 +2,23 @@
 
 botocore's own retries are off; :class:`~.store.ObjectStore` retries with backoff so both
 providers behave the same. Every put carries its MD5 (``Content-MD5``), which S3 checks
-before it stores anything, and the returned ETag is compared with it as well.
+before it stores anything, and the returned ETag is compared with it as well. Large
+files go by multipart upload: each part carries its MD5 and its ETag is checked, the
+completed object's size (and composite ETag) too; a failed upload is aborted so no
+parts linger in the bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+import crc32c
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import (
@@ -28,7 +33,14 @@ from botocore.exceptions import (
 
 from shazamq.config import S3Config
 
-from .store import ObjectInfo, ObjectNotFoundError, ObjectStore, StoreError, StoreErrorKind
+from .store import (
+    ObjectInfo,
+    ObjectNotFoundError,
+    ObjectStore,
+    StoreError,
+    StoreErrorKind,
+    read_part,
+)
 
 __all__ = ["S3Store"]
 
@@ -71,9 +83,10 @@ def _classify(exc: BaseException, key: str) -> StoreError:
 class S3Store(ObjectStore):
     """One bucket under one prefix. Call :meth:`open` before use."""
 
-    def __init__(self, config: S3Config, **kwargs: Any) -> None:
+    def __init__(self, config: S3Config, *, request_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(config.prefix, **kwargs)
         self.config = config
+        self.request_timeout = request_timeout
         self.bucket = config.bucket
         self._stack = AsyncExitStack()
         self._client: Any = None
@@ -82,8 +95,8 @@ class S3Store(ObjectStore):
         cfg = self.config
         session = get_session()
         client_cfg = AioConfig(
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=min(10.0, self.request_timeout),
+            read_timeout=self.request_timeout,
             retries={"total_max_attempts": 1},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -128,6 +141,69 @@ class S3Store(ObjectStore):
         etag = str(resp.get("ETag", "")).strip('"')
         if etag and "-" not in etag and etag != digest.hex():
             raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: ETag {etag} is not our MD5")
+
+    async def _put_parts(self, key: str, fd: int, size: int) -> int:
+        full = self.full_key(key)
+        created = await self._retrying(
+            f"create upload {key}", lambda: self._call(key, "create_multipart_upload", Key=full)
+        )
+        upload_id = created["UploadId"]
+        parts: list[dict[str, Any]] = []
+        digests: list[bytes] = []
+        crc = 0
+        loop = asyncio.get_running_loop()
+        try:
+            for number, pos in enumerate(range(0, size, self.part_bytes), 1):
+                data = await read_part(fd, pos, min(self.part_bytes, size - pos))
+                digest = await loop.run_in_executor(None, _md5, data)
+                crc = await loop.run_in_executor(None, crc32c.crc32c, data, crc)
+                etag = await self._retrying(
+                    f"part {number} of {key}",
+                    lambda n=number, d=data, m=digest: self._put_part(key, upload_id, n, d, m),
+                )
+                parts.append({"ETag": etag, "PartNumber": number})
+                digests.append(digest)
+            done = await self._retrying(
+                f"complete {key}",
+                lambda: self._call(
+                    key,
+                    "complete_multipart_upload",
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException:
+            # no half-object may stay behind, nor parts the bucket keeps (and bills)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._call(key, "abort_multipart_upload", Key=full, UploadId=upload_id)
+            raise
+        etag = str(done.get("ETag", "")).strip('"')
+        composite = f"{_md5(b''.join(digests)).hex()}-{len(parts)}"
+        if etag and "-" in etag and etag != composite:
+            raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: ETag {etag} is not {composite}")
+        stored = await self._retrying(f"head {key}", lambda: self._head(key))
+        if stored.size != size:
+            raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: stored {stored.size} of {size} B")
+        return crc
+
+    async def _put_part(
+        self, key: str, upload_id: str, number: int, data: bytes, digest: bytes
+    ) -> str:
+        resp = await self._call(
+            key,
+            "upload_part",
+            Key=self.full_key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=base64.b64encode(digest).decode(),
+            ContentLength=len(data),
+        )
+        etag = str(resp.get("ETag", ""))
+        if etag.strip('"') != digest.hex():
+            raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: part {number} ETag {etag}")
+        return etag
 
     async def _get(self, key: str, start: int, end: int | None) -> bytes:
         rng = f"bytes={start}-{'' if end is None else end - 1}"
@@ -175,3 +251,7 @@ class S3Store(ObjectStore):
             if exc.kind not in (StoreErrorKind.NOT_FOUND, StoreErrorKind.CLIENT):
                 raise
             await self._call("", "create_bucket")
+
+
+def _md5(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()

@@ -5,6 +5,11 @@ sees only :class:`ObjectStore`. Errors are classified once, here: an operation t
 with a transient error (5xx, throttling, timeouts, dropped connections) is retried with
 capped exponential backoff and full jitter; anything else (not found, access denied, a
 missing bucket) raises at once.
+
+Files larger than one part (``PART_BYTES``) are stored part by part, each read from the
+file in the executor when it is sent, so an upload holds one part in memory whatever
+the segment's size: S3 multipart uploads, GCS chunked resumable uploads. Every part is
+verified as it lands and retried on its own; an upload that fails is aborted.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+import crc32c
 
 __all__ = [
     "ObjectInfo",
@@ -30,6 +38,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# one part of a multipart (S3) or chunked resumable (GCS) upload: at least S3's 5 MiB
+# minimum, a multiple of GCS's 256 KiB chunk unit
+PART_BYTES = 8 << 20
+MIN_PART_BYTES = 5 << 20
 
 
 class StoreErrorKind(enum.Enum):
@@ -106,6 +119,7 @@ class ObjectStore(abc.ABC):
         self.prefix = f"{prefix}/" if prefix else ""
         self.retry = retry or RetryPolicy()
         self._on_error = on_error
+        self.part_bytes = PART_BYTES
 
     def full_key(self, key: str) -> str:
         return self.prefix + key
@@ -115,6 +129,18 @@ class ObjectStore(abc.ABC):
     async def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``; returns once the store has verified it (MD5/CRC)."""
         await self._retrying(f"put {key}", lambda: self._put(key, data))
+
+    async def put_file(self, key: str, fd: int, size: int) -> int:
+        """Store the first ``size`` bytes of the open file ``fd`` under ``key``; returns
+        their CRC-32C. Up to one part it is one verified put; larger files go part by
+        part (multipart or resumable), read as they are sent, each part verified and
+        retried, the upload aborted if it cannot finish. The caller keeps ``fd`` open
+        and unchanged until this returns."""
+        if size <= self.part_bytes:
+            data = await read_part(fd, 0, size)
+            await self.put(key, data)
+            return await asyncio.get_running_loop().run_in_executor(None, crc32c.crc32c, data)
+        return await self._put_parts(key, fd, size)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (to its end when ``end`` is None)."""
@@ -148,6 +174,11 @@ class ObjectStore(abc.ABC):
     async def _put(self, key: str, data: bytes) -> None: ...
 
     @abc.abstractmethod
+    async def _put_parts(self, key: str, fd: int, size: int) -> int:
+        """A file of more than one part, part by part; its CRC-32C. Retries each part
+        itself (through :meth:`_retrying`) and aborts the upload when it fails."""
+
+    @abc.abstractmethod
     async def _get(self, key: str, start: int, end: int | None) -> bytes: ...
 
     @abc.abstractmethod
@@ -174,3 +205,11 @@ class ObjectStore(abc.ABC):
                 delay = policy.delay(attempt)
                 log.debug("%s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
                 await asyncio.sleep(delay)
+
+
+async def read_part(fd: int, pos: int, n: int) -> bytes:
+    """``n`` bytes of ``fd`` at ``pos``, read in the executor; a short file is an error."""
+    data = await asyncio.get_running_loop().run_in_executor(None, os.pread, fd, n, pos)
+    if len(data) != n:
+        raise StoreError(StoreErrorKind.INTEGRITY, f"the file ended at {pos + len(data)}")
+    return data

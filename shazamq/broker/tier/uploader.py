@@ -28,15 +28,16 @@ holding it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import os
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-import crc32c
+import msgspec
 
 from shazamq.broker.log.producer_state import snapshot_file_name
 from shazamq.broker.log.segment import INDEX_EXT, TIME_INDEX_EXT, TXN_INDEX_EXT, LogSegment
@@ -51,7 +52,7 @@ from .manifest import (
     partition_prefix,
     segment_key,
 )
-from .store import StoreError, StoreErrorKind
+from .store import ObjectStore, StoreError, StoreErrorKind
 
 if TYPE_CHECKING:
     from shazamq.broker.log import PartitionLog
@@ -79,31 +80,127 @@ def epoch_slice(entries: list[tuple[int, int]], base: int, end: int) -> list[tup
     return out
 
 
-def read_segment_files(plog: PartitionLog, seg: LogSegment) -> dict[str, bytes] | None:
-    """The files of a closed segment (executor thread); None if it left the log."""
+def open_segment_files(plog: PartitionLog, seg: LogSegment) -> SegmentFiles | None:
+    """A closed segment to upload (executor thread): its ``.log`` opened (it is sent in
+    parts from the file), the small files read; None if it left the log."""
     with plog.lock:
         if seg not in plog.segments:
             return None
         seg.write_pending_indexes()
         size = seg.size
-    files: dict[str, bytes] = {"log": seg.read_bytes(0, size)}
-    stem = os.path.join(plog.directory, f"{seg.base_offset:020d}")
-    for ext, name in (("index", INDEX_EXT), ("timeindex", TIME_INDEX_EXT)):
-        with open(stem + name, "rb") as f:
-            files[ext] = f.read()
+        # opened under the lock, so the file is the segment's: a retention or a
+        # compaction that retires it afterwards leaves this descriptor readable
+        fd = os.open(seg.log_path, os.O_RDONLY)
     try:
-        with open(stem + TXN_INDEX_EXT, "rb") as f:
-            txn = f.read()
-        if txn:
-            files["txnindex"] = txn
+        files: dict[str, bytes] = {}
+        stem = os.path.join(plog.directory, f"{seg.base_offset:020d}")
+        for ext, name in (("index", INDEX_EXT), ("timeindex", TIME_INDEX_EXT)):
+            with open(stem + name, "rb") as f:
+                files[ext] = f.read()
+        try:
+            with open(stem + TXN_INDEX_EXT, "rb") as f:
+                txn = f.read()
+            if txn:
+                files["txnindex"] = txn
+        except FileNotFoundError:
+            pass
+        try:
+            with open(os.path.join(plog.directory, snapshot_file_name(seg.next_offset)), "rb") as f:
+                files["snapshot"] = f.read()
+        except FileNotFoundError:
+            pass
     except FileNotFoundError:
-        pass
+        os.close(fd)
+        return None  # retired while its small files were read
+    except BaseException:
+        os.close(fd)
+        raise
+    return SegmentFiles(fd, size, files)
+
+
+class SegmentFiles(NamedTuple):
+    log_fd: int  # the caller closes it
+    log_size: int
+    small: dict[str, bytes]  # index, timeindex, [txnindex], [snapshot]
+
+
+async def read_manifest(store: ObjectStore, key: str) -> PartitionManifest | None:
+    """The manifest under ``key``, or None when the partition has none yet."""
     try:
-        with open(os.path.join(plog.directory, snapshot_file_name(seg.next_offset)), "rb") as f:
-            files["snapshot"] = f.read()
-    except FileNotFoundError:
-        pass
-    return files
+        data = await store.get(key)
+    except StoreError as exc:
+        if exc.kind is not StoreErrorKind.NOT_FOUND:
+            raise
+        return None
+    return decode_manifest(data, where=key)
+
+
+def _matches(seg: LogSegment, own_end: int, entries: list[RemoteSegment]) -> bool:
+    """Whether the remote entries within ``seg``'s offsets (up to ``own_end``) are the
+    upload of ``seg``. (The last entry may reach past its data: see replace_cleaned.)"""
+    if not seg.size:
+        return not entries
+    if len(entries) != 1:
+        return False
+    e = entries[0]
+    return (
+        e.base_offset == seg.base_offset
+        and seg.next_offset - 1 <= e.last_offset < own_end
+        and e.size == seg.size
+    )
+
+
+def cleaned_run(
+    segments: list[LogSegment], m: PartitionManifest
+) -> tuple[list[LogSegment], int, int] | None:
+    """The first run of closed local segments that differ from their remote copies
+    (compaction rewrote them since they were uploaded), with the slice ``[lo, hi)`` of
+    the manifest's entries they replace; None when there is nothing to replace now.
+
+    A segment owns the offsets from its base up to the next segment's base (compaction
+    leaves gaps); its copy is the one entry within that range, with its offsets and size.
+    Only segments the bucket holds whole are compared, and a run is replaced only when
+    the entries it covers lie wholly within it (else it waits for a later round).
+    """
+    remote = m.segments
+    if not remote:
+        return None
+    end = m.end_offset
+    lasts = [e.last_offset for e in remote]
+
+    def span(lo_off: int, hi_off: int) -> tuple[int, int]:
+        """The entries overlapping ``[lo_off, hi_off)``, as an index range."""
+        lo = hi = bisect.bisect_left(lasts, lo_off)
+        while hi < len(remote) and remote[hi].base_offset < hi_off:
+            hi += 1
+        return lo, hi
+
+    start = stop = -1
+    for i, seg in enumerate(segments[:-1]):
+        own_end = segments[i + 1].base_offset
+        if own_end <= remote[0].base_offset:
+            continue  # below the bucket (its start moved up: retention, DeleteRecords)
+        lo, hi = span(seg.base_offset, own_end)
+        if seg.next_offset <= end and not _matches(seg, own_end, remote[lo:hi]):
+            if start < 0:
+                start = i
+            stop = i + 1
+        elif start >= 0:
+            break
+    if start < 0:
+        return None
+    run = segments[start:stop]
+    lo, hi = span(run[0].base_offset, segments[stop].base_offset)
+    if lo < hi and (
+        remote[lo].base_offset < run[0].base_offset
+        or remote[hi - 1].last_offset >= segments[stop].base_offset
+    ):
+        return None  # an entry reaches beyond the run: not a clean cut yet
+    return run, lo, hi
+
+
+class _Moved(Exception):
+    """The local segments changed while their replacement was being stored."""
 
 
 class LeadershipLost(Exception):
@@ -140,15 +237,9 @@ class PartitionUploader:
         self._task = asyncio.create_task(self._run(), name=f"tier-upload-{self.prefix}")
 
     async def load_manifest(self) -> None:
-        store = self.tier.store
-        try:
-            data = await store.get(self.manifest_key)
-        except StoreError as exc:
-            if exc.kind is not StoreErrorKind.NOT_FOUND:
-                raise
-            data = None
-        if data is not None:
-            self.manifest = decode_manifest(data, where=self.manifest_key)
+        found = await read_manifest(self.tier.store, self.manifest_key)
+        if found is not None:
+            self.manifest = found
         # nothing may leave the disk before the bucket has it
         m = self.manifest
         self.log.remote_log_end = m.end_offset if m.generation else 0
@@ -194,6 +285,8 @@ class PartitionUploader:
             try:
                 self._maybe_roll()
                 await self.upload_ready()
+                if self.log.config.compact:
+                    await self.replace_cleaned()
                 await self.apply_retention()
                 if self.failing:
                     self.failing = False
@@ -241,43 +334,11 @@ class PartitionUploader:
             await self.upload(seg)
 
     async def upload(self, seg: LogSegment) -> None:
-        tier = self.tier
-        loop = asyncio.get_running_loop()
-        async with tier.upload_slots:
-            files = await loop.run_in_executor(None, read_segment_files, self.log, seg)
-            if files is None:
+        async with self.tier.upload_slots:
+            stored = await self._store_segment(seg)
+            if stored is None:
                 return
-            total = sum(len(b) for b in files.values())
-            await tier.bandwidth.take(total)
-            upload_id = uuid.uuid4().hex
-            data = files["log"]
-            keys = {ext: segment_key(self.prefix, seg.base_offset, upload_id, ext) for ext in files}
-            try:
-                await asyncio.gather(*(tier.store.put(keys[ext], b) for ext, b in files.items()))
-            except BaseException:
-                # nothing references these objects; remove what made it (best effort)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._discard(keys.values())
-                raise
-            if not self.leading():
-                await self._discard(keys.values())
-                raise LeadershipLost
-            crc = await loop.run_in_executor(None, crc32c.crc32c, data)
-            entries = list(self.log.leader_epoch_cache.entries)
-            remote = RemoteSegment(
-                upload_id=upload_id,
-                base_offset=seg.base_offset,
-                last_offset=seg.next_offset - 1,
-                base_timestamp=seg.first_batch_timestamp,
-                max_timestamp=seg.max_timestamp,
-                offset_of_max_timestamp=seg.offset_of_max_timestamp,
-                size=len(data),
-                crc32c=crc,
-                epochs=epoch_slice(entries, seg.base_offset, seg.next_offset),
-                has_txn_index="txnindex" in files,
-                has_snapshot="snapshot" in files,
-                uploaded_ms=_now_ms(),
-            )
+            remote, total = stored
             old = self.manifest
             new = PartitionManifest(
                 topic=old.topic,
@@ -291,11 +352,132 @@ class PartitionUploader:
                 segments=[*old.segments, remote],
                 generation=old.generation + 1,
             )
-            await self._write_manifest(new)
-        self.last_upload_ms = _now_ms()
-        tier.metrics.bytes_uploaded.inc(total)
-        tier.metrics.segments_uploaded.inc()
+            try:
+                await self._write_manifest(new)
+            except BaseException:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._discard(self._keys(remote))
+                raise
+        self._uploaded(total)
         log.debug("%r: segment %d..%d in the bucket", self, seg.base_offset, seg.next_offset - 1)
+
+    def _uploaded(self, total: int) -> None:
+        self.last_upload_ms = _now_ms()
+        self.tier.metrics.bytes_uploaded.inc(total)
+        self.tier.metrics.segments_uploaded.inc()
+
+    def _keys(self, s: RemoteSegment) -> list[str]:
+        return [segment_key(self.prefix, s.base_offset, s.upload_id, ext) for ext in FILE_EXTS]
+
+    async def _store_segment(self, seg: LogSegment) -> tuple[RemoteSegment, int] | None:
+        """Store the files of ``seg`` under a fresh upload id (verified, referenced by no
+        manifest yet): its manifest entry and the bytes stored, or None if the segment
+        left the log meanwhile (retention, compaction)."""
+        tier = self.tier
+        loop = asyncio.get_running_loop()
+        files = await loop.run_in_executor(None, open_segment_files, self.log, seg)
+        if files is None:
+            return None
+        try:
+            size = files.log_size
+            total = size + sum(len(b) for b in files.small.values())
+            await tier.bandwidth.take(total)
+            upload_id = uuid.uuid4().hex
+            exts = ["log", *files.small]
+            keys = {ext: segment_key(self.prefix, seg.base_offset, upload_id, ext) for ext in exts}
+            try:
+                results = await asyncio.gather(
+                    tier.store.put_file(keys["log"], files.log_fd, size),
+                    *(tier.store.put(keys[ext], b) for ext, b in files.small.items()),
+                )
+            except BaseException:
+                # nothing references these objects; remove what made it (best effort)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._discard(keys.values())
+                raise
+        finally:
+            os.close(files.log_fd)
+        crc = results[0]
+        if not self.leading():
+            await self._discard(keys.values())
+            raise LeadershipLost
+        entries = list(self.log.leader_epoch_cache.entries)
+        remote = RemoteSegment(
+            upload_id=upload_id,
+            base_offset=seg.base_offset,
+            last_offset=seg.next_offset - 1,
+            base_timestamp=seg.first_batch_timestamp,
+            max_timestamp=seg.max_timestamp,
+            offset_of_max_timestamp=seg.offset_of_max_timestamp,
+            size=size,
+            crc32c=crc,
+            epochs=epoch_slice(entries, seg.base_offset, seg.next_offset),
+            has_txn_index="txnindex" in files.small,
+            has_snapshot="snapshot" in files.small,
+            uploaded_ms=_now_ms(),
+        )
+        return remote, total
+
+    # -- compacted topics ----------------------------------------------------------------
+
+    async def replace_cleaned(self) -> int:
+        """Compacted topics: local segments cleaned since their upload replace their
+        remote copies. The cleaned segments are stored first, then one manifest swaps
+        them in for the entries they cover, then the old objects go: a reader always
+        finds every object its manifest names. Returns the segments stored."""
+        run = cleaned_run(self.log.segments, self.manifest)
+        if run is None:
+            return 0
+        segs, lo, hi = run
+        stored: list[RemoteSegment] = []
+        total = 0
+        try:
+            async with self.tier.upload_slots:
+                for seg in segs:
+                    if not seg.size:
+                        continue  # cleaned to nothing: its offsets leave the bucket
+                    got = await self._store_segment(seg)
+                    if got is None:
+                        raise _Moved
+                    stored.append(got[0])
+                    total += got[1]
+                old = self.manifest
+                if stored and hi == len(old.segments) and hi > lo:
+                    # the bucket keeps ending where it did (a restore continues the
+                    # offsets there), though compaction emptied the tail of the range
+                    tail = stored[-1]
+                    end = max(tail.last_offset, old.segments[-1].last_offset)
+                    stored[-1] = msgspec.structs.replace(tail, last_offset=end)
+                if cleaned_run(self.log.segments, old) != run:
+                    raise _Moved
+                new = PartitionManifest(
+                    topic=old.topic,
+                    topic_id=old.topic_id,
+                    partition=old.partition,
+                    log_start_offset=old.log_start_offset,
+                    segments=[*old.segments[:lo], *stored, *old.segments[hi:]],
+                    generation=old.generation + 1,
+                )
+                await self._write_manifest(new)
+        except BaseException as exc:
+            with contextlib.suppress(asyncio.CancelledError):
+                for s in stored:
+                    await self._discard(self._keys(s))
+            if isinstance(exc, _Moved):
+                return 0  # compacted or trimmed again meanwhile: the next round retries
+            raise
+        for s in old.segments[lo:hi]:
+            await self._discard(self._keys(s))
+            self.tier.metrics.bytes_deleted.inc(s.size)
+        self._uploaded(total)
+        log.debug(
+            "%r: cleaned segments %d..%d replace %d remote ones",
+            self,
+            segs[0].base_offset,
+            segs[-1].next_offset - 1,
+            hi - lo,
+        )
+        return len(stored)
 
     def leading(self) -> bool:
         """Whether this broker still leads the partition at the epoch it started under."""
