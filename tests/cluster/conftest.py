@@ -304,6 +304,9 @@ class BrokerProcess:
         if not tls.enabled:
             return None
         ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:  # as the brokers verify each other: their shared certificate
+            ctx.load_verify_locations(cafile=tls.cert_file)
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         if tls.ca_file and tls.cert_file and tls.key_file:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
         return ctx

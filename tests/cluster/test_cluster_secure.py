@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 USER, PASSWORD = "alice", "alice-secret"
 
 
-def secure_config(tls: Path | None) -> dict[str, Any]:
+def secure_config(tls: Path | None, *, client_certificates: bool = True) -> dict[str, Any]:
     security: dict[str, Any] = {
         "sasl": {"enabled": True, "mechanisms": ["SCRAM-SHA-512"], "users": {USER: PASSWORD}}
     }
@@ -35,8 +35,9 @@ def secure_config(tls: Path | None) -> dict[str, Any]:
             "enabled": True,
             "cert_file": str(tls / "cert.pem"),
             "key_file": str(tls / "key.pem"),
-            "ca_file": str(tls / "ca.pem"),
         }
+        if client_certificates:
+            security["tls"]["ca_file"] = str(tls / "ca.pem")
     return deep_merge(FAST_CLUSTER, {"security": security})
 
 
@@ -56,9 +57,15 @@ def client_config(bootstrap: str, tls: Path | None, **extra: Any) -> dict[str, A
     return conf
 
 
-@pytest.mark.parametrize("with_tls", [False, True], ids=["sasl", "sasl-ssl"])
+@pytest.mark.parametrize(
+    ("with_tls", "client_certificates"),
+    [(False, False), (True, True), (True, False)],
+    # sasl-ssl-no-ca: TLS without a CA file, as the operator renders a listener with
+    # SASL logins; brokers verify each other through their shared certificate
+    ids=["sasl", "sasl-ssl", "sasl-ssl-no-ca"],
+)
 def test_replication_through_authenticated_listeners(
-    cluster_factory: ClusterFactory, tmp_path: Path, with_tls: bool
+    cluster_factory: ClusterFactory, tmp_path: Path, with_tls: bool, client_certificates: bool
 ) -> None:
     tls = None
     if with_tls:
@@ -67,7 +74,9 @@ def test_replication_through_authenticated_listeners(
         write_certificates(tls / "ca.pem", tls / "cert.pem", tls / "key.pem")
     # TLS certificates name 127.0.0.1: that variant runs on loopback
     cluster = cluster_factory.start(
-        3, netns=NETNS and not with_tls, extra_config=secure_config(tls)
+        3,
+        netns=NETNS and not with_tls,
+        extra_config=secure_config(tls, client_certificates=client_certificates),
     )
     admin = AdminClient(client_config(cluster.bootstrap, tls))
     wait_for(lambda: len(admin.list_topics(timeout=5).brokers) == 3, 40, "membership")

@@ -186,8 +186,9 @@ class ClusterNode:
 
         With SASL on the listener, brokers authenticate as the internal principal whose
         password is the cluster secret (SCRAM where enabled, so the secret never crosses
-        the wire); with TLS, they verify the peer against the listener's CA and present
-        the listener's own certificate where client certificates are required.
+        the wire); with TLS, they verify the peer against the listener's CA and their own
+        certificate chain, and present the listener's own certificate where client
+        certificates are required.
         """
         sec = self.config.security
         options: dict[str, Any] = {}
@@ -200,6 +201,14 @@ class ClusterNode:
             options["sasl"] = SaslLogin(mechanism, INTERNAL_USER, self.config.cluster.read_secret())
         if sec.tls.enabled:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=sec.tls.ca_file)
+            if sec.tls.cert_file:
+                # Peers present the certificate this broker presents (one Secret for the
+                # cluster, as the operator mounts it) or one issued by a CA in its chain.
+                # Trusting that chain, partial chains allowed, lets brokers verify each
+                # other without a CA file, which a listener without client certificates
+                # has no other use for, and without the system's public CAs.
+                ctx.load_verify_locations(cafile=sec.tls.cert_file)
+                ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
             if sec.tls.ca_file and sec.tls.cert_file and sec.tls.key_file:
                 ctx.load_cert_chain(sec.tls.cert_file, sec.tls.key_file)
             options["ssl_context"] = ctx
