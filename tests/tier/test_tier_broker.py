@@ -28,9 +28,22 @@ from .tierutil import (
 )
 
 
+@pytest.fixture(params=["seaweedfs", "moto", "gcs"])
+def any_bucket(request: pytest.FixtureRequest) -> Bucket:
+    """A bucket on each server the tests start: SeaweedFS and moto (S3), the GCS emulator."""
+    if request.param == "gcs":
+        b = Bucket(request.getfixturevalue("gcs_endpoint"), provider="gcs")
+    else:
+        name = "seaweed_endpoint" if request.param == "seaweedfs" else "moto_endpoint"
+        b = Bucket(request.getfixturevalue(name))
+    b.create()
+    return b
+
+
 def test_upload_local_deletion_remote_reads_and_restore(
-    broker_factory, bucket: Bucket, tmp_path: Path
+    broker_factory, any_bucket: Bucket, tmp_path: Path
 ) -> None:
+    bucket = any_bucket
     b = broker_factory(**bucket.settings())
     topic = "orders"
     make_topic(b.bootstrap, topic, 1, TOPIC_CONFIG)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from shazamq.broker.tier.gcs import GcsStore
 from shazamq.broker.tier.manifest import PartitionManifest, decode_manifest
 from shazamq.broker.tier.s3 import S3Store
-from shazamq.config import S3Config
+from shazamq.config import GcsConfig, S3Config
 
-from .conftest import unique_bucket
+from .conftest import create_gcs_bucket, unique_bucket
 
 TOPIC_CONFIG = {"segment.bytes": "4000", "local.retention.ms": "0"}
 T0 = int(time.time() * 1000) - 60_000  # record timestamps: T0 + offset
@@ -24,13 +25,24 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 
 class Bucket:
-    def __init__(self, endpoint: str, name: str | None = None) -> None:
-        self.config = S3Config(
-            bucket=name or unique_bucket(), endpoint=endpoint, prefix="prod/shazamq"
-        )
+    """The bucket a tiered broker writes to, read from outside; `provider` "gcs" is a GCS
+    bucket of the emulator at `endpoint`, anything else an S3 bucket."""
+
+    def __init__(self, endpoint: str, name: str | None = None, provider: str = "s3") -> None:
+        self.provider = provider
+        self.config: S3Config | GcsConfig
+        if provider == "gcs":
+            self.config = GcsConfig(
+                bucket=name or unique_bucket(), endpoint=endpoint, prefix="prod/shazamq"
+            )
+        else:
+            self.config = S3Config(
+                bucket=name or unique_bucket(), endpoint=endpoint, prefix="prod/shazamq"
+            )
 
     async def _with(self, fn):  # type: ignore[no-untyped-def]
-        store = S3Store(self.config)
+        cfg = self.config
+        store: S3Store | GcsStore = GcsStore(cfg) if isinstance(cfg, GcsConfig) else S3Store(cfg)
         await store.open()
         try:
             return await fn(store)
@@ -38,7 +50,11 @@ class Bucket:
             await store.close()
 
     def create(self) -> None:
-        _run(self._with(lambda s: s.ensure_bucket()))
+        if isinstance(self.config, GcsConfig):
+            assert self.config.endpoint is not None
+            create_gcs_bucket(self.config.endpoint, self.config.bucket)
+        else:
+            _run(self._with(lambda s: s.ensure_bucket()))
 
     def objects(self) -> dict[str, int]:
         async def go(s: S3Store) -> dict[str, int]:
@@ -58,10 +74,10 @@ class Bucket:
     def settings(self, **extra: object) -> dict[str, object]:
         return {
             "tiered_storage__enabled": True,
-            "tiered_storage__provider": "s3",
-            "tiered_storage__s3__bucket": self.config.bucket,
-            "tiered_storage__s3__endpoint": self.config.endpoint,
-            "tiered_storage__s3__prefix": self.config.prefix,
+            "tiered_storage__provider": self.provider,
+            f"tiered_storage__{self.provider}__bucket": self.config.bucket,
+            f"tiered_storage__{self.provider}__endpoint": self.config.endpoint,
+            f"tiered_storage__{self.provider}__prefix": self.config.prefix,
             "tiered_storage__max_upload_interval_ms": 1000,
             "storage__retention_check_interval_ms": 300,
             **extra,
