@@ -73,6 +73,15 @@ async def test_put_get_range_list_head_delete(store: ObjectStore) -> None:
     assert err.value.kind is StoreErrorKind.NOT_FOUND
 
 
+async def test_empty_objects(store: ObjectStore) -> None:
+    """A segment smaller than index.interval.bytes has an empty offset index: it is uploaded
+    as an empty object like any other file of the segment."""
+    await store.put("seg/empty.index", b"")
+    info = await store.head("seg/empty.index")
+    assert info is not None and info.size == 0
+    assert await store.get("seg/empty.index") == b""
+
+
 async def _put_file(store: ObjectStore, path: Path, key: str, data: bytes) -> int:
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)

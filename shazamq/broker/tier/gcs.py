@@ -109,6 +109,10 @@ class GcsStore(ObjectStore):
                 self.full_key(key),
                 data,
                 content_type="application/octet-stream",
+                # metadata makes it a multipart upload: an empty object (an offset index
+                # of a segment smaller than index.interval.bytes) is then a body with one
+                # empty part, which emulators that cannot take an empty media body store
+                metadata={"contentType": "application/octet-stream"} if not data else None,
                 timeout=self.timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
