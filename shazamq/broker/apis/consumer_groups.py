@@ -13,7 +13,8 @@ OffsetFetch v9 (apis/groups.py), ListGroups v5 filters by type.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.consumer_group_describe_request import (
@@ -42,17 +43,38 @@ from shazamq.protocol.messages.consumer_group_heartbeat_response import (
 from ..groups.consumer import DEFAULT_ASSIGNOR, HeartbeatArgs
 from .groups import _client_host
 
+A = TypeVar("A")
+
 if TYPE_CHECKING:
     from ..app import Broker
     from ..groups.assignors import Assignment as NamedAssignment
     from ..server import RequestContext
     from . import Dispatcher
 
-__all__ = ["register"]
+__all__ = ["describe_assignment", "register"]
 
 # ConsumerGroupDescribe authorized operations with no authorizer: READ, DELETE, DESCRIBE
 _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 _NOT_REQUESTED = -(2**31)
+
+
+def describe_assignment(
+    broker: Broker,
+    assignment: Mapping[str, Iterable[int]],
+    assignment_cls: type[A],
+    partitions_cls: Callable[..., Any],
+) -> A:
+    """A member's assignment by topic name as a describe response states it (topic id,
+    name, sorted partitions; topics deleted meanwhile left out). ConsumerGroupDescribe
+    and ShareGroupDescribe have the same shape in classes of their own, passed here."""
+    topics = broker.metadata.topics
+    return assignment_cls(
+        topic_partitions=[
+            partitions_cls(topic_id=info.uuid, topic_name=name, partitions=sorted(parts))
+            for name, parts in sorted(assignment.items())
+            if (info := topics.get(name)) is not None
+        ]
+    )
 
 
 def register(d: Dispatcher, broker: Broker) -> None:
@@ -101,17 +123,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
         )
 
     def described(assignment: NamedAssignment) -> DescribedAssignment:
-        topics = broker.metadata.topics
-        out = []
-        for name, parts in sorted(assignment.items()):
-            info = topics.get(name)
-            if info is not None:
-                out.append(
-                    DescribedTopicPartitions(
-                        topic_id=info.uuid, topic_name=name, partitions=sorted(parts)
-                    )
-                )
-        return DescribedAssignment(topic_partitions=out)
+        return describe_assignment(
+            broker, assignment, DescribedAssignment, DescribedTopicPartitions
+        )
 
     async def describe(
         ctx: RequestContext, req: ConsumerGroupDescribeRequest

@@ -87,6 +87,7 @@ from shazamq.protocol.messages.share_group_heartbeat_response import (
 from ..groups.share_coordinator import AckBatch, PartitionFetch
 from ..groups.share_offsets import ShareOffsets, TopicOffsets
 from ..server import ON_CLOSE
+from .consumer_groups import describe_assignment
 from .groups import _client_host
 
 if TYPE_CHECKING:
@@ -146,17 +147,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
         )
 
     def described(assignment: dict[str, frozenset[int]]) -> DescribedAssignment:
-        topics = broker.metadata.topics
-        out = []
-        for name, parts in sorted(assignment.items()):
-            info = topics.get(name)
-            if info is not None:
-                out.append(
-                    DescribedTopicPartitions(
-                        topic_id=info.uuid, topic_name=name, partitions=sorted(parts)
-                    )
-                )
-        return DescribedAssignment(topic_partitions=out)
+        return describe_assignment(
+            broker, assignment, DescribedAssignment, DescribedTopicPartitions
+        )
 
     async def describe(
         ctx: RequestContext, req: ShareGroupDescribeRequest
