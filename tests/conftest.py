@@ -51,10 +51,42 @@ def _keep_bytecode() -> None:
 _keep_bytecode()
 
 
+# Ports for the servers tests start come from below the kernel's ephemeral range
+# (32768-60999 here), a slice per pytest-xdist worker, handed out in turn. A port the
+# kernel chose for bind(0) and that was closed again can be chosen again at once, for
+# another worker's server or any outgoing connection, and a server started on it then
+# loses the bind while the test talks to whoever holds the port.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+# One counter per process: this file is imported both as pytest's `conftest` and as
+# `tests.conftest`, and two counters would hand out the same ports.
+_port_state: dict[str, int] = sys.__dict__.setdefault("_shazamq_test_ports", {})
+
+
+def _port_slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (_PORT_HIGH - _PORT_LOW) // max(count, 1)
+    low = _PORT_LOW + size * (index % max(count, 1))
+    return low, low + size
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, from this worker's slice."""
+    low, high = _port_slice()
+    if "next" not in _port_state:
+        # different runs (and restarted workers) start at different places in the slice
+        _port_state["next"] = low + (os.getpid() * 7919) % (high - low)
+    for _ in range(high - low):
+        port = _port_state["next"]
+        _port_state["next"] = low if port + 1 >= high else port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:

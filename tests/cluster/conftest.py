@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from shazamq.config import BrokerConfig, dump_toml, parse_config
+from tests.conftest import free_port
 
 from . import netns as netns_mod
 from .netns import NetnsHost, NetnsLab
@@ -111,14 +112,9 @@ def tcp_connect_time(host: str, port: int, timeout: float = 5.0) -> float:
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports on 127.0.0.1 (all held until every one is chosen)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
+    """`n` distinct free TCP ports on 127.0.0.1, from this worker's slice (see
+    `tests.conftest.free_port`: handed out in turn, so distinct)."""
+    return [free_port() for _ in range(n)]
 
 
 # -- one broker ------------------------------------------------------------------------------
