@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from shazamq.broker.cluster.quorum import (
     QuorumUnavailable,
     decode_snapshot,
 )
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,12 +67,6 @@ class KeyValues:
     def restore(self, data: bytes) -> None:
         self.data = msgspec.msgpack.decode(data, type=dict[str, str])
         self.restores += 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

@@ -12,7 +12,6 @@ in the partition Kafka would choose; the offset expiry check run at
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from shazamq.broker.app import Broker
@@ -21,19 +20,14 @@ from shazamq.broker.groups.group import GroupState
 from shazamq.broker.groups.partitioning import coordinator_partition
 from shazamq.config import BrokerConfig, BrokerSection, GroupsConfig, MetricsConfig
 from shazamq.protocol.errors import ErrorCode as E
+from tests.conftest import free_port
 
 SUB = b"\x00\x00\x00\x00\x00\x01\x00\x01t\xff\xff\xff\xff"  # v0 subscription to topic "t"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def start(data_dir: Path, **groups: int) -> Broker:
     config = BrokerConfig(
-        broker=BrokerSection(host="127.0.0.1", port=_free_port(), data_dir=str(data_dir)),
+        broker=BrokerSection(host="127.0.0.1", port=free_port(), data_dir=str(data_dir)),
         metrics=MetricsConfig(enabled=False),
         groups=GroupsConfig(
             offsets_topic_num_partitions=3,

@@ -48,6 +48,7 @@ from operator_support import ROOT, quick_start
 
 from shazamq.config import parse_voter
 from shazamq.operator.resources import QUORUM_PORT, ClusterModel
+from tests.conftest import free_port
 
 BROKER_MAIN = ROOT / "shazamq" / "broker" / "__main__.py"
 SECRET_VALUE = "e2e-cluster-secret-0123456789abcdefghijklmnopqrstuv"
@@ -68,14 +69,8 @@ pytestmark = [
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports on 127.0.0.1 (all held until every one is chosen)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
+    """`n` distinct free TCP ports on 127.0.0.1, from this worker's slice."""
+    return [free_port() for _ in range(n)]
 
 
 @functools.cache

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from operator_support import ROOT, prepare_emulator, quick_start
 
 from shazamq.operator.__main__ import parse_options
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -54,12 +54,6 @@ def test_command_line_wins() -> None:
         {"WATCH_NAMESPACE": "c", "METRICS_PORT": "2"},
     )
     assert options.namespaces == ("a", "b") and options.metrics_port == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def http_get(url: str, timeout: float = 20.0) -> tuple[int, str]:

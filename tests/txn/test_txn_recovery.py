@@ -18,7 +18,6 @@ topic created with the configured segment size.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
@@ -35,17 +34,12 @@ from shazamq.config import (
 )
 from shazamq.protocol.errors import ErrorCode as E
 from shazamq.protocol.records import Record, build_batch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 async def start(data_dir: Path, **transactions: int) -> Broker:
     config = BrokerConfig(
-        broker=BrokerSection(host="127.0.0.1", port=_free_port(), data_dir=str(data_dir)),
+        broker=BrokerSection(host="127.0.0.1", port=free_port(), data_dir=str(data_dir)),
         metrics=MetricsConfig(enabled=False),
         groups=GroupsConfig(offsets_topic_num_partitions=2, initial_rebalance_delay_ms=0),
         transactions=TransactionsConfig(state_log_num_partitions=2, **transactions),
