@@ -143,6 +143,7 @@ class BrokerProcess:
         assert self.proc is None or self.proc.poll() is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        start_at = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shazamq.broker"],
             env=self.env(),
@@ -152,8 +153,22 @@ class BrokerProcess:
             preexec_fn=self._limit_files if self.nofile is not None else None,
         )
         log.close()
+        deadline = time.monotonic() + timeout
         wait_for_port(self.port, timeout, self.proc)
+        # the port answering is not proof: another process may hold it. The broker's own
+        # "listening on" line, written after this start, is.
+        while b" listening on " not in self._log_since(start_at):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode} before listening")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker on port {self.port} never logged that it listens")
+            time.sleep(0.05)
         return self
+
+    def _log_since(self, offset: int) -> bytes:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read()
 
     def _limit_files(self) -> None:
         import resource
