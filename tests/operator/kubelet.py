@@ -56,7 +56,10 @@ __all__ = [
     "PodAddress",
     "can_set_hostname",
     "decoded",
+    "loopback_addresses",
+    "loopback_voters",
     "pod_environment",
+    "resolving_probe",
     "revision_of",
 ]
 
@@ -327,6 +330,29 @@ class Brokers(list[Pod]):
     def stop_all(self) -> None:
         for pod in self:
             pod.stop(grace=20)
+
+
+def loopback_addresses(replicas: int, cluster: int = 0) -> list[PodAddress]:
+    """One loopback address per pod (127.x.y.1, .2, ...; `cluster` varies y), the same
+    ports on each, as pods have."""
+    from tests.conftest import free_port
+
+    pid = os.getpid()
+    base = f"127.{100 + pid % 100}.{(pid // 100 + cluster) % 250}"
+    port, metrics, quorum = free_port(), free_port(), free_port()
+    return [PodAddress(f"{base}.{i + 1}", port, metrics, quorum) for i in range(replicas)]
+
+
+def resolving_probe(memo: Any, hosts: Mapping[str, list[str]]) -> Any:
+    """The operator's own probe (`handlers.probe_cluster`), with each pod's DNS name
+    resolved to its address (``hosts``: cluster name -> address of each ordinal)."""
+    from shazamq.operator.handlers import probe_cluster
+
+    async def probe(model: Any, live: list[tuple[int, str]], partitions: bool) -> Any:
+        resolved = [(i, hosts[model.name][i]) for i, _ in live]
+        return await probe_cluster(memo, model, resolved, partitions)
+
+    return probe
 
 
 def loopback_voters(voter_ids: list[int], pods: list[Pod]) -> list[str]:

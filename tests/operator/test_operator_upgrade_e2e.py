@@ -23,7 +23,6 @@ and the group that consumed through the roll saw all of them.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import uuid
@@ -33,14 +32,12 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, PodAddress
+from kubelet import KubeletLoop, loopback_addresses, resolving_probe
 from operator_support import CLUSTERS, ROOT, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
 from shazamq.operator.__main__ import parse_options
-from shazamq.operator.handlers import ROLL_ANNOTATION, probe_cluster
-from shazamq.operator.roll import ClusterView
-from tests.conftest import free_port
+from shazamq.operator.handlers import ROLL_ANNOTATION
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,23 +56,6 @@ PARTITIONS = 3
 FORM_TIMEOUT = 120.0
 ROLL_TIMEOUT = 480.0
 DRAIN_TIMEOUT = 120.0
-
-
-def loopback_addresses(replicas: int) -> list[PodAddress]:
-    """One loopback address per pod (127.x.y.1, .2, ...), the same ports on each."""
-    pid = os.getpid()
-    base = f"127.{100 + pid % 100}.{(pid // 100) % 250}"
-    port, metrics, quorum = free_port(), free_port(), free_port()
-    return [PodAddress(f"{base}.{i + 1}", port, metrics, quorum) for i in range(replicas)]
-
-
-def resolving_probe(memo: kopf.Memo, hosts: dict[int, str]) -> Any:
-    """The operator's own probe, with each pod's DNS name resolved to its address."""
-
-    async def probe(model: Any, live: list[tuple[int, str]], partitions: bool) -> ClusterView:
-        return await probe_cluster(memo, model, [(i, hosts[i]) for i, _ in live], partitions)
-
-    return probe
 
 
 class Writer(threading.Thread):
@@ -231,7 +211,7 @@ async def test_a_version_upgrade_under_load_restarts_each_broker_once(
     monkeypatch.setenv("KUBECONFIG", str(prepare_emulator(kmock, tmp_path)))
     options = parse_options([], {"METRICS_PORT": "0"})
     memo = kopf.Memo(metrics_port=0, roll_interval=0.5)
-    memo.probe = resolving_probe(memo, {i: a.host for i, a in enumerate(addresses)})
+    memo.probe = resolving_probe(memo, {NAME: [a.host for a in addresses]})
     operator = OperatorThread(options.namespaces, memo)
     await operator.start()
     cluster = Cluster(kmock, operator.memo)
