@@ -176,20 +176,34 @@ class Pod:
     ) -> None:
         """Take a revision's pod spec: its container, volumes written out, its env."""
         (self.container,) = pod_spec["containers"]
-        self.mounts = {}
+        self.mounts = {"data": self.data}
+        files: dict[Path, str] = {}
         for volume in pod_spec["volumes"]:
             target = self.root / "volumes" / volume["name"]
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             if "configMap" in volume:
-                files = config_maps[volume["configMap"]["name"]]["data"]
+                data = config_maps[volume["configMap"]["name"]]["data"]
             else:
-                files = secrets[volume["secret"]["secretName"]]
-            for key, text in files.items():
-                (target / key).write_text(text)
+                data = secrets[volume["secret"]["secretName"]]
+            files.update({target / key: text for key, text in data.items()})
             self.mounts[volume["name"]] = target
-        self.mounts["data"] = self.data
+        for path, text in files.items():
+            # the broker's config names other mounts by their path in the container
+            path.write_text(self._localised(text) if path.suffix == ".toml" else text)
         self.env = pod_environment(self.container, self.name, self.namespace, secrets)
+
+    def _localised(self, text: str) -> str:
+        """`text` with the container's mount paths ("/etc/shazamq/auth/...") as they are on
+        this machine: what the container's filesystem does for the broker."""
+        for mount in self.container.get("volumeMounts", []):
+            prefix = mount["mountPath"].rstrip("/")
+            local = self.mounts.get(mount["name"])
+            if local is not None:
+                text = text.replace(f'"{prefix}/', f'"{local}/').replace(
+                    f'"{prefix}"', f'"{local}"'
+                )
+        return text
 
     def local_path(self, path: str) -> str:
         """A path inside the container -> where its volume is on this machine."""
