@@ -14,7 +14,9 @@ its id really comes from the pod ordinal; elsewhere the id is given explicitly.
 Overrides, as a node differs from a pod: data dir, listener and metrics addresses, the
 advertised host, and the metadata quorum (the rendered voters name cluster DNS; they
 become `<id>@<pod address>:<quorum port>`, `SHAZAMQ_CLUSTER__VOTERS`, a JSON list), with
-the rendered `secret_file` pointed at the file written where the Secret is mounted. Each
+the rendered `secret_file` pointed at the file written where the Secret is mounted; the
+paths the mounted broker config names inside the container (the users file, the TLS
+files) are rewritten to where those volumes are on this machine. Each
 pod has its own address: all on 127.0.0.1 with ports of their own, or (`PodAddress` with
 one loopback address per pod, e.g. 127.x.y.1, .2, .3) the rendered ports on each, as pods
 have, so the operator's probe reaches every broker on `spec.service.port` and
