@@ -1671,23 +1671,93 @@ class TlsSpec(_Spec):
             raise ValueError("TLS needs secretName")
 
 
+OAuthBearerSpec = _derive(
+    OAuthBearerConfig,
+    "OAuthBearerSpec",
+    "How the brokers validate SASL/OAUTHBEARER tokens: signed JWTs checked against the "
+    "issuer's JSON Web Key Set (jwksUrl), its iss and aud claims, scopes and clock skew.",
+    keep=(
+        "validator",
+        "jwks_url",
+        "jwks_refresh_ms",
+        "algorithms",
+        "expected_issuer",
+        "expected_audience",
+        "principal_claim",
+        "scope_claim",
+        "required_scopes",
+        "clock_skew_seconds",
+    ),
+    types={
+        "validator": Annotated[
+            Literal["jwks", "unsecured"],
+            Meta(
+                description="jwks: signed JWTs verified against the keys at jwksUrl "
+                "(production); unsecured: unsigned tokens (alg none) taken at their word, "
+                "for development only."
+            ),
+        ]
+    },
+)
+
+# The password mechanism the operator (and a cluster's brokers) log in with when clients
+# use OAUTHBEARER: a cluster's listener always offers one beside tokens.
+OAUTHBEARER_PASSWORD_MECHANISM: SaslMechanism = "SCRAM-SHA-512"
+
+
 class AuthSpec(_Spec):
     """SASL authentication on the brokers' Kafka listener."""
 
     enabled: Annotated[
         bool, Meta(description="Require SASL authentication on the Kafka listener.")
     ] = _field_default(SaslConfig, "enabled")
-    mechanism: Annotated[SaslMechanism, Meta(description="The SASL mechanism clients use.")] = (
-        _field_default(SaslConfig, "mechanisms")[0]
-    )
+    mechanism: Annotated[
+        ListenerSaslMechanism,
+        Meta(
+            description="The SASL mechanism clients use. OAUTHBEARER needs oauthbearer; the "
+            "listener then also offers SCRAM-SHA-512, which the operator's own user logs in "
+            "with."
+        ),
+    ] = _field_default(SaslConfig, "mechanisms")[0]
     secret_name: Annotated[
         SecretName | None,
-        Meta(description='Secret whose key `users.toml` holds `[users]` name = "password".'),
+        Meta(
+            description='Secret whose key `users.toml` holds `[users]` name = "password": '
+            "the password users (with OAUTHBEARER too: it may hold none but the header)."
+        ),
+    ] = None
+    oauthbearer: Annotated[
+        OAuthBearerSpec | None,  # type: ignore[valid-type]
+        Meta(
+            description="Token validation for OAUTHBEARER: required with mechanism "
+            "OAUTHBEARER; beside a password mechanism, the listener offers both."
+        ),
     ] = None
 
     def __post_init__(self) -> None:
-        if self.enabled and not self.secret_name:
+        if not self.enabled:
+            return
+        if not self.secret_name:
             raise ValueError("authentication needs secretName")
+        if self.mechanism == "OAUTHBEARER" and self.oauthbearer is None:
+            raise ValueError("mechanism OAUTHBEARER needs oauthbearer (how tokens are validated)")
+
+    @property
+    def password_mechanism(self) -> SaslMechanism:
+        """The mechanism the operator's user (a password user) logs in with."""
+        if self.mechanism == "OAUTHBEARER":
+            return OAUTHBEARER_PASSWORD_MECHANISM
+        return self.mechanism
+
+    @property
+    def listener_mechanisms(self) -> list[ListenerSaslMechanism]:
+        """What the brokers' listener offers: the clients' mechanism first."""
+        out: list[ListenerSaslMechanism] = [self.mechanism]
+        if self.mechanism == "OAUTHBEARER":
+            out.append(OAUTHBEARER_PASSWORD_MECHANISM)
+        elif self.oauthbearer is not None:
+            out.append("OAUTHBEARER")
+        return out
 
 
 AuthorizationSpec = _derive(

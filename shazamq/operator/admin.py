@@ -27,6 +27,11 @@ from dataclasses import dataclass
 
 from shazamq.broker.cluster.client import BrokerClient, BrokerConnectionError, SaslLogin
 from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.alter_user_scram_credentials_request import (
+    AlterUserScramCredentialsRequest,
+    ScramCredentialUpsertion,
+)
+from shazamq.protocol.messages.api_versions_request import ApiVersionsRequest
 from shazamq.protocol.messages.describe_configs_request import (
     DescribeConfigsRequest,
     DescribeConfigsResource,
@@ -43,7 +48,9 @@ __all__ = [
     "AdminError",
     "Connection",
     "alter_broker_configs",
+    "can_log_in",
     "describe_broker_configs",
+    "set_scram_credential",
 ]
 
 # The operator's SASL user on every cluster with authentication (one SCRAM/PLAIN user
@@ -55,6 +62,8 @@ TIMEOUT = 30.0
 _BROKER_RESOURCE = 4
 _DESCRIBE_CONFIGS_KEY = 32
 _INCREMENTAL_ALTER_CONFIGS_KEY = 44
+_ALTER_USER_SCRAM_CREDENTIALS_KEY = 51
+_API_VERSIONS_KEY = 18
 _OP_SET = 0
 
 
@@ -167,4 +176,48 @@ async def alter_broker_configs(
             raise AdminError(
                 f"IncrementalAlterConfigs of broker {broker_id}: "
                 f"{ErrorCode(r.error_code).name}: {r.error_message}"
+            )
+
+
+async def can_log_in(connection: Connection, host: str, port: int) -> bool:
+    """Whether `connection` logs in to the broker at host:port (and it answers)."""
+    client = connection.client(host, port)
+    try:
+        await client.request(_API_VERSIONS_KEY, 0, ApiVersionsRequest(), timeout=TIMEOUT)
+    except (BrokerConnectionError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()
+    return True
+
+
+async def set_scram_credential(
+    connection: Connection,
+    host: str,
+    port: int,
+    user: str,
+    credential: tuple[int, bytes, bytes, int],
+) -> None:
+    """Upsert `user`'s SCRAM credential ((mechanism type, salt, salted password,
+    iterations), `rotation.scram_upsertion`) through the broker at host:port; AdminError if
+    refused."""
+    mechanism, salt, salted, iterations = credential
+    request = AlterUserScramCredentialsRequest(
+        deletions=[],
+        upsertions=[
+            ScramCredentialUpsertion(
+                name=user,
+                mechanism=mechanism,
+                iterations=iterations,
+                salt=salt,
+                salted_password=salted,
+            )
+        ],
+    )
+    resp = await _request(connection, host, port, _ALTER_USER_SCRAM_CREDENTIALS_KEY, request)
+    for r in resp.results:  # type: ignore[attr-defined]
+        if r.error_code:
+            raise AdminError(
+                f"AlterUserScramCredentials of {r.user}: {ErrorCode(r.error_code).name}: "
+                f"{r.error_message}"
             )

@@ -71,5 +71,5 @@ def connection_of(
         password = _decoded(operator_secret, _PASSWORD_KEY)
         if not password:
             raise CredentialsError(f"Secret {auth_name} has no key {_PASSWORD_KEY}")
-        login = SaslLogin(model.spec.security.auth.mechanism, OPERATOR_USER, password)
+        login = SaslLogin(model.spec.security.auth.password_mechanism, OPERATOR_USER, password)
     return Connection(tls=tls_name is not None, ca_pem=ca, login=login)

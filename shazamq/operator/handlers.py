@@ -39,6 +39,8 @@ sequences them.
   `scale_step`: partitions move, departing brokers drain first), with an event naming
   the reason. It stands down while a HorizontalPodAutoscaler (or KEDA's) targets the
   cluster.
+- The same loop rotates the operator's own password when its Secret asks
+  (``shazamq.io/force-renew``; `credentials_step`, `shazamq.operator.rotation`).
 - The index ``clusters`` keeps the latest body of every ShazamqCluster, so an owned
   object's event can find its owner without an API call. Until the index holds the frozen
   voters, the ones the owner's handler wrote (``memo.voters``) stand in.
@@ -71,10 +73,13 @@ import kopf
 
 from shazamq.config import ShazamqClusterSpec
 from shazamq.operator.admin import (
+    OPERATOR_USER,
     AdminError,
     Connection,
     alter_broker_configs,
+    can_log_in,
     describe_broker_configs,
+    set_scram_credential,
 )
 from shazamq.operator.autoscale import BrokerLoad, Policy, Recommendation, decide
 from shazamq.operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -100,6 +105,16 @@ from shazamq.operator.resources import (
 )
 from shazamq.operator.restore import RestoreProgress, restore_status
 from shazamq.operator.roll import Broker, ClusterView, RollProgress, plan
+from shazamq.operator.rotation import (
+    ROTATED_ANNOTATION,
+    SCRAM_MECHANISM_TYPES,
+    ScramCredential,
+    next_secret,
+    next_secret_name,
+    password_of,
+    rotation_requested,
+    scram_upsertion,
+)
 from shazamq.operator.scale import plan as plan_scaling
 from shazamq.operator.status import (
     RECONCILE_OK,
@@ -183,6 +198,9 @@ async def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) ->
         memo.configurer = BrokerConfigs()
     if memo.get("connections") is None:
         memo.connections = functools.partial(cluster_connection, memo)
+    if memo.get("logins") is None:
+        memo.logins = OperatorLogins()
+    memo.rotation_refused = set()  # (namespace, name) told once that PLAIN cannot rotate
     memo.roll_task = asyncio.create_task(roll_loop(memo), name="shazamq-roll")
     port = memo.get("metrics_port")
     memo.metrics_server = None
@@ -646,6 +664,7 @@ async def roll_loop(memo: kopf.Memo) -> None:
                 await config_step(copy.deepcopy(body), memo, logger)
                 await scale_step(copy.deepcopy(body), memo, logger)
                 await autoscale_step(copy.deepcopy(body), memo, logger)
+                await credentials_step(copy.deepcopy(body), memo, logger)
             except ApiError as exc:
                 logger.warning("Roll step of %s/%s failed: %s", *key, exc)
             except Exception:
@@ -770,6 +789,111 @@ def _roll_status(
 async def _save_progress(api: Api, model: ClusterModel, value: str | None) -> None:
     patch = {"metadata": {"annotations": {ROLL_ANNOTATION: value}}}
     await api.merge_patch(API_VERSION, KIND, model.namespace, model.name, patch)
+
+
+# -- the operator's password ------------------------------------------------------------------
+
+ROTATION_WAIT = 15.0  # seconds the brokers get to take the new credential from the metadata
+
+
+class OperatorLogins:
+    """The operator's own SCRAM credential on a cluster's brokers (`shazamq.admin`); tests
+    put their own in ``memo.logins``."""
+
+    async def works(self, connection: Connection, host: str, port: int) -> bool:
+        return await can_log_in(connection, host, port)
+
+    async def set(
+        self, connection: Connection, host: str, port: int, credential: ScramCredential
+    ) -> None:
+        await set_scram_credential(connection, host, port, OPERATOR_USER, credential)
+
+
+async def credentials_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:
+    """Rotate the operator's password when its Secret asks (`shazamq.operator.rotation`),
+    or finish a rotation an earlier operator began."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        model = ClusterModel.from_resource(body)
+    except ModelError:
+        return
+    if not model.auth_enabled:
+        return
+    api: Api = memo.api
+    ns, name = model.namespace, model.operator_secret_name
+    current = await api.get("v1", "Secret", ns, name)
+    pending = await api.get("v1", "Secret", ns, next_secret_name(name))
+    if pending is None and not rotation_requested(current):
+        return
+    key = (ns, model.name)
+    mechanism = model.spec.security.auth.password_mechanism
+    if mechanism not in SCRAM_MECHANISM_TYPES:
+        if key not in memo.rotation_refused:
+            memo.rotation_refused.add(key)
+            msg = (
+                f"Cannot rotate {name}: the brokers can change a SCRAM credential without a "
+                f"restart, not a {mechanism} password"
+            )
+            logger.warning(msg)
+            _post_event(memo, body, "Warning", "CredentialsRotationRefused", msg)
+        return
+    async with _lock(memo, *key):
+        pods = await api.list("v1", "Pod", ns, selector=model.selector)
+        ready = {(p.get("metadata") or {}).get("name") for p in pods if pod_ready(p)}
+        port = model.spec.service.port
+        live = [
+            (model.advertised_host(i), port)
+            for i in range(model.spec.replicas)
+            if f"{model.name}-{i}" in ready
+        ]
+        if not live or (current is None and pending is None):
+            return
+        if pending is None:
+            assert current is not None
+            # kept before anything changes: an operator restarted halfway finishes this one
+            await api.create(next_secret(current))
+            pending = await api.get("v1", "Secret", ns, next_secret_name(name))
+            if pending is None:
+                return
+            _post_event(memo, body, "Normal", "RotatingCredentials", f"Rotating {name}")
+        password = password_of(pending)
+        if password is None:
+            logger.warning("Secret %s has no password: rotation stopped", next_secret_name(name))
+            return
+        tls_name, _ = secrets_needed(model)
+        tls = await api.get("v1", "Secret", ns, tls_name) if tls_name else None
+        try:
+            new = connection_of(model, tls, pending)
+            host, kafka_port = live[0]
+            if not await memo.logins.works(new, host, kafka_port):
+                if current is None:
+                    logger.warning("Rotation of %s: no password logs in", name)
+                    return
+                old = connection_of(model, tls, current)
+                credential = await asyncio.to_thread(scram_upsertion, mechanism, password)
+                await memo.logins.set(old, host, kafka_port, credential)
+        except (CredentialsError, AdminError) as exc:
+            logger.warning("Rotation of %s waits: %s", name, exc)
+            return
+        # The credential is in the metadata log; the brokers apply it as they replay it.
+        deadline = time.monotonic() + ROTATION_WAIT
+        waiting = list(live)
+        while waiting and time.monotonic() < deadline:
+            waiting = [b for b in waiting if not await memo.logins.works(new, *b)]
+            if waiting:
+                await asyncio.sleep(0.2)
+        if waiting:  # the old password is gone already: the new one is the only one left
+            logger.warning("Rotation of %s: %s not yet taking the new password", name, waiting)
+        replacement = model.generate_operator_secret(password)
+        replacement["metadata"].setdefault("annotations", {})[ROTATED_ANNOTATION] = now_iso()
+        if current is not None:
+            await api.delete("v1", "Secret", ns, name)  # immutable: replaced, not patched
+        await api.create(replacement)
+        await api.delete("v1", "Secret", ns, next_secret_name(name))
+    logger.info("Rotated the operator's password on %s/%s", *key)
+    _post_event(memo, body, "Normal", "CredentialsRotated", f"Rotated {name}")
 
 
 # -- dynamic settings -----------------------------------------------------------------------

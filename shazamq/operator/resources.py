@@ -852,11 +852,15 @@ def _broker_config(
             "key_file": f"{TLS_DIR}/tls.key",
         }
     if auth_enabled(spec):
-        security["sasl"] = {
+        auth = spec.security.auth
+        sasl: dict[str, Any] = {
             "enabled": True,
-            "mechanisms": [spec.security.auth.mechanism],
+            "mechanisms": auth.listener_mechanisms,
             "users_file": f"{AUTH_DIR}/users.toml",
         }
+        if auth.oauthbearer is not None:
+            sasl["oauthbearer"] = broker_settings(auth.oauthbearer)
+        security["sasl"] = sasl
     if authorization_enabled(spec):
         if not auth_enabled(spec):
             raise ModelError(

@@ -139,7 +139,11 @@ def test_default_install_watches_every_namespace_with_a_cluster_role() -> None:
     # the cluster secrets: created once; read by name only (its credentials, the CA), never
     # listed or watched
     (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
-    assert secret_rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+    assert secret_rule == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get", "create", "delete"],
+    }
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "shazamq-operator", "namespace": "shazamq-system"}
@@ -157,7 +161,7 @@ def test_readme_custom_values() -> None:
     assert container["resources"]["limits"]["cpu"] == "500m"
     (role,) = by_kind(objects, "Role")
     (binding,) = by_kind(objects, "RoleBinding")
-    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]}
     assert secrets in role["rules"]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "messaging"
     assert binding["subjects"][0]["namespace"] == "shazamq-system"
