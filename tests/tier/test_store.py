@@ -183,3 +183,25 @@ async def test_missing_bucket_is_a_clear_permanent_error(moto_endpoint: str) -> 
         assert not err.value.kind.transient
     finally:
         await store.close()
+
+
+async def test_conditional_writes(store: ObjectStore) -> None:
+    """SeaweedFS and moto honour S3's If-Match / If-None-Match; the GCS emulator ignores
+    ifGenerationMatch (real GCS honours it), which the probe finds out."""
+    supported = await store.probe_conditional("probe/conditional")
+    assert supported is not isinstance(store, GcsStore)
+    assert await store.head("probe/conditional") is None  # the probe cleans up
+    if not supported:
+        return
+    v1 = await store.put_if("m", b"one", None)
+    with pytest.raises(StoreError) as err:
+        await store.put_if("m", b"other", None)
+    assert err.value.kind is StoreErrorKind.PRECONDITION
+    got = await store.get_versioned("m")
+    assert got == (b"one", v1)
+    v2 = await store.put_if("m", b"two", v1)
+    with pytest.raises(StoreError) as err:
+        await store.put_if("m", b"stale", v1)
+    assert err.value.kind is StoreErrorKind.PRECONDITION
+    assert await store.get_versioned("m") == (b"two", v2)
+    assert await store.get_versioned("missing") is None

@@ -288,14 +288,17 @@ class ClusterRestore:
         return m.end_offset
 
     async def first_leader_epoch(self, t: RemoteTopic) -> int:
-        """One above every leader epoch the topic's remote segments were written under."""
+        """One above every leader epoch the topic's remote segments and manifests were
+        written under: the new leaders' manifest writes must not look deposed."""
         top = -1
         for i in range(t.partitions):
             key = manifest_key(t.name, t.topic_id, i)
             raw = await _get_or_none(self.store, key)
             if raw is None:
                 continue
-            for s in decode_manifest(raw, where=key).segments:
+            m = decode_manifest(raw, where=key)
+            top = max(top, m.leader_epoch)
+            for s in m.segments:
                 for epoch, _ in s.epochs:
                     top = max(top, epoch)
         return top + 1
