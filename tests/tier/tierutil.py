@@ -98,7 +98,12 @@ def produce(bootstrap: str, topic: str, n: int, start: int = 0) -> list[bytes]:
 
 
 def consume_all(
-    bootstrap: str, topic: str, expect: int, group: str | None = None, start: int | None = 0
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    group: str | None = None,
+    start: int | None = 0,
+    extra: dict[str, object] | None = None,
 ) -> list[tuple[int, bytes]]:
     c = Consumer(
         {
@@ -106,6 +111,7 @@ def consume_all(
             "group.id": group or f"g-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **(extra or {}),
         }
     )
     try:

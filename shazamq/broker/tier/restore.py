@@ -6,7 +6,9 @@ and, for every partition, an empty local log that starts where the bucket ends, 
 producer state and leader epochs of the last remote segment: older offsets are then read
 from the bucket like any tiered data. The internal topics (``__consumer_offsets``,
 ``__transaction_state``) are downloaded whole, because their coordinators replay them
-from disk: consumer groups resume at their committed offsets.
+from disk: consumer groups resume at their committed offsets. SCRAM credentials (as a
+server keeps them: salted, never a password) and ACLs come back with the topics, so the
+same users log in with the same rights.
 
 A data directory that holds another cluster's data is refused with a clear error rather
 than mixing two histories; one of the same cluster is simply a restart.
@@ -138,14 +140,16 @@ async def restore_if_empty(
     ]
 
     def adopt() -> None:
-        MetadataStore(data_dir, meta.cluster_id).adopt(topics)
+        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls)
 
     await loop.run_in_executor(None, adopt)
     log.info(
-        "restored cluster %s from the bucket: %d topics, %d partitions",
+        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, %d ACLs",
         meta.cluster_id,
         len(topics),
         restored,
+        len(meta.scram),
+        len(meta.acls),
     )
     return restored
 
