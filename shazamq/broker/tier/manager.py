@@ -88,6 +88,7 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
         gcs = GcsStore(config.gcs, on_error=on_error, request_timeout=timeout)
         await gcs.open()
         store = gcs
+    store.part_bytes = config.upload_part_size_bytes
     return store
 
 

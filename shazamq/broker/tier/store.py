@@ -6,9 +6,10 @@ with a transient error (5xx, throttling, timeouts, dropped connections) is retri
 capped exponential backoff and full jitter; anything else (not found, access denied, a
 missing bucket) raises at once.
 
-Files larger than one part (``PART_BYTES``) are stored part by part, each read from the
-file in the executor when it is sent, so an upload holds one part in memory whatever
-the segment's size: S3 multipart uploads, GCS chunked resumable uploads. Every part is
+Files larger than one part (``part_bytes``, ``tiered_storage.upload_part_size_bytes``) are
+stored part by part, each read from the file in the executor when it is sent, so an
+upload holds one part in memory whatever the segment's size: S3 multipart uploads, GCS
+chunked resumable uploads. Every part is
 verified as it lands and retried on its own; an upload that fails is aborted.
 """
 
@@ -40,8 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# one part of a multipart (S3) or chunked resumable (GCS) upload: at least S3's 5 MiB
-# minimum, a multiple of GCS's 256 KiB chunk unit
+# the default part of a multipart (S3) or chunked resumable (GCS) upload: at least S3's
+# 5 MiB minimum, a multiple of GCS's 256 KiB chunk unit (the setting is checked for both)
 PART_BYTES = 8 << 20
 MIN_PART_BYTES = 5 << 20
 
