@@ -25,6 +25,7 @@ start where the bucket ends, with the same producer state and leader epochs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -32,8 +33,13 @@ from pathlib import Path
 import msgspec
 
 from shazamq.broker.cluster.metadata import METADATA_DIR, MetadataStore, TopicInfo
-from shazamq.broker.log.producer_state import snapshot_file_name
+from shazamq.broker.log.producer_state import (
+    CorruptSnapshotError,
+    ProducerStateManager,
+    snapshot_file_name,
+)
 from shazamq.broker.log.segment import INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, TXN_INDEX_EXT
+from shazamq.broker.txn.producer_ids import ProducerIdAllocator
 from shazamq.config import ConfigError
 
 from .manifest import (
@@ -118,6 +124,7 @@ async def restore_if_empty(
             "no cluster metadata: refusing to restore over them"
         )
     restored = 0
+    top_pid = -1
     for t in meta.topics:
         for i in range(t.partitions):
             raw_m = await _get_or_none(store, manifest_key(t.name, t.topic_id, i))
@@ -127,6 +134,7 @@ async def restore_if_empty(
             pdir = data_dir / f"{t.name}-{i}"
             files = await _partition_files(store, m, download_all=t.name in INTERNAL_TOPICS)
             await loop.run_in_executor(None, _lay_out, pdir, m, files)
+            top_pid = max(top_pid, await loop.run_in_executor(None, _top_producer_id, pdir))
             restored += 1
     topics = [
         TopicInfo(
@@ -141,6 +149,10 @@ async def restore_if_empty(
 
     def adopt() -> None:
         MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls)
+        if top_pid >= 0:
+            # the restored producers' ids were handed out: never again (their retries
+            # are recognised, a new producer does not inherit their sequences)
+            ProducerIdAllocator(data_dir).keep_out(top_pid)
 
     await loop.run_in_executor(None, adopt)
     log.info(
@@ -177,6 +189,15 @@ async def _partition_files(
                 data = await store.get(segment_key(prefix, s.base_offset, s.upload_id, ext))
                 out[f"{s.base_offset:020d}{suffix}"] = data
     return out
+
+
+def _top_producer_id(pdir: Path) -> int:
+    """The highest producer id in the partition's producer snapshots, or -1."""
+    top = -1
+    for snap in pdir.glob("*.snapshot"):
+        with contextlib.suppress(CorruptSnapshotError):
+            top = max([top, *ProducerStateManager.read_snapshot(str(snap))])
+    return top
 
 
 def _lay_out(pdir: Path, m: PartitionManifest, files: dict[str, bytes]) -> None:

@@ -480,9 +480,7 @@ class PartitionUploader:
                 if stored and hi == len(old.segments) and hi > lo:
                     # the bucket keeps ending where it did (a restore continues the
                     # offsets there), though compaction emptied the tail of the range
-                    tail = stored[-1]
-                    end = max(tail.last_offset, old.segments[-1].last_offset)
-                    stored[-1] = msgspec.structs.replace(tail, last_offset=end)
+                    stored[-1] = await self._keep_tail(stored[-1], old.segments[-1])
                 if cleaned_run(self.log.segments, old) != run:
                     raise _Moved
                 new = PartitionManifest(
@@ -513,6 +511,26 @@ class PartitionUploader:
             hi - lo,
         )
         return len(stored)
+
+    async def _keep_tail(self, tail: RemoteSegment, replaced: RemoteSegment) -> RemoteSegment:
+        """The cleaned segment that replaces the bucket's last one, reaching as far and
+        carrying its producer snapshot: a restore rebuilds idempotent producers' state
+        from the last segment's snapshot, taken at its end. The cleaned segment's own is
+        at an earlier offset when compaction emptied its end (or missing), so the
+        replaced segment's is copied under the new upload."""
+        end = max(tail.last_offset, replaced.last_offset)
+        if end == tail.last_offset and tail.has_snapshot:
+            return tail
+        store = self.tier.store
+        key = segment_key(self.prefix, tail.base_offset, tail.upload_id, "snapshot")
+        has = False
+        if replaced.has_snapshot:
+            old = segment_key(self.prefix, replaced.base_offset, replaced.upload_id, "snapshot")
+            await store.put(key, await store.get(old))
+            has = True
+        elif tail.has_snapshot:
+            await store.delete(key)  # taken below the end the entry now names
+        return msgspec.structs.replace(tail, last_offset=end, has_snapshot=has)
 
     def leading(self) -> bool:
         """Whether this broker still leads the partition at the epoch it started under."""
