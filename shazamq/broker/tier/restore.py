@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -56,7 +57,7 @@ from .manifest import (
 from .metrics import TierMetrics
 from .store import ObjectStore, StoreError, StoreErrorKind
 
-__all__ = ["ClusterRestore", "RestoreError", "read_cluster", "restore_if_empty"]
+__all__ = ["ClusterRestore", "RestoreError", "dir_for", "read_cluster", "restore_if_empty"]
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,21 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def dir_for(log_dirs: list[Path], name: str, index: int) -> Path:
+    """Where a restored partition's folder goes among the log dirs: spread by a hash of
+    its name, the same on every broker and at every retry."""
+    return log_dirs[zlib.crc32(f"{name}-{index}".encode()) % len(log_dirs)]
+
+
 async def restore_if_empty(
-    store: ObjectStore, data_dir: Path, configured_cluster_id: str | None = None
+    store: ObjectStore,
+    data_dir: Path,
+    configured_cluster_id: str | None = None,
+    log_dirs: list[Path] | None = None,
 ) -> int:
-    """Restore from the bucket into an empty ``data_dir``; returns partitions restored."""
+    """Restore from the bucket into an empty ``data_dir`` (partition folders spread over
+    ``log_dirs``, by default ``data_dir``); returns partitions restored."""
+    dirs = log_dirs or [data_dir]
     raw = await _get_or_none(store, CLUSTER_KEY)
     if raw is None:
         return 0
@@ -117,12 +129,14 @@ async def restore_if_empty(
             f"broker.cluster_id is {configured_cluster_id} but the bucket holds cluster "
             f"{meta.cluster_id}: refusing to restore another cluster's data"
         )
-    leftovers = [n for n in os.listdir(data_dir) if (data_dir / n).is_dir() and "-" in n]
-    if leftovers:
-        raise RestoreError(
-            f"broker.data_dir {data_dir} has partition directories ({leftovers[0]}, ...) but "
-            "no cluster metadata: refusing to restore over them"
-        )
+    for d in dirs:
+        names = os.listdir(d) if d.is_dir() else []
+        leftovers = [n for n in names if (d / n).is_dir() and "-" in n]
+        if leftovers:
+            raise RestoreError(
+                f"{d} has partition directories ({leftovers[0]}, ...) but {data_dir} has no "
+                "cluster metadata: refusing to restore over them"
+            )
     restored = 0
     top_pid = -1
     for t in meta.topics:
@@ -131,7 +145,7 @@ async def restore_if_empty(
             if raw_m is None:
                 continue
             m = decode_manifest(raw_m, where=manifest_key(t.name, t.topic_id, i))
-            pdir = data_dir / f"{t.name}-{i}"
+            pdir = dir_for(dirs, t.name, i) / f"{t.name}-{i}"
             files = await _partition_files(store, m, download_all=t.name in INTERNAL_TOPICS)
             await loop.run_in_executor(None, _lay_out, pdir, m, files)
             top_pid = max(top_pid, await loop.run_in_executor(None, _top_producer_id, pdir))
@@ -264,10 +278,12 @@ class ClusterRestore:
         data_dir: Path,
         meta: ClusterMetadata,
         metrics: TierMetrics | None = None,
+        log_dirs: list[Path] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.data_dir = data_dir
+        self.log_dirs = log_dirs or [data_dir]
         self.meta = meta
         self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
         # partitions looked up already (those without a manifest leave no folder)
@@ -279,7 +295,7 @@ class ClusterRestore:
             return False
         if (topic_id, index) in self._done:
             return False
-        return not (self.data_dir / f"{name}-{index}").exists()
+        return not any((d / f"{name}-{index}").exists() for d in self.log_dirs)
 
     async def lay_out(
         self, name: str, topic_id: str, index: int, *, count: bool = False
@@ -296,7 +312,7 @@ class ClusterRestore:
             return None
         m = decode_manifest(raw, where=key)
         files = await _partition_files(self.store, m, download_all=name in INTERNAL_TOPICS)
-        pdir = self.data_dir / f"{name}-{index}"
+        pdir = dir_for(self.log_dirs, name, index) / f"{name}-{index}"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _lay_out, pdir, m, files)
         if count and self.metrics is not None:

@@ -229,7 +229,6 @@ class PartitionUploader:
     def __init__(self, tier: TierManager, partition: Partition) -> None:
         self.tier = tier
         self.partition = partition
-        self.log = partition.log
         self.leader_epoch = partition.leader_epoch
         info = partition.topic_info
         self.prefix = partition_prefix(info.name, info.topic_id, partition.index)
@@ -249,6 +248,11 @@ class PartitionUploader:
 
     def __repr__(self) -> str:
         return f"uploader({self.partition.topic}-{self.partition.index})"
+
+    @property
+    def log(self) -> PartitionLog:
+        """The partition's log now: a move to another log dir replaces it."""
+        return self.partition.log
 
     # -- lifecycle ---------------------------------------------------------------------
 
