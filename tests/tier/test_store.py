@@ -10,6 +10,7 @@ import crc32c
 import pytest
 
 from shazamq.broker.tier.gcs import GcsStore
+from shazamq.broker.tier.manager import open_store
 from shazamq.broker.tier.s3 import S3Store
 from shazamq.broker.tier.store import (
     MIN_PART_BYTES,
@@ -18,7 +19,7 @@ from shazamq.broker.tier.store import (
     StoreError,
     StoreErrorKind,
 )
-from shazamq.config import GcsConfig, S3Config
+from shazamq.config import GcsConfig, S3Config, TieredStorageConfig
 
 from .conftest import FaultProxy, create_gcs_bucket, unique_bucket
 
@@ -205,3 +206,16 @@ async def test_conditional_writes(store: ObjectStore) -> None:
     assert err.value.kind is StoreErrorKind.PRECONDITION
     assert await store.get_versioned("m") == (b"two", v2)
     assert await store.get_versioned("missing") is None
+
+
+async def test_the_part_size_setting_reaches_the_store(moto_endpoint: str) -> None:
+    cfg = TieredStorageConfig(
+        enabled=True,
+        s3=S3Config(bucket=unique_bucket(), endpoint=moto_endpoint),
+        upload_part_size_bytes=MIN_PART_BYTES,
+    )
+    store = await open_store(cfg, None)
+    try:
+        assert store.part_bytes == MIN_PART_BYTES
+    finally:
+        await store.close()
