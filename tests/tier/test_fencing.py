@@ -131,6 +131,12 @@ async def test_a_deposed_leader_cannot_overwrite_the_new_leaders_manifest(
     assert keys == _referenced(manifest)  # its objects went again
     assert metrics.fenced_uploaders._value.get() == 1  # type: ignore[attr-defined]
 
+    # a deposed leader that starts an uploader only now stops at once
+    late = _uploader(store, _log(tmp_path / "c", 1), epoch=5, metrics=metrics)
+    with pytest.raises(Fenced):
+        await late.load_manifest()
+    assert metrics.fenced_uploaders._value.get() == 2  # type: ignore[attr-defined]
+
     # the new leader is unaffected
     await new.upload_ready()
     manifest, keys = await _bucket(store)

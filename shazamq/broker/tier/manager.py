@@ -240,6 +240,8 @@ class TierManager:
             except StoreError as exc:
                 self.report_failure(u, exc)
                 continue
+            except LeadershipLost:
+                pass  # deposed already (logged): kept, not started again at this epoch
             self.uploaders[key] = u
         await self.write_cluster_metadata()
 
