@@ -717,6 +717,17 @@ class TieredStorageConfig(_Section):
         int,
         Meta(ge=65_536, le=268_435_456, description="Size of one ranged read of a remote segment."),
     ] = 4_194_304
+    upload_part_size_bytes: Annotated[
+        int,
+        Meta(
+            ge=5_242_880,
+            le=5_368_709_120,
+            multiple_of=262_144,
+            description="Segments larger than this go up part by part (S3 multipart, GCS "
+            "resumable), one part in memory at a time: 5 MiB to 5 GiB (S3's limits), a "
+            "multiple of 256 KiB (GCS's chunk unit).",
+        ),
+    ] = 8_388_608
     request_timeout_ms: Annotated[
         int,
         Meta(

@@ -244,7 +244,12 @@ class Broker:
             if clustered:  # a cluster restores through its metadata log
                 bucket_cluster = await read_cluster(tier_store, cfg.broker.cluster_id)
             else:
-                await restore_if_empty(tier_store, self.data_dir, cfg.broker.cluster_id)
+                await restore_if_empty(
+                    tier_store,
+                    self.data_dir,
+                    cfg.broker.cluster_id,
+                    [Path(d) for d in partition_dirs],
+                )
         if not clustered:  # first: folders it does not know are quarantined, not opened
             self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
         open_logs = functools.partial(
@@ -266,7 +271,11 @@ class Broker:
             if bucket_cluster is not None and tier_store is not None:
                 assert self.cluster is not None
                 self.cluster.restorer = ClusterRestore(
-                    tier_store, self.data_dir, bucket_cluster, tier_metrics
+                    tier_store,
+                    self.data_dir,
+                    bucket_cluster,
+                    tier_metrics,
+                    [Path(d) for d in partition_dirs],
                 )
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)

@@ -96,6 +96,14 @@ def test_defaults_without_file():
         ("[tiered_storage]\nenabled = true\nprovider = 'gcs'\n", "[tiered_storage.gcs]"),
         ("[tiered_storage]\nprovider = 'azure'\n", "tiered_storage.provider"),
         (
+            "[tiered_storage]\nupload_part_size_bytes = 1048576\n",
+            "invalid value for 'tiered_storage.upload_part_size_bytes'",
+        ),
+        (
+            "[tiered_storage]\nupload_part_size_bytes = 6000000\n",
+            "invalid value for 'tiered_storage.upload_part_size_bytes'",
+        ),
+        (
             "[[mirror.sources]]\nname = 'a'\nbootstrap_servers = 'x:1'\ntopic_whitelist = ['(']\n",
             "mirror.sources[0]",
         ),

@@ -87,7 +87,9 @@ def weed_server(data: Path, bind: str = "127.0.0.1") -> Iterator[int]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=50",
+        # each bucket is a collection that takes several volumes as it is first written
+        # (none preallocated): room for the suite's buckets, which once ran out at 50
+        "-volume.max=300",
         *(f"-{k}={v}" for k, v in ports.items()),
     ]
     log = open(data / "weed.log", "wb")  # noqa: SIM115

@@ -10,6 +10,7 @@ import crc32c
 import pytest
 
 from shazamq.broker.tier.gcs import GcsStore
+from shazamq.broker.tier.manager import open_store
 from shazamq.broker.tier.s3 import S3Store
 from shazamq.broker.tier.store import (
     MIN_PART_BYTES,
@@ -18,7 +19,7 @@ from shazamq.broker.tier.store import (
     StoreError,
     StoreErrorKind,
 )
-from shazamq.config import GcsConfig, S3Config
+from shazamq.config import GcsConfig, S3Config, TieredStorageConfig
 
 from .conftest import FaultProxy, create_gcs_bucket, unique_bucket
 
@@ -181,5 +182,40 @@ async def test_missing_bucket_is_a_clear_permanent_error(moto_endpoint: str) -> 
         with pytest.raises(StoreError) as err:
             await store.put("k", b"v")
         assert not err.value.kind.transient
+    finally:
+        await store.close()
+
+
+async def test_conditional_writes(store: ObjectStore) -> None:
+    """SeaweedFS and moto honour S3's If-Match / If-None-Match; the GCS emulator ignores
+    ifGenerationMatch (real GCS honours it), which the probe finds out."""
+    supported = await store.probe_conditional("probe/conditional")
+    assert supported is not isinstance(store, GcsStore)
+    assert await store.head("probe/conditional") is None  # the probe cleans up
+    if not supported:
+        return
+    v1 = await store.put_if("m", b"one", None)
+    with pytest.raises(StoreError) as err:
+        await store.put_if("m", b"other", None)
+    assert err.value.kind is StoreErrorKind.PRECONDITION
+    got = await store.get_versioned("m")
+    assert got == (b"one", v1)
+    v2 = await store.put_if("m", b"two", v1)
+    with pytest.raises(StoreError) as err:
+        await store.put_if("m", b"stale", v1)
+    assert err.value.kind is StoreErrorKind.PRECONDITION
+    assert await store.get_versioned("m") == (b"two", v2)
+    assert await store.get_versioned("missing") is None
+
+
+async def test_the_part_size_setting_reaches_the_store(moto_endpoint: str) -> None:
+    cfg = TieredStorageConfig(
+        enabled=True,
+        s3=S3Config(bucket=unique_bucket(), endpoint=moto_endpoint),
+        upload_part_size_bytes=MIN_PART_BYTES,
+    )
+    store = await open_store(cfg, None)
+    try:
+        assert store.part_bytes == MIN_PART_BYTES
     finally:
         await store.close()

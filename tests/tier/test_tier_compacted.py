@@ -8,14 +8,26 @@ serves the compacted log at the same offsets and continues them where the log en
 
 from __future__ import annotations
 
+import asyncio
+import time
 from types import SimpleNamespace
+from typing import Any
 
 from confluent_kafka import Producer
-from kafka_helpers import make_topic
+from kafka_helpers import RawClient, make_topic
+from msgspec.structs import replace as msgspec_replace
 
-from shazamq.broker.tier.manifest import PartitionManifest, RemoteSegment
-from shazamq.broker.tier.uploader import cleaned_run
+from shazamq.broker.tier.manifest import PartitionManifest, RemoteSegment, segment_key
+from shazamq.broker.tier.uploader import PartitionUploader, cleaned_run
+from shazamq.protocol.messages.init_producer_id_request import InitProducerIdRequest
+from shazamq.protocol.messages.produce_request import (
+    PartitionProduceData,
+    ProduceRequest,
+    TopicProduceData,
+)
+from shazamq.protocol.records import Record, build_batch
 
+from .test_restore_metrics import MemoryStore
 from .tierutil import Bucket, consume_all, read_until, wait_for
 
 KEYS = 10
@@ -166,3 +178,114 @@ def test_compacted_topic_cleaned_segments_replace_remote_ones(
     _produce(fresh.bootstrap, topic, N, 1)
     tail = consume_all(fresh.bootstrap, topic, 1, start=N)
     assert [o for o, _ in tail] == [N]
+
+
+def _send(client: RawClient, topic: str, pid: int, seq: int) -> tuple[int, int]:
+    """One idempotent batch of one record (keys repeat every 3); (error, base offset)."""
+    record = Record(offset_delta=0, key=b"k%d" % (seq % 3), value=b"v%06d" % seq * 40)
+    req = ProduceRequest(
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            TopicProduceData(
+                name=topic,
+                partition_data=[
+                    PartitionProduceData(
+                        index=0,
+                        records=build_batch(
+                            [record],
+                            producer_id=pid,
+                            producer_epoch=0,
+                            base_sequence=seq,
+                            base_timestamp=int(time.time() * 1000),
+                        ),
+                    )
+                ],
+            )
+        ],
+    )
+    part = client.request(req, 9).responses[0].partition_responses[0]
+    return part.error_code, part.base_offset
+
+
+def test_a_cleaned_last_segment_keeps_the_producer_snapshot(broker_factory, bucket: Bucket) -> None:
+    """Compaction replaces the bucket's last segment with a cleaned one; the entry still
+    carries the producer snapshot at the log's end, so a restored broker knows the
+    idempotent producer: a retried batch is a duplicate, the next sequence follows."""
+    b = broker_factory(**bucket.settings())
+    topic = "compacted-idempotent"
+    make_topic(
+        b.bootstrap,
+        topic,
+        1,
+        {
+            "cleanup.policy": "compact",
+            "segment.bytes": "2000",
+            "min.cleanable.dirty.ratio": "0.01",
+            "min.compaction.lag.ms": "4000",
+        },
+    )
+    client = RawClient(b.port)
+    init = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=-1)
+    pid = client.request(init, 4).producer_id
+    n = 40
+    for seq in range(n):
+        assert _send(client, topic, pid, seq) == (0, seq)
+    client.close()
+
+    first = wait_for(
+        lambda: (m := bucket.manifest(topic)) and m.end_offset == n and m.segments[-1],
+        what="the last segment in the bucket",
+    )
+
+    def tail_replaced() -> RemoteSegment | None:
+        m = bucket.manifest(topic)
+        if m is None or m.end_offset != n or m.segments[-1].upload_id == first.upload_id:
+            return None
+        return m.segments[-1]
+
+    tail = wait_for(tail_replaced, timeout=90, what="the cleaned last segment in the bucket")
+    assert tail.size < first.size  # compaction rewrote it
+    assert tail.has_snapshot
+    assert b.stop() == 0
+
+    fresh = broker_factory(**bucket.settings())
+    client = RawClient(fresh.port)
+    try:
+        # the retried last batch is recognised: its original offset, nothing appended
+        assert _send(client, topic, pid, n - 1) == (0, n - 1)
+        assert _send(client, topic, pid, n) == (0, n)
+    finally:
+        client.close()
+
+
+def test_the_replaced_last_segments_snapshot_is_carried_over() -> None:
+    """A cleaned segment whose end compaction emptied (a trailing transaction marker
+    removed, say) has no producer snapshot at the bucket's end offset: the entry that
+    replaces the last one gets the replaced entry's snapshot, copied under its upload."""
+    store = MemoryStore()
+    partition: Any = SimpleNamespace(
+        log=SimpleNamespace(),
+        topic="t",
+        index=0,
+        leader_epoch=0,
+        topic_info=SimpleNamespace(name="t", topic_id="ab" * 16),
+    )
+    up = PartitionUploader(SimpleNamespace(store=store), partition)  # type: ignore[arg-type]
+    replaced = msgspec_replace(_entry(100, 199, 1000), upload_id="old", has_snapshot=True)
+    store.objects[segment_key(up.prefix, 100, "old", "snapshot")] = b"state at 200"
+    # the cleaned segment ends at 180, with no snapshot of its own
+    cleaned = msgspec_replace(_entry(100, 180, 600), upload_id="new")
+    kept = asyncio.run(up._keep_tail(cleaned, replaced))
+    assert (kept.last_offset, kept.has_snapshot) == (199, True)
+    assert store.objects[segment_key(up.prefix, 100, "new", "snapshot")] == b"state at 200"
+    # one that took its snapshot below the end it now names loses it
+    early = msgspec_replace(cleaned, upload_id="early", has_snapshot=True)
+    store.objects[segment_key(up.prefix, 100, "early", "snapshot")] = b"state at 181"
+    no_old = msgspec_replace(replaced, has_snapshot=False)
+    kept = asyncio.run(up._keep_tail(early, no_old))
+    assert (kept.last_offset, kept.has_snapshot) == (199, False)
+    assert segment_key(up.prefix, 100, "early", "snapshot") not in store.objects
+    # a cleaned segment reaching the end with its snapshot is kept as it is
+    whole = msgspec_replace(_entry(100, 199, 900), upload_id="whole", has_snapshot=True)
+    assert asyncio.run(up._keep_tail(whole, replaced)) is whole

@@ -84,13 +84,13 @@ class Bucket:
         }
 
 
-def produce(bootstrap: str, topic: str, n: int, start: int = 0) -> list[bytes]:
+def produce(bootstrap: str, topic: str, n: int, start: int = 0, partition: int = 0) -> list[bytes]:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     values = []
     for i in range(start, start + n):
         v = f"value-{i:06d}-".encode() + bytes([i % 251]) * 300
         values.append(v)
-        p.produce(topic, key=f"k{i}".encode(), value=v, partition=0, timestamp=T0 + i)
+        p.produce(topic, key=f"k{i}".encode(), value=v, partition=partition, timestamp=T0 + i)
         if i % 10 == 9:
             p.flush(10)
     assert p.flush(10) == 0
@@ -98,7 +98,13 @@ def produce(bootstrap: str, topic: str, n: int, start: int = 0) -> list[bytes]:
 
 
 def consume_all(
-    bootstrap: str, topic: str, expect: int, group: str | None = None, start: int | None = 0
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    group: str | None = None,
+    start: int | None = 0,
+    extra: dict[str, object] | None = None,
+    partition: int = 0,
 ) -> list[tuple[int, bytes]]:
     c = Consumer(
         {
@@ -106,13 +112,14 @@ def consume_all(
             "group.id": group or f"g-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **(extra or {}),
         }
     )
     try:
         if start is None:
             c.subscribe([topic])
         else:
-            c.assign([TopicPartition(topic, 0, start)])
+            c.assign([TopicPartition(topic, partition, start)])
         got: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + 60
         while len(got) < expect and time.monotonic() < deadline:

@@ -250,10 +250,20 @@ class MetadataStore:
             line = encode_line(msgspec.json.encode(change))
             await loop.run_in_executor(None, self._append, line)
 
-    def adopt(self, topics: list[TopicInfo]) -> None:
-        """Take over topics as they are (a broker restored from its bucket)."""
+    def adopt(
+        self,
+        topics: list[TopicInfo],
+        scram: ScramCredentials | None = None,
+        acls: list[AclBinding] | None = None,
+    ) -> None:
+        """Take over topics, credentials and ACLs as they are (a broker restored from its
+        bucket)."""
         for t in topics:
             self._index(t)
+        if scram is not None:
+            self.scram = scram
+        if acls is not None:
+            self.acls = set(acls)
         self._write()
 
     # -- queries -------------------------------------------------------------------------

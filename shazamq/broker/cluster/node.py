@@ -46,6 +46,7 @@ from .state import ClusterState, PartitionInfo, TopicState
 
 if TYPE_CHECKING:
     from shazamq.broker.partitions import Partition, PartitionManager
+    from shazamq.broker.tier.manifest import ClusterMetadata
     from shazamq.broker.tier.restore import ClusterRestore
     from shazamq.config import BrokerConfig
 
@@ -988,9 +989,37 @@ class ClusterNode:
                     if code:
                         log.error("restore: recreating topic %s was rejected (%d)", t.name, code)
                 log.info("restored %d topics from the bucket", len(restorer.meta.topics))
+                await self._restore_security(restorer.meta)
             await self.propose(r.FinishRestore(controller_epoch=controller_epoch))
         except Exception:
             log.exception("restoring the topics from the bucket failed; retrying")
+
+    async def _restore_security(self, meta: ClusterMetadata) -> None:
+        """The bucket's SCRAM credentials and ACLs, through the metadata log. A credential
+        this cluster set already (the operator's own user, say) is kept."""
+        for user, mechanisms in meta.scram.items():
+            for mechanism, e in mechanisms.items():
+                if mechanism in self.state.scram.get(user, {}):
+                    continue
+                await self.propose(
+                    r.UpsertScramCredential(
+                        user=user,
+                        mechanism=mechanism,
+                        salt=e.salt,
+                        iterations=e.iterations,
+                        stored_key=e.stored_key,
+                        server_key=e.server_key,
+                    )
+                )
+        for acl in meta.acls:
+            if acl not in self.state.acls:
+                await self.propose(r.CreateAcl(**msgspec.structs.asdict(acl)))
+        if meta.scram or meta.acls:
+            log.info(
+                "restored %d SCRAM users and %d ACLs from the bucket",
+                len(meta.scram),
+                len(meta.acls),
+            )
 
     def imbalanced_partitions(self) -> list[tuple[str, int]]:
         live = self.state.live_brokers()

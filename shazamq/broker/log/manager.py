@@ -411,7 +411,11 @@ class LogManager:
                 if detached is not None:  # deleted a moment ago: free the name first
                     self._rename_away(detached)
                     self._doomed.append(detached)
-                path = os.path.join(self._dir_for_new(), f"{topic}-{partition}")
+                # a folder laid out since the dirs were scanned (a restore from the
+                # bucket) is opened where it is
+                path = self._laid_out(topic, partition) or os.path.join(
+                    self._dir_for_new(), f"{topic}-{partition}"
+                )
                 if not os.path.isdir(path):
                     self._new_dirs.append(path)
                 try:
@@ -437,6 +441,15 @@ class LogManager:
             if d in counts:
                 counts[d] += 1
         return counts
+
+    def _laid_out(self, topic: str, partition: int) -> str | None:
+        if len(self.dirs) == 1:
+            return None  # the one place a new log goes anyway
+        for d in self.dirs:
+            path = os.path.join(d, f"{topic}-{partition}")
+            if d not in self.offline_dirs and os.path.isdir(path):
+                return path
+        return None
 
     def _dir_for_new(self) -> str:
         """The online log dir with the fewest partitions (the first of equals), as Kafka
@@ -611,6 +624,8 @@ class LogManager:
             if future.log_start_offset < source.log_start_offset:
                 future.delete_records_before(source.log_start_offset)
             future.high_watermark = source.high_watermark
+            # tiered: the bucket's reach stays what it was (retention keeps below it)
+            future.remote_log_end = source.remote_log_end
             source.forward_to(future)
             with self._lock:
                 self._logs[key] = future
@@ -641,6 +656,7 @@ class LogManager:
             fsync_dir(os.path.dirname(final))
             log = self._open(final, topic, partition, future.topic_id, future.config)
             log.high_watermark = future.high_watermark
+            log.remote_log_end = future.remote_log_end
             with self._lock:
                 self._logs[key] = log
             return log

@@ -29,6 +29,7 @@ from .store import (
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStore,
+    PreconditionFailedError,
     StoreError,
     StoreErrorKind,
     read_part,
@@ -46,6 +47,8 @@ def _classify(exc: BaseException, key: str) -> StoreError:
         status = exc.status
         if status == 404:
             return ObjectNotFoundError(key)
+        if status == 412:
+            return PreconditionFailedError(key)
         if status == 429:
             return StoreError(StoreErrorKind.THROTTLED, f"{key}: throttled (429)")
         if status == 408:
@@ -152,8 +155,52 @@ class GcsStore(ObjectStore):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _classify(exc, key) from exc
 
+    @property
+    def _root(self) -> str:
+        return (self.config.endpoint or _API_ROOT).rstrip("/")
+
+    def _object_url(self, key: str) -> str:
+        name = quote(self.full_key(key), safe="")
+        return f"{self._root}/storage/v1/b/{quote(self.bucket, safe='')}/o/{name}"
+
+    async def _put_if(self, key: str, data: bytes, version: str | None) -> str:
+        # generation 0 names an object that does not exist
+        url = (
+            f"{self._root}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
+            f"?uploadType=media&name={quote(self.full_key(key), safe='')}"
+            f"&ifGenerationMatch={version or 0}"
+        )
+        _, _, body = await self._http(
+            "POST", url, key, data=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        meta = msgspec.json.decode(body)
+        reported = meta.get("md5Hash")
+        digest = hashlib.md5(data, usedforsecurity=False).digest()
+        if reported and base64.b64decode(reported) != digest:
+            raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: stored MD5 is not ours")
+        return str(meta["generation"])
+
+    async def _get_versioned(self, key: str) -> tuple[bytes, str]:
+        url = self._object_url(key)
+        for _ in range(8):
+            _, _, body = await self._http("GET", url, key, data=b"", headers={})
+            generation = str(msgspec.json.decode(body)["generation"])
+            try:
+                # the bytes of that generation, or 412 when a write came in between
+                _, _, data = await self._http(
+                    "GET",
+                    f"{url}?alt=media&ifGenerationMatch={generation}",
+                    key,
+                    data=b"",
+                    headers={},
+                )
+            except PreconditionFailedError:
+                continue
+            return data, generation
+        raise StoreError(StoreErrorKind.SERVER, f"{key}: rewritten during every read")
+
     async def _put_parts(self, key: str, fd: int, size: int) -> int:
-        root = (self.config.endpoint or _API_ROOT).rstrip("/")
+        root = self._root
         url = (
             f"{root}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"
             f"?uploadType=resumable&name={quote(self.full_key(key), safe='')}"

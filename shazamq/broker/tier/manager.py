@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shazamq.config import TieredStorageConfig
@@ -28,14 +29,21 @@ from .manifest import (
     ClusterMetadata,
     PartitionManifest,
     RemoteTopic,
+    decode_cluster,
     encode_cluster,
     manifest_key,
     partition_prefix,
 )
 from .metrics import TierMetrics
 from .reader import RemoteReader
-from .store import ObjectStore, StoreError, StoreErrorKind
-from .uploader import PartitionUploader, read_manifest
+from .store import ObjectStore, PreconditionFailedError, StoreError, StoreErrorKind
+from .uploader import (
+    PROBE_KEY,
+    LeadershipLost,
+    ManifestChanged,
+    PartitionUploader,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from shazamq.broker.metrics import BrokerMetrics
@@ -80,6 +88,7 @@ async def open_store(config: TieredStorageConfig, metrics: TierMetrics | None) -
         gcs = GcsStore(config.gcs, on_error=on_error, request_timeout=timeout)
         await gcs.open()
         store = gcs
+    store.part_bytes = config.upload_part_size_bytes
     return store
 
 
@@ -125,7 +134,11 @@ class TierManager:
         self.upload_slots = asyncio.Semaphore(config.upload_concurrency)
         self.bandwidth = TokenBucket(config.upload_bytes_per_second)
         self._task: asyncio.Task[None] | None = None
+        # the document last written (without its metadata index), and the bucket's
+        # version of it where the store honours conditional writes
         self._metadata_written: bytes | None = None
+        self._metadata_version: str | None = None
+        self._conditional_known = False
         self._failing: set[PartitionUploader] = set()
         # the leader epoch each led partition's uploader was last started under (tried,
         # whether or not the bucket answered)
@@ -187,6 +200,15 @@ class TierManager:
 
     async def _supervise_once(self) -> None:
         """Start uploaders for tiered partitions led here; stop the others."""
+        if not self._conditional_known:
+            with contextlib.suppress(StoreError):  # unreachable: asked again next round
+                conditional = await self.store.probe_conditional(PROBE_KEY)
+                self._conditional_known = True
+                if not conditional:
+                    log.warning(
+                        "the bucket's server does not honour conditional writes: manifests "
+                        "are fenced only by each broker's own leader epoch check"
+                    )
         wanted = {
             key: p
             for key, p in list(self.partitions.partitions.items())
@@ -218,6 +240,8 @@ class TierManager:
             except StoreError as exc:
                 self.report_failure(u, exc)
                 continue
+            except LeadershipLost:
+                pass  # deposed already (logged): kept, not started again at this epoch
             self.uploaders[key] = u
         await self.write_cluster_metadata()
 
@@ -254,12 +278,36 @@ class TierManager:
         cluster_id = self.partitions.metadata.cluster_id
         if not cluster_id:
             return
-        doc = ClusterMetadata(cluster_id=cluster_id, topics=topics)
+        security = cluster.state if cluster is not None else self.partitions.metadata
+        index = 0
+        if cluster is not None:
+            index = cluster.quorum.status().get("last_applied") or 0
+        doc = ClusterMetadata(
+            cluster_id=cluster_id,
+            topics=topics,
+            scram={user: dict(m) for user, m in sorted(security.scram.items())},
+            acls=sorted(security.acls),
+        )
         data = encode_cluster(doc)
         if data == self._metadata_written:
             return
-        await self.store.put(CLUSTER_KEY, data)
-        self._metadata_written = data
+        store = self.store
+        if not await store.probe_conditional(PROBE_KEY):
+            await store.put(CLUSTER_KEY, data)
+            self._metadata_written = data
+            return
+        data = encode_cluster(msgspec.structs.replace(doc, metadata_index=index))
+        try:
+            self._metadata_version = await store.put_if(CLUSTER_KEY, data, self._metadata_version)
+        except PreconditionFailedError:
+            # another broker wrote it: written again next round against its version,
+            # unless it reflects more of the metadata log than this broker has applied
+            got = await store.get_versioned(CLUSTER_KEY)
+            self._metadata_version = None if got is None else got[1]
+            if got is not None and decode_cluster(got[0]).metadata_index > index:
+                self._metadata_written = encode_cluster(doc)
+            return
+        self._metadata_written = encode_cluster(doc)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -394,8 +442,16 @@ class TierManager:
 
     async def delete_records(self, p: Partition, offset: int) -> None:
         u = self.uploaders.get((p.topic, p.index))
-        if u is not None:
-            await u.delete_records(offset)
+        if u is None:
+            return
+        for _ in range(3):
+            try:
+                await u.delete_records(offset)
+                return
+            except ManifestChanged:
+                continue  # again, against the manifest another writer left
+            except LeadershipLost:
+                return  # the next leader's manifest is not this broker's to change
 
     # -- conditions ------------------------------------------------------------------
 

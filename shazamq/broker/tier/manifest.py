@@ -2,7 +2,8 @@
 
 Pure (no I/O). Layout under the configured prefix::
 
-    cluster/metadata.json                         cluster id, topics, ids, configs
+    cluster/metadata.json                         cluster id, topics, ids, configs,
+                                                  SCRAM credentials (salted), ACLs
     topics/<topic>-<topic id>/<partition>/manifest.json
     topics/<topic>-<topic id>/<partition>/<base offset>-<upload id>.<ext>
 
@@ -15,6 +16,9 @@ verified; the manifest is replaced with one PUT, which object stores make atomic
 from __future__ import annotations
 
 import msgspec
+
+from shazamq.broker.cluster.metadata import ScramCredentials
+from shazamq.broker.security.acl import AclBinding
 
 __all__ = [
     "FILE_EXTS",
@@ -75,6 +79,9 @@ class PartitionManifest(msgspec.Struct, kw_only=True):
     segments: list[RemoteSegment] = msgspec.field(default_factory=list)
     # bumped on every write: lets a reader tell two manifests apart
     generation: int = 0
+    # the leader epoch of the uploader that wrote it (-1: written before it was recorded);
+    # a writer that finds a higher one in the bucket has been deposed
+    leader_epoch: int = -1
 
     @property
     def end_offset(self) -> int:
@@ -133,6 +140,13 @@ class ClusterMetadata(msgspec.Struct, kw_only=True):
     cluster_id: str
     topics: list[RemoteTopic] = msgspec.field(default_factory=list)
     written_ms: int = 0
+    # what a server keeps of each credential (salt, iterations, StoredKey, ServerKey),
+    # never a password: a restored cluster accepts the same users
+    scram: ScramCredentials = msgspec.field(default_factory=dict)
+    acls: list[AclBinding] = msgspec.field(default_factory=list)
+    # how far the cluster's metadata log had been applied by the writer (0 on a single
+    # broker): a writer whose conditional write loses to a further one leaves it be
+    metadata_index: int = 0
 
 
 def partition_prefix(topic: str, topic_id: str, partition: int) -> str:

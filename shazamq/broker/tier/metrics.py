@@ -20,6 +20,11 @@ class TierMetrics:
         self.errors = Counter(
             "shazamq_tier_errors", "Failed object store requests, by kind.", ["kind"], registry=r
         )
+        self.fenced_uploaders = Counter(
+            "shazamq_tier_fenced_uploaders",
+            "Partition uploaders stopped because the bucket's manifest came from a newer leader.",
+            registry=r,
+        )
         self.remote_fetch_latency = Histogram(
             "shazamq_tier_remote_fetch_seconds",
             "Time to answer a read of the remote tier.",

@@ -6,7 +6,9 @@ and, for every partition, an empty local log that starts where the bucket ends, 
 producer state and leader epochs of the last remote segment: older offsets are then read
 from the bucket like any tiered data. The internal topics (``__consumer_offsets``,
 ``__transaction_state``) are downloaded whole, because their coordinators replay them
-from disk: consumer groups resume at their committed offsets.
+from disk: consumer groups resume at their committed offsets. SCRAM credentials (as a
+server keeps them: salted, never a password) and ACLs come back with the topics, so the
+same users log in with the same rights.
 
 A data directory that holds another cluster's data is refused with a clear error rather
 than mixing two histories; one of the same cluster is simply a restart.
@@ -23,15 +25,22 @@ start where the bucket ends, with the same producer state and leader epochs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import msgspec
 
 from shazamq.broker.cluster.metadata import METADATA_DIR, MetadataStore, TopicInfo
-from shazamq.broker.log.producer_state import snapshot_file_name
+from shazamq.broker.log.producer_state import (
+    CorruptSnapshotError,
+    ProducerStateManager,
+    snapshot_file_name,
+)
 from shazamq.broker.log.segment import INDEX_EXT, LOG_EXT, TIME_INDEX_EXT, TXN_INDEX_EXT
+from shazamq.broker.txn.producer_ids import ProducerIdAllocator
 from shazamq.config import ConfigError
 
 from .manifest import (
@@ -48,7 +57,7 @@ from .manifest import (
 from .metrics import TierMetrics
 from .store import ObjectStore, StoreError, StoreErrorKind
 
-__all__ = ["ClusterRestore", "RestoreError", "read_cluster", "restore_if_empty"]
+__all__ = ["ClusterRestore", "RestoreError", "dir_for", "read_cluster", "restore_if_empty"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +91,21 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def dir_for(log_dirs: list[Path], name: str, index: int) -> Path:
+    """Where a restored partition's folder goes among the log dirs: spread by a hash of
+    its name, the same on every broker and at every retry."""
+    return log_dirs[zlib.crc32(f"{name}-{index}".encode()) % len(log_dirs)]
+
+
 async def restore_if_empty(
-    store: ObjectStore, data_dir: Path, configured_cluster_id: str | None = None
+    store: ObjectStore,
+    data_dir: Path,
+    configured_cluster_id: str | None = None,
+    log_dirs: list[Path] | None = None,
 ) -> int:
-    """Restore from the bucket into an empty ``data_dir``; returns partitions restored."""
+    """Restore from the bucket into an empty ``data_dir`` (partition folders spread over
+    ``log_dirs``, by default ``data_dir``); returns partitions restored."""
+    dirs = log_dirs or [data_dir]
     raw = await _get_or_none(store, CLUSTER_KEY)
     if raw is None:
         return 0
@@ -109,22 +129,26 @@ async def restore_if_empty(
             f"broker.cluster_id is {configured_cluster_id} but the bucket holds cluster "
             f"{meta.cluster_id}: refusing to restore another cluster's data"
         )
-    leftovers = [n for n in os.listdir(data_dir) if (data_dir / n).is_dir() and "-" in n]
-    if leftovers:
-        raise RestoreError(
-            f"broker.data_dir {data_dir} has partition directories ({leftovers[0]}, ...) but "
-            "no cluster metadata: refusing to restore over them"
-        )
+    for d in dirs:
+        names = os.listdir(d) if d.is_dir() else []
+        leftovers = [n for n in names if (d / n).is_dir() and "-" in n]
+        if leftovers:
+            raise RestoreError(
+                f"{d} has partition directories ({leftovers[0]}, ...) but {data_dir} has no "
+                "cluster metadata: refusing to restore over them"
+            )
     restored = 0
+    top_pid = -1
     for t in meta.topics:
         for i in range(t.partitions):
             raw_m = await _get_or_none(store, manifest_key(t.name, t.topic_id, i))
             if raw_m is None:
                 continue
             m = decode_manifest(raw_m, where=manifest_key(t.name, t.topic_id, i))
-            pdir = data_dir / f"{t.name}-{i}"
+            pdir = dir_for(dirs, t.name, i) / f"{t.name}-{i}"
             files = await _partition_files(store, m, download_all=t.name in INTERNAL_TOPICS)
             await loop.run_in_executor(None, _lay_out, pdir, m, files)
+            top_pid = max(top_pid, await loop.run_in_executor(None, _top_producer_id, pdir))
             restored += 1
     topics = [
         TopicInfo(
@@ -138,14 +162,20 @@ async def restore_if_empty(
     ]
 
     def adopt() -> None:
-        MetadataStore(data_dir, meta.cluster_id).adopt(topics)
+        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls)
+        if top_pid >= 0:
+            # the restored producers' ids were handed out: never again (their retries
+            # are recognised, a new producer does not inherit their sequences)
+            ProducerIdAllocator(data_dir).keep_out(top_pid)
 
     await loop.run_in_executor(None, adopt)
     log.info(
-        "restored cluster %s from the bucket: %d topics, %d partitions",
+        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, %d ACLs",
         meta.cluster_id,
         len(topics),
         restored,
+        len(meta.scram),
+        len(meta.acls),
     )
     return restored
 
@@ -173,6 +203,15 @@ async def _partition_files(
                 data = await store.get(segment_key(prefix, s.base_offset, s.upload_id, ext))
                 out[f"{s.base_offset:020d}{suffix}"] = data
     return out
+
+
+def _top_producer_id(pdir: Path) -> int:
+    """The highest producer id in the partition's producer snapshots, or -1."""
+    top = -1
+    for snap in pdir.glob("*.snapshot"):
+        with contextlib.suppress(CorruptSnapshotError):
+            top = max([top, *ProducerStateManager.read_snapshot(str(snap))])
+    return top
 
 
 def _lay_out(pdir: Path, m: PartitionManifest, files: dict[str, bytes]) -> None:
@@ -239,10 +278,12 @@ class ClusterRestore:
         data_dir: Path,
         meta: ClusterMetadata,
         metrics: TierMetrics | None = None,
+        log_dirs: list[Path] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.data_dir = data_dir
+        self.log_dirs = log_dirs or [data_dir]
         self.meta = meta
         self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
         # partitions looked up already (those without a manifest leave no folder)
@@ -254,7 +295,7 @@ class ClusterRestore:
             return False
         if (topic_id, index) in self._done:
             return False
-        return not (self.data_dir / f"{name}-{index}").exists()
+        return not any((d / f"{name}-{index}").exists() for d in self.log_dirs)
 
     async def lay_out(
         self, name: str, topic_id: str, index: int, *, count: bool = False
@@ -271,7 +312,7 @@ class ClusterRestore:
             return None
         m = decode_manifest(raw, where=key)
         files = await _partition_files(self.store, m, download_all=name in INTERNAL_TOPICS)
-        pdir = self.data_dir / f"{name}-{index}"
+        pdir = dir_for(self.log_dirs, name, index) / f"{name}-{index}"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _lay_out, pdir, m, files)
         if count and self.metrics is not None:
@@ -288,14 +329,17 @@ class ClusterRestore:
         return m.end_offset
 
     async def first_leader_epoch(self, t: RemoteTopic) -> int:
-        """One above every leader epoch the topic's remote segments were written under."""
+        """One above every leader epoch the topic's remote segments and manifests were
+        written under: the new leaders' manifest writes must not look deposed."""
         top = -1
         for i in range(t.partitions):
             key = manifest_key(t.name, t.topic_id, i)
             raw = await _get_or_none(self.store, key)
             if raw is None:
                 continue
-            for s in decode_manifest(raw, where=key).segments:
+            m = decode_manifest(raw, where=key)
+            top = max(top, m.leader_epoch)
+            for s in m.segments:
                 for epoch, _ in s.epochs:
                     top = max(top, epoch)
         return top + 1

@@ -37,6 +37,7 @@ from .store import (
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStore,
+    PreconditionFailedError,
     StoreError,
     StoreErrorKind,
     read_part,
@@ -53,6 +54,9 @@ _THROTTLE_CODES = {
     "RequestThrottled",
 }
 _TIMEOUT_CODES = {"RequestTimeout", "RequestTimeTooSkewed"}
+# 412 for a condition that does not hold; 409 when a concurrent conditional write to the
+# same key won the race
+_PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
 def _classify(exc: BaseException, key: str) -> StoreError:
@@ -62,6 +66,8 @@ def _classify(exc: BaseException, key: str) -> StoreError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchBucket"):
             return ObjectNotFoundError(key)
+        if code in _PRECONDITION_CODES or status == 412:
+            return PreconditionFailedError(key)
         if code in _THROTTLE_CODES or status in (429, 503):
             return StoreError(StoreErrorKind.THROTTLED, f"{key}: throttled ({code or status})")
         if code in _TIMEOUT_CODES or status == 408:
@@ -141,6 +147,34 @@ class S3Store(ObjectStore):
         etag = str(resp.get("ETag", "")).strip('"')
         if etag and "-" not in etag and etag != digest.hex():
             raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: ETag {etag} is not our MD5")
+
+    async def _put_if(self, key: str, data: bytes, version: str | None) -> str:
+        digest = hashlib.md5(data, usedforsecurity=False).digest()
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        resp = await self._call(
+            key,
+            "put_object",
+            Key=self.full_key(key),
+            Body=data,
+            ContentMD5=base64.b64encode(digest).decode(),
+            ContentLength=len(data),
+            **condition,
+        )
+        etag = str(resp.get("ETag", ""))
+        bare = etag.strip('"')
+        if bare and "-" not in bare and bare != digest.hex():
+            raise StoreError(StoreErrorKind.INTEGRITY, f"{key}: ETag {etag} is not our MD5")
+        return etag
+
+    async def _get_versioned(self, key: str) -> tuple[bytes, str]:
+        resp = await self._call(key, "get_object", Key=self.full_key(key))
+        try:
+            async with resp["Body"] as stream:
+                data: bytes = await stream.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _classify(exc, key) from exc
+        # the ETag of the bytes returned, whatever was written since
+        return data, str(resp["ETag"])
 
     async def _put_parts(self, key: str, fd: int, size: int) -> int:
         full = self.full_key(key)

@@ -6,9 +6,10 @@ with a transient error (5xx, throttling, timeouts, dropped connections) is retri
 capped exponential backoff and full jitter; anything else (not found, access denied, a
 missing bucket) raises at once.
 
-Files larger than one part (``PART_BYTES``) are stored part by part, each read from the
-file in the executor when it is sent, so an upload holds one part in memory whatever
-the segment's size: S3 multipart uploads, GCS chunked resumable uploads. Every part is
+Files larger than one part (``part_bytes``, ``tiered_storage.upload_part_size_bytes``) are
+stored part by part, each read from the file in the executor when it is sent, so an
+upload holds one part in memory whatever the segment's size: S3 multipart uploads, GCS
+chunked resumable uploads. Every part is
 verified as it lands and retried on its own; an upload that fails is aborted.
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStore",
+    "PreconditionFailedError",
     "RetryPolicy",
     "StoreError",
     "StoreErrorKind",
@@ -39,8 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# one part of a multipart (S3) or chunked resumable (GCS) upload: at least S3's 5 MiB
-# minimum, a multiple of GCS's 256 KiB chunk unit
+# the default part of a multipart (S3) or chunked resumable (GCS) upload: at least S3's
+# 5 MiB minimum, a multiple of GCS's 256 KiB chunk unit (the setting is checked for both)
 PART_BYTES = 8 << 20
 MIN_PART_BYTES = 5 << 20
 
@@ -55,6 +57,8 @@ class StoreErrorKind(enum.Enum):
     CONNECTION = "connection"
     INTEGRITY = "integrity"  # the store kept something other than what was sent
     CLIENT = "client"  # 4xx other than throttling: permissions, missing bucket, bad request
+    # a conditional write found another version than the one it was made against
+    PRECONDITION = "precondition"
 
     @property
     def transient(self) -> bool:
@@ -70,6 +74,10 @@ _TRANSIENT = {
 }
 
 
+# answers a caller asks for, not failures of the store
+_EXPECTED = {StoreErrorKind.NOT_FOUND, StoreErrorKind.PRECONDITION}
+
+
 class StoreError(Exception):
     """An object store operation failed; ``kind`` says how."""
 
@@ -81,6 +89,14 @@ class StoreError(Exception):
 class ObjectNotFoundError(StoreError):
     def __init__(self, key: str) -> None:
         super().__init__(StoreErrorKind.NOT_FOUND, f"object {key!r} does not exist")
+        self.key = key
+
+
+class PreconditionFailedError(StoreError):
+    """A conditional write lost: the object is not (or no longer) the version it named."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(StoreErrorKind.PRECONDITION, f"{key}: changed by another writer")
         self.key = key
 
 
@@ -120,6 +136,9 @@ class ObjectStore(abc.ABC):
         self.retry = retry or RetryPolicy()
         self._on_error = on_error
         self.part_bytes = PART_BYTES
+        # whether the server honours conditional writes: None until probed
+        self.conditional: bool | None = None
+        self._probing = asyncio.Lock()
 
     def full_key(self, key: str) -> str:
         return self.prefix + key
@@ -165,6 +184,50 @@ class ObjectStore(abc.ABC):
         with contextlib.suppress(ObjectNotFoundError):
             await self._retrying(f"delete {key}", lambda: self._delete(key))
 
+    async def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its version (an S3 ETag, a GCS generation), or None when it
+        does not exist. The bytes are never newer than the version: a write made against
+        it fails if the object changed since."""
+        try:
+            return await self._retrying(f"get {key}", lambda: self._get_versioned(key))
+        except ObjectNotFoundError:
+            return None
+
+    async def put_if(self, key: str, data: bytes, version: str | None) -> str:
+        """Store ``data`` only if the object is still at ``version`` (with None: only if
+        it does not exist); its new version. Raises :class:`PreconditionFailedError`
+        otherwise, also when a retry finds the object an attempt before it already wrote
+        (the caller reads the object to tell)."""
+        return await self._retrying(f"put {key}", lambda: self._put_if(key, data, version))
+
+    async def probe_conditional(self, key: str) -> bool:
+        """Find out once whether the server honours conditional writes, by writing the
+        scratch object ``key``: created only if absent, refused when created again,
+        replaced against its version, refused against the version it replaced. A
+        transient failure raises (asked again later); a server that ignores or rejects
+        the conditions answers False."""
+        async with self._probing:
+            if self.conditional is None:
+                self.conditional = await self._probe(key)
+            return self.conditional
+
+    async def _probe(self, key: str) -> bool:
+        try:
+            await self.delete(key)
+            first = await self.put_if(key, b"1", None)
+            if not await _refused(self.put_if(key, b"2", None)):
+                return False
+            await self.put_if(key, b"3", first)
+            return await _refused(self.put_if(key, b"4", first))
+        except StoreError as exc:
+            if exc.kind.transient:
+                raise
+            log.debug("conditional write probe: %s", exc)
+            return False
+        finally:
+            with contextlib.suppress(StoreError):
+                await self.delete(key)
+
     async def close(self) -> None:
         return None
 
@@ -180,6 +243,12 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     async def _get(self, key: str, start: int, end: int | None) -> bytes: ...
+
+    async def _get_versioned(self, key: str) -> tuple[bytes, str]:
+        raise StoreError(StoreErrorKind.CLIENT, f"{key}: no versioned reads in this store")
+
+    async def _put_if(self, key: str, data: bytes, version: str | None) -> str:
+        raise StoreError(StoreErrorKind.CLIENT, f"{key}: no conditional writes in this store")
 
     @abc.abstractmethod
     async def _head(self, key: str) -> ObjectInfo: ...
@@ -197,7 +266,7 @@ class ObjectStore(abc.ABC):
             try:
                 return await op()
             except StoreError as exc:
-                if exc.kind is not StoreErrorKind.NOT_FOUND and self._on_error is not None:
+                if exc.kind not in _EXPECTED and self._on_error is not None:
                     self._on_error(exc.kind)
                 attempt += 1
                 if not exc.kind.transient or attempt >= policy.attempts:
@@ -205,6 +274,14 @@ class ObjectStore(abc.ABC):
                 delay = policy.delay(attempt)
                 log.debug("%s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
                 await asyncio.sleep(delay)
+
+
+async def _refused(write: Awaitable[str]) -> bool:
+    try:
+        await write
+    except PreconditionFailedError:
+        return True
+    return False
 
 
 async def read_part(fd: int, pos: int, n: int) -> bytes:

@@ -19,7 +19,14 @@ retention never deletes a segment that is not durable remotely.
 In a cluster the uploader is the partition leader's, under the leader epoch it started
 with: before writing a manifest it checks that this broker still leads at that epoch, so
 a deposed leader stops (its fresh objects removed) instead of overwriting the manifest of
-the next one, which continues from the manifest it reads when it starts. Its segments may
+the next one, which continues from the manifest it reads when it starts. That check sees
+only what this broker knows; the bucket fences too, where the server honours conditional
+writes (probed once): every manifest is written against the version last read or written
+(S3 ``If-Match`` / ``If-None-Match: *``, GCS ``ifGenerationMatch``), and names the leader
+epoch it was written under. A write that loses reads the manifest again: one written under
+a higher epoch means a newer leader took over, and this uploader stops for good (logged
+once, counted in ``shazamq_tier_fenced_uploaders``); otherwise it continues from what it
+read (its unreferenced objects removed). Its segments may
 begin below the manifest's end (each replica rolls its own segments); such an upload
 overlaps the last remote segment, and reads take each offset from the first segment
 holding it.
@@ -52,7 +59,7 @@ from .manifest import (
     partition_prefix,
     segment_key,
 )
-from .store import ObjectStore, StoreError, StoreErrorKind
+from .store import ObjectStore, PreconditionFailedError, StoreError, StoreErrorKind
 
 if TYPE_CHECKING:
     from shazamq.broker.log import PartitionLog
@@ -63,6 +70,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROUND_SECONDS = 1.0
+# the scratch object of the probe for conditional writes
+PROBE_KEY = "cluster/conditional-write-probe"
 
 
 def _now_ms() -> int:
@@ -207,11 +216,19 @@ class LeadershipLost(Exception):
     """The partition is no longer led here at the epoch the uploader started under."""
 
 
+class Fenced(LeadershipLost):
+    """The bucket's manifest was written under a higher leader epoch than this uploader's."""
+
+
+class ManifestChanged(Exception):
+    """Another writer replaced the manifest since it was read: the uploader continues
+    from the bucket's copy, which it has adopted."""
+
+
 class PartitionUploader:
     def __init__(self, tier: TierManager, partition: Partition) -> None:
         self.tier = tier
         self.partition = partition
-        self.log = partition.log
         self.leader_epoch = partition.leader_epoch
         info = partition.topic_info
         self.prefix = partition_prefix(info.name, info.topic_id, partition.index)
@@ -225,9 +242,17 @@ class PartitionUploader:
         self._active_since: tuple[int, float] | None = None
         self.last_upload_ms = _now_ms()
         self.failing = False
+        # the version of the manifest in the bucket this uploader's copy is (None: none
+        # yet); used only where the store honours conditional writes
+        self._version: str | None = None
 
     def __repr__(self) -> str:
         return f"uploader({self.partition.topic}-{self.partition.index})"
+
+    @property
+    def log(self) -> PartitionLog:
+        """The partition's log now: a move to another log dir replaces it."""
+        return self.partition.log
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -237,9 +262,17 @@ class PartitionUploader:
         self._task = asyncio.create_task(self._run(), name=f"tier-upload-{self.prefix}")
 
     async def load_manifest(self) -> None:
-        found = await read_manifest(self.tier.store, self.manifest_key)
+        store = self.tier.store
+        if await store.probe_conditional(PROBE_KEY):
+            got = await store.get_versioned(self.manifest_key)
+            found = None if got is None else decode_manifest(got[0], where=self.manifest_key)
+            self._version = None if got is None else got[1]
+        else:
+            found = await read_manifest(store, self.manifest_key)
         if found is not None:
             self.manifest = found
+            if self._deposed(found):
+                self._fence(found)
         # nothing may leave the disk before the bucket has it
         m = self.manifest
         self.log.remote_log_end = m.end_offset if m.generation else 0
@@ -266,6 +299,8 @@ class PartitionUploader:
             log.warning("%r: the tail was not uploaded: %s", self, exc)
         except LeadershipLost:
             pass  # leadership moved during the shutdown: the new leader uploads it
+        except ManifestChanged:
+            log.warning("%r: another writer replaced the manifest during the shutdown", self)
 
     async def _upload_tail(self) -> None:
         if not self.leading():
@@ -292,9 +327,13 @@ class PartitionUploader:
                     self.failing = False
                     self.tier.report_ok(self)
                 backoff = ROUND_SECONDS
+            except Fenced:
+                return  # logged once when found
             except LeadershipLost:
                 log.info("%r: no longer the leader; the next one continues", self)
                 return
+            except ManifestChanged:
+                continue  # at once, from the bucket's manifest
             except StoreError as exc:
                 if not self.failing:
                     self.failing = True
@@ -445,9 +484,7 @@ class PartitionUploader:
                 if stored and hi == len(old.segments) and hi > lo:
                     # the bucket keeps ending where it did (a restore continues the
                     # offsets there), though compaction emptied the tail of the range
-                    tail = stored[-1]
-                    end = max(tail.last_offset, old.segments[-1].last_offset)
-                    stored[-1] = msgspec.structs.replace(tail, last_offset=end)
+                    stored[-1] = await self._keep_tail(stored[-1], old.segments[-1])
                 if cleaned_run(self.log.segments, old) != run:
                     raise _Moved
                 new = PartitionManifest(
@@ -479,6 +516,26 @@ class PartitionUploader:
         )
         return len(stored)
 
+    async def _keep_tail(self, tail: RemoteSegment, replaced: RemoteSegment) -> RemoteSegment:
+        """The cleaned segment that replaces the bucket's last one, reaching as far and
+        carrying its producer snapshot: a restore rebuilds idempotent producers' state
+        from the last segment's snapshot, taken at its end. The cleaned segment's own is
+        at an earlier offset when compaction emptied its end (or missing), so the
+        replaced segment's is copied under the new upload."""
+        end = max(tail.last_offset, replaced.last_offset)
+        if end == tail.last_offset and tail.has_snapshot:
+            return tail
+        store = self.tier.store
+        key = segment_key(self.prefix, tail.base_offset, tail.upload_id, "snapshot")
+        has = False
+        if replaced.has_snapshot:
+            old = segment_key(self.prefix, replaced.base_offset, replaced.upload_id, "snapshot")
+            await store.put(key, await store.get(old))
+            has = True
+        elif tail.has_snapshot:
+            await store.delete(key)  # taken below the end the entry now names
+        return msgspec.structs.replace(tail, last_offset=end, has_snapshot=has)
+
     def leading(self) -> bool:
         """Whether this broker still leads the partition at the epoch it started under."""
         p = self.partition
@@ -495,10 +552,60 @@ class PartitionUploader:
     async def _write_manifest(self, new: PartitionManifest) -> None:
         if not self.leading():
             raise LeadershipLost
-        await self.tier.store.put(self.manifest_key, encode_manifest(new))
-        self.manifest = new
-        self.tier.manifests[(self.partition.topic, self.partition.index)] = new
-        self.log.remote_log_end = new.end_offset
+        new = msgspec.structs.replace(new, leader_epoch=self.leader_epoch)
+        data = encode_manifest(new)
+        store = self.tier.store
+        if not await store.probe_conditional(PROBE_KEY):
+            await store.put(self.manifest_key, data)
+        else:
+            try:
+                self._version = await store.put_if(self.manifest_key, data, self._version)
+            except PreconditionFailedError:
+                await self._lost_race(data)
+        self._adopt(new)
+
+    def _adopt(self, m: PartitionManifest) -> None:
+        self.manifest = m
+        self.tier.manifests[(self.partition.topic, self.partition.index)] = m
+        self.log.remote_log_end = m.end_offset
+
+    async def _lost_race(self, data: bytes) -> None:
+        """A conditional manifest write was refused: returns if the bucket holds ``data``
+        after all (a retried write whose first attempt landed), else raises."""
+        got = await self.tier.store.get_versioned(self.manifest_key)
+        if got is None:
+            # deleted under us (the topic is going): start over as its first writer
+            self._version = None
+            raise ManifestChanged
+        raw, self._version = got
+        if raw == data:
+            return
+        found = decode_manifest(raw, where=self.manifest_key)
+        if self._deposed(found):
+            self._fence(found)
+        log.info(
+            "%r: the manifest was replaced by another writer (epoch %d); continuing from it",
+            self,
+            found.leader_epoch,
+        )
+        self._adopt(found)
+        raise ManifestChanged
+
+    def _deposed(self, found: PartitionManifest) -> bool:
+        """A manifest written under a higher leader epoch than ours. (A single broker's
+        epochs are all 0 and carry no order: its writes only never overwrite others'.)"""
+        return self.partition.replica is not None and found.leader_epoch > self.leader_epoch
+
+    def _fence(self, found: PartitionManifest) -> None:
+        log.warning(
+            "%r: the bucket's manifest was written under leader epoch %d, above ours (%d): "
+            "a newer leader uploads this partition, this broker stops",
+            self,
+            found.leader_epoch,
+            self.leader_epoch,
+        )
+        self.tier.metrics.fenced_uploaders.inc()
+        raise Fenced
 
     # -- total retention ---------------------------------------------------------------
 
