@@ -4,7 +4,10 @@ It joins what the pure modules decide (:mod:`.share_group` membership and settin
 :mod:`.share_partition` in-flight records) with the broker: the topic metadata, the log
 reads of ShareFetch, the clock of acquisition locks and member sessions, share sessions,
 and the durable state in ``__share_group_state`` (:mod:`.share_state_store`), which is
-loaded at start and written before an acknowledgement is answered.
+loaded at start and written before an acknowledgement is answered. In a cluster the
+group's epochs, members and assignments go to its ``__consumer_offsets`` partition as
+Kafka's share group records (:mod:`.share_records`), replayed by whichever broker
+coordinates the group next, and group settings to the metadata log.
 
 Share sessions: a member opens one with ShareSessionEpoch 0 naming its partitions, then
 each request carries the next epoch and only what changed (partitions added, forgotten,
@@ -291,9 +294,9 @@ class ShareCoordinator:
                 assignment_epoch=target if isinstance(target, int) else epoch,
             )
             for (kind, mid), value in recs.items():
-                if kind != sr.MEMBER_METADATA or mid is None:
+                if kind != sr.MEMBER_METADATA or not isinstance(value, sr.ShareMemberValue):
                     continue
-                assert isinstance(value, sr.ShareMemberValue)
+                assert mid is not None
                 current = recs.get((sr.CURRENT_ASSIGNMENT, mid))
                 assigned: dict[str, frozenset[int]] = {}
                 member_epoch = 0
@@ -504,7 +507,9 @@ class ShareCoordinator:
 
     def _write_or_raise(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
         if self.broker.cluster is not None:
-            return  # see start(): cluster persistence is not this coordinator's yet
+            # in a cluster the window is the share coordinators', the group's records are
+            # in __consumer_offsets and its settings in the metadata log
+            return
         try:
             self.store.write(group_id, records)
         except (LogError, RecordError, KafkaError) as exc:
