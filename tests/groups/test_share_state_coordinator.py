@@ -228,3 +228,41 @@ def test_a_refused_summary_names_every_partition():
         (2, E.CLUSTER_AUTHORIZATION_FAILED)
     ]
     assert r.encode(0)
+
+
+async def test_the_summary_needs_cluster_action():
+    """The guard of ReadShareGroupStateSummary: CLUSTER_ACTION on the cluster, else every
+    partition is refused and the handler is not reached."""
+    from shazamq.broker.apis.authz import _GUARDS
+    from shazamq.broker.security.acl import Operation
+    from shazamq.protocol.messages.read_share_group_state_summary_request import (
+        PartitionData,
+        ReadShareGroupStateSummaryRequest,
+        ReadStateSummaryData,
+    )
+
+    asked: list[int] = []
+    reached: list[Any] = []
+
+    class Check:
+        def __init__(self, allowed: bool) -> None:
+            self.allowed = allowed
+
+        def cluster(self, ctx: Any, op: int) -> bool:
+            asked.append(op)
+            return self.allowed
+
+    async def handler(ctx: Any, req: Any) -> str:
+        reached.append(req)
+        return "served"
+
+    req = ReadShareGroupStateSummaryRequest(
+        group_id="g",
+        topics=[ReadStateSummaryData(topic_id=TOPIC_ID, partitions=[PartitionData(partition=1)])],
+    )
+    denied = await _GUARDS[87](handler, Check(False), None)(None, req)  # type: ignore[arg-type]
+    assert [p.error_code for t in denied.results for p in t.partitions] == [
+        E.CLUSTER_AUTHORIZATION_FAILED
+    ]
+    assert reached == [] and asked == [int(Operation.CLUSTER_ACTION)]
+    assert await _GUARDS[87](handler, Check(True), None)(None, req) == "served"  # type: ignore[arg-type]
