@@ -7,6 +7,7 @@ broker that leads the partition next replays the group: same group epoch, the me
 keep their epochs and heartbeat on without being fenced, and the settings set before the
 kill (a share group's record lock duration and delivery limit, a consumer group's session
 timeout) are still described and still applied (the lock duration a ShareFetch reports).
+A controlled move of the coordinator (SIGTERM) then hands the group over the same way.
 
 ReadShareGroupStateSummary, on the wire: at a key's share coordinator it answers the
 start offset and state epoch ReadShareGroupState reads; an unknown group is
@@ -201,6 +202,17 @@ def test_a_share_group_survives_the_loss_of_its_coordinator(
     assert p.flush(30) == 0
     got = gather(c, 3, 30)
     assert {o: v for o, (_dc, v) in got.items()} == {3: b"r3", 4: b"r4", 5: b"r5"}
+
+    # a controlled move (SIGTERM: the broker hands its partitions over) with the killed
+    # broker back, so the quorum keeps a majority: the next coordinator replays c's join too
+    cluster.broker(coordinator).restart()
+    moved = describe(cluster, successor, group)
+    assert moved[0] > before[0] and c.member_id in moved[2]
+    cluster.broker(successor).terminate()
+    third = find_coordinator(cluster, group, not_node=successor)
+    assert describe(cluster, third, group) == moved
+    r = heartbeat(cluster, third, group, c, moved[2][c.member_id])
+    assert (r.error_code, r.member_epoch) == (0, moved[2][c.member_id]), r
 
 
 def summary(client: WireClient, group: str, tid: uuid.UUID, partition: int) -> Any:
