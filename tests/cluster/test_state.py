@@ -498,3 +498,20 @@ def test_mirror_seals_are_fenced_by_leader_epoch_and_survive_a_snapshot() -> Non
     restored = ClusterState()
     restored.restore(s.snapshot())
     assert restored.topics["m"].mirror_sealed == {0: 7}
+
+
+def test_group_settings_are_set_removed_and_restored_from_a_snapshot() -> None:
+    s = registered(1)
+    assert apply(s, r.SetGroupConfigs(group="g", configs={"share.delivery.count.limit": "3"})) == 0
+    assert (
+        apply(s, r.SetGroupConfigs(group="h", configs={"consumer.session.timeout.ms": "50000"}))
+        == 0
+    )
+    assert s.take_changes().group_configs == {"g", "h"}
+    assert apply(s, r.SetGroupConfigs(group="h", configs={})) == 0
+    assert apply(s, r.SetGroupConfigs(group="", configs={"a": "b"})) == ErrorCode.INVALID_GROUP_ID
+    assert s.group_configs == {"g": {"share.delivery.count.limit": "3"}}
+    restored = ClusterState()
+    restored.restore(s.snapshot())
+    assert restored.group_configs == s.group_configs
+    assert "g" in restored.take_changes().group_configs

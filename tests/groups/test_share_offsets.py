@@ -134,7 +134,7 @@ def test_api_versions_advertise_the_offset_apis(broker):
     keys = {k.api_key: (k.min_version, k.max_version) for k in r.api_keys}
     assert keys[90] == (0, 1) and keys[91] == (0, 0) and keys[92] == (0, 0)
     # the share coordinator's RPCs are between the brokers of a cluster only
-    assert not {83, 84, 85, 86} & set(keys)
+    assert not {83, 84, 85, 86, 87} & set(keys)
 
 
 def test_describe_follows_consumption(broker):

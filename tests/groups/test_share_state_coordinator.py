@@ -185,3 +185,84 @@ def test_a_refused_state_rpc_answers_every_partition():
         (t.topic_id, [(p.partition, p.error_code) for p in t.partitions]) for t in r.results
     ] == [(TOPIC_ID, [(0, E.CLUSTER_AUTHORIZATION_FAILED), (3, E.CLUSTER_AUTHORIZATION_FAILED)])]
     assert r.encode(0)  # a well-formed answer
+
+
+async def test_summary_answers_start_and_state_epoch_and_records_nothing():
+    c, store = await coordinator({0, 1, 2, 3})
+    key = key_in(c, True)
+    # nothing of the group here at all, then a group with state but not for this key
+    assert c.summary(key, -1).error == E.GROUP_ID_NOT_FOUND
+    other = (key[0], key[1], key[2] + 1000)
+    assert (await c.initialize(other, 0, 4))[0] == 0
+    assert c.summary(key, -1).error == E.UNKNOWN_TOPIC_OR_PARTITION
+    assert (await c.write(key, 0, 3, 5, BATCHES))[0] == 0
+    before = len(store.topic.appended)
+    for epoch in (-1, 3, 9):  # a later leader epoch is not recorded: it fences nobody
+        a = c.summary(key, epoch)
+        assert a.error == 0 and a.state is not None
+        assert (a.state.start_offset, a.state.state_epoch) == (5, 0)
+    assert len(store.topic.appended) == before
+    assert (await c.read(key, 3)).error == 0
+    assert c.summary(key, 2).error == E.FENCED_LEADER_EPOCH  # older than the state's
+
+
+async def test_summary_of_a_key_led_elsewhere_is_not_coordinator():
+    c, _store = await coordinator({0})
+    assert c.summary(key_in(c, False), -1).error == E.NOT_COORDINATOR
+
+
+def test_a_refused_summary_names_every_partition():
+    from shazamq.broker.apis.share_state import refused
+    from shazamq.protocol.messages.read_share_group_state_summary_request import (
+        PartitionData,
+        ReadShareGroupStateSummaryRequest,
+        ReadStateSummaryData,
+    )
+
+    req = ReadShareGroupStateSummaryRequest(
+        group_id="g",
+        topics=[ReadStateSummaryData(topic_id=TOPIC_ID, partitions=[PartitionData(partition=2)])],
+    )
+    r = refused(87, int(E.CLUSTER_AUTHORIZATION_FAILED), req)
+    assert [(p.partition, p.error_code) for t in r.results for p in t.partitions] == [
+        (2, E.CLUSTER_AUTHORIZATION_FAILED)
+    ]
+    assert r.encode(0)
+
+
+async def test_the_summary_needs_cluster_action():
+    """The guard of ReadShareGroupStateSummary: CLUSTER_ACTION on the cluster, else every
+    partition is refused and the handler is not reached."""
+    from shazamq.broker.apis.authz import _GUARDS
+    from shazamq.broker.security.acl import Operation
+    from shazamq.protocol.messages.read_share_group_state_summary_request import (
+        PartitionData,
+        ReadShareGroupStateSummaryRequest,
+        ReadStateSummaryData,
+    )
+
+    asked: list[int] = []
+    reached: list[Any] = []
+
+    class Check:
+        def __init__(self, allowed: bool) -> None:
+            self.allowed = allowed
+
+        def cluster(self, ctx: Any, op: int) -> bool:
+            asked.append(op)
+            return self.allowed
+
+    async def handler(ctx: Any, req: Any) -> str:
+        reached.append(req)
+        return "served"
+
+    req = ReadShareGroupStateSummaryRequest(
+        group_id="g",
+        topics=[ReadStateSummaryData(topic_id=TOPIC_ID, partitions=[PartitionData(partition=1)])],
+    )
+    denied = await _GUARDS[87](handler, Check(False), None)(None, req)  # type: ignore[arg-type]
+    assert [p.error_code for t in denied.results for p in t.partitions] == [
+        E.CLUSTER_AUTHORIZATION_FAILED
+    ]
+    assert reached == [] and asked == [int(Operation.CLUSTER_ACTION)]
+    assert await _GUARDS[87](handler, Check(True), None)(None, req) == "served"  # type: ignore[arg-type]

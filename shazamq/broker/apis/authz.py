@@ -37,7 +37,8 @@ What is asked, per API (as Kafka's KafkaApis does):
   DESCRIBE on each group and topic (denied topics named are answered, unnamed ones left
   out); AlterShareGroupOffsets READ on the group and topics; DeleteShareGroupOffsets
   DELETE on the group and READ on the topics. The share coordinator's RPCs between
-  brokers (Initialize/Read/Write/DeleteShareGroupState) CLUSTER_ACTION.
+  brokers (Initialize/Read/Write/DeleteShareGroupState, ReadShareGroupStateSummary)
+  CLUSTER_ACTION.
 - Cluster: ElectLeaders, AlterPartitionReassignments and AlterReplicaLogDirs ALTER (the
   last answers every partition CLUSTER_AUTHORIZATION_FAILED), ListPartitionReassignments,
   DescribeLogDirs and DescribeCluster DESCRIBE, the SCRAM APIs DESCRIBE / ALTER
@@ -1418,7 +1419,7 @@ def _delete_share_offsets(h: Handler, check: _Check, broker: Broker) -> Handler:
 
 
 # the share coordinator's RPCs come from brokers only (Kafka: CLUSTER_ACTION)
-for _key in (83, 84, 85, 86):
+for _key in (83, 84, 85, 86, 87):
     _GUARDS[_key] = _cluster_guard(
         Operation.CLUSTER_ACTION, functools.partial(share_state.refused, _key, CLUSTER_DENIED)
     )

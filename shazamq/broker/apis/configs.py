@@ -8,7 +8,7 @@ others are read-only. Logger levels can be read and changed at run time, as with
 BROKER_LOGGER resource. GROUP resources carry the group settings: consumer.session.timeout.ms
 and consumer.heartbeat.interval.ms of consumer groups, and the share group settings
 (share.auto.offset.reset, share.record.lock.duration.ms, ...), stored together by the share
-coordinator.
+coordinator (in a cluster in the metadata log, as Kafka's GROUP configs).
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ InitializeShareGroupState 83       0         groups/share_state_coordinator.py
 ReadShareGroupState 84             0
 WriteShareGroupState 85            0
 DeleteShareGroupState 86           0
+ReadShareGroupStateSummary 87      0
 =================================  ========  ==========================================
 
-Share-partition leaders and the offsets administration send them to the share
+Share-partition leaders and the offsets administration send them (the summary, start
+offset and state epoch without the in-flight window, describes share group offsets) to the share
 coordinator of each key (groups/share_persister.py); each partition is answered on its
 own, in request order. A single broker keeps its share state itself and registers none.
 """
@@ -51,6 +53,16 @@ from shazamq.protocol.messages.read_share_group_state_response import (
 from shazamq.protocol.messages.read_share_group_state_response import (
     StateBatch as ReadBatch,
 )
+from shazamq.protocol.messages.read_share_group_state_summary_request import (
+    ReadShareGroupStateSummaryRequest,
+)
+from shazamq.protocol.messages.read_share_group_state_summary_response import (
+    PartitionResult as SummaryResult,
+)
+from shazamq.protocol.messages.read_share_group_state_summary_response import (
+    ReadShareGroupStateSummaryResponse,
+    ReadStateSummaryResult,
+)
 from shazamq.protocol.messages.write_share_group_state_request import WriteShareGroupStateRequest
 from shazamq.protocol.messages.write_share_group_state_response import (
     PartitionResult as WriteResult,
@@ -61,6 +73,7 @@ from shazamq.protocol.messages.write_share_group_state_response import (
 )
 
 from ..groups.share_persister import from_wire
+from ..groups.share_state_coordinator import StateAnswer
 
 if TYPE_CHECKING:
     from ..app import Broker
@@ -127,6 +140,33 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
         return ReadShareGroupStateResponse(results=await _each(req, one, ReadStateResult))
 
+    async def summary(ctx: RequestContext, req: ReadShareGroupStateSummaryRequest) -> Any:
+        async def one(group: str, tid: Any, p: Any) -> SummaryResult:
+            c = coordinator()
+            if c is None:
+                a = StateAnswer(int(ErrorCode.COORDINATOR_NOT_AVAILABLE))
+            elif not group:
+                a = StateAnswer(int(ErrorCode.INVALID_REQUEST), "the group id is empty")
+            else:
+                a = c.summary((group, tid, p.partition), p.leader_epoch)
+            if a.error or a.state is None:
+                return SummaryResult(
+                    partition=p.partition,
+                    error_code=a.error,
+                    error_message=a.message,
+                    state_epoch=0,
+                    start_offset=-1,
+                )
+            return SummaryResult(
+                partition=p.partition,
+                state_epoch=a.state.state_epoch,
+                start_offset=a.state.start_offset,
+            )
+
+        return ReadShareGroupStateSummaryResponse(
+            results=await _each(req, one, ReadStateSummaryResult)
+        )
+
     async def write(ctx: RequestContext, req: WriteShareGroupStateRequest) -> Any:
         async def one(group: str, tid: Any, p: Any) -> WriteResult:
             c = coordinator()
@@ -181,6 +221,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     d.register(84, 0, 0, read)
     d.register(85, 0, 0, write)
     d.register(86, 0, 0, delete)
+    d.register(87, 0, 0, summary)
 
 
 _RESPONSES: dict[int, tuple[Any, Any, Any]] = {
@@ -188,6 +229,7 @@ _RESPONSES: dict[int, tuple[Any, Any, Any]] = {
     84: (ReadShareGroupStateResponse, ReadStateResult, ReadResult),
     85: (WriteShareGroupStateResponse, WriteStateResult, WriteResult),
     86: (DeleteShareGroupStateResponse, DeleteStateResult, DeleteResult),
+    87: (ReadShareGroupStateSummaryResponse, ReadStateSummaryResult, SummaryResult),
 }
 
 

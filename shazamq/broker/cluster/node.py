@@ -128,6 +128,8 @@ class ClusterNode:
         self.on_acls_changed: list[Callable[[], None]] = []
         # called on the event loop after client quotas were set, removed or restored
         self.on_quotas_changed: list[Callable[[], None]] = []
+        # called on the event loop with the groups whose settings were set or restored
+        self.on_group_configs_changed: list[Callable[[set[str]], None]] = []
         self.on_partition_role: list[Callable[[Partition, bool], None]] = []
         # tiered storage's bucket, when it holds a cluster: a new cluster restores from it
         # and partitions of its topics without a local folder are laid out from it
@@ -550,6 +552,13 @@ class ClusterNode:
         the rejection's error."""
         return await self.propose(r.AlterClientQuota(entity=list(entity), ops=ops))
 
+    async def set_group_configs(self, group: str, configs: dict[str, str]) -> None:
+        """Replace a group's settings on every broker (empty: back to the defaults);
+        KafkaError if the quorum refuses or cannot be reached."""
+        code = await self.propose(r.SetGroupConfigs(group=group, configs=configs))
+        if code:
+            raise KafkaError(code, f"changing the settings of group {group!r} was rejected")
+
     # -- applying the log ----------------------------------------------------------------
 
     def _on_apply(self, data: bytes) -> None:
@@ -610,6 +619,9 @@ class ClusterNode:
         if changes.quotas:
             for quota_listener in self.on_quotas_changed:
                 quota_listener()
+        if changes.group_configs:
+            for group_listener in self.on_group_configs_changed:
+                group_listener(changes.group_configs)
         if changes.topics or changes.deleted_topics:
             for listener in self.on_topics_changed:
                 listener(changes.topics, changes.deleted_topics)

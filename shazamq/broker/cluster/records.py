@@ -103,6 +103,15 @@ class SetTopicConfigs(_Record, tag="set_topic_configs"):
     configs: dict[str, str]
 
 
+class SetGroupConfigs(_Record, tag="set_group_configs"):
+    """Replace one group's settings (IncrementalAlterConfigs on a GROUP resource), as
+    Kafka keeps them: in the metadata log, so every broker sees them and none loses them.
+    Empty ``configs`` removes the group's entry."""
+
+    group: str
+    configs: dict[str, str]
+
+
 class AlterPartition(_Record, tag="alter_partition"):
     """The leader's ISR change, valid only at the epochs it was decided under."""
 
@@ -233,6 +242,7 @@ Record = (
     | CreateAcl
     | DeleteAcl
     | AlterClientQuota
+    | SetGroupConfigs
 )
 
 _encoder = msgspec.msgpack.Encoder()

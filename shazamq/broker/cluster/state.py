@@ -5,7 +5,8 @@ state: brokers with their incarnations and fencing, topics with ids and configs,
 each partition its replicas, leader, leader epoch, partition epoch and ISR (KRaft's
 model), the SCRAM credentials set through AlterUserScramCredentials (salt,
 iterations, StoredKey, ServerKey per user and mechanism) and the ACLs (CreateAcls,
-DeleteAcls) and the client quotas (AlterClientQuotas). Applying never consults a
+DeleteAcls), the client quotas (AlterClientQuotas) and the group settings (GROUP
+resources of IncrementalAlterConfigs). Applying never consults a
 clock or a random source; a record that is stale when it commits (an ISR change made
 under an old epoch, a producer-id block someone else took) is rejected with a Kafka error
 code and changes nothing.
@@ -88,6 +89,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     acls: list[AclBinding] = msgspec.field(default_factory=list)
     # defaulted: snapshots taken before client quotas were replicated still restore
     quotas: list[StoredQuota] = msgspec.field(default_factory=list)
+    # defaulted: snapshots taken before group settings were replicated still restore
+    group_configs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     # a restore from the tiered-storage bucket is under way (InitCluster .. FinishRestore)
     restoring: bool = False
 
@@ -103,6 +106,7 @@ class Changes(msgspec.Struct, kw_only=True):
     scram_users: set[str] = msgspec.field(default_factory=set)  # credentials set or deleted
     acls: bool = False  # an ACL was created or deleted
     quotas: bool = False  # a client quota was set or removed
+    group_configs: set[str] = msgspec.field(default_factory=set)  # groups whose settings moved
 
     def __bool__(self) -> bool:
         return bool(
@@ -114,6 +118,7 @@ class Changes(msgspec.Struct, kw_only=True):
             or self.scram_users
             or self.acls
             or self.quotas
+            or self.group_configs
         )
 
 
@@ -139,6 +144,8 @@ class ClusterState:
         self.scram: ScramCredentials = {}
         self.acls: set[AclBinding] = set()
         self.quotas: dict[Entity, dict[str, float]] = {}
+        # group id -> its settings; inner dicts are replaced, never mutated
+        self.group_configs: dict[str, dict[str, str]] = {}
         self.restoring = False  # between InitCluster(restore) and FinishRestore
         self.applied = 0  # records applied since start (replay included)
         self._changes = Changes()
@@ -181,6 +188,7 @@ class ClusterState:
                 scram={user: dict(by_mech) for user, by_mech in sorted(self.scram.items())},
                 acls=sorted(self.acls),
                 quotas=to_stored(self.quotas),
+                group_configs=dict(sorted(self.group_configs.items())),
                 restoring=self.restoring,
             )
         )
@@ -201,10 +209,13 @@ class ClusterState:
         self.scram = snap.scram
         self.acls = set(snap.acls)
         self.quotas = from_stored(snap.quotas)
+        old_groups = set(self.group_configs)
+        self.group_configs = snap.group_configs
         self.restoring = snap.restoring
         ch = self._changes
         ch.acls = True
         ch.quotas = True
+        ch.group_configs.update(old_groups | set(self.group_configs))
         ch.scram_users.update(old_users | set(self.scram))
         ch.cluster_id = True
         ch.brokers.update(self.brokers)
@@ -570,6 +581,16 @@ class ClusterState:
             return ErrorCode.INVALID_REQUEST
         if apply_ops(self.quotas, entity, rec.ops):
             self._changes.quotas = True
+        return 0
+
+    def _on_SetGroupConfigs(self, rec: r.SetGroupConfigs) -> int:
+        if not rec.group:
+            return ErrorCode.INVALID_GROUP_ID
+        if rec.configs:
+            self.group_configs[rec.group] = dict(rec.configs)
+        elif self.group_configs.pop(rec.group, None) is None:
+            return 0
+        self._changes.group_configs.add(rec.group)
         return 0
 
 

@@ -274,6 +274,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
         self._drop_consumer_groups(
             [gid for gid in self.consumer_groups if self.partition_for(gid) == index]
         )
+        share = getattr(self.broker, "share", None)
+        if share is not None:
+            share.unload_groups(lambda gid: self.partition_for(gid) == index)
         for pid in list(self._txn_groups):
             gids = self._txn_groups[pid]
             gids.difference_update(doomed)
@@ -336,6 +339,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
                 group.pending_txn_offsets.setdefault(pid, {}).update(offsets)
                 self._txn_groups.setdefault(pid, set()).add(gid)
         self._install_consumer(part)
+        share = getattr(self.broker, "share", None)
+        if share is not None and part.share:
+            share.install_groups(part.share)
         if part.skipped:
             log.warning(
                 "%s-%d: %d of %d records were not understood and skipped",

@@ -22,6 +22,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import CONTROL_COMMIT
 
 from . import consumer_records as cr
+from . import share_records as sr
 from .group import CommittedOffset
 from .internal_topic import Appended, InternalTopic
 from .offsets_codec import (
@@ -72,6 +73,8 @@ class LoadedPartition:
     )
     # consumer groups (KIP-848): group -> (record type, member id) -> last value
     consumer: dict[str, dict[tuple[int, str | None], object]] = field(default_factory=dict)
+    # share groups (KIP-932), the same way
+    share: dict[str, dict[tuple[int, str | None], object]] = field(default_factory=dict)
     records: int = 0
     skipped: int = 0
 
@@ -278,6 +281,14 @@ class OffsetsStore:
                             recs.pop(slot, None)
                         else:
                             recs[slot] = cr.decode_consumer_value(ckey.kind, value)
+                    elif isinstance(decoded, UnknownKey) and decoded.version in sr.SHARE_KEY_TYPES:
+                        skey = sr.decode_share_key(key)
+                        slot = (skey.kind, skey.member)
+                        srecs = out.share.setdefault(skey.group, {})
+                        if value is None:
+                            srecs.pop(slot, None)
+                        else:
+                            srecs[slot] = sr.decode_share_value(skey.kind, value)
                     else:
                         out.skipped += 1
                 except GroupRecordError as exc:

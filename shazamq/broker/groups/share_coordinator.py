@@ -4,7 +4,10 @@ It joins what the pure modules decide (:mod:`.share_group` membership and settin
 :mod:`.share_partition` in-flight records) with the broker: the topic metadata, the log
 reads of ShareFetch, the clock of acquisition locks and member sessions, share sessions,
 and the durable state in ``__share_group_state`` (:mod:`.share_state_store`), which is
-loaded at start and written before an acknowledgement is answered.
+loaded at start and written before an acknowledgement is answered. In a cluster the
+group's epochs, members and assignments go to its ``__consumer_offsets`` partition as
+Kafka's share group records (:mod:`.share_records`), replayed by whichever broker
+coordinates the group next, and group settings to the metadata log.
 
 Share sessions: a member opens one with ShareSessionEpoch 0 naming its partitions, then
 each request carries the next epoch and only what changed (partitions added, forgotten,
@@ -25,7 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +38,8 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError, control_record_of, iter_batches
 
 from . import consumer_settings as cs
+from . import share_records as sr
+from .offsets_store import append_error_code, commit_replication_error
 from .share_group import (
     GroupSettingError,
     ShareDefaults,
@@ -67,6 +72,8 @@ if TYPE_CHECKING:
     from shazamq.broker.app import Broker
     from shazamq.broker.log.partition_log import PartitionLog
     from shazamq.broker.partitions import Partition
+
+    from .internal_topic import Appended
 
 __all__ = ["AckBatch", "PartitionFetch", "ShareCoordinator", "ShareHeartbeatResult"]
 
@@ -166,6 +173,7 @@ class ShareCoordinator:
         self.state_coordinator: ShareStateCoordinator | None = None
         self.leader: ShareLeaderState | None = None
         self._pool: ClientPool | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -185,10 +193,10 @@ class ShareCoordinator:
             )
             self.leader = ShareLeaderState(self, persister)
             cluster.on_partition_role.append(self.leader.on_partition_role)
-            log.warning(
-                "share groups in a cluster: group epochs and group settings are kept in "
-                "memory on the group's coordinator, not persisted"
-            )
+            # group settings live in the metadata log, as Kafka's GROUP configs: every
+            # broker holds them all, whoever coordinates the group
+            self.overrides = dict(cluster.state.group_configs)
+            cluster.on_group_configs_changed.append(self._group_configs_changed)
             self.loaded = True
             return
         if self.broker.metadata.topics.get(SHARE_STATE_TOPIC) is not None:
@@ -230,8 +238,27 @@ class ShareCoordinator:
         b = cluster.state.brokers.get(node_id) if cluster is not None else None
         return (b.host, b.port) if b is not None else None
 
+    def _group_configs_changed(self, groups: set[str]) -> None:
+        cluster = self.broker.cluster
+        assert cluster is not None
+        for gid in groups:
+            values = cluster.state.group_configs.get(gid)
+            if values:
+                self.overrides[gid] = values
+            else:
+                self.overrides.pop(gid, None)
+            self._settings_moved(gid)
+
+    def _settings_moved(self, group_id: str) -> None:
+        limit = self.settings(group_id).delivery_count_limit
+        for key, sp in self.partitions.items():
+            if key[0] == group_id:
+                sp.delivery_limit = limit
+
     async def stop(self) -> None:
         cluster = self.broker.cluster
+        if cluster is not None and self._group_configs_changed in cluster.on_group_configs_changed:
+            cluster.on_group_configs_changed.remove(self._group_configs_changed)
         if self.leader is not None:
             if cluster is not None and self.leader.on_partition_role in cluster.on_partition_role:
                 cluster.on_partition_role.remove(self.leader.on_partition_role)
@@ -247,6 +274,159 @@ class ShareCoordinator:
                     m.timer.cancel()
                     m.timer = None
         self.loaded = False
+
+    # -- the groups' records in a cluster (__consumer_offsets) -------------------------
+
+    def install_groups(self, loaded: dict[str, dict[tuple[int, str | None], object]]) -> None:
+        """Take the share groups of a ``__consumer_offsets`` partition that became led
+        here: their epochs, members and assignments as the records left them. Members
+        keep their epochs and get a full session from now."""
+        by_id = self.broker.metadata.by_id
+        now = time.monotonic()
+        for gid, recs in loaded.items():
+            epoch = recs.get((sr.GROUP_METADATA, None))
+            if not isinstance(epoch, int):
+                continue  # tombstoned, or only member leftovers
+            target = recs.get((sr.TARGET_METADATA, None))
+            group = ShareGroup(
+                gid,
+                group_epoch=epoch,
+                assignment_epoch=target if isinstance(target, int) else epoch,
+            )
+            for (kind, mid), value in recs.items():
+                if kind != sr.MEMBER_METADATA or not isinstance(value, sr.ShareMemberValue):
+                    continue
+                assert mid is not None
+                current = recs.get((sr.CURRENT_ASSIGNMENT, mid))
+                assigned: dict[str, frozenset[int]] = {}
+                member_epoch = 0
+                if isinstance(current, sr.ShareAssignmentValue):
+                    member_epoch = current.member_epoch
+                    for tid, parts in current.assigned.items():
+                        info = by_id.get(tid)
+                        if info is not None:
+                            assigned[info.name] = frozenset(parts)
+                    if member_epoch == epoch:
+                        # what the last assignment was computed from, so the next
+                        # heartbeat does not see a metadata change that did not happen
+                        for name, parts in assigned.items():
+                            group.subscribed_metadata[name] = len(parts)
+                member = ShareMember(
+                    mid,
+                    member_epoch=member_epoch,
+                    rack_id=value.rack_id,
+                    client_id=value.client_id,
+                    client_host=value.client_host,
+                    subscribed_topic_names=value.subscribed_topic_names,
+                    assigned=assigned,
+                    last_heartbeat=now,
+                )
+                group.members[mid] = member
+            old = self.groups.get(gid)
+            if old is not None:
+                self._drop_group_timers(old)
+            self.groups[gid] = group
+            session_ms = self.settings(gid).session_timeout_ms
+            for member in group.members.values():
+                self._schedule(group, member, session_ms)
+
+    def unload_groups(self, led_elsewhere: Callable[[str], bool]) -> None:
+        """Forget the share groups another broker coordinates now."""
+        for gid in [g for g in self.groups if led_elsewhere(g)]:
+            self._drop_group_timers(self.groups.pop(gid))
+
+    @staticmethod
+    def _drop_group_timers(group: ShareGroup) -> None:
+        for m in group.members.values():
+            if m.timer is not None:
+                m.timer.cancel()
+                m.timer = None
+
+    def _group_records(self, group: ShareGroup) -> list[tuple[bytes, bytes | None]]:
+        gid = group.group_id
+        return [
+            (
+                sr.encode_share_key(sr.GROUP_METADATA, gid),
+                sr.encode_share_value(sr.GROUP_METADATA, group.group_epoch),
+            ),
+            (
+                sr.encode_share_key(sr.TARGET_METADATA, gid),
+                sr.encode_share_value(sr.TARGET_METADATA, group.assignment_epoch),
+            ),
+        ]
+
+    def _member_records(
+        self, group_id: str, member: ShareMember, previous_epoch: int
+    ) -> list[tuple[bytes, bytes | None]]:
+        mid = member.member_id
+        assigned = self._ids(member.assigned)
+        meta = sr.ShareMemberValue(
+            member.rack_id, member.client_id, member.client_host, member.subscribed_topic_names
+        )
+        current = sr.ShareAssignmentValue(member.member_epoch, previous_epoch, 0, assigned)
+        return [
+            (
+                sr.encode_share_key(sr.MEMBER_METADATA, group_id, mid),
+                sr.encode_share_value(sr.MEMBER_METADATA, meta),
+            ),
+            (
+                sr.encode_share_key(sr.TARGET_MEMBER, group_id, mid),
+                sr.encode_share_value(sr.TARGET_MEMBER, assigned),
+            ),
+            (
+                sr.encode_share_key(sr.CURRENT_ASSIGNMENT, group_id, mid),
+                sr.encode_share_value(sr.CURRENT_ASSIGNMENT, current),
+            ),
+        ]
+
+    @staticmethod
+    def _member_tombstones(group_id: str, member_id: str) -> list[tuple[bytes, bytes | None]]:
+        return [
+            (sr.encode_share_key(kind, group_id, member_id), None)
+            for kind in (sr.CURRENT_ASSIGNMENT, sr.TARGET_MEMBER, sr.MEMBER_METADATA)
+        ]
+
+    def _offsets_append(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> Appended | None:
+        """Append to the group's ``__consumer_offsets`` partition; KafkaError as a group
+        coordinator answers a failed append."""
+        groups = self.broker.groups
+        try:
+            return groups.store.topic.append(groups.partition_for(group_id), records)
+        except (LogError, RecordError, KafkaError) as exc:
+            code = ErrorCode(append_error_code(exc))
+            raise KafkaError(code, f"cannot write share group {group_id}: {exc}") from None
+
+    async def _offsets_write(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]], own: object
+    ) -> None:
+        """:meth:`_offsets_append`, then wait for the in-sync replicas; KafkaError if they
+        do not have it, or the group moved to another coordinator meanwhile."""
+        groups = self.broker.groups
+        code = await groups._replication(self._offsets_append(group_id, records))
+        if code:
+            raise KafkaError(
+                ErrorCode(commit_replication_error(code)),
+                f"share group {group_id}: the write did not reach the in-sync replicas",
+            )
+        if groups._ownership(group_id) is not own:
+            raise KafkaError(_E.NOT_COORDINATOR, f"share group {group_id} moved meanwhile")
+
+    def _forget_settings_soon(self, group_id: str) -> None:
+        """A deleted group's settings go too, as on a single broker (metadata log)."""
+        cluster = self.broker.cluster
+        assert cluster is not None
+
+        async def forget() -> None:
+            try:
+                await cluster.set_group_configs(group_id, {})
+            except KafkaError as exc:
+                log.warning("share group %s: settings not removed: %s", group_id, exc.message)
+
+        task = asyncio.get_running_loop().create_task(forget())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- settings ---------------------------------------------------------------------
 
@@ -308,6 +488,11 @@ class ShareCoordinator:
             raise KafkaError(_E.INVALID_CONFIG, str(exc)) from None
         if validate_only:
             return
+        cluster = self.broker.cluster
+        if cluster is not None:
+            await cluster.set_group_configs(group_id, new)
+            self._group_configs_changed({group_id})
+            return
         await self._ensure_store()
         self._write_or_raise(
             group_id, [(config_key(group_id), encode_config(new) if new else None)]
@@ -316,16 +501,15 @@ class ShareCoordinator:
             self.overrides[group_id] = new
         else:
             self.overrides.pop(group_id, None)
-        settings = self.settings(group_id)
-        for key, sp in self.partitions.items():
-            if key[0] == group_id:
-                sp.delivery_limit = settings.delivery_count_limit
+        self._settings_moved(group_id)
 
     # -- persistence ------------------------------------------------------------------
 
     def _write_or_raise(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
         if self.broker.cluster is not None:
-            return  # see start(): cluster persistence is not this coordinator's yet
+            # in a cluster the window is the share coordinators', the group's records are
+            # in __consumer_offsets and its settings in the metadata log
+            return
         try:
             self.store.write(group_id, records)
         except (LogError, RecordError, KafkaError) as exc:
@@ -491,17 +675,25 @@ class ShareCoordinator:
                 member.rack_id = rack_id
         member.last_heartbeat = time.monotonic()
         before = group.group_epoch
+        previous_epoch = member.member_epoch
         group.refresh(self._topic_counts())
         if bump and group.group_epoch == before:
             group.group_epoch += 1
         if group.group_epoch != before:
             records.append((group_key(group_id), encode_group(group.group_epoch)))
         changed = group.reconcile(member)
-        if records:
-            try:
+        try:
+            if self.broker.cluster is not None:
+                own = self.broker.groups._ownership(group_id)
+                cluster_records = self._group_records(group) if records else []
+                if joined or changed or member.member_epoch != previous_epoch:
+                    cluster_records += self._member_records(group_id, member, previous_epoch)
+                if cluster_records:
+                    await self._offsets_write(group_id, cluster_records, own)
+            elif records:
                 self._write_or_raise(group_id, records)
-            except KafkaError as exc:
-                return ShareHeartbeatResult(int(exc.code), exc.message)
+        except KafkaError as exc:
+            return ShareHeartbeatResult(int(exc.code), exc.message)
         self._schedule(group, member, settings.session_timeout_ms)
         return ShareHeartbeatResult(
             0,
@@ -549,12 +741,20 @@ class ShareCoordinator:
             self._release_member(group.group_id, member.member_id)
         if bump:
             group.group_epoch += 1
-            try:
+        try:
+            if self.broker.cluster is not None:
+                # appended now; a leave is answered without waiting for the replicas (lost
+                # with the coordinator, the member ends by its session timeout instead)
+                records = self._member_tombstones(group.group_id, member.member_id)
+                self._offsets_append(
+                    group.group_id, records + (self._group_records(group) if bump else [])
+                )
+            elif bump:
                 self._write_or_raise(
                     group.group_id, [(group_key(group.group_id), encode_group(group.group_epoch))]
                 )
-            except KafkaError as exc:
-                log.warning("share group %s: %s", group.group_id, exc.message)
+        except KafkaError as exc:
+            log.warning("share group %s: %s", group.group_id, exc.message)
 
     def _release_member(self, group_id: str, member_id: str) -> None:
         touched = []
@@ -1039,7 +1239,18 @@ class ShareCoordinator:
         if group_id in self.overrides:
             records.append((config_key(group_id), None))
         try:
-            self._write_or_raise(group_id, records)
+            if self.broker.cluster is not None:
+                self._offsets_append(
+                    group_id,
+                    [
+                        (sr.encode_share_key(kind, group_id), None)
+                        for kind in (sr.TARGET_METADATA, sr.GROUP_METADATA)
+                    ],
+                )
+                if group_id in self.overrides:
+                    self._forget_settings_soon(group_id)
+            else:
+                self._write_or_raise(group_id, records)
         except KafkaError as exc:
             return int(exc.code)
         if self.leader is not None:  # the states are with their share coordinators

@@ -18,7 +18,9 @@ APIs work on it as Kafka does:
 The state itself, and its durability, are the share coordinator's: on a single broker
 the local one; in a cluster the share coordinator of each key, reached with
 Read/Initialize/DeleteShareGroupState (reads with leader epoch -1, which fence nobody).
-There the lag is known only for partitions led by the broker answering (-1 otherwise).
+There the lag is known only for partitions led by the broker answering, which reads the
+whole state for it; elsewhere the lag is -1 and the start offset comes from
+ReadShareGroupStateSummary, as Kafka describes share group offsets.
 """
 
 from __future__ import annotations
@@ -84,10 +86,20 @@ class ShareOffsets:
                     keys.update((group_id, info.uuid, i) for i in range(info.partitions))
         return keys
 
-    async def _progress(self, key: tuple[str, uuid.UUID, int]) -> tuple[int, int] | None:
+    async def _progress(
+        self, key: tuple[str, uuid.UUID, int], window: bool = True
+    ) -> tuple[int, int] | None:
+        """(start offset, records of the window done with) of a share-partition; without
+        ``window`` (in a cluster, where the lag is not computed) the summary only, as
+        Kafka reads it, and 0 for the window."""
         leader = self.share.leader
         if leader is None:
             return self.share.progress(key)
+        if not window:
+            summary = await leader.persister.summary(key)
+            if summary.error:
+                raise KafkaError(ErrorCode(summary.error), summary.message or "")
+            return None if summary.state is None else (summary.state.start_offset, 0)
         answer = await leader.persister.read(key, -1)
         if answer.error:
             raise KafkaError(ErrorCode(answer.error), answer.message or "")
@@ -131,15 +143,16 @@ class ShareOffsets:
     async def _describe_one(
         self, group_id: str, topic_id: uuid.UUID, name: str, index: int
     ) -> PartitionOffset:
+        p = self.share.broker.partitions.get(name, index)
+        led_here = p is not None and p.is_leader
         try:
-            progress = await self._progress((group_id, topic_id, index))
+            progress = await self._progress((group_id, topic_id, index), window=led_here)
         except KafkaError as exc:
             return PartitionOffset(index, error=int(exc.code), message=exc.message)
         if progress is None:
             return PartitionOffset(index)
         start, finished = progress
-        p = self.share.broker.partitions.get(name, index)
-        if p is None or not p.is_leader:  # led elsewhere: the log end is not known here
+        if p is None or not led_here:  # led elsewhere: the log end is not known here
             return PartitionOffset(index, start)
         lag = max(p.log.high_watermark - max(start, p.log.log_start_offset) - finished, 0)
         return PartitionOffset(index, start, max(p.leader_epoch, 0), lag)
@@ -297,7 +310,7 @@ class ShareOffsets:
         out = set()
         for key in self._candidates(group_id):
             try:
-                if await self._progress(key) is not None:
+                if await self._progress(key, window=False) is not None:
                     out.add(key)
             except KafkaError:
                 out.add(key)  # not known: deleting it is harmless, describing shows the error

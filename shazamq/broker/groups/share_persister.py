@@ -2,7 +2,7 @@
 
 Each call finds the coordinator of the key from the cluster's metadata (the leader of the
 key's ``__share_group_state`` partition), answers it directly when that is this broker,
-and otherwise sends the Read/Write/Initialize/DeleteShareGroupState RPC over a pooled
+and otherwise sends the Read/Write/Initialize/DeleteShareGroupState(Summary) RPC over a pooled
 connection. Errors a coordinator move explains (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS,
 COORDINATOR_NOT_AVAILABLE, a broken connection, a replication timeout) are retried with a
 short backoff until the call's deadline; what remains is returned as an error code.
@@ -38,6 +38,13 @@ from shazamq.protocol.messages.read_share_group_state_request import (
     ReadShareGroupStateRequest,
     ReadStateData,
 )
+from shazamq.protocol.messages.read_share_group_state_summary_request import (
+    PartitionData as SummaryPartition,
+)
+from shazamq.protocol.messages.read_share_group_state_summary_request import (
+    ReadShareGroupStateSummaryRequest,
+    ReadStateSummaryData,
+)
 from shazamq.protocol.messages.write_share_group_state_request import (
     PartitionData as WritePartition,
 )
@@ -63,7 +70,7 @@ log = logging.getLogger(__name__)
 _E = ErrorCode
 T = TypeVar("T")
 
-INITIALIZE_KEY, READ_KEY, WRITE_KEY, DELETE_KEY = 83, 84, 85, 86
+INITIALIZE_KEY, READ_KEY, WRITE_KEY, DELETE_KEY, SUMMARY_KEY = 83, 84, 85, 86, 87
 _RETRIABLE = frozenset(
     int(c)
     for c in (
@@ -112,6 +119,15 @@ def from_wire(batches: Any) -> tuple[StateBatch, ...]:
             raise ValueError(f"state batch {b.first_offset}-{b.last_offset} is reversed")
         out.append(StateBatch(b.first_offset, b.last_offset, state, b.delivery_count))
     return tuple(out)
+
+
+def _summary_answer(code: int, message: str | None, part: Any) -> StateAnswer:
+    """A summary's answer; a key or group without state is no error to its askers."""
+    if code in (_E.UNKNOWN_TOPIC_OR_PARTITION, _E.GROUP_ID_NOT_FOUND):
+        return StateAnswer()
+    if code:
+        return StateAnswer(code, message)
+    return StateAnswer(state=Snapshot(0, part.state_epoch, part.start_offset, ()))
 
 
 class SharePersister:
@@ -190,6 +206,39 @@ class SharePersister:
         return await self._call(
             key,
             lambda: self.coordinator.read(key, leader_epoch),
+            remote,
+            lambda a: a.error,
+            lambda code, message: StateAnswer(code, message),
+        )
+
+    async def summary(self, key: PartKey) -> StateAnswer:
+        """The start offset and state epoch of ``key`` (no window: ``batches`` is empty);
+        a state of None if the key has none."""
+        group, tid, index = key
+
+        async def remote(client: Any) -> StateAnswer:
+            request = ReadShareGroupStateSummaryRequest(
+                group_id=group,
+                topics=[
+                    ReadStateSummaryData(
+                        topic_id=tid,
+                        partitions=[SummaryPartition(partition=index, leader_epoch=-1)],
+                    )
+                ],
+            )
+            response = await client.request(SUMMARY_KEY, 0, request, timeout=_RPC_TIMEOUT_S)
+            code, message, part = _one(response)
+            return _summary_answer(code, message, part)
+
+        async def local() -> StateAnswer:
+            a = self.coordinator.summary(key, -1)
+            if a.state is None:
+                return _summary_answer(a.error, a.message, None)
+            return StateAnswer(state=Snapshot(0, a.state.state_epoch, a.state.start_offset, ()))
+
+        return await self._call(
+            key,
+            local,
             remote,
             lambda a: a.error,
             lambda code, message: StateAnswer(code, message),

@@ -8,7 +8,8 @@ modulo the partition count). The leader reads the state when it starts serving t
 share-partition and writes it before it answers an acknowledgement, with the
 ReadShareGroupState / WriteShareGroupState RPCs (apis/share_state.py); the offsets
 administration initializes and deletes it with InitializeShareGroupState /
-DeleteShareGroupState.
+DeleteShareGroupState, and describes it with ReadShareGroupStateSummary (start offset and
+state epoch only).
 
 Fencing, as Kafka's: every state carries the leader epoch of the last partition leader
 that read or wrote it and a state epoch moved by each initialization. A read or write
@@ -206,6 +207,31 @@ class ShareStateCoordinator:
                     return StateAnswer(code)
                 current = bumped
             return StateAnswer(state=current)
+
+    def summary(self, key: PartKey, leader_epoch: int) -> StateAnswer:
+        """The start offset and state epoch of ``key`` without its window
+        (ReadShareGroupStateSummary): nothing is recorded, so it fences nobody, but a
+        partition leader older than the state's is refused. UNKNOWN_TOPIC_OR_PARTITION if
+        the key has no state, GROUP_ID_NOT_FOUND if no share-partition of the group has
+        state here."""
+        code, _index, own = self._owner(key)
+        if own is None:
+            return StateAnswer(code)
+        current = self.states.get(key)
+        if current is None:
+            group = key[0]
+            if any(k[0] == group for k in self.states):
+                return StateAnswer(
+                    int(_E.UNKNOWN_TOPIC_OR_PARTITION),
+                    f"share group {group} has no state for partition {key[2]} of {key[1]}",
+                )
+            return StateAnswer(int(_E.GROUP_ID_NOT_FOUND), f"share group {group} has no state")
+        if 0 <= leader_epoch < current.leader_epoch:
+            return StateAnswer(
+                int(_E.FENCED_LEADER_EPOCH),
+                f"leader epoch {leader_epoch} is older than {current.leader_epoch}",
+            )
+        return StateAnswer(state=current)
 
     async def write(
         self,
