@@ -20,8 +20,6 @@ groups (one call per group, so at most one group's ``.cleaned`` files exist at a
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -425,10 +423,3 @@ def run_group(spec: PassSpec, index: int, txn_has_data: dict[int, bool]) -> Grou
 def drop_pass() -> None:
     """Free the worker's key map of an abandoned pass."""
     _WORKER_RUNNER.drop()
-
-
-def lower_priority() -> None:
-    """Worker initializer: compaction is background work; the broker's threads come
-    first when the cores are busy."""
-    with contextlib.suppress(OSError):
-        os.nice(10)

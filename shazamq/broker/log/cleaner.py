@@ -64,7 +64,6 @@ from .clean_pass import (
     PassSpec,
     SegmentFile,
     drop_pass,
-    lower_priority,
     run_group,
 )
 from .partition_log import PartitionLog
@@ -318,7 +317,6 @@ class LogCleaner:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=lower_priority,
                 )
             return self._pool
 
