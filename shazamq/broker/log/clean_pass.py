@@ -20,6 +20,7 @@ groups (one call per group, so at most one group's ``.cleaned`` files exist at a
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ __all__ = [
     "drop_pass",
     "plan_groups",
     "run_group",
+    "worker_init",
 ]
 
 _WRITE_BUFFER = 1 << 20
@@ -418,6 +420,12 @@ _WORKER_RUNNER = PassRunner()
 def run_group(spec: PassSpec, index: int, txn_has_data: dict[int, bool]) -> GroupResult:
     """The worker process's entry point (one runner per process)."""
     return _WORKER_RUNNER.run(spec, index, txn_has_data)
+
+
+def worker_init() -> None:
+    """The worker ignores Ctrl-C sent to the terminal's process group: the broker
+    decides when it stops (it shuts the pool down on close)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def drop_pass() -> None:

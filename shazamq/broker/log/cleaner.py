@@ -65,6 +65,7 @@ from .clean_pass import (
     SegmentFile,
     drop_pass,
     run_group,
+    worker_init,
 )
 from .partition_log import PartitionLog
 from .segment import CLEANED_SUFFIX, LogSegment
@@ -317,6 +318,7 @@ class LogCleaner:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
+                    initializer=worker_init,
                 )
             return self._pool
 
