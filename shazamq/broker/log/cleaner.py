@@ -306,8 +306,10 @@ class LogCleaner:
             pool = self._pool
         if pool is not None:
             # the next pass has another id, so the worker would rebuild anyway: this
-            # only frees the map's memory now rather than then
-            pool.submit(drop_pass)
+            # only frees the map's memory now rather than then (a broken or closed pool
+            # has no map to free)
+            with contextlib.suppress(RuntimeError):
+                pool.submit(drop_pass)
 
     def _worker_pool(self) -> ProcessPoolExecutor:
         with self._pool_lock:
