@@ -15,7 +15,8 @@ the clients never take this process's GIL. Phases, each reported separately:
    segment's indexes trimmed) every few appends.
 3. ``compaction``: a compacted topic filled with ``--mib`` MiB of 1 KiB records over
    ``--keys`` keys (64 MiB segments), then one forced cleaning pass (as the maintenance
-   loop runs it, in the executor) while a producer keeps appending to another topic.
+   loop runs it, from the executor; the rewrite itself in the cleaner's worker process,
+   whose start is part of the pass) while a producer keeps appending to another topic.
 
 Prints the longest stall, the 99.9th percentile and the 1-minute load average per phase.
 """

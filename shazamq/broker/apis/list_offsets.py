@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from shazamq.broker.log.errors import LogError
@@ -33,6 +34,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
     tier = broker.tier
 
     async def handle(ctx: RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse:
+        loop = asyncio.get_running_loop()
         version = ctx.api_version
         committed = version >= 2 and req.isolation_level == READ_COMMITTED
         topics = []
@@ -79,7 +81,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     elif ts == LATEST_TIERED:
                         resp.offset = tier.last_tiered_offset(p) if tier is not None else -1
                     elif ts == MAX_TIMESTAMP:
-                        found = plog.max_timestamp_offset()
+                        # reads index files and scans headers: not on the loop
+                        found = await loop.run_in_executor(None, plog.max_timestamp_offset)
                         if found is not None:
                             resp.offset, resp.timestamp = found
                     elif ts < 0:
@@ -89,8 +92,8 @@ def register(d: Dispatcher, broker: Broker) -> None:
                         found = None
                         if tier is not None:
                             found = await tier.offset_for_timestamp(p, ts)
-                        if found is None:
-                            found = plog.offset_for_timestamp(ts)
+                        if found is None:  # a time-index lookup and a segment scan
+                            found = await loop.run_in_executor(None, plog.offset_for_timestamp, ts)
                         if found is not None:
                             offset, stamp = found
                             upper = plog.last_stable_offset if committed else plog.high_watermark

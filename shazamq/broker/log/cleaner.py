@@ -29,35 +29,49 @@ thread, while the log keeps serving appends and reads. One pass:
    (``.cleaned`` -> ``.swap`` -> final name, old files ``.deleted``) by
    :meth:`PartitionLog.replace_segments`; a crash at any point leaves a loadable log.
 
-Records are decoded (with :func:`~shazamq.protocol.records.iter_records`) only here.
+Steps 3 and 4 (reading, decoding and rewriting the segments: seconds of Python per GiB)
+live in :mod:`.clean_pass` and run, in the broker, in one long-lived worker process
+(spawned when a compacted log first needs cleaning, shut down with the log manager), so
+they do not hold the broker's GIL and stall its event loop. The worker gets paths and
+settings and answers a few numbers per group; this module keeps the choice of what to
+clean, the swaps and the checkpoint, under the log's own fencing. A worker that dies
+mid-pass leaves at most a ``.cleaned`` group, which is removed; the pass is abandoned
+with nothing swapped that was not complete, and the next maintenance run starts a new
+worker and cleans again.
+
+Records are decoded only in :mod:`.clean_pass`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from shazamq.protocol.records import (
-    DEFAULT_MAX_UNCOMPRESSED,
-    TIMESTAMP_LOG_APPEND_TIME,
-    BatchHeader,
-    Record,
-    RecordError,
-    build_batch,
-    decode_batch,
-    parse_header,
+from shazamq.protocol.records import DEFAULT_MAX_UNCOMPRESSED
+
+from .clean_pass import (
+    KEY_MAP_ENTRY_OVERHEAD,
+    GroupResult,
+    PassRunner,
+    PassSpec,
+    SegmentFile,
+    drop_pass,
+    run_group,
+    worker_init,
 )
-
 from .partition_log import PartitionLog
-from .segment import CLEANED_SUFFIX, INT32_MAX, LogSegment
+from .segment import CLEANED_SUFFIX, LogSegment
 
-__all__ = ["CleanerStats", "LogCleaner"]
+__all__ = ["KEY_MAP_ENTRY_OVERHEAD", "CleanerStats", "LogCleaner"]
 
-_WRITE_BUFFER = 1 << 20
-# what one key costs in the map besides its bytes: the bytes object's header, the dict
-# slot and the offset (an int), as CPython lays them out
-KEY_MAP_ENTRY_OVERHEAD = 120
 DEFAULT_DEDUPE_BUFFER_BYTES = 128 * 1024 * 1024
 
 
@@ -76,50 +90,29 @@ class CleanerStats:
     passes: int = 0
 
 
-class _Writer:
-    """Buffers rebuilt batches into a ``.cleaned`` segment, one write per megabyte."""
-
-    def __init__(self, segment: LogSegment) -> None:
-        self.segment = segment
-        self.buf = bytearray()
-        self.last_offset = -1
-        self.max_ts = -1
-        self.max_ts_offset = -1
-        self.written = 0
-
-    def add(self, batch: bytes, header: BatchHeader) -> None:
-        if header.max_timestamp > self.max_ts:
-            self.max_ts, self.max_ts_offset = header.max_timestamp, header.base_offset
-        self.buf += batch
-        self.last_offset = header.base_offset + header.last_offset_delta
-        if len(self.buf) >= _WRITE_BUFFER:
-            self.drain()
-
-    def drain(self) -> None:
-        if self.buf:
-            self.segment.append(
-                self.buf,
-                self.last_offset,
-                self.max_ts,
-                self.max_ts_offset if self.max_ts >= 0 else None,
-            )
-            self.written += len(self.buf)
-            self.buf = bytearray()
-            self.max_ts = -1
-
-
 class LogCleaner:
-    """Compacts partition logs; stateless between passes apart from tombstone horizons."""
+    """Compacts partition logs; stateless between passes apart from tombstone horizons.
+
+    With ``worker_process`` the segments are rewritten in a worker process (the broker);
+    without, on the calling thread (tests, tools): the same code and the same bytes.
+    """
 
     def __init__(
         self,
         *,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
         dedupe_buffer_bytes: int = DEFAULT_DEDUPE_BUFFER_BYTES,
+        worker_process: bool = False,
     ) -> None:
         self.max_uncompressed = max_uncompressed
         self.dedupe_buffer_bytes = dedupe_buffer_bytes
+        self.worker_process = worker_process
         self._next_horizon: dict[int, int] = {}  # id(log) -> earliest pending delete horizon
+        self._local = PassRunner()
+        self._pass_ids = itertools.count(1)
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------- selection
     def first_uncleanable_offset(self, log: PartitionLog, now_ms: int) -> int:
@@ -171,7 +164,9 @@ class LogCleaner:
     def clean(
         self, log: PartitionLog, now_ms: int | None = None, *, force: bool = False
     ) -> CleanerStats | None:
-        """Compact ``log`` if due (or ``force``); None when nothing was done."""
+        """Compact ``log`` if due (or ``force``); None when nothing was done. Blocking
+        (an executor thread); a worker process lost mid-pass raises
+        :class:`~concurrent.futures.process.BrokenProcessPool` with the log intact."""
         if now_ms is None:
             now_ms = time.time_ns() // 1_000_000
         if not log.config.compact or (not force and not self.needs_cleaning(log, now_ms)):
@@ -196,6 +191,32 @@ class LogCleaner:
             self._next_horizon.pop(id(log), None)
         return stats
 
+    def _spec(self, log: PartitionLog, end: int, first_dirty: int, now_ms: int) -> PassSpec:
+        cfg = log.config
+        segs = log.segments
+        with log.lock:
+            last_batches = log.producer_state.last_batch_offsets()
+        return PassSpec(
+            pass_id=next(self._pass_ids),
+            directory=log.directory,
+            segments=tuple(
+                SegmentFile(s.base_offset, s.size, s.next_offset, tuple(s.txn_index.entries))
+                for s in segs[:-1]
+                if s.base_offset < end
+            ),
+            first_dirty=first_dirty,
+            end=end,
+            now_ms=now_ms,
+            delete_retention_ms=cfg.delete_retention_ms,
+            segment_bytes=cfg.segment_bytes,
+            index_interval_bytes=cfg.index_interval_bytes,
+            segment_index_bytes=cfg.segment_index_bytes,
+            max_uncompressed=self.max_uncompressed,
+            dedupe_buffer_bytes=self.dedupe_buffer_bytes,
+            aborted=_aborted_ranges(segs, end),
+            last_batches=last_batches,
+        )
+
     def _pass(
         self,
         log: PartitionLog,
@@ -206,257 +227,146 @@ class LogCleaner:
         pending_horizons: list[int],
     ) -> int | None:
         """One pass over ``[log start, end)`` with the key map of as much of the dirty
-        section as fits; returns where the map ended (the next pass's first dirty
-        offset), or None when a swap was refused."""
-        cfg = log.config
-        cleanable = [s for s in log.segments[:-1] if s.base_offset < end]
-        with log.lock:
-            last_batches = log.producer_state.last_batch_offsets()
-        aborted = self._aborted_ranges(log.segments, end)
-        key_map, map_end = self._build_key_map(
-            [s for s in cleanable if s.next_offset > first_dirty], aborted, first_dirty, end
-        )
-        horizon = now_ms + cfg.delete_retention_ms
+        section as fits, one group at a time; returns where the map ended (the next
+        pass's first dirty offset), or None when a swap was refused."""
+        by_base = {s.base_offset: s for s in log.segments[:-1] if s.base_offset < end}
+        spec = self._spec(log, end, first_dirty, now_ms)
         txn_has_data: dict[int, bool] = {}
-        to_clean = [s for s in cleanable if s.base_offset < map_end]
-        for group in self._groups(to_clean, cfg.segment_bytes):
-            cleaned = LogSegment(
-                log.directory,
-                group[0].base_offset,
-                index_interval_bytes=cfg.index_interval_bytes,
-                max_index_entries_bytes=cfg.segment_index_bytes,
-                suffix=CLEANED_SUFFIX,
-                new=True,
-            )
-            writer = _Writer(cleaned)
+        index = 0
+        while True:
             try:
-                for seg in group:
-                    stats.segments_in += 1
-                    stats.bytes_in += seg.size
-                    for _pos, header, batch in seg.iter_batch_bytes():
-                        out = self._clean_batch(
-                            header,
-                            batch,
-                            key_map,
-                            aborted,
-                            last_batches,
-                            txn_has_data,
-                            now_ms,
-                            horizon,
-                            stats,
-                            pending_horizons,
-                        )
-                        if out is not None:
-                            writer.add(*out)
-                    for txn in seg.txn_index.entries:
-                        cleaned.append_aborted_txn(txn)
-                writer.drain()
-                cleaned.seal()
-                cleaned.flush()
-            except BaseException:
-                cleaned.delete()
+                result = self._run(spec, index, txn_has_data)
+            except Exception:
+                _discard_cleaned(log.directory)
+                if not _still_in(log, by_base.values()):  # retention or a truncation won
+                    stats.aborted_swaps += 1
+                    return None
                 raise
-            if log.replace_segments(list(group), cleaned, now_ms=now_ms):
-                stats.segments_out += 1
-                stats.bytes_out += writer.written
-            else:
-                cleaned.delete()
-                stats.aborted_swaps += 1
+            if result.groups == 0:
+                return result.map_end
+            if not self._swap(log, spec, result, by_base, now_ms, stats, pending_horizons):
+                self._forget_pass()
                 return None
-        return map_end
+            txn_has_data = result.txn_has_data
+            index += 1
+            if index >= result.groups:
+                return result.map_end
+
+    def _swap(
+        self,
+        log: PartitionLog,
+        spec: PassSpec,
+        result: GroupResult,
+        by_base: dict[int, LogSegment],
+        now_ms: int,
+        stats: CleanerStats,
+        pending_horizons: list[int],
+    ) -> bool:
+        """Swap one cleaned group in (the files are complete and fsynced)."""
+        group = [by_base[b] for b in result.bases]
+        stats.segments_in += len(group)
+        stats.bytes_in += result.bytes_in
+        stats.records_removed += result.records_removed
+        stats.batches_removed += result.batches_removed
+        if result.next_horizon is not None:
+            pending_horizons.append(result.next_horizon)
+        cleaned = LogSegment(
+            log.directory,
+            group[0].base_offset,
+            index_interval_bytes=spec.index_interval_bytes,
+            max_index_entries_bytes=spec.segment_index_bytes,
+            suffix=CLEANED_SUFFIX,
+        )
+        if log.replace_segments(group, cleaned, now_ms=now_ms):
+            stats.segments_out += 1
+            stats.bytes_out += result.bytes_out
+            return True
+        cleaned.delete()
+        stats.aborted_swaps += 1
+        return False
 
     def forget(self, log: PartitionLog) -> None:
         self._next_horizon.pop(id(log), None)
 
-    # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def _aborted_ranges(
-        segments: Iterable[LogSegment], end: int
-    ) -> dict[int, list[tuple[int, int]]]:
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        for seg in segments:
-            for txn in seg.txn_index.entries:
-                if txn.first_offset < end:
-                    ranges.setdefault(txn.producer_id, []).append(
-                        (txn.first_offset, txn.last_offset)
-                    )
-        return ranges
-
-    @staticmethod
-    def _is_aborted(header: BatchHeader, aborted: dict[int, list[tuple[int, int]]]) -> bool:
-        if not header.is_transactional or header.is_control:
-            return False
-        spans = aborted.get(header.producer_id)
-        if not spans:
-            return False
-        offset = header.base_offset
-        return any(first <= offset <= last for first, last in spans)
-
-    def _build_key_map(
-        self,
-        segments: list[LogSegment],
-        aborted: dict[int, list[tuple[int, int]]],
-        first_dirty: int,
-        end: int,
-    ) -> tuple[dict[bytes, int], int]:
-        """key -> latest offset over the dirty batches from ``first_dirty``, whole
-        batches only, until the map's estimated size passes the dedupe buffer (at least
-        one batch is always taken). Returns the map and the offset after its last batch
-        (``end`` when every dirty batch fit)."""
-        key_map: dict[bytes, int] = {}
-        budget = self.dedupe_buffer_bytes
-        used = 0
-        for seg in segments:
-            for _pos, header, batch in seg.iter_batch_bytes():
-                if header.last_offset < first_dirty:
-                    continue
-                if header.base_offset >= end:
-                    return key_map, end
-                if used > budget:
-                    return key_map, header.base_offset
-                if header.is_control or self._is_aborted(header, aborted):
-                    continue
-                _h, records = decode_batch(batch, max_uncompressed=self.max_uncompressed)
-                base = header.base_offset
-                for record in records:
-                    key = record.key
-                    if key is not None:
-                        if key not in key_map:
-                            used += len(key) + KEY_MAP_ENTRY_OVERHEAD
-                        key_map[key] = base + record.offset_delta
-        return key_map, end
-
-    @staticmethod
-    def _groups(segments: list[LogSegment], max_bytes: int) -> list[list[LogSegment]]:
-        groups: list[list[LogSegment]] = []
-        current: list[LogSegment] = []
-        size = 0
-        for seg in segments:
-            if current and (
-                size + seg.size > max_bytes
-                or seg.next_offset - 1 - current[0].base_offset > INT32_MAX
-            ):
-                groups.append(current)
-                current, size = [], 0
-            current.append(seg)
-            size += seg.size
-        if current:
-            groups.append(current)
-        return groups
-
-    def _clean_batch(
-        self,
-        header: BatchHeader,
-        batch: bytes,
-        key_map: dict[bytes, int],
-        aborted: dict[int, list[tuple[int, int]]],
-        last_batches: dict[int, int],
-        txn_has_data: dict[int, bool],
-        now_ms: int,
-        horizon: int,
-        stats: CleanerStats,
-        pending_horizons: list[int],
-    ) -> tuple[bytes, BatchHeader] | None:
-        """The batch to write in place of ``batch`` (itself, rebuilt, or None)."""
-        pid = header.producer_id
-        horizon_passed = header.has_delete_horizon and now_ms >= header.base_timestamp
-        if header.is_control:
-            if txn_has_data.pop(pid, False):
-                return batch, header
-            if horizon_passed:
-                stats.batches_removed += 1
-                return None
-            if header.has_delete_horizon:
-                pending_horizons.append(header.base_timestamp)
-                return batch, header
-            pending_horizons.append(horizon)
-            _h, records = decode_batch(batch, max_uncompressed=self.max_uncompressed)
-            return self._rebuild(header, records, horizon)
-
-        keep_empty = pid >= 0 and last_batches.get(pid) == header.last_offset
-        if self._is_aborted(header, aborted):
-            stats.records_removed += header.records_count
-            if keep_empty:
-                return self._rebuild(header, [], None)
-            stats.batches_removed += 1
-            return None
-
+    # ---------------------------------------------------------------- worker
+    def _run(self, spec: PassSpec, index: int, txn_has_data: dict[int, bool]) -> GroupResult:
+        if not self.worker_process:
+            return self._local.run(spec, index, txn_has_data)
+        pool = self._worker_pool()
         try:
-            _h, records = decode_batch(batch, max_uncompressed=self.max_uncompressed)
-        except RecordError:
-            return batch, header  # cannot judge it: keep it as it is
-        base = header.base_offset
-        kept: list[Record] = []
-        needs_horizon = False
-        for record in records:
-            key = record.key
-            if key is None:
-                continue  # Kafka's cleaner drops keyless records of compacted topics
-            if key_map.get(key, -1) > base + record.offset_delta:
-                continue  # a later record has this key
-            if record.value is None:
-                if horizon_passed:
-                    continue
-                needs_horizon = needs_horizon or not header.has_delete_horizon
-            kept.append(record)
-        stats.records_removed += len(records) - len(kept)
-        if kept and header.is_transactional:
-            txn_has_data[pid] = True
-        if len(kept) == len(records) and not needs_horizon:
-            if header.has_delete_horizon and any(r.value is None for r in kept):
-                pending_horizons.append(header.base_timestamp)
-            return batch, header
-        if not kept:
-            if keep_empty:
-                return self._rebuild(header, [], None)
-            stats.batches_removed += 1
-            return None
-        if needs_horizon:
-            pending_horizons.append(horizon)
-            return self._rebuild(header, kept, horizon)
-        if header.has_delete_horizon:
-            if any(r.value is None for r in kept):
-                pending_horizons.append(header.base_timestamp)
-            return self._rebuild(header, kept, header.base_timestamp)
-        return self._rebuild(header, kept, None)
+            return pool.submit(run_group, spec, index, txn_has_data).result()
+        except BrokenProcessPool:
+            self._drop_pool(pool)  # the next pass starts a new worker
+            raise
 
-    @staticmethod
-    def _rebuild(
-        header: BatchHeader, kept: list[Record], horizon: int | None
-    ) -> tuple[bytes, BatchHeader]:
-        """Re-encode ``kept`` with every batch-level field of ``header`` preserved.
+    def _forget_pass(self) -> None:
+        """Free an abandoned pass's key map (kept between groups)."""
+        self._local.drop()
+        with self._pool_lock:
+            pool = self._pool
+        if pool is not None:
+            # the next pass has another id, so the worker would rebuild anyway: this
+            # only frees the map's memory now rather than then (a broken or closed pool
+            # has no map to free)
+            with contextlib.suppress(RuntimeError):
+                pool.submit(drop_pass)
 
-        With ``horizon`` the base timestamp becomes the delete horizon (bit 6 set) and
-        record timestamp deltas are rebased so absolute timestamps do not change.
-        """
-        old_base = header.base_timestamp
-        if horizon is not None:
-            new_base = horizon
-        elif kept:
-            new_base = old_base + kept[0].timestamp_delta
-        else:
-            new_base = old_base
-        records = [
-            r._replace(timestamp_delta=old_base + r.timestamp_delta - new_base) for r in kept
-        ]
-        if header.timestamp_type == TIMESTAMP_LOG_APPEND_TIME or not kept:
-            max_ts = header.max_timestamp
-        else:
-            max_ts = max(old_base + r.timestamp_delta for r in kept)
-        data = build_batch(
-            records,
-            base_offset=header.base_offset,
-            compression=header.compression,
-            timestamp_type=header.timestamp_type,
-            producer_id=header.producer_id,
-            producer_epoch=header.producer_epoch,
-            base_sequence=header.base_sequence,
-            transactional=header.is_transactional,
-            control=header.is_control,
-            partition_leader_epoch=header.partition_leader_epoch,
-            base_timestamp=new_base,
-            max_timestamp=max_ts,
-            last_offset_delta=header.last_offset_delta,
-            delete_horizon=horizon is not None,
-        )
-        return data, parse_header(data, 0)
+    def _worker_pool(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError("the log cleaner is closed")
+            if self._pool is None:
+                # spawn: a fresh interpreter, nothing of the broker's threads or locks
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=worker_init,
+                )
+            return self._pool
+
+    def _drop_pool(self, pool: ProcessPoolExecutor) -> None:
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def worker_pid(self) -> int | None:
+        """The worker process's id, None while there is none (tests, diagnostics)."""
+        with self._pool_lock:
+            pool = self._pool
+        return None if pool is None else pool.submit(os.getpid).result()
+
+    def close(self) -> None:
+        """Stop the worker process (after a pass in flight, if any)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _aborted_ranges(segments: Iterable[LogSegment], end: int) -> dict[int, list[tuple[int, int]]]:
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for seg in segments:
+        for txn in seg.txn_index.entries:
+            if txn.first_offset < end:
+                ranges.setdefault(txn.producer_id, []).append((txn.first_offset, txn.last_offset))
+    return ranges
+
+
+def _still_in(log: PartitionLog, segments: Iterable[LogSegment]) -> bool:
+    current = {id(s) for s in log.segments}
+    return not log.closed and all(id(s) in current for s in segments)
+
+
+def _discard_cleaned(directory: str) -> None:
+    """Remove ``.cleaned`` files a failed group left (only the cleaner writes them,
+    one pass per log at a time)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(CLEANED_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))

@@ -164,6 +164,7 @@ class LogManager:
         auto_high_watermark: bool = True,
         dedupe_buffer_bytes: int = DEFAULT_DEDUPE_BUFFER_BYTES,
         expected: ExpectedTopicId | None = None,
+        cleaner_process: bool = True,
     ) -> None:
         self.dirs = [os.path.normpath(os.path.abspath(d)) for d in (log_dirs or [data_dir])]
         self.data_dir = self.dirs[0]
@@ -189,8 +190,11 @@ class LogManager:
         # partition folders created since the last sync_new_dirs()
         self._new_dirs: list[str] = []
         self._expected = expected
+        # compaction's Python work runs in a worker process, off the broker's GIL
         self.cleaner = LogCleaner(
-            max_uncompressed=max_uncompressed, dedupe_buffer_bytes=dedupe_buffer_bytes
+            max_uncompressed=max_uncompressed,
+            dedupe_buffer_bytes=dedupe_buffer_bytes,
+            worker_process=cleaner_process,
         )
         self._closed = False
         for d in self.dirs:
@@ -767,3 +771,4 @@ class LogManager:
                 future.close()
             self.delete_detached()
             self._destroy_doomed(MaintenanceReport())
+        self.cleaner.close()
