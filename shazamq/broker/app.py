@@ -55,7 +55,7 @@ from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
 from .groups import GroupCoordinator
 from .groups.share_coordinator import ShareCoordinator
-from .log import LogManager, count_partition_dirs
+from .log import LogManager, count_partition_dirs, open_files
 from .log.manager import LogDirsError, check_log_dirs_in_use
 from .log.writer import LogWriter
 from .log_dir_moves import LogDirMover
@@ -233,7 +233,11 @@ class Broker:
             check_log_dirs_in_use(str(self.data_dir), partition_dirs)
         except LogDirsError as exc:
             raise ConfigError(f"broker.log_dirs: {exc}") from None
-        check_open_file_limit(count_partition_dirs(*partition_dirs))
+        open_files.BUDGET.set_limit(
+            check_open_file_limit(
+                count_partition_dirs(*partition_dirs), cfg.storage.max_open_segment_files
+            )
+        )
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
         tier_store = None
