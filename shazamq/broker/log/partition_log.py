@@ -530,7 +530,9 @@ class PartitionLog:
             orphan = stem.isdigit() and int(stem) not in known
             if orphan and ext in (INDEX_EXT, TIME_INDEX_EXT, ".txnindex"):
                 _remove(os.path.join(d, n))
-        log_start = _read_offset_checkpoint(os.path.join(d, LOG_START_FILE)) or 0
+        stored_log_start = _read_offset_checkpoint(os.path.join(d, LOG_START_FILE))
+        log_start = stored_log_start or 0
+        stored_epochs = list(self._epochs.entries)
         recovery_point = _read_offset_checkpoint(os.path.join(d, RECOVERY_POINT_FILE))
         marker_leo = _read_marker(os.path.join(d, CLEAN_SHUTDOWN_FILE)) if clean else None
         if not bases:  # a new (or emptied) partition: nothing to recover
@@ -590,11 +592,19 @@ class PartitionLog:
                 if seg is not segments[-1]:
                     seg.seal()
                 seg.write_pending_indexes()
-            # Rewritten from what recovery found, without fsync: finish_recovery makes
-            # them durable before the recovery point moves past the recovered range.
+            # Rewritten from what recovery found, without fsync, and only if it changed
+            # them (each rewrite is a create, a write and a rename): finish_recovery makes
+            # them durable, changed or not (an unchanged one may hold bytes written
+            # without fsync before the crash), before the recovery point moves.
             self._producers.take_snapshot(self._leo)
-            self._epochs.write()
-            self._write_log_start()
+            if self._epochs.entries != stored_epochs:
+                self._epochs.write()
+            else:
+                self._unsynced_files.add(self._epochs.path)
+            if self._log_start != stored_log_start:
+                self._write_log_start()
+            else:
+                self._unsynced_files.add(os.path.join(d, LOG_START_FILE))
             self._recovered = segments[limit:]
             self._recovery_point = min(recover_from or 0, self._leo)
         else:
