@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.config import BrokerConfig, ConfigError
 from shazamq.mirror.local import LocalBroker
@@ -550,7 +550,17 @@ class Broker:
             "Partitions hosted here whose log cannot be opened (see the broker log).",
         )
         storage_offline.add_metric([], len(self.partitions.offline))
-        families = [leo, start, size, conns, storage_offline]
+        segment_files = GaugeMetricFamily(
+            "shazamq_open_segment_files",
+            "Segment log files open now, at most storage.max_open_segment_files.",
+        )
+        segment_files.add_metric([], open_files.BUDGET.open_count)
+        evicted = CounterMetricFamily(
+            "shazamq_segment_file_evictions",
+            "Segment log files closed to open others within the budget (reopened on use).",
+        )
+        evicted.add_metric([], open_files.BUDGET.evictions)
+        families = [leo, start, size, conns, storage_offline, segment_files, evicted]
         if self.cluster is None:
             # On one broker a partition without a log has no leader; in a cluster the
             # node reports leaderless partitions under this name, once.
