@@ -487,7 +487,6 @@ class LogSegment:
     ) -> None:
         with memoryview(data) as view:
             n = len(view)
-            self._unsynced = True
             try:
                 written = os.write(fd, view)
                 while written < n:
@@ -496,6 +495,10 @@ class LogSegment:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
                 raise
+            finally:
+                # after the write: a sync() on another thread clears the flag before its
+                # fsync, so a write it may have missed always leaves the flag set
+                self._unsynced = True
         if size == 0:
             self._first_batch_ts = max_timestamp
         # the end offset before the size: a lock-free reader on another thread that sees
@@ -706,9 +709,9 @@ class LogSegment:
         """Cut the ``.log`` file at ``size`` bytes (the caller updates what it knows)."""
         fd = BUDGET.acquire(self)
         try:
-            self._unsynced = True
             os.ftruncate(fd, size)
         finally:
+            self._unsynced = True  # after the change, as in append
             BUDGET.release(self)
 
     @property
