@@ -70,7 +70,8 @@ class FileBudget:
         return len(self._open)
 
     def set_limit(self, limit: int) -> None:
-        """Change the limit; open logs beyond it are closed as they become unused."""
+        """Change the limit: unpinned logs beyond it are closed now, pinned ones by the
+        opens that follow."""
         with self._lock:
             self._limit = max(MIN_LIMIT, limit)
             victims = self._pick_victims()
@@ -82,11 +83,8 @@ class FileBudget:
         victims: list[int] = []
         with self._lock:
             fd = seg._fd
-            if fd >= 0:
+            if fd >= 0:  # then it is in _open: only acquire sets _fd, only _detach clears it
                 seg._pins += 1
-                # a segment whose descriptor a test or crash simulation dropped by hand
-                # is simply registered again below
-                self._open[seg] = None
                 self._open.move_to_end(seg)
                 return fd
             # Opened under the lock: a rename of the segment's files (change_suffix, also
