@@ -195,6 +195,17 @@ def metadata_ready(bootstrap: str, topics: dict[str, int], timeout: float) -> fl
     raise TimeoutError("metadata never listed every partition")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) the process has used: unlike the wall time, barely
+    moved by what else runs on a shared machine."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1.0
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -244,12 +255,14 @@ def run(
             load_before = os.getloadavg()
             b = BrokerUnderTest(data, listen_timeout=timeout)
             listening = b.started + b.startup_s
+            cpu_listening = cpu_s(b.pid)
             ready = metadata_ready(b.bootstrap, topics, timeout)
             time.sleep(settle)
             run = {
                 "listening_s": round(b.startup_s, 3),
                 "metadata_ready_s": round(ready - b.started, 3),
                 "after_listening_s": round(ready - listening, 3),
+                "cpu_s_until_listening": cpu_listening,
                 "idle_rss_mb": rss_mb(b.pid),
                 "open_fds": open_fds(b.pid),
                 "loadavg": load_before,
@@ -349,14 +362,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{', each start after kill -9' if args.kill else ''}"
     )
     header = (
-        f"{'listening s':>11} {'metadata s':>10} {'idle RSS MB':>11} {'fds':>5} "
+        f"{'listening s':>11} {'CPU s':>6} {'metadata s':>10} {'idle RSS MB':>11} {'fds':>5} "
         f"{'stop s':>7} {'load avg':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in report["runs"]:
         print(
-            f"{r['listening_s']:>11} {r['metadata_ready_s']:>10} {r['idle_rss_mb']:>11} "
+            f"{r['listening_s']:>11} {r['cpu_s_until_listening']:>6} "
+            f"{r['metadata_ready_s']:>10} {r['idle_rss_mb']:>11} "
             f"{r['open_fds']:>5} {r['stop_s']:>7} {r['loadavg'][0]:>8.2f}"
         )
     print(f"(importing the broker alone takes {report['python_import_s']} s)")

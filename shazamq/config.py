@@ -319,6 +319,20 @@ class StorageConfig(_Section):
             "cleaned in several passes.",
         ),
     ] = 134217728
+    max_open_segment_files: (
+        Annotated[
+            int,
+            Meta(
+                ge=16,
+                description="Segment log files kept open at once; the least recently used "
+                "is closed (and reopened on its next use) to open another, so idle "
+                "partitions hold no descriptor. Unset: three quarters of the process's "
+                "open-file limit (RLIMIT_NOFILE), the rest left for connections. Must "
+                "fit in that limit.",
+            ),
+        ]
+        | None
+    ) = None
 
     def effective_retention_ms(self) -> int:
         if self.retention_ms is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shazamq.config import BrokerConfig, ConfigError
 from shazamq.mirror.local import LocalBroker
@@ -55,7 +55,7 @@ from .apis import txn as txn_api
 from .cluster.metadata import MetadataStore, TopicInfo
 from .groups import GroupCoordinator
 from .groups.share_coordinator import ShareCoordinator
-from .log import LogManager, count_partition_dirs
+from .log import LogManager, count_partition_dirs, open_files
 from .log.manager import LogDirsError, check_log_dirs_in_use
 from .log.writer import LogWriter
 from .log_dir_moves import LogDirMover
@@ -233,7 +233,11 @@ class Broker:
             check_log_dirs_in_use(str(self.data_dir), partition_dirs)
         except LogDirsError as exc:
             raise ConfigError(f"broker.log_dirs: {exc}") from None
-        check_open_file_limit(count_partition_dirs(*partition_dirs))
+        open_files.BUDGET.set_limit(
+            check_open_file_limit(
+                count_partition_dirs(*partition_dirs), cfg.storage.max_open_segment_files
+            )
+        )
         self.metrics.state = BrokerState.RECOVERING
         clustered = cfg.cluster.enabled
         tier_store = None
@@ -555,7 +559,17 @@ class Broker:
             "Partitions hosted here whose log cannot be opened (see the broker log).",
         )
         storage_offline.add_metric([], len(self.partitions.offline))
-        families = [leo, start, size, conns, storage_offline]
+        segment_files = GaugeMetricFamily(
+            "shazamq_open_segment_files",
+            "Segment log files open now, at most storage.max_open_segment_files.",
+        )
+        segment_files.add_metric([], open_files.BUDGET.open_count)
+        evicted = CounterMetricFamily(
+            "shazamq_segment_file_evictions",
+            "Segment log files closed to open others within the budget (reopened on use).",
+        )
+        evicted.add_metric([], open_files.BUDGET.evictions)
+        families = [leo, start, size, conns, storage_offline, segment_files, evicted]
         if self.cluster is None:
             # On one broker a partition without a log has no leader; in a cluster the
             # node reports leaderless partitions under this name, once.

@@ -14,17 +14,19 @@ import os
 import platform
 import resource
 
+from shazamq.broker.log.open_files import derived_limit
+
 log = logging.getLogger(__name__)
 
-# open files kept for connections, internal topics and the process itself
-_HEADROOM = 1024
+# below this open-file limit a broker cannot keep even a few segments and connections open
+_MIN_NOFILE = 256
 
 
 def raise_open_file_limit() -> None:
     """Lift the soft RLIMIT_NOFILE to the hard limit.
 
-    Each partition keeps its active segment open (1,000 partitions plus the internal
-    topics pass the common 1,024 soft limit), and every client connection is one more.
+    The segment files kept open are a share of it (see ``check_open_file_limit``), and
+    every client connection needs one more.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
@@ -35,38 +37,43 @@ def raise_open_file_limit() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
-def check_open_file_limit(partitions: int) -> bool:
-    """Say clearly, before the logs open, when the open-file limit is too low for the
-    partitions on disk. Each partition keeps its active segment's log open (its two
-    indexes too while it is written), and connections need files as well. Returns
-    whether the limit looks sufficient; the broker starts either way, and partitions
-    that cannot be opened go offline while the others serve."""
+def check_open_file_limit(partitions: int, configured: int | None = None) -> int:
+    """The number of segment logs to keep open (see ``shazamq.broker.log.open_files``),
+    from ``storage.max_open_segment_files`` or the open-file limit, saying clearly, before
+    the logs open, when that limit is too low to serve at all or below the configured
+    number. Partitions beyond the budget are fine: their files are closed while idle."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return True
-    needed = partitions + _HEADROOM
-    comfortable = 3 * partitions + _HEADROOM
-    if soft < needed:
+    derived = derived_limit(soft)
+    limit = derived
+    if soft != resource.RLIM_INFINITY and soft < _MIN_NOFILE:
         log.error(
-            "the open-file limit (RLIMIT_NOFILE) is %d, too low for the %d partitions on "
-            "disk: at least %d are needed (%d to write to all of them), or partitions "
-            "will go offline and connections be refused; raise it (ulimit -n, "
+            "the open-file limit (RLIMIT_NOFILE) is %d, too low for a broker: at least %d "
+            "are needed for segment files and connections; raise it (ulimit -n, "
             "LimitNOFILE=, the container's nofile limit)",
             soft,
-            partitions,
-            needed,
-            comfortable,
+            _MIN_NOFILE,
         )
-        return False
-    if soft < comfortable:
-        log.warning(
-            "the open-file limit (RLIMIT_NOFILE) is %d for %d partitions on disk; writing "
-            "to all of them at once needs about %d",
-            soft,
+    if configured is not None:
+        if configured > derived:
+            log.error(
+                "storage.max_open_segment_files is %d, but the open-file limit "
+                "(RLIMIT_NOFILE) of %d leaves room for %d once connections have theirs: "
+                "keeping %d open; raise the limit or lower the setting",
+                configured,
+                soft,
+                derived,
+                derived,
+            )
+        else:
+            limit = configured
+    if partitions > limit:
+        log.info(
+            "%d partitions on disk and %d segment files kept open at once: the files of "
+            "idle partitions are closed and reopened on use",
             partitions,
-            comfortable,
+            limit,
         )
-    return True
+    return limit
 
 
 def tune_for_serving() -> None:

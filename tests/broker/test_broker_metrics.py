@@ -59,6 +59,9 @@ def test_metrics_follow_traffic(shared_broker, topic_name):
     assert value(m["shazamq_request_latency_seconds"], api="Produce") >= 0
     assert value(m["shazamq_broker_state"]) == 2
     assert value(m["shazamq_connections"]) >= 0
+    # the partition just written and read keeps its segment open; nothing was evicted
+    assert value(m["shazamq_open_segment_files"]) >= 1
+    assert value(m["shazamq_segment_file_evictions"]) == 0
 
 
 def test_error_metrics(shared_broker, topic_name):

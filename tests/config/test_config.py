@@ -93,6 +93,10 @@ def test_defaults_without_file():
         ("[broker]\nport = 'abc'\n", "invalid value for 'broker.port'"),
         ("[broker]\nport = 70000\n", "invalid value for 'broker.port'"),
         ("[storage]\nsegment_bytes = -1\n", "invalid value for 'storage.segment_bytes'"),
+        (
+            "[storage]\nmax_open_segment_files = 3\n",
+            "invalid value for 'storage.max_open_segment_files'",
+        ),
         ("[tiered_storage]\nenabled = true\nprovider = 'gcs'\n", "[tiered_storage.gcs]"),
         ("[tiered_storage]\nprovider = 'azure'\n", "tiered_storage.provider"),
         (

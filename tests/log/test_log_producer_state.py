@@ -30,9 +30,7 @@ from shazamq.protocol import records as r
 
 def crash(log: PartitionLog) -> None:
     for seg in log.segments:
-        if seg._fd >= 0:
-            os.close(seg._fd)
-            seg._fd = -1
+        seg.close(discard_pending=True)
     log._closed = True
 
 

@@ -23,14 +23,9 @@ def crash(log: PartitionLog) -> None:
     """Drop the log as a kill -9 would: unwritten index entries are lost, nothing is closed
     cleanly, no marker is written."""
     for seg in log.segments:
-        if seg._fd >= 0:
-            os.close(seg._fd)
-            seg._fd = -1
+        seg.close(discard_pending=True)
         for idx in (seg.offset_index, seg.time_index):
             idx._pending.clear()
-            if idx._fd >= 0:
-                os.close(idx._fd)
-                idx._fd = -1
     log._closed = True
 
 

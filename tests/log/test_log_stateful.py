@@ -25,14 +25,9 @@ CFG = LogConfig(segment_bytes=1200, index_interval_bytes=128, segment_index_byte
 
 def _crash(log: PartitionLog) -> None:
     for seg in log.segments:
-        if seg._fd >= 0:
-            os.close(seg._fd)
-            seg._fd = -1
+        seg.close(discard_pending=True)
         for idx in (seg.offset_index, seg.time_index):
             idx._pending.clear()
-            if idx._fd >= 0:
-                os.close(idx._fd)
-                idx._fd = -1
     log._closed = True
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import enum
 import os
 import random
@@ -96,6 +97,7 @@ __all__ = [
     "fsync_dir",
     "parse_partition_dir",
     "read_topic_id",
+    "sync_filesystem",
     "write_file_atomically",
 ]
 
@@ -208,6 +210,36 @@ def fsync_dir(path: str) -> None:
 
 
 _fsync_dir = fsync_dir
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs  # Linux only
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = (ctypes.c_int,)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_filesystem(path: str) -> None:
+    """Write back and commit every change on the filesystem holding ``path``: file data,
+    sizes and directory entries (``syncfs(2)``, which waits and reports write-back
+    errors since Linux 5.8; ``sync(2)`` where it is missing). What it covers is as
+    durable as after an fsync of each file and of each folder."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
 
 
 def _fsync_file(path: str) -> None:
@@ -399,6 +431,8 @@ class PartitionLog:
         self._truncations = 0
         self._jitter = 0
         self.had_clean_shutdown = False
+        # segments recovered at open whose durability finish_recovery still owes
+        self._recovered: list[LogSegment] | None = None
         # Tiered storage sets this to the offset below which every segment is durably in
         # the bucket; retention then keeps local.retention.* and never deletes above it.
         self.remote_log_end: int | None = None
@@ -419,13 +453,17 @@ class PartitionLog:
         producer_id_expiration_ms: int = 86_400_000,
         auto_high_watermark: bool = True,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+        defer_recovery_sync: bool = False,
     ) -> PartitionLog:
         """Open (creating if needed) the log in ``directory``.
 
         After a clean shutdown this reads only checkpoints, the active segment's index
         tail and the newest producer snapshot. Otherwise segments from the recovery point
         on are re-validated, a torn or corrupt tail is truncated, and indexes, leader
-        epochs and producer state are rebuilt.
+        epochs and producer state are rebuilt; then :meth:`finish_recovery` makes that
+        durable and moves the recovery point, at once, or, with
+        ``defer_recovery_sync``, when the caller calls it (after one ``syncfs`` for
+        every log it opened: see ``LogManager``).
         """
         if topic is None or partition is None:
             parsed = parse_partition_dir(os.path.basename(os.path.normpath(directory)))
@@ -443,6 +481,8 @@ class PartitionLog:
             max_uncompressed=max_uncompressed,
         )
         log._load(_as_uuid(topic_id))
+        if log.recovery_pending and not defer_recovery_sync:
+            log.finish_recovery()
         return log
 
     def _new_segment(self, base_offset: int, *, suffix: str = "", new: bool = True) -> LogSegment:
@@ -490,7 +530,9 @@ class PartitionLog:
             orphan = stem.isdigit() and int(stem) not in known
             if orphan and ext in (INDEX_EXT, TIME_INDEX_EXT, ".txnindex"):
                 _remove(os.path.join(d, n))
-        log_start = _read_offset_checkpoint(os.path.join(d, LOG_START_FILE)) or 0
+        stored_log_start = _read_offset_checkpoint(os.path.join(d, LOG_START_FILE))
+        log_start = stored_log_start or 0
+        stored_epochs = list(self._epochs.entries)
         recovery_point = _read_offset_checkpoint(os.path.join(d, RECOVERY_POINT_FILE))
         marker_leo = _read_marker(os.path.join(d, CLEAN_SHUTDOWN_FILE)) if clean else None
         if not bases:  # a new (or emptied) partition: nothing to recover
@@ -550,16 +592,72 @@ class PartitionLog:
                 if seg is not segments[-1]:
                     seg.seal()
                 seg.write_pending_indexes()
-                seg.flush()
-                # descriptors only for the active segment's log: the rest reopen on use
-                seg.release_files(keep_log=seg is segments[-1])
-            self._producers.take_snapshot(self._leo, sync=True)
-            self._epochs.write(sync=True)
-            self._write_recovery_point(self._leo)
-            self._write_log_start(sync=True, sync_dir=False)
-            _fsync_dir(d)
-        self._recovery_point = self._leo
+            # Rewritten from what recovery found, without fsync, and only if it changed
+            # them (each rewrite is a create, a write and a rename): finish_recovery makes
+            # them durable, changed or not (an unchanged one may hold bytes written
+            # without fsync before the crash), before the recovery point moves.
+            self._producers.take_snapshot(self._leo)
+            if self._epochs.entries != stored_epochs:
+                self._epochs.write()
+            else:
+                self._unsynced_files.add(self._epochs.path)
+            if self._log_start != stored_log_start:
+                self._write_log_start()
+            else:
+                self._unsynced_files.add(os.path.join(d, LOG_START_FILE))
+            self._recovered = segments[limit:]
+            self._recovery_point = min(recover_from or 0, self._leo)
+        else:
+            self._recovery_point = self._leo
+        for seg in segments:
+            # no descriptor for an idle partition: each reopens on use (see .open_files)
+            seg.release_files()
         self._jitter = self._new_jitter()
+
+    @property
+    def recovery_pending(self) -> bool:
+        """Recovered at open, and :meth:`finish_recovery` not yet run."""
+        return self._recovered is not None
+
+    def finish_recovery(self, *, synced: bool = False) -> None:
+        """Make what recovery rewrote durable, then move the recovery point to the log end.
+
+        ``synced`` says the caller has just synced the filesystem (``syncfs``) after every
+        log it opened was recovered, which covers each fsync below in one call; the
+        recovery point is then written without fsync, and the caller syncs the
+        filesystem once more (then :meth:`checkpoints_synced`). Writing it late only
+        ever keeps an older, lower recovery point on disk, which is safe: more is
+        re-validated at the next unclean start, nothing is trusted that was not synced.
+        """
+        recovered = self._recovered
+        if recovered is None:
+            return
+        with self._io_lock:
+            if not synced:
+                # The recovered segments: their bytes may be only in the page cache (the
+                # process died, not the machine), a torn tail was cut, the indexes were
+                # rebuilt; the recovery point must not pass them before they are on disk.
+                for seg in recovered:
+                    seg.sync()
+                # The snapshot at the log end, the leader epochs, the log start (and a
+                # new partition.metadata): replaced above without fsync; the recovery
+                # point trusts them, so their contents must be durable first ...
+                self._producers.sync_snapshot(self._leo)
+                self._sync_checkpoints()
+                # ... and their names: one fsync of the folder for all the renames.
+                _fsync_dir(self.directory)
+            # Without ``synced``, fsynced and its rename fsynced (two more): after this
+            # returns the start is complete and may be trusted by the next one.
+            self._write_recovery_point(self._leo, sync=not synced)
+            self._recovery_point = self._leo
+            self._recovered = None
+
+    def checkpoints_synced(self) -> None:
+        """The caller synced the filesystem after :meth:`finish_recovery`: the
+        checkpoints it left for the next flush are durable already."""
+        with self.lock:
+            self._unsynced_files.clear()
+            self._epochs.unsynced = False
 
     def _assign_epoch_from_batch(self, header: BatchHeader, _batch: memoryview) -> None:
         if header.partition_leader_epoch > self._epochs.latest_epoch:
@@ -970,7 +1068,7 @@ class PartitionLog:
             seg.truncate_to(first_offset)
         with contextlib.suppress(Exception):
             if seg.size > size:
-                os.ftruncate(seg.fileno(), size)
+                seg.truncate_file(size)
 
     def _check_timestamps(self, batches: list[tuple[int, BatchHeader]], now_ms: int) -> None:
         cfg = self._config

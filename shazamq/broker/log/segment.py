@@ -15,6 +15,11 @@ descriptors valid, which is what lets reads continue during a swap.
 Threading: the owner (``PartitionLog``) serialises appends, truncation and suffix changes
 under its partition lock. Reads and lookups may run concurrently on another thread; they
 only use ``os.pread`` and immutable snapshots of the index columns.
+
+Descriptors: the ``.log`` is opened on use through the process's open-file budget
+(:mod:`.open_files`), pinned for the one call that uses it, and closed when the budget
+needs room for a more recently used segment; nothing here keeps a descriptor number
+beyond a pinned call.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from shazamq.protocol.records import (
 )
 
 from .index import AbortedTxn, IndexCorruptError, OffsetIndex, TimeIndex, TransactionIndex
+from .open_files import BUDGET
 
 __all__ = [
     "CLEANED_SUFFIX",
@@ -96,9 +102,6 @@ class ReadSlice(NamedTuple):
     size: int
     first_offset: int
 
-    def fileno(self) -> int:
-        return self.segment.fileno()
-
     def read(self) -> bytes:
         return self.segment.read_bytes(self.position, self.size)
 
@@ -114,7 +117,10 @@ class LogSegment:
         "_max_ts",
         "_max_ts_offset",
         "_next_offset",
+        "_pins",
+        "_retired",
         "_size",
+        "_unsynced",
         "_writeback_from",
         "base_offset",
         "directory",
@@ -154,7 +160,13 @@ class LogSegment:
         self.txn_index = TransactionIndex(self._path(TXN_INDEX_EXT), new=new)
         self.offset_index.on_corrupt = self.rebuild_indexes
         self.time_index.on_corrupt = self.rebuild_indexes
+        # the open .log descriptor, or -1; owned by BUDGET (see .open_files), as are
+        # _pins (calls using it now) and _retired (closed by the owner while pinned)
         self._fd = -1
+        self._pins = 0
+        self._retired = False
+        # written (appended, truncated, recovered) since the last fsync
+        self._unsynced = new
         self._size: int | None = None
         self._next_offset: int | None = None
         self._max_ts: int | None = None
@@ -163,10 +175,9 @@ class LogSegment:
         self._bytes_since_index = 0
         self._created_ms = int(time.time() * 1000)
         self._writeback_from: int | None = None  # appended bytes not yet handed over
-        if new:
-            path = self._path(LOG_EXT)
-            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | _O_CLOEXEC
-            self._fd = os.open(path, flags, 0o644)
+        if new:  # created empty now; the descriptor comes from the budget on first use
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC
+            os.close(os.open(self._path(LOG_EXT), flags, 0o644))
             self._size = 0
             self._next_offset = base_offset
             self._max_ts = -1
@@ -183,20 +194,34 @@ class LogSegment:
     def log_path(self) -> str:
         return self._path(LOG_EXT)
 
-    def fileno(self) -> int:
-        """The ``.log`` descriptor, opened on first use."""
-        fd = self._fd
-        if fd < 0:
-            fd = os.open(self._path(LOG_EXT), os.O_RDWR | os.O_APPEND | _O_CLOEXEC)
-            self._fd = fd
-        return fd
+    def _open_log(self) -> int:
+        """Open the ``.log`` (called by the budget, under its lock)."""
+        return os.open(self._path(LOG_EXT), os.O_RDWR | os.O_APPEND | _O_CLOEXEC)
+
+    @property
+    def holds_descriptor(self) -> bool:
+        return self._fd >= 0
+
+    def _pread(self, size: int, position: int) -> bytes:
+        fd = BUDGET.acquire(self)
+        try:
+            return os.pread(fd, size, position)
+        finally:
+            BUDGET.release(self)
+
+    def _fstat(self) -> os.stat_result:
+        fd = BUDGET.acquire(self)
+        try:
+            return os.fstat(fd)
+        finally:
+            BUDGET.release(self)
 
     # --------------------------------------------------------------- properties
     @property
     def size(self) -> int:
         size = self._size
         if size is None:
-            size = os.fstat(self.fileno()).st_size
+            size = self._fstat().st_size
             self._size = size
         return size
 
@@ -230,7 +255,7 @@ class LogSegment:
 
     @property
     def last_modified_ms(self) -> int:
-        return int(os.fstat(self.fileno()).st_mtime * 1000)
+        return int(self._fstat().st_mtime * 1000)
 
     @property
     def files_loaded(self) -> bool:
@@ -280,7 +305,6 @@ class LogSegment:
         Reads in chunks and parses only headers. Raises :class:`CorruptRecordError` on a
         header whose length cannot be right or that runs past ``end``.
         """
-        fd = self.fileno()
         if end is None:
             end = self.size
         pos = start
@@ -289,7 +313,7 @@ class LogSegment:
         while pos < end:
             off = pos - chunk_start
             if off < 0 or off + HEADER_SIZE > len(chunk):
-                chunk = os.pread(fd, max(_SCAN_CHUNK, HEADER_SIZE), pos)
+                chunk = self._pread(max(_SCAN_CHUNK, HEADER_SIZE), pos)
                 chunk_start = pos
                 off = 0
                 if len(chunk) < HEADER_SIZE:
@@ -306,7 +330,6 @@ class LogSegment:
     def iter_batch_bytes(self, start: int = 0) -> Iterator[tuple[int, BatchHeader, bytes]]:
         """Yield ``(position, header, batch bytes)`` for every batch from ``start``,
         reading the file in large chunks (compaction, tests)."""
-        fd = self.fileno()
         end = self.size
         pos = start
         chunk = b""
@@ -314,7 +337,7 @@ class LogSegment:
         while pos < end:
             off = pos - chunk_start
             if off + HEADER_SIZE > len(chunk):
-                chunk = os.pread(fd, _RECOVER_CHUNK, pos)
+                chunk = self._pread(_RECOVER_CHUNK, pos)
                 chunk_start, off = pos, 0
                 if len(chunk) < HEADER_SIZE:
                     raise CorruptRecordError(f"{self.log_path}: torn batch header at {pos}")
@@ -323,7 +346,7 @@ class LogSegment:
             if header.magic != 2 or header.batch_length < MIN_BATCH_LENGTH or pos + total > end:
                 raise CorruptRecordError(f"{self.log_path}: invalid batch at {pos}")
             if off + total > len(chunk):
-                chunk = os.pread(fd, max(_RECOVER_CHUNK, total), pos)
+                chunk = self._pread(max(_RECOVER_CHUNK, total), pos)
                 chunk_start, off = pos, 0
             yield pos, header, chunk[off : off + total]
             pos += total
@@ -337,7 +360,7 @@ class LogSegment:
         return None
 
     def read_bytes(self, position: int, size: int) -> bytes:
-        data = os.pread(self.fileno(), size, position)
+        data = self._pread(size, position)
         if len(data) != size:
             raise CorruptRecordError(f"{self.log_path}: short read at {position}")
         return data
@@ -444,7 +467,24 @@ class LogSegment:
         first_offset = int.from_bytes(data[0:8], "big", signed=True)
         if last_offset - self.base_offset > INT32_MAX or first_offset < self.base_offset:
             raise ValueError(f"offsets {first_offset}..{last_offset} do not fit segment")
-        fd = self.fileno()
+        fd = BUDGET.acquire(self)
+        try:
+            self._write_at_end(
+                fd, data, size, first_offset, last_offset, max_timestamp, offset_of_max_timestamp
+            )
+        finally:
+            BUDGET.release(self)
+
+    def _write_at_end(
+        self,
+        fd: int,
+        data: bytes | bytearray | memoryview,
+        size: int,
+        first_offset: int,
+        last_offset: int,
+        max_timestamp: int,
+        offset_of_max_timestamp: int | None,
+    ) -> None:
         with memoryview(data) as view:
             n = len(view)
             try:
@@ -455,6 +495,10 @@ class LogSegment:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
                 raise
+            finally:
+                # after the write: a sync() on another thread clears the flag before its
+                # fsync, so a write it may have missed always leaves the flag set
+                self._unsynced = True
         if size == 0:
             self._first_batch_ts = max_timestamp
         # the end offset before the size: a lock-free reader on another thread that sees
@@ -535,7 +579,21 @@ class LogSegment:
         self._max_ts = -1
         self._max_ts_offset = self.base_offset
         self._first_batch_ts = None
-        fd = self.fileno()
+        # what was read back may still be only in the page cache (the process died, not
+        # the machine): the recovery point may pass it only after an fsync
+        self._unsynced = True
+        fd = BUDGET.acquire(self)
+        try:
+            return self._recover(fd, on_batch, min_offset)
+        finally:
+            BUDGET.release(self)
+
+    def _recover(
+        self,
+        fd: int,
+        on_batch: Callable[[BatchHeader, memoryview], None] | None,
+        min_offset: int | None,
+    ) -> int:
         size = os.fstat(fd).st_size
         self._size = size
         expected = self.base_offset if min_offset is None else min_offset
@@ -621,7 +679,7 @@ class LogSegment:
             return 0
         pos, header = found
         removed = self.size - pos
-        os.ftruncate(self.fileno(), pos)
+        self.truncate_file(pos)
         self._size = pos
         cut = min(offset, header.base_offset)
         self.offset_index.truncate_to_position(pos)
@@ -647,12 +705,35 @@ class LogSegment:
         self.write_pending_indexes()
         self.sync()
 
+    def truncate_file(self, size: int) -> None:
+        """Cut the ``.log`` file at ``size`` bytes (the caller updates what it knows)."""
+        fd = BUDGET.acquire(self)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            self._unsynced = True  # after the change, as in append
+            BUDGET.release(self)
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether the ``.log`` was changed since its last fsync by this process."""
+        return self._unsynced
+
     def sync(self) -> None:
-        """fsync the log and what was written of its indexes. Safe on an executor
-        thread while the owner appends, provided descriptors are only closed under the
-        owner's I/O lock (see ``PartitionLog``)."""
-        if self._fd >= 0:
-            os.fsync(self._fd)
+        """fsync the log (if this process changed it since the last fsync) and what was
+        written of its indexes. Safe on an executor thread while the owner appends: the
+        descriptor is pinned for the fsync, and the flag is cleared first so that an
+        append racing it is synced by the next call."""
+        if self._unsynced:
+            self._unsynced = False
+            fd = BUDGET.acquire(self)
+            try:
+                os.fsync(fd)
+            except BaseException:
+                self._unsynced = True
+                raise
+            finally:
+                BUDGET.release(self)
         self.offset_index.sync()
         self.time_index.sync()
         self.txn_index.flush()
@@ -661,9 +742,7 @@ class LogSegment:
         """Release the descriptors, writing buffered index entries unless told not to."""
         self.offset_index.close(discard=discard_pending)
         self.time_index.close(discard=discard_pending)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        BUDGET.close(self)
 
     def release_files(self, *, keep_log: bool = False) -> None:
         """Write buffered index entries and close the descriptors (the log's too unless
@@ -671,18 +750,14 @@ class LogSegment:
         segment (opening a log, before it is published)."""
         self.offset_index.close()
         self.time_index.close()
-        if not keep_log and self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if not keep_log:
+            BUDGET.close(self)
 
     def change_suffix(self, suffix: str) -> None:
         """Rename all files of the segment to carry ``suffix`` (open descriptors survive)."""
         if suffix == self.suffix:
             return
-        old = self.suffix
-        if os.path.exists(self._path(LOG_EXT, old)):
-            os.replace(self._path(LOG_EXT, old), self._path(LOG_EXT, suffix))
-        self.suffix = suffix
+        BUDGET.rename(self, self._path(LOG_EXT), self._path(LOG_EXT, suffix), suffix)
         self.offset_index.rename(self._path(INDEX_EXT))
         self.time_index.rename(self._path(TIME_INDEX_EXT))
         self.txn_index.rename(self._path(TXN_INDEX_EXT))
