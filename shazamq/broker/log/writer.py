@@ -19,6 +19,13 @@ How the guarantees hold:
   that call only after the bytes are written, and fetchers are woken on the loop after
   the job's results arrive; readers never see a half-written batch.
 
+Who appends here: client produce; a follower's fetched batches and a mirror's copied ones
+(``submit``); transaction markers and the coordinators' internal topics
+(``append_through``, ``InternalTopic.append``). One queue per partition for all of them,
+so their appends keep the order they were issued in. ``settled`` lets a reader that
+decides from the log end or the producer state (a follower's reconciliation, a mirror
+promotion) wait for what is queued.
+
 Cost: one hop to the pool and one back per drain, not per batch: a partition busy enough
 to have appends waiting gets all of them written by one job (measured in
 docs/performance.md). The checks that need no lock (CRCs, records, timestamps) stay on
@@ -60,7 +67,9 @@ _INLINE: ContextVar[bool] = ContextVar("shazamq_inline_appends", default=False)
 
 @contextlib.contextmanager
 def inline_appends() -> Iterator[None]:
-    """Appends made through a writer inside this block are written inline (see _INLINE)."""
+    """Appends made through a writer inside this block are written inline (see _INLINE).
+    A task created inside inherits the setting with its context: only for callers that
+    finish in one step."""
     token = _INLINE.set(True)
     try:
         yield
@@ -99,7 +108,8 @@ class LogWriter:
         inline: bool = False,
     ) -> asyncio.Future[AppendInfo]:
         """Queue an append; the future gets its :class:`AppendInfo` or its error.
-        ``inline`` writes it on the loop now unless appends are queued for the log."""
+        ``inline`` (or ``inline_appends``) writes it on the loop now unless appends are
+        queued for the log."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AppendInfo] = loop.create_future()
         queue = self._queues.get(log)

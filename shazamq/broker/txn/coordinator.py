@@ -273,7 +273,8 @@ class TransactionCoordinator:
         for meta in self.txns.values():
             self.producer_ids.ensure_above(meta.producer_id)
         self.loaded = True
-        run_now(self._recover(_now_ms(), list(self.txns.values())))
+        # awaited (not run_now): its markers may take a writer thread; nothing is served yet
+        await self._recover(_now_ms(), list(self.txns.values()))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
         log.info(
