@@ -137,6 +137,8 @@ async def replicated(cluster: ClusterNode | None, appended: Landing, timeout_s: 
         return 0
     target = appended.next_offset
     if p.log.high_watermark < target:
+        if not role.is_leader:  # moved while a writer thread wrote: its waiters were failed
+            return int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
         # registered before the high watermark is moved, so that a move all the way (an
         # ISR of this broker alone) resolves it rather than leaving it for the next append
         fut = role.wait_for_hw(target)
