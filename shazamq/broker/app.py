@@ -154,7 +154,8 @@ class Broker:
         self.metrics_port: int | None = None
         self.metadata: MetadataStore
         self.logs: LogManager
-        # client appends run here, in order per partition, off the event loop
+        # every append (clients, followers, coordinators, mirrors) runs here, in order
+        # per partition, off the event loop
         self.log_writer = LogWriter()
         self.partitions: PartitionManager
         self.groups: GroupCoordinator
@@ -283,6 +284,7 @@ class Broker:
                 )
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
+        self.partitions.writer = self.log_writer
         await loop.run_in_executor(None, self.partitions.load)
         self.log_dir_moves = LogDirMover(self.partitions)
         if tier_store is not None:

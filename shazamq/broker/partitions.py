@@ -34,6 +34,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 if TYPE_CHECKING:
     from shazamq.broker.cluster.node import ClusterNode
     from shazamq.broker.cluster.replica import ReplicaRole
+    from shazamq.broker.log.writer import LogWriter
     from shazamq.config import BrokerConfig
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,9 @@ class PartitionManager:
         # in a cluster: where replicas go and who leads; partitions are hosted as the
         # cluster's metadata assigns them, not as topics are created here
         self.cluster: ClusterNode | None = None
+        # the broker's write pool (log/writer.py): every append to a hosted log goes
+        # through it, so one partition's appends stay in order; None in a bare manager
+        self.writer: LogWriter | None = None
         # a log whose storage fails at run time goes offline here (on the event loop)
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

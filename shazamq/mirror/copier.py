@@ -8,8 +8,12 @@ transactions stay gaps and local offsets equal the source's.
 
 The position of a partition is its local log end, nothing else: the data is the
 checkpoint, so a restart (or ``kill -9``; recovery cuts a torn tail) resumes without
-duplicates or holes. The check that the topic is still a mirror and the append happen
-with no ``await`` between them, so a promotion cannot interleave with a copied append.
+duplicates or holes. The check that the topic is still a mirror and the queueing of the
+append on the broker's write pool (log/writer.py, where a roll or a large chunk is written
+off the event loop) happen with no ``await`` between them, so a promotion cannot
+interleave with a copied append; the promotion waits for the partition's queued appends
+before it reads the transactions left open. Every chunk of a fetch is in before the next
+fetch asks from the log end.
 
 A position outside the source's log (OFFSET_OUT_OF_RANGE) is resolved with ListOffsets:
 below the source's log start, the copy continues from there and the jump is counted and
@@ -43,11 +47,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shazamq.broker.cluster.client import BrokerConnectionError, ClientPool
-from shazamq.broker.log import AppendOrigin
+from shazamq.broker.log import AppendInfo, AppendOrigin
 from shazamq.broker.log.errors import LogError
+from shazamq.broker.log.writer import LogWriter, submit
 from shazamq.protocol.errors import ErrorCode, KafkaError, UnsupportedVersionError
 from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
 from shazamq.protocol.messages.offset_for_leader_epoch_request import (
@@ -128,6 +133,14 @@ class Copy:
         return (self.partition.topic, self.index)
 
 
+class _Write(NamedTuple):
+    """A copied chunk queued on the write pool (None: the answer had nothing new)."""
+
+    future: asyncio.Future[AppendInfo] | None
+    size: int
+    batches: int
+
+
 class FetchSession:
     """Copies every partition of a set that one source broker leads (a task)."""
 
@@ -146,8 +159,10 @@ class FetchSession:
         on_appended: Callable[[Partition], None] | None = None,
         producer_id_floor: Callable[[], int] | None = None,
         reserve_producer_ids: Callable[[int], Awaitable[None]] | None = None,
+        writer: LogWriter | None = None,
     ) -> None:
         self.source = source
+        self._writer = writer  # the broker's write pool; None: written on the loop
         self.leader_id = leader_id
         self._pool = pool
         self._max_bytes = max_bytes
@@ -285,11 +300,19 @@ class FetchSession:
             raise SourceError(f"Fetch error {resp.error_code}")
         now = time.time()
         index = {(c.source_topic, c.index): c for c in copies}
+        # every partition's write is queued before any is waited for (the writer threads
+        # take them side by side); all are in before the next fetch asks from the log ends
+        started: list[tuple[Copy, Any, _Write | None]] = []
         for t in resp.responses:
             for pd in t.partitions:
                 c = index.get((t.topic, pd.partition_index))
                 if c is not None and c.key in self.copies:
-                    self._apply(c, pd, now)
+                    started.append((c, pd, self._apply(c, pd)))
+        for c, pd, write in started:
+            if write is None or (write.future is not None and not await self._written(c, write)):
+                continue
+            c.problem = ""
+            c.stats.observe(c.partition.log.log_end_offset, pd.high_watermark, now)
 
     def _problem(self, c: Copy, text: str, *, error: bool = True) -> None:
         if error:
@@ -299,22 +322,23 @@ class FetchSession:
             log.warning("mirror %s: %s-%d: %s", self.source.name, c.partition.topic, c.index, text)
         c.paused_until = time.monotonic() + PAUSE_S
 
-    def _apply(self, c: Copy, pd: Any, now: float) -> None:
-        """Append one partition's answer (no await in here: see the module doc)."""
+    def _apply(self, c: Copy, pd: Any) -> _Write | None:
+        """Queue one partition's answer on the write pool (no await in here: see the
+        module doc). None when the answer was refused or deferred (nothing to observe)."""
         if not self._still_mirror(c):
             self.copies.pop(c.key, None)
-            return
+            return None
         code = pd.error_code
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             c.out_of_range = True
-            return
+            return None
         if code in _STALE:
             self._problem(c, f"source answered error {code}; refreshing metadata", error=False)
             self._on_stale()
-            return
+            return None
         if code:
             self._problem(c, f"source answered error {code}")
-            return
+            return None
         diverging = pd.diverging_epoch
         if diverging.end_offset >= 0:
             c.diverging = (
@@ -322,62 +346,82 @@ class FetchSession:
                 diverging.end_offset,
                 pd.high_watermark > diverging.end_offset,
             )
-            return
+            return None
         p = c.partition
         plog = p.log
         data = pd.records
-        if data:
-            view = memoryview(data)
-            end = plog.log_end_offset
-            start = stop = -1
-            batches = 0
-            floor = -1 if self._producer_id_floor is None else self._producer_id_floor()
-            top_producer_id = -1
-            try:
-                for pos, h in iter_batches(view, allow_partial=True):
-                    last = h.base_offset + h.last_offset_delta
-                    if last < end:
-                        continue
-                    if h.base_offset < end:
-                        if plog.log_end_offset != plog.log_start_offset or start >= 0:
-                            self._problem(
-                                c,
-                                f"source batch {h.base_offset}-{last} straddles the local end "
-                                f"{end}; the source's batches differ from the copy's",
-                            )
-                            return
-                        # an empty log positioned inside a batch (the source's log start
-                        # is mid-batch): start the log at the batch instead
-                        plog.truncate_fully_and_start_at(h.base_offset)
-                        end = h.base_offset
-                    if start < 0:
-                        start = pos
-                    stop = pos + h.size
-                    batches += 1
-                    if h.producer_id > top_producer_id:
-                        top_producer_id = h.producer_id
-                if 0 <= floor <= top_producer_id:
-                    # appended once no local producer can be given this id (refetched then)
-                    c.producer_id_above = top_producer_id
-                    return
-                if start >= 0:
-                    chunk = view[start:stop]
-                    plog.append(chunk, origin=AppendOrigin.REPLICATION)
-                    c.stats.bytes_copied += len(chunk)
-                    c.stats.batches_copied += batches
-                    c.fetch_from = None
-                    if self._on_appended is not None:
-                        self._on_appended(p)
-                    if c.start_at is not None:
-                        if plog.log_start_offset < c.start_at <= plog.high_watermark:
-                            plog.delete_records_before(c.start_at)
-                        c.start_at = None
-                    p.notify()
-            except (LogError, RecordError) as exc:
-                self._problem(c, f"cannot append copied batches: {exc}")
-                return
-        c.problem = ""
-        c.stats.observe(plog.log_end_offset, pd.high_watermark, now)
+        if not data:
+            return _Write(None, 0, 0)
+        view = memoryview(data)
+        end = plog.log_end_offset
+        start = stop = -1
+        batches = 0
+        floor = -1 if self._producer_id_floor is None else self._producer_id_floor()
+        top_producer_id = -1
+        try:
+            for pos, h in iter_batches(view, allow_partial=True):
+                last = h.base_offset + h.last_offset_delta
+                if last < end:
+                    continue
+                if h.base_offset < end:
+                    if plog.log_end_offset != plog.log_start_offset or start >= 0:
+                        self._problem(
+                            c,
+                            f"source batch {h.base_offset}-{last} straddles the local end "
+                            f"{end}; the source's batches differ from the copy's",
+                        )
+                        return None
+                    # an empty log positioned inside a batch (the source's log start
+                    # is mid-batch): start the log at the batch instead
+                    plog.truncate_fully_and_start_at(h.base_offset)
+                    end = h.base_offset
+                if start < 0:
+                    start = pos
+                stop = pos + h.size
+                batches += 1
+                if h.producer_id > top_producer_id:
+                    top_producer_id = h.producer_id
+        except (LogError, RecordError) as exc:
+            self._problem(c, f"cannot append copied batches: {exc}")
+            return None
+        if 0 <= floor <= top_producer_id:
+            # appended once no local producer can be given this id (refetched then)
+            c.producer_id_above = top_producer_id
+            return None
+        if start < 0:
+            return _Write(None, 0, 0)
+        chunk = view[start:stop]
+        future = submit(
+            self._writer,
+            plog,
+            chunk,
+            origin=AppendOrigin.REPLICATION,
+            now_ms=time.time_ns() // 1_000_000,
+        )
+        return _Write(future, len(chunk), batches)
+
+    async def _written(self, c: Copy, write: _Write) -> bool:
+        """Once the copied batches are in: count them, let the high watermark follow,
+        apply a pending log start and wake the readers. False if they were refused."""
+        p = c.partition
+        plog = p.log
+        assert write.future is not None
+        try:
+            await write.future
+        except (LogError, RecordError) as exc:
+            self._problem(c, f"cannot append copied batches: {exc}")
+            return False
+        c.stats.bytes_copied += write.size
+        c.stats.batches_copied += write.batches
+        c.fetch_from = None
+        if self._on_appended is not None:
+            self._on_appended(p)
+        if c.start_at is not None:
+            if plog.log_start_offset < c.start_at <= plog.high_watermark:
+                plog.delete_records_before(c.start_at)
+            c.start_at = None
+        p.notify()
+        return True
 
     async def _resolve_out_of_range(self, c: Copy) -> None:
         """Our position is outside the source's log: find out which way, act, and record."""

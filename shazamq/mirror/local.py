@@ -24,6 +24,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 if TYPE_CHECKING:
     from shazamq.broker.cluster.metadata import TopicInfo
     from shazamq.broker.groups import GroupCoordinator
+    from shazamq.broker.log.writer import LogWriter
     from shazamq.broker.partitions import Partition, PartitionManager
     from shazamq.broker.txn import TransactionCoordinator
 
@@ -82,6 +83,11 @@ class LocalBroker:
         cluster = self._parts.cluster
         if cluster is not None and listener in cluster.on_partition_role:
             cluster.on_partition_role.remove(listener)
+
+    @property
+    def writer(self) -> LogWriter | None:
+        """The broker's write pool, which copied appends go through."""
+        return self._parts.writer
 
     @staticmethod
     def leads(p: Partition) -> bool:
@@ -148,6 +154,11 @@ class LocalBroker:
         stable offset would stay at their first offset forever."""
         if self._txn is None:
             return []
+        writer = self.writer
+        if writer is not None:
+            # a copied append queued before the copy stopped may open a transaction: the
+            # producer state is read once it is in
+            await writer.settled(p.log)
         open_txns = [a for a in p.log.active_producers() if a.current_txn_start_offset >= 0]
         out = []
         for a in open_txns:

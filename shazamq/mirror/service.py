@@ -396,6 +396,7 @@ class SourceMirror:
                 on_appended=self.local.appended,
                 producer_id_floor=self.local.producer_id_floor,
                 reserve_producer_ids=self.local.reserve_producer_ids,
+                writer=self.local.writer,
             )
         if session.copies.get(c.key) is not c:
             session.add(c)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from shazamq.broker.groups.group import CommittedOffset
+from shazamq.broker.groups.internal_topic import run_now
 from shazamq.broker.groups.offsets_codec import GroupMetadataValue
 from shazamq.broker.groups.offsets_store import LoadedPartition, OffsetsStore
 from shazamq.broker.log import AppendOrigin, LogCleaner, LogConfig, PartitionLog
@@ -59,7 +60,9 @@ def commit(store: OffsetsStore, group: str, offsets: dict, pid: int = -1) -> lis
     """Commit ``{(topic, partition): offset}``; returns the records' offsets in the log."""
     now = int(time.time() * 1000)
     committed = {tp: CommittedOffset(o, "m", now) for tp, o in offsets.items()}
-    store.write_offsets(group, committed, producer_id=pid, producer_epoch=0 if pid >= 0 else -1)
+    run_now(
+        store.write_offsets(group, committed, producer_id=pid, producer_epoch=0 if pid >= 0 else -1)
+    )
     return [c.record_offset for c in committed.values()]
 
 

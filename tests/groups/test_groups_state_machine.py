@@ -165,7 +165,7 @@ class FakeStore:
         if self.fail is not None:
             raise self.fail
 
-    def write_offsets(self, group_id, offsets, *, producer_id=-1, producer_epoch=-1):
+    async def write_offsets(self, group_id, offsets, *, producer_id=-1, producer_epoch=-1):
         self._check()
         for c in offsets.values():
             c.record_offset = self.next_offset

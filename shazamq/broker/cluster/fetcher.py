@@ -5,7 +5,9 @@ epoch it follows under and first reconciles its log with the leader's
 (OffsetForLeaderEpoch: truncate to the end of our last epoch as the leader knows it), so a
 divergent tail written under an older leader never survives. Then ordinary Fetch requests
 carry our replica id; the leader long-polls them, treats the fetch offset as our log end,
-and answers with whole batches, which are appended with their offsets unchanged.
+and answers with whole batches, which are appended with their offsets unchanged, through
+the broker's write pool (log/writer.py): a roll or a large batch is written on a writer
+thread, and the high watermark follows only once the batches are in.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from shazamq.broker.log import AppendOrigin
+from shazamq.broker.log import AppendInfo, AppendOrigin
 from shazamq.broker.log.errors import LogError
+from shazamq.broker.log.writer import LogWriter, submit
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
 from shazamq.protocol.messages.offset_for_leader_epoch_request import (
@@ -74,6 +77,7 @@ class ReplicaFetcher:
         max_bytes: int,
         max_wait_ms: int,
         on_fetched: Callable[[Partition], None] | None = None,
+        writer: LogWriter | None = None,
     ) -> None:
         self.node_id = node_id
         self.leader_id = leader_id
@@ -81,6 +85,7 @@ class ReplicaFetcher:
         self._max_bytes = max_bytes
         self._max_wait_ms = max_wait_ms
         self._on_fetched = on_fetched
+        self._writer = writer  # the broker's write pool; None: written on the loop
         self._entries: dict[tuple[str, int], _Entry] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -146,6 +151,11 @@ class ReplicaFetcher:
 
     async def _truncate(self, client, entries: list[_Entry]) -> None:  # type: ignore[no-untyped-def]
         """Cut each log back to where it agrees with the leader's (KIP-101)."""
+        if self._writer is not None:
+            # appends queued before the role changed (as leader, or for another leader)
+            # land first: the epoch asked about and the end compared are then final
+            for e in entries:
+                await self._writer.settled(e.partition.log)
         by_topic: dict[str, list[OffsetForLeaderPartition]] = {}
         for e in entries:
             plog = e.partition.log
@@ -235,57 +245,91 @@ class ReplicaFetcher:
         )
         if resp.error_code:
             raise BrokerConnectionError(f"fetch from {self.leader_id}: error {resp.error_code}")
+        # every partition's write is queued before any is waited for, so the writer
+        # threads take them side by side; all are in before the next fetch, which asks
+        # from the log ends they moved
+        started: list[tuple[_Entry, Any, asyncio.Future[AppendInfo] | None]] = []
         for t in resp.responses:
             for pd in t.partitions:
                 e = self._entries.get((t.topic, pd.partition_index))
                 if e is None or not e.truncated:
                     continue
-                self._apply(e, pd)
+                if self._accept(e, pd):
+                    started.append((e, pd, self._write(e, pd)))
+        for e, pd, write in started:
+            await self._written(e, pd, write)
 
-    def _apply(self, e: _Entry, pd) -> None:  # type: ignore[no-untyped-def]
+    def _accept(self, e: _Entry, pd) -> bool:  # type: ignore[no-untyped-def]
+        """Whether the answer carries records (or a high watermark) to take; acts on
+        its errors otherwise."""
         p = e.partition
         plog = p.log
         code = pd.error_code
         if code in _FENCED:
             self._pause(e)
-            return
+            return False
         if pd.diverging_epoch.end_offset >= 0:
             # our log parted from the leader's (it truncated, e.g. a mirror copy cut back
             # to its source): reconcile as after a leader change
             e.truncated = False
-            return
+            return False
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             if plog.log_end_offset < pd.log_start_offset:
                 # the leader deleted what we would need next: start where it starts
                 plog.truncate_fully_and_start_at(pd.log_start_offset)
             else:
                 e.truncated = False  # reconcile again
-            return
+            return False
         if code:
             log.warning(
                 "%s-%d: fetch error %d from leader %d", p.topic, p.index, code, self.leader_id
             )
-            return
+            return False
+        return True
+
+    def _write(self, e: _Entry, pd) -> asyncio.Future[AppendInfo] | None:  # type: ignore[no-untyped-def]
+        """Queue the answer's batches past our log end on the write pool (offsets kept)."""
+        plog = e.partition.log
         data = pd.records
-        if data:
-            view = memoryview(data)
-            end = 0
-            for pos, header in iter_batches(view, allow_partial=True):
-                if header.base_offset < plog.log_end_offset:
-                    continue
-                end = pos + header.size
-            start = 0
-            for pos, header in iter_batches(view, allow_partial=True):
-                if header.base_offset >= plog.log_end_offset:
-                    start = pos
-                    break
-            if end > start:
-                try:
-                    plog.append(view[start:end], origin=AppendOrigin.REPLICATION)
-                except (LogError, RecordError) as exc:
-                    log.error("%s-%d: cannot append replicated batches: %s", p.topic, p.index, exc)
-                    e.truncated = False
-                    return
+        if not data:
+            return None
+        view = memoryview(data)
+        end = 0
+        for pos, header in iter_batches(view, allow_partial=True):
+            if header.base_offset < plog.log_end_offset:
+                continue
+            end = pos + header.size
+        start = 0
+        for pos, header in iter_batches(view, allow_partial=True):
+            if header.base_offset >= plog.log_end_offset:
+                start = pos
+                break
+        if end <= start:
+            return None
+        return submit(
+            self._writer,
+            plog,
+            view[start:end],
+            origin=AppendOrigin.REPLICATION,
+            now_ms=time.time_ns() // 1_000_000,
+        )
+
+    async def _written(  # type: ignore[no-untyped-def]
+        self, e: _Entry, pd, write: asyncio.Future[AppendInfo] | None
+    ) -> None:
+        """Once the batches are in: the high watermark and log start follow the leader's
+        (never past our log end, which moved only after the write)."""
+        p = e.partition
+        plog = p.log
+        if write is not None:
+            try:
+                await write
+            except (LogError, RecordError) as exc:
+                log.error("%s-%d: cannot append replicated batches: %s", p.topic, p.index, exc)
+                e.truncated = False
+                return
+            if self._entries.get((p.topic, p.index)) is not e:
+                return  # no longer followed like this (led here now, or re-added)
         old_hw = plog.high_watermark
         plog.high_watermark = min(pd.high_watermark, plog.log_end_offset)
         if plog.high_watermark > old_hw:

@@ -745,6 +745,7 @@ class ClusterNode:
                 pool=self.pool,
                 max_bytes=rep.replica_fetch_max_bytes,
                 max_wait_ms=rep.replica_fetch_wait_max_ms,
+                writer=self.partitions.writer,
             )
         return f
 

@@ -37,6 +37,7 @@ from . import consumer_records as cr
 from . import consumer_settings as cs
 from .assignors import ASSIGNORS, Assignment
 from .consumer_group import ConsumerGroup, ConsumerMember, MemberState
+from .internal_topic import landed
 from .offsets_store import append_error_code, commit_replication_error
 
 try:  # the parser of ``re``; its module name changed in Python 3.11
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from .coordinator import _Ownership
     from .group import Group
-    from .internal_topic import Appended
+    from .internal_topic import Landing
     from .offsets_store import LoadedPartition, OffsetsStore
 
 __all__ = [
@@ -160,7 +161,7 @@ class ConsumerGroupsMixin:
         def _key_status(self, group_id: str) -> int: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         def partition_for(self, group_id: str) -> int: ...
-        async def _replication(self, appended: Appended | None) -> int: ...
+        async def _replication(self, appended: Landing | None) -> int: ...
         def _upgrade(self, classic: Group, records: list[Record]) -> str | None: ...
         def _maybe_downgrade(self, group: ConsumerGroup, records: list[Record]) -> None: ...
 
@@ -283,7 +284,7 @@ class ConsumerGroupsMixin:
             for kind in (cr.CURRENT_ASSIGNMENT, cr.TARGET_MEMBER, cr.MEMBER_METADATA)
         ]
 
-    def _write_now(self, group_id: str, records: list[Record]) -> Appended | None:
+    def _write_now(self, group_id: str, records: list[Record]) -> Landing | None:
         if not records:
             return None
         return self.store.topic.append(self.partition_for(group_id), records)
@@ -291,7 +292,7 @@ class ConsumerGroupsMixin:
     async def _write(self, group_id: str, records: list[Record]) -> int:
         """Append the records; 0 once they are on the in-sync replicas."""
         try:
-            appended = self._write_now(group_id, records)
+            appended = await landed(self._write_now(group_id, records))
         except (LogError, RecordError, KafkaError) as exc:
             return append_error_code(exc)
         code = await self._replication(appended)

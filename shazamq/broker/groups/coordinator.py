@@ -41,7 +41,7 @@ from shazamq.protocol.records import RecordError
 from .consumer import ConsumerGroupsMixin
 from .consumer_group import ConsumerGroup
 from .group import Group, GroupState, JoinResult, Member, SyncResult
-from .internal_topic import Appended, replicated
+from .internal_topic import Appended, Landing, replicated
 from .membership import MembershipMixin
 from .mixed import MixedGroupsMixin
 from .offsets import FetchedOffset, OffsetCommit, OffsetsMixin
@@ -301,16 +301,21 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
 
     # -- replicated writes ------------------------------------------------------------
 
-    async def _replication(self, appended: Appended | None) -> int:
+    async def _replication(self, appended: Landing | None) -> int:
         """0 once the write is on the in-sync replicas (at once on a single broker)."""
         if appended is None:
             return 0
         return await replicated(self.cluster, appended, self.commit_timeout_s)
 
-    def _when_replicated(self, appended: Appended | None, then: Callable[[int], None]) -> None:
+    def _when_replicated(self, appended: Landing | None, then: Callable[[int], None]) -> None:
         """Call ``then`` with the replication result: now on a single broker, from a task
-        once the in-sync replicas answered in a cluster."""
-        if appended is None or self.cluster is None or appended.partition.replica is None:
+        once the in-sync replicas answered in a cluster (or once a write that went to a
+        writer thread is in)."""
+        if isinstance(appended, Appended) and (
+            self.cluster is None or appended.partition.replica is None
+        ):
+            appended = None
+        if appended is None:
             then(0)
             return
 

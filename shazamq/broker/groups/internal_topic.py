@@ -16,6 +16,13 @@ watermark to pass it, as Kafka's coordinators append with ``acks=all``.
 The coordinators keep one implementation for both modes: their write paths are
 coroutines that never suspend on a single broker, where :func:`run_now` drives them to
 completion synchronously for the callers that are not coroutines.
+
+Appends go through the broker's write pool (``log/writer.py``), in turn with every other
+append to the partition: a small one with nothing queued is written at once on the loop,
+anything else (a segment roll, its index trim and producer snapshot; an append queued
+behind another) on a writer thread. :meth:`InternalTopic.append` then returns a future of
+where the records landed; :func:`landed` awaits either form, so a coroutine still writes
+before it applies to memory. Under :func:`run_now` appends are written at once.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shazamq.broker.log import AppendOrigin
+from shazamq.broker.log import AppendInfo, AppendOrigin, LogError
+from shazamq.broker.log.writer import inline_appends, submit
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import (
     NO_PRODUCER_EPOCH,
@@ -51,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Appended",
     "InternalTopic",
+    "Landing",
     "ScannedBatch",
+    "landed",
     "partition_exists",
     "replicated",
     "run_now",
@@ -70,9 +80,11 @@ T = TypeVar("T")
 def run_now(coro: Coroutine[Any, Any, T]) -> T:
     """The result of a coroutine that completes without suspending (a single broker's
     write path). A coroutine that does suspend is a caller bug: it is closed, so nothing
-    after its first suspension runs, and RuntimeError is raised."""
+    after its first suspension runs, and RuntimeError is raised. Its appends are written
+    on the spot (``inline_appends``), as it cannot wait for a writer thread."""
     try:
-        coro.send(None)
+        with inline_appends():
+            coro.send(None)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     coro.close()
@@ -88,14 +100,35 @@ class Appended:
     next_offset: int  # one past the last record
 
 
-async def replicated(cluster: ClusterNode | None, appended: Appended, timeout_s: float) -> int:
+# What InternalTopic.append returns: where the records landed, or, when the append went
+# to a writer thread, the future of it (failing with the log's error)
+Landing = Appended | asyncio.Future[Appended]
+
+
+async def landed(landing: Landing | None) -> Appended | None:
+    """Where an append landed, once it has; raises the log's error. Does not suspend
+    when the append was written at once."""
+    if isinstance(landing, asyncio.Future):
+        return await landing
+    return landing
+
+
+async def replicated(cluster: ClusterNode | None, appended: Landing, timeout_s: float) -> int:
     """0 once the in-sync replicas hold ``appended``; else the error the wait ended with.
 
     REQUEST_TIMED_OUT after ``timeout_s``; NOT_LEADER_OR_FOLLOWER when leadership moved
     (the replica fails its waiters); NOT_ENOUGH_REPLICAS_AFTER_APPEND when the records are
-    in, but the ISR shrank below ``min.insync.replicas``. A single broker's append needs
-    no wait and returns 0 without suspending.
+    in, but the ISR shrank below ``min.insync.replicas``; the log's error when the append
+    was still on a writer thread and failed there. A single broker's append written at
+    once needs no wait and returns 0 without suspending.
     """
+    if isinstance(appended, asyncio.Future):
+        try:
+            appended = await appended
+        except (LogError, RecordError) as exc:
+            return int(exc.error_code)
+        except KafkaError as exc:
+            return int(exc.code)
     if cluster is None:
         return 0
     p = appended.partition
@@ -104,6 +137,8 @@ async def replicated(cluster: ClusterNode | None, appended: Appended, timeout_s:
         return 0
     target = appended.next_offset
     if p.log.high_watermark < target:
+        if not role.is_leader:  # moved while a writer thread wrote: its waiters were failed
+            return int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
         # registered before the high watermark is moved, so that a move all the way (an
         # ISR of this broker alone) resolves it rather than leaving it for the next append
         fut = role.wait_for_hw(target)
@@ -275,13 +310,15 @@ class InternalTopic:
         producer_epoch: int = NO_PRODUCER_EPOCH,
         transactional: bool = False,
         now_ms: int | None = None,
-    ) -> Appended:
-        """Append ``(key, value)`` records as one batch; returns where they landed.
+    ) -> Landing:
+        """Append ``(key, value)`` records as one batch; returns where they landed, or the
+        future of it when the write went to a writer thread (module doc).
 
-        Raises the log's ``LogError`` / ``RecordError`` (both carry ``error_code``) or
-        ``KafkaError``: the partition is missing, or, in a cluster, led elsewhere
-        (NOT_LEADER_OR_FOLLOWER) or short of in-sync replicas (NOT_ENOUGH_REPLICAS, the
-        check ``acks=all`` makes before writing).
+        Raises the log's ``LogError`` / ``RecordError`` (both carry ``error_code``; from
+        the future when the write was deferred) or ``KafkaError``: the partition is
+        missing, or, in a cluster, led elsewhere (NOT_LEADER_OR_FOLLOWER) or short of
+        in-sync replicas (NOT_ENOUGH_REPLICAS, the check ``acks=all`` makes before
+        writing). The checks and the queueing happen with no ``await`` between them.
         """
         p = self.partition(index)
         cluster = self.cluster
@@ -302,22 +339,58 @@ class InternalTopic:
         # a producer's batch starts at sequence 0, as Kafka's coordinator writes it: the log
         # checks a coordinator's append for the producer epoch only, never for sequences
         sequence = 0 if producer_id >= 0 else -1
-        batch = build_batch(
-            [Record(offset_delta=i, key=k, value=v) for i, (k, v) in enumerate(records)],
-            base_timestamp=now,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            base_sequence=sequence,
-            transactional=transactional,
+        batch = bytearray(
+            build_batch(
+                [Record(offset_delta=i, key=k, value=v) for i, (k, v) in enumerate(records)],
+                base_timestamp=now,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                base_sequence=sequence,
+                transactional=transactional,
+            )
         )
-        info = p.log.append(
-            bytearray(batch),
-            leader_epoch=p.leader_epoch,
-            now_ms=now,
+        writer = getattr(self._partitions, "writer", None)
+        if writer is None:  # a manager built alone (tests): written here, no loop needed
+            info = p.log.append(
+                batch, leader_epoch=p.leader_epoch, now_ms=now, origin=AppendOrigin.COORDINATOR
+            )
+            p.notify()
+            return Appended(p, info.base_offset, info.last_offset + 1)
+        write = submit(
+            writer,
+            p.log,
+            batch,
             origin=AppendOrigin.COORDINATOR,
+            now_ms=now,
+            leader_epoch=p.leader_epoch,
         )
+        if write.done():
+            info = write.result()  # raises the log's error
+            p.notify()
+            return Appended(p, info.base_offset, info.last_offset + 1)
+        out: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        write.add_done_callback(lambda w: self._landed(p, w, out))
+        return out
+
+    def _landed(
+        self, p: Partition, write: asyncio.Future[AppendInfo], out: asyncio.Future[Appended]
+    ) -> None:
+        """A deferred append is in (or failed): wake the readers and tell the caller. A
+        failure is logged here too, for the callers that moved on without waiting."""
+        if write.cancelled():
+            out.cancel()
+            return
+        exc = write.exception()
+        if exc is not None:
+            log.warning("%s-%d: append failed: %s", self.name, p.index, exc)
+            if not out.done():
+                out.set_exception(exc)
+                out.exception()  # logged above: no second report if no caller waits
+            return
+        info = write.result()
         p.notify()
-        return Appended(p, info.base_offset, info.last_offset + 1)
+        if not out.done():
+            out.set_result(Appended(p, info.base_offset, info.last_offset + 1))
 
     def scan(self, index: int) -> Iterator[ScannedBatch]:
         """Every batch of partition ``index`` from the log start to the log end, decoded.

@@ -40,6 +40,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from .group import Group, GroupState, JoinResult, Member, SyncResult
+from .internal_topic import landed
 from .offsets_codec import GroupMetadataValue, MemberRecord
 from .offsets_store import append_error_code, group_replication_error
 
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from shazamq.config import GroupsConfig
 
     from .coordinator import _Ownership
-    from .internal_topic import Appended
+    from .internal_topic import Landing
     from .offsets_store import OffsetsStore
 
 __all__ = ["MembershipMixin"]
@@ -82,9 +83,9 @@ class MembershipMixin:
         def _key_status(self, group_id: str) -> int: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         def _still_serving(self, group: Group, own: _Ownership | None) -> bool: ...
-        async def _replication(self, appended: Appended | None) -> int: ...
+        async def _replication(self, appended: Landing | None) -> int: ...
         def _when_replicated(
-            self, appended: Appended | None, then: Callable[[int], None]
+            self, appended: Landing | None, then: Callable[[int], None]
         ) -> None: ...
 
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -595,7 +596,7 @@ class MembershipMixin:
             own = self._ownership(group_id)
             generation = group.generation_id
             try:
-                appended = self._store_group(group, full)
+                appended = await landed(self._store_group(group, full))
             except (LogError, RecordError, KafkaError) as exc:
                 log.warning("group %s: cannot persist the assignment: %s", group_id, exc)
                 self._reset_and_propagate_assignment_error(group, append_error_code(exc))
@@ -787,7 +788,7 @@ class MembershipMixin:
 
     # -- persistence of group metadata ------------------------------------------------
 
-    def _store_group(self, group: Group, assignment: Mapping[str, bytes] | None) -> Appended | None:
+    def _store_group(self, group: Group, assignment: Mapping[str, bytes] | None) -> Landing | None:
         protocol = group.protocol_name
         members = tuple(
             MemberRecord(

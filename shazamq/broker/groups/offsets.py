@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from shazamq.config import GroupsConfig
 
     from .coordinator import _Ownership
-    from .internal_topic import Appended
+    from .internal_topic import Landing
     from .offsets_store import LoadedPartition, OffsetsStore
     from .ownership import OwnedPartitions
 
@@ -107,7 +107,7 @@ class OffsetsMixin:
         def cluster(self) -> ClusterNode | None: ...
         def _key_status(self, group_id: str) -> int: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
-        async def _replication(self, appended: Appended | None) -> int: ...
+        async def _replication(self, appended: Landing | None) -> int: ...
         def consumer_commit_error(
             self, group_id: str, member_id: str, member_epoch: int
         ) -> int | None: ...
@@ -252,7 +252,7 @@ class OffsetsMixin:
             gid = group.group_id
             own = self._ownership(gid)
             try:
-                appended = self.store.write_offsets(
+                appended = await self.store.write_offsets(
                     gid,
                     valid,
                     producer_id=producer_id,

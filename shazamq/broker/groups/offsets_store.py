@@ -24,7 +24,7 @@ from shazamq.protocol.records import CONTROL_COMMIT
 from . import consumer_records as cr
 from . import share_records as sr
 from .group import CommittedOffset
-from .internal_topic import Appended, InternalTopic
+from .internal_topic import Appended, InternalTopic, Landing, landed
 from .offsets_codec import (
     GroupMetadataKey,
     GroupMetadataValue,
@@ -170,7 +170,7 @@ class OffsetsStore:
 
     # -- writing ----------------------------------------------------------------------
 
-    def write_offsets(
+    async def write_offsets(
         self,
         group_id: str,
         offsets: dict[TopicPartition, CommittedOffset],
@@ -178,7 +178,8 @@ class OffsetsStore:
         producer_id: int = -1,
         producer_epoch: int = -1,
     ) -> Appended:
-        """Append the commits as one batch and set each one's ``record_offset``."""
+        """Append the commits as one batch and set each one's ``record_offset`` (once
+        written: through the write pool, which may take a writer thread)."""
         records = [
             (
                 encode_offset_key(group_id, topic, partition),
@@ -190,13 +191,16 @@ class OffsetsStore:
             )
             for (topic, partition), c in offsets.items()
         ]
-        appended = self.topic.append(
-            self.partition_for(group_id),
-            records,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            transactional=producer_id >= 0,
+        appended = await landed(
+            self.topic.append(
+                self.partition_for(group_id),
+                records,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                transactional=producer_id >= 0,
+            )
         )
+        assert appended is not None
         for i, committed in enumerate(offsets.values()):
             committed.record_offset = appended.base_offset + i
         return appended
@@ -209,7 +213,7 @@ class OffsetsStore:
             [(encode_offset_key(group_id, t, p), None) for t, p in tps],
         )
 
-    def write_group(self, group_id: str, value: GroupMetadataValue) -> Appended:
+    def write_group(self, group_id: str, value: GroupMetadataValue) -> Landing:
         return self.topic.append(
             self.partition_for(group_id),
             [(encode_group_key(group_id), encode_group_value(value))],

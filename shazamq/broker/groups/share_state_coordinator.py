@@ -38,7 +38,7 @@ from shazamq.broker.log import LogError
 from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
-from .internal_topic import replicated
+from .internal_topic import landed, replicated
 from .ownership import OwnedPartitions, Ownership
 from .partitioning import coordinator_partition
 from .share_partition import StateBatch
@@ -163,7 +163,7 @@ class ShareStateCoordinator:
         then take it into memory; 0 or the error."""
         value = None if snap is None else encode_snapshot(snap)
         try:
-            appended = self.store.topic.append(index, [(snapshot_key(*key), value)])
+            appended = await landed(self.store.topic.append(index, [(snapshot_key(*key), value)]))
         except (LogError, RecordError) as exc:
             return int(exc.error_code)
         except KafkaError as exc:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .internal_topic import Appended, InternalTopic
+from .internal_topic import InternalTopic, Landing
 from .share_partition import RecordState, StateBatch
 
 if TYPE_CHECKING:
@@ -225,14 +225,14 @@ class ShareStateStore:
         # one group's records share a partition, so a group is loaded and written in one place
         return self.topic.partition_for(group)
 
-    def write(self, group: str, records: list[tuple[bytes, bytes | None]]) -> Appended | None:
+    def write(self, group: str, records: list[tuple[bytes, bytes | None]]) -> Landing | None:
         if not records:
             return None
         return self.topic.append(self.partition_for(group), records)
 
     def write_snapshots(
         self, group: str, snaps: Iterable[tuple[uuid.UUID, int, Snapshot]]
-    ) -> Appended | None:
+    ) -> Landing | None:
         return self.write(
             group, [(snapshot_key(group, tid, p), encode_snapshot(s)) for tid, p, s in snaps]
         )

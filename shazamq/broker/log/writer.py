@@ -19,6 +19,13 @@ How the guarantees hold:
   that call only after the bytes are written, and fetchers are woken on the loop after
   the job's results arrive; readers never see a half-written batch.
 
+Who appends here: client produce; a follower's fetched batches and a mirror's copied ones
+(``submit``); transaction markers and the coordinators' internal topics
+(``append_through``, ``InternalTopic.append``). One queue per partition for all of them,
+so their appends keep the order they were issued in. ``settled`` lets a reader that
+decides from the log end or the producer state (a follower's reconciliation, a mirror
+promotion) wait for what is queued.
+
 Cost: one hop to the pool and one back per drain, not per batch: a partition busy enough
 to have appends waiting gets all of them written by one job (measured in
 docs/performance.md). The checks that need no lock (CRCs, records, timestamps) stay on
@@ -30,12 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections import deque
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import NamedTuple
 
-from .partition_log import AppendInfo, PartitionLog, PreparedAppend
+from .partition_log import AppendInfo, AppendOrigin, PartitionLog, PreparedAppend
 
-__all__ = ["LogWriter"]
+__all__ = ["LogWriter", "append_through", "inline_appends", "submit"]
 
 # Threads writing partitions in parallel. Writes mostly wait on the kernel, so a few more
 # than the cores keep one stalled partition from holding up the others.
@@ -48,6 +58,23 @@ WRITER_THREADS = 4
 INLINE_APPEND_BYTES = 16 * 1024
 # Appends one job takes before it hands its results back (bounds the delay of the first).
 MAX_PER_DRAIN = 64
+
+# Set while a coroutine is driven to completion synchronously (the coordinators' run_now
+# on a single broker): such a caller cannot wait for a thread, so its appends are written
+# on the calling thread, in turn with any queued for the partition.
+_INLINE: ContextVar[bool] = ContextVar("shazamq_inline_appends", default=False)
+
+
+@contextlib.contextmanager
+def inline_appends() -> Iterator[None]:
+    """Appends made through a writer inside this block are written inline (see _INLINE).
+    A task created inside inherits the setting with its context: only for callers that
+    finish in one step."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
 
 
 class _Queued(NamedTuple):
@@ -69,6 +96,8 @@ class LogWriter:
         # log -> appends waiting; present while a job for the log is in the pool
         self._queues: dict[PartitionLog, deque[_Queued]] = {}
         self._idle: asyncio.Event | None = None
+        # log -> resolved once nothing is queued for it any more (see settled)
+        self._settled: dict[PartitionLog, asyncio.Future[None]] = {}
 
     def append(
         self,
@@ -79,12 +108,15 @@ class LogWriter:
         inline: bool = False,
     ) -> asyncio.Future[AppendInfo]:
         """Queue an append; the future gets its :class:`AppendInfo` or its error.
-        ``inline`` writes it on the loop now unless appends are queued for the log."""
+        ``inline`` (or ``inline_appends``) writes it on the loop now unless appends are
+        queued for the log."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AppendInfo] = loop.create_future()
         queue = self._queues.get(log)
         if queue is None and (
-            inline or (len(prepared.data) < INLINE_APPEND_BYTES and log.append_is_light(prepared))
+            inline
+            or (len(prepared.data) < INLINE_APPEND_BYTES and log.append_is_light(prepared))
+            or _INLINE.get()
         ):
             try:
                 fut.set_result(log.append_prepared(prepared, leader_epoch=leader_epoch))
@@ -148,8 +180,21 @@ class LogWriter:
             self._submit(loop, log, queue)
             return
         del self._queues[log]
+        waiter = self._settled.pop(log, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if not self._queues and self._idle is not None:
             self._idle.set()
+
+    async def settled(self, log: PartitionLog) -> None:
+        """Return once every append queued for ``log`` so far has been written (or
+        refused): for a reader that decides from the log end or the producer state, e.g.
+        a promotion aborting the transactions a copied append may have opened."""
+        while log in self._queues:
+            waiter = self._settled.get(log)
+            if waiter is None:
+                waiter = self._settled[log] = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)
 
     @property
     def busy(self) -> bool:
@@ -170,3 +215,45 @@ class LogWriter:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+def submit(
+    writer: LogWriter | None,
+    log: PartitionLog,
+    data: bytes | bytearray | memoryview,
+    *,
+    origin: AppendOrigin,
+    now_ms: int,
+    leader_epoch: int = -1,
+) -> asyncio.Future[AppendInfo]:
+    """Check ``data`` on the loop and queue it on ``writer``, in turn with the partition's
+    other appends; without a writer (a component built alone), written at once. Every
+    error, the checks' included, comes through the future."""
+    try:
+        prepared = log.prepare_append(data, now_ms=now_ms, origin=origin)
+        if writer is not None:
+            return writer.append(log, prepared, leader_epoch)
+        info = log.append_prepared(prepared, leader_epoch=leader_epoch)
+    except Exception as exc:
+        failed: asyncio.Future[AppendInfo] = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+    done: asyncio.Future[AppendInfo] = asyncio.get_running_loop().create_future()
+    done.set_result(info)
+    return done
+
+
+async def append_through(
+    writer: LogWriter | None,
+    log: PartitionLog,
+    data: bytes | bytearray | memoryview,
+    *,
+    origin: AppendOrigin,
+    now_ms: int,
+    leader_epoch: int = -1,
+) -> AppendInfo:
+    """:func:`submit`, awaited. Does not suspend when the write happened inline, so a
+    coroutine driven synchronously (``inline_appends``) still completes in one step."""
+    if writer is None:  # nothing to queue behind: no future, so no running loop needed
+        return log.append(data, leader_epoch=leader_epoch, now_ms=now_ms, origin=origin)
+    return await submit(writer, log, data, origin=origin, now_ms=now_ms, leader_epoch=leader_epoch)

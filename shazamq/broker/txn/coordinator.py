@@ -55,6 +55,7 @@ from shazamq.broker.cluster.client import ClientPool
 from shazamq.broker.groups.internal_topic import (
     Appended,
     InternalTopic,
+    landed,
     partition_exists,
     replicated,
     run_now,
@@ -66,6 +67,7 @@ from shazamq.broker.log.errors import (
     InvalidProducerEpochError,
     TransactionCoordinatorFencedError,
 )
+from shazamq.broker.log.writer import append_through
 from shazamq.broker.tasks import cancel_all
 from shazamq.broker.topic_configs import MIRROR_SOURCE
 from shazamq.protocol.errors import ErrorCode, KafkaError
@@ -271,7 +273,8 @@ class TransactionCoordinator:
         for meta in self.txns.values():
             self.producer_ids.ensure_above(meta.producer_id)
         self.loaded = True
-        run_now(self._recover(_now_ms(), list(self.txns.values())))
+        # awaited (not run_now): its markers may take a writer thread; nothing is served yet
+        await self._recover(_now_ms(), list(self.txns.values()))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
         log.info(
@@ -490,8 +493,10 @@ class TransactionCoordinator:
         index = self.topic.partition_for(txn_id)
         own = self._owned.get(index)
         try:
-            appended = self.topic.append(
-                index, [(encode_txn_key(txn_id), encode_txn_value(meta.to_log_value()))]
+            appended = await landed(
+                self.topic.append(
+                    index, [(encode_txn_key(txn_id), encode_txn_value(meta.to_log_value()))]
+                )
             )
         except (LogError, RecordError) as exc:
             raise _StoreFailed(int(_E.COORDINATOR_NOT_AVAILABLE), str(exc)) from exc
@@ -1155,7 +1160,9 @@ class TransactionCoordinator:
                 return int(_E.NOT_ENOUGH_REPLICAS)
         p.txn_markers += 1  # counted even if refused: a verification in flight retries
         try:
-            info = self._append_marker(p, producer_id, producer_epoch, commit, coordinator_epoch)
+            info = await self._append_marker(
+                p, producer_id, producer_epoch, commit, coordinator_epoch
+            )
         except (InvalidProducerEpochError, TransactionCoordinatorFencedError) as exc:
             # a newer epoch already wrote to this partition: nothing of ours is open
             log.info("marker of producer %d in %s-%d refused: %s", producer_id, topic, index, exc)
@@ -1179,13 +1186,21 @@ class TransactionCoordinator:
         self._marker_written(topic, index, producer_id, commit, info.base_offset)
         return 0
 
-    @staticmethod
-    def _append_marker(
-        p: Partition, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int
+    async def _append_marker(
+        self,
+        p: Partition,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
     ) -> AppendInfo:
+        """The marker goes through the write pool, in turn with the partition's produce
+        appends (a roll it triggers runs on a writer thread)."""
         now = _now_ms()
         batch = build_control_batch(commit, producer_id, producer_epoch, coordinator_epoch, now)
-        return p.log.append(
+        return await append_through(
+            getattr(self.broker.partitions, "writer", None),
+            p.log,
             bytearray(batch),
             leader_epoch=p.leader_epoch,
             now_ms=now,
@@ -1353,7 +1368,7 @@ class TransactionCoordinator:
         own = self._owned.get(index)
         try:
             meta.to(TxnState.DEAD)
-            appended = self.topic.append(index, [(encode_txn_key(txn_id), None)])
+            appended = await landed(self.topic.append(index, [(encode_txn_key(txn_id), None)]))
             await self._replicated(appended, index, own)
         except (LogError, RecordError, KafkaError, _StoreFailed) as exc:
             log.warning("cannot expire transactional id %s: %s", txn_id, exc)

@@ -1,0 +1,527 @@
+"""The appends besides clients' go through the write pool too: the coordinators' internal
+topics, transaction markers, a follower's fetched batches and a mirror's copied ones.
+
+For each caller, over a real partition log: an append that is not small and light (a
+batch above the inline limit, a roll, the first append after opening) runs on a writer
+thread, never on the loop's; appends issued back to back without waiting (randomized
+sizes and counts, seeded) land in the order they were issued, at the offsets asserted;
+what the caller does after the write (the high watermark, a reload, the log end the next
+fetch starts from) sees the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from shazamq.broker.cluster.fetcher import FETCH, ReplicaFetcher, _Entry
+from shazamq.broker.groups.internal_topic import InternalTopic, landed, run_now
+from shazamq.broker.log import LogConfig, PartitionLog
+from shazamq.broker.log.partition_log import AppendOrigin
+from shazamq.broker.log.writer import INLINE_APPEND_BYTES, LogWriter
+from shazamq.broker.txn.coordinator import TransactionCoordinator
+from shazamq.mirror.copier import Copy, FetchSession
+from shazamq.mirror.stats import PartitionStats
+from shazamq.protocol.records import (
+    ATTR_CONTROL,
+    Record,
+    build_batch,
+    decode_batch,
+    iter_batches,
+)
+
+BIG = INLINE_APPEND_BYTES + 512
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, AppendOrigin, bool]]:
+    """Every locked append: (thread name, payload size, origin, whether a control batch)."""
+    seen: list[tuple[str, int, AppendOrigin, bool]] = []
+    real = PartitionLog.append_prepared
+
+    def recording(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        control = any(h.attributes & ATTR_CONTROL for _p, h in prepared.batches)
+        seen.append((threading.current_thread().name, len(prepared.data), prepared.origin, control))
+        return real(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", recording)
+    return seen
+
+
+def _values(log: PartitionLog) -> list[int]:
+    """The first four bytes of every data record's value, from the log start."""
+    out: list[int] = []
+    offset = log.log_start_offset
+    while offset < log.log_end_offset:
+        data = log.read(offset, 1 << 30, upper_bound=log.log_end_offset)
+        for pos, h in iter_batches(data):
+            offset = h.next_offset
+            if h.attributes & ATTR_CONTROL:
+                continue
+            _, records = decode_batch(data[pos : pos + h.size])
+            out.extend(int.from_bytes(r.value[:4], "big") for r in records)  # type: ignore[index]
+    return out
+
+
+def _value(i: int, size: int) -> bytes:
+    return i.to_bytes(4, "big") + b"v" * max(0, size - 4)
+
+
+class _Hosted:
+    """What the callers need of a hosted partition."""
+
+    def __init__(self, topic: str, index: int, log: PartitionLog) -> None:
+        self.topic = topic
+        self.index = index
+        self.log = log
+        self.leader_epoch = 0
+        self.replica = None
+        self.notified = 0
+
+    def notify(self) -> None:
+        self.notified += 1
+
+
+class _Partitions:
+    def __init__(self, writer: LogWriter | None, *hosted: _Hosted) -> None:
+        self.writer = writer
+        self.cluster = None
+        self._hosted = {(h.topic, h.index): h for h in hosted}
+
+    def get(self, topic: str, index: int) -> _Hosted | None:
+        return self._hosted.get((topic, index))
+
+
+def _open(
+    tmp_path: Any, name: str, segment_bytes: int = 64 * 1024, *, compact: bool = False
+) -> PartitionLog:
+    policy = ("compact",) if compact else ("delete",)
+    return PartitionLog.open(
+        str(tmp_path / name), LogConfig(segment_bytes=segment_bytes, cleanup_policy=policy)
+    )
+
+
+# -- coordinators: __consumer_offsets, __transaction_state, __share_group_state ----------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_internal_topic_appends_leave_the_loop_in_order(tmp_path, threads, seed: int) -> None:
+    """The coordinators' appends (InternalTopic.append, as the offsets, transaction and
+    share state stores make them): queued back to back, some large, with segment rolls
+    on the way; each lands where its issue order says, the large ones and the rolls on
+    a writer thread, and ``landed`` gives the offsets only once they are in the log."""
+    rng = random.Random(seed)
+    log = _open(tmp_path, "__consumer_offsets-0", compact=True)
+    writer = LogWriter()
+    hosted = _Hosted("__consumer_offsets", 0, log)
+    topic = InternalTopic(_Partitions(writer, hosted), "__consumer_offsets", 1, {})  # type: ignore[arg-type]
+    counts = [rng.randint(1, 3) for _ in range(rng.randint(20, 40))]
+    sizes = [rng.choice((40, 200, BIG)) for _ in counts]
+    loop_thread: list[str] = []
+
+    async def main() -> list[tuple[int, int]]:
+        loop_thread.append(threading.current_thread().name)
+        landings = []
+        value = 0
+        for n, size in zip(counts, sizes, strict=True):
+            records = []
+            for _ in range(n):
+                records.append((b"k%d" % value, _value(value, size // n)))
+                value += 1
+            landings.append(topic.append(0, records))  # no await between them
+        out = []
+        for landing in landings:
+            appended = await landed(landing)
+            assert appended is not None
+            # written before the caller hears where: the log holds it
+            assert log.log_end_offset >= appended.next_offset
+            out.append((appended.base_offset, appended.next_offset))
+        await writer.stop()
+        return out
+
+    placed = asyncio.run(main())
+    expected = []
+    offset = 0
+    for n in counts:
+        expected.append((offset, offset + n))
+        offset += n
+    assert placed == expected
+    assert _values(log) == list(range(offset))
+    assert len(log.segments) > 1  # rolls happened
+    assert hosted.notified == len(counts)
+    big = [t for t, size, _o, _c in threads if size >= INLINE_APPEND_BYTES]
+    assert big and all(t.startswith("log-writer") for t in big)
+    assert loop_thread[0] not in big
+    log.close()
+
+
+def test_a_coroutine_awaits_the_write_before_it_goes_on(tmp_path, threads) -> None:
+    """A coordinator's write path (``await landed(append(...))``, then memory) resumes
+    only after a write sent to a writer thread is in; under run_now the same path is
+    written on the calling thread and completes in one step."""
+    log = _open(tmp_path, "__transaction_state-0", compact=True)
+    writer = LogWriter()
+    hosted = _Hosted("__transaction_state", 0, log)
+    topic = InternalTopic(_Partitions(writer, hosted), "__transaction_state", 1, {})  # type: ignore[arg-type]
+    memory: list[tuple[int, int]] = []
+
+    async def write_then_apply(i: int, size: int) -> int:
+        appended = await landed(topic.append(0, [(b"t%d" % i, _value(i, size))]))
+        assert appended is not None
+        memory.append((i, log.log_end_offset))  # applied with the write in the log
+        return appended.base_offset
+
+    async def main() -> tuple[list[int], int]:
+        # the first append after opening removes the clean-shutdown marker: a writer job
+        offsets = await asyncio.gather(*(write_then_apply(i, BIG) for i in range(6)))
+        await writer.drain()
+        inline = run_now(write_then_apply(6, 50))
+        await writer.stop()
+        return list(offsets), inline
+
+    offsets, inline = asyncio.run(main())
+    assert offsets == list(range(6)) and inline == 6
+    # each applied to memory once its own record was in the log
+    assert [i for i, _end in memory] == list(range(7))
+    assert all(end >= i + 1 for i, end in memory)
+    assert [t.startswith("log-writer") for t, *_ in threads] == [True] * 6 + [False]
+    log.close()
+
+
+# -- transaction markers (WriteTxnMarkers and the coordinator's own) ----------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_markers_go_through_the_writer_in_turn_with_the_data(
+    tmp_path, threads, seed, monkeypatch
+) -> None:
+    """Transactional data (as produce queues it) and the COMMIT/ABORT markers the
+    coordinator writes, issued back to back while the writer thread is held: every
+    marker is queued behind the data, written on a writer thread, lands right after its
+    transaction's data, and no transaction is left open."""
+    rng = random.Random(seed)
+    release = threading.Event()
+    recording = PartitionLog.append_prepared
+
+    def held(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        if threading.current_thread().name.startswith("log-writer"):
+            release.wait(10)
+        return recording(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", held)
+    log = _open(tmp_path, "data-0", segment_bytes=1 << 20)
+    writer = LogWriter()
+    hosted = _Hosted("data", 0, log)
+    coordinator: Any = SimpleNamespace(broker=SimpleNamespace(partitions=_Partitions(writer)))
+    producers = list(range(1000, 1000 + rng.randint(4, 8)))
+    commits = {pid: rng.random() < 0.5 for pid in producers}
+
+    async def marker(pid: int) -> int:
+        info = await TransactionCoordinator._append_marker(
+            coordinator, hosted, pid, 0, commits[pid], 0
+        )
+        return info.base_offset
+
+    async def main() -> list[int]:
+        futures: list[Any] = []
+        for i, pid in enumerate(producers):
+            data = bytearray(
+                build_batch(
+                    [Record(value=_value(i, rng.choice((30, BIG))))],
+                    producer_id=pid,
+                    producer_epoch=0,
+                    base_sequence=0,
+                    transactional=True,
+                    base_timestamp=10_000,
+                )
+            )
+            futures.append(writer.append(log, log.prepare_append(data, now_ms=10_000), 0))
+            futures.append(asyncio.ensure_future(marker(pid)))
+            await asyncio.sleep(0)  # the marker's task runs up to its queued write
+        release.set()
+        results = await asyncio.gather(*futures)
+        await writer.stop()
+        return [r if isinstance(r, int) else r.base_offset for r in results]
+
+    offsets = asyncio.run(main())
+    assert offsets == list(range(2 * len(producers)))
+    assert _values(log) == list(range(len(producers)))
+    assert all(a.current_txn_start_offset < 0 for a in log.active_producers())
+    assert log.last_stable_offset == log.log_end_offset
+    markers = [t for t, _s, origin, control in threads if control]
+    assert len(markers) == len(producers)
+    assert all(t.startswith("log-writer") for t in markers)
+    log.close()
+
+
+# -- a follower's fetched batches ---------------------------------------------------------
+
+
+class _FetchClient:
+    """Answers each Fetch with the next prepared round of batches per partition."""
+
+    def __init__(self, rounds: list[dict[tuple[str, int], tuple[bytes, int]]]) -> None:
+        self.rounds = rounds
+        self.asked: list[dict[tuple[str, int], int]] = []
+
+    def best_version(self, key: int, version: int) -> int:
+        return version
+
+    async def request(self, key: int, version: int, req: Any, timeout: float) -> Any:
+        assert key == FETCH
+        self.asked.append(
+            {(t.topic, p.partition): p.fetch_offset for t in req.topics for p in t.partitions}
+        )
+        answer = self.rounds.pop(0)
+        topics: dict[str, list[Any]] = {}
+        for (topic, index), (records, hw) in answer.items():
+            topics.setdefault(topic, []).append(
+                SimpleNamespace(
+                    partition_index=index,
+                    error_code=0,
+                    diverging_epoch=SimpleNamespace(epoch=-1, end_offset=-1),
+                    records=records,
+                    high_watermark=hw,
+                    log_start_offset=0,
+                )
+            )
+        return SimpleNamespace(
+            error_code=0,
+            responses=[SimpleNamespace(topic=t, partitions=ps) for t, ps in topics.items()],
+        )
+
+
+def _leader_rounds(
+    rng: random.Random, keys: list[tuple[str, int]], n_rounds: int
+) -> tuple[list[dict[tuple[str, int], tuple[bytes, int]]], dict[tuple[str, int], int]]:
+    """Rounds of replicated batches (offsets set, as a leader sends them) per partition."""
+    ends = dict.fromkeys(keys, 0)
+    rounds = []
+    for _ in range(n_rounds):
+        answer = {}
+        for key in keys:
+            chunk = bytearray()
+            for _b in range(rng.randint(0, 3)):
+                n = rng.randint(1, 3)
+                size = rng.choice((40, 300, BIG)) // n
+                base = ends[key]
+                chunk += build_batch(
+                    [Record(offset_delta=d, value=_value(base + d, size)) for d in range(n)],
+                    base_offset=base,
+                    partition_leader_epoch=0,
+                    base_timestamp=10_000,
+                )
+                ends[key] = base + n
+            answer[key] = (bytes(chunk), ends[key])
+        rounds.append(answer)
+    return rounds, ends
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_follower_appends_leave_the_loop_in_order(tmp_path, threads, seed) -> None:
+    """A follower's fetcher over two partitions and several rounds of random batches: the
+    large ones are written on writer threads, each round's writes are in before the next
+    fetch (which asks from the log ends they moved), and the high watermark follows the
+    leader's only up to what is written."""
+    rng = random.Random(seed)
+    writer = LogWriter()
+    hosted = [_Hosted("t", i, _open(tmp_path, f"t-{i}")) for i in range(2)]
+    keys = [(h.topic, h.index) for h in hosted]
+    rounds, ends = _leader_rounds(rng, keys, rng.randint(4, 7))
+    n_rounds = len(rounds)
+    client = _FetchClient(rounds)
+    fetcher = ReplicaFetcher(
+        node_id=2,
+        leader_id=1,
+        pool=None,
+        max_bytes=1 << 20,
+        max_wait_ms=10,
+        writer=writer,  # type: ignore[arg-type]
+    )
+    entries = [_Entry(h, 0, truncated=True) for h in hosted]  # type: ignore[arg-type]
+    for e in entries:
+        fetcher._entries[(e.partition.topic, e.partition.index)] = e
+    seen_ends: list[dict[tuple[str, int], int]] = []
+
+    async def main() -> None:
+        for _ in range(n_rounds):
+            await fetcher._fetch(client, entries)
+            seen_ends.append({(h.topic, h.index): h.log.log_end_offset for h in hosted})
+            for h in hosted:
+                assert h.log.high_watermark == h.log.log_end_offset  # leader's hw = its end
+        await writer.stop()
+
+    asyncio.run(main())
+    # each fetch asked from where the previous round's writes had moved the log end
+    assert client.asked[1:] == seen_ends[:-1]
+    for h in hosted:
+        assert h.log.log_end_offset == ends[(h.topic, h.index)]
+        assert _values(h.log) == list(range(ends[(h.topic, h.index)]))
+    big = [t for t, size, origin, _c in threads if size >= INLINE_APPEND_BYTES]
+    assert big and all(t.startswith("log-writer") for t in big)
+    assert all(origin is AppendOrigin.REPLICATION for _t, _s, origin, _c in threads)
+    for h in hosted:
+        h.log.close()
+
+
+# -- a mirror's copied batches -------------------------------------------------------------
+
+
+class _Pool:
+    def __init__(self, client: _FetchClient) -> None:
+        self.client = client
+
+    async def get(self, node: int) -> _FetchClient:
+        return self.client
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mirror_appends_leave_the_loop_in_order(tmp_path, threads, seed) -> None:
+    """A mirror's fetch session over two partitions: copied batches keep the source's
+    offsets, large ones are written on writer threads, the counters and the position of
+    the next fetch follow only what is in the log, and ``on_appended`` (the high
+    watermark in a cluster) runs after each write."""
+    rng = random.Random(seed)
+    writer = LogWriter()
+    hosted = [_Hosted("m", i, _open(tmp_path, f"m-{i}")) for i in range(2)]
+    keys = [("src", h.index) for h in hosted]
+    rounds, ends = _leader_rounds(rng, keys, rng.randint(4, 7))
+    n_rounds = len(rounds)
+    client = _FetchClient(rounds)
+    after_write: list[tuple[int, int]] = []
+    session = FetchSession(
+        source=SimpleNamespace(name="src"),  # type: ignore[arg-type]
+        leader_id=1,
+        pool=_Pool(client),  # type: ignore[arg-type]
+        max_bytes=1 << 20,
+        max_wait_ms=10,
+        backoff_ms=10,
+        backoff_max_ms=10,
+        still_mirror=lambda c: True,
+        on_stale=lambda: None,
+        on_appended=lambda p: after_write.append((p.index, p.log.log_end_offset)),
+        writer=writer,
+    )
+    copies = [
+        Copy("src", h.index, h, "mark", PartitionStats("m", h.index), leader_id=1)  # type: ignore[arg-type]
+        for h in hosted
+    ]
+    for c in copies:
+        session.copies[c.key] = c
+    seen_ends: list[dict[tuple[str, int], int]] = []
+
+    async def main() -> None:
+        for _ in range(n_rounds):
+            await session._fetch(copies)
+            seen_ends.append({("src", h.index): h.log.log_end_offset for h in hosted})
+        await writer.stop()
+
+    asyncio.run(main())
+    assert client.asked[1:] == seen_ends[:-1]
+    for c, h in zip(copies, hosted, strict=True):
+        end = ends[("src", h.index)]
+        assert h.log.log_end_offset == end == c.stats.local_end
+        assert _values(h.log) == list(range(end))
+        assert c.stats.bytes_copied == sum(len(r[("src", h.index)][0]) for r in _replay(seed))
+        assert not c.problem
+    # on_appended saw each write already in the log (its end had moved)
+    assert all(end > 0 for _i, end in after_write)
+    big = [t for t, size, origin, _c in threads if size >= INLINE_APPEND_BYTES]
+    assert big and all(t.startswith("log-writer") for t in big)
+    for h in hosted:
+        h.log.close()
+
+
+def _replay(seed: int) -> list[dict[tuple[str, int], tuple[bytes, int]]]:
+    """The rounds the mirror test fetched (the same draws from the same seed)."""
+    rng = random.Random(seed)
+    rounds, _ends = _leader_rounds(rng, [("src", 0), ("src", 1)], rng.randint(4, 7))
+    return rounds
+
+
+def test_settled_returns_once_the_queued_appends_are_in(tmp_path, monkeypatch) -> None:
+    """What a follower's reconciliation and a mirror promotion wait on: with the writer
+    thread held, ``settled`` does not return; once released, every append queued for the
+    partition is in the log when it does. An idle partition answers at once."""
+    log = _open(tmp_path, "t-0")
+    other = _open(tmp_path, "t-1")
+    writer = LogWriter()
+    release = threading.Event()
+    real = PartitionLog.append_prepared
+
+    def held(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        if threading.current_thread().name.startswith("log-writer"):
+            release.wait(10)
+        return real(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", held)
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        futures = []
+        for i in range(5):
+            data = bytearray(build_batch([Record(value=_value(i, BIG))]))
+            futures.append(writer.append(log, log.prepare_append(data, now_ms=10_000), 0))
+        await writer.settled(other)  # nothing queued there: no wait
+        waiting = asyncio.ensure_future(writer.settled(log))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        seen["returned while held"] = waiting.done()
+        seen["end while held"] = log.log_end_offset
+        release.set()
+        await waiting
+        seen["end once settled"] = log.log_end_offset
+        seen["all answered"] = all(f.done() for f in futures)
+        await writer.stop()
+
+    asyncio.run(main())
+    assert seen == {
+        "returned while held": False,
+        "end while held": 0,
+        "end once settled": 5,
+        "all answered": True,
+    }
+    log.close()
+    other.close()
+
+
+def test_a_deferred_coordinator_append_that_fails_reports_its_error(tmp_path, monkeypatch) -> None:
+    """A write that failed on a writer thread: ``landed`` raises the log's error, and
+    ``replicated`` (what the synchronous paths wait on) answers its error code."""
+    from shazamq.broker.groups.internal_topic import replicated
+    from shazamq.broker.log import KafkaStorageError
+    from shazamq.protocol.errors import ErrorCode
+
+    log = _open(tmp_path, "__consumer_offsets-0", compact=True)
+    writer = LogWriter()
+    hosted = _Hosted("__consumer_offsets", 0, log)
+    topic = InternalTopic(_Partitions(writer, hosted), "__consumer_offsets", 1, {})  # type: ignore[arg-type]
+    real = PartitionLog.append_prepared
+
+    def failing(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        if threading.current_thread().name.startswith("log-writer"):
+            raise KafkaStorageError("disk gone")
+        return real(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", failing)
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        first = topic.append(0, [(b"k", _value(0, BIG))])
+        second = topic.append(0, [(b"k", _value(1, BIG))])
+        seen["deferred"] = isinstance(first, asyncio.Future)
+        with pytest.raises(KafkaStorageError):
+            await landed(first)
+        seen["code"] = await replicated(None, second, 1.0)
+        await writer.stop()
+
+    asyncio.run(main())
+    assert seen == {"deferred": True, "code": ErrorCode.KAFKA_STORAGE_ERROR}
+    assert log.log_end_offset == 0 and hosted.notified == 0
+    log.close()
