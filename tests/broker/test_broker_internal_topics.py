@@ -105,6 +105,25 @@ def test_internal_topics_created_on_first_use(broker_factory):
     c.close()
 
 
+def test_metadata_auto_creation_makes_the_internal_topic(broker_factory):
+    """A client asking Metadata to auto-create an internal topic gets the coordinator's
+    topic, internal and with its settings, as from Kafka."""
+    b = broker_factory(transactions__state_log_num_partitions=5)
+    c = RawClient(b.port)
+    md = c.request(
+        MetadataRequest(
+            topics=[MetadataRequestTopic(name="__transaction_state")],
+            allow_auto_topic_creation=True,
+        ),
+        12,
+    )
+    assert [(t.name, t.error_code, t.is_internal, len(t.partitions)) for t in md.topics] == [
+        ("__transaction_state", 0, True, 5)
+    ]
+    c.close()
+    assert topic_configs(b.bootstrap, "__transaction_state")["cleanup.policy"] == "compact"
+
+
 def test_internal_topics_have_kafkas_settings(broker_factory):
     b = broker_factory(
         groups__offsets_topic_num_partitions=3,
