@@ -189,6 +189,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
         self._revive_consumer(self.consumer_groups.values())
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
+        if not loaded:
+            log.info("group coordinator started; %s is created on first use", OFFSETS_TOPIC)
+            return
         log.info(
             "group coordinator loaded %d groups from %d partitions of %s in %.2fs",
             len(self.groups),

@@ -278,6 +278,12 @@ class TransactionCoordinator:
         run_now(self._recover(_now_ms(), list(self.txns.values())))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
+        if self.topic.needs_creation:
+            log.info(
+                "transaction coordinator started; %s is created on first use",
+                TRANSACTION_STATE_TOPIC,
+            )
+            return
         log.info(
             "transaction coordinator loaded %d transactional ids in %.2fs",
             len(self.txns),
