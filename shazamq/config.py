@@ -416,6 +416,16 @@ class GroupsConfig(_Section):
             "(group.consumer.max.heartbeat.interval.ms).",
         ),
     ] = 15000
+    consumer_max_size: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Most members a consumer-protocol group may have, classic members "
+            "of a group being upgraded included (group.consumer.max.size); a member "
+            "beyond it is refused with GROUP_MAX_SIZE_REACHED, and a classic group with "
+            "as many members is not upgraded.",
+        ),
+    ] = 2147483647
     consumer_migration_policy: Annotated[
         Literal["bidirectional", "upgrade", "downgrade", "disabled"],
         Meta(

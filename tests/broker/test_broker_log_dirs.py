@@ -121,8 +121,9 @@ def test_two_dirs_spread_move_and_restart(broker_factory, tmp_path, topic_name):
     assert got == list(enumerate(sent))
 
     b.restart()
-    assert placement(b.bootstrap) == {
-        **{k: d for k, d in where.items() if k != (topic_name, 0, False)},
+    # (the consumer's group lookup created __consumer_offsets meanwhile: not compared)
+    assert {k: d for k, d in placement(b.bootstrap).items() if k[0] == topic_name} == {
+        **{k: d for k, d in mine.items() if k != (topic_name, 0, False)},
         (topic_name, 0, False): target,
     }
     assert consume_all(b.bootstrap, topic_name, 0) == list(enumerate(sent))

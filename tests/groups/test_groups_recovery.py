@@ -38,6 +38,8 @@ async def start(data_dir: Path, **groups: int) -> Broker:
     )
     broker = Broker(config)
     await broker.start()
+    # what a client's first FindCoordinator does; the synchronous calls below need it
+    await broker.groups.create_offsets_topic()
     return broker
 
 

@@ -152,6 +152,7 @@ class FakeStore:
     """Stands in for ``__consumer_offsets``: remembers what was written."""
 
     partition_count = 4
+    needs_creation = False  # the topic "exists"
 
     def __init__(self) -> None:
         self.next_offset = 0

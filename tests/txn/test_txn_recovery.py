@@ -46,6 +46,9 @@ async def start(data_dir: Path, **transactions: int) -> Broker:
     )
     broker = Broker(config)
     await broker.start()
+    # what a client's first FindCoordinator does; the synchronous calls below need both
+    await broker.txn.topic.ensure_created()
+    await broker.groups.create_offsets_topic()
     return broker
 
 

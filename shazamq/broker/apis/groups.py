@@ -23,7 +23,9 @@ DeleteGroups 42     0-2
 OffsetDelete 47     0
 ==================  ========  ====================================================
 
-FindCoordinator names this broker on a single broker (once its coordinators loaded).
+FindCoordinator names this broker on a single broker (once its coordinators loaded); the
+first lookup of a group or transactional id creates ``__consumer_offsets`` or
+``__transaction_state`` (the share coordinator creates ``__share_group_state`` itself).
 In a cluster it names the broker leading the key's partition of ``__consumer_offsets``,
 ``__transaction_state`` or ``__share_group_state``, with the address that broker
 registered; the first lookup creates the topic, and until it exists with a leader for
@@ -32,6 +34,7 @@ that partition the answer is COORDINATOR_NOT_AVAILABLE, which clients retry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Iterable
@@ -104,6 +107,9 @@ COORDINATOR_TYPE_SHARE = 2  # a share-partition's key (FindCoordinator v6+, KIP-
 # DescribeGroups authorized operations with no authorizer: READ, DELETE, DESCRIBE.
 _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 _NOT_REQUESTED = -(2**31)
+# How long a single broker's FindCoordinator waits for the creation of an internal topic
+# it started before answering COORDINATOR_NOT_AVAILABLE (the creation goes on).
+FIRST_USE_WAIT_S = 5.0
 
 TopicPartition = tuple[str, int]
 
@@ -144,7 +150,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     # -- FindCoordinator --------------------------------------------------------------
 
-    def locate(key: str, key_type: int, version: int) -> tuple[int, str | None, int, str, int]:
+    async def locate(
+        key: str, key_type: int, version: int
+    ) -> tuple[int, str | None, int, str, int]:
         """(error, message, node id, host, port) of the coordinator of ``key``."""
         if key_type == COORDINATOR_TYPE_SHARE and version >= 6:
             # the share coordinator of a share-partition: the leader of the key's
@@ -169,6 +177,17 @@ def register(d: Dispatcher, broker: Broker) -> None:
         if cluster is None:
             if not ready:
                 return _nowhere(ErrorCode.COORDINATOR_NOT_AVAILABLE, "the coordinator is loading")
+            if topic.needs_creation and key_type != COORDINATOR_TYPE_SHARE:
+                # the first lookup creates the topic; a creation slower than this is
+                # answered as Kafka answers it, and the client's retry finds it done
+                try:
+                    done = await asyncio.wait_for(topic.created(), FIRST_USE_WAIT_S)
+                except TimeoutError:
+                    done = False
+                if not done:
+                    return _nowhere(
+                        ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic.name} is being created"
+                    )
             host, port = broker.advertised
             return 0, None, broker.node_id, host, port
         node = topic.coordinator_of(key)
@@ -188,7 +207,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
         if ctx.api_version >= 4:
             coordinators = []
             for key in req.coordinator_keys:
-                code, message, node, host, port = locate(key, key_type, ctx.api_version)
+                code, message, node, host, port = await locate(key, key_type, ctx.api_version)
                 coordinators.append(
                     Coordinator(
                         key=key,
@@ -200,7 +219,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                     )
                 )
             return FindCoordinatorResponse(coordinators=coordinators)
-        code, message, node, host, port = locate(req.key, key_type, ctx.api_version)
+        code, message, node, host, port = await locate(req.key, key_type, ctx.api_version)
         return FindCoordinatorResponse(
             error_code=code, error_message=message, node_id=node, host=host, port=port
         )

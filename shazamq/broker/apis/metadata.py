@@ -1,4 +1,8 @@
-"""Metadata: brokers, cluster id, and the topics a client asks about (auto-creating)."""
+"""Metadata: brokers, cluster id, and the topics a client asks about (auto-creating).
+
+Auto-creation of a coordinator's internal topic that a single broker has not created
+yet goes to that coordinator, which creates it with its own settings, as Kafka does.
+"""
 
 from __future__ import annotations
 
@@ -88,6 +92,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
             error_code=int(code), name=name, topic_id=topic_id, partitions=[]
         )
 
+    async def auto_create(name: str) -> TopicInfo | None:
+        for internal in (broker.groups.store.topic, broker.txn.topic):
+            if internal.name == name and internal.needs_creation:
+                return broker.metadata.get(name) if await internal.created() else None
+        return await parts.auto_create(name)
+
     async def handle(ctx: RequestContext, req: MetadataRequest) -> MetadataResponse:
         store = broker.metadata
         topics: list[MetadataResponseTopic] = []
@@ -107,7 +117,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 info = store.get(wanted.name)
                 if info is None and allow_auto and broker.config.broker.auto_create_topics:
                     try:
-                        info = await parts.auto_create(wanted.name)
+                        info = await auto_create(wanted.name)
                     except KafkaError as exc:
                         topics.append(missing(wanted.name, exc.code))
                         continue

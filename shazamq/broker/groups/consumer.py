@@ -159,6 +159,7 @@ class ConsumerGroupsMixin:
     if TYPE_CHECKING:
 
         def _key_status(self, group_id: str) -> int: ...
+        async def create_offsets_topic(self) -> None: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         def partition_for(self, group_id: str) -> int: ...
         async def _replication(self, appended: Landing | None) -> int: ...
@@ -349,6 +350,7 @@ class ConsumerGroupsMixin:
         if bad is not None:
             return bad
         gid = a.group_id
+        await self.create_offsets_topic()
         status = self._key_status(gid)
         if status:
             return _fail(status)
@@ -406,6 +408,12 @@ class ConsumerGroupsMixin:
                 records.append(self._rec_target(group, member.member_id))
             else:
                 previous = group.members.get(member_id)
+                limit = self.config.consumer_max_size
+                if previous is None and len(group.members) >= limit:
+                    return _fail(
+                        _E.GROUP_MAX_SIZE_REACHED,
+                        f"The consumer group has reached its maximum capacity of {limit} members.",
+                    )
                 if previous is not None:  # a member rejoining from scratch (it was fenced)
                     self._cancel_member_timer(previous)
                     group.remove(member_id)
@@ -565,8 +573,9 @@ class ConsumerGroupsMixin:
         self._cancel_member_timer(member)
         now = time.monotonic()
         due = member.last_heartbeat + self._member_session_ms(group, member) / 1000
-        if member.revocation_deadline is not None:
-            due = min(due, member.revocation_deadline)
+        for deadline in (member.revocation_deadline, member.sync_deadline):
+            if deadline is not None:
+                due = min(due, deadline)
         member.timer = asyncio.get_running_loop().call_later(
             max(due - now, 0.0), self._on_consumer_member_timer, group, member
         )
@@ -581,9 +590,16 @@ class ConsumerGroupsMixin:
         now = time.monotonic()
         expired = now >= member.last_heartbeat + self._member_session_ms(group, member) / 1000
         late = member.revocation_deadline is not None and now >= member.revocation_deadline
-        if not expired and not late:
+        unsynced = member.sync_deadline is not None and now >= member.sync_deadline
+        if not expired and not late and not unsynced:
             self._schedule_member_timer(group, member)
             return
+        if unsynced and not expired:
+            log.info(
+                "group %s: classic member %s sent no SyncGroup within its rebalance timeout",
+                group.group_id,
+                member.member_id,
+            )
         records = self._remove_consumer_member(group, member)
         try:
             self._write_now(group.group_id, records)

@@ -61,6 +61,8 @@ class ConsumerMember:
     # the coordinator's clocks
     last_heartbeat: float = field(default_factory=time.monotonic)
     revocation_deadline: float | None = None
+    # a classic member between its JoinGroup and its SyncGroup: removed if still there then
+    sync_deadline: float | None = None
     timer: asyncio.TimerHandle | None = None
 
     @property

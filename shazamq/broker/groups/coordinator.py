@@ -8,7 +8,10 @@ groups this broker coordinates and loading them from ``__consumer_offsets``, sto
 the administrative APIs (ListGroups, DescribeGroups, DeleteGroups) and the metrics probe.
 
 On a single broker every partition is hosted here, so every group is coordinated here:
-all of them are loaded at start, and ``loaded`` gates every request until then. In a
+all of them are loaded at start, and ``loaded`` gates every request until then. A fresh
+broker has no ``__consumer_offsets``: FindCoordinator or the first request that writes
+a group's records (JoinGroup, OffsetCommit, TxnOffsetCommit, ConsumerGroupHeartbeat)
+creates it. In a
 cluster a group belongs to the broker that leads its ``__consumer_offsets`` partition,
 as in Kafka: a partition becoming led here is loaded (COORDINATOR_LOAD_IN_PROGRESS for
 its groups meanwhile), one that stops being led here is unloaded (its groups' parked
@@ -172,10 +175,13 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
         if cluster is not None:
             self._start_in_cluster(cluster)
             return
-        await self.store.ensure()
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        loaded = await loop.run_in_executor(None, self._load_all)
+        loaded: list[LoadedPartition] = []
+        # a fresh broker has no __consumer_offsets: the first request that needs it
+        # creates it (create_offsets_topic), and there is nothing to load before that
+        if self.store.topic.exists:
+            await self.store.topic.ensure_created()
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load_all)
         for index, part in enumerate(loaded):
             self._install(index, part)
         self.loaded = True
@@ -183,6 +189,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
         self._revive_consumer(self.consumer_groups.values())
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._expiry_loop(), name="offset-expiry"))
+        if not loaded:
+            log.info("group coordinator started; %s is created on first use", OFFSETS_TOPIC)
+            return
         log.info(
             "group coordinator loaded %d groups from %d partitions of %s in %.2fs",
             len(self.groups),
@@ -213,6 +222,12 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
                 member.complete_sync(SyncResult(int(_E.NOT_COORDINATOR)))
         self._drop_consumer_groups(list(self.consumer_groups))
         self.loaded = False
+
+    async def create_offsets_topic(self) -> None:
+        """On a single broker, create ``__consumer_offsets`` before the first request that
+        writes it (one that fails to is answered COORDINATOR_NOT_AVAILABLE by the write)."""
+        if self.store.needs_creation:
+            await self.store.topic.created()
 
     def _load_all(self) -> list[LoadedPartition]:
         return [self.store.load_partition(i) for i in range(self.store.partition_count)]

@@ -7,15 +7,19 @@ partition count it already has), pick a key's partition the way Kafka does, appe
 batch of key/value records (optionally as a transactional batch of a producer, for
 TxnOffsetCommit), and scan a partition from its start to load it.
 
-On a single broker the topic is created at start with one replica and every append is
-final once it returns. In a cluster the topic is created on first need (FindCoordinator)
-with up to three replicas, a partition's records are written only by its leader, and a
-write counts once the in-sync replicas have it: :func:`replicated` waits for the high
-watermark to pass it, as Kafka's coordinators append with ``acks=all``.
+On a single broker the topic is created on first use, as Kafka does: by FindCoordinator
+or by the first request that writes it (:meth:`InternalTopic.created`), with one replica,
+so a broker whose clients never use groups or transactions carries none; once it exists
+it is replayed at every start, and every append is final once it returns. In a cluster
+the topic is created on first need (FindCoordinator) with up to three replicas, a
+partition's records are written only by its leader, and a write counts once the in-sync
+replicas have it: :func:`replicated` waits for the high watermark to pass it, as Kafka's
+coordinators append with ``acks=all``.
 
 The coordinators keep one implementation for both modes: their write paths are
-coroutines that never suspend on a single broker, where :func:`run_now` drives them to
-completion synchronously for the callers that are not coroutines.
+coroutines that never suspend on a single broker once the topic exists, where
+:func:`run_now` drives them to completion synchronously for the callers that are not
+coroutines.
 
 Appends go through the broker's write pool (``log/writer.py``), in turn with every other
 append to the partition: a small one with nothing queued is written at once on the loop,
@@ -197,6 +201,9 @@ class InternalTopic:
         self._min_isr = min_insync_replicas
         self._count = num_partitions
         self._creating: asyncio.Task[None] | None = None
+        # single broker: the topic is known to exist (created or adopted) from then on
+        self._ready = False
+        self._first_use: asyncio.Task[None] | None = None
 
     @property
     def cluster(self) -> ClusterNode | None:
@@ -211,6 +218,48 @@ class InternalTopic:
             if info is not None:
                 return info.partitions
         return self._count
+
+    @property
+    def exists(self) -> bool:
+        return self._partitions.metadata.get(self.name) is not None
+
+    @property
+    def needs_creation(self) -> bool:
+        """Single broker: the topic is not known to exist yet, so the first request that
+        needs it creates it (:meth:`created`). Always False in a cluster."""
+        return not self._ready and self.cluster is None
+
+    async def ensure_created(self) -> None:
+        """Single broker: :meth:`ensure` once. Concurrent callers share one creation, which
+        a caller cancelled meanwhile (a closed connection) does not cancel; a creation
+        that failed raises here and is tried again by the next call."""
+        if not self.needs_creation:
+            return
+        task = self._first_use
+        if task is None or task.done():  # a finished one failed: success sets _ready
+            task = asyncio.get_running_loop().create_task(
+                self._create_first(), name=f"create {self.name}"
+            )
+            self._first_use = task
+        await asyncio.shield(task)
+
+    async def _create_first(self) -> None:
+        await self.ensure()
+        self._ready = True
+
+    async def created(self) -> bool:
+        """:meth:`ensure_created` for a request: whether the topic exists now. A failure is
+        logged, and the write that follows answers it (COORDINATOR_NOT_AVAILABLE: the
+        partition is missing)."""
+        try:
+            await self.ensure_created()
+        except KafkaError as exc:
+            log.warning("cannot create %s: %s", self.name, exc)
+            return False
+        except Exception:
+            log.exception("creating %s failed", self.name)
+            return False
+        return True
 
     async def ensure(self) -> None:
         """Create the topic if it does not exist; adopt its partition count if it does.

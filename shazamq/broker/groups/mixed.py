@@ -7,7 +7,8 @@ Mixed into :class:`~.coordinator.GroupCoordinator`, after the classic
   into a consumer group (:func:`.conversion.consumer_from_classic`) when
   ``groups.consumer_migration_policy`` is ``upgrade`` or ``bidirectional``: the classic
   group's metadata record is tombstoned and the consumer group's records written in the
-  same batch, so a restart loads one or the other, never both.
+  same batch, so a restart loads one or the other, never both. A classic group with as
+  many members as ``groups.consumer_max_size`` is not upgraded.
 * **Classic members of a consumer group** keep speaking JoinGroup, SyncGroup, Heartbeat
   and LeaveGroup, and the broker drives them: a JoinGroup carries the member's
   subscription (and, from version 1 of the embedded protocol, the partitions it still
@@ -16,7 +17,12 @@ Mixed into :class:`~.coordinator.GroupCoordinator`, after the classic
   Heartbeat answers REBALANCE_IN_PROGRESS when the member must rejoin: the group epoch
   moved past its epoch, it has partitions to revoke, or partitions it waits for were
   released. A member that rejoins owning none of the partitions to revoke (eager
-  clients revoke everything before rejoining) moves on in the same JoinGroup.
+  clients revoke everything before rejoining) moves on in the same JoinGroup. A
+  SyncGroup is due within the member's rebalance timeout after each JoinGroup, or the
+  member is removed. A restarted static member (same instance id, no member id) takes
+  over its predecessor's epoch, partitions and subscription without a rebalance; the old
+  member id is FENCED_INSTANCE_ID from then on. A join that would add a member to a
+  group of ``groups.consumer_max_size`` members is GROUP_MAX_SIZE_REACHED.
 * **Downgrade**: when the last consumer-protocol member leaves and only classic members
   remain, the group becomes a classic group again (``downgrade`` or ``bidirectional``)
   and a rebalance starts so its elected leader assigns with the client-side assignor.
@@ -116,6 +122,9 @@ class MixedGroupsMixin:
             return "the migration policy does not allow upgrades"
         if classic.is_state(GroupState.DEAD):
             return "it is being deleted"
+        limit = self.config.consumer_max_size
+        if len(classic.members) >= limit:
+            return f"it has {len(classic.members)} members, groups.consumer_max_size is {limit}"
         topics = {name: info.partitions for name, info in self.broker.metadata.topics.items()}
         cg = consumer_from_classic(classic, topics)
         if cg is None:
@@ -248,25 +257,45 @@ class MixedGroupsMixin:
             rebalance_timeout_ms = session_timeout_ms
         records: list[Record] = []
         unknown = member_id == ""
+        existing_id = (
+            group.static_members.get(group_instance_id) if group_instance_id is not None else None
+        )
+        # a join that adds a member (a restarted static member replaces one instead)
+        adds = existing_id is None and member_id not in group.members
+        if adds and len(group.members) >= cfg.consumer_max_size:
+            return JoinResult(int(_E.GROUP_MAX_SIZE_REACHED), member_id)
         if unknown:
             member_id = f"{group_instance_id or client_id}-{uuid.uuid4()}"
             if require_known_member_id and group_instance_id is None:
                 return JoinResult(int(_E.MEMBER_ID_REQUIRED), member_id)
         classic_meta = ClassicMetadata(session_timeout_ms, tuple(protocols))
-        existing_id = (
-            group.static_members.get(group_instance_id) if group_instance_id is not None else None
-        )
         member = group.members.get(member_id)
-        bump = False
+        bump = replaced = False
         if existing_id is not None and existing_id != member_id:
             if not unknown:
                 return JoinResult(int(_E.FENCED_INSTANCE_ID), member_id)
+            # a static member restarted: the new instance takes over the old one's epoch,
+            # partitions and subscription (a change of which is a change like any other);
+            # the old member id is fenced from now on
             old = group.members[existing_id]
             self._cancel_member_timer(old)
-            member = ConsumerMember(member_id, instance_id=group_instance_id)
+            member = ConsumerMember(
+                member_id,
+                instance_id=group_instance_id,
+                subscribed_topic_names=old.subscribed_topic_names,
+                subscribed_topic_regex=old.subscribed_topic_regex,
+            )
             group.replace_static(old, member)
             records.extend(self._tombstones(group, old.member_id))
             records.append(self._rec_target(group, member_id))
+            replaced = True
+            log.info(
+                "group %s: static member %s replaced %s (instance id %s)",
+                group_id,
+                member_id,
+                old.member_id,
+                group_instance_id,
+            )
         elif member is None:
             # new, or back with the id MEMBER_ID_REQUIRED gave it (not kept, as in Kafka)
             member = ConsumerMember(member_id, instance_id=group_instance_id)
@@ -274,7 +303,7 @@ class MixedGroupsMixin:
             bump = True
         elif not member.is_classic:
             return JoinResult(int(_E.UNKNOWN_MEMBER_ID), member_id)
-        if member.subscribed_topic_names != sub.topics:
+        if member.subscribed_topic_names != sub.topics or member.subscribed_topic_regex:
             bump = True
         member.subscribed_topic_names = sub.topics
         member.subscribed_topic_regex = None
@@ -291,7 +320,7 @@ class MixedGroupsMixin:
             if not group.reconcile(member, set(sub.owned)):
                 break
             changed = True
-        if changed or bump:
+        if changed or bump or replaced:
             records.append(self._rec_current(group, member))
         if member.state == MemberState.UNREVOKED_PARTITIONS:
             if member.revocation_deadline is None:
@@ -306,6 +335,10 @@ class MixedGroupsMixin:
             or group.members.get(member_id) is not member
         ):
             return JoinResult(int(_E.NOT_COORDINATOR), member_id)
+        # SyncGroup is due within the rebalance timeout, or the member is removed (as
+        # Kafka's classic-member sync timeout): a client gone between the two requests
+        # must not hold its partitions for a whole session
+        member.sync_deadline = time.monotonic() + rebalance_timeout_ms / 1000
         self._schedule_member_timer(group, member)
         return JoinResult(
             0,
@@ -347,6 +380,7 @@ class MixedGroupsMixin:
         ):
             return SyncResult(int(_E.REBALANCE_IN_PROGRESS))
         member.last_heartbeat = time.monotonic()
+        member.sync_deadline = None  # the timer, when it comes, re-arms for the session
         return SyncResult(
             0,
             encode_assignment(member.assigned),

@@ -106,6 +106,7 @@ class OffsetsMixin:
         @property
         def cluster(self) -> ClusterNode | None: ...
         def _key_status(self, group_id: str) -> int: ...
+        async def create_offsets_topic(self) -> None: ...
         def _ownership(self, group_id: str) -> _Ownership | None: ...
         async def _replication(self, appended: Landing | None) -> int: ...
         def consumer_commit_error(
@@ -142,6 +143,7 @@ class OffsetsMixin:
         def all_(code: int) -> dict[TopicPartition, int]:
             return dict.fromkeys(offsets, int(code))
 
+        await self.create_offsets_topic()
         status = self._key_status(group_id)
         if status:
             return all_(status)
@@ -189,6 +191,7 @@ class OffsetsMixin:
         def all_(code: int) -> dict[TopicPartition, int]:
             return dict.fromkeys(offsets, int(code))
 
+        await self.create_offsets_topic()
         status = self._key_status(group_id)
         if status:
             return all_(status)

@@ -158,8 +158,9 @@ class OffsetsStore:
             },
         )
 
-    async def ensure(self) -> None:
-        await self.topic.ensure()
+    @property
+    def needs_creation(self) -> bool:
+        return self.topic.needs_creation
 
     @property
     def partition_count(self) -> int:

@@ -176,6 +176,15 @@ class TierManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         deadline = time.monotonic() + grace_s
+        # one last round first: a partition created since the previous one (an internal
+        # topic created on first use, moments ago) gets its uploader, and so its tail
+        # uploaded, and the bucket's cluster metadata names its topic
+        try:
+            await asyncio.wait_for(self._supervise_once(), max(grace_s, 0.001))
+        except (StoreError, TimeoutError) as exc:
+            log.warning("tier: last supervision round at stop failed: %s", exc)
+        except Exception:
+            log.exception("tier: last supervision round at stop failed")
         await asyncio.gather(
             *(u.stop(upload_tail_by=deadline) for u in list(self.uploaders.values())),
             return_exceptions=True,

@@ -16,7 +16,9 @@ in a ``__consumer_offsets`` partition makes the group coordinator apply (or drop
 offsets the transaction committed. All of this happens synchronously on the event loop:
 there is no window in which another request sees a half-ended transaction.
 
-Restart recovery: the state topic is replayed at start. A transaction found in
+On a single broker ``__transaction_state`` is created on first use (FindCoordinator or
+the first transactional InitProducerId), as Kafka does; idempotent producers never need
+it. Restart recovery: the state topic, once it exists, is replayed at start. A transaction found in
 PrepareCommit or PrepareAbort has its markers written (again: a repeated marker is
 harmless) and is completed; an Ongoing one is left to its timeout, which the periodic
 check (``transactions.abort_timed_out_check_interval_ms``) enforces by fencing the
@@ -266,10 +268,12 @@ class TransactionCoordinator:
             self._start_in_cluster(cluster)
             return
         self.producer_ids = ProducerIdAllocator(self.broker.data_dir)
-        await self.topic.ensure()
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self.txns = await loop.run_in_executor(None, self._load_all)
+        # a fresh broker has no __transaction_state: FindCoordinator or the first
+        # transactional InitProducerId creates it, and there is nothing to load before
+        if self.topic.exists:
+            await self.topic.ensure_created()
+            self.txns = await asyncio.get_running_loop().run_in_executor(None, self._load_all)
         for meta in self.txns.values():
             self.producer_ids.ensure_above(meta.producer_id)
         self.loaded = True
@@ -277,6 +281,12 @@ class TransactionCoordinator:
         await self._recover(_now_ms(), list(self.txns.values()))
         self.broker.metrics.add_probe(self._probe)
         self._tasks.append(asyncio.create_task(self._timeout_loop(), name="txn-timeouts"))
+        if self.topic.needs_creation:
+            log.info(
+                "transaction coordinator started; %s is created on first use",
+                TRANSACTION_STATE_TOPIC,
+            )
+            return
         log.info(
             "transaction coordinator loaded %d transactional ids in %.2fs",
             len(self.txns),
@@ -575,6 +585,8 @@ class TransactionCoordinator:
                 return InitProducerIdResult(int(_E.COORDINATOR_LOAD_IN_PROGRESS))
         if transactional_id == "":
             return InitProducerIdResult(int(_E.INVALID_REQUEST))
+        if self.topic.needs_creation:  # a single broker's first transactional producer
+            await self.topic.created()
         error = self.key_error(transactional_id)
         if error:
             return InitProducerIdResult(error)
@@ -778,6 +790,8 @@ class TransactionCoordinator:
         error = self._check_adding(transactional_id, producer_id, epoch)
         if error:
             return error
+        # the transaction's markers go to the group's partition of __consumer_offsets
+        await self.broker.groups.create_offsets_topic()
         index = self.broker.groups.partition_for(group_id)
         return await self._add(transactional_id, [(OFFSETS_TOPIC, index)])
 
