@@ -593,3 +593,24 @@ class KubeletLoop:
         for task in self._handling.values():
             task.cancel()
         await asyncio.to_thread(self.pods.stop_all)
+
+
+async def until(check: Any, timeout: float, what: str, kubelet: KubeletLoop) -> Any:
+    """Poll `check` (run in a thread: it may call a client) without blocking the emulator."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        kubelet.pods.check_alive(what)
+        assert not kubelet.errors, kubelet.errors
+        try:
+            last = await asyncio.to_thread(check)
+        except Exception as exc:  # a client's error is an answer too: keep polling
+            last = exc
+        else:
+            if last:
+                return last
+        await asyncio.sleep(0.5)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}; last answer: {last!r}\n"
+        f"{kubelet.pods.tails()}"
+    )

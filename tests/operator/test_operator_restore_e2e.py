@@ -29,7 +29,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, loopback_addresses, resolving_probe
+from kubelet import KubeletLoop, loopback_addresses, resolving_probe, until
 from operator_support import CLUSTERS, ROOT, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
@@ -173,26 +173,6 @@ def resume(bootstrap: str) -> tuple[dict[int, int], dict[int, list[tuple[bytes, 
         return {tp.partition: tp.offset for tp in committed}, read
     finally:
         group.close()
-
-
-async def until(check: Any, timeout: float, what: str, kubelet: KubeletLoop) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        kubelet.pods.check_alive(what)
-        assert not kubelet.errors, kubelet.errors
-        try:
-            last = await asyncio.to_thread(check)
-        except Exception as exc:  # a client's error is an answer too: keep polling
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what}; last answer: {last!r}\n"
-        f"{kubelet.pods.tails()}"
-    )
 
 
 async def test_a_deleted_cluster_is_restored_from_its_bucket(

@@ -32,7 +32,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, loopback_addresses, resolving_probe
+from kubelet import KubeletLoop, loopback_addresses, resolving_probe, until
 from operator_support import CLUSTERS, ROOT, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
@@ -174,27 +174,6 @@ def read_everything(bootstrap: str, expected: set[int], timeout: float) -> list[
     finally:
         consumer.close()
     return values
-
-
-async def until(check: Any, timeout: float, what: str, kubelet: KubeletLoop) -> Any:
-    """Poll `check` (run in a thread: it may call a client) without blocking the emulator."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        kubelet.pods.check_alive(what)
-        assert not kubelet.errors, kubelet.errors
-        try:
-            last = await asyncio.to_thread(check)
-        except Exception as exc:  # a client's error is an answer too: keep polling
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what}; last answer: {last!r}\n"
-        f"{kubelet.pods.tails()}"
-    )
 
 
 async def test_a_version_upgrade_under_load_restarts_each_broker_once(
