@@ -139,8 +139,17 @@ def test_compacted_topic_cleaned_segments_replace_remote_ones(
         return m
 
     m = wait_for(replaced, timeout=90, what="cleaned segments in the bucket")
-    # the start of the log was cleaned away after its upload: out of the bucket too
-    assert m.log_start_offset == 0 and m.segments[0].base_offset > 0
+    # the start of the log was cleaned after its upload: its first entry is a cleaned
+    # segment now (the cleaner may keep base offset 0 for a group it merged, or leave the
+    # group's first offsets out), and the log still starts at 0
+    assert m.log_start_offset == 0
+    assert m.segments[0].upload_id != uncleaned.segments[0].upload_id
+    first_uncleaned = uncleaned.segments[0]
+    assert (
+        m.segments[0].base_offset > 0
+        or m.segments[0].size < first_uncleaned.size
+        or m.segments[0].last_offset > first_uncleaned.last_offset
+    )
     prefix = f"topics/{topic}-{m.topic_id}/0/"
     # the bytes in the bucket are the cleaned local segments'
     for s in m.segments:
