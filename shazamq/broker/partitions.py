@@ -25,7 +25,12 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker import topic_configs
-from shazamq.broker.cluster.metadata import MetadataStore, TopicInfo, validate_topic_name
+from shazamq.broker.cluster.metadata import (
+    INTERNAL_TOPICS,
+    MetadataStore,
+    TopicInfo,
+    validate_topic_name,
+)
 from shazamq.broker.log import LogConfig, LogManager, PartitionLog
 from shazamq.broker.log.errors import InvalidConfigError, KafkaStorageError
 from shazamq.broker.tier.manager import tiered
@@ -38,8 +43,6 @@ if TYPE_CHECKING:
     from shazamq.config import BrokerConfig
 
 log = logging.getLogger(__name__)
-
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 
 
 def default_log_config(config: BrokerConfig) -> LogConfig:

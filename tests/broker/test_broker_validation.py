@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from kafka_helpers import RawClient, make_topic
 
 from shazamq.protocol.errors import ErrorCode
+from shazamq.protocol.messages.create_topics_request import CreatableTopic, CreateTopicsRequest
 from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
 from shazamq.protocol.messages.produce_request import (
     PartitionProduceData,
@@ -158,9 +159,20 @@ def test_refused_producers(broker_factory, topic_name):
     make_topic(b.bootstrap, topic_name, 1)
     c = RawClient(b.port)
     # the internal topics are written by their coordinators only
-    for internal in ("__consumer_offsets", "__transaction_state"):
+    for internal in ("__consumer_offsets", "__transaction_state", "__share_group_state"):
         resp = produce(c, internal, batch(recs(1)))
         assert resp.error_code == ErrorCode.INVALID_TOPIC_EXCEPTION
+    # nor created by a client (Kafka 4 counts the share state topic among its internal ones)
+    created = c.request(
+        CreateTopicsRequest(
+            topics=[
+                CreatableTopic(name="__share_group_state", num_partitions=1, replication_factor=1)
+            ],
+            timeout_ms=5000,
+        ),
+        5,
+    )
+    assert created.topics[0].error_code == ErrorCode.INVALID_TOPIC_EXCEPTION
     # a producer id nobody issued
     forged = batch(recs(1), producer_id=123_456_789, producer_epoch=0, base_sequence=0)
     assert produce(c, topic_name, forged).error_code == ErrorCode.UNKNOWN_PRODUCER_ID

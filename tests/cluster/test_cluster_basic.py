@@ -18,6 +18,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from shazamq.broker.cluster.client import BrokerClient
+from shazamq.protocol.messages.metadata_request import MetadataRequest, MetadataRequestTopic
+from shazamq.protocol.messages.metadata_response import MetadataResponse
+
 from . import netns as netns_mod
 from .checker import check
 from .conftest import Cluster, ClusterFactory
@@ -92,6 +96,22 @@ def create_topic(cluster: Cluster, name: str, partitions: int, rf: int = 3) -> N
     )
 
 
+def raw_metadata(address: tuple[str, int], topic: str) -> MetadataResponse:
+    """Metadata v12 for one topic, auto-creation allowed, over the broker's own client."""
+
+    async def go() -> MetadataResponse:
+        client = BrokerClient(*address)
+        try:
+            req = MetadataRequest(
+                topics=[MetadataRequestTopic(name=topic)], allow_auto_topic_creation=True
+            )
+            return await client.request(3, 12, req, timeout=30)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
 def start_cluster(cluster_factory: ClusterFactory, n: int = 3) -> Cluster:
     cluster = cluster_factory.start(n, netns=NETNS, extra_config=FAST_CLUSTER)
     for b in cluster:
@@ -127,6 +147,22 @@ def test_three_brokers_form_one_cluster(cluster_factory: ClusterFactory) -> None
     leaders = {leader for leader, _, _ in states[0].values()}
     assert len(leaders) == 3, states[0]
     assert all(sorted(replicas) == [0, 1, 2] for _, replicas, _ in states[0].values())
+
+    # Metadata auto-creating an internal topic's name creates it as its coordinator would
+    # (its partition count, three replicas, marked internal), not as a client's topic
+    md = raw_metadata((cluster[2].address, cluster[2].port), "__share_group_state")
+    [state_topic] = md.topics
+    assert (state_topic.error_code, state_topic.is_internal) == (0, True), state_topic
+    wanted = cluster[0].config.groups.share_state_topic_num_partitions
+    wait_for(
+        lambda: fully_replicated(cluster.bootstrap, "__share_group_state", wanted),
+        30,
+        "__share_group_state created by Metadata",
+    )
+    assert all(
+        sorted(replicas) == [0, 1, 2]
+        for _, replicas, _ in topic_state(cluster.bootstrap, "__share_group_state").values()
+    )
 
     # RF larger than the cluster is refused with Kafka's error
     bad = client.create_topics([NewTopic("too-wide", 1, 4)])

@@ -1,7 +1,9 @@
 """Metadata: brokers, cluster id, and the topics a client asks about (auto-creating).
 
-Auto-creation of a coordinator's internal topic that a single broker has not created
-yet goes to that coordinator, which creates it with its own settings, as Kafka does.
+Auto-creation of a coordinator's internal topic (``__consumer_offsets``,
+``__transaction_state``, ``__share_group_state``) goes to that coordinator, which creates
+it with its own settings and replication, on a single broker as in a cluster, as Kafka
+does.
 """
 
 from __future__ import annotations
@@ -93,9 +95,16 @@ def register(d: Dispatcher, broker: Broker) -> None:
         )
 
     async def auto_create(name: str) -> TopicInfo | None:
-        for internal in (broker.groups.store.topic, broker.txn.topic):
-            if internal.name == name and internal.needs_creation:
+        for internal in (broker.groups.store.topic, broker.txn.topic, broker.share.store.topic):
+            if internal.name != name:
+                continue
+            if internal.needs_creation:
                 return broker.metadata.get(name) if await internal.created() else None
+            if cluster is not None:
+                # its owner's settings and replication, as Kafka's auto-creation of an
+                # internal topic; KafkaError (no live broker yet) is the topic's error
+                await internal.ensure()
+                return broker.metadata.get(name)
         return await parts.auto_create(name)
 
     async def handle(ctx: RequestContext, req: MetadataRequest) -> MetadataResponse:

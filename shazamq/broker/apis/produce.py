@@ -13,8 +13,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from shazamq.broker.cluster.metadata import INTERNAL_TOPICS
 from shazamq.broker.log.errors import LogError
-from shazamq.broker.partitions import INTERNAL_TOPICS
 from shazamq.broker.topic_configs import (
     MIRROR_PROMOTED_AT,
     MIRROR_SOURCE,

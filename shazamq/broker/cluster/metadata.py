@@ -91,6 +91,10 @@ class _Change(msgspec.Struct, kw_only=True, omit_defaults=True):
 COMPACT_MIN_BYTES = 64 * 1024
 
 
+# written only by their coordinators; clients may not create, delete or produce to them
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state", "__share_group_state"})
+
+
 def validate_topic_name(name: str) -> None:
     """Kafka's rules for topic names; raises INVALID_TOPIC_EXCEPTION."""
     problem = None

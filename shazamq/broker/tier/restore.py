@@ -33,7 +33,7 @@ from pathlib import Path
 
 import msgspec
 
-from shazamq.broker.cluster.metadata import METADATA_DIR, MetadataStore, TopicInfo
+from shazamq.broker.cluster.metadata import INTERNAL_TOPICS, METADATA_DIR, MetadataStore, TopicInfo
 from shazamq.broker.log.producer_state import (
     CorruptSnapshotError,
     ProducerStateManager,
@@ -61,7 +61,6 @@ __all__ = ["ClusterRestore", "RestoreError", "dir_for", "read_cluster", "restore
 
 log = logging.getLogger(__name__)
 
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 _EXTS = {"log": LOG_EXT, "index": INDEX_EXT, "timeindex": TIME_INDEX_EXT, "txnindex": TXN_INDEX_EXT}
 
 
