@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shazamq.broker.groups import consumer_records as cr
 from shazamq.broker.groups import share_records as sr
 from shazamq.broker.groups.offsets_codec import GroupRecordError
 from shazamq.broker.groups.offsets_store import LoadedPartition, OffsetsStore
@@ -131,3 +132,15 @@ def test_the_loader_sorts_share_records_by_group_with_tombstones() -> None:
         "bad": {},
     }
     assert loaded.consumer == {} and loaded.skipped == 1
+
+
+def test_kafkas_regex_and_old_share_bookkeeping_keys_are_placed_by_their_types() -> None:
+    # Kafka's ConsumerGroupRegularExpression is type 16 (group, regex); type 9 is its
+    # ShareGroupPartitionMetadata of before 4.1, bookkeeping that a share group skips
+    regex_key = b"\x00\x10\x00\x01g\x00\x09orders-.*"
+    assert cr.decode_consumer_key(regex_key) == cr.ConsumerKey(16, "g", "orders-.*")
+    assert cr.encode_consumer_key(cr.REGULAR_EXPRESSION, "g", "orders-.*") == regex_key
+    with pytest.raises(GroupRecordError, match="not a consumer group key"):
+        cr.decode_consumer_key(b"\x00\x09\x00\x01g")
+    assert sr.decode_share_key(b"\x00\x09\x00\x01g") == sr.ShareKey(9, "g")
+    assert sr.decode_share_value(9, b"anything") is None

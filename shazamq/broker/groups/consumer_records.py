@@ -16,8 +16,9 @@ Keys are Kafka's non-flexible coordinator keys: an int16 record type, then the g
 * 8 ConsumerGroupCurrentMemberAssignment ``group, member`` -> ``member_epoch int32,
   previous_member_epoch int32, state int8, assigned [topic_id, partitions],
   pending_revocation [topic_id, partitions]``
-* 9 ConsumerGroupRegularExpression (Kafka 4.0+; read and ignored: regexes are resolved
-  again from the topics)
+* 16 ConsumerGroupRegularExpression ``group, regex`` (Kafka 4.0+; read and ignored:
+  regexes are resolved again from the topics). Type 9 is Kafka's
+  ShareGroupPartitionMetadata (share_records.py skips it).
 
 Values are an int16 version (0) followed by the flexible encoding (compact strings and
 arrays, tagged fields, which are skipped when read). A null value is a tombstone.
@@ -55,9 +56,9 @@ MEMBER_METADATA = 5
 TARGET_METADATA = 6
 TARGET_MEMBER = 7
 CURRENT_ASSIGNMENT = 8
-REGULAR_EXPRESSION = 9
+REGULAR_EXPRESSION = 16
 
-CONSUMER_KEY_TYPES = frozenset(range(3, 10))
+CONSUMER_KEY_TYPES = frozenset(range(3, 9)) | {REGULAR_EXPRESSION}
 _MEMBER_KEYS = frozenset({MEMBER_METADATA, TARGET_MEMBER, CURRENT_ASSIGNMENT})
 _REGEX_KEYS = frozenset({REGULAR_EXPRESSION})
 

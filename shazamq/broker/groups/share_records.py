@@ -15,7 +15,8 @@ int16-length strings:
 * 14 ShareGroupCurrentMemberAssignment ``group, member`` -> ``member_epoch int32,
   previous_member_epoch int32, state int8, assigned [topic_id, partitions]``
 * 15 ShareGroupStatePartitionMetadata is Kafka's bookkeeping of initialized
-  share-partitions (the share coordinator holds that here); it is recognised and skipped.
+  share-partitions (the share coordinator holds that here), and 9
+  ShareGroupPartitionMetadata its bookkeeping before 4.1; both are recognised and skipped.
 
 Values are an int16 version (0) then the flexible encoding; a null value is a tombstone.
 The share-partition states themselves are not here but in ``__share_group_state``.
@@ -48,7 +49,9 @@ GROUP_METADATA = 11
 TARGET_METADATA = 12
 TARGET_MEMBER = 13
 CURRENT_ASSIGNMENT = 14
-_SKIPPED = frozenset({15})
+# Kafka's bookkeeping: 9 ShareGroupPartitionMetadata (before 4.1), 15
+# ShareGroupStatePartitionMetadata
+_SKIPPED = frozenset({9, 15})
 
 SHARE_KEY_TYPES = frozenset(range(10, 15)) | _SKIPPED
 _MEMBER_KEYS = frozenset({MEMBER_METADATA, TARGET_MEMBER, CURRENT_ASSIGNMENT})
