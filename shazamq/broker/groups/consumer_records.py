@@ -107,29 +107,54 @@ class CurrentAssignmentValue:
 # ------------------------------------------------------------------------------ keys
 
 
-def encode_consumer_key(kind: int, group: str, member: str | None = None) -> bytes:
+def write_group_key(kind: int, group: str, second: str | None = None) -> bytes:
+    """A coordinator key: the int16 type, the group, and the member (or regex) if any."""
     out = bytearray()
     p.write_int16(out, kind)
     p.write_string(out, group)
+    if second is not None:
+        p.write_string(out, second)
+    return bytes(out)
+
+
+def read_group_key(
+    buf: memoryview,
+    what: str,
+    kinds: frozenset[int],
+    two_strings: frozenset[int],
+    unchecked: frozenset[int] = frozenset(),
+) -> tuple[int, str, str | None]:
+    """(type, group, second string) of a key whose type is one of ``kinds``; the keys of
+    ``unchecked`` types may carry more fields (Kafka's bookkeeping that is skipped)."""
+    kind, o = p.read_int16(buf, 0)
+    if kind not in kinds:
+        raise GroupRecordError(f"not a {what} type: {kind}")
+    group, o = p.read_string(buf, o)
+    second = None
+    if kind in two_strings:
+        second, o = p.read_string(buf, o)
+    if kind not in unchecked:
+        _end(what, buf, o)
+    return kind, group, second
+
+
+def encode_consumer_key(kind: int, group: str, member: str | None = None) -> bytes:
     if kind in _MEMBER_KEYS:
         assert member is not None
-        p.write_string(out, member)
     elif kind in _REGEX_KEYS:
-        p.write_string(out, member or "")
-    return bytes(out)
+        member = member or ""
+    else:
+        member = None
+    return write_group_key(kind, group, member)
 
 
 def decode_consumer_key(data: bytes | memoryview) -> ConsumerKey:
     def run(buf: memoryview) -> ConsumerKey:
-        kind, o = p.read_int16(buf, 0)
-        if kind not in CONSUMER_KEY_TYPES:
-            raise GroupRecordError(f"not a consumer group key type: {kind}")
-        group, o = p.read_string(buf, o)
-        member = None
-        if kind in _MEMBER_KEYS or kind in _REGEX_KEYS:
-            member, o = p.read_string(buf, o)
-        _end("consumer group key", buf, o)
-        return ConsumerKey(kind, group, member)
+        return ConsumerKey(
+            *read_group_key(
+                buf, "consumer group key", CONSUMER_KEY_TYPES, _MEMBER_KEYS | _REGEX_KEYS
+            )
+        )
 
     return _guard("consumer group key", run, data)
 

@@ -30,7 +30,15 @@ from dataclasses import dataclass
 
 from shazamq.protocol import primitives as p
 
-from .consumer_records import _count, _finish, _read_partitions, _start, _write_partitions
+from .consumer_records import (
+    _count,
+    _finish,
+    _read_partitions,
+    _start,
+    _write_partitions,
+    read_group_key,
+    write_group_key,
+)
 from .offsets_codec import GroupRecordError, _end, _guard
 
 __all__ = [
@@ -86,27 +94,19 @@ ShareValue = int | TopicIdPartitions | ShareMemberValue | ShareAssignmentValue |
 
 
 def encode_share_key(kind: int, group: str, member: str | None = None) -> bytes:
-    out = bytearray()
-    p.write_int16(out, kind)
-    p.write_string(out, group)
     if kind in _MEMBER_KEYS:
         assert member is not None
-        p.write_string(out, member)
-    return bytes(out)
+    else:
+        member = None
+    return write_group_key(kind, group, member)
 
 
 def decode_share_key(data: bytes | memoryview) -> ShareKey:
     def run(buf: memoryview) -> ShareKey:
-        kind, o = p.read_int16(buf, 0)
-        if kind not in SHARE_KEY_TYPES:
-            raise GroupRecordError(f"not a share group key type: {kind}")
-        group, o = p.read_string(buf, o)
-        member = None
-        if kind in _MEMBER_KEYS:
-            member, o = p.read_string(buf, o)
-        if kind not in _SKIPPED:  # Kafka's own bookkeeping keys are not checked further
-            _end("share group key", buf, o)
-        return ShareKey(kind, group, member)
+        # Kafka's own bookkeeping keys are not checked further
+        return ShareKey(
+            *read_group_key(buf, "share group key", SHARE_KEY_TYPES, _MEMBER_KEYS, _SKIPPED)
+        )
 
     return _guard("share group key", run, data)
 
