@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from operator_support import ROOT
 
 __all__ = [
@@ -614,3 +615,25 @@ async def until(check: Any, timeout: float, what: str, kubelet: KubeletLoop) -> 
         f"timed out after {timeout:.0f}s waiting for {what}; last answer: {last!r}\n"
         f"{kubelet.pods.tails()}"
     )
+
+
+# the marks of a test that runs real brokers as the pods of a rendered StatefulSet
+E2E_MARKS = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock"),
+]
+
+
+async def post_secret(emulator: Any, namespace: str, name: str, data: Mapping[str, str]) -> None:
+    """Create an Opaque Secret with ``stringData`` in the emulator, as `kubectl create`."""
+    resp = await emulator.post(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        json={
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": dict(data),
+        },
+    )
+    assert resp.status < 300, await resp.text()

@@ -29,23 +29,15 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, loopback_addresses, resolving_probe, until
-from operator_support import CLUSTERS, ROOT, prepare_emulator, quick_start
+from kubelet import E2E_MARKS, KubeletLoop, loopback_addresses, post_secret, resolving_probe, until
+from operator_support import CLUSTERS, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
 from shazamq.operator.__main__ import parse_options
 from tests.tier.conftest import weed_server
 from tests.tier.tierutil import Bucket
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock"),
-    pytest.mark.skipif(
-        not (ROOT / "shazamq" / "broker" / "__main__.py").exists(),
-        reason="the broker entry point is not written yet",
-    ),
-]
+pytestmark = E2E_MARKS
 
 NS = "messaging"
 OLD, NEW = "old-cluster", "restored-cluster"
@@ -200,16 +192,12 @@ async def test_a_deleted_cluster_is_restored_from_its_bucket(
         cluster = Cluster(kmock, operator.memo)
         kubelets: list[KubeletLoop] = []
         try:
-            resp = await kmock.post(
-                f"/api/v1/namespaces/{NS}/secrets",
-                json={
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": "aws-credentials", "namespace": NS},
-                    "stringData": {"access-key-id": "testing", "secret-access-key": "testing"},
-                },
+            await post_secret(
+                kmock,
+                NS,
+                "aws-credentials",
+                {"access-key-id": "testing", "secret-access-key": "testing"},
             )
-            assert resp.status < 300, await resp.text()
 
             # The first cluster: a topic, records, a group's offsets.
             await cluster.create(cluster_body(OLD, endpoint, bucket_name, old_addresses[0]))

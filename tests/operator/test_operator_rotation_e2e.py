@@ -26,7 +26,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, loopback_addresses
+from kubelet import KubeletLoop, loopback_addresses, post_secret
 from operator_support import ROOT, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread, eventually
 
@@ -187,16 +187,7 @@ async def test_the_operator_rotates_its_password_without_a_gap(
 
     watcher: asyncio.Task[None] | None = None
     try:
-        resp = await kmock.post(
-            f"/api/v1/namespaces/{NS}/secrets",
-            json={
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "users", "namespace": NS},
-                "stringData": {"users.toml": '[users]\nalice = "alice-password"\n'},
-            },
-        )
-        assert resp.status < 300, await resp.text()
+        await post_secret(kmock, NS, "users", {"users.toml": '[users]\nalice = "alice-password"\n'})
         await cluster.create(body)
         await kubelet.start()
         old = held()

@@ -32,22 +32,14 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import KubeletLoop, loopback_addresses, resolving_probe, until
-from operator_support import CLUSTERS, ROOT, prepare_emulator, quick_start
+from kubelet import E2E_MARKS, KubeletLoop, loopback_addresses, resolving_probe, until
+from operator_support import CLUSTERS, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
 from shazamq.operator.__main__ import parse_options
 from shazamq.operator.handlers import ROLL_ANNOTATION
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock"),
-    pytest.mark.skipif(
-        not (ROOT / "shazamq" / "broker" / "__main__.py").exists(),
-        reason="the broker entry point is not written yet",
-    ),
-]
+pytestmark = E2E_MARKS
 
 NS = "messaging"
 NAME = "my-cluster"
