@@ -88,7 +88,12 @@ from shazamq.operator.dynamic import classify, desired
 from shazamq.operator.kube import Api, ApiError, login
 from shazamq.operator.metrics import MetricsServer, OperatorMetrics
 from shazamq.operator.probe import ProbeError, read_cluster
-from shazamq.operator.reassign import ReassignError, alter_reassignments, list_reassignments
+from shazamq.operator.reassign import (
+    ReassignError,
+    alter_reassignments,
+    elect_preferred_leaders,
+    list_reassignments,
+)
 from shazamq.operator.resources import (
     CLUSTER_LABEL,
     CONFIG_KEY,
@@ -104,7 +109,7 @@ from shazamq.operator.resources import (
     voter_ids_of_config,
 )
 from shazamq.operator.restore import RestoreProgress, restore_status
-from shazamq.operator.roll import Broker, ClusterView, RollProgress, plan
+from shazamq.operator.roll import Broker, ClusterView, Decision, RollProgress, plan
 from shazamq.operator.rotation import (
     ROTATED_ANNOTATION,
     SCRAM_MECHANISM_TYPES,
@@ -756,11 +761,37 @@ async def roll_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logge
             roll = _roll_status(model, progress, pod, decision.reason)
             if memo.rolls.get(key, {}) and memo.rolls[key].get("waitingFor") != decision.reason:
                 logger.info("Roll waits: %s", decision.reason)
+            if decision.elect:
+                await _elect_preferred(memo, model, live, decision, logger)
         new = progress.dumps() if progress != RollProgress() else None
         if new != stored:
             await _save_progress(api, model, new)
         memo.rolls[key] = roll
         await refresh_status(memo, body, model, sts=sts)
+
+
+async def _elect_preferred(
+    memo: kopf.Memo,
+    model: ClusterModel,
+    live: list[tuple[int, str]],
+    decision: Decision,
+    logger: logging.Logger,
+) -> None:
+    """The restarted broker is back in sync: give it its preferred leaderships now rather
+    than at the controller's next imbalance check. A failure only leaves the roll waiting
+    for that check."""
+    brokers = [(host, model.spec.service.port) for _, host in live]
+    try:
+        connection = await memo.connections(model)
+        elected = await memo.reassigner.elect(brokers, decision.elect, connection)
+    except (ReassignError, AdminError, CredentialsError, ApiError, OSError) as exc:
+        logger.warning("Preferred leader election for the roll failed: %s", exc)
+        return
+    if elected:
+        logger.info(
+            "Preferred leaders restored for %s",
+            ", ".join(f"{t}-{i}" for t, i in sorted(elected)),
+        )
 
 
 def _post_event(
@@ -1066,6 +1097,14 @@ class Reassigner:
         connection: Connection,
     ) -> None:
         await alter_reassignments(brokers, moves, connection)
+
+    async def elect(
+        self,
+        brokers: list[tuple[str, int]],
+        partitions: tuple[tuple[str, int], ...],
+        connection: Connection,
+    ) -> set[tuple[str, int]]:
+        return await elect_preferred_leaders(brokers, partitions, connection)
 
 
 async def scale_step(body: dict[str, Any], memo: kopf.Memo, logger: logging.Logger) -> None:

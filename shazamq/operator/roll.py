@@ -9,7 +9,9 @@ is decided from the cluster's own view of its partitions:
 
 1. The broker restarted last is waited for until its pod is ready, it is back in the ISR of
    every partition it replicates, and it leads again the partitions it is the preferred
-   leader of (the controller moves leadership back on its own).
+   leader of. The controller moves leadership back on its own, at its next imbalance
+   check; a wait for that names the partitions in ``Decision.elect`` so the handler asks
+   for a preferred-leader election (ElectLeaders) at once instead.
 2. Unready outdated brokers go first: they serve nothing, so restarting them costs nothing.
 3. Then the ready outdated brokers, highest ordinal first and the active controller last,
    but only while every other broker is ready (never two down at once) and only a broker
@@ -143,6 +145,8 @@ class Decision:
     broker: int | None = None
     reason: str = ""
     blocked: tuple[str, ...] = field(default=())  # the partitions a wait is about
+    # (topic, partition) whose preferred leader is back in sync but does not lead yet
+    elect: tuple[tuple[str, int], ...] = field(default=())
 
 
 def _few(names: Sequence[str], limit: int = 3) -> str:
@@ -189,16 +193,18 @@ def _wait_for_restarted(
             tuple(missing),
         )
     not_led = [
-        p.name
+        p
         for p in view.partitions
         if p.replicas and p.replicas[0] == broker.id and p.leader != broker.id
     ]
     if not_led:
+        names = [p.name for p in not_led]
         return Decision(
             "wait",
             broker.id,
-            f"{broker.pod} is not yet the leader again of {_few(not_led)} (preferred leader)",
-            tuple(not_led),
+            f"{broker.pod} is not yet the leader again of {_few(names)} (preferred leader)",
+            tuple(names),
+            tuple((p.topic, p.index) for p in not_led),
         )
     return None
 

@@ -372,6 +372,33 @@ def resolving_probe(memo: Any, hosts: Mapping[str, list[str]]) -> Any:
     return probe
 
 
+def resolving_reassigner(hosts: Mapping[str, list[str]], namespace: str) -> Any:
+    """The operator's own reassignments and elections (`handlers.Reassigner`), with each
+    pod's DNS name resolved to its address (``hosts`` as for :func:`resolving_probe`)."""
+    from shazamq.operator.handlers import Reassigner
+
+    names = {
+        f"{cluster}-{i}.{cluster}-headless.{namespace}.svc": address
+        for cluster, addresses in hosts.items()
+        for i, address in enumerate(addresses)
+    }
+
+    def resolved(brokers: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [(names.get(host, host), port) for host, port in brokers]
+
+    class Resolving(Reassigner):
+        async def ongoing(self, brokers: Any, connection: Any) -> Any:
+            return await super().ongoing(resolved(brokers), connection)
+
+        async def submit(self, brokers: Any, moves: Any, connection: Any) -> None:
+            await super().submit(resolved(brokers), moves, connection)
+
+        async def elect(self, brokers: Any, partitions: Any, connection: Any) -> Any:
+            return await super().elect(resolved(brokers), partitions, connection)
+
+    return Resolving()
+
+
 def loopback_voters(voter_ids: list[int], pods: list[Pod]) -> list[str]:
     """The quorum's voters, each at its pod's quorum address on loopback."""
     return [f"{i}@{pods[i].host}:{pods[i].quorum_port}" for i in voter_ids]

@@ -29,7 +29,15 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import E2E_MARKS, KubeletLoop, loopback_addresses, post_secret, resolving_probe, until
+from kubelet import (
+    E2E_MARKS,
+    KubeletLoop,
+    loopback_addresses,
+    post_secret,
+    resolving_probe,
+    resolving_reassigner,
+    until,
+)
 from operator_support import CLUSTERS, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
@@ -177,6 +185,7 @@ async def test_a_deleted_cluster_is_restored_from_its_bucket(
     memo = kopf.Memo(metrics_port=0, roll_interval=0.5)
     hosts = {OLD: [a.host for a in old_addresses], NEW: [a.host for a in new_addresses]}
     memo.probe = resolving_probe(memo, hosts)
+    memo.reassigner = resolving_reassigner(hosts, NS)
     # for the test's own look at the bucket; the brokers take theirs from the Secret
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -6,7 +6,8 @@ deleted pod with the new revision's label) and the brokers (a stand-in for the p
 
 Covers: the StatefulSet is ``OnDelete``; an outdated 3-broker cluster is rolled one pod at a
 time, highest ordinal first and the active controller last; each next restart waits until
-the restarted broker is ready and back in every ISR, and the status says so; a partition
+the restarted broker is ready, back in every ISR and leading its preferred partitions
+(the operator asks for that election), and the status says so; a partition
 that would drop below min.insync.replicas blocks the roll with its name in the status; the
 progress annotation lets a new operator resume the wait without restarting anyone twice;
 ``shazamq.io/pause-reconcile: "true"`` pauses the roll.
@@ -58,14 +59,44 @@ class FakeBrokers:
         ]
 
 
+class FakeElector:
+    """The brokers' answer to ElectLeaders (PREFERRED): the preferred replica leads, unless
+    the test holds the election back."""
+
+    def __init__(self, brokers: FakeBrokers) -> None:
+        self.brokers = brokers
+        self.hold = False
+        self.requested: list[tuple[tuple[str, int], ...]] = []
+
+    async def elect(
+        self, live: list[tuple[str, int]], partitions: tuple[tuple[str, int], ...], conn: object
+    ) -> set[tuple[str, int]]:
+        self.requested.append(partitions)
+        if self.hold:
+            return set()
+        wanted = set(partitions)
+        self.brokers.partitions = [
+            Partition(p.topic, p.index, p.replicas, p.isr, p.replicas[0], p.min_isr)
+            if (p.topic, p.index) in wanted
+            else p
+            for p in self.brokers.partitions
+        ]
+        return wanted
+
+
 async def start(
-    emulator: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake
+    emulator: kmock.KubernetesEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake: FakeBrokers,
+    elector: FakeElector | None = None,
 ) -> OperatorThread:
     monkeypatch.setenv("KUBECONFIG", str(prepare_emulator(emulator, tmp_path)))
     options = parse_options([], {"METRICS_PORT": "0"})
-    operator = OperatorThread(
-        options.namespaces, kopf.Memo(metrics_port=0, probe=fake, roll_interval=0.2)
-    )
+    memo = kopf.Memo(metrics_port=0, probe=fake, roll_interval=0.2)
+    if elector is not None:
+        memo.reassigner = elector
+    operator = OperatorThread(options.namespaces, memo)
     await operator.start()
     return operator
 
@@ -111,7 +142,8 @@ async def test_a_roll_one_broker_at_a_time_resumed_by_a_new_operator(
 ) -> None:
     fake = FakeBrokers()
     fake.in_sync()
-    operator = await start(kmock, tmp_path, monkeypatch, fake)
+    elector = FakeElector(fake)
+    operator = await start(kmock, tmp_path, monkeypatch, fake, elector)
     cluster = Cluster(kmock, operator.memo)
     try:
         await cluster.create(quick_start())
@@ -149,9 +181,25 @@ async def test_a_roll_one_broker_at_a_time_resumed_by_a_new_operator(
         )
         assert not gone(cluster, 1) and not gone(cluster, 0)
 
-        # In sync again: broker 1 (not the controller) is next.
+        # In sync again, but orders-2 is still led by another replica: the roll waits for
+        # its preferred leader and asks for the election rather than waiting for the
+        # controller's next imbalance check
+        elector.hold = True
         fake.in_sync()
+        fake.partitions[2] = Partition("orders", 2, (2, 0, 1), (0, 1, 2), 0, 2)
+        await eventually(
+            lambda: (
+                "my-cluster-2 is not yet the leader again of orders-2 (preferred leader)"
+                in roll(cluster)["waitingFor"]
+            )
+        )
+        await eventually(lambda: (("orders", 2),) in elector.requested)
+        assert not gone(cluster, 1)
+
+        # Elected: broker 1 (not the controller) is next.
+        elector.hold = False
         await eventually(lambda: gone(cluster, 1), timeout=15)
+        assert fake.partitions[2].leader == 2
         assert progress(cluster)["restarted"] == [2, 1]
     finally:
         await operator.stop()

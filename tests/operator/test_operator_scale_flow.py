@@ -44,6 +44,11 @@ class FakeReassigner:
         moving, self.pending = set(self.pending), {}
         return moving  # answered once as in progress, then done
 
+    async def elect(
+        self, live: list[tuple[str, int]], partitions: tuple, connection: object = None
+    ) -> set:
+        return set()  # leaders move with the reassignments here
+
     async def submit(
         self, live: list[tuple[str, int]], moves: dict, connection: object = None
     ) -> None:

@@ -32,7 +32,14 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kubelet import E2E_MARKS, KubeletLoop, loopback_addresses, resolving_probe, until
+from kubelet import (
+    E2E_MARKS,
+    KubeletLoop,
+    loopback_addresses,
+    resolving_probe,
+    resolving_reassigner,
+    until,
+)
 from operator_support import CLUSTERS, prepare_emulator, quick_start
 from test_operator_reconcile import Cluster, OperatorThread
 
@@ -182,7 +189,9 @@ async def test_a_version_upgrade_under_load_restarts_each_broker_once(
     monkeypatch.setenv("KUBECONFIG", str(prepare_emulator(kmock, tmp_path)))
     options = parse_options([], {"METRICS_PORT": "0"})
     memo = kopf.Memo(metrics_port=0, roll_interval=0.5)
-    memo.probe = resolving_probe(memo, {NAME: [a.host for a in addresses]})
+    hosts = {NAME: [a.host for a in addresses]}
+    memo.probe = resolving_probe(memo, hosts)
+    memo.reassigner = resolving_reassigner(hosts, NS)
     operator = OperatorThread(options.namespaces, memo)
     await operator.start()
     cluster = Cluster(kmock, operator.memo)
