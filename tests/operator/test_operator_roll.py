@@ -76,7 +76,10 @@ def test_the_restarted_broker_is_waited_for() -> None:
         decision.reason
     )
     in_sync = ClusterView(controller=0, partitions=(part("t", 0, (2, 0, 1), (0, 1, 2)),))
-    assert "preferred leader" in plan(back, in_sync, progress).reason
+    waiting = plan(back, in_sync, progress)
+    assert "preferred leader" in waiting.reason
+    assert waiting.elect == (("t", 0),)  # the election the handler asks for
+    assert decision.elect == ()  # not while the broker is out of the ISR
     led = ClusterView(controller=0, partitions=(Partition("t", 0, (2, 0, 1), (0, 1, 2), 2, 2),))
     assert plan(back, led, progress).broker == 1
 
