@@ -30,7 +30,9 @@ How the guarantees hold:
 Who appends here: client produce; a follower's fetched batches and a mirror's copied ones
 (``submit``); transaction markers and the coordinators' internal topics
 (``append_through``, ``InternalTopic.append``). One queue per partition for all of them,
-so their appends keep the order they were issued in. ``settled`` lets a reader that
+so their appends keep the order they were issued in. ``run_in_turn`` puts another
+blocking change of the log in that order (a follower's or a mirror's restart at a new
+log start, a log-dir move's switch to its copy). ``settled`` lets a reader that
 decides from the log end or the producer state (a follower's reconciliation, a mirror
 promotion) wait for what is queued.
 
