@@ -2,10 +2,11 @@
 
 One task per moving partition copies its log into a future log in the target dir while
 the partition keeps serving (copy rounds in an executor thread), then, once a round finds
-little left, switches over on the event loop (where appends run, so none falls between)
-and completes the swap off the loop; see the log manager for the steps on disk and what
-a restart finds at each point. A move asked to another dir replaces the running one; a
-partition deleted or moved away from this broker mid-move drops its copy.
+little left, switches over on a writer thread in turn with the partition's appends (so
+none falls between; log/writer.py) and completes the swap off the loop; see the log
+manager for the steps on disk and what a restart finds at each point. A move asked to
+another dir replaces the running one; a partition deleted or moved away from this broker
+mid-move drops its copy.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import os
 from typing import TYPE_CHECKING
 
 from shazamq.broker.log.errors import LogError
+from shazamq.broker.log.writer import in_turn
 from shazamq.protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
     from shazamq.broker.log import PartitionLog
-    from shazamq.broker.partitions import PartitionManager
+    from shazamq.broker.partitions import Partition, PartitionManager
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,15 @@ class LogDirMover:
             await loop.run_in_executor(None, logs.copy_to_future, source, future, COPY_CHUNK)
             if self.partitions.get(topic, index) is not p or p.log is not source:
                 return
-            old, new = logs.switch_to_future(topic, index)  # on the loop: no append between
+            # from here the switch and the swap complete even if the move is cancelled
+            # (a cancelled move waits for them; its copy is then the partition's log)
+            switching = asyncio.ensure_future(self._switch(p, source, topic, index))
+            try:
+                await asyncio.shield(switching)
+            except asyncio.CancelledError:
+                await asyncio.gather(switching, return_exceptions=True)
+                raise
             started = False
-            p.log = new
-            # from here the swap completes even if the move is cancelled
-            await asyncio.shield(self._complete(topic, index, old, new))
             log.info("moved %s-%d to %s", topic, index, target)
         except asyncio.CancelledError:
             raise
@@ -129,11 +135,35 @@ class LogDirMover:
             if started:
                 await asyncio.shield(loop.run_in_executor(None, logs.abort_move, topic, index))
 
+    async def _switch(self, p: Partition, source: PartitionLog, topic: str, index: int) -> None:
+        """Make the copy the partition's log, then complete the swap on disk.
+
+        The switch (the last copy, then the old log forwarding to the new) runs on a
+        writer thread in turn with the partition's appends: those queued before it are
+        copied, those queued after it are forwarded in order. The partition names the new
+        log only once nothing is queued for the old one, so no append to the new log can
+        overtake one still forwarded."""
+        logs = self.logs
+        writer = self.partitions.writer
+        old, new = await in_turn(
+            writer, source, lambda: logs.switch_to_future(topic, index, source)
+        )
+        if writer is not None:
+            await writer.settled(source)
+        if p.log is source:
+            p.log = new
+        await self._complete(topic, index, old, new)
+
     async def _complete(self, topic: str, index: int, old: PartitionLog, new: PartitionLog) -> None:
         """Rename the old folder away, then give the new log its plain name."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.logs.retire, old)
         final = await loop.run_in_executor(None, self.logs.finish_move, topic, index)
+        writer = self.partitions.writer
+        if final is not None and writer is not None:
+            # appends queued for the renamed log are forwarded to the reopened one; the
+            # partition names it once none is left (as in _switch)
+            await writer.settled(new)
         p = self.partitions.get(topic, index)
         if final is not None and p is not None and p.log is new:
             p.log = final

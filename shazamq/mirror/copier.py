@@ -67,6 +67,7 @@ from .source import EARLIEST, LATEST, SourceCluster, SourceError
 from .stats import PartitionStats
 
 if TYPE_CHECKING:
+    from shazamq.broker.log import PartitionLog
     from shazamq.broker.partitions import Partition
 
 __all__ = ["Copy", "FetchSession"]
@@ -131,6 +132,12 @@ class Copy:
     @property
     def key(self) -> tuple[str, int]:
         return (self.partition.topic, self.index)
+
+
+def _log_failed_restart(restart: asyncio.Future[None]) -> None:
+    exc = restart.exception() if not restart.cancelled() else None
+    if exc is not None:
+        log.error("mirror: cannot restart a copy's log: %s", exc)
 
 
 class _Write(NamedTuple):
@@ -373,7 +380,7 @@ class FetchSession:
                         return None
                     # an empty log positioned inside a batch (the source's log start
                     # is mid-batch): start the log at the batch instead
-                    plog.truncate_fully_and_start_at(h.base_offset)
+                    self._restart(plog, h.base_offset)
                     end = h.base_offset
                 if start < 0:
                     start = pos
@@ -399,6 +406,17 @@ class FetchSession:
             now_ms=time.time_ns() // 1_000_000,
         )
         return _Write(future, len(chunk), batches)
+
+    def _restart(self, plog: PartitionLog, offset: int) -> None:
+        """Restart an empty log at ``offset`` before the append queued next: new files,
+        the old renamed away, so on a writer thread in turn with the partition's appends
+        (on the spot without a writer). A failure shows as that append's failure too (its
+        offsets then fall below the log end)."""
+        if self._writer is None:
+            plog.truncate_fully_and_start_at(offset)
+            return
+        restart = self._writer.run_in_turn(plog, lambda: plog.truncate_fully_and_start_at(offset))
+        restart.add_done_callback(_log_failed_restart)
 
     async def _written(self, c: Copy, write: _Write) -> bool:
         """Once the copied batches are in: count them, let the high watermark follow,

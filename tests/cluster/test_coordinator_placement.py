@@ -546,9 +546,9 @@ async def test_groups_led_elsewhere_get_not_coordinator(cluster: Cluster) -> Non
     assert g.leave_group(away, [("m", None)]) == (nc, [])
     assert await g.commit_offsets_async(**commit_kw(away)) == {("data", 0): nc}
     assert g.fetch_offsets(away, None) == (nc, [])
-    assert g.delete_offsets(away, [("data", 0)]) == (nc, {})
+    assert await g.delete_offsets(away, [("data", 0)]) == (nc, {})
     assert g.describe_group(away).error == nc
-    assert g.delete_groups([away]) == {away: nc}
+    assert await g.delete_groups([away]) == {away: nc}
     txn_commit = await g.txn_commit_offsets_async(
         transactional_id="t",
         group_id=away,

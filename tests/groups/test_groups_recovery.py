@@ -120,10 +120,10 @@ async def test_stable_group_and_offsets_survive_a_restart(tmp_path):
         await until(lambda: group.state is GroupState.EMPTY)  # silent now: expelled
         assert broker.groups.heartbeat("g", 1, member, None) == E.UNKNOWN_MEMBER_ID
         # offsets of the now empty group can be deleted, and the group too
-        code, result = broker.groups.delete_offsets("g", [("t", 1)])
+        code, result = await broker.groups.delete_offsets("g", [("t", 1)])
         assert (code, result) == (0, {("t", 1): 0})
         assert commit(broker, "h", "", -1, {("t", 0): 1}) == {("t", 0): 0}
-        assert broker.groups.delete_groups(["h"]) == {"h": 0}
+        assert await broker.groups.delete_groups(["h"]) == {"h": 0}
     finally:
         await broker.stop()
 
@@ -133,6 +133,83 @@ async def test_stable_group_and_offsets_survive_a_restart(tmp_path):
         assert [(f.topic, f.partition, f.offset) for f in fetched] == [("t", 0, 7)]
         assert broker.groups.groups["g"].state is GroupState.EMPTY
         assert "h" not in broker.groups.groups
+    finally:
+        await broker.stop()
+
+
+async def test_deletes_answer_after_their_write_and_a_failed_one_changes_nothing(
+    tmp_path, monkeypatch
+):
+    """OffsetDelete and DeleteGroups answer only once their tombstones are written: while
+    the write is held on a writer thread neither has answered nor changed memory (the
+    group being deleted refuses commits meanwhile); when the disk then refuses it
+    (ENOSPC), each answers COORDINATOR_NOT_AVAILABLE and the offsets and the group are
+    as before, here and after a restart."""
+    import errno
+    import threading
+
+    from shazamq.broker.log import PartitionLog
+    from shazamq.broker.log.segment import LogSegment
+
+    # two groups in different partitions of __consumer_offsets (a failed write takes
+    # its partition offline, so each delete meets a healthy one)
+    names = iter(f"grp{i}" for i in range(100))
+    g = next(names)
+    h = next(n for n in names if coordinator_partition(n, 3) != coordinator_partition(g, 3))
+    broker = await start(tmp_path)
+    try:
+        await broker.partitions.create_topic("t", 2)
+        assert commit(broker, g, "", -1, {("t", 0): 5, ("t", 1): 6}) == {("t", 0): 0, ("t", 1): 0}
+        assert commit(broker, h, "", -1, {("t", 0): 1}) == {("t", 0): 0}
+        # every append goes to a writer thread from here, where the segment write waits
+        # for the test, then fails as a full disk does
+        monkeypatch.setattr(PartitionLog, "append_is_light", lambda self, prepared: False)
+        inside = threading.Event()
+        release = threading.Event()
+
+        def full_disk(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            inside.set()
+            release.wait(10)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(LogSegment, "append", full_disk)
+
+        def offsets(group: str) -> list[tuple[str, int, int]]:
+            _, fetched = broker.groups.fetch_offsets(group, None)
+            return [(f.topic, f.partition, f.offset) for f in fetched]
+
+        deleting = asyncio.ensure_future(broker.groups.delete_offsets(g, [("t", 1)]))
+        await until(inside.is_set)
+        assert not deleting.done()
+        assert offsets(g) == [("t", 0, 5), ("t", 1, 6)]
+        release.set()
+        assert await deleting == (E.COORDINATOR_NOT_AVAILABLE, {})
+        assert offsets(g) == [("t", 0, 5), ("t", 1, 6)]
+
+        inside.clear()
+        release.clear()
+        deleting_group = asyncio.ensure_future(broker.groups.delete_groups([h]))
+        await until(inside.is_set)
+        assert not deleting_group.done()
+        assert offsets(h) == [("t", 0, 1)]
+        # a commit while the group is being deleted is refused, not applied
+        assert commit(broker, h, "", -1, {("t", 1): 3}) == {("t", 1): E.COORDINATOR_NOT_AVAILABLE}
+        release.set()
+        assert await deleting_group == {h: E.COORDINATOR_NOT_AVAILABLE}
+        assert broker.groups.groups[h].state is GroupState.EMPTY
+        assert broker.groups.describe_group(h).state == GroupState.EMPTY.value
+        assert offsets(h) == [("t", 0, 1)]
+    finally:
+        release.set()
+        monkeypatch.undo()
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        _, fetched = broker.groups.fetch_offsets(g, None)
+        assert [(f.topic, f.partition, f.offset) for f in fetched] == [("t", 0, 5), ("t", 1, 6)]
+        _, fetched = broker.groups.fetch_offsets(h, None)
+        assert [(f.topic, f.partition, f.offset) for f in fetched] == [("t", 0, 1)]
     finally:
         await broker.stop()
 

@@ -519,7 +519,7 @@ async def test_delete_groups(coord):
     a = await first_member(coord)
     await sync(coord, 1, a.member_id)
     commit(coord, [("t", 0)], group="idle")
-    assert coord.delete_groups(["g", "idle", "nope"]) == {
+    assert await coord.delete_groups(["g", "idle", "nope"]) == {
         "g": E.NON_EMPTY_GROUP,
         "idle": 0,
         "nope": E.GROUP_ID_NOT_FOUND,

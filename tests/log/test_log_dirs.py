@@ -80,7 +80,7 @@ def move(m: LogManager, target: str, *, steps: int = 3) -> None:
     append(source, 2, b"late")  # left for the switch to copy
     if steps < 2:
         return
-    old, new = m.switch_to_future("t", 0)
+    old, new = m.switch_to_future("t", 0, source)
     append(new, 2, b"switched")
     m.retire(old)
     if steps < 3:
@@ -158,3 +158,74 @@ def test_creating_partitions_in_one_dir_does_not_walk_every_log(tmp_path, monkey
     assert looked == 0
     assert len(os.listdir(tmp_path / "data")) == 200
     mgr.close()
+
+
+def test_a_move_under_appends_through_the_writer_keeps_their_order(tmp_path, monkeypatch) -> None:
+    """A move while appends keep arriving through the write pool: the switch to the copy
+    runs on a writer thread in turn with them, and every append lands once, at the offset
+    it was given, in the order it was queued, in the moved log."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from shazamq.broker import log_dir_moves
+    from shazamq.broker.log.writer import LogWriter
+
+    dirs = [str(tmp_path / "d1"), str(tmp_path / "d2")]
+    m = LogManager(dirs[0], CFG, log_dirs=dirs)
+    plog = m.get_or_create("t", 0)
+    append(plog, 20, b"before")
+    monkeypatch.setattr(log_dir_moves, "COPY_CHUNK", 2048)  # several copy rounds
+    switched_on: list[str] = []
+    real_switch = LogManager.switch_to_future
+
+    def recording_switch(self, *args):  # type: ignore[no-untyped-def]
+        switched_on.append(threading.current_thread().name)
+        return real_switch(self, *args)
+
+    monkeypatch.setattr(LogManager, "switch_to_future", recording_switch)
+    writer = LogWriter()
+    hosted = SimpleNamespace(topic="t", index=0, log=plog)
+    partitions = SimpleNamespace(
+        logs=m,
+        writer=writer,
+        offline={},
+        get=lambda topic, index: hosted if (topic, index) == ("t", 0) else None,
+    )
+    mover = log_dir_moves.LogDirMover(partitions)  # type: ignore[arg-type]
+    target = dirs[1]
+
+    async def main() -> list[int]:
+        assert mover.request("t", 0, target) == 0
+        task = mover._moves[("t", 0)][1]
+        futures = []
+        i = 0
+        # appends at a bounded pace (a copy round must be able to catch up), until the
+        # move is done or a bound is reached
+        while (not task.done() or i < 40) and i < 2000:
+            batch = r.build_batch([r.Record(key=b"k", value=b"during%d" % i + b"x" * 100)])
+            current = hosted.log
+            futures.append(writer.append(current, current.prepare_append(batch, now_ms=1), 0))
+            i += 1
+            await asyncio.sleep(0.001)
+        await task
+        infos = await asyncio.gather(*futures)
+        await writer.stop()
+        return [info.base_offset for info in infos]
+
+    offsets = asyncio.run(main())
+    assert offsets == list(range(20, 20 + len(offsets)))
+    moved = hosted.log
+    assert m.dir_of(moved) == target and not moved.directory.endswith(FUTURE_SUFFIX)
+    assert switched_on and switched_on[0].startswith("log-writer")
+    got: list[tuple[int, bytes]] = []
+    while len(got) < moved.log_end_offset:  # a read stops at a segment's end
+        data = moved.read(len(got), 1 << 24)
+        for pos, h in r.iter_batches(data):
+            _h, recs = r.decode_batch(memoryview(data)[pos : pos + h.size])
+            got += [(h.base_offset + rec.offset_delta, rec.value) for rec in recs]
+    assert [o for o, _v in got] == list(range(20 + len(offsets)))
+    assert [v.split(b"x")[0] for _o, v in got[20:]] == [
+        b"during%d" % i for i in range(len(offsets))
+    ]
+    m.close()

@@ -206,3 +206,61 @@ def test_a_cold_index_is_loaded_by_load_index_not_by_the_read(tmp_path, monkeypa
     assert len(log.read(3, 100)) > 0
     assert loads == ["loader"]  # the read found it loaded
     log.close()
+
+
+def test_a_leaders_append_queued_past_a_role_change_is_refused_not_written(
+    tmp_path, monkeypatch
+) -> None:
+    """A cluster leader's appends carry a leadership check that the writer thread asks
+    right before the write: the append already being written when the broker stops
+    leading lands (as if written before the change), the one queued behind it is refused
+    with NOT_LEADER_OR_FOLLOWER and leaves nothing in the log."""
+    from shazamq.broker.cluster.replica import ReplicaRole
+    from shazamq.broker.log.errors import NotLeaderError
+
+    log = PartitionLog.open(str(tmp_path / "t-0"), LogConfig())
+    log.append(_batch(0, 10), now_ms=10_000, leader_epoch=3)
+    role = ReplicaRole(
+        broker_id=1, topic_id="t", replicas=[1, 2], isr=[1, 2], leader=1, leader_epoch=3,
+        partition_epoch=0,
+    )  # fmt: skip
+    writer = LogWriter()
+    inside = threading.Event()
+    release = threading.Event()
+    real_append = segment_mod.LogSegment.append
+
+    def stuck_append(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_append(self, *args, **kwargs)
+        if threading.current_thread().name.startswith("log-writer") and not inside.is_set():
+            inside.set()
+            release.wait(10)
+
+    monkeypatch.setattr(segment_mod.LogSegment, "append", stuck_append)
+    outcome: list[object] = []
+
+    async def main() -> None:
+        def queue(i: int) -> asyncio.Future:  # type: ignore[type-arg]
+            prepared = log.prepare_append(_batch(i, BIG), now_ms=10_000)
+            return writer.append(log, prepared, 3, still_leads=lambda: role.leads_at(3))
+
+        first = queue(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not inside.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        second = queue(2)
+        role.leader, role.leader_epoch = 2, 4  # broker 2 leads now (metadata applied)
+        release.set()
+        for fut in (first, second):
+            try:
+                outcome.append((await fut).base_offset)
+            except NotLeaderError as exc:
+                outcome.append(exc.error_code)
+        await writer.stop()
+
+    asyncio.run(main())
+    assert outcome == [1, 6]  # offset 1 written; the second refused, NOT_LEADER_OR_FOLLOWER
+    assert log.log_end_offset == 2
+    assert _values(log) == [0, 1]
+    assert log.latest_epoch == 3
+    log.close()

@@ -525,3 +525,115 @@ def test_a_deferred_coordinator_append_that_fails_reports_its_error(tmp_path, mo
     assert seen == {"deferred": True, "code": ErrorCode.KAFKA_STORAGE_ERROR}
     assert log.log_end_offset == 0 and hosted.notified == 0
     log.close()
+
+
+# -- other changes of a log in turn with its appends (run_in_turn) ----------------------
+
+
+def test_a_job_in_turn_runs_on_a_writer_thread_between_the_appends(tmp_path) -> None:
+    """A job queued between appends (a truncation, a switch of folders) runs on a writer
+    thread after the appends queued before it and before those queued after it; its
+    error comes back through its future and the appends after it go on."""
+    log = _open(tmp_path, "t-0")
+    writer = LogWriter()
+    seen: list[tuple[str, int]] = []
+
+    def job() -> int:
+        seen.append((threading.current_thread().name, log.log_end_offset))
+        return log.log_end_offset
+
+    def failing() -> None:
+        raise OSError("disk says no")
+
+    async def main() -> tuple[int, str, list[int]]:
+        def queue(i: int) -> asyncio.Future[Any]:
+            data = bytearray(build_batch([Record(value=_value(i, BIG))]))
+            return writer.append(log, log.prepare_append(data, now_ms=10_000), 0)
+
+        before = [queue(i) for i in range(4)]
+        in_turn = writer.run_in_turn(log, job)
+        broken = writer.run_in_turn(log, failing)
+        after = [queue(i) for i in range(4, 8)]
+        result = await in_turn
+        try:
+            await broken
+            error = ""
+        except OSError as exc:
+            error = str(exc)
+        infos = await asyncio.gather(*before, *after)
+        await writer.stop()
+        return result, error, [info.base_offset for info in infos]
+
+    result, error, offsets = asyncio.run(main())
+    assert result == 4
+    assert seen[0][0].startswith("log-writer") and seen[0][1] == 4
+    assert error == "disk says no"
+    assert offsets == list(range(8))
+    assert _values(log) == list(range(8))
+    log.close()
+
+
+class _OutOfRangeClient:
+    """Answers a Fetch with OFFSET_OUT_OF_RANGE and the leader's (later) log start."""
+
+    def __init__(self, log_start: int) -> None:
+        self.log_start = log_start
+
+    async def request(self, key: int, version: int, req: Any, timeout: float) -> Any:
+        assert key == FETCH
+        parts = [
+            SimpleNamespace(
+                partition_index=p.partition,
+                error_code=1,  # OFFSET_OUT_OF_RANGE
+                diverging_epoch=SimpleNamespace(epoch=-1, end_offset=-1),
+                records=None,
+                high_watermark=self.log_start,
+                log_start_offset=self.log_start,
+            )
+            for t in req.topics
+            for p in t.partitions
+        ]
+        return SimpleNamespace(
+            error_code=0, responses=[SimpleNamespace(topic="t", partitions=parts)]
+        )
+
+
+def test_a_follower_behind_the_leaders_log_start_restarts_its_log_off_the_loop(
+    tmp_path, monkeypatch
+) -> None:
+    """The leader deleted what the follower would fetch next: the follower's log starts
+    again, empty, at the leader's log start, on a writer thread; the next fetch asks
+    from there."""
+    log = _open(tmp_path, "t-0")
+    for i in range(3):
+        log.append(bytearray(build_batch([Record(value=_value(i, 40))])), now_ms=10_000)
+    writer = LogWriter()
+    hosted = _Hosted("t", 0, log)
+    where: list[str] = []
+    real = PartitionLog.truncate_fully_and_start_at
+
+    def recording(self: PartitionLog, offset: int, **kwargs: Any) -> None:
+        where.append(threading.current_thread().name)
+        real(self, offset, **kwargs)
+
+    monkeypatch.setattr(PartitionLog, "truncate_fully_and_start_at", recording)
+    fetcher = ReplicaFetcher(
+        node_id=2,
+        leader_id=1,
+        pool=None,  # type: ignore[arg-type]
+        max_bytes=1 << 20,
+        max_wait_ms=10,
+        writer=writer,
+    )
+    entry = _Entry(hosted, 0, truncated=True)  # type: ignore[arg-type]
+    fetcher._entries[("t", 0)] = entry
+
+    async def main() -> None:
+        await fetcher._fetch(_OutOfRangeClient(50), [entry])
+        await writer.stop()
+
+    asyncio.run(main())
+    assert len(where) == 1 and where[0].startswith("log-writer")
+    assert (log.log_start_offset, log.log_end_offset) == (50, 50)
+    assert entry.truncated  # nothing to reconcile: the next fetch asks from 50
+    log.close()

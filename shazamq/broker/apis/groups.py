@@ -434,7 +434,7 @@ def register(d: Dispatcher, broker: Broker) -> None:
 
     async def offset_delete(ctx: RequestContext, req: OffsetDeleteRequest) -> OffsetDeleteResponse:
         tps = [(t.name, p.partition_index) for t in req.topics for p in t.partitions]
-        code, results = coordinator.delete_offsets(req.group_id, tps)
+        code, results = await coordinator.delete_offsets(req.group_id, tps)
         if code:
             return OffsetDeleteResponse(error_code=code, topics=[])
         return OffsetDeleteResponse(
@@ -515,10 +515,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
         results = {}
         for gid in req.groups_names:
             status = coordinator._key_status(gid)
-            code = None if status else share.delete_group(gid)
+            code = None if status else await share.delete_group(gid)
             if code is not None:
                 results[gid] = code
-        results.update(coordinator.delete_groups(g for g in req.groups_names if g not in results))
+        results.update(
+            await coordinator.delete_groups(g for g in req.groups_names if g not in results)
+        )
         return DeleteGroupsResponse(
             results=[DeletableGroupResult(group_id=g, error_code=c) for g, c in results.items()]
         )

@@ -10,11 +10,12 @@ are reported one by one (KIP-467 `record_errors`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.cluster.metadata import INTERNAL_TOPICS
-from shazamq.broker.log.errors import LogError
+from shazamq.broker.log.errors import LogError, NotLeaderError
 from shazamq.broker.topic_configs import (
     MIRROR_PROMOTED_AT,
     MIRROR_SOURCE,
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from . import Dispatcher
 
 KEY = 0
+
+# a queued append: its answer, partition, payload size, leader epoch and write
+Append = tuple[PartitionProduceResponse, "Partition", int, int, "asyncio.Future[Any]"]
 
 # Produce v3+ carries exactly one batch per partition (Kafka's ProduceRequest rule): a
 # second batch or trailing bytes after the first are refused before anything is appended.
@@ -150,12 +154,12 @@ def register(d: Dispatcher, broker: Broker) -> None:
         redirects: set[int] = set()  # leaders named in NOT_LEADER answers (KIP-951)
         # acks=all in a cluster: (response, partition, future of the high watermark)
         replicated: list[tuple[PartitionProduceResponse, Partition, asyncio.Future[int]]] = []
-        # per topic: (response, partition, bytes, future of the append)
-        pending: list[tuple[str, list[tuple[PartitionProduceResponse, Partition, int, Any]]]] = []
+        # per topic: (response, partition, bytes, leader epoch, future of the append)
+        pending: list[tuple[str, list[Append]]] = []
         for topic in req.topic_data:
             name = topic.name
             out = []
-            appends: list[tuple[PartitionProduceResponse, Partition, int, Any]] = []
+            appends: list[Append] = []
             for pd in topic.partition_data:
                 if acks not in (0, 1, -1):
                     out.append(error(pd.index, ErrorCode.INVALID_REQUIRED_ACKS))
@@ -238,24 +242,34 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 out.append(resp)
                 # the write goes to the partition's writer thread (log/writer.py); every
                 # partition of the request is queued before any is waited for. In a
-                # cluster the leader check above and the append stay together on the
-                # loop, so no change of role falls between them.
-                fut = writer.append(p.log, prepared, p.leader_epoch, inline=role is not None)
-                appends.append((resp, p, len(records), fut))
+                # cluster the writer asks again, right before the write, whether this
+                # broker still leads at this epoch (a role change may come first)
+                epoch = p.leader_epoch
+                still_leads = None if role is None else functools.partial(role.leads_at, epoch)
+                fut = writer.append(p.log, prepared, epoch, still_leads=still_leads)
+                appends.append((resp, p, len(records), epoch, fut))
             if appends:
                 pending.append((name, appends))
             responses.append(TopicProduceResponse(name=name, partition_responses=out))
         for name, appends in pending:
             bytes_in = 0
             msgs_in = 0
-            for resp, p, size, fut in appends:
+            for resp, p, size, epoch, fut in appends:
                 try:
                     info = await fut
+                except NotLeaderError:
+                    answer_as(resp, not_leader(resp.index, name, redirects))
+                    continue
                 except (RecordError, LogError) as exc:
-                    failed = refused(resp.index, exc)
-                    resp.error_code = failed.error_code
-                    resp.error_message = failed.error_message
-                    resp.record_errors = failed.record_errors
+                    answer_as(resp, refused(resp.index, exc))
+                    continue
+                role = p.replica
+                if role is not None and not role.leads_at(epoch):
+                    # written, but the leadership it was written under changed before
+                    # this answer: the new leader decides what survives; the producer
+                    # retries there (an idempotent one is deduplicated)
+                    p.notify()
+                    answer_as(resp, not_leader(resp.index, name, redirects))
                     continue
                 if not info.duplicate:
                     p.notify()
@@ -264,7 +278,6 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 resp.base_offset = info.base_offset
                 resp.log_append_time_ms = info.log_append_time
                 resp.log_start_offset = p.log.log_start_offset
-                role = p.replica
                 if role is not None:
                     assert cluster is not None
                     if acks == -1:
@@ -289,6 +302,14 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 if ep is not None:
                     endpoints.append(NodeEndpoint(node_id=node, host=ep[0], port=ep[1], rack=ep[2]))
         return ProduceResponse(responses=responses, throttle_time_ms=0, node_endpoints=endpoints)
+
+    def answer_as(resp: PartitionProduceResponse, failed: PartitionProduceResponse) -> None:
+        """Turn an already listed answer into an error answer."""
+        resp.error_code = failed.error_code
+        resp.error_message = failed.error_message
+        resp.record_errors = failed.record_errors
+        resp.current_leader = failed.current_leader
+        resp.base_offset = -1
 
     def not_leader(index: int, topic: str, redirects: set[int]) -> PartitionProduceResponse:
         """NOT_LEADER_OR_FOLLOWER with the current leader, so the client goes straight there."""

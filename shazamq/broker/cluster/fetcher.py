@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.log import AppendInfo, AppendOrigin
 from shazamq.broker.log.errors import LogError
-from shazamq.broker.log.writer import LogWriter, submit
+from shazamq.broker.log.writer import LogWriter, in_turn, submit
 from shazamq.protocol.errors import ErrorCode
 from shazamq.protocol.messages.fetch_request import FetchPartition, FetchRequest, FetchTopic
 from shazamq.protocol.messages.offset_for_leader_epoch_request import (
@@ -249,19 +249,27 @@ class ReplicaFetcher:
         # threads take them side by side; all are in before the next fetch, which asks
         # from the log ends they moved
         started: list[tuple[_Entry, Any, asyncio.Future[AppendInfo] | None]] = []
+        restarts: list[tuple[_Entry, asyncio.Future[None]]] = []
         for t in resp.responses:
             for pd in t.partitions:
                 e = self._entries.get((t.topic, pd.partition_index))
                 if e is None or not e.truncated:
                     continue
-                if self._accept(e, pd):
+                if self._accept(e, pd, restarts):
                     started.append((e, pd, self._write(e, pd)))
         for e, pd, write in started:
             await self._written(e, pd, write)
+        for e, restart in restarts:
+            try:
+                await restart
+            except (LogError, OSError) as exc:
+                p = e.partition
+                log.error("%s-%d: cannot restart the log: %s", p.topic, p.index, exc)
+                e.truncated = False
 
-    def _accept(self, e: _Entry, pd) -> bool:  # type: ignore[no-untyped-def]
+    def _accept(self, e: _Entry, pd, restarts: list[tuple[_Entry, asyncio.Future[None]]]) -> bool:  # type: ignore[no-untyped-def]
         """Whether the answer carries records (or a high watermark) to take; acts on
-        its errors otherwise."""
+        its errors otherwise (a log to restart further on goes to ``restarts``)."""
         p = e.partition
         plog = p.log
         code = pd.error_code
@@ -276,7 +284,17 @@ class ReplicaFetcher:
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             if plog.log_end_offset < pd.log_start_offset:
                 # the leader deleted what we would need next: start where it starts
-                plog.truncate_fully_and_start_at(pd.log_start_offset)
+                # (new files, old ones renamed away: on a writer thread, in turn with
+                # the partition's appends; the next fetch asks from the new start)
+                start = pd.log_start_offset
+                restarts.append(
+                    (
+                        e,
+                        in_turn(
+                            self._writer, plog, lambda: plog.truncate_fully_and_start_at(start)
+                        ),
+                    )
+                )
             else:
                 e.truncated = False  # reconcile again
             return False

@@ -51,6 +51,12 @@ class ReplicaRole:
     def is_leader(self) -> bool:
         return self.leader == self.broker_id
 
+    def leads_at(self, leader_epoch: int) -> bool:
+        """Whether this broker still leads at ``leader_epoch``. Asked from a writer thread
+        too (log/writer.py): two attribute reads, and a read torn by a concurrent
+        ``update`` either answers False or answers as before the update."""
+        return self.leader == self.broker_id and self.leader_epoch == leader_epoch
+
     def update(self, info: PartitionInfo, now: float) -> tuple[bool, bool]:
         """Take the controller's new view; returns (leadership changed, epoch changed)."""
         was_leader = self.is_leader

@@ -654,23 +654,47 @@ class ConsumerGroupsMixin:
             return int(_E.ILLEGAL_GENERATION if member.is_classic else _E.STALE_MEMBER_EPOCH)
         return 0
 
-    def delete_consumer_group(self, group_id: str) -> int | None:
-        """None if no consumer group; else NON_EMPTY_GROUP or 0 (its records tombstoned)."""
+    def _consumer_tombstones(self, group_id: str) -> list[Record]:
+        return [
+            (cr.encode_consumer_key(kind, group_id), None)
+            for kind in (cr.TARGET_METADATA, cr.PARTITION_METADATA, cr.GROUP_METADATA)
+        ]
+
+    def drop_empty_consumer_group(self, group_id: str) -> None:
+        """A classic join takes over an empty consumer group's id: its tombstones are
+        queued and it is forgotten at once. Safe without waiting: the classic group's
+        own records go to the same partition after them, and a storage failure that
+        loses the tombstones takes the partition offline, so those fail (and are
+        answered as failed) too."""
+        if group_id not in self.consumer_groups:
+            return
+        try:
+            self._write_now(group_id, self._consumer_tombstones(group_id))
+        except (LogError, RecordError, KafkaError) as exc:  # not queued: the group stays
+            log.warning("group %s: cannot tombstone the empty consumer group: %s", group_id, exc)
+            return
+        del self.consumer_groups[group_id]
+
+    async def delete_consumer_group(self, group_id: str) -> int | None:
+        """None if no consumer group; else NON_EMPTY_GROUP, the write's error (the group
+        kept as it was), or 0 once its records are tombstoned (then it is forgotten)."""
         g = self.consumer_groups.get(group_id)
         if g is None:
             return None
         if g.members:
             return int(_E.NON_EMPTY_GROUP)
-        records: list[Record] = [
-            (cr.encode_consumer_key(kind, group_id), None)
-            for kind in (cr.TARGET_METADATA, cr.PARTITION_METADATA, cr.GROUP_METADATA)
-        ]
         try:
-            self._write_now(group_id, records)
+            appended = await landed(self._write_now(group_id, self._consumer_tombstones(group_id)))
         except (LogError, RecordError, KafkaError) as exc:
             return append_error_code(exc)
-        del self.consumer_groups[group_id]
-        return 0
+        if self.consumer_groups.get(group_id) is g:
+            if g.members:
+                # a member joined while the tombstones were written: its records follow
+                # them in the log, so the group lives on there and here
+                return int(_E.NON_EMPTY_GROUP)
+            del self.consumer_groups[group_id]
+        code = await self._replication(appended)
+        return commit_replication_error(code) if code else 0
 
     # -- loading ----------------------------------------------------------------------
 

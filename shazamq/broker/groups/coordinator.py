@@ -36,10 +36,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shazamq.broker.log import LogError
 from shazamq.broker.tasks import cancel_all
-from shazamq.protocol.errors import ErrorCode, KafkaError
-from shazamq.protocol.records import RecordError
+from shazamq.protocol.errors import ErrorCode
 
 from .consumer import ConsumerGroupsMixin
 from .consumer_group import ConsumerGroup
@@ -49,7 +47,7 @@ from .membership import MembershipMixin
 from .mixed import MixedGroupsMixin
 from .offsets import FetchedOffset, OffsetCommit, OffsetsMixin
 from .offsets_codec import GroupMetadataValue
-from .offsets_store import OFFSETS_TOPIC, LoadedPartition, OffsetsStore, append_error_code
+from .offsets_store import OFFSETS_TOPIC, LoadedPartition, OffsetsStore
 from .ownership import OwnedPartitions, Ownership
 
 if TYPE_CHECKING:
@@ -497,14 +495,16 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
             tuple(members),
         )
 
-    def delete_groups(self, group_ids: Iterable[str]) -> dict[str, int]:
+    async def delete_groups(self, group_ids: Iterable[str]) -> dict[str, int]:
+        """Each group answered once its tombstones are in the log (on the in-sync
+        replicas in a cluster); one whose write failed keeps its state and offsets."""
         out: dict[str, int] = {}
         for gid in group_ids:
             status = self._key_status(gid)
             if status:
                 out[gid] = status
                 continue
-            consumer = self.delete_consumer_group(gid)
+            consumer = await self.delete_consumer_group(gid)
             if consumer:
                 out[gid] = consumer
                 continue
@@ -516,12 +516,7 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
             elif not group.is_state(GroupState.EMPTY):
                 out[gid] = int(_E.NON_EMPTY_GROUP)
             else:
-                try:
-                    self._remove_group(group)
-                except (LogError, RecordError, KafkaError) as exc:
-                    out[gid] = append_error_code(exc)
-                    continue
-                out[gid] = 0
+                out[gid] = await self._delete_group(group)
         return out
 
     # -- metrics ----------------------------------------------------------------------

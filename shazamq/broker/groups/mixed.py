@@ -93,7 +93,7 @@ class MixedGroupsMixin:
         def _subscriptions(self, g: ConsumerGroup) -> tuple[Any, dict[str, int]]: ...
         def _ensure_member_timer(self, group: Group, member: Any) -> None: ...
         def _prepare_rebalance(self, group: Group, reason: str) -> None: ...
-        def delete_consumer_group(self, group_id: str) -> int | None: ...
+        def drop_empty_consumer_group(self, group_id: str) -> None: ...
 
     # -- policy -----------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class MixedGroupsMixin:
         if g.members:
             return True
         # nothing to migrate: the empty consumer group's records go, classic takes over
-        self.delete_consumer_group(group_id)
+        self.drop_empty_consumer_group(group_id)
         return False
 
     # -- upgrade ----------------------------------------------------------------------

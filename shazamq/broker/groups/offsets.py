@@ -16,8 +16,12 @@ with nothing is removed, tombstones and all.
 
 In a cluster a commit is answered, and becomes visible, once the in-sync replicas have
 its records (``offsets.commit.timeout.ms``; REQUEST_TIMED_OUT after it, and the commit is
-not applied). Tombstones (OffsetDelete, DeleteGroups, retention) are not waited for, as
-in Kafka: a lost one is written again by the next cleanup. The partitions a commit names
+not applied). OffsetDelete and DeleteGroups answer once their tombstones are in the log
+(and, in a cluster, on the in-sync replicas, as Kafka's KIP-848 coordinator does); memory
+changes only after the tombstones landed, so a storage error is answered with its code
+and leaves the offsets and the group as they were. Retention answers nobody: it drops
+the expired offsets from memory as it queues their tombstones, and after a crash before
+they land the reloaded offsets are simply expired again. The partitions a commit names
 must exist in the cluster, not on this broker.
 """
 
@@ -35,7 +39,7 @@ from shazamq.protocol.errors import ErrorCode, KafkaError
 from shazamq.protocol.records import RecordError
 
 from .group import CONSUMER_PROTOCOL_TYPE, CommittedOffset, Group, GroupState
-from .internal_topic import partition_exists, run_now
+from .internal_topic import landed, partition_exists, run_now
 from .offsets_store import append_error_code, commit_replication_error
 
 if TYPE_CHECKING:
@@ -366,7 +370,7 @@ class OffsetsMixin:
                 out.append(FetchedOffset(topic, partition, c.offset, c.leader_epoch, c.metadata, 0))
         return 0, out
 
-    def delete_offsets(
+    async def delete_offsets(
         self, group_id: str, partitions: list[TopicPartition]
     ) -> tuple[int, dict[TopicPartition, int]]:
         status = self._key_status(group_id)
@@ -393,21 +397,63 @@ class OffsetsMixin:
                     doomed.append(tp)
         if doomed:
             try:
-                self.store.delete_offsets(group_id, doomed)
+                appended = await landed(self.store.delete_offsets(group_id, doomed))
             except (LogError, RecordError, KafkaError) as exc:
-                code = append_error_code(exc)
-                return code, {}
-            for tp in doomed:
-                group.offsets.pop(tp, None)
+                return append_error_code(exc), {}  # nothing written: nothing changes
+            # the tombstones are in the log: memory follows it. An offset committed after
+            # them (a later record) stays; the group may have been replaced meanwhile
+            at = appended.base_offset if appended is not None else 1 << 62
+            current = self.groups.get(group_id)
+            for g in {id(x): x for x in (group, current) if x is not None}.values():
+                for tp in doomed:
+                    c = g.offsets.get(tp)
+                    if c is not None and c.record_offset < at:
+                        del g.offsets[tp]
+            code = await self._replication(appended)
+            if code:
+                return commit_replication_error(code), {}
         return 0, result
 
+    async def _delete_group(self, group: Group) -> int:
+        """DeleteGroups of an Empty classic group: its tombstones first, then memory.
+
+        The group is Dead while they are written, so joins and commits meanwhile are
+        answered COORDINATOR_NOT_AVAILABLE (retried) instead of changing what is being
+        deleted; a write that fails leaves it Empty as it was, with its offsets."""
+        gid = group.group_id
+        try:
+            landing = self.store.delete_group(
+                gid, list(group.offsets), metadata=gid in self._persisted
+            )
+        except (LogError, RecordError, KafkaError) as exc:
+            return append_error_code(exc)
+        was = (group.state, group.previous_state, group.state_timestamp)
+        group.transition(GroupState.DEAD)
+        try:
+            appended = await landed(landing)
+        except (LogError, RecordError, KafkaError) as exc:
+            if self.groups.get(gid) is group:  # not deleted: serve it again as it was
+                group.state, group.previous_state, group.state_timestamp = was
+            return append_error_code(exc)
+        self._forget_group(group)
+        code = await self._replication(appended)
+        return commit_replication_error(code) if code else 0
+
     def _remove_group(self, group: Group) -> None:
-        """Tombstone an Empty group's offsets and metadata, then forget it."""
-        self.store.delete_group(
+        """Tombstone an Empty group's offsets and metadata, then forget it (retention:
+        nobody waits for the answer; see the module doc)."""
+        landing = self.store.delete_group(
             group.group_id,
             list(group.offsets),
             metadata=group.group_id in self._persisted,
         )
+        _log_if_lost(group.group_id, landing)
+        self._forget_group(group)
+
+    def _forget_group(self, group: Group) -> None:
+        """Drop a group whose tombstones are written (or queued, for retention)."""
+        if not group.is_state(GroupState.DEAD):
+            group.transition(GroupState.DEAD)
         group.cancel_timers()
         group.offsets.clear()
         for pid in group.pending_txn_offsets:
@@ -417,7 +463,6 @@ class OffsetsMixin:
                 if not gids:
                     del self._txn_groups[pid]
         group.pending_txn_offsets.clear()
-        group.transition(GroupState.DEAD)
         self._persisted.discard(group.group_id)
         if self.groups.get(group.group_id) is group:
             del self.groups[group.group_id]
@@ -470,7 +515,7 @@ class OffsetsMixin:
                     expired.append(tp)
             if expired:
                 try:
-                    self.store.delete_offsets(group.group_id, expired)
+                    _log_if_lost(group.group_id, self.store.delete_offsets(group.group_id, expired))
                 except (LogError, RecordError, KafkaError) as exc:
                     log.warning("group %s: cannot expire offsets: %s", group.group_id, exc)
                     continue
@@ -486,3 +531,16 @@ class OffsetsMixin:
         if removed:
             self.offsets_expired.inc(removed)
         return removed
+
+
+def _log_if_lost(group_id: str, landing: Landing | None) -> None:
+    """Retention's tombstones went to a writer thread: say so if they failed there."""
+    if not isinstance(landing, asyncio.Future):
+        return
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.warning("group %s: expired offsets' tombstones not written: %s", group_id, exc)
+
+    landing.add_done_callback(done)

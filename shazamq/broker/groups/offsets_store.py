@@ -206,10 +206,12 @@ class OffsetsStore:
             committed.record_offset = appended.base_offset + i
         return appended
 
-    def delete_offsets(self, group_id: str, tps: list[TopicPartition]) -> None:
+    def delete_offsets(self, group_id: str, tps: list[TopicPartition]) -> Landing | None:
+        """Tombstones for some of a group's offsets, in one batch; where they land (or
+        its future), None when there is nothing to delete."""
         if not tps:
-            return
-        self.topic.append(
+            return None
+        return self.topic.append(
             self.partition_for(group_id),
             [(encode_offset_key(group_id, t, p), None) for t, p in tps],
         )
@@ -222,15 +224,17 @@ class OffsetsStore:
 
     def delete_group(
         self, group_id: str, offsets: list[TopicPartition], *, metadata: bool = True
-    ) -> None:
-        """Tombstones for a group's offsets (and its metadata), in one batch."""
+    ) -> Landing | None:
+        """Tombstones for a group's offsets (and its metadata), in one batch; where they
+        land (or its future), None when there is nothing to delete."""
         records: list[tuple[bytes, bytes | None]] = [
             (encode_offset_key(group_id, t, p), None) for t, p in offsets
         ]
         if metadata:
             records.append((encode_group_key(group_id), None))
-        if records:
-            self.topic.append(self.partition_for(group_id), records)
+        if not records:
+            return None
+        return self.topic.append(self.partition_for(group_id), records)
 
     # -- loading ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from shazamq.protocol.records import RecordError, control_record_of, iter_batche
 
 from . import consumer_settings as cs
 from . import share_records as sr
+from .internal_topic import landed
 from .offsets_store import append_error_code, commit_replication_error
 from .share_group import (
     GroupSettingError,
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
     from shazamq.broker.log.partition_log import PartitionLog
     from shazamq.broker.partitions import Partition
 
-    from .internal_topic import Appended
+    from .internal_topic import Appended, Landing
 
 __all__ = ["AckBatch", "PartitionFetch", "ShareCoordinator", "ShareHeartbeatResult"]
 
@@ -494,9 +495,7 @@ class ShareCoordinator:
             self._group_configs_changed({group_id})
             return
         await self._ensure_store()
-        self._write_or_raise(
-            group_id, [(config_key(group_id), encode_config(new) if new else None)]
-        )
+        await self._write(group_id, [(config_key(group_id), encode_config(new) if new else None)])
         if new:
             self.overrides[group_id] = new
         else:
@@ -505,25 +504,32 @@ class ShareCoordinator:
 
     # -- persistence ------------------------------------------------------------------
 
-    def _write_or_raise(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    def _write_or_raise(
+        self, group_id: str, records: list[tuple[bytes, bytes | None]]
+    ) -> Landing | None:
+        """Queue the records (single broker); KafkaError if they cannot be. Only for
+        callers that answer nobody on the write (see :meth:`_write`)."""
         if self.broker.cluster is not None:
             # in a cluster the window is the share coordinators', the group's records are
             # in __consumer_offsets and its settings in the metadata log
-            return
+            return None
         try:
-            self.store.write(group_id, records)
+            return self.store.write(group_id, records)
         except (LogError, RecordError, KafkaError) as exc:
-            code = getattr(exc, "error_code", None) or getattr(exc, "code", _E.UNKNOWN_SERVER_ERROR)
-            raise KafkaError(ErrorCode(int(code)), f"cannot write the share state: {exc}") from None
+            raise _write_error(exc) from None
 
-    def _persist(self, group_id: str, keys: Iterable[PartKey]) -> int:
-        """Write the snapshots of the changed share-partitions; 0 or the error code.
-        In a cluster the writes go to the share coordinators in the background (use
-        :meth:`_persist_now` to wait for them)."""
-        if self.leader is not None:
-            self.leader.write_soon(keys)
-            return 0
-        records = []
+    async def _write(self, group_id: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Write the records and return once they are in the log (a write that went to a
+        writer thread included); KafkaError if it failed. For answers that promise the
+        state is stored."""
+        landing = self._write_or_raise(group_id, records)
+        try:
+            await landed(landing)
+        except (LogError, RecordError, KafkaError) as exc:
+            raise _write_error(exc) from None
+
+    def _snapshot_records(self, keys: Iterable[PartKey]) -> list[tuple[bytes, bytes | None]]:
+        records: list[tuple[bytes, bytes | None]] = []
         for key in keys:
             sp = self.partitions.get(key)
             if sp is None or not sp.dirty:
@@ -533,20 +539,44 @@ class ShareCoordinator:
             self._snapshot_epochs[key] = epoch
             snap = Snapshot(epoch, 0, start, tuple(batches))
             records.append((snapshot_key(*key), encode_snapshot(snap)))
+        return records
+
+    def _persist(self, group_id: str, keys: Iterable[PartKey]) -> int:
+        """Queue the snapshots of the changed share-partitions; 0 or the error code. For
+        changes nobody is answered on (acquisitions, releases when a member or session
+        goes): after a crash before they land, the records are delivered again, which
+        share groups allow. In a cluster the writes go to the share coordinators in the
+        background. Acknowledgements use :meth:`_persist_now`."""
+        if self.leader is not None:
+            self.leader.write_soon(keys)
+            return 0
+        records = self._snapshot_records(keys)
         if not records:
             return 0
         try:
-            self._write_or_raise(group_id, records)
+            landing = self._write_or_raise(group_id, records)
+        except KafkaError as exc:
+            log.warning("share group %s: %s", group_id, exc.message)
+            return int(exc.code)
+        if isinstance(landing, asyncio.Future):
+            landing.add_done_callback(lambda f: _log_lost(group_id, f))
+        return 0
+
+    async def _persist_now(self, group_id: str, keys: Iterable[PartKey]) -> int:
+        """Write the snapshots and return once they are stored (on a single broker: in
+        the log, a write that went to a writer thread included; in a cluster: with the
+        share coordinators); 0 or the error code."""
+        if self.leader is not None:
+            return await self.leader.write(keys)
+        records = self._snapshot_records(keys)
+        if not records:
+            return 0
+        try:
+            await self._write(group_id, records)
         except KafkaError as exc:
             log.warning("share group %s: %s", group_id, exc.message)
             return int(exc.code)
         return 0
-
-    async def _persist_now(self, group_id: str, keys: Iterable[PartKey]) -> int:
-        """:meth:`_persist`, waiting in a cluster until the share coordinators have it."""
-        if self.leader is not None:
-            return await self.leader.write(keys)
-        return self._persist(group_id, keys)
 
     async def _load(
         self, group_id: str, tps: Iterable[TopicPartitionId]
@@ -691,7 +721,7 @@ class ShareCoordinator:
                 if cluster_records:
                     await self._offsets_write(group_id, cluster_records, own)
             elif records:
-                self._write_or_raise(group_id, records)
+                await self._write(group_id, records)
         except KafkaError as exc:
             return ShareHeartbeatResult(int(exc.code), exc.message)
         self._schedule(group, member, settings.session_timeout_ms)
@@ -1224,8 +1254,9 @@ class ShareCoordinator:
     def is_share_group(self, group_id: str) -> bool:
         return group_id in self.groups
 
-    def delete_group(self, group_id: str) -> int | None:
-        """None if no share group; else NON_EMPTY_GROUP or 0 (its state tombstoned)."""
+    async def delete_group(self, group_id: str) -> int | None:
+        """None if no share group; else NON_EMPTY_GROUP, the write's error (nothing
+        forgotten), or 0 once its state is tombstoned in the log."""
         g = self.groups.get(group_id)
         if g is None:
             return None
@@ -1250,9 +1281,13 @@ class ShareCoordinator:
                 if group_id in self.overrides:
                     self._forget_settings_soon(group_id)
             else:
-                self._write_or_raise(group_id, records)
+                await self._write(group_id, records)
         except KafkaError as exc:
             return int(exc.code)
+        if self.groups.get(group_id) is not g or g.members:
+            # joined (or replaced) while the tombstones were written: its own records
+            # follow them in the log, so it lives on there and here
+            return int(_E.NON_EMPTY_GROUP)
         if self.leader is not None:  # the states are with their share coordinators
             self.leader.delete_soon(ShareOffsets(self)._candidates(group_id) | keys)
         for k in keys:
@@ -1325,7 +1360,7 @@ class ShareCoordinator:
                 continue
             snap = fresh[key] = Snapshot(self._snapshot_epochs.get(key, -1) + 1, 0, start, ())
             records.append((snapshot_key(*key), encode_snapshot(snap)))
-        self._write_or_raise(group_id, records)
+        await self._write(group_id, records)
         for key in starts:
             self.partitions.pop(key, None)
             snap = fresh.get(key)
@@ -1335,3 +1370,15 @@ class ShareCoordinator:
             else:  # restored with the group's settings when it is next read
                 self._snapshots[key] = snap
                 self._snapshot_epochs[key] = snap.snapshot_epoch
+
+
+def _write_error(exc: BaseException) -> KafkaError:
+    """A failed share-state write as the KafkaError its callers answer with."""
+    code = getattr(exc, "error_code", None) or getattr(exc, "code", _E.UNKNOWN_SERVER_ERROR)
+    return KafkaError(ErrorCode(int(code)), f"cannot write the share state: {exc}")
+
+
+def _log_lost(group_id: str, landing: asyncio.Future[object]) -> None:
+    exc = None if landing.cancelled() else landing.exception()
+    if exc is not None:
+        log.warning("share group %s: share state not written: %s", group_id, exc)

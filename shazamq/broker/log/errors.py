@@ -17,6 +17,7 @@ __all__ = [
     "InvalidTxnStateError",
     "KafkaStorageError",
     "LogError",
+    "NotLeaderError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "TransactionCoordinatorFencedError",
@@ -67,6 +68,14 @@ class DuplicateSequenceError(LogError):
     """DUPLICATE_SEQUENCE_NUMBER (46): a retried batch mixed with new ones in one payload."""
 
     error_code = 46
+
+
+class NotLeaderError(LogError):
+    """NOT_LEADER_OR_FOLLOWER (6): a client append queued while this broker led the
+    partition, refused by the writer because the leadership (or its epoch) changed
+    before the append's turn came."""
+
+    error_code = 6
 
 
 class InvalidProducerEpochError(LogError):

@@ -584,7 +584,7 @@ class LogManager:
     # ------------------------------------------------------ moving between log dirs
     # AlterReplicaLogDirs, as Kafka does it: the partition is copied into
     # ``<target>/<topic>-<partition>.<uuid>-future`` while its log serves; once caught up
-    # the copy takes over (switch_to_future, where appends run), the old folder is renamed
+    # the copy takes over (switch_to_future, in turn with appends), the old folder is renamed
     # away (retire) and the copy gets the plain name (finish_move). A stop at any point
     # leaves one log that start-up recognises (see _settle_futures).
 
@@ -644,14 +644,20 @@ class LogManager:
         future.append(view[first:stop], origin=AppendOrigin.REPLICATION)
         return stop - first
 
-    def switch_to_future(self, topic: str, partition: int) -> tuple[PartitionLog, PartitionLog]:
-        """Copy the rest of the log into its future and make the future the partition's
-        log; the old one stops, forwarding stale callers. Run it where appends run (the
-        event loop) once the future has nearly caught up: it writes, never fsyncs.
-        Returns ``(old, new)``."""
+    def switch_to_future(
+        self, topic: str, partition: int, source: PartitionLog
+    ) -> tuple[PartitionLog, PartitionLog]:
+        """Copy the rest of ``source`` into its future and make the future the partition's
+        log; the old one stops, forwarding stale callers. Run it in turn with the
+        partition's appends (a writer thread) once the future has nearly caught up: it
+        writes, never fsyncs. Returns ``(old, new)``; KafkaStorageError when ``source`` is
+        no longer the partition's log (deleted or replaced meanwhile)."""
         key = (topic, partition)
         with self._lock:
-            source = self._logs[key]
+            if self._logs.get(key) is not source or key not in self.futures:
+                raise KafkaStorageError(
+                    f"{topic}-{partition}: the log changed before the switch to its copy"
+                )
             future = self.futures[key]
         with source.lock:
             while future.log_end_offset < source.log_end_offset:

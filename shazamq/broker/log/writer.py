@@ -18,11 +18,21 @@ How the guarantees hold:
 * Visibility: the log end (and, on a single broker, the high watermark) moves inside
   that call only after the bytes are written, and fetchers are woken on the loop after
   the job's results arrive; readers never see a half-written batch.
+* Leadership (a cluster leader's client appends): the append carries a ``still_leads``
+  check, run on the writer thread right before the write, in the partition's order. An
+  append whose turn comes after the broker stopped leading the partition, or after its
+  leader epoch moved, is refused (:class:`NotLeaderError`) and never written. One already
+  written when the role changes is as if it had been written on the loop before the
+  change: the follower's reconciliation waits for ``settled`` before it compares log
+  ends, and the Produce handler answers NOT_LEADER_OR_FOLLOWER for an append whose role
+  changed before the answer, so no acknowledgement depends on a leadership it lost.
 
 Who appends here: client produce; a follower's fetched batches and a mirror's copied ones
 (``submit``); transaction markers and the coordinators' internal topics
 (``append_through``, ``InternalTopic.append``). One queue per partition for all of them,
-so their appends keep the order they were issued in. ``settled`` lets a reader that
+so their appends keep the order they were issued in. ``run_in_turn`` puts another
+blocking change of the log in that order (a follower's or a mirror's restart at a new
+log start, a log-dir move's switch to its copy). ``settled`` lets a reader that
 decides from the log end or the producer state (a follower's reconciliation, a mirror
 promotion) wait for what is queued.
 
@@ -39,13 +49,16 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+from .errors import NotLeaderError
 from .partition_log import AppendInfo, AppendOrigin, PartitionLog, PreparedAppend
 
-__all__ = ["LogWriter", "append_through", "inline_appends", "submit"]
+__all__ = ["LogWriter", "append_through", "in_turn", "inline_appends", "submit"]
+
+T = TypeVar("T")
 
 # Threads writing partitions in parallel. Writes mostly wait on the kernel, so a few more
 # than the cores keep one stalled partition from holding up the others.
@@ -78,9 +91,13 @@ def inline_appends() -> Iterator[None]:
 
 
 class _Queued(NamedTuple):
-    prepared: PreparedAppend
+    prepared: PreparedAppend | None  # None: ``job`` instead of an append
     leader_epoch: int
-    future: asyncio.Future[AppendInfo]
+    future: asyncio.Future[Any]
+    # checked on the writer thread before the write: False refuses it (NotLeaderError)
+    still_leads: Callable[[], bool] | None = None
+    # another change of the log that must keep its place among the appends (run_in_turn)
+    job: Callable[[], Any] | None = None
 
 
 class LogWriter:
@@ -105,32 +122,49 @@ class LogWriter:
         prepared: PreparedAppend,
         leader_epoch: int,
         *,
-        inline: bool = False,
+        still_leads: Callable[[], bool] | None = None,
     ) -> asyncio.Future[AppendInfo]:
         """Queue an append; the future gets its :class:`AppendInfo` or its error.
-        ``inline`` (or ``inline_appends``) writes it on the loop now unless appends are
-        queued for the log."""
+        ``inline_appends`` writes it on the loop now unless appends are queued for the
+        log. ``still_leads`` (a cluster leader's client append) is asked on the writer
+        thread right before the write; False refuses it with :class:`NotLeaderError`.
+        It must be cheap and safe to call from any thread (attribute reads)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AppendInfo] = loop.create_future()
         queue = self._queues.get(log)
         if queue is None and (
-            inline
-            or (len(prepared.data) < INLINE_APPEND_BYTES and log.append_is_light(prepared))
+            (len(prepared.data) < INLINE_APPEND_BYTES and log.append_is_light(prepared))
             or _INLINE.get()
         ):
+            # on the loop, right after the caller's own leadership check: nothing can
+            # have changed the role in between, so still_leads need not be asked
             try:
                 fut.set_result(log.append_prepared(prepared, leader_epoch=leader_epoch))
             except Exception as exc:
                 fut.set_exception(exc)
             return fut
+        item = _Queued(prepared, leader_epoch, fut, still_leads)
+        self._enqueue(loop, log, item)
+        return fut
+
+    def run_in_turn(self, log: PartitionLog, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``job`` (a blocking change of ``log``: a truncation, a switch to another
+        folder) on a writer thread, after the appends queued for ``log`` so far and
+        before any queued later; the future gets its result or its error."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._enqueue(loop, log, _Queued(None, -1, fut, job=job))
+        return fut
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, log: PartitionLog, item: _Queued) -> None:
+        queue = self._queues.get(log)
         if queue is not None:  # a job is in the pool: it or the next one takes this
-            queue.append(_Queued(prepared, leader_epoch, fut))
-            return fut
-        queue = self._queues[log] = deque([_Queued(prepared, leader_epoch, fut)])
+            queue.append(item)
+            return
+        queue = self._queues[log] = deque([item])
         if self._idle is not None:
             self._idle.clear()
         self._submit(loop, log, queue)
-        return fut
 
     def _submit(
         self, loop: asyncio.AbstractEventLoop, log: PartitionLog, queue: deque[_Queued]
@@ -146,13 +180,22 @@ class LogWriter:
         self, loop: asyncio.AbstractEventLoop, log: PartitionLog, queue: deque[_Queued]
     ) -> None:
         """On a pool thread: the queued appends, in order; results back in one call."""
-        done: list[tuple[_Queued, AppendInfo | None, BaseException | None]] = []
+        done: list[tuple[_Queued, Any, BaseException | None]] = []
         while len(done) < MAX_PER_DRAIN:
             try:
                 item = queue.popleft()
             except IndexError:
                 break
             try:
+                if item.prepared is None:
+                    assert item.job is not None
+                    done.append((item, item.job(), None))
+                    continue
+                if item.still_leads is not None and not item.still_leads():
+                    raise NotLeaderError(
+                        f"{log.topic}-{log.partition}: no longer the leader at epoch "
+                        f"{item.leader_epoch}; the append was not written"
+                    )
                 info = log.append_prepared(item.prepared, leader_epoch=item.leader_epoch)
             except BaseException as exc:  # every error goes back to its producer
                 done.append((item, None, exc))
@@ -165,7 +208,7 @@ class LogWriter:
         loop: asyncio.AbstractEventLoop,
         log: PartitionLog,
         queue: deque[_Queued],
-        done: list[tuple[_Queued, AppendInfo | None, BaseException | None]],
+        done: list[tuple[_Queued, Any, BaseException | None]],
     ) -> None:
         for item, info, exc in done:
             fut = item.future
@@ -174,7 +217,6 @@ class LogWriter:
             if exc is not None:
                 fut.set_exception(exc)
             else:
-                assert info is not None
                 fut.set_result(info)
         if queue:  # queued while the job ran: the next job takes them
             self._submit(loop, log, queue)
@@ -257,3 +299,11 @@ async def append_through(
     if writer is None:  # nothing to queue behind: no future, so no running loop needed
         return log.append(data, leader_epoch=leader_epoch, now_ms=now_ms, origin=origin)
     return await submit(writer, log, data, origin=origin, now_ms=now_ms, leader_epoch=leader_epoch)
+
+
+def in_turn(writer: LogWriter | None, log: PartitionLog, job: Callable[[], T]) -> asyncio.Future[T]:
+    """:meth:`LogWriter.run_in_turn`; without a writer (a component built alone), on the
+    default executor."""
+    if writer is not None:
+        return writer.run_in_turn(log, job)
+    return asyncio.get_running_loop().run_in_executor(None, job)
