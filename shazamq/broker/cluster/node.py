@@ -448,6 +448,7 @@ class ClusterNode:
 
     async def allocate_producer_ids(self, count: int) -> int:
         """The first id of a fresh block of `count`, unique in the cluster."""
+        await self._wait_restored()  # the restored producers' ids are reserved first
         for _ in range(20):
             start = self.state.next_producer_id
             code = await self.propose(
@@ -457,6 +458,22 @@ class ClusterNode:
                 return start
             await asyncio.sleep(0.01)
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not allocate producer ids")
+
+    async def reserve_producer_ids(self, producer_id: int) -> None:
+        """Never hand out ``producer_id`` or any id below it (ids in copied or restored
+        data): the quorum allocates the ids up to it as a block nobody hands out."""
+        for _ in range(20):
+            start = self.state.next_producer_id
+            if start > producer_id:
+                return
+            code = await self.propose(
+                r.AllocateProducerIds(
+                    broker_id=self.node_id, start=start, count=producer_id + 1 - start
+                )
+            )
+            if code == 0:
+                return
+        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not reserve producer ids")
 
     async def elect_leaders(
         self, wanted: list[tuple[str, int]], *, unclean: bool
@@ -975,6 +992,12 @@ class ClusterNode:
                     and time.monotonic() < deadline
                 ):
                     await asyncio.sleep(0.2)
+                # before any topic exists: a producer retrying into a restored partition
+                # must find its id issued, and no new producer may be given it
+                used = await restorer.producer_ids_used()
+                if used > 0:
+                    await self.reserve_producer_ids(used - 1)
+                    log.info("restore: producer ids below %d reserved", used)
                 default_rf = self.config.replication.default_replication_factor
                 live = len(self.state.live_brokers())
                 for t in restorer.meta.topics:

@@ -296,6 +296,7 @@ class TierManager:
             topics=topics,
             scram={user: dict(m) for user, m in sorted(security.scram.items())},
             acls=sorted(security.acls),
+            next_producer_id=0 if cluster is None else cluster.state.next_producer_id,
         )
         data = encode_cluster(doc)
         if data == self._metadata_written:

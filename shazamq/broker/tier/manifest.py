@@ -147,6 +147,9 @@ class ClusterMetadata(msgspec.Struct, kw_only=True):
     # how far the cluster's metadata log had been applied by the writer (0 on a single
     # broker): a writer whose conditional write loses to a further one leaves it be
     metadata_index: int = 0
+    # the cluster's next unallocated producer id when written (0: unknown, a single
+    # broker): a restored cluster hands out none below it, nor any in restored snapshots
+    next_producer_id: int = 0
 
 
 def partition_prefix(topic: str, topic_id: str, partition: int) -> str:

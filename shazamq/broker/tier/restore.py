@@ -138,7 +138,7 @@ async def restore_if_empty(
                 "cluster metadata: refusing to restore over them"
             )
     restored = 0
-    top_pid = -1
+    top_pid = meta.next_producer_id - 1
     for t in meta.topics:
         for i in range(t.partitions):
             raw_m = await _get_or_none(store, manifest_key(t.name, t.topic_id, i))
@@ -288,6 +288,7 @@ class ClusterRestore:
         self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
         # partitions looked up already (those without a manifest leave no folder)
         self._done: set[tuple[str, int]] = set()
+        self._manifests_read: dict[str, list[PartitionManifest]] = {}
 
     def needs_layout(self, name: str, topic_id: str, index: int) -> bool:
         t = self.topics.get(topic_id)
@@ -328,16 +329,45 @@ class ClusterRestore:
         )
         return m.end_offset
 
+    async def _manifests(self, t: RemoteTopic) -> list[PartitionManifest]:
+        """The topic's manifests in the bucket, read once (the controller asks twice)."""
+        got = self._manifests_read.get(t.topic_id)
+        if got is None:
+            got = []
+            for i in range(t.partitions):
+                key = manifest_key(t.name, t.topic_id, i)
+                raw = await _get_or_none(self.store, key)
+                if raw is not None:
+                    got.append(decode_manifest(raw, where=key))
+            self._manifests_read[t.topic_id] = got
+        return got
+
+    async def producer_ids_used(self) -> int:
+        """One above every producer id the restored data may name: the bucket document's
+        next unallocated id, and the ids in each partition's producer snapshot at the
+        bucket's end (a retrying producer must be recognised, never impersonated)."""
+        top = self.meta.next_producer_id - 1
+        for t in self.meta.topics:
+            for m in await self._manifests(t):
+                last = m.segments[-1] if m.segments else None
+                if last is None or not last.has_snapshot:
+                    continue
+                prefix = partition_prefix(m.topic, m.topic_id, m.partition)
+                key = segment_key(prefix, last.base_offset, last.upload_id, "snapshot")
+                data = await _get_or_none(self.store, key)
+                if not data:
+                    continue
+                try:
+                    top = max([top, *ProducerStateManager.parse_snapshot(data, key)])
+                except CorruptSnapshotError as exc:
+                    log.warning("restore: %s; its producer ids are not reserved", exc)
+        return top + 1
+
     async def first_leader_epoch(self, t: RemoteTopic) -> int:
         """One above every leader epoch the topic's remote segments and manifests were
         written under: the new leaders' manifest writes must not look deposed."""
         top = -1
-        for i in range(t.partitions):
-            key = manifest_key(t.name, t.topic_id, i)
-            raw = await _get_or_none(self.store, key)
-            if raw is None:
-                continue
-            m = decode_manifest(raw, where=key)
+        for m in await self._manifests(t):
             top = max(top, m.leader_epoch)
             for s in m.segments:
                 for epoch, _ in s.epochs:
