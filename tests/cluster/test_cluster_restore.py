@@ -8,7 +8,8 @@ offsets, and continues new records at the restored end on every replica. The bro
 restore metrics, read with the operator's own parsers, add up to every partition restored.
 An idempotent producer of the old cluster that retries its last batch into the new one
 is recognised (its original offset, nothing appended) and continues its sequence, and no
-new producer is given its id.
+new producer is given its id. A client quota set on the old cluster is described by every
+new broker and enforced.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from shazamq.protocol.messages.produce_request import (
     TopicProduceData,
 )
 from shazamq.protocol.records import Record, build_batch
+from tests.groups.kafka_wire import WireClient
 from tests.kafka_helpers import RawClient
+from tests.quotas.quota_wire import alter_request, describe_request, described, produce_request
 from tests.tier.conftest import weed_server
 
 from .conftest import BrokerProcess, Cluster, ClusterFactory
@@ -114,6 +117,7 @@ def consume_from_zero(bootstrap: str, expect: int) -> dict[int, list[tuple[bytes
 
 
 IDEMPOTENT = "idempotent"
+CAPPED = {(("client-id", "capped"),): {"producer_byte_rate": 20_000.0}}
 
 
 def leader_client(cluster: Cluster, topic: str) -> RawClient:
@@ -203,7 +207,10 @@ def test_new_cluster_restores_from_the_bucket(
                 }
             }
 
-        extra = deep_merge_configs(FAST_CLUSTER, {"storage": {"retention_check_interval_ms": 300}})
+        extra = deep_merge_configs(
+            FAST_CLUSTER,
+            {"storage": {"retention_check_interval_ms": 300}, "quotas": {"window_num": 3}},
+        )
         old = cluster_factory.start(3, netns=NETNS, extra_config=extra, root_config=root_config)
         client = admin(old.bootstrap)
         client.create_topics(
@@ -224,6 +231,9 @@ def test_new_cluster_restores_from_the_bucket(
         for seq in range(3):
             assert send_idempotent(raw, pid, seq) == (0, seq)
         raw.close()
+        with WireClient(old[0].bootstrap, client_id="quota-admin") as c:
+            entries = [(dict(e), dict(v)) for e, v in CAPPED.items()]
+            assert c.call(alter_request(entries), 1).entries[0].error_code == 0  # type: ignore[arg-type]
         old_id = topic_id(old.bootstrap)
         acked = produce(old.bootstrap, 0, PER_PARTITION)
         group = Consumer(
@@ -253,6 +263,25 @@ def test_new_cluster_restores_from_the_bucket(
         finally:
             raw.close()
         assert new_producer_id(new) > pid
+
+        # the quota is back on every broker, and the leader throttles the capped client
+        def quotas_on(b: BrokerProcess) -> object:
+            with WireClient(b.bootstrap, client_id="quota-admin") as c:
+                return described(c.call(describe_request([]), 1))
+
+        for b in new:
+            wait_for(lambda b=b: quotas_on(b) == CAPPED, 30, f"the quota on broker {b.node_id}")
+        leader = new.broker(topic_state(new.bootstrap, IDEMPOTENT)[0][0])
+        req = produce_request(IDEMPOTENT, b"q" * 10_000)
+        throttled = []
+        with WireClient(leader.bootstrap, client_id="capped") as c:
+            for _ in range(10):
+                resp = c.call(req, 9)
+                assert resp.responses[0].partition_responses[0].error_code == 0
+                throttled.append(resp.throttle_time_ms)
+                if resp.throttle_time_ms:
+                    break
+        assert throttled[-1] > 0, throttled
 
         got = consume_from_zero(new.bootstrap, PARTITIONS * PER_PARTITION)
         for i in range(PARTITIONS):

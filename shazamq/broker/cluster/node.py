@@ -1031,8 +1031,9 @@ class ClusterNode:
             log.exception("restoring the topics from the bucket failed; retrying")
 
     async def _restore_security(self, meta: ClusterMetadata) -> None:
-        """The bucket's SCRAM credentials and ACLs, through the metadata log. A credential
-        this cluster set already (the operator's own user, say) is kept."""
+        """The bucket's SCRAM credentials, ACLs and client quotas, through the metadata
+        log. A credential or quota key this cluster set already (the operator's own user,
+        say) is kept."""
         for user, mechanisms in meta.scram.items():
             for mechanism, e in mechanisms.items():
                 if mechanism in self.state.scram.get(user, {}):
@@ -1050,11 +1051,19 @@ class ClusterNode:
         for acl in meta.acls:
             if acl not in self.state.acls:
                 await self.propose(r.CreateAcl(**msgspec.structs.asdict(acl)))
-        if meta.scram or meta.acls:
+        for q in meta.quotas:
+            have = self.state.quotas.get(tuple(q.entity), {})
+            ops: list[tuple[str, float | None]] = [
+                (key, value) for key, value in sorted(q.values.items()) if key not in have
+            ]
+            if ops:
+                await self.propose(r.AlterClientQuota(entity=list(q.entity), ops=ops))
+        if meta.scram or meta.acls or meta.quotas:
             log.info(
-                "restored %d SCRAM users and %d ACLs from the bucket",
+                "restored %d SCRAM users, %d ACLs and %d client quota entities from the bucket",
                 len(meta.scram),
                 len(meta.acls),
+                len(meta.quotas),
             )
 
     def imbalanced_partitions(self) -> list[tuple[str, int]]:

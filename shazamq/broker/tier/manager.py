@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from shazamq.broker.quotas.entities import to_stored
 from shazamq.config import TieredStorageConfig
 from shazamq.protocol.records import iter_batches
 
@@ -296,6 +297,7 @@ class TierManager:
             topics=topics,
             scram={user: dict(m) for user, m in sorted(security.scram.items())},
             acls=sorted(security.acls),
+            quotas=to_stored(security.quotas),
             next_producer_id=0 if cluster is None else cluster.state.next_producer_id,
         )
         data = encode_cluster(doc)

@@ -162,7 +162,7 @@ async def restore_if_empty(
     ]
 
     def adopt() -> None:
-        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls)
+        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls, meta.quotas)
         if top_pid >= 0:
             # the restored producers' ids were handed out: never again (their retries
             # are recognised, a new producer does not inherit their sequences)
@@ -170,12 +170,14 @@ async def restore_if_empty(
 
     await loop.run_in_executor(None, adopt)
     log.info(
-        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, %d ACLs",
+        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, "
+        "%d ACLs, %d client quota entities",
         meta.cluster_id,
         len(topics),
         restored,
         len(meta.scram),
         len(meta.acls),
+        len(meta.quotas),
     )
     return restored
 
