@@ -134,6 +134,9 @@ class ClusterNode:
         # tiered storage's bucket, when it holds a cluster: a new cluster restores from it
         # and partitions of its topics without a local folder are laid out from it
         self.restorer: ClusterRestore | None = None
+        # the bucket did not answer at start: whether it holds a restore to finish (or
+        # a cluster to take the id of) is not known until the tier has read it
+        self.bucket_pending = False
         self._laying_out: set[tuple[str, int]] = set()
         self._restore_task: asyncio.Task[None] | None = None
 
@@ -882,7 +885,10 @@ class ClusterNode:
                 if self.state.cluster_id is None:
                     # the first broker to get here names the cluster; the others adopt it
                     configured = self.config.broker.cluster_id
-                    if self.restorer is not None:  # a new cluster from the bucket's history
+                    if self.bucket_pending:
+                        # its metadata log names it, or the bucket does, once read
+                        await asyncio.sleep(interval)
+                    elif self.restorer is not None:  # a new cluster from the bucket's history
                         bucket_id = self.restorer.meta.cluster_id
                         await self.propose(r.InitCluster(cluster_id=bucket_id, restore=True))
                     else:
@@ -951,7 +957,11 @@ class ClusterNode:
                 self._last_seen = dict.fromkeys(self.state.brokers, now)
                 continue
             epoch = self.state.controller_epoch
-            if self.state.restoring and (self._restore_task is None or self._restore_task.done()):
+            if (
+                self.state.restoring
+                and not self.bucket_pending  # the topics to recreate are in the bucket
+                and (self._restore_task is None or self._restore_task.done())
+            ):
                 self._restore_task = asyncio.create_task(
                     self._restore_topics(epoch), name="cluster-restore"
                 )

@@ -57,7 +57,14 @@ from .manifest import (
 from .metrics import TierMetrics
 from .store import ObjectStore, StoreError, StoreErrorKind
 
-__all__ = ["ClusterRestore", "RestoreError", "dir_for", "read_cluster", "restore_if_empty"]
+__all__ = [
+    "ClusterRestore",
+    "RestoreError",
+    "dir_for",
+    "has_local_metadata",
+    "read_cluster",
+    "restore_if_empty",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,14 @@ def _write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def has_local_metadata(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a broker's metadata already (a single broker's topics
+    document, a cluster node's metadata journal): a restart, which needs no bucket to
+    start, rather than a restore."""
+    d = data_dir / METADATA_DIR
+    return d.is_dir() and any(d.iterdir())
 
 
 def dir_for(log_dirs: list[Path], name: str, index: int) -> Path:
