@@ -2,7 +2,8 @@
 
 Each partition is counted once, by the broker that is its first replica, so the operator
 can add the brokers' counts up: partitions laid out (with or without a manifest in the
-bucket) and the bytes of history behind them.
+bucket) and the bytes of history behind them. Also, against an in-memory store: the
+producer ids a restored cluster reserves, and what makes a start a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import crc32c
 from msgspec.structs import replace
 from prometheus_client import CollectorRegistry
 
+from shazamq.broker.cluster.metadata import METADATA_DIR
 from shazamq.broker.log.producer_state import ProducerEntry, ProducerStateManager
 from shazamq.broker.tier.manifest import (
     ClusterMetadata,
@@ -26,7 +28,7 @@ from shazamq.broker.tier.manifest import (
     segment_key,
 )
 from shazamq.broker.tier.metrics import TierMetrics
-from shazamq.broker.tier.restore import ClusterRestore
+from shazamq.broker.tier.restore import ClusterRestore, has_local_metadata
 from shazamq.broker.tier.store import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 TOPIC = RemoteTopic(name="orders", topic_id="AAAAAAAAAAAAAAAAAAAAAA", partitions=3)
@@ -134,3 +136,20 @@ async def test_producer_ids_used_covers_snapshots_and_the_documents_next_id(
     # a bucket without producers reserves nothing
     empty = ClusterMetadata(cluster_id="c", topics=[replace(TOPIC, topic_id="B" * 22)])
     assert await ClusterRestore(store, tmp_path, empty).producer_ids_used() == 0
+
+
+def test_local_metadata_is_a_single_brokers_document_or_a_nodes_journal(tmp_path: Path) -> None:
+    """Only these make a start a restart that need not wait for the bucket; a restore
+    that stopped before writing the topics document is still a restore."""
+    d = tmp_path / METADATA_DIR
+    assert not has_local_metadata(tmp_path)
+    d.mkdir()
+    (d / "topics.json.tmp").write_bytes(b"{}")
+    assert not has_local_metadata(tmp_path)
+    (d / "quorum").mkdir()
+    assert not has_local_metadata(tmp_path)
+    (d / "quorum" / "raft.journal").write_bytes(b"")
+    assert has_local_metadata(tmp_path)
+    (d / "quorum" / "raft.journal").unlink()
+    (d / "topics.json").write_bytes(b"{}")
+    assert has_local_metadata(tmp_path)

@@ -103,7 +103,8 @@ def has_local_metadata(data_dir: Path) -> bool:
     document, a cluster node's metadata journal): a restart, which needs no bucket to
     start, rather than a restore."""
     d = data_dir / METADATA_DIR
-    return d.is_dir() and any(d.iterdir())
+    quorum = d / "quorum"
+    return (d / "topics.json").exists() or (quorum.is_dir() and any(quorum.iterdir()))
 
 
 def dir_for(log_dirs: list[Path], name: str, index: int) -> Path:
