@@ -35,10 +35,10 @@ def closed_by_peer(sock, timeout: float) -> bool:
 class RawClient:
     """A minimal Kafka client over a plain socket, for byte-exact protocol tests."""
 
-    def __init__(self, port: int, client_id: str = "raw-test") -> None:
+    def __init__(self, port: int, client_id: str = "raw-test", host: str = "127.0.0.1") -> None:
         import socket
 
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = socket.create_connection((host, port), timeout=10)
         self.client_id = client_id
         self.correlation = 0
 

@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +70,16 @@ from .security.tls_reload import CertificateReloader
 from .server import ConnectionLimits, KafkaServer, Session
 from .tasks import cancel_all
 from .tier.manager import TierManager, open_store
+from .tier.manifest import ClusterMetadata
 from .tier.metrics import TierMetrics
-from .tier.restore import ClusterRestore, check_same_cluster, read_cluster, restore_if_empty
+from .tier.restore import (
+    ClusterRestore,
+    check_same_cluster,
+    has_local_metadata,
+    read_cluster,
+    restore_if_empty,
+)
+from .tier.store import StoreError
 from .txn import TransactionCoordinator
 
 if TYPE_CHECKING:
@@ -79,6 +87,10 @@ if TYPE_CHECKING:
     from .cluster.state import TopicState
 
 log = logging.getLogger(__name__)
+
+# how long a restarting broker (local data) waits for the bucket before it serves: the
+# check of the bucket's cluster document then happens before the tier first uses it
+BUCKET_AT_START_S = 3.0
 
 _WILDCARD = {"", "0.0.0.0", "::"}
 
@@ -243,18 +255,37 @@ class Broker:
         clustered = cfg.cluster.enabled
         tier_store = None
         bucket_cluster = None
+        bucket_later = False  # the bucket did not answer at start; the tier reads it later
         if cfg.tiered_storage.enabled:
             tier_metrics = TierMetrics(self.metrics.registry)
             tier_store = await open_store(cfg.tiered_storage, tier_metrics)
             if clustered:  # a cluster restores through its metadata log
-                bucket_cluster = await read_cluster(tier_store, cfg.broker.cluster_id)
+                read: Awaitable[Any] = read_cluster(tier_store, cfg.broker.cluster_id)
             else:
-                await restore_if_empty(
+                read = restore_if_empty(
                     tier_store,
                     self.data_dir,
                     cfg.broker.cluster_id,
                     [Path(d) for d in partition_dirs],
                 )
+            if not has_local_metadata(self.data_dir):
+                # a restore (or a new broker): nothing to serve before the bucket answers
+                got = await read
+            else:
+                # a restart: local data is served whether or not the bucket answers; it
+                # is checked here if it answers at once, else before the tier uses it
+                got = None
+                try:
+                    got = await asyncio.wait_for(read, BUCKET_AT_START_S)
+                except (TimeoutError, StoreError) as exc:
+                    bucket_later = True
+                    log.warning(
+                        "the bucket does not answer at start (%s): serving local data, "
+                        "tiered storage catches up when it does",
+                        exc if isinstance(exc, StoreError) else f"{BUCKET_AT_START_S:.0f}s",
+                    )
+            if clustered:
+                bucket_cluster = got
         if not clustered:  # first: folders it does not know are quarantined, not opened
             self.metadata = MetadataStore(self.data_dir, cfg.broker.cluster_id)
         open_logs = functools.partial(
@@ -271,17 +302,30 @@ class Broker:
             self.logs = await loop.run_in_executor(None, open_logs)
         except LogDirsError as exc:
             raise ConfigError(f"broker.log_dirs: {exc}") from None
+        adopt_bucket: Callable[[ClusterMetadata | None], None] | None = None
         if clustered:
             self._build_cluster()
-            if bucket_cluster is not None and tier_store is not None:
-                assert self.cluster is not None
-                self.cluster.restorer = ClusterRestore(
-                    tier_store,
-                    self.data_dir,
-                    bucket_cluster,
-                    tier_metrics,
-                    [Path(d) for d in partition_dirs],
-                )
+            assert self.cluster is not None
+            node = self.cluster
+
+            def adopt_bucket(meta: ClusterMetadata | None) -> None:
+                """The bucket's cluster document (None: it has none), read at start or
+                later: partitions of its topics with no local folder are laid out from
+                it."""
+                assert tier_store is not None
+                if meta is not None and node.restorer is None:
+                    node.restorer = ClusterRestore(
+                        tier_store,
+                        self.data_dir,
+                        meta,
+                        tier_metrics,
+                        [Path(d) for d in partition_dirs],
+                    )
+                node.bucket_pending = False
+
+            if tier_store is not None and not bucket_later:
+                adopt_bucket(bucket_cluster)
+            node.bucket_pending = bucket_later
         else:
             self.partitions = PartitionManager(cfg, self.metadata, self.logs)
         self.partitions.writer = self.log_writer
@@ -294,6 +338,7 @@ class Broker:
                 tier_metrics,
                 self.metrics,
                 self.data_dir,
+                on_bucket_cluster=adopt_bucket,
             )
         self.txn = TransactionCoordinator(self)
         self.groups = GroupCoordinator(self)

@@ -131,18 +131,7 @@ class LocalBroker:
             if ids is not None:
                 ids.keep_out(producer_id)
             return
-        for _ in range(20):
-            start = cluster.state.next_producer_id
-            if start > producer_id:
-                return
-            code = await cluster.propose(
-                records.AllocateProducerIds(
-                    broker_id=cluster.node_id, start=start, count=producer_id + 1 - start
-                )
-            )
-            if code == 0:
-                return
-        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not reserve producer ids")
+        await cluster.reserve_producer_ids(producer_id)
 
     # -- transactions ------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ deleted. A new three-broker cluster on the same bucket then recreates the topics
 their ids, serves every offset from 0 byte for byte, resumes the group at its committed
 offsets, and continues new records at the restored end on every replica. The brokers'
 restore metrics, read with the operator's own parsers, add up to every partition restored.
+An idempotent producer of the old cluster that retries its last batch into the new one
+is recognised (its original offset, nothing appended) and continues its sequence, and no
+new producer is given its id. A client quota set on the old cluster is described by every
+new broker and enforced.
 """
 
 from __future__ import annotations
@@ -28,15 +32,26 @@ from shazamq.operator.restore import (
     progress_of,
     restore_status,
 )
+from shazamq.protocol.messages.init_producer_id_request import InitProducerIdRequest
+from shazamq.protocol.messages.produce_request import (
+    PartitionProduceData,
+    ProduceRequest,
+    TopicProduceData,
+)
+from shazamq.protocol.records import Record, build_batch
+from tests.groups.kafka_wire import WireClient
+from tests.kafka_helpers import RawClient
+from tests.quotas.quota_wire import alter_request, describe_request, described, produce_request
 from tests.tier.conftest import weed_server
 
-from .conftest import BrokerProcess, ClusterFactory
+from .conftest import BrokerProcess, Cluster, ClusterFactory
 from .test_cluster_basic import (
     FAST_CLUSTER,
     NETNS,
     admin,
     deep_merge_configs,
     fully_replicated,
+    topic_state,
     wait_for,
 )
 from .test_cluster_tier import PREFIX, Bucket
@@ -101,6 +116,63 @@ def consume_from_zero(bootstrap: str, expect: int) -> dict[int, list[tuple[bytes
         c.close()
 
 
+IDEMPOTENT = "idempotent"
+CAPPED = {(("client-id", "capped"),): {"producer_byte_rate": 20_000.0}}
+
+
+def leader_client(cluster: Cluster, topic: str) -> RawClient:
+    """A raw connection to the leader of ``topic``'s partition 0."""
+    leader = wait_for(
+        lambda: (s := topic_state(cluster.bootstrap, topic).get(0)) and s[0] >= 0 and s[0],
+        30,
+        f"a leader of {topic}-0",
+    )
+    b = cluster.broker(leader)
+    return RawClient(b.port, host=b.address)
+
+
+def new_producer_id(cluster: Cluster) -> int:
+    client = RawClient(cluster[0].port, host=cluster[0].address)
+    try:
+        init = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=-1)
+
+        def issued() -> int | None:
+            resp = client.request(init, 4)
+            return resp.producer_id if resp.error_code == 0 else None
+
+        return int(wait_for(issued, 30, "a producer id"))
+    finally:
+        client.close()
+
+
+def send_idempotent(client: RawClient, pid: int, seq: int) -> tuple[int, int]:
+    """One batch of one record, sequence ``seq``, acks=all; (error, base offset)."""
+    record = Record(offset_delta=0, key=b"k%d" % seq, value=b"idempotent-%06d" % seq)
+    req = ProduceRequest(
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            TopicProduceData(
+                name=IDEMPOTENT,
+                partition_data=[
+                    PartitionProduceData(
+                        index=0,
+                        records=build_batch(
+                            [record],
+                            producer_id=pid,
+                            producer_epoch=0,
+                            base_sequence=seq,
+                            base_timestamp=int(time.time() * 1000),
+                        ),
+                    )
+                ],
+            )
+        ],
+    )
+    part = client.request(req, 9).responses[0].partition_responses[0]
+    return part.error_code, part.base_offset
+
+
 def topic_id(bootstrap: str) -> str:
     client = admin(bootstrap)
     desc = client.describe_topics(TopicCollection([TOPIC]))[TOPIC].result(20)
@@ -135,7 +207,10 @@ def test_new_cluster_restores_from_the_bucket(
                 }
             }
 
-        extra = deep_merge_configs(FAST_CLUSTER, {"storage": {"retention_check_interval_ms": 300}})
+        extra = deep_merge_configs(
+            FAST_CLUSTER,
+            {"storage": {"retention_check_interval_ms": 300}, "quotas": {"window_num": 3}},
+        )
         old = cluster_factory.start(3, netns=NETNS, extra_config=extra, root_config=root_config)
         client = admin(old.bootstrap)
         client.create_topics(
@@ -145,10 +220,20 @@ def test_new_cluster_restores_from_the_bucket(
                     PARTITIONS,
                     3,
                     config={"segment.bytes": "6000", "local.retention.ms": "0"},
-                )
+                ),
+                NewTopic(IDEMPOTENT, 1, 3),
             ]
         )[TOPIC].result(20)
         wait_for(lambda: fully_replicated(old.bootstrap, TOPIC, PARTITIONS), 30, "replicated")
+        wait_for(lambda: fully_replicated(old.bootstrap, IDEMPOTENT, 1), 30, "replicated")
+        pid = new_producer_id(old)
+        raw = leader_client(old, IDEMPOTENT)
+        for seq in range(3):
+            assert send_idempotent(raw, pid, seq) == (0, seq)
+        raw.close()
+        with WireClient(old[0].bootstrap, client_id="quota-admin") as c:
+            entries = [(dict(e), dict(v)) for e, v in CAPPED.items()]
+            assert c.call(alter_request(entries), 1).entries[0].error_code == 0  # type: ignore[arg-type]
         old_id = topic_id(old.bootstrap)
         acked = produce(old.bootstrap, 0, PER_PARTITION)
         group = Consumer(
@@ -167,6 +252,36 @@ def test_new_cluster_restores_from_the_bucket(
         new = cluster_factory.start(3, netns=NETNS, extra_config=extra, root_config=root_config)
         wait_for(lambda: fully_replicated(new.bootstrap, TOPIC, PARTITIONS), 60, "restored")
         assert topic_id(new.bootstrap) == old_id
+
+        # the old producer retries its last batch: a duplicate at its original offset,
+        # and its next sequence follows; a new producer gets an id of its own
+        wait_for(lambda: fully_replicated(new.bootstrap, IDEMPOTENT, 1), 60, "restored")
+        raw = leader_client(new, IDEMPOTENT)
+        try:
+            assert send_idempotent(raw, pid, 2) == (0, 2)
+            assert send_idempotent(raw, pid, 3) == (0, 3)
+        finally:
+            raw.close()
+        assert new_producer_id(new) > pid
+
+        # the quota is back on every broker, and the leader throttles the capped client
+        def quotas_on(b: BrokerProcess) -> object:
+            with WireClient(b.bootstrap, client_id="quota-admin") as c:
+                return described(c.call(describe_request([]), 1))
+
+        for b in new:
+            wait_for(lambda b=b: quotas_on(b) == CAPPED, 30, f"the quota on broker {b.node_id}")
+        leader = new.broker(topic_state(new.bootstrap, IDEMPOTENT)[0][0])
+        req = produce_request(IDEMPOTENT, b"q" * 10_000)
+        throttled = []
+        with WireClient(leader.bootstrap, client_id="capped") as c:
+            for _ in range(10):
+                resp = c.call(req, 9)
+                assert resp.responses[0].partition_responses[0].error_code == 0
+                throttled.append(resp.throttle_time_ms)
+                if resp.throttle_time_ms:
+                    break
+        assert throttled[-1] > 0, throttled
 
         got = consume_from_zero(new.bootstrap, PARTITIONS * PER_PARTITION)
         for i in range(PARTITIONS):

@@ -128,10 +128,14 @@ class FaultProxy:
 
     ``mode`` is "ok", "500", "slowdown" (503 SlowDown) or "stall" (no answer for
     ``stall_seconds``). ``fail_matching`` (a substring of the request line) answers the
-    next ``fail_count`` matching requests with 500s (-1: all of them).
+    next ``fail_count`` matching requests with 500s (-1: all of them). ``bind`` 0.0.0.0
+    lets brokers in network namespaces reach it (at the lab's root address);
+    ``keep_host`` forwards the client's Host header, for servers that check signatures.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_port: int, bind: str = "127.0.0.1", *, keep_host: bool = False
+    ) -> None:
         self.upstream_port = upstream_port
         self.mode = "ok"
         self.stall_seconds = 5.0
@@ -177,7 +181,9 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = f"127.0.0.1:{proxy.upstream_port}"
+                headers["Host"] = (
+                    self.headers["Host"] if keep_host else f"127.0.0.1:{proxy.upstream_port}"
+                )
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -194,7 +200,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((bind, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -2,7 +2,8 @@
 
 Each partition is counted once, by the broker that is its first replica, so the operator
 can add the brokers' counts up: partitions laid out (with or without a manifest in the
-bucket) and the bytes of history behind them.
+bucket) and the bytes of history behind them. Also, against an in-memory store: the
+producer ids a restored cluster reserves, and what makes a start a restart.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import os
 from pathlib import Path
 
 import crc32c
+from msgspec.structs import replace
 from prometheus_client import CollectorRegistry
 
+from shazamq.broker.cluster.metadata import METADATA_DIR
+from shazamq.broker.log.producer_state import ProducerEntry, ProducerStateManager
 from shazamq.broker.tier.manifest import (
     ClusterMetadata,
     PartitionManifest,
@@ -20,9 +24,11 @@ from shazamq.broker.tier.manifest import (
     RemoteTopic,
     encode_manifest,
     manifest_key,
+    partition_prefix,
+    segment_key,
 )
 from shazamq.broker.tier.metrics import TierMetrics
-from shazamq.broker.tier.restore import ClusterRestore
+from shazamq.broker.tier.restore import ClusterRestore, has_local_metadata
 from shazamq.broker.tier.store import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 TOPIC = RemoteTopic(name="orders", topic_id="AAAAAAAAAAAAAAAAAAAAAA", partitions=3)
@@ -101,3 +107,49 @@ async def test_partitions_and_bytes_are_counted_by_the_first_replica(tmp_path: P
     await restorer.lay_out(TOPIC.name, TOPIC.topic_id, 2, count=False)
     assert sample("shazamq_restore_partitions_restored_total") == 2
     assert sample("shazamq_restore_bytes_total") == 1234
+
+
+async def test_producer_ids_used_covers_snapshots_and_the_documents_next_id(
+    tmp_path: Path,
+) -> None:
+    """A restored cluster reserves every producer id its data may name: those in each
+    partition's producer snapshot at the bucket's end, and below the next id the old
+    cluster would have handed out (producers already expired from the snapshots)."""
+    store = MemoryStore()
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    state = ProducerStateManager(str(snapshots))
+    state.entries = {pid: ProducerEntry(pid, 0, [], 0) for pid in (7, 4242, 12)}
+    last = replace(segment(10, 19, 234), has_snapshot=True)
+    for i, segs in ((0, [segment(0, 9, 1000), last]), (1, [segment(0, 4, 10)])):
+        m = PartitionManifest(topic=TOPIC.name, topic_id=TOPIC.topic_id, partition=i, segments=segs)
+        await store.put(manifest_key(TOPIC.name, TOPIC.topic_id, i), encode_manifest(m))
+    prefix = partition_prefix(TOPIC.name, TOPIC.topic_id, 0)
+    with open(state.take_snapshot(20), "rb") as f:
+        await store.put(segment_key(prefix, 10, "u1", "snapshot"), f.read())
+
+    meta = ClusterMetadata(cluster_id="c", topics=[TOPIC])
+    assert await ClusterRestore(store, tmp_path, meta).producer_ids_used() == 4243
+    # the old cluster's next unallocated id, when above every snapshot's
+    meta = ClusterMetadata(cluster_id="c", topics=[TOPIC], next_producer_id=5000)
+    assert await ClusterRestore(store, tmp_path, meta).producer_ids_used() == 5000
+    # a bucket without producers reserves nothing
+    empty = ClusterMetadata(cluster_id="c", topics=[replace(TOPIC, topic_id="B" * 22)])
+    assert await ClusterRestore(store, tmp_path, empty).producer_ids_used() == 0
+
+
+def test_local_metadata_is_a_single_brokers_document_or_a_nodes_journal(tmp_path: Path) -> None:
+    """Only these make a start a restart that need not wait for the bucket; a restore
+    that stopped before writing the topics document is still a restore."""
+    d = tmp_path / METADATA_DIR
+    assert not has_local_metadata(tmp_path)
+    d.mkdir()
+    (d / "topics.json.tmp").write_bytes(b"{}")
+    assert not has_local_metadata(tmp_path)
+    (d / "quorum").mkdir()
+    assert not has_local_metadata(tmp_path)
+    (d / "quorum" / "raft.journal").write_bytes(b"")
+    assert has_local_metadata(tmp_path)
+    (d / "quorum" / "raft.journal").unlink()
+    (d / "topics.json").write_bytes(b"{}")
+    assert has_local_metadata(tmp_path)

@@ -9,6 +9,7 @@ an empty disk with the same bucket serves all of it and the group resumes.
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,51 @@ def test_bucket_outage_keeps_local_data_and_catches_up(broker_factory, fault_pro
     got = consume_all(b.bootstrap, topic, 200)
     assert [v for _, v in got] == values
     assert fault_proxy.faults > 0
+
+
+def _gauge(b, name: str) -> float | None:  # type: ignore[no-untyped-def]
+    url = f"http://127.0.0.1:{b.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return None
+
+
+def test_restart_with_an_unreachable_bucket_serves_local_data_at_once(
+    broker_factory, fault_proxy
+) -> None:
+    """A broker with local data restarted while the bucket answers only 500s starts in
+    seconds (not after the store's retry schedule), serves every local record and new
+    ones, reports the bucket unreachable, and uploads what it lacks once it is back."""
+    bucket = Bucket(fault_proxy.endpoint)
+    bucket.create()
+    b = broker_factory(**bucket.settings())
+    topic = "bucket-away"
+    make_topic(b.bootstrap, topic, 1, {"segment.bytes": "4000"})  # kept locally (24 h)
+    values = produce(b.bootstrap, topic, 100)
+    wait_for(lambda: (m := bucket.manifest(topic)) and m.end_offset > 0, what="an upload")
+    assert b.stop() == 0
+
+    fault_proxy.mode = "500"
+    began = time.monotonic()
+    b.start()
+    assert time.monotonic() - began < 12, "the start waited for the bucket"
+    assert _gauge(b, "shazamq_tier_bucket_reachable") == 0
+    got = consume_all(b.bootstrap, topic, 100)
+    assert [v for _, v in got] == values
+    values += produce(b.bootstrap, topic, 20, start=100)
+    got = consume_all(b.bootstrap, topic, 120)
+    assert [o for o, _ in got] == list(range(120))
+    assert [v for _, v in got] == values
+    assert local_segments(b.data_dir, topic)[0] == 0
+    assert _gauge(b, "shazamq_tier_bucket_reachable") == 0
+
+    fault_proxy.mode = "ok"
+    wait_for(
+        lambda: (m := bucket.manifest(topic)) and m.end_offset >= 110,
+        timeout=90,
+        what="catch-up once the bucket answers",
+    )
+    wait_for(lambda: _gauge(b, "shazamq_tier_bucket_reachable") == 1, what="reachable again")
+    assert _gauge(b, "shazamq_tier_bucket_refused") == 0

@@ -1,9 +1,11 @@
-"""SCRAM credentials and ACLs come back with a broker restored from its bucket.
+"""SCRAM credentials, ACLs and client quotas come back with a broker restored from its bucket.
 
 A broker with SASL and ACLs on gets a SCRAM-SHA-512 user and ACLs for it; the bucket's
 cluster document then holds the credential as a server keeps it (salted, never the
 password) and the ACLs. The broker is deleted; a new one on an empty disk with the same
-bucket lets the user log in with the same password, and its ACLs apply.
+bucket lets the user log in with the same password, and its ACLs apply. Client quotas
+set with AlterClientQuotas are in the document too: a restored broker describes and
+enforces them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from confluent_kafka.admin import (
 )
 
 from shazamq.broker.tier.manifest import CLUSTER_KEY, decode_cluster
+from tests.groups.kafka_wire import WireClient
+from tests.kafka_helpers import make_topic
+from tests.quotas.quota_wire import alter_request, describe_request, described, produce_request
 
 from .tierutil import Bucket, consume_all, wait_for
 
@@ -133,3 +138,47 @@ def test_scram_users_and_acls_are_restored(broker_factory, bucket: Bucket) -> No
     # a wrong password is still refused
     wrong = {**carol, "sasl.password": "not-it"}
     assert _produce(wrong, "allowed", b"x") is not None
+
+
+QUOTAS = {
+    (("client-id", "capped"),): {"producer_byte_rate": 20_000.0},
+    (("client-id", None), ("user", "carol")): {"consumer_byte_rate": 1_000_000.0},
+}
+
+
+def _throttled(bootstrap: str, client_id: str, topic: str, n: int) -> list[int]:
+    """Produce up to ``n`` requests of 10 KB; their throttle times, up to the first."""
+    got: list[int] = []
+    req = produce_request(topic, b"q" * 10_000)
+    with WireClient(bootstrap, client_id=client_id) as c:
+        for _ in range(n):
+            resp = c.call(req, 9)
+            assert resp.responses[0].partition_responses[0].error_code == 0
+            got.append(resp.throttle_time_ms)
+            if resp.throttle_time_ms:
+                break
+    return got
+
+
+def test_client_quotas_are_restored(broker_factory, bucket: Bucket) -> None:
+    settings = {**bucket.settings(), "quotas__window_num": 3}
+    b = broker_factory(**settings)
+    make_topic(b.bootstrap, "quoted")
+    with WireClient(b.bootstrap, client_id="quota-admin") as c:
+        entries = [(dict(entity), dict(values)) for entity, values in QUOTAS.items()]
+        resp = c.call(alter_request(entries), 1)  # type: ignore[arg-type]
+        assert [e.error_code for e in resp.entries] == [0, 0]
+
+    def in_bucket() -> bool:
+        if CLUSTER_KEY not in bucket.objects():
+            return False
+        return len(decode_cluster(bucket.get(CLUSTER_KEY)).quotas) == 2
+
+    wait_for(in_bucket, what="the quotas in the bucket")
+    b.stop()
+
+    fresh = broker_factory(**settings)
+    with WireClient(fresh.bootstrap, client_id="quota-admin") as c:
+        assert described(c.call(describe_request([]), 1)) == QUOTAS
+    assert any(t > 0 for t in _throttled(fresh.bootstrap, "capped", "quoted", 10))
+    assert all(t == 0 for t in _throttled(fresh.bootstrap, "free", "quoted", 10))

@@ -259,15 +259,18 @@ class MetadataStore:
         topics: list[TopicInfo],
         scram: ScramCredentials | None = None,
         acls: list[AclBinding] | None = None,
+        quotas: list[StoredQuota] | None = None,
     ) -> None:
-        """Take over topics, credentials and ACLs as they are (a broker restored from its
-        bucket)."""
+        """Take over topics, credentials, ACLs and client quotas as they are (a broker
+        restored from its bucket)."""
         for t in topics:
             self._index(t)
         if scram is not None:
             self.scram = scram
         if acls is not None:
             self.acls = set(acls)
+        if quotas is not None:
+            self.quotas = from_stored(quotas)
         self._write()
 
     # -- queries -------------------------------------------------------------------------

@@ -134,6 +134,9 @@ class ClusterNode:
         # tiered storage's bucket, when it holds a cluster: a new cluster restores from it
         # and partitions of its topics without a local folder are laid out from it
         self.restorer: ClusterRestore | None = None
+        # the bucket did not answer at start: whether it holds a restore to finish (or
+        # a cluster to take the id of) is not known until the tier has read it
+        self.bucket_pending = False
         self._laying_out: set[tuple[str, int]] = set()
         self._restore_task: asyncio.Task[None] | None = None
 
@@ -448,6 +451,7 @@ class ClusterNode:
 
     async def allocate_producer_ids(self, count: int) -> int:
         """The first id of a fresh block of `count`, unique in the cluster."""
+        await self._wait_restored()  # the restored producers' ids are reserved first
         for _ in range(20):
             start = self.state.next_producer_id
             code = await self.propose(
@@ -457,6 +461,22 @@ class ClusterNode:
                 return start
             await asyncio.sleep(0.01)
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not allocate producer ids")
+
+    async def reserve_producer_ids(self, producer_id: int) -> None:
+        """Never hand out ``producer_id`` or any id below it (ids in copied or restored
+        data): the quorum allocates the ids up to it as a block nobody hands out."""
+        for _ in range(20):
+            start = self.state.next_producer_id
+            if start > producer_id:
+                return
+            code = await self.propose(
+                r.AllocateProducerIds(
+                    broker_id=self.node_id, start=start, count=producer_id + 1 - start
+                )
+            )
+            if code == 0:
+                return
+        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "could not reserve producer ids")
 
     async def elect_leaders(
         self, wanted: list[tuple[str, int]], *, unclean: bool
@@ -865,7 +885,10 @@ class ClusterNode:
                 if self.state.cluster_id is None:
                     # the first broker to get here names the cluster; the others adopt it
                     configured = self.config.broker.cluster_id
-                    if self.restorer is not None:  # a new cluster from the bucket's history
+                    if self.bucket_pending:
+                        # its metadata log names it, or the bucket does, once read
+                        await asyncio.sleep(interval)
+                    elif self.restorer is not None:  # a new cluster from the bucket's history
                         bucket_id = self.restorer.meta.cluster_id
                         await self.propose(r.InitCluster(cluster_id=bucket_id, restore=True))
                     else:
@@ -934,7 +957,11 @@ class ClusterNode:
                 self._last_seen = dict.fromkeys(self.state.brokers, now)
                 continue
             epoch = self.state.controller_epoch
-            if self.state.restoring and (self._restore_task is None or self._restore_task.done()):
+            if (
+                self.state.restoring
+                and not self.bucket_pending  # the topics to recreate are in the bucket
+                and (self._restore_task is None or self._restore_task.done())
+            ):
                 self._restore_task = asyncio.create_task(
                     self._restore_topics(epoch), name="cluster-restore"
                 )
@@ -975,6 +1002,12 @@ class ClusterNode:
                     and time.monotonic() < deadline
                 ):
                     await asyncio.sleep(0.2)
+                # before any topic exists: a producer retrying into a restored partition
+                # must find its id issued, and no new producer may be given it
+                used = await restorer.producer_ids_used()
+                if used > 0:
+                    await self.reserve_producer_ids(used - 1)
+                    log.info("restore: producer ids below %d reserved", used)
                 default_rf = self.config.replication.default_replication_factor
                 live = len(self.state.live_brokers())
                 for t in restorer.meta.topics:
@@ -1008,8 +1041,9 @@ class ClusterNode:
             log.exception("restoring the topics from the bucket failed; retrying")
 
     async def _restore_security(self, meta: ClusterMetadata) -> None:
-        """The bucket's SCRAM credentials and ACLs, through the metadata log. A credential
-        this cluster set already (the operator's own user, say) is kept."""
+        """The bucket's SCRAM credentials, ACLs and client quotas, through the metadata
+        log. A credential or quota key this cluster set already (the operator's own user,
+        say) is kept."""
         for user, mechanisms in meta.scram.items():
             for mechanism, e in mechanisms.items():
                 if mechanism in self.state.scram.get(user, {}):
@@ -1027,11 +1061,19 @@ class ClusterNode:
         for acl in meta.acls:
             if acl not in self.state.acls:
                 await self.propose(r.CreateAcl(**msgspec.structs.asdict(acl)))
-        if meta.scram or meta.acls:
+        for q in meta.quotas:
+            have = self.state.quotas.get(tuple(q.entity), {})
+            ops: list[tuple[str, float | None]] = [
+                (key, value) for key, value in sorted(q.values.items()) if key not in have
+            ]
+            if ops:
+                await self.propose(r.AlterClientQuota(entity=list(q.entity), ops=ops))
+        if meta.scram or meta.acls or meta.quotas:
             log.info(
-                "restored %d SCRAM users and %d ACLs from the bucket",
+                "restored %d SCRAM users, %d ACLs and %d client quota entities from the bucket",
                 len(meta.scram),
                 len(meta.acls),
+                len(meta.quotas),
             )
 
     def imbalanced_partitions(self) -> list[tuple[str, int]]:

@@ -428,6 +428,12 @@ class ProducerStateManager:
                 data = f.read()
         except OSError as exc:
             raise CorruptSnapshotError(f"{path}: {exc}") from exc
+        return ProducerStateManager.parse_snapshot(data, path)
+
+    @staticmethod
+    def parse_snapshot(data: bytes, path: str = "snapshot") -> dict[int, ProducerEntry]:
+        """A snapshot's bytes (``path`` names them in errors); raise
+        :class:`CorruptSnapshotError` if unusable."""
         try:
             magic, version, crc = _FILE_HEADER.unpack_from(data, 0)
             if magic != _MAGIC or version != _VERSION:

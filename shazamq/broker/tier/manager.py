@@ -4,7 +4,9 @@
 :class:`~.uploader.PartitionUploader` per tiered partition this broker leads (a
 supervisor adds and removes them as partitions and leadership come and go), serves reads
 below the local log start through :class:`~.reader.RemoteReader`, and uploads the tail
-at a clean shutdown. The broker keeps serving everything local while the bucket is away;
+at a clean shutdown. The broker keeps serving everything local while the bucket is away,
+from its start on (the supervisor's rounds run in the background, the first of them
+checking that the bucket's cluster document names this cluster before anything else);
 the condition is logged once per change and shown in metrics.
 """
 
@@ -14,13 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from shazamq.broker.quotas.entities import to_stored
 from shazamq.config import TieredStorageConfig
 from shazamq.protocol.records import iter_batches
 
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPERVISE_SECONDS = 1.0
+# how long start waits for the first round when the bucket has answered so far
+FIRST_ROUND_WAIT_S = 5.0
 CACHE_DIR = ".tier-cache"
 # a follower's copy of the leader's manifest is read again when a read misses it and it
 # is older than this
@@ -121,6 +126,7 @@ class TierManager:
         tier_metrics: TierMetrics,
         metrics: BrokerMetrics,
         data_dir: Path,
+        on_bucket_cluster: Callable[[ClusterMetadata | None], None] | None = None,
     ) -> None:
         self.config = config
         self.partitions = partitions
@@ -148,6 +154,14 @@ class TierManager:
         # that fetch from a follower below its local log start) and when each was read
         self._followed: dict[tuple[str, int], tuple[PartitionManifest, float]] = {}
         self._refreshing: dict[tuple[str, int], asyncio.Task[None]] = {}
+        # the bucket is used only once its cluster document was read and names this
+        # cluster (or none): read at start before a restore, else by the first round
+        # that reaches it; `refused` says why a bucket of another cluster is left alone
+        self._bucket_checked = False
+        self.refused: str | None = None
+        self._on_bucket_cluster = on_bucket_cluster
+        self._rounds_failing = False
+        self._first_round = asyncio.Event()
 
     async def start(self, store: ObjectStore | None = None) -> None:
         self.store = store if store is not None else await open_store(self.config, self.metrics)
@@ -159,13 +173,18 @@ class TierManager:
             metrics=self.metrics,
         )
         await self.reader.open()
-        await self._supervise_once()
+        # the first round runs in the background: a bucket that does not answer keeps
+        # nothing local from being served (hosted tiered partitions delete nothing
+        # until their uploader has read the manifest). One that answered so far is
+        # given a moment, so clients rarely meet a manifest not read yet.
         self._task = asyncio.create_task(self._supervise(), name="tier-supervisor")
+        if self.store.answering:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_round.wait(), FIRST_ROUND_WAIT_S)
         self._broker_metrics.add_probe(self.probe)
         log.info(
-            "tiered storage on (%s), %d partitions tiered, max upload interval %.0fs",
+            "tiered storage on (%s), max upload interval %.0fs",
             self.config.provider,
-            len(self.uploaders),
             self.config.max_upload_interval_ms / 1000,
         )
 
@@ -199,16 +218,57 @@ class TierManager:
 
     async def _supervise(self) -> None:
         while True:
-            await asyncio.sleep(SUPERVISE_SECONDS)
             try:
                 await self._supervise_once()
             except StoreError as exc:
-                log.debug("tier supervisor: %s", exc)
+                was = self._down()
+                self._rounds_failing = True
+                self._log_change(was, exc)
             except Exception:
                 log.exception("tier supervisor failed")
+            else:
+                was = self._down()
+                self._rounds_failing = False
+                self._log_change(was)
+            self._first_round.set()
+            await asyncio.sleep(SUPERVISE_SECONDS)
+
+    async def _check_bucket(self) -> bool:
+        """Whether the bucket may be used: its cluster document names this cluster, or
+        there is none. Another cluster's bucket is refused for good (logged, metric)."""
+        if self._bucket_checked:
+            return True
+        if self.refused is not None:
+            return False
+        try:
+            raw: bytes | None = await self.store.get(CLUSTER_KEY)
+        except StoreError as exc:
+            if exc.kind is not StoreErrorKind.NOT_FOUND:
+                raise
+            raw = None
+        meta = None if raw is None else decode_cluster(raw)
+        ours = self.partitions.metadata.cluster_id
+        if ours and meta is not None and meta.cluster_id != ours:
+            self.refused = (
+                f"the bucket holds cluster {meta.cluster_id} but this is cluster {ours}: "
+                "refusing to mix two histories; nothing is uploaded or read remotely"
+            )
+            log.error("tiered storage: %s", self.refused)
+            return False
+        if self._on_bucket_cluster is not None:
+            # once: a cluster node that did not reach the bucket at start learns what it
+            # holds (a restore to finish, partitions to lay out) before it names itself
+            hand, self._on_bucket_cluster = self._on_bucket_cluster, None
+            hand(meta)
+        if not ours:
+            return False  # compared again once the metadata log names this cluster
+        self._bucket_checked = True
+        return True
 
     async def _supervise_once(self) -> None:
         """Start uploaders for tiered partitions led here; stop the others."""
+        if not await self._check_bucket():
+            return
         if not self._conditional_known:
             with contextlib.suppress(StoreError):  # unreachable: asked again next round
                 conditional = await self.store.probe_conditional(PROBE_KEY)
@@ -243,7 +303,6 @@ class TierManager:
             if u is not None:
                 await u.stop()
             u = PartitionUploader(self, p)
-            self._started_at[key] = p.leader_epoch
             try:
                 await u.start()
             except StoreError as exc:
@@ -251,6 +310,11 @@ class TierManager:
                 continue
             except LeadershipLost:
                 pass  # deposed already (logged): kept, not started again at this epoch
+            finally:
+                # marked once tried, not before: while the manifest is being read, reads
+                # below the local log start must wait (retriable) rather than be told
+                # the local log start is the log's, which makes a consumer skip the bucket
+                self._started_at[key] = u.leader_epoch
             self.uploaders[key] = u
         await self.write_cluster_metadata()
 
@@ -296,6 +360,8 @@ class TierManager:
             topics=topics,
             scram={user: dict(m) for user, m in sorted(security.scram.items())},
             acls=sorted(security.acls),
+            quotas=to_stored(security.quotas),
+            next_producer_id=0 if cluster is None else cluster.state.next_producer_id,
         )
         data = encode_cluster(doc)
         if data == self._metadata_written:
@@ -342,13 +408,16 @@ class TierManager:
         """A tiered partition led here whose uploader has not started yet (a new leader,
         until the supervisor's next round): what lies below the local log start, and
         where the whole log starts, are not known yet. Once tried, a bucket that does not
-        answer leaves reads local as before."""
+        answer (or one left alone) leaves reads local as before."""
         key = (p.topic, p.index)
         return (
             p.is_leader
             and tiered(p)
             and key not in self.manifests
             and self._started_at.get(key) != p.leader_epoch
+            and self.store.answering
+            and not self._rounds_failing
+            and self.refused is None
         )
 
     def follower_pending(self, p: Partition) -> bool:
@@ -464,15 +533,26 @@ class TierManager:
 
     # -- conditions ------------------------------------------------------------------
 
-    def report_failure(self, u: PartitionUploader, exc: StoreError) -> None:
-        if not self._failing:
+    def _down(self) -> bool:
+        return bool(self._failing) or self._rounds_failing
+
+    def _log_change(self, was_down: bool, exc: StoreError | None = None) -> None:
+        """Once per change of the condition, not per failed call."""
+        down = self._down()
+        if down and not was_down:
             log.warning("the bucket is not answering (%s): uploads wait, reads stay local", exc)
+        elif was_down and not down:
+            log.info("the bucket answers again: uploads catch up")
+
+    def report_failure(self, u: PartitionUploader, exc: StoreError) -> None:
+        was = self._down()
         self._failing.add(u)
+        self._log_change(was, exc)
 
     def report_ok(self, u: PartitionUploader) -> None:
+        was = self._down()
         self._failing.discard(u)
-        if not self._failing:
-            log.info("the bucket answers again: uploads caught up")
+        self._log_change(was)
 
     def probe(self) -> Iterable[Metric]:
         lag_offsets = GaugeMetricFamily(
@@ -497,7 +577,14 @@ class TierManager:
             lag_seconds.add_metric(labels, seconds)
             remote_bytes.add_metric(labels, u.manifest.size_bytes)
         reachable = GaugeMetricFamily(
-            "shazamq_tier_bucket_reachable", "1 while uploads succeed, 0 while they fail."
+            "shazamq_tier_bucket_reachable",
+            "1 while the bucket answers and uploads succeed, 0 while they fail.",
         )
-        reachable.add_metric([], 0 if self._failing else 1)
-        return [lag_offsets, lag_seconds, remote_bytes, reachable]
+        down = self._down() or not self.store.answering
+        reachable.add_metric([], 0 if down else 1)
+        refused = GaugeMetricFamily(
+            "shazamq_tier_bucket_refused",
+            "1 when the bucket holds another cluster's data and is left alone.",
+        )
+        refused.add_metric([], 0 if self.refused is None else 1)
+        return [lag_offsets, lag_seconds, remote_bytes, reachable, refused]

@@ -3,7 +3,8 @@
 Pure (no I/O). Layout under the configured prefix::
 
     cluster/metadata.json                         cluster id, topics, ids, configs,
-                                                  SCRAM credentials (salted), ACLs
+                                                  SCRAM credentials (salted), ACLs,
+                                                  client quotas
     topics/<topic>-<topic id>/<partition>/manifest.json
     topics/<topic>-<topic id>/<partition>/<base offset>-<upload id>.<ext>
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import msgspec
 
 from shazamq.broker.cluster.metadata import ScramCredentials
+from shazamq.broker.quotas.entities import StoredQuota
 from shazamq.broker.security.acl import AclBinding
 
 __all__ = [
@@ -144,9 +146,14 @@ class ClusterMetadata(msgspec.Struct, kw_only=True):
     # never a password: a restored cluster accepts the same users
     scram: ScramCredentials = msgspec.field(default_factory=dict)
     acls: list[AclBinding] = msgspec.field(default_factory=list)
+    # the client quotas (AlterClientQuotas), so a restored cluster enforces the same ones
+    quotas: list[StoredQuota] = msgspec.field(default_factory=list)
     # how far the cluster's metadata log had been applied by the writer (0 on a single
     # broker): a writer whose conditional write loses to a further one leaves it be
     metadata_index: int = 0
+    # the cluster's next unallocated producer id when written (0: unknown, a single
+    # broker): a restored cluster hands out none below it, nor any in restored snapshots
+    next_producer_id: int = 0
 
 
 def partition_prefix(topic: str, topic_id: str, partition: int) -> str:

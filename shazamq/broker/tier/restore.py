@@ -57,7 +57,14 @@ from .manifest import (
 from .metrics import TierMetrics
 from .store import ObjectStore, StoreError, StoreErrorKind
 
-__all__ = ["ClusterRestore", "RestoreError", "dir_for", "read_cluster", "restore_if_empty"]
+__all__ = [
+    "ClusterRestore",
+    "RestoreError",
+    "dir_for",
+    "has_local_metadata",
+    "read_cluster",
+    "restore_if_empty",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,15 @@ def _write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def has_local_metadata(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a broker's metadata already (a single broker's topics
+    document, a cluster node's metadata journal): a restart, which needs no bucket to
+    start, rather than a restore."""
+    d = data_dir / METADATA_DIR
+    quorum = d / "quorum"
+    return (d / "topics.json").exists() or (quorum.is_dir() and any(quorum.iterdir()))
 
 
 def dir_for(log_dirs: list[Path], name: str, index: int) -> Path:
@@ -137,7 +153,7 @@ async def restore_if_empty(
                 "cluster metadata: refusing to restore over them"
             )
     restored = 0
-    top_pid = -1
+    top_pid = meta.next_producer_id - 1
     for t in meta.topics:
         for i in range(t.partitions):
             raw_m = await _get_or_none(store, manifest_key(t.name, t.topic_id, i))
@@ -161,7 +177,7 @@ async def restore_if_empty(
     ]
 
     def adopt() -> None:
-        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls)
+        MetadataStore(data_dir, meta.cluster_id).adopt(topics, meta.scram, meta.acls, meta.quotas)
         if top_pid >= 0:
             # the restored producers' ids were handed out: never again (their retries
             # are recognised, a new producer does not inherit their sequences)
@@ -169,12 +185,14 @@ async def restore_if_empty(
 
     await loop.run_in_executor(None, adopt)
     log.info(
-        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, %d ACLs",
+        "restored cluster %s from the bucket: %d topics, %d partitions, %d SCRAM users, "
+        "%d ACLs, %d client quota entities",
         meta.cluster_id,
         len(topics),
         restored,
         len(meta.scram),
         len(meta.acls),
+        len(meta.quotas),
     )
     return restored
 
@@ -287,6 +305,7 @@ class ClusterRestore:
         self.topics: dict[str, RemoteTopic] = {t.topic_id: t for t in meta.topics}
         # partitions looked up already (those without a manifest leave no folder)
         self._done: set[tuple[str, int]] = set()
+        self._manifests_read: dict[str, list[PartitionManifest]] = {}
 
     def needs_layout(self, name: str, topic_id: str, index: int) -> bool:
         t = self.topics.get(topic_id)
@@ -327,16 +346,45 @@ class ClusterRestore:
         )
         return m.end_offset
 
+    async def _manifests(self, t: RemoteTopic) -> list[PartitionManifest]:
+        """The topic's manifests in the bucket, read once (the controller asks twice)."""
+        got = self._manifests_read.get(t.topic_id)
+        if got is None:
+            got = []
+            for i in range(t.partitions):
+                key = manifest_key(t.name, t.topic_id, i)
+                raw = await _get_or_none(self.store, key)
+                if raw is not None:
+                    got.append(decode_manifest(raw, where=key))
+            self._manifests_read[t.topic_id] = got
+        return got
+
+    async def producer_ids_used(self) -> int:
+        """One above every producer id the restored data may name: the bucket document's
+        next unallocated id, and the ids in each partition's producer snapshot at the
+        bucket's end (a retrying producer must be recognised, never impersonated)."""
+        top = self.meta.next_producer_id - 1
+        for t in self.meta.topics:
+            for m in await self._manifests(t):
+                last = m.segments[-1] if m.segments else None
+                if last is None or not last.has_snapshot:
+                    continue
+                prefix = partition_prefix(m.topic, m.topic_id, m.partition)
+                key = segment_key(prefix, last.base_offset, last.upload_id, "snapshot")
+                data = await _get_or_none(self.store, key)
+                if not data:
+                    continue
+                try:
+                    top = max([top, *ProducerStateManager.parse_snapshot(data, key)])
+                except CorruptSnapshotError as exc:
+                    log.warning("restore: %s; its producer ids are not reserved", exc)
+        return top + 1
+
     async def first_leader_epoch(self, t: RemoteTopic) -> int:
         """One above every leader epoch the topic's remote segments and manifests were
         written under: the new leaders' manifest writes must not look deposed."""
         top = -1
-        for i in range(t.partitions):
-            key = manifest_key(t.name, t.topic_id, i)
-            raw = await _get_or_none(self.store, key)
-            if raw is None:
-                continue
-            m = decode_manifest(raw, where=key)
+        for m in await self._manifests(t):
             top = max(top, m.leader_epoch)
             for s in m.segments:
                 for epoch, _ in s.epochs:

@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -138,6 +139,11 @@ class ObjectStore(abc.ABC):
         self.part_bytes = PART_BYTES
         # whether the server honours conditional writes: None until probed
         self.conditional: bool | None = None
+        # when the store last answered (an expected "not found" counts) and when an
+        # attempt last failed otherwise (monotonic; 0 = never): the bucket counts as
+        # unreachable from its first failed attempt, not only once retries ran out
+        self.last_answer = 0.0
+        self.last_failure = 0.0
         self._probing = asyncio.Lock()
 
     def full_key(self, key: str) -> str:
@@ -264,16 +270,28 @@ class ObjectStore(abc.ABC):
         attempt = 0
         while True:
             try:
-                return await op()
+                result = await op()
             except StoreError as exc:
-                if exc.kind not in _EXPECTED and self._on_error is not None:
-                    self._on_error(exc.kind)
+                if exc.kind in _EXPECTED:
+                    self.last_answer = time.monotonic()
+                else:
+                    self.last_failure = time.monotonic()
+                    if self._on_error is not None:
+                        self._on_error(exc.kind)
                 attempt += 1
                 if not exc.kind.transient or attempt >= policy.attempts:
                     raise
                 delay = policy.delay(attempt)
                 log.debug("%s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
                 await asyncio.sleep(delay)
+            else:
+                self.last_answer = time.monotonic()
+                return result
+
+    @property
+    def answering(self) -> bool:
+        """False from a failed attempt until the store next answers."""
+        return self.last_failure <= self.last_answer
 
 
 async def _refused(write: Awaitable[str]) -> bool:
