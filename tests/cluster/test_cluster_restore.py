@@ -42,7 +42,6 @@ from shazamq.protocol.records import Record, build_batch
 from tests.groups.kafka_wire import WireClient
 from tests.kafka_helpers import RawClient
 from tests.quotas.quota_wire import alter_request, describe_request, described, produce_request
-from tests.tier.conftest import weed_server
 
 from .conftest import BrokerProcess, Cluster, ClusterFactory
 from .test_cluster_basic import (
@@ -54,7 +53,7 @@ from .test_cluster_basic import (
     topic_state,
     wait_for,
 )
-from .test_cluster_tier import PREFIX, Bucket
+from .test_cluster_tier import cluster_bucket, tier_root_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(500)]
 
@@ -182,30 +181,8 @@ def topic_id(bootstrap: str) -> str:
 def test_new_cluster_restores_from_the_bucket(
     cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)  # the brokers inherit them
-    (tmp_path / "weed").mkdir()
-    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
-        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
-        bucket.create()
-
-        def root_config(root: str) -> dict[str, Any]:
-            return {
-                "tiered_storage": {
-                    "enabled": True,
-                    "provider": "s3",
-                    "max_upload_interval_ms": 1000,
-                    "s3": {
-                        "bucket": bucket.config.bucket,
-                        "endpoint": f"http://{root}:{s3_port}",
-                        "prefix": PREFIX,
-                    },
-                }
-            }
+    with cluster_bucket(tmp_path, monkeypatch) as (s3_port, bucket):
+        root_config = tier_root_config(bucket, s3_port)
 
         extra = deep_merge_configs(
             FAST_CLUSTER,

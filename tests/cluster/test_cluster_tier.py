@@ -11,7 +11,9 @@ consumer reads everything from offset 0, byte for byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,49 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 TOPIC = "tiered"
 PREFIX = "prod/shazamq"
+
+
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@contextlib.contextmanager
+def cluster_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Bucket]]:
+    """A SeaweedFS S3 server on every address (brokers in their namespaces reach it at
+    their root address) and a fresh bucket; (its port, the bucket). The brokers inherit
+    the test credentials from the environment."""
+    for k, v in S3_TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "weed").mkdir()
+    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
+        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
+        bucket.create()
+        yield s3_port, bucket
+
+
+def tier_root_config(
+    bucket: Bucket, port: int, prefix: str = PREFIX
+) -> Callable[[str], dict[str, Any]]:
+    """Each broker's [tiered_storage], the bucket at its root address and `port`."""
+
+    def root_config(root: str) -> dict[str, Any]:
+        return {
+            "tiered_storage": {
+                "enabled": True,
+                "provider": "s3",
+                "max_upload_interval_ms": 1000,
+                "s3": {
+                    "bucket": bucket.config.bucket,
+                    "endpoint": f"http://{root}:{port}",
+                    "prefix": prefix,
+                },
+            }
+        }
+
+    return root_config
 
 
 class Bucket:
@@ -118,30 +163,8 @@ def check_no_loss(cluster: Cluster, bucket: Bucket) -> None:
 def test_tiered_cluster_leader_failover(
     cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)  # the brokers inherit them
-    (tmp_path / "weed").mkdir()
-    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
-        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
-        bucket.create()
-
-        def root_config(root: str) -> dict[str, Any]:
-            return {
-                "tiered_storage": {
-                    "enabled": True,
-                    "provider": "s3",
-                    "max_upload_interval_ms": 1000,
-                    "s3": {
-                        "bucket": bucket.config.bucket,
-                        "endpoint": f"http://{root}:{s3_port}",
-                        "prefix": PREFIX,
-                    },
-                }
-            }
+    with cluster_bucket(tmp_path, monkeypatch) as (s3_port, bucket):
+        root_config = tier_root_config(bucket, s3_port)
 
         cluster = cluster_factory.start(
             3,
@@ -216,30 +239,8 @@ def test_follower_in_the_consumers_rack_serves_the_bucket(
     from the bucket and serves those offsets from there, byte for byte."""
     from .test_cluster_racks import metric
 
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)
-    (tmp_path / "weed").mkdir()
-    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
-        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
-        bucket.create()
-
-        def root_config(root: str) -> dict[str, Any]:
-            return {
-                "tiered_storage": {
-                    "enabled": True,
-                    "provider": "s3",
-                    "max_upload_interval_ms": 1000,
-                    "s3": {
-                        "bucket": bucket.config.bucket,
-                        "endpoint": f"http://{root}:{s3_port}",
-                        "prefix": PREFIX,
-                    },
-                }
-            }
+    with cluster_bucket(tmp_path, monkeypatch) as (s3_port, bucket):
+        root_config = tier_root_config(bucket, s3_port)
 
         def config(node: int) -> dict[str, Any]:
             return deep_merge_configs(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import shutil
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import NewTopic
@@ -25,7 +24,6 @@ from confluent_kafka.admin import NewTopic
 from shazamq.broker.tier.manifest import CLUSTER_KEY, ClusterMetadata, encode_cluster
 from shazamq.broker.tier.s3 import S3Store
 from shazamq.config import dump_toml
-from tests.tier.conftest import weed_server
 
 from .conftest import BrokerProcess, ClusterFactory
 from .test_cluster_basic import (
@@ -38,7 +36,14 @@ from .test_cluster_basic import (
     topic_state,
     wait_for,
 )
-from .test_cluster_tier import PREFIX, TOPIC, Bucket, check_no_loss, consume_all, local_start
+from .test_cluster_tier import (
+    TOPIC,
+    check_no_loss,
+    cluster_bucket,
+    consume_all,
+    local_start,
+    tier_root_config,
+)
 from .test_cluster_tier import produce as produce_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -60,30 +65,8 @@ def log_end(b: BrokerProcess) -> int:
 def test_broker_that_lost_its_disk_and_a_foreign_bucket(
     cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)  # the brokers inherit them
-    (tmp_path / "weed").mkdir()
-    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
-        bucket = Bucket(f"http://127.0.0.1:{s3_port}")
-        bucket.create()
-
-        def root_config(root: str) -> dict[str, Any]:
-            return {
-                "tiered_storage": {
-                    "enabled": True,
-                    "provider": "s3",
-                    "max_upload_interval_ms": 1000,
-                    "s3": {
-                        "bucket": bucket.config.bucket,
-                        "endpoint": f"http://{root}:{s3_port}",
-                        "prefix": PREFIX,
-                    },
-                }
-            }
+    with cluster_bucket(tmp_path, monkeypatch) as (s3_port, bucket):
+        root_config = tier_root_config(bucket, s3_port)
 
         extra = deep_merge_configs(
             FAST_CLUSTER,

@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from tests.tier.conftest import FaultProxy, weed_server
+from tests.tier.conftest import FaultProxy
 
 from .conftest import BrokerProcess, ClusterFactory
 from .test_cluster_basic import (
@@ -28,7 +27,13 @@ from .test_cluster_basic import (
     fully_replicated,
     wait_for,
 )
-from .test_cluster_tier import PREFIX, TOPIC, Bucket, consume_all, local_start
+from .test_cluster_tier import (
+    TOPIC,
+    cluster_bucket,
+    consume_all,
+    local_start,
+    tier_root_config,
+)
 from .test_cluster_tier import produce as produce_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -46,32 +51,10 @@ def reachable(b: BrokerProcess) -> float | None:
 def test_restart_while_the_bucket_fails_serves_local_data(
     cluster_factory: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)  # the brokers inherit them
-    (tmp_path / "weed").mkdir()
-    with weed_server(tmp_path / "weed", bind="0.0.0.0") as s3_port:
+    with cluster_bucket(tmp_path, monkeypatch) as (s3_port, bucket):
         proxy = FaultProxy(s3_port, bind="0.0.0.0", keep_host=True)
         try:
-            bucket = Bucket(f"http://127.0.0.1:{s3_port}")
-            bucket.create()
-
-            def root_config(root: str) -> dict[str, Any]:
-                return {
-                    "tiered_storage": {
-                        "enabled": True,
-                        "provider": "s3",
-                        "max_upload_interval_ms": 1000,
-                        "s3": {
-                            "bucket": bucket.config.bucket,
-                            "endpoint": f"http://{root}:{proxy.port}",
-                            "prefix": PREFIX,
-                        },
-                    }
-                }
+            root_config = tier_root_config(bucket, proxy.port)
 
             cluster = cluster_factory.start(
                 3, netns=NETNS, extra_config=FAST_CLUSTER, root_config=root_config
