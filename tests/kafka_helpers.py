@@ -74,3 +74,37 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def send_idempotent(
+    client: RawClient, topic: str, record: object, producer_id: int, sequence: int
+) -> tuple[int, int]:
+    """One idempotent batch of one record to partition 0 with acks=all (Produce v9);
+    (error code, base offset)."""
+    import time
+
+    from shazamq.protocol.messages.produce_request import (
+        PartitionProduceData,
+        ProduceRequest,
+        TopicProduceData,
+    )
+    from shazamq.protocol.records import build_batch
+
+    batch = build_batch(
+        [record],  # type: ignore[list-item]
+        producer_id=producer_id,
+        producer_epoch=0,
+        base_sequence=sequence,
+        base_timestamp=int(time.time() * 1000),
+    )
+    req = ProduceRequest(
+        acks=-1,
+        timeout_ms=10_000,
+        topic_data=[
+            TopicProduceData(
+                name=topic, partition_data=[PartitionProduceData(index=0, records=batch)]
+            )
+        ],
+    )
+    part = client.request(req, 9).responses[0].partition_responses[0]
+    return part.error_code, part.base_offset

@@ -33,14 +33,10 @@ from shazamq.operator.restore import (
     restore_status,
 )
 from shazamq.protocol.messages.init_producer_id_request import InitProducerIdRequest
-from shazamq.protocol.messages.produce_request import (
-    PartitionProduceData,
-    ProduceRequest,
-    TopicProduceData,
-)
-from shazamq.protocol.records import Record, build_batch
+from shazamq.protocol.records import Record
 from tests.groups.kafka_wire import WireClient
 from tests.kafka_helpers import RawClient
+from tests.kafka_helpers import send_idempotent as send_one
 from tests.quotas.quota_wire import alter_request, describe_request, described, produce_request
 
 from .conftest import BrokerProcess, Cluster, ClusterFactory
@@ -147,29 +143,7 @@ def new_producer_id(cluster: Cluster) -> int:
 def send_idempotent(client: RawClient, pid: int, seq: int) -> tuple[int, int]:
     """One batch of one record, sequence ``seq``, acks=all; (error, base offset)."""
     record = Record(offset_delta=0, key=b"k%d" % seq, value=b"idempotent-%06d" % seq)
-    req = ProduceRequest(
-        acks=-1,
-        timeout_ms=10_000,
-        topic_data=[
-            TopicProduceData(
-                name=IDEMPOTENT,
-                partition_data=[
-                    PartitionProduceData(
-                        index=0,
-                        records=build_batch(
-                            [record],
-                            producer_id=pid,
-                            producer_epoch=0,
-                            base_sequence=seq,
-                            base_timestamp=int(time.time() * 1000),
-                        ),
-                    )
-                ],
-            )
-        ],
-    )
-    part = client.request(req, 9).responses[0].partition_responses[0]
-    return part.error_code, part.base_offset
+    return send_one(client, IDEMPOTENT, record, pid, seq)
 
 
 def topic_id(bootstrap: str) -> str:

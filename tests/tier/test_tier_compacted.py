@@ -9,23 +9,18 @@ serves the compacted log at the same offsets and continues them where the log en
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import Producer
 from kafka_helpers import RawClient, make_topic
+from kafka_helpers import send_idempotent as send_one
 from msgspec.structs import replace as msgspec_replace
 
 from shazamq.broker.tier.manifest import PartitionManifest, RemoteSegment, segment_key
 from shazamq.broker.tier.uploader import PartitionUploader, cleaned_run
 from shazamq.protocol.messages.init_producer_id_request import InitProducerIdRequest
-from shazamq.protocol.messages.produce_request import (
-    PartitionProduceData,
-    ProduceRequest,
-    TopicProduceData,
-)
-from shazamq.protocol.records import Record, build_batch
+from shazamq.protocol.records import Record
 
 from .test_restore_metrics import MemoryStore
 from .tierutil import Bucket, consume_all, read_until, wait_for
@@ -192,29 +187,7 @@ def test_compacted_topic_cleaned_segments_replace_remote_ones(
 def _send(client: RawClient, topic: str, pid: int, seq: int) -> tuple[int, int]:
     """One idempotent batch of one record (keys repeat every 3); (error, base offset)."""
     record = Record(offset_delta=0, key=b"k%d" % (seq % 3), value=b"v%06d" % seq * 40)
-    req = ProduceRequest(
-        acks=-1,
-        timeout_ms=10_000,
-        topic_data=[
-            TopicProduceData(
-                name=topic,
-                partition_data=[
-                    PartitionProduceData(
-                        index=0,
-                        records=build_batch(
-                            [record],
-                            producer_id=pid,
-                            producer_epoch=0,
-                            base_sequence=seq,
-                            base_timestamp=int(time.time() * 1000),
-                        ),
-                    )
-                ],
-            )
-        ],
-    )
-    part = client.request(req, 9).responses[0].partition_responses[0]
-    return part.error_code, part.base_offset
+    return send_one(client, topic, record, pid, seq)
 
 
 def test_a_cleaned_last_segment_keeps_the_producer_snapshot(broker_factory, bucket: Bucket) -> None:
