@@ -223,3 +223,75 @@ async def test_offset_expiry_runs_at_the_configured_interval(tmp_path, monkeypat
         await until(lambda: len(checks) >= 3)
     finally:
         await broker.stop()
+
+
+async def test_delete_during_a_commit_in_flight_covers_it(tmp_path, monkeypatch):
+    """A commit accepted before DeleteGroups and still being written when the delete
+    starts is applied before the delete's tombstones are written, and they cover it: the
+    group is gone from memory and stays gone after a restart (the commit neither
+    resurrects it in memory nor survives in the log)."""
+    import threading
+
+    from shazamq.broker.log import PartitionLog
+    from shazamq.broker.log.segment import LogSegment
+
+    broker = await start(tmp_path)
+    try:
+        await broker.partitions.create_topic("t", 2)
+        assert commit(broker, "h", "", -1, {("t", 0): 1}) == {("t", 0): 0}
+        # every append goes to a writer thread from here; the first one (the commit)
+        # waits there for the test, the later ones are written as usual
+        monkeypatch.setattr(PartitionLog, "append_is_light", lambda self, prepared: False)
+        inside = threading.Event()
+        release = threading.Event()
+        real_append = LogSegment.append
+        calls = []
+
+        def held(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) == 1:
+                inside.set()
+                release.wait(10)
+            return real_append(self, *args, **kwargs)
+
+        monkeypatch.setattr(LogSegment, "append", held)
+        committing = asyncio.ensure_future(
+            broker.groups.commit_offsets_async(
+                group_id="h",
+                generation_id=-1,
+                member_id="",
+                group_instance_id=None,
+                retention_ms=-1,
+                offsets={("t", 0): OffsetCommit(2), ("t", 1): OffsetCommit(3)},
+            )
+        )
+        await until(inside.is_set)
+        deleting = asyncio.ensure_future(broker.groups.delete_groups(["h"]))
+        await asyncio.sleep(0)  # the delete has started: the group is Dead meanwhile
+        assert broker.groups.groups["h"].state is GroupState.DEAD
+        assert not deleting.done() and not committing.done()
+        release.set()
+        assert await committing == {("t", 0): 0, ("t", 1): 0}
+        assert await deleting == {"h": 0}
+        assert len(calls) == 2  # the commit, then the tombstones
+        assert "h" not in broker.groups.groups
+        assert broker.groups.fetch_offsets("h", None) == (0, [])
+        # the tombstones name both partitions, the one only the in-flight commit had too
+        part = broker.partitions.get("__consumer_offsets", coordinator_partition("h", 3))
+        assert part is not None
+        tombstoned = [
+            r for b in broker.groups.store.topic.scan(part.index) for r in b.records if r[2] is None
+        ]
+        # ("h" only ever committed offsets: it has no group record to tombstone)
+        assert [r[0] for r in tombstoned] == [3, 4]  # after the commits at 0 and 1, 2
+    finally:
+        release.set()
+        monkeypatch.undo()
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        assert "h" not in broker.groups.groups
+        assert broker.groups.fetch_offsets("h", None) == (0, [])
+    finally:
+        await broker.stop()

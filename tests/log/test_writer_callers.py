@@ -194,6 +194,89 @@ def test_a_coroutine_awaits_the_write_before_it_goes_on(tmp_path, threads) -> No
     log.close()
 
 
+def test_a_coordinator_append_whose_turn_comes_after_a_leadership_change_is_not_written(
+    tmp_path, monkeypatch
+) -> None:
+    """In a cluster a coordinator's append carries the writer thread's leadership fence,
+    as a client's produce does: appends queued while this broker led the partition at
+    epoch 5, whose turn comes after the epoch moved (or the leader changed), are refused
+    (NOT_LEADER_OR_FOLLOWER, which the coordinators answer NOT_COORDINATOR) and never
+    written; the one already being written when it moved stays."""
+    from shazamq.broker.cluster.replica import ReplicaRole
+    from shazamq.broker.groups.internal_topic import replicated
+    from shazamq.broker.groups.offsets_store import append_error_code
+    from shazamq.broker.log.errors import NotLeaderError
+    from shazamq.broker.txn.coordinator import state_write_error
+    from shazamq.protocol.errors import ErrorCode
+
+    log = _open(tmp_path, "__consumer_offsets-0", compact=True)
+    writer = LogWriter()
+    hosted = _Hosted("__consumer_offsets", 0, log)
+    role = ReplicaRole(
+        broker_id=1, topic_id="t", replicas=[1], isr=[1], leader=1, leader_epoch=5,
+        partition_epoch=0,
+    )  # fmt: skip
+    hosted.replica = role  # type: ignore[assignment]
+    hosted.leader_epoch = 5
+    hosted.topic_info = SimpleNamespace(configs={})  # type: ignore[attr-defined]
+    partitions = _Partitions(writer, hosted)
+    partitions.cluster = SimpleNamespace(min_isr=lambda configs: 1)  # type: ignore[assignment]
+    topic = InternalTopic(partitions, "__consumer_offsets", 1, {})  # type: ignore[arg-type]
+    inside = threading.Event()
+    release = threading.Event()
+    real = PartitionLog.append_prepared
+
+    def held(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        if not inside.is_set():  # the first write waits for the test, mid-way
+            inside.set()
+            assert release.wait(10)
+        return real(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", held)
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        first = topic.append(0, [(b"k0", _value(0, BIG))])
+        second = topic.append(0, [(b"k1", _value(1, BIG))])
+        third = topic.append(0, [(b"k2", _value(2, 40))])  # small, but queued behind
+        assert all(isinstance(f, asyncio.Future) for f in (first, second, third))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, inside.wait, 10)
+        role.leader_epoch = 6  # still the leader, at a newer epoch: the others are stale
+        release.set()
+        appended = await landed(first)
+        assert appended is not None
+        seen["first"] = (appended.base_offset, appended.next_offset)
+        with pytest.raises(NotLeaderError) as refused:
+            await landed(second)
+        seen["second"] = append_error_code(refused.value)
+        seen["txn"] = state_write_error(refused.value.error_code)
+        seen["third"] = await replicated(None, third, 1.0)
+        # a later append (its epoch read now) passes the fence again, until the leader
+        # moves away: then it is refused before it is even queued
+        hosted.leader_epoch = 6
+        fourth = await landed(topic.append(0, [(b"k3", _value(3, BIG))]))
+        assert fourth is not None
+        seen["fourth"] = fourth.base_offset
+        role.leader = 2
+        with pytest.raises(Exception) as moved:
+            topic.append(0, [(b"k4", _value(4, 40))])
+        seen["moved"] = append_error_code(moved.value)
+        await writer.stop()
+
+    asyncio.run(main())
+    assert seen == {
+        "first": (0, 1),
+        "second": ErrorCode.NOT_COORDINATOR,
+        "txn": ErrorCode.NOT_COORDINATOR,
+        "third": ErrorCode.NOT_LEADER_OR_FOLLOWER,
+        "fourth": 1,
+        "moved": ErrorCode.NOT_COORDINATOR,
+    }
+    assert _values(log) == [0, 3]  # nothing of the refused appends reached the log
+    log.close()
+
+
 # -- transaction markers (WriteTxnMarkers and the coordinator's own) ----------------------
 
 

@@ -129,6 +129,9 @@ class GroupCoordinator(MembershipMixin, OffsetsMixin, ConsumerGroupsMixin, Mixed
         self.loaded = False
         self._persisted: set[str] = set()  # groups with a metadata record in the log
         self._txn_groups: dict[int, set[str]] = {}  # producer id -> groups with pending offsets
+        self._commits_in_flight: dict[str, int] = {}  # see OffsetsMixin
+        self._commits_settled: dict[str, asyncio.Future[None]] = {}
+        self._deleting: dict[str, Group] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # cluster mode: the __consumer_offsets partitions led here
         self._owned: OwnedPartitions[LoadedPartition, _Ownership] = OwnedPartitions(

@@ -24,14 +24,17 @@ coroutines.
 Appends go through the broker's write pool (``log/writer.py``), in turn with every other
 append to the partition: a small one with nothing queued is written at once on the loop,
 anything else (a segment roll, its index trim and producer snapshot; an append queued
-behind another) on a writer thread. :meth:`InternalTopic.append` then returns a future of
-where the records landed; :func:`landed` awaits either form, so a coroutine still writes
+behind another) on a writer thread, which in a cluster writes it only if this broker
+still leads the partition at the epoch the append was made under (the fence client
+appends have). :meth:`InternalTopic.append` then returns a future of where the records
+landed; :func:`landed` awaits either form, so a coroutine still writes
 before it applies to memory. Under :func:`run_now` appends are written at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -367,7 +370,10 @@ class InternalTopic:
         the future when the write was deferred) or ``KafkaError``: the partition is
         missing, or, in a cluster, led elsewhere (NOT_LEADER_OR_FOLLOWER) or short of
         in-sync replicas (NOT_ENOUGH_REPLICAS, the check ``acks=all`` makes before
-        writing). The checks and the queueing happen with no ``await`` between them.
+        writing). The checks and the queueing happen with no ``await`` between them; a
+        write deferred to a writer thread whose turn comes after the leadership (or its
+        epoch) moved fails with ``NotLeaderError`` (NOT_LEADER_OR_FOLLOWER, which the
+        coordinators answer NOT_COORDINATOR) and is not written.
         """
         p = self.partition(index)
         cluster = self.cluster
@@ -405,13 +411,18 @@ class InternalTopic:
             )
             p.notify()
             return Appended(p, info.base_offset, info.last_offset + 1)
+        # in a cluster the writer thread asks again, right before the write, whether this
+        # broker still leads at this epoch (as for a client's produce): a coordinator
+        # that lost its partition while the append waited its turn never writes to it
+        epoch = p.leader_epoch
         write = submit(
             writer,
             p.log,
             batch,
             origin=AppendOrigin.COORDINATOR,
             now_ms=now,
-            leader_epoch=p.leader_epoch,
+            leader_epoch=epoch,
+            still_leads=None if role is None else functools.partial(role.leads_at, epoch),
         )
         if write.done():
             info = write.result()  # raises the log's error

@@ -19,7 +19,9 @@ its records (``offsets.commit.timeout.ms``; REQUEST_TIMED_OUT after it, and the 
 not applied). OffsetDelete and DeleteGroups answer once their tombstones are in the log
 (and, in a cluster, on the in-sync replicas, as Kafka's KIP-848 coordinator does); memory
 changes only after the tombstones landed, so a storage error is answered with its code
-and leaves the offsets and the group as they were. Retention answers nobody: it drops
+and leaves the offsets and the group as they were. DeleteGroups first waits for the
+group's commits already being written or replicated and applies them, so its tombstones
+come after them in the log and cover them. Retention answers nobody: it drops
 the expired offsets from memory as it queues their tombstones, and after a crash before
 they land the reloaded offsets are simply expired again. The partitions a commit names
 must exist in the cluster, not on this broker.
@@ -101,6 +103,12 @@ class OffsetsMixin:
     loaded: bool
     _persisted: set[str]
     _txn_groups: dict[int, set[str]]
+    # group id -> how many of its commits are being written or replicated (not yet
+    # applied to memory), and what a DeleteGroups waiting for them to be done waits on
+    _commits_in_flight: dict[str, int]
+    _commits_settled: dict[str, asyncio.Future[None]]
+    # group id -> the group a DeleteGroups is tombstoning (Dead meanwhile)
+    _deleting: dict[str, Group]
     offset_commits: Counter
     offsets_expired: Counter
     _owned: OwnedPartitions[LoadedPartition, _Ownership]
@@ -256,44 +264,86 @@ class OffsetsMixin:
                     expire_timestamp=ts + retention_ms if retention_ms >= 0 else -1,
                 )
         if valid:
+            # registered before the write, so a DeleteGroups that starts while it is
+            # written or replicated waits for it (see _delete_group)
             gid = group.group_id
-            own = self._ownership(gid)
+            self._commits_in_flight[gid] = self._commits_in_flight.get(gid, 0) + 1
             try:
-                appended = await self.store.write_offsets(
-                    gid,
-                    valid,
-                    producer_id=producer_id,
-                    producer_epoch=producer_epoch,
+                await self._apply_commit(
+                    group, valid, result, producer_id=producer_id, producer_epoch=producer_epoch
                 )
-            except (LogError, RecordError, KafkaError) as exc:
-                code = append_error_code(exc)
-                log.warning("group %s: cannot store offsets: %s", gid, exc)
-                for tp in valid:
-                    result[tp] = code
-                return result
-            code = await self._replication(appended)
-            if not code and self.cluster is not None and self._ownership(gid) is not own:
-                code = int(_E.NOT_LEADER_OR_FOLLOWER)  # unloaded while it replicated
-            if code:
-                code = commit_replication_error(code)
-                log.warning("group %s: offsets not replicated (error %d)", gid, code)
-                for tp in valid:
-                    result[tp] = code
-                return result
-            # another request may have created or removed the group during the wait
-            target = self.groups.get(gid)
-            if target is None or target.is_state(GroupState.DEAD):
-                target = group if not group.is_state(GroupState.DEAD) else Group(gid)
-                self.groups[gid] = target
-            if producer_id >= 0:
-                target.pending_txn_offsets.setdefault(producer_id, {}).update(valid)
-                self._txn_groups.setdefault(producer_id, set()).add(gid)
-            else:
-                target.offsets.update(valid)
-            self.offset_commits.inc(len(valid))
-            for tp in valid:
-                result[tp] = 0
+            finally:
+                left = self._commits_in_flight[gid] - 1
+                if left:
+                    self._commits_in_flight[gid] = left
+                else:
+                    del self._commits_in_flight[gid]
+                    waiter = self._commits_settled.pop(gid, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
         return result
+
+    async def _commits_applied(self, group_id: str) -> None:
+        """Return once no commit of ``group_id`` is being written or replicated."""
+        while group_id in self._commits_in_flight:
+            waiter = self._commits_settled.get(group_id)
+            if waiter is None:
+                waiter = asyncio.get_running_loop().create_future()
+                self._commits_settled[group_id] = waiter
+            await asyncio.shield(waiter)
+
+    async def _apply_commit(
+        self,
+        group: Group,
+        valid: dict[TopicPartition, CommittedOffset],
+        result: dict[TopicPartition, int],
+        *,
+        producer_id: int,
+        producer_epoch: int,
+    ) -> None:
+        """Write ``valid`` and, once the in-sync replicas have it, apply it to memory;
+        each partition's answer goes into ``result``."""
+        gid = group.group_id
+        own = self._ownership(gid)
+        try:
+            appended = await self.store.write_offsets(
+                gid,
+                valid,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+            )
+        except (LogError, RecordError, KafkaError) as exc:
+            code = append_error_code(exc)
+            log.warning("group %s: cannot store offsets: %s", gid, exc)
+            for tp in valid:
+                result[tp] = code
+            return
+        code = await self._replication(appended)
+        if not code and self.cluster is not None and self._ownership(gid) is not own:
+            code = int(_E.NOT_LEADER_OR_FOLLOWER)  # unloaded while it replicated
+        if code:
+            code = commit_replication_error(code)
+            log.warning("group %s: offsets not replicated (error %d)", gid, code)
+            for tp in valid:
+                result[tp] = code
+            return
+        # another request may have created or removed the group during the wait. A
+        # group being deleted takes the commit (it precedes the tombstones in the
+        # log, which are written once this is applied and cover it)
+        target = self._deleting.get(gid)
+        if target is None:
+            target = self.groups.get(gid)
+        if target is None or (target.is_state(GroupState.DEAD) and gid not in self._deleting):
+            target = group if not group.is_state(GroupState.DEAD) else Group(gid)
+            self.groups[gid] = target
+        if producer_id >= 0:
+            target.pending_txn_offsets.setdefault(producer_id, {}).update(valid)
+            self._txn_groups.setdefault(producer_id, set()).add(gid)
+        else:
+            target.offsets.update(valid)
+        self.offset_commits.inc(len(valid))
+        for tp in valid:
+            result[tp] = 0
 
     def complete_txn(
         self, partition: int, producer_id: int, commit: bool, marker_offset: int | None = None
@@ -417,24 +467,34 @@ class OffsetsMixin:
     async def _delete_group(self, group: Group) -> int:
         """DeleteGroups of an Empty classic group: its tombstones first, then memory.
 
-        The group is Dead while they are written, so joins and commits meanwhile are
-        answered COORDINATOR_NOT_AVAILABLE (retried) instead of changing what is being
-        deleted; a write that fails leaves it Empty as it was, with its offsets."""
+        The group is Dead from the start, so joins and commits meanwhile are answered
+        COORDINATOR_NOT_AVAILABLE (retried) instead of changing what is being deleted.
+        Commits accepted before it are in the log before the tombstones: they are waited
+        for and applied to this group first, so the tombstones cover them and no commit
+        lands in memory after the group was forgotten (memory and log would disagree
+        until a restart). A write that fails leaves the group Empty as it was, with its
+        offsets (those commits' included)."""
         gid = group.group_id
-        try:
-            landing = self.store.delete_group(
-                gid, list(group.offsets), metadata=gid in self._persisted
-            )
-        except (LogError, RecordError, KafkaError) as exc:
-            return append_error_code(exc)
+        own = self._ownership(gid)
         was = (group.state, group.previous_state, group.state_timestamp)
         group.transition(GroupState.DEAD)
+        self._deleting[gid] = group
         try:
-            appended = await landed(landing)
-        except (LogError, RecordError, KafkaError) as exc:
-            if self.groups.get(gid) is group:  # not deleted: serve it again as it was
-                group.state, group.previous_state, group.state_timestamp = was
-            return append_error_code(exc)
+            await self._commits_applied(gid)
+            if self.cluster is not None and self._ownership(gid) is not own:
+                return int(_E.NOT_COORDINATOR)  # unloaded while its commits landed
+            try:
+                landing = self.store.delete_group(
+                    gid, list(group.offsets), metadata=gid in self._persisted
+                )
+                appended = await landed(landing)
+            except (LogError, RecordError, KafkaError) as exc:
+                if self.groups.get(gid) is group:  # not deleted: serve it again as it was
+                    group.state, group.previous_state, group.state_timestamp = was
+                return append_error_code(exc)
+        finally:
+            if self._deleting.get(gid) is group:
+                del self._deleting[gid]
         self._forget_group(group)
         code = await self._replication(appended)
         return commit_replication_error(code) if code else 0

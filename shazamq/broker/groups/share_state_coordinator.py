@@ -165,10 +165,15 @@ class ShareStateCoordinator:
         try:
             appended = await landed(self.store.topic.append(index, [(snapshot_key(*key), value)]))
         except (LogError, RecordError) as exc:
-            return int(exc.error_code)
+            code = int(exc.error_code)
         except KafkaError as exc:
-            return int(exc.code)
-        code = await replicated(self.cluster, appended, WRITE_TIMEOUT_S)
+            code = int(exc.code)
+        else:
+            code = await replicated(self.cluster, appended, WRITE_TIMEOUT_S)
+        if code == _E.NOT_LEADER_OR_FOLLOWER:
+            # led elsewhere before the write's turn, or before it was replicated: the
+            # leader asks the new coordinator, as Kafka's share coordinator answers
+            return int(_E.NOT_COORDINATOR)
         if code:
             return code
         if self._owned.get(index) is not own:

@@ -71,9 +71,9 @@ class DuplicateSequenceError(LogError):
 
 
 class NotLeaderError(LogError):
-    """NOT_LEADER_OR_FOLLOWER (6): a client append queued while this broker led the
-    partition, refused by the writer because the leadership (or its epoch) changed
-    before the append's turn came."""
+    """NOT_LEADER_OR_FOLLOWER (6): a client's (or a coordinator's) append queued while
+    this broker led the partition, refused by the writer because the leadership (or its
+    epoch) changed before the append's turn came. Coordinators answer it NOT_COORDINATOR."""
 
     error_code = 6
 

@@ -18,14 +18,16 @@ How the guarantees hold:
 * Visibility: the log end (and, on a single broker, the high watermark) moves inside
   that call only after the bytes are written, and fetchers are woken on the loop after
   the job's results arrive; readers never see a half-written batch.
-* Leadership (a cluster leader's client appends): the append carries a ``still_leads``
+* Leadership (a cluster leader's client appends, and its coordinators' appends to their
+  internal topics): the append carries a ``still_leads``
   check, run on the writer thread right before the write, in the partition's order. An
   append whose turn comes after the broker stopped leading the partition, or after its
   leader epoch moved, is refused (:class:`NotLeaderError`) and never written. One already
   written when the role changes is as if it had been written on the loop before the
   change: the follower's reconciliation waits for ``settled`` before it compares log
   ends, and the Produce handler answers NOT_LEADER_OR_FOLLOWER for an append whose role
-  changed before the answer, so no acknowledgement depends on a leadership it lost.
+  changed before the answer, so no acknowledgement depends on a leadership it lost (a
+  coordinator's write is acknowledged only once replicated, which fails on that change).
 
 Who appends here: client produce; a follower's fetched batches and a mirror's copied ones
 (``submit``); transaction markers and the coordinators' internal topics
@@ -267,14 +269,16 @@ def submit(
     origin: AppendOrigin,
     now_ms: int,
     leader_epoch: int = -1,
+    still_leads: Callable[[], bool] | None = None,
 ) -> asyncio.Future[AppendInfo]:
     """Check ``data`` on the loop and queue it on ``writer``, in turn with the partition's
     other appends; without a writer (a component built alone), written at once. Every
-    error, the checks' included, comes through the future."""
+    error, the checks' included, comes through the future. ``still_leads`` is the
+    writer thread's leadership fence (:meth:`LogWriter.append`)."""
     try:
         prepared = log.prepare_append(data, now_ms=now_ms, origin=origin)
         if writer is not None:
-            return writer.append(log, prepared, leader_epoch)
+            return writer.append(log, prepared, leader_epoch, still_leads=still_leads)
         info = log.append_prepared(prepared, leader_epoch=leader_epoch)
     except Exception as exc:
         failed: asyncio.Future[AppendInfo] = asyncio.get_running_loop().create_future()

@@ -67,6 +67,7 @@ from shazamq.broker.groups.ownership import OwnedPartitions, Ownership
 from shazamq.broker.log import AppendOrigin, LogError
 from shazamq.broker.log.errors import (
     InvalidProducerEpochError,
+    NotLeaderError,
     TransactionCoordinatorFencedError,
 )
 from shazamq.broker.log.writer import append_through
@@ -508,6 +509,8 @@ class TransactionCoordinator:
                     index, [(encode_txn_key(txn_id), encode_txn_value(meta.to_log_value()))]
                 )
             )
+        except NotLeaderError as exc:  # led elsewhere by the time its turn came
+            raise _StoreFailed(int(_E.NOT_COORDINATOR), str(exc)) from exc
         except (LogError, RecordError) as exc:
             raise _StoreFailed(int(_E.COORDINATOR_NOT_AVAILABLE), str(exc)) from exc
         except KafkaError as exc:
