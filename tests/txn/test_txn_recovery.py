@@ -270,3 +270,42 @@ async def test_v2_end_exhausting_the_epoch_rolls_over_and_survives_a_restart(tmp
         assert txn.txns["v2"].partitions == {("data", 0)}
     finally:
         await broker.stop()
+
+
+async def test_a_deleted_group_is_not_brought_back_by_its_open_transactions_commit(tmp_path):
+    """DeleteGroups tombstones the offsets an open transaction holds for the group too (as
+    Kafka's coordinator does): the transaction's COMMIT afterwards brings nothing back, in
+    memory or when the log is replayed. OffsetDelete of such a partition alike."""
+    broker = await start(tmp_path)
+    try:
+        r = await open_transaction(broker, "tx")
+        for group in ("gone", "trimmed"):
+            assert broker.txn.add_offsets("tx", r.producer_id, r.producer_epoch, group) == 0
+            assert broker.groups.txn_commit_offsets(
+                transactional_id="tx",
+                group_id=group,
+                producer_id=r.producer_id,
+                producer_epoch=r.producer_epoch,
+                generation_id=-1,
+                member_id="",
+                group_instance_id=None,
+                offsets={("data", 0): OffsetCommit(1)},
+            ) == {("data", 0): 0}
+        assert await broker.groups.delete_groups(["gone"]) == {"gone": 0}
+        code, result = await broker.groups.delete_offsets("trimmed", [("data", 0)])
+        assert (code, result) == (0, {("data", 0): 0})
+        assert broker.txn.end_txn("tx", r.producer_id, r.producer_epoch, True) == 0
+        for group in ("gone", "trimmed"):
+            _, fetched = broker.groups.fetch_offsets(group, [("data", 0)], require_stable=True)
+            assert (fetched[0].offset, fetched[0].error) == (-1, 0), group
+    finally:
+        await broker.stop()
+
+    broker = await start(tmp_path)
+    try:
+        for group in ("gone", "trimmed"):
+            _, fetched = broker.groups.fetch_offsets(group, [("data", 0)], require_stable=True)
+            assert (fetched[0].offset, fetched[0].error) == (-1, 0), group
+        assert "gone" not in broker.groups.groups
+    finally:
+        await broker.stop()

@@ -443,7 +443,7 @@ class OffsetsMixin:
                 result[tp] = int(_E.GROUP_SUBSCRIBED_TO_TOPIC)
             else:
                 result[tp] = 0
-                if tp in group.offsets:
+                if tp in group.offsets or group.has_pending_txn_offsets(tp):
                     doomed.append(tp)
         if doomed:
             try:
@@ -459,6 +459,11 @@ class OffsetsMixin:
                     c = g.offsets.get(tp)
                     if c is not None and c.record_offset < at:
                         del g.offsets[tp]
+                    # as on replay: a tombstone drops what open transactions hold too
+                    for held in g.pending_txn_offsets.values():
+                        c = held.get(tp)
+                        if c is not None and c.record_offset < at:
+                            del held[tp]
             code = await self._replication(appended)
             if code:
                 return commit_replication_error(code), {}
@@ -485,7 +490,7 @@ class OffsetsMixin:
                 return int(_E.NOT_COORDINATOR)  # unloaded while its commits landed
             try:
                 landing = self.store.delete_group(
-                    gid, list(group.offsets), metadata=gid in self._persisted
+                    gid, _offset_keys(group), metadata=gid in self._persisted
                 )
                 appended = await landed(landing)
             except (LogError, RecordError, KafkaError) as exc:
@@ -504,7 +509,7 @@ class OffsetsMixin:
         nobody waits for the answer; see the module doc)."""
         landing = self.store.delete_group(
             group.group_id,
-            list(group.offsets),
+            _offset_keys(group),
             metadata=group.group_id in self._persisted,
         )
         _log_if_lost(group.group_id, landing)
@@ -591,6 +596,17 @@ class OffsetsMixin:
         if removed:
             self.offsets_expired.inc(removed)
         return removed
+
+
+def _offset_keys(group: Group) -> list[TopicPartition]:
+    """Every partition a deleted group's tombstones cover: its committed offsets and those
+    still pending in open transactions (as Kafka's coordinator does). A tombstone also
+    drops a pending offset on replay, so a COMMIT marker written after the delete does
+    not bring the group's offsets back."""
+    keys = set(group.offsets)
+    for pending in group.pending_txn_offsets.values():
+        keys.update(pending)
+    return sorted(keys)
 
 
 def _log_if_lost(group_id: str, landing: Landing | None) -> None:

@@ -267,6 +267,11 @@ class OffsetsStore:
                         tp = (decoded.topic, decoded.partition)
                         if value is None:
                             offsets.get(decoded.group, {}).pop(tp, None)
+                            if txn_pid is None:
+                                # a delete covers offsets of transactions still open too
+                                # (Kafka's replay): their COMMIT marker brings none back
+                                for per_group in pending.values():
+                                    per_group.get(decoded.group, {}).pop(tp, None)
                             continue
                         committed = committed_from(decode_offset_value(value), record_offset)
                         if txn_pid is not None:
