@@ -343,6 +343,71 @@ def test_markers_go_through_the_writer_in_turn_with_the_data(
     log.close()
 
 
+def test_a_marker_whose_turn_comes_after_a_leadership_change_is_not_written(
+    tmp_path, monkeypatch
+) -> None:
+    """In a cluster a transaction marker carries the writer thread's leadership fence too:
+    queued while this broker led the data partition at epoch 3, its turn coming after the
+    epoch moved, it is refused (NOT_LEADER_OR_FOLLOWER, which WriteTxnMarkers answers and
+    the coordinator retries at the new leader) and never written."""
+    from shazamq.broker.cluster.replica import ReplicaRole
+    from shazamq.broker.log.errors import NotLeaderError
+
+    inside = threading.Event()
+    release = threading.Event()
+    real = PartitionLog.append_prepared
+
+    def held(self: PartitionLog, prepared: Any, *, leader_epoch: int = -1) -> Any:
+        if not inside.is_set():  # the transaction's data waits mid-write for the test
+            inside.set()
+            assert release.wait(10)
+        return real(self, prepared, leader_epoch=leader_epoch)
+
+    monkeypatch.setattr(PartitionLog, "append_prepared", held)
+    # every append to a writer thread, none written on the loop
+    monkeypatch.setattr(PartitionLog, "append_is_light", lambda self, prepared: False)
+    log = _open(tmp_path, "data-0", segment_bytes=1 << 20)
+    writer = LogWriter()
+    hosted = _Hosted("data", 0, log)
+    role = ReplicaRole(
+        broker_id=1, topic_id="t", replicas=[1], isr=[1], leader=1, leader_epoch=3,
+        partition_epoch=0,
+    )  # fmt: skip
+    hosted.replica = role  # type: ignore[assignment]
+    hosted.leader_epoch = 3
+    coordinator: Any = SimpleNamespace(broker=SimpleNamespace(partitions=_Partitions(writer)))
+    data = bytearray(
+        build_batch(
+            [Record(value=_value(0, 40))],
+            producer_id=1000,
+            producer_epoch=0,
+            base_sequence=0,
+            transactional=True,
+            base_timestamp=10_000,
+        )
+    )
+
+    async def main() -> tuple[int, int]:
+        written = writer.append(log, log.prepare_append(data, now_ms=10_000), 3)
+        marker = asyncio.ensure_future(
+            TransactionCoordinator._append_marker(coordinator, hosted, 1000, 0, True, 0)
+        )
+        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        await asyncio.sleep(0)  # the marker is queued behind the data
+        role.leader_epoch = 4
+        release.set()
+        info = await written
+        with pytest.raises(NotLeaderError) as refused:
+            await marker
+        await writer.stop()
+        return info.base_offset, refused.value.error_code
+
+    assert asyncio.run(main()) == (0, 6)
+    assert log.log_end_offset == 1  # the data only: no marker after the epoch moved
+    assert log.last_stable_offset == 0  # the transaction is still open here
+    log.close()
+
+
 # -- a follower's fetched batches ---------------------------------------------------------
 
 

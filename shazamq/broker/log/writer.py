@@ -297,12 +297,21 @@ async def append_through(
     origin: AppendOrigin,
     now_ms: int,
     leader_epoch: int = -1,
+    still_leads: Callable[[], bool] | None = None,
 ) -> AppendInfo:
     """:func:`submit`, awaited. Does not suspend when the write happened inline, so a
     coroutine driven synchronously (``inline_appends``) still completes in one step."""
     if writer is None:  # nothing to queue behind: no future, so no running loop needed
         return log.append(data, leader_epoch=leader_epoch, now_ms=now_ms, origin=origin)
-    return await submit(writer, log, data, origin=origin, now_ms=now_ms, leader_epoch=leader_epoch)
+    return await submit(
+        writer,
+        log,
+        data,
+        origin=origin,
+        now_ms=now_ms,
+        leader_epoch=leader_epoch,
+        still_leads=still_leads,
+    )
 
 
 def in_turn(writer: LogWriter | None, log: PartitionLog, job: Callable[[], T]) -> asyncio.Future[T]:

@@ -44,6 +44,7 @@ them to completion at once; the request handlers await the ``*_async`` forms.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -1212,16 +1213,21 @@ class TransactionCoordinator:
         coordinator_epoch: int,
     ) -> AppendInfo:
         """The marker goes through the write pool, in turn with the partition's produce
-        appends (a roll it triggers runs on a writer thread)."""
+        appends (a roll it triggers runs on a writer thread). In a cluster the writer asks,
+        right before the write, whether this broker still leads at this epoch, as for a
+        client's append (NotLeaderError, NOT_LEADER_OR_FOLLOWER, otherwise)."""
         now = _now_ms()
         batch = build_control_batch(commit, producer_id, producer_epoch, coordinator_epoch, now)
+        epoch = p.leader_epoch
+        role = p.replica
         return await append_through(
             getattr(self.broker.partitions, "writer", None),
             p.log,
             bytearray(batch),
-            leader_epoch=p.leader_epoch,
+            leader_epoch=epoch,
             now_ms=now,
             origin=AppendOrigin.COORDINATOR,
+            still_leads=None if role is None else functools.partial(role.leads_at, epoch),
         )
 
     def _marker_written(
