@@ -124,8 +124,8 @@ def test_many_partitions_catch_up_once_the_bucket_answers(broker_factory, fault_
 def test_bucket_of_another_cluster_found_late_is_left_alone(broker_factory, fault_proxy) -> None:
     """A restart that reaches the bucket only after its start wait, and finds another
     cluster's document there, serves its local data with the tier off: one error in the
-    log, shazamq_tier_bucket_refused 1, and not one write or deletion in the bucket, up
-    to and through its clean shutdown."""
+    log, shazamq_tier_bucket_refused 1, not one write or deletion in the bucket and no
+    request at all once refused, up to and through its clean shutdown."""
     bucket = Bucket(fault_proxy.endpoint)
     bucket.create()
     owner = broker_factory(**bucket.settings())
@@ -148,6 +148,7 @@ def test_bucket_of_another_cluster_found_late_is_left_alone(broker_factory, faul
         seen = len(fault_proxy.seen)
         fault_proxy.mode = "ok"
         wait_for(lambda: _gauge(clash, "shazamq_tier_bucket_refused") == 1, what="refusal")
+        refused_at = len(fault_proxy.seen)
         values += produce(clash.bootstrap, "ours", 30, start=60)
         got = consume_all(clash.bootstrap, "ours", 90)
         assert [v for _, v in got] == values  # everything local, none of it deleted
@@ -156,6 +157,7 @@ def test_bucket_of_another_cluster_found_late_is_left_alone(broker_factory, faul
         assert clash.stop() == 0  # its last supervision round and tail uploads too
     writes = [line for line in fault_proxy.seen[seen:] if not line.startswith(("GET ", "HEAD "))]
     assert writes == []
+    assert fault_proxy.seen[refused_at:] == []  # nor any request once refused
     assert bucket.objects() == objects
     assert bucket.get(CLUSTER_KEY) == document
     text = clash.log_text()
