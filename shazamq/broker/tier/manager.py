@@ -227,9 +227,11 @@ class TierManager:
         deadline = time.monotonic() + grace_s
         # one last round first: a partition created since the previous one (an internal
         # topic created on first use, moments ago) gets its uploader, and so its tail
-        # uploaded, and the bucket's cluster metadata names its topic
+        # uploaded, and the bucket's cluster metadata names its topic. Not while the
+        # bucket is away: it would spend the grace on retries the tails may need
         try:
-            await asyncio.wait_for(self._supervise_once(), max(grace_s, 0.001))
+            if not self.away:
+                await asyncio.wait_for(self._supervise_once(), max(grace_s, 0.001))
         except (StoreError, TimeoutError) as exc:
             log.warning("tier: last supervision round at stop failed: %s", exc)
         except Exception:
