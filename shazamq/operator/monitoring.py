@@ -158,6 +158,17 @@ def alert_rules(
                 "Uploads fail; reads stay local and local data is kept until they succeed.",
                 name,
             ),
+            _alert(
+                "ShazamqBucketRefused",
+                f"max(shazamq_tier_bucket_refused{{{sel}}}) == 1",
+                "1m",
+                "critical",
+                f"A broker of {where} leaves its tiered storage bucket alone",
+                "The bucket's cluster document names another cluster: the broker uploads, "
+                "reads and deletes nothing there, and its tiered topics keep all their data "
+                "on disk. Point it at this cluster's bucket and prefix.",
+                name,
+            ),
         ]
     return rules
 

@@ -144,6 +144,9 @@ def test_prometheus_rule_thresholds_and_tiering() -> None:
     assert rules["ShazamqDiskUsageHigh"]["expr"].endswith("> 70")
     assert rules["ShazamqTieringLag"]["expr"].endswith("> 120")
     assert "shazamq_tier_bucket_reachable" in rules["ShazamqBucketUnreachable"]["expr"]
+    refused = rules["ShazamqBucketRefused"]
+    assert refused["expr"].startswith("max(shazamq_tier_bucket_refused{")
+    assert refused["labels"]["severity"] == "critical"
 
 
 def test_no_controller_alert_for_a_cluster_of_no_brokers() -> None:

@@ -49,6 +49,10 @@ class Bucket:
         finally:
             await store.close()
 
+    def run(self, fn):  # type: ignore[no-untyped-def]
+        """``await fn(store)`` in one session of the bucket's store."""
+        return _run(self._with(fn))
+
     def create(self) -> None:
         if isinstance(self.config, GcsConfig):
             assert self.config.endpoint is not None

@@ -8,6 +8,13 @@ at a clean shutdown. The broker keeps serving everything local while the bucket 
 from its start on (the supervisor's rounds run in the background, the first of them
 checking that the bucket's cluster document names this cluster before anything else);
 the condition is logged once per change and shown in metrics.
+
+The bucket away is one state of the manager, not of each partition: the first request
+that fails for want of an answer (a 5xx, throttling, a timeout, a dropped connection)
+puts the manager in it; then only a cheap probe (one request, no retries, with backoff)
+goes to the bucket, uploaders wait for its answer instead of retrying on their own, and
+once it answers the uploaders not started yet start together (a bounded number at once)
+and the others resume at once.
 """
 
 from __future__ import annotations
@@ -55,12 +62,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPERVISE_SECONDS = 1.0
+# while the bucket is away it is probed after PROBE_MIN_S, then ever less often
+PROBE_MIN_S = 0.5
+PROBE_MAX_S = 8.0
+# uploaders started at once (each reads its manifest and lists its objects)
+START_CONCURRENCY = 8
 # how long start waits for the first round when the bucket has answered so far
 FIRST_ROUND_WAIT_S = 5.0
 CACHE_DIR = ".tier-cache"
 # a follower's copy of the leader's manifest is read again when a read misses it and it
 # is older than this
 FOLLOWER_MANIFEST_TTL = 2.0
+
+# the failures that say the bucket is away, rather than that one request is wrong
+_AWAY = {
+    StoreErrorKind.SERVER,
+    StoreErrorKind.THROTTLED,
+    StoreErrorKind.TIMEOUT,
+    StoreErrorKind.CONNECTION,
+}
 
 
 def tiered(p: Partition) -> bool:
@@ -145,7 +165,13 @@ class TierManager:
         self._metadata_written: bytes | None = None
         self._metadata_version: str | None = None
         self._conditional_known = False
-        self._failing: set[PartitionUploader] = set()
+        # partitions whose uploader's last round (or start) failed
+        self._failing: set[tuple[str, int]] = set()
+        # set while the bucket answers; cleared from a failure that says it is away
+        # until the probe hears from it again (uploaders wait on it meanwhile)
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self._reported_down = False
         # the leader epoch each led partition's uploader was last started under (tried,
         # whether or not the bucket answered)
         self._started_at: dict[tuple[str, int], int] = {}
@@ -173,6 +199,10 @@ class TierManager:
             metrics=self.metrics,
         )
         await self.reader.open()
+        if not self.store.answering:
+            # it failed at start (logged then): probed before anything else
+            self.answering.clear()
+            self._reported_down = True
         # the first round runs in the background: a bucket that does not answer keeps
         # nothing local from being served (hosted tiered partitions delete nothing
         # until their uploader has read the manifest). One that answered so far is
@@ -197,9 +227,11 @@ class TierManager:
         deadline = time.monotonic() + grace_s
         # one last round first: a partition created since the previous one (an internal
         # topic created on first use, moments ago) gets its uploader, and so its tail
-        # uploaded, and the bucket's cluster metadata names its topic
+        # uploaded, and the bucket's cluster metadata names its topic. Not while the
+        # bucket is away: it would spend the grace on retries the tails may need
         try:
-            await asyncio.wait_for(self._supervise_once(), max(grace_s, 0.001))
+            if not self.away:
+                await asyncio.wait_for(self._supervise_once(), max(grace_s, 0.001))
         except (StoreError, TimeoutError) as exc:
             log.warning("tier: last supervision round at stop failed: %s", exc)
         except Exception:
@@ -216,20 +248,39 @@ class TierManager:
 
     # -- which partitions are uploaded here ------------------------------------------
 
+    @property
+    def away(self) -> bool:
+        """The bucket is away: probed, and nothing else is asked of it."""
+        return not self.answering.is_set()
+
+    def went_away(self, exc: StoreError) -> None:
+        """A request failed; one that says the bucket is away starts the probing."""
+        if exc.kind in _AWAY:
+            self.answering.clear()
+
     async def _supervise(self) -> None:
+        wait = PROBE_MIN_S
         while True:
+            if self.away:
+                if not await self.store.answers(CLUSTER_KEY):
+                    self._first_round.set()
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, PROBE_MAX_S)
+                    continue
+                # uploaders waiting on it resume; those not started yet start below
+                self.answering.set()
+            wait = PROBE_MIN_S
             try:
                 await self._supervise_once()
             except StoreError as exc:
-                was = self._down()
                 self._rounds_failing = True
-                self._log_change(was, exc)
+                self.went_away(exc)
+                self._log_change(exc)
             except Exception:
                 log.exception("tier supervisor failed")
             else:
-                was = self._down()
                 self._rounds_failing = False
-                self._log_change(was)
+                self._log_change()
             self._first_round.set()
             await asyncio.sleep(SUPERVISE_SECONDS)
 
@@ -283,9 +334,11 @@ class TierManager:
             for key, p in list(self.partitions.partitions.items())
             if p.is_leader and tiered(p)
         }
+        for key in [k for k in self._started_at if k not in wanted]:
+            del self._started_at[key]
+        self._failing &= wanted.keys()
         for key in [k for k in self.uploaders if k not in wanted]:
             u = self.uploaders.pop(key)
-            self._failing.discard(u)
             await u.stop()
             self.manifests.pop(key, None)
             self._started_at.pop(key, None)
@@ -296,27 +349,48 @@ class TierManager:
         hosted = self.partitions.partitions
         for key in [k for k in self._followed if k in wanted or k not in hosted]:
             del self._followed[key]
-        for key, p in wanted.items():
-            u = self.uploaders.get(key)
-            if u is not None and u.partition is p and u.leader_epoch == p.leader_epoch:
-                continue  # (a new epoch gets a new uploader, which reads the manifest)
-            if u is not None:
-                await u.stop()
-            u = PartitionUploader(self, p)
-            try:
-                await u.start()
-            except StoreError as exc:
-                self.report_failure(u, exc)
-                continue
-            except LeadershipLost:
-                pass  # deposed already (logged): kept, not started again at this epoch
-            finally:
-                # marked once tried, not before: while the manifest is being read, reads
-                # below the local log start must wait (retriable) rather than be told
-                # the local log start is the log's, which makes a consumer skip the bucket
-                self._started_at[key] = u.leader_epoch
-            self.uploaders[key] = u
-        await self.write_cluster_metadata()
+        to_start = [
+            (key, p)
+            for key, p in wanted.items()
+            # (a new epoch gets a new uploader, which reads the manifest)
+            if (u := self.uploaders.get(key)) is None
+            or u.partition is not p
+            or u.leader_epoch != p.leader_epoch
+        ]
+        slots = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(key: tuple[str, int], p: Partition) -> None:
+            async with slots:
+                if not self.away:  # else started once the bucket answers again
+                    await self._start_uploader(key, p)
+
+        await asyncio.gather(*(start(key, p) for key, p in to_start))
+        if not self.away:
+            await self.write_cluster_metadata()
+
+    async def _start_uploader(self, key: tuple[str, int], p: Partition) -> None:
+        old = self.uploaders.get(key)
+        if old is not None:
+            await old.stop()
+        u = PartitionUploader(self, p)
+        try:
+            await u.start()
+        except StoreError as exc:
+            self.report_failure(u, exc)
+            return
+        except LeadershipLost:
+            pass  # deposed already (logged): kept, not started again at this epoch
+        except Exception:
+            log.exception("%r: the uploader did not start", u)
+            return
+        finally:
+            # marked once tried, not before: while the manifest is being read, reads
+            # below the local log start must wait (retriable) rather than be told the
+            # local log start is the log's, which makes a consumer skip the bucket
+            self._started_at[key] = u.leader_epoch
+        self.uploaders[key] = u
+        if key in self._failing:
+            self.report_ok(u)
 
     def _hold_followers(self, led: dict[tuple[str, int], Partition]) -> None:
         """Tiered partitions hosted but not led here delete nothing by their own retention.
@@ -416,6 +490,7 @@ class TierManager:
             and key not in self.manifests
             and self._started_at.get(key) != p.leader_epoch
             and self.store.answering
+            and not self.away
             and not self._rounds_failing
             and self.refused is None
         )
@@ -426,8 +501,10 @@ class TierManager:
         recent and reaches the local log start, a fresh one is read in the background
         and the fetch answers a retriable error (True). Otherwise the offset is below
         the bucket's start: out of range (False)."""
-        if p.is_leader or not tiered(p):
-            return False
+        if p.is_leader or not tiered(p) or self.refused is not None:
+            return False  # (a bucket left alone: the log is what is local)
+        if not self._bucket_checked:
+            return True  # not one manifest is read before the bucket's cluster document
         key = (p.topic, p.index)
         entry = self._followed.get(key)
         if (
@@ -534,25 +611,27 @@ class TierManager:
     # -- conditions ------------------------------------------------------------------
 
     def _down(self) -> bool:
-        return bool(self._failing) or self._rounds_failing
+        return bool(self._failing) or self._rounds_failing or self.away
 
-    def _log_change(self, was_down: bool, exc: StoreError | None = None) -> None:
+    def _log_change(self, exc: StoreError | None = None) -> None:
         """Once per change of the condition, not per failed call."""
         down = self._down()
-        if down and not was_down:
+        if down == self._reported_down:
+            return
+        self._reported_down = down
+        if down:
             log.warning("the bucket is not answering (%s): uploads wait, reads stay local", exc)
-        elif was_down and not down:
+        elif self.refused is None:  # else its error said what becomes of the tier
             log.info("the bucket answers again: uploads catch up")
 
     def report_failure(self, u: PartitionUploader, exc: StoreError) -> None:
-        was = self._down()
-        self._failing.add(u)
-        self._log_change(was, exc)
+        self._failing.add((u.partition.topic, u.partition.index))
+        self.went_away(exc)
+        self._log_change(exc)
 
     def report_ok(self, u: PartitionUploader) -> None:
-        was = self._down()
-        self._failing.discard(u)
-        self._log_change(was)
+        self._failing.discard((u.partition.topic, u.partition.index))
+        self._log_change()
 
     def probe(self) -> Iterable[Metric]:
         lag_offsets = GaugeMetricFamily(

@@ -234,6 +234,17 @@ class ObjectStore(abc.ABC):
             with contextlib.suppress(StoreError):
                 await self.delete(key)
 
+    async def answers(self, key: str) -> bool:
+        """Whether the store answers now: one attempt (no retries) to read the size of
+        ``key``; a missing object is an answer, and so is a refusal that retrying would
+        not change (permissions: the requests that follow say so). Cheap enough to ask
+        again and again while the bucket is away."""
+        try:
+            await self._retrying(f"head {key}", lambda: self._head(key), attempts=1)
+        except StoreError as exc:
+            return not exc.kind.transient
+        return True
+
     async def close(self) -> None:
         return None
 
@@ -265,8 +276,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def _delete(self, key: str) -> None: ...
 
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, what: str, op: Callable[[], Awaitable[T]], attempts: int | None = None
+    ) -> T:
         policy = self.retry
+        attempts = policy.attempts if attempts is None else attempts
         attempt = 0
         while True:
             try:
@@ -279,7 +293,7 @@ class ObjectStore(abc.ABC):
                     if self._on_error is not None:
                         self._on_error(exc.kind)
                 attempt += 1
-                if not exc.kind.transient or attempt >= policy.attempts:
+                if not exc.kind.transient or attempt >= attempts:
                     raise
                 delay = policy.delay(attempt)
                 log.debug("%s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)

@@ -335,14 +335,18 @@ class PartitionUploader:
             except ManifestChanged:
                 continue  # at once, from the bucket's manifest
             except StoreError as exc:
-                if not self.failing:
-                    self.failing = True
+                self.failing = True
                 self.tier.report_failure(self, exc)
                 backoff = min(backoff * 2, 30.0)
             except Exception:
                 log.exception("%r: upload round failed", self)
                 backoff = min(backoff * 2, 30.0)
             self._wake.clear()
+            if self.tier.away:
+                # the manager probes the bucket for all partitions: this one goes on as
+                # soon as it answers, rather than asking on its own meanwhile
+                await self.tier.answering.wait()
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)
 
