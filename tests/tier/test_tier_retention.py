@@ -49,20 +49,27 @@ def test_retention_bytes_deletes_remote_segments(broker_factory, bucket: Bucket)
     # within one segment of the limit, far below the ~70 kB produced
     assert m.size_bytes < RETENTION_BYTES + max(s.size for s in m.segments)
     assert m.log_start_offset == m.segments[0].base_offset > 0
-    # the deleted segments' objects are gone from the bucket: only referenced ones remain
+    # the deleted segments' objects are gone from the bucket: only referenced ones remain.
+    # The objects are listed before the manifest is read, so one listed is referenced by
+    # then unless its upload is still in flight (its objects are written before the
+    # manifest names them: the last segment, rolled by max_upload_interval): wait for that
     prefix = f"topics/{topic}-{m.topic_id}/0/"
-    referenced = {f"{prefix}{s.base_offset:020d}-{s.upload_id}" for s in m.segments}
+
+    def unreferenced() -> list[str]:
+        objects = [k for k in bucket.objects() if k.startswith(prefix)]
+        now = bucket.manifest(topic)
+        assert now is not None
+        referenced = {f"{prefix}{s.base_offset:020d}-{s.upload_id}" for s in now.segments}
+        return [
+            k
+            for k in objects
+            if k != prefix + "manifest.json" and k.rsplit(".", 1)[0] not in referenced
+        ]
+
+    wait_for(lambda: unreferenced() == [], what="only referenced objects in the bucket")
+    assert not any(k.startswith(f"{prefix}{0:020d}-") for k in bucket.objects())
     m2 = bucket.manifest(topic)
     assert m2 is not None
-    referenced |= {f"{prefix}{s.base_offset:020d}-{s.upload_id}" for s in m2.segments}
-    objects = [k for k in bucket.objects() if k.startswith(prefix)]
-    stale = [
-        k
-        for k in objects
-        if k != prefix + "manifest.json" and k.rsplit(".", 1)[0] not in referenced
-    ]
-    assert stale == []
-    assert not any(k.startswith(f"{prefix}{0:020d}-") for k in objects)
 
     # the log now starts at the manifest's start; reading from there gives the same bytes
     start = m2.log_start_offset
