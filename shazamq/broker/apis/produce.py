@@ -10,11 +10,11 @@ are reported one by one (KIP-467 `record_errors`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 from shazamq.broker.cluster.metadata import INTERNAL_TOPICS
+from shazamq.broker.cluster.replica import leadership_fence
 from shazamq.broker.log.errors import LogError, NotLeaderError
 from shazamq.broker.topic_configs import (
     MIRROR_PROMOTED_AT,
@@ -245,8 +245,9 @@ def register(d: Dispatcher, broker: Broker) -> None:
                 # cluster the writer asks again, right before the write, whether this
                 # broker still leads at this epoch (a role change may come first)
                 epoch = p.leader_epoch
-                still_leads = None if role is None else functools.partial(role.leads_at, epoch)
-                fut = writer.append(p.log, prepared, epoch, still_leads=still_leads)
+                fut = writer.append(
+                    p.log, prepared, epoch, still_leads=leadership_fence(role, epoch)
+                )
                 appends.append((resp, p, len(records), epoch, fut))
             if appends:
                 pending.append((name, appends))

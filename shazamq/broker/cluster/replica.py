@@ -11,6 +11,8 @@ proposals; only the controller's committed AlterPartition changes the ISR.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shazamq.protocol.errors import ErrorCode, KafkaError
@@ -167,3 +169,10 @@ class ReplicaRole:
             raise KafkaError(ErrorCode.FENCED_LEADER_EPOCH, "fenced leader epoch")
         if current_leader_epoch > self.leader_epoch:
             raise KafkaError(ErrorCode.UNKNOWN_LEADER_EPOCH, "unknown leader epoch")
+
+
+def leadership_fence(role: ReplicaRole | None, leader_epoch: int) -> Callable[[], bool] | None:
+    """The check a write pool thread makes right before writing an append made while
+    leading at ``leader_epoch`` (``still_leads`` of log/writer.py); None on a single
+    broker, which has no role to lose."""
+    return None if role is None else functools.partial(role.leads_at, leader_epoch)

@@ -34,13 +34,13 @@ before it applies to memory. Under :func:`run_now` appends are written at once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shazamq.broker.cluster.replica import leadership_fence
 from shazamq.broker.log import AppendInfo, AppendOrigin, LogError
 from shazamq.broker.log.writer import inline_appends, submit
 from shazamq.protocol.errors import ErrorCode, KafkaError
@@ -422,7 +422,7 @@ class InternalTopic:
             origin=AppendOrigin.COORDINATOR,
             now_ms=now,
             leader_epoch=epoch,
-            still_leads=None if role is None else functools.partial(role.leads_at, epoch),
+            still_leads=leadership_fence(role, epoch),
         )
         if write.done():
             info = write.result()  # raises the log's error

@@ -455,12 +455,9 @@ class OffsetsMixin:
             at = appended.base_offset if appended is not None else 1 << 62
             current = self.groups.get(group_id)
             for g in {id(x): x for x in (group, current) if x is not None}.values():
-                for tp in doomed:
-                    c = g.offsets.get(tp)
-                    if c is not None and c.record_offset < at:
-                        del g.offsets[tp]
-                    # as on replay: a tombstone drops what open transactions hold too
-                    for held in g.pending_txn_offsets.values():
+                # as on replay: a tombstone drops what open transactions hold too
+                for held in (g.offsets, *g.pending_txn_offsets.values()):
+                    for tp in doomed:
                         c = held.get(tp)
                         if c is not None and c.record_offset < at:
                             del held[tp]

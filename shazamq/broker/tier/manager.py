@@ -341,7 +341,6 @@ class TierManager:
             u = self.uploaders.pop(key)
             await u.stop()
             self.manifests.pop(key, None)
-            self._started_at.pop(key, None)
             still = self.partitions.partitions.get(key)
             # a follower now: it deletes nothing on its own (see _hold_followers)
             u.log.remote_log_end = 0 if still is u.partition and tiered(still) else None

@@ -44,7 +44,6 @@ them to completion at once; the request handlers await the ``*_async`` forms.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,6 +54,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shazamq.broker.cluster.client import ClientPool
+from shazamq.broker.cluster.replica import leadership_fence
 from shazamq.broker.groups.internal_topic import (
     Appended,
     InternalTopic,
@@ -1219,7 +1219,6 @@ class TransactionCoordinator:
         now = _now_ms()
         batch = build_control_batch(commit, producer_id, producer_epoch, coordinator_epoch, now)
         epoch = p.leader_epoch
-        role = p.replica
         return await append_through(
             getattr(self.broker.partitions, "writer", None),
             p.log,
@@ -1227,7 +1226,7 @@ class TransactionCoordinator:
             leader_epoch=epoch,
             now_ms=now,
             origin=AppendOrigin.COORDINATOR,
-            still_leads=None if role is None else functools.partial(role.leads_at, epoch),
+            still_leads=leadership_fence(p.replica, epoch),
         )
 
     def _marker_written(
