@@ -795,7 +795,10 @@ class ClusterNode:
         role.record_fetch(follower, fetch_offset, plog.log_end_offset, time.monotonic())
         self.advance_high_watermark(p)
         if not role.isr_change_pending and follower not in role.isr:
-            add = role.isr_to_add(plog.high_watermark)
+            # only live brokers: one that died caught up (nothing written since) still
+            # looks caught up, and the controller refuses a whole proposal naming it
+            # (INELIGIBLE_REPLICA), which would keep out the live follower asking now
+            add = [b for b in role.isr_to_add(plog.high_watermark) if self.state.is_live(b)]
             if add:
                 self._alter_isr(p, role.isr + add)
 
